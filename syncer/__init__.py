@@ -1,0 +1,1 @@
+"""searchsync's syncing app: subscriptions, the worker, and the engine it runs."""

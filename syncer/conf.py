@@ -1,0 +1,48 @@
+"""Typed, lazily read settings of the worker (`SYNCER_*` and `OPENSEARCH_*`).
+
+Read at call time, never at import, so `override_settings` and per-test
+environments work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class OpenSearchSettings:
+    url: str
+    user: str
+    password: str
+    ca_certs: str
+    verify_certs: bool
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    shutdown_timeout: float
+    """Seconds a SIGTERM/SIGINT waits for pending changes to flush before giving up."""
+    poll_interval: float
+    """Seconds between looks at an idle source: bounds the wake-up latency."""
+    slot_wal_warn_bytes: int
+    """A replication slot retaining more WAL than this puts a warning in the status."""
+
+
+def opensearch() -> OpenSearchSettings:
+    return OpenSearchSettings(
+        url=settings.OPENSEARCH_URL,
+        user=settings.OPENSEARCH_USER,
+        password=settings.OPENSEARCH_PASSWORD,
+        ca_certs=settings.OPENSEARCH_CA_CERTS,
+        verify_certs=settings.OPENSEARCH_VERIFY_CERTS,
+    )
+
+
+def worker() -> WorkerSettings:
+    return WorkerSettings(
+        shutdown_timeout=float(getattr(settings, "SYNCER_SHUTDOWN_TIMEOUT", 30.0)),
+        poll_interval=float(getattr(settings, "SYNCER_POLL_INTERVAL", 0.1)),
+        slot_wal_warn_bytes=int(getattr(settings, "SYNCER_SLOT_WAL_WARN_BYTES", 1 << 30)),
+    )

@@ -1,0 +1,46 @@
+"""The exceptions searchsync raises. Adapters translate driver errors into these, so
+nothing above a source or a sink ever sees a psycopg or opensearch-py exception.
+
+    SyncError
+    ├── ConfigError             the subscription cannot work until someone fixes it
+    │   ├── SourceConfigError   bad DSN, missing table, unknown key column, no replica identity
+    │   └── SinkConfigError     index name or mappings rejected by OpenSearch
+    └── UnavailableError        the other side is down or refusing work for now; retry
+        ├── SourceUnavailable   connection lost, server restarting, timeouts
+        └── SinkUnavailable     OpenSearch unreachable, 429 / 5xx on a whole request
+
+Both branches are retried with backoff by the worker: a ConfigError puts the
+subscription in the `error` status (someone may create the missing table), an
+UnavailableError in `reconnecting`. `str(error)` is written for an operator: it says
+what is wrong and what to fix, and never holds a password.
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base of every error searchsync raises on purpose."""
+
+
+class ConfigError(SyncError):
+    """The subscription's configuration does not match the systems it points at."""
+
+
+class SourceConfigError(ConfigError):
+    """The source cannot be read as configured."""
+
+
+class SinkConfigError(ConfigError):
+    """OpenSearch refuses the index as configured."""
+
+
+class UnavailableError(SyncError):
+    """A system is unreachable or temporarily refusing work."""
+
+
+class SourceUnavailable(UnavailableError):
+    """The source database cannot be reached right now."""
+
+
+class SinkUnavailable(UnavailableError):
+    """OpenSearch cannot be reached or is rejecting whole requests right now."""

@@ -1,0 +1,149 @@
+"""What the console stores: subscriptions and the worker's progress on each."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from syncer import dsn
+from syncer.validators import (
+    validate_dsn,
+    validate_index_name,
+    validate_json_object,
+    validate_key_columns,
+    validate_relation,
+)
+
+
+class Subscription(models.Model):
+    """One sync: a source relation, its key columns, and the OpenSearch index it feeds."""
+
+    class SourceKind(models.TextChoices):
+        POSTGRES = "postgres", "PostgreSQL"
+
+    class SnapshotMode(models.TextChoices):
+        INDEX = "index", "Index existing rows, then stream"
+        DISCARD = "discard", "Stream new changes only"
+
+    class Status(models.TextChoices):
+        STOPPED = "stopped", "Stopped"
+        STARTING = "starting", "Starting"
+        SNAPSHOTTING = "snapshotting", "Snapshotting"
+        STREAMING = "streaming", "Streaming"
+        CAUGHT_UP = "caught_up", "Caught up"
+        RECONNECTING = "reconnecting", "Reconnecting"
+        ERROR = "error", "Error"
+
+    name = models.SlugField(max_length=63, unique=True)
+    enabled = models.BooleanField(default=True)
+
+    source_kind = models.CharField(
+        max_length=20, choices=SourceKind.choices, default=SourceKind.POSTGRES
+    )
+    source_dsn = models.CharField(
+        "source DSN",
+        max_length=1000,
+        validators=[validate_dsn],
+        help_text="A PostgreSQL DSN, or env:VARNAME to read it from the worker's environment.",
+    )
+    relation = models.CharField(
+        max_length=300, validators=[validate_relation], help_text="Table, e.g. public.orders."
+    )
+    key_columns = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_key_columns],
+        help_text="Columns that identify a document; empty means the primary key.",
+    )
+
+    index_name = models.CharField(max_length=255, validators=[validate_index_name])
+    index_settings = models.JSONField(
+        default=dict, blank=True, validators=[validate_json_object],
+        help_text="Used only when the index is created.",
+    )
+    index_mappings = models.JSONField(
+        default=dict, blank=True, validators=[validate_json_object],
+        help_text="Used only when the index is created.",
+    )
+
+    snapshot_mode = models.CharField(
+        max_length=10, choices=SnapshotMode.choices, default=SnapshotMode.INDEX
+    )
+    batch_max_size = models.PositiveIntegerField(default=1000)
+    batch_max_age_ms = models.PositiveIntegerField(default=5000)
+    backpressure_pause_at = models.PositiveIntegerField(default=5000)
+    backpressure_resume_at = models.PositiveIntegerField(default=2500)
+
+    # Set once, when the subscription is created, so renaming it never orphans the
+    # replication slot and publication on the source.
+    slot_name = models.CharField(max_length=63, unique=True, editable=False)
+
+    # Progress and health, written by the worker.
+    checkpoint = models.BigIntegerField(
+        null=True, blank=True, editable=False,
+        help_text="Highest source position acknowledged by OpenSearch.",
+    )
+    checkpoint_at = models.DateTimeField(null=True, blank=True, editable=False)
+    snapshot_completed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.STOPPED, editable=False
+    )
+    status_message = models.TextField(blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
+    status_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(batch_max_size__gte=1), name="subscription_batch_size_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(backpressure_resume_at__lt=models.F("backpressure_pause_at")),
+                name="subscription_resume_below_pause",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.slot_name:
+            self.slot_name = make_slot_name(self.name)
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.backpressure_resume_at >= self.backpressure_pause_at:
+            errors["backpressure_resume_at"] = (
+                f"resume_at ({self.backpressure_resume_at}) must be below pause_at "
+                f"({self.backpressure_pause_at})"
+            )
+        if self.batch_max_size < 1:
+            errors["batch_max_size"] = "must be at least 1"
+        if self.backpressure_pause_at < self.batch_max_size:
+            errors["backpressure_pause_at"] = (
+                f"pause_at ({self.backpressure_pause_at}) must be at least the batch size "
+                f"({self.batch_max_size})"
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def display_dsn(self) -> str:
+        """The DSN with its password hidden: the only form ever shown or logged."""
+        return dsn.redact(self.source_dsn)
+
+
+def make_slot_name(name: str) -> str:
+    """A replication slot / publication name: [a-z0-9_], at most 63, unique per install."""
+    base = "".join(c if c.isalnum() else "_" for c in name.lower())[:40]
+    return f"searchsync_{base}_{secrets.token_hex(4)}"
+
