@@ -1,0 +1,1 @@
+"""PostgreSQL source: logical decoding with the built-in pgoutput plugin, through SQL."""

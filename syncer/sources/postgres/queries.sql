@@ -1,0 +1,72 @@
+-- Named queries of the PostgreSQL source. Each block starts with "-- name: NAME".
+-- Identifiers are never formatted in: they are passed as parameters, or composed with
+-- psycopg.sql.Identifier where PostgreSQL's grammar has no parameter for them.
+
+-- name: server_settings
+SELECT current_setting('wal_level') AS wal_level,
+       current_setting('server_version_num')::int AS version_num
+
+-- name: relation_info
+-- The relation, its kind, and its replica identity ('d' default = primary key,
+-- 'f' full, 'i' index, 'n' nothing).
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%(name)s)
+
+-- name: relation_columns
+-- Columns in table order, with domains resolved to their base type.
+SELECT a.attname,
+       CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END AS type_oid
+FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+
+-- name: identity_columns
+-- Columns of the primary key (kind 'p') or of the replica identity index (kind 'i').
+SELECT a.attname
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %(oid)s
+  AND ((%(kind)s = 'p' AND i.indisprimary) OR (%(kind)s = 'i' AND i.indisreplident))
+ORDER BY k.ord
+
+-- name: slot_info
+SELECT slot_name, plugin, database, active,
+       pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::bigint AS confirmed_flush,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
+FROM pg_replication_slots WHERE slot_name = %(slot)s
+
+-- name: publication_exists
+SELECT 1 FROM pg_publication WHERE pubname = %(publication)s
+
+-- name: publication_has_relation
+SELECT 1 FROM pg_publication_rel WHERE prpubid =
+    (SELECT oid FROM pg_publication WHERE pubname = %(publication)s) AND prrelid = %(oid)s
+
+-- name: drop_slot
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+WHERE slot_name = %(slot)s AND database = current_database()
+
+-- name: current_wal_lsn
+SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint
+
+-- name: peek_changes
+-- Decode without consuming: the slot moves only in advance_slot, after OpenSearch
+-- has acknowledged. pgoutput protocol 1 sends every value as text.
+SELECT pg_wal_lsn_diff(lsn, '0/0')::bigint AS lsn, xid::text::bigint AS xid, data
+FROM pg_logical_slot_peek_binary_changes(
+    %(slot)s, NULL, %(max_changes)s,
+    'proto_version', '1', 'publication_names', %(publication)s)
+
+-- name: advance_slot
+SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn)
+
+-- name: export_snapshot_slot
+-- Run on a `replication=database` connection: the exported snapshot shows exactly
+-- the transactions committed before the slot's consistent point.
+CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export')
+
+-- name: create_slot
+SELECT pg_wal_lsn_diff(lsn, '0/0')::bigint
+FROM pg_create_logical_replication_slot(%(slot)s, 'pgoutput')

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real PostgreSQL source database and real osmem-server clones."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+SOURCE_DB = "searchsync_source_test"
+_table_ids = itertools.count(1)
+
+
+def _drop_slots(conn: psycopg.Connection, database: str) -> None:
+    conn.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        "WHERE database = %s AND NOT active",
+        (database,),
+    )
+
+
+@pytest.fixture(scope="session")
+def source_dsn() -> Iterator[str]:
+    """A source database of its own, made fresh for the test session."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        _drop_slots(conn, SOURCE_DB)
+        conn.execute(f"DROP DATABASE IF EXISTS {SOURCE_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {SOURCE_DB}")
+    dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + SOURCE_DB
+    yield dsn
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        _drop_slots(conn, SOURCE_DB)
+
+
+@pytest.fixture
+def source_conn(source_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the source; slots left by the test are dropped after."""
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        yield conn
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchall():
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except psycopg.errors.ObjectInUse:
+                pass  # a worker of this test is still stopping; the session end drops it
+        for (pub,) in conn.execute("SELECT pubname FROM pg_publication").fetchall():
+            conn.execute(f'DROP PUBLICATION IF EXISTS "{pub}"')
+
+
+@pytest.fixture
+def table_name() -> str:
+    """A table name no other test of the session uses."""
+    return f"t{os.getpid()}_{next(_table_ids)}"
