@@ -1,0 +1,96 @@
+"""What flows from a source to a sink.
+
+A source emits `Transaction`s of `RowChange`s; consolidation turns them into one
+`Change` per document. Positions are the source's monotonic commit positions (the
+commit LSN for PostgreSQL) and double as each document's external version.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+Position = int
+DocKey = tuple[Any, ...]
+Document = dict[str, Any]
+
+
+class RowOp(enum.StrEnum):
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Op(enum.StrEnum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class TxKind(enum.StrEnum):
+    CHANGES = "changes"
+    """A committed source transaction: acknowledging it moves the checkpoint."""
+    SNAPSHOT_CHUNK = "snapshot_chunk"
+    """Rows of the initial copy; the checkpoint stays put until the copy ends."""
+    SNAPSHOT_END = "snapshot_end"
+    """The copy is complete at `position`; documents older than `sweep_below` are stale."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """One row event, its values already decoded to JSON-ready Python values."""
+
+    op: RowOp
+    key: DocKey
+    row: Document | None = None
+    """The new row; None for a delete."""
+    old_key: DocKey | None = None
+    """Set on an update that changed the key: the document to delete."""
+    unchanged: frozenset[str] = frozenset()
+    """Columns whose (TOASTed) value did not change and was not sent by the source."""
+
+
+@dataclass(slots=True)
+class Transaction:
+    position: Position
+    commit_time: float
+    """Seconds since the epoch, when the source committed it."""
+    changes: list[RowChange] = field(default_factory=list)
+    kind: TxKind = TxKind.CHANGES
+    sweep_below: Position | None = None
+
+
+@dataclass(slots=True)
+class Change:
+    """One document write: the consolidated result of a batch for one key."""
+
+    op: Op
+    doc_id: str
+    key: DocKey
+    version: Position
+    commit_time: float
+    doc: Document | None = None
+    missing: frozenset[str] = frozenset()
+    """Fields to carry over from the previous document (unchanged TOAST values)."""
+    fill_from: str | None = None
+    """The document holding those values when it is not `doc_id` (the key changed)."""
+    fill_key: DocKey | None = None
+
+
+def doc_id(key: DocKey) -> str:
+    """The OpenSearch `_id` of a key.
+
+    A single column is its value as text. Composite keys join their parts with `|`,
+    escaping `\\` and `|` inside values, so that ('a|b', 'c') and ('a', 'b|c') differ.
+    """
+    if len(key) == 1:
+        return _text(key[0])
+    return "|".join(_text(part).replace("\\", "\\\\").replace("|", "\\|") for part in key)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)

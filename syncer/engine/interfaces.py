@@ -1,0 +1,76 @@
+"""The seams of the engine: a source, a sink and a state store.
+
+Adapters implement these for real systems (`syncer.sources`, `syncer.sinks`,
+`syncer.store`); `syncer.engine.testing` implements them in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from syncer.engine.changes import Change, DocKey, Document, Position, Transaction
+from syncer.engine.outcomes import ItemResult
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeState:
+    """Where a subscription stands when its pipeline starts."""
+
+    checkpoint: Position | None
+    snapshot_done: bool
+    snapshot_mode: str  # "index" | "discard"
+
+
+class Source(Protocol):
+    async def open(self, resume: ResumeState) -> None:
+        """Connect and validate; prepare to read after the checkpoint (or to snapshot)."""
+
+    async def read(self, max_changes: int) -> list[Transaction]:
+        """Return transactions ready now, about `max_changes` row changes at most.
+
+        Whole transactions only. An empty list means nothing is pending. Reading
+        again before `acknowledge` returns the transactions after those already read.
+        """
+
+    async def acknowledge(self, position: Position) -> None:
+        """Everything at or before `position` is in the sink: the source may forget it."""
+
+    async def fetch_rows(self, keys: Sequence[DocKey]) -> dict[DocKey, Document]:
+        """Current rows by key, for values the change feed did not carry."""
+
+    async def warnings(self) -> list[str]:
+        """Conditions an operator should see in the status (e.g. WAL piling up)."""
+
+    async def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    async def open(self) -> None:
+        """Connect and create the index if it is missing (never empty it)."""
+
+    async def write(self, changes: Sequence[Change]) -> list[ItemResult]:
+        """Write `changes` in one bulk request; one result per change, in order.
+
+        Raises SinkUnavailable when the request as a whole fails.
+        """
+
+    async def fetch(self, doc_ids: Sequence[str]) -> dict[str, Document]:
+        """The indexed documents among `doc_ids`."""
+
+    async def sweep(self, below: Position) -> int:
+        """Delete documents whose version is below `below`; return how many."""
+
+    async def close(self) -> None: ...
+
+
+class StateStore(Protocol):
+    async def load(self) -> ResumeState: ...
+
+    async def save_checkpoint(self, position: Position) -> None: ...
+
+    async def snapshot_completed(self, position: Position) -> None: ...
+
+    async def set_status(self, status: str, message: str = "", error: str | None = None) -> None:
+        """Record the status; `error`, when given, becomes the last error."""

@@ -1,0 +1,159 @@
+"""In-memory fakes of the engine's interfaces, for unit tests of the engine.
+
+They keep state you can assert on (documents and versions, checkpoints, statuses)
+rather than recording calls, and let a test inject the failures real systems have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from syncer.engine.changes import Change, DocKey, Document, Op, Position, Transaction
+from syncer.engine.interfaces import ResumeState
+from syncer.engine.outcomes import ItemResult, Outcome, classify
+from syncer.errors import SinkUnavailable, SourceUnavailable
+
+
+class InMemorySource:
+    """Serves queued transactions; remembers what was acknowledged."""
+
+    def __init__(self, transactions: Sequence[Transaction] = ()) -> None:
+        self.queue: list[Transaction] = list(transactions)
+        self.acknowledged: Position | None = None
+        self.rows: dict[DocKey, Document] = {}
+        self.fail_reads = 0
+        self.opened = 0
+        self.resume: ResumeState | None = None
+        self._read_upto = 0
+
+    async def open(self, resume: ResumeState) -> None:
+        self.opened += 1
+        self.resume = resume
+        # Like a replication slot: replay everything not yet acknowledged.
+        self.queue = [
+            tx
+            for tx in self.queue
+            if self.acknowledged is None or tx.position > self.acknowledged
+        ]
+        self._read_upto = 0
+
+    async def read(self, max_changes: int) -> list[Transaction]:
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise SourceUnavailable("source connection lost (injected)")
+        out: list[Transaction] = []
+        count = 0
+        while self._read_upto < len(self.queue) and count < max_changes:
+            tx = self.queue[self._read_upto]
+            out.append(tx)
+            count += len(tx.changes)
+            self._read_upto += 1
+        return out
+
+    async def acknowledge(self, position: Position) -> None:
+        self.acknowledged = position
+
+    async def fetch_rows(self, keys: Sequence[DocKey]) -> dict[DocKey, Document]:
+        return {key: self.rows[key] for key in keys if key in self.rows}
+
+    async def warnings(self) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+    def push(self, *transactions: Transaction) -> None:
+        self.queue.extend(transactions)
+
+
+@dataclass
+class StoredDoc:
+    version: Position
+    doc: Document | None  # None: a delete tombstone
+
+
+class InMemorySink:
+    """OpenSearch's external versioning in a dict, tombstones included."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, StoredDoc] = {}
+        self.outages = 0
+        self.reject: Callable[[Change], ItemResult | None] = lambda change: None
+        self.requests = 0
+
+    @property
+    def live(self) -> dict[str, Document]:
+        return {i: s.doc for i, s in self.docs.items() if s.doc is not None}
+
+    async def open(self) -> None:
+        pass
+
+    async def write(self, changes: Sequence[Change]) -> list[ItemResult]:
+        self.requests += 1
+        if self.outages:
+            self.outages -= 1
+            raise SinkUnavailable("connection refused (injected)")
+        results = []
+        for change in changes:
+            injected = self.reject(change)
+            if injected is not None:
+                results.append(injected)
+                continue
+            current = self.docs.get(change.doc_id)
+            if current is not None and current.version >= change.version:
+                status, error = 409, "version_conflict_engine_exception"
+            else:
+                found = current is not None and current.doc is not None
+                self.docs[change.doc_id] = StoredDoc(
+                    change.version, dict(change.doc or {}) if change.op is Op.UPSERT else None
+                )
+                status = 404 if change.op is Op.DELETE and not found else 200
+                error = ""
+            results.append(ItemResult(classify(change.op, status, error), status, error))
+        return results
+
+    async def fetch(self, doc_ids: Sequence[str]) -> dict[str, Document]:
+        live = self.live
+        return {i: dict(live[i]) for i in doc_ids if i in live}
+
+    async def sweep(self, below: Position) -> int:
+        stale = [i for i, s in self.docs.items() if s.doc is not None and s.version < below]
+        for doc_id in stale:
+            self.docs[doc_id] = StoredDoc(below, None)
+        return len(stale)
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class InMemoryStore:
+    checkpoint: Position | None = None
+    snapshot_done: bool = False
+    snapshot_mode: str = "index"
+    statuses: list[tuple[str, str]] = field(default_factory=list)
+    last_error: str = ""
+
+    async def load(self) -> ResumeState:
+        return ResumeState(self.checkpoint, self.snapshot_done, self.snapshot_mode)
+
+    async def save_checkpoint(self, position: Position) -> None:
+        self.checkpoint = position
+
+    async def snapshot_completed(self, position: Position) -> None:
+        self.snapshot_done = True
+        self.checkpoint = position
+
+    async def set_status(self, status: str, message: str = "", error: str | None = None) -> None:
+        self.statuses.append((status, message))
+        if error is not None:
+            self.last_error = error
+
+    @property
+    def status(self) -> str:
+        return self.statuses[-1][0] if self.statuses else ""
+
+
+def permanent(error_type: str = "mapper_parsing_exception", reason: str = "bad") -> ItemResult:
+    return ItemResult(Outcome.PERMANENT, 400, error_type, reason)
