@@ -28,6 +28,9 @@ class WorkerSettings:
     """Seconds between looks at an idle source: bounds the wake-up latency."""
     slot_wal_warn_bytes: int
     """A replication slot retaining more WAL than this puts a warning in the status."""
+    backoff_base: float
+    """First reconnect delay in seconds; it doubles up to `backoff_cap`."""
+    backoff_cap: float
 
 
 def opensearch() -> OpenSearchSettings:
@@ -45,4 +48,6 @@ def worker() -> WorkerSettings:
         shutdown_timeout=float(getattr(settings, "SYNCER_SHUTDOWN_TIMEOUT", 30.0)),
         poll_interval=float(getattr(settings, "SYNCER_POLL_INTERVAL", 0.1)),
         slot_wal_warn_bytes=int(getattr(settings, "SYNCER_SLOT_WAL_WARN_BYTES", 1 << 30)),
+        backoff_base=float(getattr(settings, "SYNCER_BACKOFF_BASE", 1.0)),
+        backoff_cap=float(getattr(settings, "SYNCER_BACKOFF_CAP", 30.0)),
     )

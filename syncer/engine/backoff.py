@@ -25,7 +25,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt; each call counts one failed attempt."""
-        nominal = min(self.cap, self.base * (2**self.attempts))
+        nominal = min(self.cap, self.base * float(2**self.attempts))
         self.attempts += 1
         spread = 1.0 + self.jitter * (2.0 * self._rand() - 1.0)
         return min(self.cap, nominal * spread)

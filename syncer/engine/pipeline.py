@@ -130,7 +130,10 @@ class Pipeline:
         self.stats.oldest_unacked_commit = None
         delay = self._backoff.next_delay()
         self._log.warning(
-            "pipeline_failed", status=status, error=message, retry_in_s=round(delay, 2),
+            "pipeline_failed",
+            status=status,
+            error=message,
+            retry_in_s=round(delay, 2),
             attempt=self._backoff.attempts,
         )
         await self._set_status(status, f"{message} (retrying in {delay:.0f} s)", error=message)
@@ -152,6 +155,10 @@ class Pipeline:
             for tx in transactions:
                 self._batcher.add(tx, now)
                 read += len(tx.changes)
+                if tx.kind is TxKind.SNAPSHOT_CHUNK and not self._snapshotting:
+                    # A source that lost its resume point copies the table again.
+                    self._snapshotting = True
+                    await self._set_status(Status.SNAPSHOTTING, "copying existing rows")
                 if tx.kind is TxKind.CHANGES and self.stats.oldest_unacked_commit is None:
                     self.stats.oldest_unacked_commit = tx.commit_time
             source_idle = read < self.config.batch_max_size
@@ -181,7 +188,9 @@ class Pipeline:
         await self._acknowledge(batch)
         self._backoff.reset()
         self._log.debug(
-            "batch_flushed", transactions=len(batch), changes=len(changes),
+            "batch_flushed",
+            transactions=len(batch),
+            changes=len(changes),
             ms=round((self.clock() - started) * 1000, 1),
         )
 
@@ -231,8 +240,13 @@ class Pipeline:
             f"{result.error_type}): {result.reason}"
         )
         self._log.error(
-            "document_rejected", doc_id=change.doc_id, op=str(change.op), version=change.version,
-            status=result.status, error_type=result.error_type, reason=result.reason,
+            "document_rejected",
+            doc_id=change.doc_id,
+            op=str(change.op),
+            version=change.version,
+            status=result.status,
+            error_type=result.error_type,
+            reason=result.reason,
         )
         await self._set_status(self.status, self._message, error=message)
 
@@ -251,7 +265,8 @@ class Pipeline:
                 _fill(change, rows.get(change.fill_key or change.key))
                 if change.missing:
                     self._log.warning(
-                        "unchanged_values_not_found", doc_id=change.doc_id,
+                        "unchanged_values_not_found",
+                        doc_id=change.doc_id,
                         fields=sorted(change.missing),
                     )
                     change.missing = frozenset()

@@ -32,9 +32,7 @@ class InMemorySource:
         self.resume = resume
         # Like a replication slot: replay everything not yet acknowledged.
         self.queue = [
-            tx
-            for tx in self.queue
-            if self.acknowledged is None or tx.position > self.acknowledged
+            tx for tx in self.queue if self.acknowledged is None or tx.position > self.acknowledged
         ]
         self._read_upto = 0
 

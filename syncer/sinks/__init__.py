@@ -1,0 +1,1 @@
+"""Sinks: where consolidated changes are written (OpenSearch)."""

@@ -19,7 +19,7 @@ _CONFIG_MARKERS = (
     "invalid connection option",
     "no pg_hba.conf entry",
     "invalid dsn",
-    "missing \"=\"",
+    'missing "="',
     "could not translate host name",
 )
 
@@ -35,10 +35,16 @@ def translated(action: str) -> Iterator[None]:
     """Run a block of source I/O; re-raise driver errors as SourceConfigError/Unavailable."""
     try:
         yield
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable,
-            psycopg.errors.UndefinedColumn, psycopg.errors.ObjectNotInPrerequisiteState,
-            psycopg.errors.InvalidParameterValue, psycopg.errors.FeatureNotSupported,
-            psycopg.errors.InvalidName, psycopg.errors.UndefinedObject) as exc:
+    except (
+        psycopg.errors.InsufficientPrivilege,
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.UndefinedColumn,
+        psycopg.errors.ObjectNotInPrerequisiteState,
+        psycopg.errors.InvalidParameterValue,
+        psycopg.errors.FeatureNotSupported,
+        psycopg.errors.InvalidName,
+        psycopg.errors.UndefinedObject,
+    ) as exc:
         raise SourceConfigError(f"{action}: {describe(exc)}") from exc
     except psycopg.OperationalError as exc:
         message = describe(exc)

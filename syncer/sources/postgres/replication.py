@@ -25,6 +25,4 @@ def drop_replication(conninfo: str, slot_name: str) -> None:
                     if attempt == 19:
                         raise
                     conn.execute("SELECT pg_sleep(0.25)")
-            conn.execute(
-                sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(slot_name))
-            )
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(slot_name)))

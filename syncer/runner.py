@@ -1,0 +1,126 @@
+"""The worker: every enabled subscription's pipeline in one asyncio loop.
+
+Builds each pipeline from its Subscription row and real adapters, runs them side by
+side, restarts one that crashes (one bad subscription does not stop the others),
+and on stop gives them `shutdown_timeout` seconds to flush and checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+from asgiref.sync import sync_to_async
+
+from syncer import conf
+from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
+from syncer.models import Subscription
+from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
+from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
+from syncer.store import DjangoStateStore
+
+log = structlog.get_logger(__name__)
+
+
+class UnknownSubscription(ValueError):
+    """A subscription named on the command line does not exist."""
+
+
+def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipeline:
+    """Wire one subscription's source, sink and store into a pipeline."""
+    worker = conf.worker()
+    search = conf.opensearch()
+    source = PostgresSource(
+        PostgresSourceConfig(
+            name=sub.name,
+            dsn=sub.source_dsn,
+            relation=sub.relation,
+            key_columns=tuple(sub.key_columns or ()),
+            slot_name=sub.slot_name,
+            wal_warn_bytes=worker.slot_wal_warn_bytes,
+        )
+    )
+    sink = OpenSearchSink(
+        OpenSearchSinkConfig(
+            name=sub.name,
+            index=sub.index_name,
+            url=search.url,
+            settings=sub.index_settings or {},
+            mappings=sub.index_mappings or {},
+            user=search.user,
+            password=search.password,
+            ca_certs=search.ca_certs,
+            verify_certs=search.verify_certs,
+        )
+    )
+    config = PipelineConfig(
+        name=sub.name,
+        batch_max_size=sub.batch_max_size,
+        batch_max_age=sub.batch_max_age_ms / 1000,
+        poll_interval=worker.poll_interval,
+        backoff_base=worker.backoff_base,
+        backoff_cap=worker.backoff_cap,
+    )
+    return Pipeline(config, source, sink, DjangoStateStore(sub.pk, sub.name), observer=observer)
+
+
+def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:
+    """The enabled subscriptions, or the named ones (which must exist)."""
+    if names:
+        found = {s.name: s for s in Subscription.objects.filter(name__in=names)}
+        unknown = sorted(set(names) - set(found))
+        if unknown:
+            known = ", ".join(Subscription.objects.values_list("name", flat=True)) or "none"
+            raise UnknownSubscription(
+                f"no subscription named {', '.join(unknown)} (known: {known})"
+            )
+        return [found[n] for n in names if found[n].enabled]
+    return list(Subscription.objects.filter(enabled=True))
+
+
+class Runner:
+    def __init__(self, subscriptions: Sequence[Subscription], shutdown_timeout: float) -> None:
+        self.subscriptions = list(subscriptions)
+        self.shutdown_timeout = shutdown_timeout
+        self.pipelines: dict[str, Pipeline] = {}
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Run until `stop`; return False if the pipelines did not stop in time."""
+        if not self.subscriptions:
+            log.warning("no_enabled_subscriptions")
+        tasks = {}
+        for sub in self.subscriptions:
+            pipeline = build_pipeline(sub)
+            self.pipelines[sub.name] = pipeline
+            tasks[sub.name] = asyncio.create_task(self._supervise(sub.name, pipeline, stop))
+        log.info("worker_started", subscriptions=sorted(tasks))
+        await stop.wait()
+        log.info("worker_stopping", timeout_s=self.shutdown_timeout)
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks.values(), timeout=self.shutdown_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            late = sorted(name for name, task in tasks.items() if task in pending)
+            log.error("worker_stop_timed_out", subscriptions=late)
+            return False
+        log.info("worker_stopped")
+        return True
+
+    async def _supervise(self, name: str, pipeline: Pipeline, stop: asyncio.Event) -> None:
+        # Pipeline.run handles every failure itself; this guards against our own bugs.
+        while not stop.is_set():
+            try:
+                await pipeline.run(stop)
+            except Exception:
+                log.exception("pipeline_task_crashed", subscription=name)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=5)
+                except TimeoutError:
+                    pass
+
+
+load_subscriptions_async = sync_to_async(load_subscriptions, thread_sensitive=True)

@@ -1,0 +1,492 @@
+"""PostgreSQL source: a publication and a logical slot per subscription, read through SQL.
+
+psycopg 3 has no replication-protocol streaming, so changes are decoded with
+`pg_logical_slot_peek_binary_changes` (which does not consume) and the slot is moved
+with `pg_replication_slot_advance` only once OpenSearch has acknowledged them.
+
+The first copy is exact under concurrent writes: the slot is created on a
+`replication=database` connection with an exported snapshot, and the table is read
+in that very snapshot. Rows copied carry the slot's consistent point as their
+version; every streamed transaction commits after it, so it always wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import AsyncClientCursor, AsyncConnection, sql
+from psycopg.adapt import Transformer
+
+from syncer import dsn
+from syncer.engine.changes import DocKey, Document, Position, RowChange, RowOp, Transaction, TxKind
+from syncer.engine.interfaces import ResumeState
+from syncer.errors import SourceConfigError
+from syncer.sources.postgres import pgoutput
+from syncer.sources.postgres.catalog import Table, describe_table
+from syncer.sources.postgres.errors import translated
+from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.postgres.types import Decoder, make_decoder
+
+log = structlog.get_logger(__name__)
+
+Conn = AsyncConnection[tuple[Any, ...]]
+
+
+def format_lsn(position: int) -> str:
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class PostgresSourceConfig:
+    name: str
+    dsn: str
+    """A literal DSN or `env:VAR`, resolved when the source opens."""
+    relation: str
+    key_columns: tuple[str, ...]
+    slot_name: str
+    wal_warn_bytes: int = 1 << 30
+    connect_timeout: int = 10
+
+
+@dataclass
+class _Stream:
+    """How to turn one relation's pgoutput tuples into row changes."""
+
+    columns: tuple[str, ...]
+    decoders: tuple[Decoder, ...]
+    key_index: tuple[int, ...]
+
+
+@dataclass
+class _Snapshot:
+    position: Position
+    sweep: bool
+    started: float
+    rows: AsyncIterator[tuple[Any, ...]]
+    stack: AsyncExitStack
+    decoders: tuple[Decoder, ...]
+    key_index: tuple[int, ...]
+    columns: tuple[str, ...]
+
+
+class PostgresSource:
+    """Reads one table's changes for one subscription."""
+
+    def __init__(self, config: PostgresSourceConfig) -> None:
+        self.config = config
+        self._conn: Conn | None = None
+        self._table: Table | None = None
+        self._streams: dict[int, _Stream] = {}
+        self._snapshot: _Snapshot | None = None
+        self._read_upto: Position = 0  # end of the last transaction handed out
+        self._acked: Position = 0
+        self._complete_upto: Position | None = None  # decoded everything up to here
+        self._last_seen_wal: Position | None = None
+        self._advanced_at = 0.0
+        self._log = log.bind(subscription=config.name)
+        self._conninfo = ""
+
+    @property
+    def publication(self) -> str:
+        return self.config.slot_name
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self, resume: ResumeState) -> None:
+        self._conninfo = dsn.resolve(self.config.dsn)
+        self._read_upto = self._acked = 0
+        self._complete_upto = self._last_seen_wal = None
+        self._streams.clear()
+        with translated("connecting to the source"):
+            self._conn = await AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=self.config.connect_timeout
+            )
+        conn = self._conn
+        with translated(f"checking relation {self.config.relation}"):
+            settings = await (await conn.execute(QUERIES["server_settings"])).fetchone()
+            assert settings is not None
+            if settings[0] != "logical":
+                raise SourceConfigError(
+                    f"the source server has wal_level={settings[0]}; logical decoding needs "
+                    "wal_level = logical (ALTER SYSTEM SET wal_level = logical, then restart "
+                    "PostgreSQL; scripts/ensure-postgres.sh does both)"
+                )
+            self._table = await describe_table(conn, self.config.relation, self.config.key_columns)
+            await self._ensure_publication(self._table)
+            slot = await self._slot_info()
+        want_snapshot = resume.snapshot_mode == "index" and not resume.snapshot_done
+        lost_slot = slot is None and resume.checkpoint is not None
+        if lost_slot:
+            self._log.warning("replication_slot_missing", slot=self.config.slot_name)
+        if want_snapshot or (lost_slot and resume.snapshot_mode == "index"):
+            # An interrupted copy or a lost slot may have left documents whose rows are gone.
+            sweep = slot is not None or resume.checkpoint is not None
+            if slot is not None:
+                await self._drop_slot()
+            await self._start_snapshot(self._table, sweep)
+        elif slot is None:
+            with translated(f"creating replication slot {self.config.slot_name}"):
+                row = await (
+                    await conn.execute(QUERIES["create_slot"], {"slot": self.config.slot_name})
+                ).fetchone()
+            assert row is not None
+            self._acked = self._read_upto = int(row[0])
+            self._log.info("replication_slot_created", slot=self.config.slot_name)
+        else:
+            self._acked = self._read_upto = int(slot["confirmed_flush"])
+
+    async def close(self) -> None:
+        if self._snapshot is not None:
+            snapshot, self._snapshot = self._snapshot, None
+            try:
+                await snapshot.stack.aclose()
+            except psycopg.Error:
+                pass
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def read(self, max_changes: int) -> list[Transaction]:
+        if self._snapshot is not None:
+            return await self._read_snapshot(max_changes)
+        conn = self._require_conn()
+        with translated("reading changes"):
+            flushed = await self._scalar(conn, QUERIES["flushed_wal_lsn"])
+            if flushed == self._last_seen_wal and self._read_upto == self._acked:
+                return []  # nothing was written anywhere since the last complete read
+            cursor = await conn.execute(
+                QUERIES["peek_changes"],
+                {
+                    "slot": self.config.slot_name,
+                    "upto": format_lsn(flushed),
+                    "max_changes": max_changes,
+                    "publication": self.publication,
+                },
+            )
+            rows = await cursor.fetchall()
+        transactions = self._decode(rows)
+        if len(rows) < max_changes:
+            self._complete_upto = flushed
+            self._last_seen_wal = flushed
+        else:
+            self._complete_upto = None
+        if not transactions:
+            await self._advance_idle()
+        return transactions
+
+    def _decode(self, rows: Sequence[tuple[Any, ...]]) -> list[Transaction]:
+        transactions: list[Transaction] = []
+        current: Transaction | None = None
+        for _lsn, _xid, data in rows:
+            message = pgoutput.decode(bytes(data))
+            if isinstance(message, pgoutput.Begin):
+                current = Transaction(0, message.commit_time)
+            elif isinstance(message, pgoutput.Commit):
+                if current is not None and message.end_lsn > self._read_upto:
+                    current.position = message.end_lsn
+                    transactions.append(current)
+                current = None
+            elif isinstance(message, pgoutput.Relation):
+                self._streams[message.oid] = self._stream_for(message)
+            elif isinstance(message, (pgoutput.Insert, pgoutput.Update, pgoutput.Delete)):
+                stream = self._streams.get(message.relation_oid)
+                if current is not None and stream is not None:
+                    change = self._row_change(stream, message)
+                    if change is not None:
+                        current.changes.append(change)
+        if transactions:
+            self._read_upto = transactions[-1].position
+        return transactions
+
+    def _stream_for(self, relation: pgoutput.Relation) -> _Stream:
+        table = self._require_table()
+        transformer = Transformer(self._require_conn())
+        names = tuple(c.name for c in relation.columns)
+        decoders = tuple(
+            make_decoder(transformer, table.type_oid(c.name) or c.type_oid)
+            for c in relation.columns
+        )
+        missing = [k for k in table.key if k not in names]
+        if missing:
+            raise SourceConfigError(
+                f"key column(s) {', '.join(missing)} no longer exist in {table.qualified}"
+            )
+        return _Stream(names, decoders, tuple(names.index(k) for k in table.key))
+
+    def _row_change(
+        self,
+        stream: _Stream,
+        message: pgoutput.Insert | pgoutput.Update | pgoutput.Delete,
+    ) -> RowChange | None:
+        if isinstance(message, pgoutput.Delete):
+            return RowChange(RowOp.DELETE, self._key(stream, message.old))
+        row: Document = {}
+        unchanged: set[str] = set()
+        for name, decode, value in zip(stream.columns, stream.decoders, message.new, strict=True):
+            if value is pgoutput.UNCHANGED:
+                unchanged.add(name)
+            else:
+                row[name] = None if value is None else decode(value)  # type: ignore[arg-type]
+        key = tuple(row.get(stream.columns[i]) for i in stream.key_index)
+        if isinstance(message, pgoutput.Insert):
+            return RowChange(RowOp.INSERT, key, row)
+        old_key = self._key(stream, message.old) if message.old is not None else None
+        if any(stream.columns[i] in unchanged for i in stream.key_index):
+            if old_key is None:
+                self._log.error("update_without_key", relation=self._require_table().qualified)
+                return None
+            key = old_key
+        return RowChange(RowOp.UPDATE, key, row, old_key, frozenset(unchanged))
+
+    @staticmethod
+    def _key(stream: _Stream, values: tuple[pgoutput.Value, ...]) -> DocKey:
+        key = []
+        for i in stream.key_index:
+            value = values[i]
+            key.append(None if not isinstance(value, bytes) else stream.decoders[i](value))
+        return tuple(key)
+
+    # -- acknowledging ---------------------------------------------------------------
+
+    async def acknowledge(self, position: Position) -> None:
+        if self._complete_upto is not None and position == self._read_upto:
+            # Everything up to the flush point was read: move past transactions of
+            # other tables too, so the slot does not hold their WAL.
+            position = max(position, self._complete_upto)
+        if position <= self._acked:
+            return
+        await self._advance(position)
+
+    async def _advance_idle(self) -> None:
+        """Advance over WAL of other tables while idle, at most once a second."""
+        if self._complete_upto is None or self._read_upto != self._acked:
+            return
+        if self._complete_upto > self._acked and time.monotonic() - self._advanced_at >= 1.0:
+            await self._advance(self._complete_upto)
+
+    async def _advance(self, position: Position) -> None:
+        conn = self._require_conn()
+        with translated("advancing the replication slot"):
+            await conn.execute(
+                QUERIES["advance_slot"],
+                {"slot": self.config.slot_name, "lsn": format_lsn(position)},
+            )
+        self._acked = max(self._acked, position)
+        self._read_upto = max(self._read_upto, position)
+        self._advanced_at = time.monotonic()
+
+    # -- snapshot --------------------------------------------------------------------
+
+    async def _start_snapshot(self, table: Table, sweep: bool) -> None:
+        stack = AsyncExitStack()
+        with translated(f"exporting a snapshot for {table.qualified}"):
+            replication = await AsyncConnection.connect(
+                self._conninfo,
+                replication="database",
+                autocommit=True,
+                cursor_factory=AsyncClientCursor,
+                connect_timeout=self.config.connect_timeout,
+            )
+            try:
+                command = sql.SQL(QUERIES["export_snapshot_slot"]).format(
+                    slot=sql.Identifier(self.config.slot_name)
+                )
+                cursor = await replication.execute(command)
+                row = await cursor.fetchone()
+                assert row is not None
+                _, consistent_point, snapshot_name, _ = row
+                position = _parse_lsn(str(consistent_point))
+                snap_conn = await AsyncConnection.connect(
+                    self._conninfo, connect_timeout=self.config.connect_timeout
+                )
+                stack.push_async_callback(snap_conn.close)
+                await snap_conn.execute(
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                )
+                await snap_conn.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name))
+                )
+            finally:
+                # The snapshot is imported: the exporting session may end.
+                await replication.close()
+            columns = tuple(name for name, _ in table.columns)
+            query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(
+                sql.SQL(", ").join(sql.Identifier(c) for c in columns), table.identifier
+            )
+            copy = await stack.enter_async_context(snap_conn.cursor().copy(query))
+        transformer = Transformer(snap_conn)
+        decoders = tuple(make_decoder(transformer, oid) for _, oid in table.columns)
+        self._snapshot = _Snapshot(
+            position,
+            sweep,
+            time.time(),
+            copy.rows().__aiter__(),
+            stack,
+            decoders,
+            tuple(columns.index(k) for k in table.key),
+            columns,
+        )
+        self._acked = self._read_upto = position
+        self._log.info(
+            "snapshot_started",
+            slot=self.config.slot_name,
+            position=format_lsn(position),
+            sweep=sweep,
+        )
+
+    async def _read_snapshot(self, max_changes: int) -> list[Transaction]:
+        snapshot = self._snapshot
+        assert snapshot is not None
+        changes: list[RowChange] = []
+        done = False
+        with translated("copying the table"):
+            while len(changes) < max_changes:
+                try:
+                    values = await anext(snapshot.rows)
+                except StopAsyncIteration:
+                    done = True
+                    break
+                row = {
+                    name: None if value is None else decode(value.encode())
+                    for name, decode, value in zip(
+                        snapshot.columns, snapshot.decoders, values, strict=True
+                    )
+                }
+                key = tuple(row[snapshot.columns[i]] for i in snapshot.key_index)
+                changes.append(RowChange(RowOp.INSERT, key, row))
+        out = []
+        if changes:
+            out.append(
+                Transaction(snapshot.position, snapshot.started, changes, TxKind.SNAPSHOT_CHUNK)
+            )
+        if done:
+            self._snapshot = None
+            await snapshot.stack.aclose()
+            out.append(
+                Transaction(
+                    snapshot.position,
+                    snapshot.started,
+                    [],
+                    TxKind.SNAPSHOT_END,
+                    sweep_below=snapshot.position if snapshot.sweep else None,
+                )
+            )
+        return out
+
+    # -- the rest of the Source interface --------------------------------------------
+
+    async def fetch_rows(self, keys: Sequence[DocKey]) -> dict[DocKey, Document]:
+        table = self._require_table()
+        conn = self._require_conn()
+        transformer = Transformer(conn)
+        decoders = [make_decoder(transformer, oid) for _, oid in table.columns]
+        columns = [name for name, _ in table.columns]
+        query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+            table.identifier,
+            sql.SQL(" AND ").join(
+                sql.SQL("{}::text = {}").format(sql.Identifier(k), sql.Placeholder())
+                for k in table.key
+            ),
+        )
+        found: dict[DocKey, Document] = {}
+        with translated("reading current rows"):
+            for key in keys:
+                params = [None if v is None else _key_text(v) for v in key]
+                row = await (await conn.execute(query, params)).fetchone()
+                if row is not None:
+                    found[key] = {
+                        name: None if value is None else decode(str(value).encode())
+                        for name, decode, value in zip(columns, decoders, row, strict=True)
+                    }
+        return found
+
+    async def warnings(self) -> list[str]:
+        with translated("checking the replication slot"):
+            slot = await self._slot_info()
+        if slot is None:
+            return [f"replication slot {self.config.slot_name} is missing"]
+        retained = int(slot["retained_bytes"] or 0)
+        if retained > self.config.wal_warn_bytes:
+            return [
+                f"replication slot {self.config.slot_name} retains {retained / 2**20:,.0f} MiB "
+                f"of WAL (warning above {self.config.wal_warn_bytes / 2**20:,.0f} MiB)"
+            ]
+        return []
+
+    # -- helpers ---------------------------------------------------------------------
+
+    async def _ensure_publication(self, table: Table) -> None:
+        conn = self._require_conn()
+        pub = sql.Identifier(self.publication)
+        exists = await (
+            await conn.execute(QUERIES["publication_exists"], {"publication": self.publication})
+        ).fetchone()
+        if exists is None:
+            await conn.execute(
+                sql.SQL(
+                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete')"
+                ).format(pub, table.identifier)
+            )
+            self._log.info("publication_created", publication=self.publication)
+            return
+        has = await (
+            await conn.execute(
+                QUERIES["publication_has_relation"],
+                {"publication": self.publication, "oid": table.oid},
+            )
+        ).fetchone()
+        if has is None:
+            await conn.execute(
+                sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(pub, table.identifier)
+            )
+
+    async def _slot_info(self) -> dict[str, Any] | None:
+        conn = self._require_conn()
+        cursor = await conn.execute(QUERIES["slot_info"], {"slot": self.config.slot_name})
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        names = [d.name for d in cursor.description or []]
+        return dict(zip(names, row, strict=True))
+
+    async def _drop_slot(self) -> None:
+        with translated(f"dropping replication slot {self.config.slot_name}"):
+            await self._require_conn().execute(
+                QUERIES["drop_slot"], {"slot": self.config.slot_name}
+            )
+
+    @staticmethod
+    async def _scalar(conn: Conn, query: str) -> int:
+        row = await (await conn.execute(query)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _require_conn(self) -> Conn:
+        if self._conn is None:
+            raise RuntimeError("source is not open")
+        return self._conn
+
+    def _require_table(self) -> Table:
+        if self._table is None:
+            raise RuntimeError("source is not open")
+        return self._table
+
+
+def _parse_lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _key_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
