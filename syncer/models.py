@@ -61,11 +61,15 @@ class Subscription(models.Model):
 
     index_name = models.CharField(max_length=255, validators=[validate_index_name])
     index_settings = models.JSONField(
-        default=dict, blank=True, validators=[validate_json_object],
+        default=dict,
+        blank=True,
+        validators=[validate_json_object],
         help_text="Used only when the index is created.",
     )
     index_mappings = models.JSONField(
-        default=dict, blank=True, validators=[validate_json_object],
+        default=dict,
+        blank=True,
+        validators=[validate_json_object],
         help_text="Used only when the index is created.",
     )
 
@@ -83,7 +87,9 @@ class Subscription(models.Model):
 
     # Progress and health, written by the worker.
     checkpoint = models.BigIntegerField(
-        null=True, blank=True, editable=False,
+        null=True,
+        blank=True,
+        editable=False,
         help_text="Highest source position acknowledged by OpenSearch.",
     )
     checkpoint_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -146,4 +152,3 @@ def make_slot_name(name: str) -> str:
     """A replication slot / publication name: [a-z0-9_], at most 63, unique per install."""
     base = "".join(c if c.isalnum() else "_" for c in name.lower())[:40]
     return f"searchsync_{base}_{secrets.token_hex(4)}"
-

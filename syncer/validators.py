@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -74,6 +75,8 @@ def validate_key_columns(value: Any) -> None:
         raise ValidationError("key columns must be a list of column names, e.g. [order_id]")
     if len(set(value)) != len(value):
         raise ValidationError("key columns must not repeat a column")
+    if any("\x00" in c for c in value):
+        raise ValidationError("a key column name contains a NUL character (\\x00); remove it")
 
 
 def validate_index_name(value: str) -> None:
@@ -97,3 +100,24 @@ def validate_index_name(value: str) -> None:
 def validate_json_object(value: Any) -> None:
     if not isinstance(value, dict):
         raise ValidationError("must be a JSON object")
+    problem = _unstorable_json(value)
+    if problem:
+        raise ValidationError(problem)
+
+
+def _unstorable_json(value: Any) -> str | None:
+    """What PostgreSQL's jsonb refuses: NUL characters and numbers that are not finite."""
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, dict):
+            if any("\x00" in str(key) for key in current):
+                return "a key contains a NUL character (\\x00); remove it"
+            pending.extend(current.values())
+        elif isinstance(current, list):
+            pending.extend(current)
+        elif isinstance(current, str) and "\x00" in current:
+            return "a string contains a NUL character (\\x00); remove it"
+        elif isinstance(current, float) and not math.isfinite(current):
+            return f"{current} is not a JSON number; use a finite number"
+    return None

@@ -135,8 +135,9 @@ async def test_snapshot_chunks_hold_checkpoint_until_end_then_sweep():
         await original(position)
 
     store.save_checkpoint = spy  # type: ignore[method-assign]
-    pipeline = Pipeline(PipelineConfig(name="s", batch_max_size=2, poll_interval=0.005),
-                        source, sink, store)
+    pipeline = Pipeline(
+        PipelineConfig(name="s", batch_max_size=2, poll_interval=0.005), source, sink, store
+    )
     await run_until(pipeline, lambda: store.checkpoint == 60)
     assert set(sink.live) == {"1", "3"}
     assert store.snapshot_done and checkpoints == [60]
