@@ -95,6 +95,7 @@ SYNCER_POLL_INTERVAL = float(os.environ.get("SYNCER_POLL_INTERVAL", "0.1"))
 SYNCER_SLOT_WAL_WARN_BYTES = int(os.environ.get("SYNCER_SLOT_WAL_WARN_BYTES", str(1 << 30)))
 SYNCER_BACKOFF_BASE = float(os.environ.get("SYNCER_BACKOFF_BASE", "1"))
 SYNCER_BACKOFF_CAP = float(os.environ.get("SYNCER_BACKOFF_CAP", "30"))
+SYNCER_SLOT_CHECK_INTERVAL = float(os.environ.get("SYNCER_SLOT_CHECK_INTERVAL", "30"))
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()

@@ -31,6 +31,8 @@ class WorkerSettings:
     backoff_base: float
     """First reconnect delay in seconds; it doubles up to `backoff_cap`."""
     backoff_cap: float
+    slot_check_interval: float
+    """Seconds between checks of the replication slot's retained WAL."""
 
 
 def opensearch() -> OpenSearchSettings:
@@ -50,4 +52,5 @@ def worker() -> WorkerSettings:
         slot_wal_warn_bytes=int(getattr(settings, "SYNCER_SLOT_WAL_WARN_BYTES", 1 << 30)),
         backoff_base=float(getattr(settings, "SYNCER_BACKOFF_BASE", 1.0)),
         backoff_cap=float(getattr(settings, "SYNCER_BACKOFF_CAP", 30.0)),
+        slot_check_interval=float(getattr(settings, "SYNCER_SLOT_CHECK_INTERVAL", 30.0)),
     )

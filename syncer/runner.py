@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import structlog
 from asgiref.sync import sync_to_async
+from django.db import connections
 
 from syncer import conf
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
@@ -61,6 +62,7 @@ def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipel
         poll_interval=worker.poll_interval,
         backoff_base=worker.backoff_base,
         backoff_cap=worker.backoff_cap,
+        warnings_every=worker.slot_check_interval,
     )
     return Pipeline(config, source, sink, DjangoStateStore(sub.pk, sub.name), observer=observer)
 
@@ -87,6 +89,13 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Run until `stop`; return False if the pipelines did not stop in time."""
+        try:
+            return await self._run(stop)
+        finally:
+            # The store's thread holds a connection to the console database.
+            await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+    async def _run(self, stop: asyncio.Event) -> bool:
         if not self.subscriptions:
             log.warning("no_enabled_subscriptions")
         tasks = {}

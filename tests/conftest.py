@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from opensearchpy import OpenSearch
+
+from syncer.models import Subscription
 
 ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SOURCE_DB = "searchsync_source_test"
@@ -55,3 +59,40 @@ def source_conn(source_dsn: str) -> Iterator[psycopg.Connection]:
 def table_name() -> str:
     """A table name no other test of the session uses."""
     return f"t{os.getpid()}_{next(_table_ids)}"
+
+
+@pytest.fixture
+def opensearch_url(osmem_clone: Any, settings: Any) -> str:
+    """A fresh osmem-server clone, set as the worker's OPENSEARCH_URL."""
+    settings.OPENSEARCH_URL = osmem_clone.url
+    return str(osmem_clone.url)
+
+
+@pytest.fixture
+def search(opensearch_url: str) -> Iterator[OpenSearch]:
+    client = OpenSearch(hosts=[opensearch_url], timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fast_retries(settings: Any) -> None:
+    """Reconnect after 0.2, 0.4 ... 2 s instead of 1 ... 30 s."""
+    settings.SYNCER_BACKOFF_BASE = 0.2
+    settings.SYNCER_BACKOFF_CAP = 2.0
+
+
+@pytest.fixture
+def make_subscription(transactional_db: None, source_dsn: str) -> Callable[..., Subscription]:
+    """Create a subscription on the test source database (validated like the admin does)."""
+
+    def make(name: str, relation: str, validate: bool = True, **fields: Any) -> Subscription:
+        fields.setdefault("index_name", name)
+        fields.setdefault("source_dsn", source_dsn)
+        sub = Subscription(name=name, relation=relation, **fields)
+        if validate:
+            sub.full_clean()
+        sub.save()
+        return sub
+
+    return make

@@ -112,7 +112,11 @@ class Pipeline:
         """Sync until `stop` is set, reconnecting with backoff after any failure."""
         while not stop.is_set():
             try:
-                await self._set_status(Status.STARTING, "connecting to source and OpenSearch")
+                await self._set_status(
+                    Status.STARTING,
+                    "connecting to the source and OpenSearch (a first start creates a "
+                    "replication slot, which waits for transactions open on the source)",
+                )
                 await self._session(stop)
             except ConfigError as exc:
                 await self._failed(Status.ERROR, str(exc), stop)
