@@ -1,0 +1,191 @@
+"""`manage.py runsyncer` as a real process: crashes, signals, and bad subscriptions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings as django_settings
+
+from tests.support.harness import WorkerThread, checksum, index_docs, status_of, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Worker:
+    """A `runsyncer` process whose output goes to a file the test can read."""
+
+    def __init__(self, opensearch_url: str, log: Path, *args: str) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.process = start_worker(opensearch_url, out, *args)
+
+    def output(self) -> str:
+        return self.log.read_text()[-3000:]
+
+
+def start_worker(opensearch_url: str, out, *args: str) -> subprocess.Popen[bytes]:
+    db = django_settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "OPENSEARCH_URL": opensearch_url,
+        "SYNCER_BACKOFF_BASE": "0.2",
+        "SYNCER_BACKOFF_CAP": "2",
+        "LOG_LEVEL": "INFO",
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "runsyncer", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=out,
+    )
+
+
+def table_rows(conn: psycopg.Connection, table: str) -> str:
+    return checksum(conn.execute(f"SELECT id, v FROM {table}").fetchall())
+
+
+def index_rows(search, index: str) -> str:
+    return checksum((d["id"], d["v"]) for d in index_docs(search, index).values())
+
+
+class Writer(threading.Thread):
+    """Inserts, updates and deletes rows until stopped."""
+
+    def __init__(self, dsn: str, table: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.table = dsn, table
+        self.stopping = threading.Event()
+        self.count = 0
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.is_set():
+                n = self.count
+                with conn.transaction():
+                    conn.execute(f"INSERT INTO {self.table} VALUES (%s, 0)", (n + 1000,))
+                    conn.execute(f"UPDATE {self.table} SET v = v + 1 WHERE id = %s", (n % 500,))
+                    conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (n * 7 % 1000,))
+                self.count += 1
+                time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_kill_9_mid_stream_then_restart_converges(
+    source_conn, source_dsn, table_name, make_subscription, search, opensearch_url, tmp_path
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(0, 999) i")
+    make_subscription("crash", table_name)
+    writer = Writer(source_dsn, table_name)
+    log = tmp_path / "worker.log"
+    worker = Worker(opensearch_url, log).process
+    try:
+        wait_for(lambda: status_of("crash").snapshot_completed_at, what="snapshot")
+        writer.start()
+        wait_for(lambda: writer.count > 300 and status_of("crash").checkpoint, what="streaming")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        time.sleep(0.5)  # writes go on while no worker runs
+        worker = Worker(opensearch_url, log).process
+        time.sleep(1)
+        writer.stop()
+        expected = table_rows(source_conn, table_name)
+        wait_for(
+            lambda: index_rows(search, "crash") == expected,
+            timeout=60,
+            interval=1,
+            what="index equal to table after kill -9",
+        )
+    finally:
+        writer.stopping.set()
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(40)
+    assert code == 0, log.read_text()[-3000:]
+
+
+def test_sigterm_flushes_saves_checkpoint_and_exits_zero(
+    source_conn, table_name, make_subscription, search, opensearch_url, tmp_path
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    make_subscription("term", table_name)
+    worker = Worker(opensearch_url, tmp_path / "w.log", "--subscription", "term").process
+    try:
+        wait_for(lambda: status_of("term").status == "caught_up", what="caught up")
+        source_conn.execute(f"INSERT INTO {table_name} SELECT i, 1 FROM generate_series(1, 3000) i")
+        head = source_conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        time.sleep(0.05)
+    finally:
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(40)
+    assert code == 0 and time.monotonic() - started < 30
+    sub = status_of("term")
+    assert sub.status == "stopped"
+    assert len(index_docs(search, "term")) == 3000
+    assert sub.checkpoint is not None and head is not None
+
+
+def test_unknown_subscription_name_is_a_clear_command_error(
+    transactional_db, opensearch_url, tmp_path
+):
+    worker = Worker(opensearch_url, tmp_path / "w.log", "--subscription", "nope")
+    code = worker.process.wait(30)
+    assert code == 1 and "no subscription named nope" in worker.output()
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_each_bad_subscription_gets_a_clear_status_while_a_good_one_syncs(
+    source_conn, source_dsn, table_name, make_subscription, search, monkeypatch
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v text)")
+    source_conn.execute(f"CREATE TABLE {table_name}_nopk (id int, v text)")
+    source_conn.execute(f"CREATE VIEW {table_name}_view AS SELECT * FROM {table_name}")
+    monkeypatch.delenv("SEARCHSYNC_UNSET_DSN", raising=False)
+    bad = {
+        "missing-table": dict(relation="public.no_such_table"),
+        "unknown-key": dict(relation=table_name, key_columns=["nope"]),
+        "no-pk": dict(relation=f"{table_name}_nopk"),
+        "a-view": dict(relation=f"{table_name}_view"),
+        "bad-dsn": dict(relation=table_name, source_dsn=source_dsn + "_missing_db"),
+        "unset-env": dict(relation=table_name, source_dsn="env:SEARCHSYNC_UNSET_DSN"),
+        "bad-index": dict(relation=table_name, index_name="Bad*Index", validate=False),
+    }
+    expected_words = {
+        "missing-table": "no_such_table does not exist",
+        "unknown-key": "key column(s) nope not in",
+        "no-pk": "has no primary key",
+        "a-view": "is a view",
+        "bad-dsn": "does not exist; check the source DSN",
+        "unset-env": "SEARCHSYNC_UNSET_DSN, which is not set",
+        "bad-index": "invalid_index_name_exception",
+    }
+    subs = [make_subscription(name, **fields) for name, fields in bad.items()]
+    subs.append(make_subscription("good", table_name))
+    with WorkerThread(subs):
+        for name, words in expected_words.items():
+            wait_for(
+                lambda n=name, w=words: (
+                    status_of(n).status == "error" and w in status_of(n).status_message
+                ),
+                what=f"{name} error status",
+            )
+        source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 'ok')")
+        wait_for(lambda: "1" in index_docs(search, "good"), what="the good subscription")
+        time.sleep(1)
+        assert status_of("bad-dsn").last_error  # kept for the operator
+        assert "password" not in status_of("bad-dsn").status_message.lower()
+    assert index_docs(search, "good") == {"1": {"id": 1, "v": "ok"}}
