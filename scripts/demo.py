@@ -86,9 +86,8 @@ def writer(url: str, stop: threading.Event) -> None:
     """Insert, update and delete a few orders a second."""
     rng = random.Random(7)
     with psycopg.connect(url, autocommit=True) as conn:
-        next_id = int(
-            conn.execute("SELECT coalesce(max(order_id), 0) + 1 FROM demo_orders").fetchone()[0]
-        )  # type: ignore[index]
+        row = conn.execute("SELECT coalesce(max(order_id), 0) + 1 FROM demo_orders").fetchone()
+        next_id = int(row[0]) if row else 1
         while not stop.wait(0.2):
             roll = rng.random()
             if roll < 0.5:

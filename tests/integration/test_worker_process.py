@@ -178,8 +178,9 @@ def test_each_bad_subscription_gets_a_clear_status_while_a_good_one_syncs(
     with WorkerThread(subs):
         for name, words in expected_words.items():
             wait_for(
-                lambda n=name, w=words: (
-                    status_of(n).status == "error" and w in status_of(n).status_message
+                lambda: (
+                    status_of(name).status == "error"  # noqa: B023
+                    and words in status_of(name).status_message  # noqa: B023
                 ),
                 what=f"{name} error status",
             )
