@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import structlog
+from django.db import transaction
 
 from syncer import dsn
 from syncer.errors import SyncError
@@ -10,6 +17,25 @@ from syncer.models import Subscription
 from syncer.sources.postgres.replication import drop_replication
 
 log = structlog.get_logger(__name__)
+
+# The fields a declaration sets. Everything else on a subscription (slot name,
+# checkpoint, status, errors, timestamps) belongs to the worker and is never applied.
+CONFIG_FIELDS: tuple[str, ...] = (
+    "enabled",
+    "source_kind",
+    "source_dsn",
+    "relation",
+    "key_columns",
+    "index_name",
+    "index_settings",
+    "index_mappings",
+    "snapshot_mode",
+    "batch_max_size",
+    "batch_max_age_ms",
+    "backpressure_pause_at",
+    "backpressure_resume_at",
+)
+_MAX_SHOWN = 200
 
 
 def delete_subscription(subscription: Subscription) -> str | None:
@@ -30,7 +56,153 @@ def delete_subscription(subscription: Subscription) -> str | None:
         )
         log.warning("replication_drop_failed", subscription=subscription.name, error=str(exc))
     else:
-        log.info("replication_dropped", subscription=subscription.name,
-                 slot=subscription.slot_name)
+        log.info("replication_dropped", subscription=subscription.name, slot=subscription.slot_name)
     subscription.delete()
     return warning
+
+
+def validate_config(subscription: Subscription) -> None:
+    """Run the model's validation of the declared fields; raise ValidationError.
+
+    Uniqueness is left to the caller (a declaration updates by name), and the check
+    constraints are not queried: `Subscription.clean` states them in an operator's words.
+    """
+    declared = {"name", *CONFIG_FIELDS}
+    runtime = [f.name for f in Subscription._meta.concrete_fields if f.name not in declared]
+    subscription.full_clean(exclude=runtime, validate_unique=False, validate_constraints=False)
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """What a declaration says one subscription should be.
+
+    `values` holds every field of CONFIG_FIELDS, defaults filled in, already validated
+    (see `validate_config`).
+    """
+
+    name: str
+    values: Mapping[str, Any]
+
+
+class Action(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One changed field, with values fit to show (a DSN's password is hidden)."""
+
+    field: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    action: Action
+    changes: tuple[FieldChange, ...] = ()
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """What `apply_subscriptions` did, or would do on a dry run, per subscription."""
+
+    outcomes: tuple[Outcome, ...]
+    dry_run: bool
+
+    @property
+    def counts(self) -> dict[Action, int]:
+        counts = dict.fromkeys(Action, 0)
+        for outcome in self.outcomes:
+            counts[outcome.action] += 1
+        return counts
+
+    @property
+    def warnings(self) -> list[str]:
+        return [o.warning for o in self.outcomes if o.warning]
+
+
+def apply_subscriptions(
+    specs: Sequence[SubscriptionSpec], prune: bool = False, dry_run: bool = False
+) -> ApplyReport:
+    """Create or update each declared subscription by name, in one transaction.
+
+    With `prune`, subscriptions not declared are deleted (their slots dropped on the
+    source), after every create and update, so a failed write never follows a drop.
+    With `dry_run`, nothing is written and the report says what would change.
+    """
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("each subscription may be declared only once")
+    outcomes: list[Outcome] = []
+    with transaction.atomic():
+        existing = {s.name: s for s in Subscription.objects.all()}
+        for spec in specs:
+            current = existing.get(spec.name)
+            if current is None:
+                outcomes.append(_create(spec, dry_run))
+            else:
+                outcomes.append(_update(current, spec, dry_run))
+        if prune:
+            for name in sorted(set(existing) - set(names)):
+                warning = None if dry_run else delete_subscription(existing[name])
+                outcomes.append(Outcome(name, Action.DELETED, warning=warning))
+    report = ApplyReport(tuple(outcomes), dry_run)
+    log.info(
+        "subscriptions_applied",
+        dry_run=dry_run,
+        prune=prune,
+        **{action.value: count for action, count in report.counts.items()},
+    )
+    return report
+
+
+def _create(spec: SubscriptionSpec, dry_run: bool) -> Outcome:
+    if not dry_run:
+        subscription = Subscription(name=spec.name, **_config_values(spec))
+        subscription.save()
+    return Outcome(spec.name, Action.CREATED)
+
+
+def _update(current: Subscription, spec: SubscriptionSpec, dry_run: bool) -> Outcome:
+    changes: list[FieldChange] = []
+    for name, new in _config_values(spec).items():
+        old = getattr(current, name)
+        if old != new:
+            changes.append(_describe_change(name, old, new))
+            setattr(current, name, new)
+    if not changes:
+        return Outcome(spec.name, Action.UNCHANGED)
+    if not dry_run:
+        # Only the declared fields: the worker may be writing the runtime ones right now.
+        current.save(update_fields=[c.field for c in changes] + ["updated_at"])
+    return Outcome(spec.name, Action.UPDATED, tuple(changes))
+
+
+def _config_values(spec: SubscriptionSpec) -> dict[str, Any]:
+    unknown = set(spec.values) - set(CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"not declarable fields: {', '.join(sorted(unknown))}")
+    return {name: spec.values[name] for name in CONFIG_FIELDS if name in spec.values}
+
+
+def _describe_change(name: str, old: Any, new: Any) -> FieldChange:
+    if name == "source_dsn":
+        shown_old, shown_new = dsn.redact(old), dsn.redact(new)
+        if shown_old == shown_new:
+            shown_new += " (password changed)"
+        return FieldChange(name, shown_old, shown_new)
+    return FieldChange(name, _show(old), _show(new))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"

@@ -75,8 +75,10 @@ def validate_key_columns(value: Any) -> None:
         raise ValidationError("key columns must be a list of column names, e.g. [order_id]")
     if len(set(value)) != len(value):
         raise ValidationError("key columns must not repeat a column")
-    if any("\x00" in c for c in value):
-        raise ValidationError("a key column name contains a NUL character (\\x00); remove it")
+    for column in value:
+        problem = text_problem(column)
+        if problem:
+            raise ValidationError(f"a key column name {problem}")
 
 
 def validate_index_name(value: str) -> None:
@@ -105,19 +107,32 @@ def validate_json_object(value: Any) -> None:
         raise ValidationError(problem)
 
 
+def text_problem(value: str) -> str | None:
+    """Why PostgreSQL cannot store `value` as text, or None if it can."""
+    if "\x00" in value:
+        return "contains a NUL character (\\x00); remove it"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate (not valid Unicode); remove it"
+    return None
+
+
 def _unstorable_json(value: Any) -> str | None:
-    """What PostgreSQL's jsonb refuses: NUL characters and numbers that are not finite."""
+    """What PostgreSQL's jsonb refuses: text it cannot store, numbers that are not finite."""
     pending = [value]
     while pending:
         current = pending.pop()
         if isinstance(current, dict):
-            if any("\x00" in str(key) for key in current):
-                return "a key contains a NUL character (\\x00); remove it"
+            for key in current:
+                problem = text_problem(str(key))
+                if problem:
+                    return f"a key {problem}"
             pending.extend(current.values())
         elif isinstance(current, list):
             pending.extend(current)
-        elif isinstance(current, str) and "\x00" in current:
-            return "a string contains a NUL character (\\x00); remove it"
+        elif isinstance(current, str) and text_problem(current):
+            return f"a string {text_problem(current)}"
         elif isinstance(current, float) and not math.isfinite(current):
             return f"{current} is not a JSON number; use a finite number"
     return None

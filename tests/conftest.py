@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from opensearchpy import OpenSearch
+from osmem_server import OsmemServer
 
 from syncer.models import Subscription
 
@@ -59,6 +60,16 @@ def source_conn(source_dsn: str) -> Iterator[psycopg.Connection]:
 def table_name() -> str:
     """A table name no other test of the session uses."""
     return f"t{os.getpid()}_{next(_table_ids)}"
+
+
+@pytest.fixture(scope="session")
+def osmem_server() -> Iterator[OsmemServer]:
+    """One osmem-server for the session; tests take clones of it (`osmem_clone`)."""
+    server = OsmemServer.start(japanese=False)
+    yield server
+    server.close()
+    if server.process.stdout is not None:
+        server.process.stdout.close()  # the plugin's fixture leaves it to the GC
 
 
 @pytest.fixture

@@ -117,26 +117,46 @@ def test_kill_9_mid_stream_then_restart_converges(
     assert code == 0, log.read_text()[-3000:]
 
 
-def test_sigterm_flushes_saves_checkpoint_and_exits_zero(
+def test_sigterm_mid_stream_exits_zero_with_checkpoint_matching_the_index(
     source_conn, table_name, make_subscription, search, opensearch_url, tmp_path
 ):
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
-    make_subscription("term", table_name)
-    worker = Worker(opensearch_url, tmp_path / "w.log", "--subscription", "term").process
+    make_subscription("term", table_name, batch_max_size=200)
+    log = tmp_path / "w.log"
+    worker = Worker(opensearch_url, log, "--subscription", "term").process
     try:
         wait_for(lambda: status_of("term").status == "caught_up", what="caught up")
-        source_conn.execute(f"INSERT INTO {table_name} SELECT i, 1 FROM generate_series(1, 3000) i")
-        head = source_conn.execute("SELECT pg_current_wal_lsn()").fetchone()
-        time.sleep(0.05)
+        for start in range(1, 5001, 500):  # ten transactions, streaming when the stop comes
+            source_conn.execute(
+                f"INSERT INTO {table_name} SELECT i, 1 FROM generate_series(%s::int, %s::int) i",
+                (start, start + 499),
+            )
+        commits = [
+            int(lsn)
+            for (lsn,) in source_conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+            ).fetchall()
+        ]
+        wait_for(lambda: index_docs(search, "term"), interval=0.05, what="first writes")
     finally:
         started = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(40)
-    assert code == 0 and time.monotonic() - started < 30
+    assert code == 0, log.read_text()[-3000:]
+    assert time.monotonic() - started < 30
     sub = status_of("term")
-    assert sub.status == "stopped"
-    assert len(index_docs(search, "term")) == 3000
-    assert sub.checkpoint is not None and head is not None
+    assert sub.status == "stopped" and sub.checkpoint
+    indexed = len(index_docs(search, "term"))
+    # Whatever was read before the stop was flushed: whole transactions, none half done.
+    assert indexed % 500 == 0 and indexed > 0, indexed
+    if sub.checkpoint >= commits[-1]:
+        assert indexed == 5000
+    worker = Worker(opensearch_url, log, "--subscription", "term").process
+    try:
+        wait_for(lambda: len(index_docs(search, "term")) == 5000, what="the rest after restart")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(40) == 0
 
 
 def test_unknown_subscription_name_is_a_clear_command_error(

@@ -1,0 +1,538 @@
+"""Declarative subscriptions files: read, check, and turn into specs for `apply`.
+
+A file is JSON, or YAML (by a .yaml/.yml extension; sniffed for any other name)::
+
+    subscriptions:
+      - name: orders
+        source: {kind: postgres, dsn: env:SOURCE_DATABASE_URL, relation: public.orders}
+        index: {name: orders}
+        snapshot: index
+        batch: {max_size: 1000, max_age_ms: 5000}
+        backpressure: {pause_at: 5000, resume_at: 2500}
+
+pydantic checks the shape and the types; the values are checked by the model's own
+validators (`services.validate_config`), so a file and the admin accept the same things.
+A file with any error is rejected whole: `ConfigFileError.errors` lists every error,
+each naming the subscription and the field, in the file's terms (`source.relation`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.core.exceptions import ValidationError
+from django.core.validators import slug_re
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from syncer.logconfig import redact
+from syncer.models import Subscription
+from syncer.services import CONFIG_FIELDS, SubscriptionSpec, validate_config
+from syncer.validators import text_problem
+
+# Where each declared model field lives in a file.
+FIELD_PATHS: dict[str, tuple[str, ...]] = {
+    "name": ("name",),
+    "enabled": ("enabled",),
+    "source_kind": ("source", "kind"),
+    "source_dsn": ("source", "dsn"),
+    "relation": ("source", "relation"),
+    "key_columns": ("source", "key"),
+    "index_name": ("index", "name"),
+    "index_settings": ("index", "settings"),
+    "index_mappings": ("index", "mappings"),
+    "snapshot_mode": ("snapshot",),
+    "batch_max_size": ("batch", "max_size"),
+    "batch_max_age_ms": ("batch", "max_age_ms"),
+    "backpressure_pause_at": ("backpressure", "pause_at"),
+    "backpressure_resume_at": ("backpressure", "resume_at"),
+}
+FIELD_LABELS: dict[str, str] = {name: ".".join(path) for name, path in FIELD_PATHS.items()}
+
+MAX_BYTES = 10 * 1024 * 1024
+MAX_VALUES = 200_000  # bounds YAML alias expansion ("billion laughs")
+MAX_DEPTH = 64
+MAX_ERRORS = 100
+_SHOWN_CHARS = 60
+_HINTS = {
+    "name": "a slug, e.g. orders",
+    "source": "a mapping with kind, dsn and relation",
+    "source.kind": "e.g. postgres",
+    "source.dsn": "e.g. env:SOURCE_DATABASE_URL",
+    "source.relation": "e.g. public.orders",
+    "source.key": "a list of column names, e.g. [order_id]",
+    "index": "a mapping with at least a name",
+    "index.name": "e.g. orders",
+}
+
+
+class ConfigFileError(ValueError):
+    """The file cannot be applied; `errors` says every reason, one line each."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Source(_Section):
+    kind: str
+    dsn: str
+    relation: str
+    key: list[str] = Field(default_factory=list)
+    cluster: str = ""
+
+
+class _Index(_Section):
+    name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    mappings: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Batch(_Section):
+    max_size: int = 0
+    max_age_ms: int = 0
+
+
+class _Backpressure(_Section):
+    pause_at: int = 0
+    resume_at: int = 0
+
+
+class _Entry(_Section):
+    name: str
+    enabled: bool = True
+    source: _Source
+    index: _Index
+    snapshot: str = ""
+    batch: _Batch = Field(default_factory=_Batch)
+    backpressure: _Backpressure = Field(default_factory=_Backpressure)
+
+
+def load(path: str | Path) -> list[SubscriptionSpec]:
+    """Read and check the file at `path`; raise ConfigFileError."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigFileError([f"{path}: cannot read the file ({exc.strerror or exc})"]) from None
+    return parse(data, filename=str(path))
+
+
+def parse(text: str | bytes, *, filename: str = "<stdin>") -> list[SubscriptionSpec]:
+    """Check a whole file's text; return one spec per subscription or raise ConfigFileError.
+
+    `filename` picks the format by its extension and prefixes syntax errors.
+    """
+    document = _load_document(text, filename)
+    items, errors = _subscription_items(document, filename)
+    specs: list[SubscriptionSpec] = []
+    named: dict[str, list[int]] = {}
+    for position, item in enumerate(items):
+        label, name = _label(item, position)
+        if name is not None:
+            named.setdefault(name, []).append(position)
+        spec, item_errors = _parse_item(item)
+        errors.extend(f"{label}: {_clean(message)}" for message in item_errors)
+        if spec is not None:
+            specs.append(spec)
+    for name, positions in named.items():
+        if len(positions) > 1:
+            where = ", ".join(f"subscriptions[{p}]" for p in positions)
+            errors.append(
+                f"subscription '{name}': name: declared {len(positions)} times ({where}); "
+                "give each subscription a unique name"
+            )
+    if errors:
+        if len(errors) > MAX_ERRORS:
+            hidden = len(errors) - MAX_ERRORS
+            errors = [*errors[:MAX_ERRORS], f"... and {hidden} more errors"]
+        raise ConfigFileError(errors)
+    return specs
+
+
+# -- syntax ------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            continue  # an unhashable key: SafeLoader reports it below
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {_show(key)}", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_document(text: str | bytes, filename: str) -> Any:
+    if len(text) > MAX_BYTES:
+        raise ConfigFileError([f"{filename}: larger than {MAX_BYTES // 1024 // 1024} MiB"])
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigFileError(
+                [f"{filename}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"]
+            ) from None
+    suffix = Path(filename).suffix.lower()
+    if suffix in {".yaml", ".yml"}:
+        document = _load_yaml(text, filename)
+    elif suffix == ".json":
+        document = _load_json(text, filename)
+    elif text.lstrip()[:1] in {"{", "["}:
+        try:
+            document = _load_json(text, filename)
+        except ConfigFileError as json_error:
+            try:
+                document = _load_yaml(text, filename)
+            except ConfigFileError:
+                raise json_error from None
+    else:
+        document = _load_yaml(text, filename)
+    _check_size(document, filename)
+    return document
+
+
+def _load_yaml(text: str, filename: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = ", ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        raise ConfigFileError([_clean(f"{filename}{where}: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigFileError([_clean(f"{filename}: invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigFileError([f"{filename}: nested too deeply"]) from None
+
+
+def _load_json(text: str, filename: str) -> Any:
+    def reject_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number; use a finite number")
+
+    def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise ValueError(f"duplicate key {_show(key)} in an object")
+            result[key] = value
+        return result
+
+    try:
+        return json.loads(text, object_pairs_hook=reject_duplicates, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ConfigFileError(
+            [f"{filename}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"]
+        ) from None
+    except ValueError as exc:
+        raise ConfigFileError([_clean(f"{filename}: invalid JSON: {exc}")]) from None
+    except RecursionError:
+        raise ConfigFileError([f"{filename}: nested too deeply"]) from None
+
+
+def _check_size(document: Any, filename: str) -> None:
+    """Refuse documents too big or too deep to check safely (aliases can make either)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigFileError(
+                [
+                    f"{filename}: more than {MAX_VALUES} values (YAML aliases count each time "
+                    "they are used); make the file smaller"
+                ]
+            )
+        if depth > MAX_DEPTH:
+            raise ConfigFileError([f"{filename}: nested more than {MAX_DEPTH} levels deep"])
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+# -- structure ---------------------------------------------------------------------------
+
+
+def _subscription_items(document: Any, filename: str) -> tuple[list[Any], list[str]]:
+    shape = "the file must be a mapping with a 'subscriptions' list"
+    if document is None:
+        raise ConfigFileError([f"{filename}: the file is empty; {shape}"])
+    if not isinstance(document, dict):
+        raise ConfigFileError([f"{filename}: {shape}, not {_type_name(document)}"])
+    errors = [
+        _clean(f"{filename}: unknown top-level key {_show(key)}; {shape}")
+        for key in document
+        if key != "subscriptions"
+    ]
+    items = document.get("subscriptions")
+    if "subscriptions" not in document:
+        raise ConfigFileError([*errors, f"{filename}: no 'subscriptions' key; {shape}"])
+    if not isinstance(items, list):
+        raise ConfigFileError(
+            [
+                *errors,
+                f"{filename}: subscriptions: expected a list, got {_type_name(items)} "
+                "(write `subscriptions: []` to declare none)",
+            ]
+        )
+    return items, errors
+
+
+def _label(item: Any, position: int) -> tuple[str, str | None]:
+    """How errors name a subscription: by its name if it is valid, else by position."""
+    name = item.get("name") if isinstance(item, dict) else None
+    if isinstance(name, str) and len(name) <= 63 and slug_re.match(name):
+        return f"subscription '{name}'", name
+    return f"subscriptions[{position}]", None
+
+
+def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[str]]:
+    if not isinstance(item, dict):
+        return None, [f"expected a mapping with name, source and index, got {_type_name(item)}"]
+    errors: list[str] = []
+    broken: set[str] = set()  # model fields whose value cannot be checked further
+    try:
+        _Entry.model_validate(item)
+    except PydanticValidationError as exc:
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            errors.append(_describe_structure_error(error["type"], loc, error))
+            broken.update(f for f, path in FIELD_PATHS.items() if _overlaps(loc, path))
+
+    values: dict[str, Any] = {}
+    for field, path in FIELD_PATHS.items():
+        present, value = _lookup(item, path)
+        if present and field not in broken:
+            values[field] = value
+
+    source = item.get("source")
+    kind = values.get("source_kind")
+    if kind == "materialize":
+        errors.append(
+            "source.kind: 'materialize' sources are not supported yet in this version; use postgres"
+        )
+        broken.add("source_kind")
+        del values["source_kind"]
+    elif isinstance(source, dict) and "cluster" in source:
+        errors.append("source.cluster: only materialize sources have a cluster; remove it")
+    for field in list(values):
+        problems = list(_json_problems(values[field], FIELD_LABELS[field]))
+        errors.extend(f"{path}: {problem}" for path, problem in problems)
+        if problems:
+            broken.add(field)
+            del values[field]
+
+    subscription = Subscription(**values)
+    try:
+        if broken:
+            # Cross-field checks (Subscription.clean) wait until every field can be read.
+            declared = {"name", *CONFIG_FIELDS}
+            exclude = [
+                f.name
+                for f in Subscription._meta.concrete_fields
+                if f.name not in declared or f.name in broken
+            ]
+            subscription.clean_fields(exclude=exclude)
+        else:
+            validate_config(subscription)
+    except ValidationError as exc:
+        errors.extend(_describe_model_errors(exc, values))
+    if errors:
+        return None, errors
+    return SubscriptionSpec(
+        name=subscription.name,
+        values={field: _plain(getattr(subscription, field)) for field in CONFIG_FIELDS},
+    ), []
+
+
+def _plain(value: Any) -> Any:
+    """A model default such as `SnapshotMode.INDEX` as the plain value a file gives."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _overlaps(loc: tuple[Any, ...], path: tuple[str, ...]) -> bool:
+    """Whether an error at `loc` concerns the field at `path` (inside it, or a parent)."""
+    n = min(len(loc), len(path))
+    return loc[:n] == path[:n]
+
+
+def _lookup(item: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    value: Any = item
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _json_problems(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """What PostgreSQL would refuse, or its jsonb silently change, in a declared value."""
+    pending: list[tuple[Any, str]] = [(value, path)]
+    while pending:
+        current, where = pending.pop(0)
+        if isinstance(current, str):
+            problem = text_problem(current)
+            if problem:
+                yield where, problem
+        elif isinstance(current, float):
+            if not math.isfinite(current):
+                yield where, f"{current} is not a JSON number; use a finite number"
+        elif current is None or isinstance(current, (bool, int)):
+            pass
+        elif isinstance(current, list):
+            pending.extend((v, f"{where}[{i}]") for i, v in enumerate(current))
+        elif isinstance(current, dict):
+            for key, v in current.items():
+                if not isinstance(key, str):
+                    yield where, f"key {_show(key)} is not a string; quote it"
+                elif text_problem(key):
+                    yield where, f"key {_show(key)} {text_problem(key)}"
+                else:
+                    pending.append((v, f"{where}.{_show(key, quote=False)}"))
+        else:
+            yield where, f"{_type_name(current)} is not a JSON value; quote it as a string"
+
+
+# -- messages ----------------------------------------------------------------------------
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _describe_structure_error(kind: str, loc: tuple[Any, ...], error: Any) -> str:
+    if kind == "invalid_key" or "[key]" in loc:
+        key_at = loc.index("[key]") - 1 if "[key]" in loc else len(loc) - 1
+        return f"{_path(loc[:key_at])}: key {_show(loc[key_at])} is not a string; quote it"
+    path = _path(loc)
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        where = f"{_path(loc[:-1])} takes" if len(loc) > 1 else "a subscription takes"
+        message = f"unknown key; {where} {', '.join(allowed)}"
+        if isinstance(loc[-1], str):
+            close = difflib.get_close_matches(loc[-1], allowed, n=1)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+        return f"{path}: {message}"
+    if kind == "missing":
+        hint = _HINTS.get(path)
+        return f"{path}: required; add it" + (f" ({hint})" if hint else "")
+    if kind in _EXPECTED:
+        hint = _HINTS.get(path) if kind in {"list_type", "string_type"} else None
+        message = f"expected {_EXPECTED[kind]}, got {_type_name(error.get('input'))}"
+        return f"{path}: {message}" + (f" ({hint})" if hint else "")
+    return f"{path}: {error['msg']}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = _Entry
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = info.annotation if info else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe_model_errors(exc: ValidationError, values: dict[str, Any]) -> Iterator[str]:
+    error_dict = getattr(exc, "error_dict", None) or {"__all__": exc.error_list}
+    for field, field_errors in error_dict.items():
+        label = FIELD_LABELS.get(field, field)
+        for error in field_errors:
+            message = " ".join(error.messages)
+            if error.code == "invalid_choice":
+                choices = getattr(Subscription._meta.get_field(field), "choices", None) or []
+                value = (error.params or {}).get("value")
+                message = f"{_show(value)} is not one of: {', '.join(str(c) for c, _ in choices)}"
+            elif field == "name":
+                message = f"{_show(values.get('name'))}: {message}"
+            yield message if field == "__all__" else f"{label}: {message}"
+
+
+def _path(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + _show(part, quote=False)
+    return text or "(top)"
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a decimal number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _show(value: Any, *, quote: bool = True) -> str:
+    """A value fit for a one-line message: short, with control characters escaped."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > _SHOWN_CHARS:
+        text = text[:_SHOWN_CHARS] + "…"
+    text = _escape(text)
+    return f"'{text}'" if quote and isinstance(value, str) else text
+
+
+_LONG_QUOTED = re.compile(f"'([^']{{{_SHOWN_CHARS + 1},}})'")
+
+
+def _clean(message: str) -> str:
+    """Hide passwords, shorten long quoted values and escape control characters."""
+    message = _LONG_QUOTED.sub(lambda m: f"'{m.group(1)[:_SHOWN_CHARS]}…'", redact(message))
+    return _escape(message)
+
+
+def _escape(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

@@ -1,0 +1,57 @@
+"""How a subscription is shown to people: passwords hidden, positions formatted."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from syncer.logconfig import redact
+from syncer.models import Subscription
+from syncer.positions import format_lsn
+
+
+def describe(subscription: Subscription) -> dict[str, Any]:
+    """Every field of `subscription` as JSON-ready data, shaped like a subscriptions file.
+
+    The DSN is redacted, and so is any DSN a worker's message or error may quote.
+    """
+    s = subscription
+    return {
+        "name": s.name,
+        "enabled": s.enabled,
+        "source": {
+            "kind": s.source_kind,
+            "dsn": s.display_dsn,
+            "relation": s.relation,
+            "key": list(s.key_columns),
+        },
+        "index": {"name": s.index_name, "settings": s.index_settings, "mappings": s.index_mappings},
+        "snapshot": s.snapshot_mode,
+        "batch": {"max_size": s.batch_max_size, "max_age_ms": s.batch_max_age_ms},
+        "backpressure": {
+            "pause_at": s.backpressure_pause_at,
+            "resume_at": s.backpressure_resume_at,
+        },
+        "slot_name": s.slot_name,
+        "status": s.status,
+        "status_message": redact(s.status_message),
+        "status_changed_at": _time(s.status_changed_at),
+        "checkpoint": None if s.checkpoint is None else format_lsn(s.checkpoint),
+        "checkpoint_position": s.checkpoint,
+        "checkpoint_at": _time(s.checkpoint_at),
+        "snapshot_completed_at": _time(s.snapshot_completed_at),
+        "last_error": redact(s.last_error),
+        "last_error_at": _time(s.last_error_at),
+        "created_at": _time(s.created_at),
+        "updated_at": _time(s.updated_at),
+    }
+
+
+def short(text: str, limit: int = 80) -> str:
+    """`text` on one line, password-free, cut to `limit` characters."""
+    line = " ".join(redact(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

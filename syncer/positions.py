@@ -1,0 +1,17 @@
+"""How source positions are shown to people."""
+
+from __future__ import annotations
+
+_U64 = (1 << 64) - 1
+
+
+def format_lsn(position: int | None) -> str:
+    """Show a PostgreSQL position (an LSN held as an integer) as PostgreSQL does: `16/B374D848`.
+
+    None (no checkpoint yet) is shown as "-". A negative value is read as the two's
+    complement of an LSN above 2**63, which a signed bigint column cannot otherwise hold.
+    """
+    if position is None:
+        return "-"
+    position &= _U64
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"

@@ -1,0 +1,325 @@
+"""The subscription admin: a DSN's password never shown, deletes through the service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import psycopg
+import pytest
+from django.contrib import messages
+from django.test import Client
+from django.urls import reverse
+
+from syncer.models import Subscription
+
+pytestmark = pytest.mark.django_db
+
+SECRET_DSN = "postgresql://u:s3cret@h/db"
+NO_SUCH_DB = "postgresql://postgres@127.0.0.1:5432/searchsync_no_such_database"
+CHANGELIST = reverse("admin:syncer_subscription_changelist")
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings: Any) -> None:
+    """`admin_client` makes a superuser per test; the default hasher costs half a second."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def change_url(subscription: Subscription) -> str:
+    return reverse("admin:syncer_subscription_change", args=[subscription.pk])
+
+
+def delete_url(subscription: Subscription) -> str:
+    return reverse("admin:syncer_subscription_delete", args=[subscription.pk])
+
+
+def make(name: str = "orders", **fields: Any) -> Subscription:
+    values: dict[str, Any] = {
+        "source_dsn": SECRET_DSN,
+        "relation": "public.orders",
+        "index_name": name,
+        **fields,
+    }
+    return Subscription.objects.create(name=name, **values)
+
+
+def form_data(subscription: Subscription, **changes: str) -> dict[str, str]:
+    """What a browser posts when the change form is saved as shown, plus `changes`."""
+    data = {
+        "name": subscription.name,
+        "source_kind": subscription.source_kind,
+        "source_dsn": "postgresql://u:***@h/db",
+        "relation": subscription.relation,
+        "key_columns": ", ".join(subscription.key_columns),
+        "index_name": subscription.index_name,
+        "index_settings": json.dumps(subscription.index_settings),
+        "index_mappings": json.dumps(subscription.index_mappings),
+        "snapshot_mode": subscription.snapshot_mode,
+        "batch_max_size": str(subscription.batch_max_size),
+        "batch_max_age_ms": str(subscription.batch_max_age_ms),
+        "backpressure_pause_at": str(subscription.backpressure_pause_at),
+        "backpressure_resume_at": str(subscription.backpressure_resume_at),
+        "_save": "Save",
+    }
+    if subscription.enabled:
+        data["enabled"] = "on"
+    data.update(changes)
+    return data
+
+
+def shown_messages(response: Any) -> list[tuple[int, str]]:
+    return [(m.level, m.message) for m in response.context["messages"]]
+
+
+def test_change_form_shows_the_dsn_without_its_password(admin_client: Client) -> None:
+    subscription = make(key_columns=["order_id", "line_no"])
+
+    response = admin_client.get(change_url(subscription))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "s3cret" not in content
+    assert 'value="postgresql://u:***@h/db"' in content
+    assert 'value="order_id, line_no"' in content
+    assert subscription.slot_name in content
+
+
+def test_saving_without_touching_the_dsn_keeps_the_stored_one(admin_client: Client) -> None:
+    subscription = make()
+
+    response = admin_client.post(
+        change_url(subscription), form_data(subscription, batch_max_size="250")
+    )
+
+    assert response.status_code == 302
+    subscription.refresh_from_db()
+    assert subscription.source_dsn == SECRET_DSN
+    assert subscription.batch_max_size == 250
+
+
+def test_typing_a_new_dsn_replaces_the_stored_one(admin_client: Client) -> None:
+    subscription = make()
+
+    response = admin_client.post(
+        change_url(subscription), form_data(subscription, source_dsn="env:ORDERS_DB")
+    )
+
+    assert response.status_code == 302
+    subscription.refresh_from_db()
+    assert subscription.source_dsn == "env:ORDERS_DB"
+
+
+def test_a_typed_password_is_not_shown_back_when_another_field_is_wrong(
+    admin_client: Client,
+) -> None:
+    subscription = make()
+
+    response = admin_client.post(
+        change_url(subscription),
+        form_data(subscription, source_dsn="postgresql://u:typed-pw@h2/db", index_name="Bad"),
+    )
+
+    content = response.content.decode()
+    assert response.context["adminform"].form.errors["index_name"]
+    assert "typed-pw" not in content
+    assert 'value="postgresql://u:***@h2/db"' in content
+
+
+def test_editing_the_shown_dsn_but_keeping_its_stars_is_refused(admin_client: Client) -> None:
+    subscription = make()
+
+    response = admin_client.post(
+        change_url(subscription), form_data(subscription, source_dsn="postgresql://u:***@h2/db")
+    )
+
+    errors = response.context["adminform"].form.errors
+    assert errors["source_dsn"][0].startswith("*** stands for the stored password only")
+    subscription.refresh_from_db()
+    assert subscription.source_dsn == SECRET_DSN
+
+
+def test_key_columns_are_edited_as_comma_separated_text(admin_client: Client) -> None:
+    subscription = make()
+
+    admin_client.post(change_url(subscription), form_data(subscription, key_columns=" a, b ,,"))
+    subscription.refresh_from_db()
+    assert subscription.key_columns == ["a", "b"]
+
+    admin_client.post(change_url(subscription), form_data(subscription, key_columns=""))
+    subscription.refresh_from_db()
+    assert subscription.key_columns == []
+
+
+def test_model_validation_errors_show_as_form_errors(admin_client: Client) -> None:
+    subscription = make()
+
+    response = admin_client.post(
+        change_url(subscription),
+        form_data(
+            subscription,
+            index_name="Orders",
+            relation="public..x",
+            backpressure_pause_at="2000",
+            backpressure_resume_at="3000",
+            key_columns="id, id",
+            index_settings="[1]",
+        ),
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["index_name"] == ["index name 'Orders' must be lowercase"]
+    assert errors["relation"][0].startswith("'public..x' is not a table name")
+    assert errors["backpressure_resume_at"] == ["resume_at (3000) must be below pause_at (2000)"]
+    assert errors["key_columns"] == ["key columns must not repeat a column"]
+    assert errors["index_settings"] == ["must be a JSON object"]
+    assert "s3cret" not in response.content.decode()
+    subscription.refresh_from_db()
+    assert (subscription.index_name, subscription.relation) == ("orders", "public.orders")
+
+
+def test_text_postgresql_cannot_store_is_a_form_error(admin_client: Client) -> None:
+    subscription = make()
+
+    response = admin_client.post(
+        change_url(subscription),
+        form_data(subscription, index_mappings='{"a": "\\u0000"}', key_columns="a\x00"),
+    )
+
+    errors = response.context["adminform"].form.errors
+    assert errors["index_mappings"] == ["a string contains a NUL character (\\x00); remove it"]
+    assert errors["key_columns"]
+
+
+def test_add_form_creates_a_subscription_with_a_slot_name(admin_client: Client) -> None:
+    page = admin_client.get(reverse("admin:syncer_subscription_add"))
+    assert "State" not in [fs.name for fs in page.context["adminform"]]
+    data = form_data(make("template"), name="fresh", index_name="fresh", index_settings="")
+    data["source_dsn"] = SECRET_DSN
+
+    response = admin_client.post(reverse("admin:syncer_subscription_add"), data)
+
+    assert response.status_code == 302
+    fresh = Subscription.objects.get(name="fresh")
+    assert fresh.slot_name.startswith("searchsync_fresh_")
+    assert fresh.source_dsn == SECRET_DSN
+    assert fresh.index_settings == {}
+
+
+def test_the_workers_fields_cannot_be_edited(admin_client: Client) -> None:
+    subscription = make()
+
+    admin_client.post(
+        change_url(subscription),
+        form_data(subscription, slot_name="stolen", checkpoint="5", status="error"),
+    )
+
+    refreshed = Subscription.objects.get(pk=subscription.pk)
+    assert refreshed.slot_name == subscription.slot_name
+    assert refreshed.checkpoint is None
+    assert refreshed.status == Subscription.Status.STOPPED
+
+
+def test_changelist_shows_state_without_passwords(admin_client: Client) -> None:
+    now = dt.datetime(2026, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
+    make(
+        checkpoint=0x16_B374D848,
+        checkpoint_at=now,
+        status=Subscription.Status.ERROR,
+        status_message="cannot reach the source",
+        last_error="connection to postgresql://u:s3cret@h/db refused",
+    )
+    make("customers", relation="customers")
+
+    response = admin_client.get(CHANGELIST)
+
+    content = response.content.decode()
+    assert "16/B374D848" in content
+    assert "Error</span>" in content
+    assert "cannot reach the source" in content
+    assert "connection to postgresql://u:***@h/db refused" in content
+    assert "s3cret" not in content
+
+
+def test_changelist_search_and_status_filter(admin_client: Client) -> None:
+    make(status=Subscription.Status.ERROR)
+    make("customers", relation="crm.people")
+
+    by_relation = admin_client.get(CHANGELIST, {"q": "crm.people"})
+    by_status = admin_client.get(CHANGELIST, {"status__exact": "error"})
+
+    assert [s.name for s in by_relation.context["cl"].result_list] == ["customers"]
+    assert [s.name for s in by_status.context["cl"].result_list] == ["orders"]
+
+
+def test_change_form_shows_state_without_passwords(admin_client: Client) -> None:
+    subscription = make(
+        checkpoint=0x1_00000010,
+        status_message="slot retains 2 GB of WAL",
+        last_error="password=s3cret host=h failed",
+    )
+
+    content = admin_client.get(change_url(subscription)).content.decode()
+
+    assert "1/10" in content
+    assert "slot retains 2 GB of WAL" in content
+    assert "password=*** host=h failed" in content
+    assert "s3cret" not in content
+
+
+def test_delete_drops_the_publication_on_the_source(
+    admin_client: Client, source_dsn: str, source_conn: psycopg.Connection
+) -> None:
+    subscription = make(source_dsn=source_dsn)
+    source_conn.execute(f'CREATE PUBLICATION "{subscription.slot_name}"')
+
+    response = admin_client.post(delete_url(subscription), {"post": "yes"}, follow=True)
+
+    assert response.status_code == 200
+    assert not Subscription.objects.filter(pk=subscription.pk).exists()
+    left = source_conn.execute(
+        "SELECT count(*) FROM pg_publication WHERE pubname = %s", (subscription.slot_name,)
+    ).fetchone()
+    assert left == (0,)
+    assert [level for level, _ in shown_messages(response)] == [messages.SUCCESS]
+
+
+def test_delete_with_an_unreachable_source_deletes_and_warns(admin_client: Client) -> None:
+    subscription = make(source_dsn=NO_SUCH_DB)
+
+    response = admin_client.post(delete_url(subscription), {"post": "yes"}, follow=True)
+
+    assert not Subscription.objects.filter(pk=subscription.pk).exists()
+    warnings = [text for level, text in shown_messages(response) if level == messages.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("subscription orders: could not drop replication slot")
+    assert "searchsync_no_such_database" in warnings[0]
+    assert f"pg_drop_replication_slot('{subscription.slot_name}')" in warnings[0]
+
+
+def test_bulk_delete_goes_through_the_service(
+    admin_client: Client, source_dsn: str, source_conn: psycopg.Connection
+) -> None:
+    reachable = make(source_dsn=source_dsn)
+    unreachable = make("customers", source_dsn=NO_SUCH_DB)
+    source_conn.execute(f'CREATE PUBLICATION "{reachable.slot_name}"')
+
+    response = admin_client.post(
+        CHANGELIST,
+        {
+            "action": "delete_selected",
+            "_selected_action": [str(reachable.pk), str(unreachable.pk)],
+            "post": "yes",
+        },
+        follow=True,
+    )
+
+    assert not Subscription.objects.exists()
+    left = source_conn.execute(
+        "SELECT count(*) FROM pg_publication WHERE pubname = %s", (reachable.slot_name,)
+    ).fetchone()
+    assert left == (0,)
+    warnings = [text for level, text in shown_messages(response) if level == messages.WARNING]
+    assert [w.split(":")[0] for w in warnings] == ["subscription customers"]

@@ -1,0 +1,23 @@
+"""Showing source positions the way their database does."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncer.positions import format_lsn
+
+
+@pytest.mark.parametrize(
+    ("position", "shown"),
+    [
+        (None, "-"),
+        (0, "0/0"),
+        (0x16_B374D848, "16/B374D848"),
+        (0x1_00000000, "1/0"),
+        (0xFFFFFFFF, "0/FFFFFFFF"),
+        ((1 << 64) - 1, "FFFFFFFF/FFFFFFFF"),
+        (-1, "FFFFFFFF/FFFFFFFF"),
+    ],
+)
+def test_lsn_is_shown_as_postgresql_shows_it(position: int | None, shown: str) -> None:
+    assert format_lsn(position) == shown
