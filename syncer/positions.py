@@ -15,3 +15,9 @@ def format_lsn(position: int | None) -> str:
         return "-"
     position &= _U64
     return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    """Read PostgreSQL's `16/B374D848` form of an LSN as an integer."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)

@@ -21,3 +21,10 @@ from syncer.positions import format_lsn
 )
 def test_lsn_is_shown_as_postgresql_shows_it(position: int | None, shown: str) -> None:
     assert format_lsn(position) == shown
+
+
+def test_parse_lsn_is_the_inverse_of_format_lsn():
+    from syncer.positions import parse_lsn
+
+    for position in (0, 1, 0xFFFFFFFF, 0x16B374D848, (1 << 63) - 1):
+        assert parse_lsn(format_lsn(position)) == position

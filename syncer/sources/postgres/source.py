@@ -26,6 +26,7 @@ from psycopg.adapt import Transformer
 from syncer import dsn
 from syncer.engine.changes import DocKey, Document, Position, RowChange, RowOp, Transaction, TxKind
 from syncer.engine.interfaces import ResumeState
+from syncer.positions import format_lsn, parse_lsn
 from syncer.errors import SourceConfigError
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
@@ -36,10 +37,6 @@ from syncer.sources.postgres.types import Decoder, make_decoder
 log = structlog.get_logger(__name__)
 
 Conn = AsyncConnection[tuple[Any, ...]]
-
-
-def format_lsn(position: int) -> str:
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True)
@@ -303,7 +300,7 @@ class PostgresSource:
                 row = await cursor.fetchone()
                 assert row is not None
                 _, consistent_point, snapshot_name, _ = row
-                position = _parse_lsn(str(consistent_point))
+                position = parse_lsn(str(consistent_point))
                 snap_conn = await AsyncConnection.connect(
                     self._conninfo, connect_timeout=self.config.connect_timeout
                 )
@@ -479,11 +476,6 @@ class PostgresSource:
         if self._table is None:
             raise RuntimeError("source is not open")
         return self._table
-
-
-def _parse_lsn(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _key_text(value: Any) -> str:
