@@ -26,8 +26,8 @@ from psycopg.adapt import Transformer
 from syncer import dsn
 from syncer.engine.changes import DocKey, Document, Position, RowChange, RowOp, Transaction, TxKind
 from syncer.engine.interfaces import ResumeState
-from syncer.positions import format_lsn, parse_lsn
 from syncer.errors import SourceConfigError
+from syncer.positions import format_lsn, parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
 from syncer.sources.postgres.errors import translated
