@@ -279,3 +279,47 @@ def test_slot_retaining_too_much_wal_warns_in_status(
             what="WAL warning",
         )
     assert "replication slot" in message and "of WAL (warning above 0 MiB)" in message
+
+
+def test_source_connection_killed_mid_stream_reconnects_without_loss(
+    source_conn, source_dsn, table_name, make_subscription, search
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    sub = make_subscription("pgdrop", table_name)
+    with WorkerThread([sub]) as worker:
+        wait_for(lambda: status_of("pgdrop").status == "caught_up")
+        for batch in range(6):
+            source_conn.execute(
+                f"INSERT INTO {table_name} SELECT i, %s FROM generate_series(%s::int, %s::int) i",
+                (batch, batch * 100, batch * 100 + 99),
+            )
+            # Kill every session of the worker on the source, as a failover would.
+            source_conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        wait_for(lambda: len(index_docs(search, "pgdrop")) == 600, what="all rows after reconnects")
+        assert worker.runner.pipelines["pgdrop"].stats.transactions >= 1
+    # The lost connection is recorded for the operator, and the worker got past it.
+    last_error = status_of("pgdrop").last_error
+    assert "terminating connection" in last_error or "connection" in last_error.lower()
+
+
+def test_deleting_a_subscription_drops_its_slot_and_publication(
+    source_conn, table_name, make_subscription, search
+):
+    from syncer.services import delete_subscription
+
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
+    sub = make_subscription("dropme", table_name)
+    with WorkerThread([sub]):
+        wait_for(lambda: status_of("dropme").status == "caught_up")
+    slot = sub.slot_name
+    exists = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s"
+    assert source_conn.execute(exists, (slot,)).fetchone() == (1,)
+    assert delete_subscription(status_of("dropme")) is None
+    assert source_conn.execute(exists, (slot,)).fetchone() == (0,)
+    assert source_conn.execute(
+        "SELECT count(*) FROM pg_publication WHERE pubname = %s", (slot,)
+    ).fetchone() == (0,)
+    assert index_docs(search, "dropme") == {} and search.indices.exists(index="dropme")
