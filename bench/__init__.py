@@ -1,0 +1,1 @@
+"""Benchmarks of searchsync (not tests): `make bench` runs bench/run.py."""

@@ -1,0 +1,231 @@
+"""One subscription's pipeline in a process of its own, instrumented for bench/run.py.
+
+    .venv/bin/python bench/worker.py --subscription NAME --out result.json
+
+Builds the pipeline exactly as `runsyncer` does (`syncer.runner.build_pipeline`) and
+runs it until SIGTERM/SIGINT, a time limit, or the death of its parent. An observer
+records, for every acknowledged source transaction (TxKind.CHANGES), the time from
+its commit on the source to its acknowledgement (checkpoint saved), and a timer
+records how long each read, bulk write, slot advance and checkpoint save took. While running it
+rewrites `<out>.progress` twice a second; on exit it writes `<out>`: the latencies,
+counters and the process's own peak RSS (VmHWM; ru_maxrss too, see below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from asgiref.sync import sync_to_async  # noqa: E402
+from django.db import connections  # noqa: E402
+
+from syncer.engine.changes import Transaction, TxKind  # noqa: E402
+from syncer.engine.pipeline import Pipeline  # noqa: E402
+from syncer.models import Subscription  # noqa: E402
+from syncer.runner import build_pipeline  # noqa: E402
+
+
+class Recorder:
+    """The pipeline's observer: what was acknowledged, and when."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.commit_times: list[float] = []
+        self.changes = 0
+        self.first_ack_at: float | None = None
+        self.last_ack_at: float | None = None
+        self.first_commit: float | None = None
+        self.last_commit: float | None = None
+        self.batches = 0
+        self.snapshot_rows = 0
+        self.snapshot_done_at: float | None = None
+
+    def acknowledged(self, batch: Sequence[Transaction], at: float) -> None:
+        self.batches += 1
+        for tx in batch:
+            if tx.kind is TxKind.CHANGES:
+                self.latencies.append(at - tx.commit_time)
+                self.commit_times.append(tx.commit_time)
+                self.changes += len(tx.changes)
+                if self.first_ack_at is None:
+                    self.first_ack_at = at
+                self.last_ack_at = at
+                if self.first_commit is None or tx.commit_time < self.first_commit:
+                    self.first_commit = tx.commit_time
+                if self.last_commit is None or tx.commit_time > self.last_commit:
+                    self.last_commit = tx.commit_time
+            elif tx.kind is TxKind.SNAPSHOT_CHUNK:
+                self.snapshot_rows += len(tx.changes)
+            else:
+                self.snapshot_done_at = at
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "transactions": len(self.latencies),
+            "changes": self.changes,
+            "batches": self.batches,
+            "snapshot_rows": self.snapshot_rows,
+            "snapshot_done_at": self.snapshot_done_at,
+            "first_ack_at": self.first_ack_at,
+            "last_ack_at": self.last_ack_at,
+            "first_commit": self.first_commit,
+            "last_commit": self.last_commit,
+        }
+
+
+class CallTimer:
+    """Times the pipeline's I/O calls (source reads, bulk writes, slot and checkpoint moves).
+
+    Wraps methods of the pipeline's source, sink and store instances: the product's
+    code is unchanged, and each call costs one more coroutine frame.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, float, int]] = []
+        """(method, started, seconds, size) per completed call."""
+
+    def wrap(
+        self, obj: Any, method: str, size: Callable[[tuple[Any, ...], Any], int] | None = None
+    ) -> None:
+        original = getattr(obj, method)
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.time()
+            result = await original(*args, **kwargs)
+            measured = size(args, result) if size is not None else 0
+            self.calls.append((method, started, time.time() - started, measured))
+            return result
+
+        setattr(obj, method, timed)
+
+    def instrument(self, pipeline: Pipeline) -> None:
+        self.wrap(pipeline.source, "read", lambda _, txs: sum(len(t.changes) for t in txs))
+        self.wrap(pipeline.sink, "write", lambda args, _: len(args[0]))
+        self.wrap(pipeline.source, "acknowledge")
+        self.wrap(pipeline.store, "save_checkpoint")
+        self.wrap(pipeline.store, "set_status")
+
+
+def ru_maxrss_bytes() -> int:
+    """getrusage's peak RSS (KiB on Linux).
+
+    Linux carries ru_maxrss over an execve from the image it replaces: a worker
+    started by subprocess (vfork + exec) from a parent holding 300 MB reports at least
+    300 MB. So it is recorded, but `peak_rss_bytes` is what the bench judges.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS: VmHWM, the high-water mark of its address space."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return ru_maxrss_bytes()
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+async def report_progress(
+    recorder: Recorder, path: Path, stop: asyncio.Event, parent: int, deadline: float
+) -> None:
+    """Rewrite the progress file; stop the pipeline at the deadline or if the parent died."""
+    while not stop.is_set():
+        write_json(path, {**recorder.progress(), "peak_rss_bytes": peak_rss_bytes()})
+        if os.getppid() != parent or time.monotonic() > deadline:
+            stop.set()
+            break
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        except TimeoutError:
+            pass
+
+
+async def main(name: str, out: Path, max_seconds: float) -> int:
+    started = time.time()
+    sub = await sync_to_async(Subscription.objects.get, thread_sensitive=True)(name=name)
+    recorder = Recorder()
+    pipeline = build_pipeline(sub, observer=recorder)
+    timer = CallTimer()
+    timer.instrument(pipeline)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    progress_path = out.with_name(out.name + ".progress")
+    reporter = asyncio.create_task(
+        report_progress(recorder, progress_path, stop, os.getppid(), time.monotonic() + max_seconds)
+    )
+    run_started = time.time()
+    try:
+        await pipeline.run(stop)
+    finally:
+        stop.set()
+        await reporter
+        await sync_to_async(connections.close_all, thread_sensitive=True)()
+        write_json(
+            out,
+            {
+                **recorder.progress(),
+                "latencies": recorder.latencies,
+                "commit_times": recorder.commit_times,
+                "calls": timer.calls,
+                "process_started": started,
+                "pipeline_started": run_started,
+                "stopped": time.time(),
+                "peak_rss_bytes": peak_rss_bytes(),
+                "ru_maxrss_bytes": ru_maxrss_bytes(),
+                "stats": {
+                    "written": pipeline.stats.written,
+                    "stale": pipeline.stats.stale,
+                    "rejected": pipeline.stats.rejected,
+                    "retries": pipeline.stats.retries,
+                    "errors": pipeline.stats.errors[-5:],
+                },
+            },
+        )
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscription", required=True, metavar="NAME")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=600,
+        help="stop by itself after this long (default 600)",
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    sys.exit(asyncio.run(main(args.subscription, args.out, args.max_seconds)))
