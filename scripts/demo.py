@@ -154,7 +154,7 @@ Ctrl-C stops the writer, the worker and the OpenSearch stand-in.
         while worker.poll() is None:
             time.sleep(0.5)
         say(f"runsyncer exited with code {worker.returncode}")
-        return 1
+        return 0 if worker.returncode == 0 else 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -176,5 +176,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Installed explicitly: a shell that starts us in the background ignores SIGINT.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt)
     sys.exit(main())

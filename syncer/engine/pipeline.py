@@ -167,7 +167,7 @@ class Pipeline:
                     self.stats.oldest_unacked_commit = tx.commit_time
             source_idle = read < self.config.batch_max_size
             if self._batcher and (source_idle or self._batcher.full or self._batcher.due(now)):
-                await self._flush()
+                await self._flush(caught_up=source_idle)
             if not transactions:
                 await self._idle(now)
                 await _sleep(stop, self.config.poll_interval)
@@ -181,7 +181,14 @@ class Pipeline:
         if not self._snapshotting:
             await self._set_status(Status.CAUGHT_UP, "caught up")
 
-    async def _flush(self) -> None:
+    async def _flush(self, caught_up: bool = False) -> None:
+        """Write the buffered transactions and move the checkpoint past them.
+
+        `caught_up`: the source had nothing more pending when this batch was read, so
+        once it is acknowledged the subscription is caught up rather than streaming a
+        backlog. Deciding it here keeps a trickle of changes from flipping the status
+        (and a log line, and a database write) on every batch.
+        """
         batch = self._batcher.drain()
         started = self.clock()
         changes = consolidate(batch)
@@ -189,7 +196,7 @@ class Pipeline:
         size = self.config.batch_max_size
         for offset in range(0, len(changes), size):
             await self._write(changes[offset : offset + size])
-        await self._acknowledge(batch)
+        await self._acknowledge(batch, caught_up)
         self._backoff.reset()
         self._log.debug(
             "batch_flushed",
@@ -275,7 +282,7 @@ class Pipeline:
                     )
                     change.missing = frozenset()
 
-    async def _acknowledge(self, batch: Sequence[Transaction]) -> None:
+    async def _acknowledge(self, batch: Sequence[Transaction], caught_up: bool) -> None:
         position = None
         for tx in batch:
             if tx.kind is TxKind.SNAPSHOT_CHUNK:
@@ -299,7 +306,9 @@ class Pipeline:
             await self._set_status(
                 Status.SNAPSHOTTING, f"copying existing rows: {self.stats.snapshot_rows:,} done"
             )
-        elif not self._snapshotting and self.status != Status.STREAMING:
+        elif not self._snapshotting and caught_up:
+            await self._set_status(Status.CAUGHT_UP, "caught up")
+        elif not self._snapshotting:
             await self._set_status(Status.STREAMING, "streaming changes")
 
     async def _finish_snapshot(self, end: Transaction) -> None:

@@ -168,3 +168,36 @@ async def test_stop_flushes_what_was_read(outages):
     await run_until(pipeline, lambda: sink.requests >= 1)
     assert store.checkpoint == source.acknowledged
     assert len(sink.live) >= (store.checkpoint or 0)
+
+
+async def test_a_trickle_of_changes_stays_caught_up_without_flapping():
+    source = InMemorySource()
+    sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
+    pipeline = Pipeline(FAST, source, sink, store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    async with asyncio.timeout(5):
+        while store.status != Status.CAUGHT_UP:
+            await asyncio.sleep(0.002)
+        for position in range(10, 60, 10):
+            source.push(tx(position, ins(position)))
+            while store.checkpoint != position:
+                await asyncio.sleep(0.002)
+    stop.set()
+    await task
+    after_start = [s for s, _ in store.statuses][
+        store.statuses.index((Status.CAUGHT_UP, "caught up")) :
+    ]
+    assert after_start == [Status.CAUGHT_UP, Status.STOPPED]
+
+
+async def test_a_backlog_is_streaming_until_the_source_runs_dry():
+    config = PipelineConfig(name="t", batch_max_size=2, poll_interval=0.005)
+    source = InMemorySource([tx(p, ins(p)) for p in range(1, 7)])
+    sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
+    await run_until(Pipeline(config, source, sink, store), lambda: store.checkpoint == 6)
+    statuses = [s for s, _ in store.statuses]
+    assert Status.STREAMING in statuses
+    # Streaming while full batches came back; caught up once a read found the rest.
+    assert statuses.index(Status.STREAMING) < statuses.index(Status.CAUGHT_UP)
+    assert sink.live.keys() == {str(p) for p in range(1, 7)}
