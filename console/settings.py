@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from syncer.logconfig import logging_config
 
@@ -20,6 +21,19 @@ def _env_bool(name: str, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_number(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+    if number < 0:
+        raise ImproperlyConfigured(f"{name} must not be negative, not {value!r}")
+    return number
 
 
 DEBUG = _env_bool("DEBUG", False)
@@ -90,12 +104,12 @@ OPENSEARCH_VERIFY_CERTS = _env_bool("OPENSEARCH_VERIFY_CERTS", True)
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # Worker tuning; syncer.conf reads these lazily, with the defaults documented there.
-SYNCER_SHUTDOWN_TIMEOUT = float(os.environ.get("SYNCER_SHUTDOWN_TIMEOUT", "30"))
-SYNCER_POLL_INTERVAL = float(os.environ.get("SYNCER_POLL_INTERVAL", "0.1"))
-SYNCER_SLOT_WAL_WARN_BYTES = int(os.environ.get("SYNCER_SLOT_WAL_WARN_BYTES", str(1 << 30)))
-SYNCER_BACKOFF_BASE = float(os.environ.get("SYNCER_BACKOFF_BASE", "1"))
-SYNCER_BACKOFF_CAP = float(os.environ.get("SYNCER_BACKOFF_CAP", "30"))
-SYNCER_SLOT_CHECK_INTERVAL = float(os.environ.get("SYNCER_SLOT_CHECK_INTERVAL", "30"))
+SYNCER_SHUTDOWN_TIMEOUT = _env_number("SYNCER_SHUTDOWN_TIMEOUT", 30)
+SYNCER_POLL_INTERVAL = _env_number("SYNCER_POLL_INTERVAL", 0.1)
+SYNCER_SLOT_WAL_WARN_BYTES = int(_env_number("SYNCER_SLOT_WAL_WARN_BYTES", 1 << 30))
+SYNCER_BACKOFF_BASE = _env_number("SYNCER_BACKOFF_BASE", 1)
+SYNCER_BACKOFF_CAP = _env_number("SYNCER_BACKOFF_CAP", 30)
+SYNCER_SLOT_CHECK_INTERVAL = _env_number("SYNCER_SLOT_CHECK_INTERVAL", 30)
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
