@@ -15,7 +15,9 @@ from osmem_server import OsmemServer
 from syncer.models import Subscription
 
 ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-SOURCE_DB = "searchsync_source_test"
+# Several test runs may share one PostgreSQL: each sets its own suffix.
+DB_SUFFIX = os.environ.get("SEARCHSYNC_TEST_DB_SUFFIX", "")
+SOURCE_DB = f"searchsync_source_test{DB_SUFFIX}"
 _table_ids = itertools.count(1)
 
 
@@ -25,6 +27,16 @@ def _drop_slots(conn: psycopg.Connection, database: str) -> None:
         "WHERE database = %s AND NOT active",
         (database,),
     )
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Give the console's test database the run's suffix too."""
+    if DB_SUFFIX:
+        from django.conf import settings
+
+        db = settings.DATABASES["default"]
+        db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}{DB_SUFFIX}"
 
 
 @pytest.fixture(scope="session")
