@@ -35,6 +35,8 @@ class Subscription(models.Model):
         STREAMING = "streaming", "Streaming"
         CAUGHT_UP = "caught_up", "Caught up"
         RECONNECTING = "reconnecting", "Reconnecting"
+        SINK_UNAVAILABLE = "sink_unavailable", "Sink unavailable"
+        BACKPRESSURE = "backpressure", "Backpressure"
         ERROR = "error", "Error"
 
     name = models.SlugField(max_length=63, unique=True)
@@ -152,3 +154,49 @@ def make_slot_name(name: str) -> str:
     """A replication slot / publication name: [a-z0-9_], at most 63, unique per install."""
     base = "".join(c if c.isalnum() else "_" for c in name.lower())[:40]
     return f"searchsync_{base}_{secrets.token_hex(4)}"
+
+
+class DeadLetter(models.Model):
+    """A document change OpenSearch rejected for good, or after the retry budget.
+
+    At most one per (subscription, document): a newer failure replaces the entry, and
+    a newer successful write of the document removes it (superseded), so a retry can
+    never bring back stale data. `payload` and `version` are exactly what was sent.
+    """
+
+    class Action(models.TextChoices):
+        INDEX = "index", "index"
+        DELETE = "delete", "delete"
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="dead_letters"
+    )
+    doc_id = models.CharField("document id", max_length=512)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    payload = models.JSONField(
+        null=True, blank=True, help_text="The document as it would have been written."
+    )
+    version = models.BigIntegerField(help_text="The source position the write carried.")
+    attempts = models.PositiveIntegerField(default=1)
+    error_status = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="HTTP status OpenSearch gave the document."
+    )
+    error_type = models.CharField(max_length=200, blank=True)
+    error_reason = models.TextField(blank=True, help_text="OpenSearch's own words, shortened.")
+    first_failed_at = models.DateTimeField()
+    last_attempt_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-first_failed_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "doc_id"], name="deadletter_one_per_document"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["first_failed_at"], name="deadletter_first_failed"),
+            models.Index(fields=["subscription", "error_type"], name="deadletter_sub_error"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.doc_id} ({self.action}, version {self.version})"

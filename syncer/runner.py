@@ -28,21 +28,10 @@ class UnknownSubscription(ValueError):
     """A subscription named on the command line does not exist."""
 
 
-def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipeline:
-    """Wire one subscription's source, sink and store into a pipeline."""
-    worker = conf.worker()
+def build_sink(sub: Subscription) -> OpenSearchSink:
+    """The OpenSearch sink of one subscription, as the worker and DLQ retries use it."""
     search = conf.opensearch()
-    source = PostgresSource(
-        PostgresSourceConfig(
-            name=sub.name,
-            dsn=sub.source_dsn,
-            relation=sub.relation,
-            key_columns=tuple(sub.key_columns or ()),
-            slot_name=sub.slot_name,
-            wal_warn_bytes=worker.slot_wal_warn_bytes,
-        )
-    )
-    sink = OpenSearchSink(
+    return OpenSearchSink(
         OpenSearchSinkConfig(
             name=sub.name,
             index=sub.index_name,
@@ -55,6 +44,22 @@ def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipel
             verify_certs=search.verify_certs,
         )
     )
+
+
+def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipeline:
+    """Wire one subscription's source, sink and store into a pipeline."""
+    worker = conf.worker()
+    source = PostgresSource(
+        PostgresSourceConfig(
+            name=sub.name,
+            dsn=sub.source_dsn,
+            relation=sub.relation,
+            key_columns=tuple(sub.key_columns or ()),
+            slot_name=sub.slot_name,
+            wal_warn_bytes=worker.slot_wal_warn_bytes,
+        )
+    )
+    sink = build_sink(sub)
     config = PipelineConfig(
         name=sub.name,
         batch_max_size=sub.batch_max_size,

@@ -1,0 +1,310 @@
+"""The dead-letter queue's operations: retry, purge and stats.
+
+The admin, `manage.py dlq`, the API and the worker's periodic retry all call these.
+They work through the table in bounded batches (keyset pagination on the id), so
+20,000 entries cost no more memory than 500.
+
+Retry resubmits each entry's stored payload with its original version:
+- OpenSearch accepts it: **succeeded**, the entry is removed;
+- a version conflict (a newer version is already indexed): **superseded**, removed;
+- any other failure: **failed again**, attempts + 1 and the error updated.
+An entry the worker replaced or removed meanwhile (a newer failure or a newer
+successful write of the document) is left as the worker left it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import groupby
+from typing import Protocol
+
+import structlog
+from asgiref.sync import async_to_sync, sync_to_async
+from django.db.models import Count, Max, Min, QuerySet
+from django.utils import timezone
+
+from syncer.engine.changes import Change, Op
+from syncer.engine.outcomes import ItemResult, Outcome
+from syncer.errors import SyncError
+from syncer.models import DeadLetter, Subscription
+
+log = structlog.get_logger(__name__)
+
+RETRY_BATCH = 500
+PURGE_BATCH = 2000
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class UnknownSubscription(ValueError):
+    """A subscription named in a selection does not exist."""
+
+
+class RetryAborted(SyncError):
+    """OpenSearch refused a whole retry request; `report` counts what was done before."""
+
+    def __init__(self, message: str, report: RetryReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def parse_age(text: str) -> timedelta:
+    """`7d`, `12h`, `30m`, `45s`, `2w` as a timedelta; ValueError says what is accepted."""
+    match = _AGE.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(
+            f"{text!r} is not an age: use a positive number and a unit, e.g. 30m, 12h, 7d, 2w"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries an operation applies to; the criteria combine with AND."""
+
+    ids: Sequence[int] | None = None
+    subscription: str | None = None
+    older_than: timedelta | None = None
+    """Entries that first failed at least this long ago."""
+
+    def queryset(self) -> QuerySet[DeadLetter]:
+        entries = DeadLetter.objects.all()
+        if self.ids is not None:
+            entries = entries.filter(pk__in=list(self.ids))
+        if self.subscription is not None:
+            if not Subscription.objects.filter(name=self.subscription).exists():
+                known = ", ".join(Subscription.objects.values_list("name", flat=True)) or "none"
+                raise UnknownSubscription(
+                    f"no subscription named {self.subscription!r} (known: {known})"
+                )
+            entries = entries.filter(subscription__name=self.subscription)
+        if self.older_than is not None:
+            entries = entries.filter(first_failed_at__lte=timezone.now() - self.older_than)
+        return entries
+
+    def describe(self) -> str:
+        parts = []
+        if self.ids is not None:
+            parts.append(f"{len(self.ids)} selected")
+        if self.subscription is not None:
+            parts.append(f"subscription {self.subscription}")
+        if self.older_than is not None:
+            parts.append(f"older than {self.older_than}")
+        return ", ".join(parts) or "all entries"
+
+
+def _batches(selection: Selection, limit: int | None, size: int) -> Iterator[list[DeadLetter]]:
+    """The selected entries in id order, `size` at a time, at most `limit` in all."""
+    entries = selection.queryset().select_related("subscription").order_by("pk")
+    after, left = 0, limit
+    while left is None or left > 0:
+        take = size if left is None else min(size, left)
+        batch = list(entries.filter(pk__gt=after)[:take])
+        if not batch:
+            return
+        yield batch
+        after = batch[-1].pk
+        if left is not None:
+            left -= len(batch)
+
+
+def count(selection: Selection, limit: int | None = None) -> int:
+    """How many entries an operation on `selection` would touch (for --dry-run)."""
+    total = selection.queryset().count()
+    return total if limit is None else min(total, limit)
+
+
+# -- retry -----------------------------------------------------------------------------
+
+
+@dataclass
+class RetryReport:
+    succeeded: int = 0
+    superseded: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    """Failures again, by error type."""
+
+    @property
+    def retried(self) -> int:
+        return self.succeeded + self.superseded + self.failed
+
+    def __str__(self) -> str:
+        return (
+            f"{self.retried} retried: {self.succeeded} succeeded, {self.superseded} "
+            f"superseded, {self.failed} failed"
+        )
+
+
+SinkFactory = Callable[[Subscription], "RetrySink"]
+
+
+class RetrySink(Protocol):
+    """What retry needs of a sink (OpenSearchSink has it)."""
+
+    async def open(self) -> None: ...
+
+    async def write(self, changes: Sequence[Change]) -> list[ItemResult]: ...
+
+    async def close(self) -> None: ...
+
+
+def _default_sink(subscription: Subscription) -> RetrySink:
+    from syncer.runner import build_sink
+
+    return build_sink(subscription)
+
+
+def retry(
+    selection: Selection,
+    limit: int | None = None,
+    *,
+    batch_size: int = RETRY_BATCH,
+    progress: Callable[[RetryReport], None] | None = None,
+    sink_factory: SinkFactory = _default_sink,
+) -> RetryReport:
+    """Resubmit the selected entries; see the module docstring for the outcomes."""
+    return async_to_sync(aretry)(
+        selection, limit, batch_size=batch_size, progress=progress, sink_factory=sink_factory
+    )
+
+
+async def aretry(
+    selection: Selection,
+    limit: int | None = None,
+    *,
+    batch_size: int = RETRY_BATCH,
+    progress: Callable[[RetryReport], None] | None = None,
+    sink_factory: SinkFactory = _default_sink,
+) -> RetryReport:
+    report = RetryReport()
+    batches = _batches(selection, limit, batch_size)
+    next_batch = sync_to_async(lambda: next(batches, None), thread_sensitive=True)
+    while (batch := await next_batch()) is not None:
+        for _, group in groupby(batch, key=lambda entry: entry.subscription_id):
+            entries = list(group)
+            await _retry_group(entries, sink_factory(entries[0].subscription), report)
+        if progress is not None:
+            progress(report)
+    log.info(
+        "dead_letters_retried",
+        selection=selection.describe(),
+        succeeded=report.succeeded,
+        superseded=report.superseded,
+        failed=report.failed,
+    )
+    return report
+
+
+async def _retry_group(entries: list[DeadLetter], sink: RetrySink, report: RetryReport) -> None:
+    """Resubmit one subscription's entries in one bulk request."""
+    changes = [_change(entry) for entry in entries]
+    try:
+        await sink.open()
+        results = await sink.write(changes)
+    except SyncError as exc:
+        raise RetryAborted(f"retry stopped: {exc} ({report} before it stopped)", report) from exc
+    finally:
+        await sink.close()
+    await sync_to_async(_record, thread_sensitive=True)(entries, results, report)
+
+
+def _change(entry: DeadLetter) -> Change:
+    op = Op.DELETE if entry.action == DeadLetter.Action.DELETE else Op.UPSERT
+    return Change(op, entry.doc_id, (entry.doc_id,), entry.version, 0.0, doc=entry.payload)
+
+
+def _record(
+    entries: Sequence[DeadLetter], results: Sequence[ItemResult], report: RetryReport
+) -> None:
+    now = timezone.now()
+    done: list[tuple[int, int]] = []
+    for entry, result in zip(entries, results, strict=True):
+        if result.outcome is Outcome.OK:
+            report.succeeded += 1
+            done.append((entry.pk, entry.version))
+        elif result.outcome is Outcome.STALE:
+            report.superseded += 1
+            done.append((entry.pk, entry.version))
+        else:
+            report.failed += 1
+            report.errors[result.error_type] = report.errors.get(result.error_type, 0) + 1
+            # Only the entry as retried: the worker may have replaced it meanwhile.
+            DeadLetter.objects.filter(pk=entry.pk, version=entry.version).update(
+                attempts=entry.attempts + 1,
+                error_status=result.status,
+                error_type=result.error_type[:200],
+                error_reason=result.reason,
+                last_attempt_at=now,
+            )
+    for pk, version in done:
+        DeadLetter.objects.filter(pk=pk, version=version).delete()
+
+
+# -- purge -----------------------------------------------------------------------------
+
+
+def purge(
+    selection: Selection,
+    limit: int | None = None,
+    *,
+    batch_size: int = PURGE_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete the selected entries, `batch_size` at a time; return how many."""
+    entries = selection.queryset().order_by("pk")
+    removed = 0
+    while limit is None or removed < limit:
+        take = batch_size if limit is None else min(batch_size, limit - removed)
+        ids = list(entries.values_list("pk", flat=True)[:take])
+        if not ids:
+            break
+        removed += DeadLetter.objects.filter(pk__in=ids).delete()[0]
+        if progress is not None:
+            progress(removed)
+    log.info("dead_letters_purged", selection=selection.describe(), removed=removed)
+    return removed
+
+
+# -- stats -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    subscription: str
+    error_type: str
+    count: int
+    oldest: datetime
+    newest: datetime
+
+
+@dataclass(frozen=True)
+class Stats:
+    rows: list[StatsRow]
+    total: int
+    oldest: DeadLetter | None
+
+    def by_subscription(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for row in self.rows:
+            totals[row.subscription] = totals.get(row.subscription, 0) + row.count
+        return totals
+
+
+def stats(selection: Selection | None = None) -> Stats:
+    """Counts per subscription and error type, and the oldest entry."""
+    entries = (selection or Selection()).queryset()
+    grouped = (
+        entries.values("subscription__name", "error_type")
+        .annotate(n=Count("pk"), oldest=Min("first_failed_at"), newest=Max("first_failed_at"))
+        .order_by("subscription__name", "-n", "error_type")
+    )
+    rows = [
+        StatsRow(g["subscription__name"], g["error_type"], g["n"], g["oldest"], g["newest"])
+        for g in grouped
+    ]
+    oldest = entries.select_related("subscription").order_by("first_failed_at", "pk").first()
+    return Stats(rows, sum(r.count for r in rows), oldest)
