@@ -204,9 +204,10 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
                 "stats": {
                     "written": pipeline.stats.written,
                     "stale": pipeline.stats.stale,
-                    "rejected": pipeline.stats.rejected,
+                    "dead_lettered": pipeline.stats.dead_lettered,
                     "retries": pipeline.stats.retries,
-                    "errors": pipeline.stats.errors[-5:],
+                    "outages": pipeline.stats.outages,
+                    "buffer_peak": pipeline.stats.buffer_peak,
                 },
             },
         )

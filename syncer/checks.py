@@ -31,4 +31,8 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         errors.append(
             Error("LOG_FORMAT must be json or console.", hint="e.g. json", id="syncer.E004")
         )
+    if int(getattr(settings, "SYNCER_MAX_ATTEMPTS", 3)) < 1:
+        errors.append(
+            Error("SYNCER_MAX_ATTEMPTS must be at least 1.", hint="e.g. 3", id="syncer.E005")
+        )
     return errors

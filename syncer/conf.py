@@ -33,6 +33,10 @@ class WorkerSettings:
     backoff_cap: float
     slot_check_interval: float
     """Seconds between checks of the replication slot's retained WAL."""
+    max_attempts: int
+    """Transient failures of one document before it goes to the dead-letter queue."""
+    dlq_retry_batch: int
+    """Dead letters retried per round by `runsyncer --dlq-retry-every`."""
 
 
 def opensearch() -> OpenSearchSettings:
@@ -53,4 +57,6 @@ def worker() -> WorkerSettings:
         backoff_base=float(getattr(settings, "SYNCER_BACKOFF_BASE", 1.0)),
         backoff_cap=float(getattr(settings, "SYNCER_BACKOFF_CAP", 30.0)),
         slot_check_interval=float(getattr(settings, "SYNCER_SLOT_CHECK_INTERVAL", 30.0)),
+        max_attempts=int(getattr(settings, "SYNCER_MAX_ATTEMPTS", 3)),
+        dlq_retry_batch=int(getattr(settings, "SYNCER_DLQ_RETRY_LIMIT", 1000)),
     )

@@ -14,12 +14,12 @@ import structlog
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from syncer import conf
+from syncer import conf, dlq
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
 from syncer.models import Subscription
 from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
-from syncer.store import DjangoStateStore
+from syncer.store import DjangoDeadLetters, DjangoStateStore
 
 log = structlog.get_logger(__name__)
 
@@ -64,12 +64,22 @@ def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipel
         name=sub.name,
         batch_max_size=sub.batch_max_size,
         batch_max_age=sub.batch_max_age_ms / 1000,
+        pause_at=sub.backpressure_pause_at,
+        resume_at=sub.backpressure_resume_at,
+        max_attempts=worker.max_attempts,
         poll_interval=worker.poll_interval,
         backoff_base=worker.backoff_base,
         backoff_cap=worker.backoff_cap,
         warnings_every=worker.slot_check_interval,
     )
-    return Pipeline(config, source, sink, DjangoStateStore(sub.pk, sub.name), observer=observer)
+    return Pipeline(
+        config,
+        source,
+        sink,
+        DjangoStateStore(sub.pk, sub.name),
+        DjangoDeadLetters(sub.pk, sub.name),
+        observer=observer,
+    )
 
 
 def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:
@@ -87,9 +97,15 @@ def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:
 
 
 class Runner:
-    def __init__(self, subscriptions: Sequence[Subscription], shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        subscriptions: Sequence[Subscription],
+        shutdown_timeout: float,
+        dlq_retry_every: float | None = None,
+    ) -> None:
         self.subscriptions = list(subscriptions)
         self.shutdown_timeout = shutdown_timeout
+        self.dlq_retry_every = dlq_retry_every
         self.pipelines: dict[str, Pipeline] = {}
 
     async def run(self, stop: asyncio.Event) -> bool:
@@ -109,7 +125,13 @@ class Runner:
             self.pipelines[sub.name] = pipeline
             tasks[sub.name] = asyncio.create_task(self._supervise(sub.name, pipeline, stop))
         log.info("worker_started", subscriptions=sorted(tasks))
+        retrier = None
+        if self.dlq_retry_every:
+            retrier = asyncio.create_task(self._retry_dead_letters(self.dlq_retry_every, stop))
         await stop.wait()
+        if retrier is not None:
+            retrier.cancel()
+            await asyncio.gather(retrier, return_exceptions=True)
         log.info("worker_stopping", timeout_s=self.shutdown_timeout)
         if not tasks:
             return True
@@ -135,6 +157,30 @@ class Runner:
                     await asyncio.wait_for(stop.wait(), timeout=5)
                 except TimeoutError:
                     pass
+
+    async def _retry_dead_letters(self, every: float, stop: asyncio.Event) -> None:
+        """Retry each subscription's dead letters every `every` seconds, a bounded round each."""
+        limit = conf.worker().dlq_retry_batch
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every)
+                return
+            except TimeoutError:
+                pass
+            for sub in self.subscriptions:
+                try:
+                    report = await dlq.aretry(dlq.Selection(subscription=sub.name), limit)
+                except Exception as exc:  # the next round tries again; the sync goes on
+                    log.warning("dead_letter_retry_failed", subscription=sub.name, error=str(exc))
+                    continue
+                if report.retried:
+                    log.info(
+                        "dead_letter_retry_round",
+                        subscription=sub.name,
+                        succeeded=report.succeeded,
+                        superseded=report.superseded,
+                        failed=report.failed,
+                    )
 
 
 load_subscriptions_async = sync_to_async(load_subscriptions, thread_sensitive=True)

@@ -1,19 +1,22 @@
-"""The pipeline's state store, kept on the Subscription row in the console's database."""
+"""The pipeline's state in the console's database: checkpoint and status on the
+Subscription row, and the subscription's dead letters."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
-from syncer.engine.changes import Position
-from syncer.engine.interfaces import ResumeState
+from syncer.engine.changes import Change, Op, Position
+from syncer.engine.interfaces import Rejected, ResumeState
 from syncer.errors import UnavailableError
-from syncer.models import Subscription
+from syncer.models import DeadLetter, Subscription
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -80,3 +83,98 @@ class DjangoStateStore:
         except ConsoleDatabaseUnavailable as exc:
             # The status is for people; losing one update must not stop the sync.
             log.warning("status_not_saved", subscription=self.name, status=status, error=str(exc))
+
+
+_PUT_SQL = """
+INSERT INTO {table} (subscription_id, doc_id, action, payload, version, attempts,
+                     error_status, error_type, error_reason, first_failed_at, last_attempt_at)
+VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT ON CONSTRAINT deadletter_one_per_document DO UPDATE SET
+    action = EXCLUDED.action, payload = EXCLUDED.payload, version = EXCLUDED.version,
+    attempts = EXCLUDED.attempts, error_status = EXCLUDED.error_status,
+    error_type = EXCLUDED.error_type, error_reason = EXCLUDED.error_reason,
+    last_attempt_at = EXCLUDED.last_attempt_at
+WHERE {table}.version <= EXCLUDED.version
+"""
+
+_SUPERSEDE_SQL = """
+DELETE FROM {table} AS d USING unnest(%s::text[], %s::bigint[]) AS w(doc_id, version)
+WHERE d.subscription_id = %s AND d.doc_id = w.doc_id AND d.version <= w.version
+"""
+
+
+class DjangoDeadLetters:
+    """One subscription's dead-letter queue, in the console's database.
+
+    Superseding runs after every successful bulk, so it is skipped while the
+    subscription has no entries: only this worker adds them, and an `exists` check
+    every `recheck_every` seconds notices entries removed by an operator.
+    """
+
+    def __init__(self, subscription_id: int, name: str, recheck_every: float = 30.0) -> None:
+        self.subscription_id = subscription_id
+        self.name = name
+        self.recheck_every = recheck_every
+        self._has_entries: bool | None = None
+        self._checked_at = 0.0
+
+    async def put(self, rejected: Sequence[Rejected]) -> None:
+        now = timezone.now()
+        params = [
+            (
+                self.subscription_id,
+                item.change.doc_id[:512],
+                DeadLetter.Action.DELETE
+                if item.change.op is Op.DELETE
+                else DeadLetter.Action.INDEX,
+                None
+                if item.change.doc is None
+                else orjson.dumps(item.change.doc, option=orjson.OPT_NON_STR_KEYS).decode(),
+                item.change.version,
+                item.attempts,
+                item.result.status or None,
+                item.result.error_type[:200],
+                item.result.reason[:_MESSAGE_LIMIT],
+                now,
+                now,
+            )
+            for item in rejected
+        ]
+
+        def put() -> None:
+            with connection.cursor() as cursor:
+                cursor.executemany(_PUT_SQL.format(table=_table()), params)
+
+        await _db(put)
+        self._has_entries = True
+
+    async def supersede(self, written: Sequence[Change]) -> int:
+        if not written or not await self._may_have_entries():
+            return 0
+        doc_ids = [change.doc_id for change in written]
+        versions = [change.version for change in written]
+
+        def supersede() -> int:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _SUPERSEDE_SQL.format(table=_table()), [doc_ids, versions, self.subscription_id]
+                )
+                return int(cursor.rowcount)
+
+        removed = await _db(supersede)
+        if removed:
+            log.info("dead_letters_superseded", subscription=self.name, count=removed)
+        return removed
+
+    async def _may_have_entries(self) -> bool:
+        now = time.monotonic()
+        if self._has_entries is None or now - self._checked_at >= self.recheck_every:
+            self._checked_at = now
+            self._has_entries = await _db(
+                DeadLetter.objects.filter(subscription_id=self.subscription_id).exists
+            )
+        return self._has_entries
+
+
+def _table() -> str:
+    return connection.ops.quote_name(DeadLetter._meta.db_table)

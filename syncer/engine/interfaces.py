@@ -65,6 +65,31 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A change the sink refused for good (or after the retry budget): a dead letter."""
+
+    change: Change
+    result: ItemResult
+    attempts: int
+
+
+class DeadLetterQueue(Protocol):
+    async def put(self, rejected: Sequence[Rejected]) -> None:
+        """Record rejected changes, one entry per document.
+
+        An entry for a document already in the queue is replaced only by a change of
+        an equal or newer version.
+        """
+
+    async def supersede(self, written: Sequence[Change]) -> int:
+        """Remove entries that these successful writes made obsolete; return how many.
+
+        An entry goes when its document was written at its version or a newer one, so
+        a later retry can never bring back stale data.
+        """
+
+
 class StateStore(Protocol):
     async def load(self) -> ResumeState: ...
 

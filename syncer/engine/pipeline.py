@@ -1,32 +1,42 @@
 """One subscription's loop: read from the source, write to the sink, move the checkpoint.
 
-    source.read ─▶ Batcher ─▶ consolidate ─▶ fill unchanged values ─▶ sink.write
-         ▲                                                               │
-         └──── source.acknowledge + store.save_checkpoint ◀── all acked ─┘
+    reader task: source.read ─▶ ChangeBuffer (bounded: pauses at pause_at)
+                                     │
+    writer:      take a batch ◀──────┘ ─▶ consolidate ─▶ fill unchanged values
+                 ─▶ sink.write ─▶ per document: done | retry | dead letter
+                 ─▶ dead letters saved ─▶ source.acknowledge + store.save_checkpoint
+
+Reading and writing overlap: the next chunk is read while a bulk request is in
+flight, and the buffer between them is what backpressure bounds.
 
 Invariant: a position is acknowledged only after the sink has accepted (or found
-stale, or permanently rejected) every change at or before it. Transient failures
-are retried with backoff and hold the checkpoint back. Any failure of a source or
-a sink ends the session: the pipeline reconnects with backoff and the source
-replays from the checkpoint, which versioned writes make harmless.
+stale) every change at or before it, or the change is safely in the dead-letter
+queue. Transient failures are retried with backoff and hold the checkpoint back.
+A whole request refused (OpenSearch down, 5xx, 429) opens the circuit breaker: the
+reader stops, the batch is held and retried until OpenSearch is back, and nothing
+is dead-lettered for it. Any failure of the source ends the session: the pipeline
+reconnects with backoff and the source replays from the checkpoint, which versioned
+writes make harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
 from syncer.engine.backoff import Backoff
-from syncer.engine.batching import Batcher
+from syncer.engine.buffer import BufferClosed, ChangeBuffer
 from syncer.engine.changes import Change, Transaction, TxKind
 from syncer.engine.consolidate import consolidate
-from syncer.engine.interfaces import Sink, Source, StateStore
+from syncer.engine.interfaces import DeadLetterQueue, Rejected, Sink, Source, StateStore
 from syncer.engine.outcomes import ItemResult, Outcome
+from syncer.engine.retry import Decision, RetryPolicy
 from syncer.errors import ConfigError, SinkUnavailable, UnavailableError
 
 log = structlog.get_logger(__name__)
@@ -39,6 +49,8 @@ class Status:
     SNAPSHOTTING = "snapshotting"
     STREAMING = "streaming"
     CAUGHT_UP = "caught_up"
+    BACKPRESSURE = "backpressure"
+    SINK_UNAVAILABLE = "sink_unavailable"
     RECONNECTING = "reconnecting"
     ERROR = "error"
     STOPPED = "stopped"
@@ -49,6 +61,10 @@ class PipelineConfig:
     name: str
     batch_max_size: int = 1000
     batch_max_age: float = 5.0
+    pause_at: int = 5000
+    resume_at: int = 2500
+    max_attempts: int = 3
+    """Transient failures of one document before it is dead-lettered."""
     poll_interval: float = 0.1
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
@@ -60,13 +76,18 @@ class PipelineStats:
     transactions: int = 0
     written: int = 0
     stale: int = 0
-    rejected: int = 0
+    dead_lettered: int = 0
+    superseded: int = 0
     retries: int = 0
+    outages: int = 0
     snapshot_rows: int = 0
     swept: int = 0
+    buffered: int = 0
+    buffer_peak: int = 0
+    backpressure: bool = False
+    sink_available: bool = True
     last_ack_at: float | None = None
     oldest_unacked_commit: float | None = None
-    errors: list[str] = field(default_factory=list)
 
     def lag(self, now: float) -> float:
         """Seconds since the commit of the oldest change not yet acknowledged."""
@@ -89,24 +110,28 @@ class Pipeline:
         source: Source,
         sink: Sink,
         store: StateStore,
+        dead_letters: DeadLetterQueue,
         *,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
     ) -> None:
         self.config = config
         self.source, self.sink, self.store = source, sink, store
+        self.dead_letters = dead_letters
         self.clock = clock
         self.observer = observer
         self.stats = PipelineStats()
         self.status = Status.STOPPED
+        self.policy = RetryPolicy(config.max_attempts)
         self._message = ""
-        self._batcher = Batcher(config.batch_max_size, config.batch_max_age)
+        self._buffer = ChangeBuffer(config.pause_at, config.resume_at)
         self._backoff = Backoff(config.backoff_base, config.backoff_cap)
         self._log = log.bind(subscription=config.name)
         self._snapshotting = False
         self._progress_at = 0.0
         self._warnings: list[str] = []
         self._warnings_at = 0.0
+        self._writing = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until `stop` is set, reconnecting with backoff after any failure."""
@@ -130,7 +155,6 @@ class Pipeline:
         await self._set_status(Status.STOPPED, "stopped")
 
     async def _failed(self, status: str, message: str, stop: asyncio.Event) -> None:
-        self._batcher.drain()  # the source replays them from the checkpoint
         self.stats.oldest_unacked_commit = None
         delay = self._backoff.next_delay()
         self._log.warning(
@@ -143,7 +167,11 @@ class Pipeline:
         await self._set_status(status, f"{message} (retrying in {delay:.0f} s)", error=message)
         await _sleep(stop, delay)
 
+    # -- a session: from connecting to the first failure or the stop ----------------
+
     async def _session(self, stop: asyncio.Event) -> None:
+        # What was buffered is replayed by the source from the checkpoint.
+        self._buffer = ChangeBuffer(self.config.pause_at, self.config.resume_at)
         await self.sink.open()
         resume = await self.store.load()
         await self.source.open(resume)
@@ -152,51 +180,78 @@ class Pipeline:
             await self._set_status(Status.SNAPSHOTTING, "copying existing rows")
         else:
             await self._set_status(Status.STREAMING, "streaming changes")
-        while not stop.is_set():
-            transactions = await self.source.read(self.config.batch_max_size)
-            now = self.clock()
-            read = 0
-            for tx in transactions:
-                self._batcher.add(tx, now)
-                read += len(tx.changes)
-                if tx.kind is TxKind.SNAPSHOT_CHUNK and not self._snapshotting:
-                    # A source that lost its resume point copies the table again.
-                    self._snapshotting = True
-                    await self._set_status(Status.SNAPSHOTTING, "copying existing rows")
-                if tx.kind is TxKind.CHANGES and self.stats.oldest_unacked_commit is None:
-                    self.stats.oldest_unacked_commit = tx.commit_time
-            source_idle = read < self.config.batch_max_size
-            if self._batcher and (source_idle or self._batcher.full or self._batcher.due(now)):
-                await self._flush(caught_up=source_idle)
-            if not transactions:
-                await self._idle(now)
-                await _sleep(stop, self.config.poll_interval)
-        if self._batcher:
-            await self._flush()
+        reader = asyncio.create_task(self._read(stop), name=f"read {self.config.name}")
+        try:
+            await self._write_all()
+        finally:
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BufferClosed):
+                await reader
+
+    async def _read(self, stop: asyncio.Event) -> None:
+        """Fill the buffer until `stop`; wait while it is full or the sink is down."""
+        buffer = self._buffer
+        try:
+            while not stop.is_set():
+                if buffer.paused or buffer.held:
+                    self._sync_buffer_stats()
+                    await self._update_running_status()
+                    await _until(stop, buffer.wait_for_room())
+                    continue
+                transactions = await self.source.read(self.config.batch_max_size)
+                read = sum(len(tx.changes) for tx in transactions)
+                now = self.clock()
+                for tx in transactions:
+                    if tx.kind is TxKind.SNAPSHOT_CHUNK and not self._snapshotting:
+                        # A source that lost its resume point copies the table again.
+                        self._snapshotting = True
+                        await self._set_status(Status.SNAPSHOTTING, "copying existing rows")
+                    if tx.kind is TxKind.CHANGES and self.stats.oldest_unacked_commit is None:
+                        self.stats.oldest_unacked_commit = tx.commit_time
+                await buffer.put(transactions, read < self.config.batch_max_size, now)
+                self._sync_buffer_stats()
+                if not transactions:
+                    if not buffer:
+                        await self._idle(now)
+                    await _sleep(stop, self.config.poll_interval)
+        except BaseException as exc:
+            await buffer.close(exc)
+            raise
+        await buffer.close()
 
     async def _idle(self, now: float) -> None:
         if now - self._warnings_at >= self.config.warnings_every:
             self._warnings_at = now
             self._warnings = await self.source.warnings()
-        if not self._snapshotting:
+        if not self._snapshotting and self.stats.sink_available and not self._writing:
             await self._set_status(Status.CAUGHT_UP, "caught up")
 
-    async def _flush(self, caught_up: bool = False) -> None:
-        """Write the buffered transactions and move the checkpoint past them.
+    async def _write_all(self) -> None:
+        """Take batches from the buffer and flush them until the reader closes it."""
+        while True:
+            try:
+                batch = await self._buffer.take(
+                    self.config.batch_max_size, self.config.batch_max_age, self.clock
+                )
+            except BufferClosed:
+                return  # stopped, and everything read is written
+            self._writing = True
+            try:
+                await self._flush(batch)
+            finally:
+                self._writing = False
 
-        `caught_up`: the source had nothing more pending when this batch was read, so
-        once it is acknowledged the subscription is caught up rather than streaming a
-        backlog. Deciding it here keeps a trickle of changes from flipping the status
-        (and a log line, and a database write) on every batch.
-        """
-        batch = self._batcher.drain()
+    # -- writing one batch -------------------------------------------------------------
+
+    async def _flush(self, batch: list[Transaction]) -> None:
         started = self.clock()
         changes = consolidate(batch)
         await self._fill_missing(changes)
         size = self.config.batch_max_size
         for offset in range(0, len(changes), size):
             await self._write(changes[offset : offset + size])
-        await self._acknowledge(batch, caught_up)
+        await self._acknowledge(batch)
         self._backoff.reset()
         self._log.debug(
             "batch_flushed",
@@ -206,58 +261,111 @@ class Pipeline:
         )
 
     async def _write(self, changes: Sequence[Change]) -> None:
-        """Write until nothing in `changes` is transient; outages are waited out."""
+        """Write until every change is done or dead-lettered; outages are waited out."""
         pending = list(changes)
+        attempts = [0] * len(pending)
         backoff = Backoff(self.config.backoff_base, self.config.backoff_cap)
         while pending:
             try:
                 results = await self.sink.write(pending)
             except SinkUnavailable as exc:
-                delay = backoff.next_delay()
-                self.stats.retries += 1
-                self._log.warning("sink_unavailable", error=str(exc), retry_in_s=round(delay, 2))
-                await self._set_status(
-                    Status.RECONNECTING,
-                    f"OpenSearch unavailable: {exc} (retrying in {delay:.0f} s)",
-                    error=str(exc),
-                )
-                await asyncio.sleep(delay)
+                await self._sink_down(str(exc), len(pending), backoff)
                 continue
+            outcomes = [r.outcome for r in results]
+            if self.policy.is_outage(outcomes):
+                reason = _first_reason(results)
+                await self._sink_down(
+                    f"OpenSearch refused every document of the request: {reason}",
+                    len(pending),
+                    backoff,
+                )
+                continue
+            await self._sink_up()
             retry: list[Change] = []
-            for change, result in zip(pending, results, strict=True):
-                if result.outcome is Outcome.OK:
-                    self.stats.written += 1
-                elif result.outcome is Outcome.STALE:
-                    self.stats.stale += 1
-                elif result.outcome is Outcome.TRANSIENT:
+            retry_attempts: list[int] = []
+            rejected: list[Rejected] = []
+            written: list[Change] = []
+            for change, result, tries in zip(pending, results, attempts, strict=True):
+                decision = self.policy.decide(result.outcome, tries + 1)
+                if decision is Decision.DONE:
+                    written.append(change)
+                    if result.outcome is Outcome.OK:
+                        self.stats.written += 1
+                    else:
+                        self.stats.stale += 1
+                elif decision is Decision.RETRY:
                     retry.append(change)
+                    retry_attempts.append(tries + 1)
                 else:
-                    await self._rejected(change, result)
-            if self.status == Status.RECONNECTING:
-                await self._set_status(self._running_status(), "OpenSearch is reachable again")
-            pending = retry
+                    rejected.append(Rejected(change, result, tries + 1))
+            if rejected:
+                await self._dead_letter(rejected)
+            if written:
+                self.stats.superseded += await self.dead_letters.supersede(written)
+            pending, attempts = retry, retry_attempts
             if pending:
                 delay = backoff.next_delay()
                 self.stats.retries += 1
                 self._log.warning(
-                    "documents_retrying", count=len(pending), retry_in_s=round(delay, 2)
+                    "documents_retrying",
+                    count=len(pending),
+                    retry_in_s=round(delay, 2),
+                    error=_first_reason([r for r in results if r.outcome is Outcome.TRANSIENT]),
                 )
                 await asyncio.sleep(delay)
 
-    async def _rejected(self, change: Change, result: ItemResult) -> None:
-        self.stats.rejected += 1
-        message = (
-            f"document {change.doc_id!r} rejected by OpenSearch ({result.status} "
-            f"{result.error_type}): {result.reason}"
+    async def _sink_down(self, error: str, holding: int, backoff: Backoff) -> None:
+        """Open the circuit breaker: stop reading, hold the batch, wait, try again."""
+        if self.stats.sink_available:
+            self.stats.outages += 1
+            self._log.warning("sink_unavailable", error=error)
+        self.stats.sink_available = False
+        await self._buffer.hold(True)
+        delay = backoff.next_delay()
+        self.stats.retries += 1
+        self._log.info("sink_retrying", retry_in_s=round(delay, 2), attempt=backoff.attempts)
+        await self._set_status(
+            Status.SINK_UNAVAILABLE,
+            f"OpenSearch unavailable: {error}; reading paused, holding {holding:,} changes "
+            f"(retrying in {delay:.0f} s)",
+            error=error,
         )
-        self._log.error(
-            "document_rejected",
-            doc_id=change.doc_id,
-            op=str(change.op),
-            version=change.version,
-            status=result.status,
-            error_type=result.error_type,
-            reason=result.reason,
+        await asyncio.sleep(delay)
+
+    async def _sink_up(self) -> None:
+        if self.stats.sink_available:
+            return
+        self.stats.sink_available = True
+        await self._buffer.hold(False)
+        self._log.info("sink_available")
+        if self._snapshotting:
+            await self._set_status(
+                Status.SNAPSHOTTING,
+                f"copying existing rows: {self.stats.snapshot_rows:,} done "
+                "(OpenSearch is reachable again)",
+            )
+        else:
+            await self._update_running_status()
+
+    async def _dead_letter(self, rejected: list[Rejected]) -> None:
+        # Saved before the checkpoint moves past them: a crash in between replays them.
+        await self.dead_letters.put(rejected)
+        self.stats.dead_lettered += len(rejected)
+        for item in rejected:
+            self._log.error(
+                "document_dead_lettered",
+                doc_id=item.change.doc_id,
+                op=str(item.change.op),
+                version=item.change.version,
+                attempts=item.attempts,
+                status=item.result.status,
+                error_type=item.result.error_type,
+                reason=item.result.reason,
+            )
+        last = rejected[-1]
+        message = (
+            f"{len(rejected)} document(s) dead-lettered, last {last.change.doc_id!r}: "
+            f"{last.result.status} {last.result.error_type}: {last.result.reason}"
         )
         await self._set_status(self.status, self._message, error=message)
 
@@ -282,7 +390,7 @@ class Pipeline:
                     )
                     change.missing = frozenset()
 
-    async def _acknowledge(self, batch: Sequence[Transaction], caught_up: bool) -> None:
+    async def _acknowledge(self, batch: Sequence[Transaction]) -> None:
         position = None
         for tx in batch:
             if tx.kind is TxKind.SNAPSHOT_CHUNK:
@@ -298,7 +406,8 @@ class Pipeline:
             await self.store.save_checkpoint(position)
         now = self.clock()
         self.stats.last_ack_at = now
-        self.stats.oldest_unacked_commit = None
+        self.stats.oldest_unacked_commit = self._buffer.oldest_commit
+        self._sync_buffer_stats()
         if self.observer is not None:
             self.observer.acknowledged(batch, now)
         if self._snapshotting and now - self._progress_at >= 1.0:
@@ -306,10 +415,8 @@ class Pipeline:
             await self._set_status(
                 Status.SNAPSHOTTING, f"copying existing rows: {self.stats.snapshot_rows:,} done"
             )
-        elif not self._snapshotting and caught_up:
-            await self._set_status(Status.CAUGHT_UP, "caught up")
         elif not self._snapshotting:
-            await self._set_status(Status.STREAMING, "streaming changes")
+            await self._update_running_status()
 
     async def _finish_snapshot(self, end: Transaction) -> None:
         if end.sweep_below is not None:
@@ -323,8 +430,41 @@ class Pipeline:
             f"snapshot complete ({self.stats.snapshot_rows:,} rows); streaming changes",
         )
 
+    # -- status ------------------------------------------------------------------------
+
+    def _sync_buffer_stats(self) -> None:
+        buffer = self._buffer
+        self.stats.buffered, self.stats.buffer_peak = buffer.size, buffer.peak
+        self.stats.backpressure = buffer.paused
+
     def _running_status(self) -> str:
-        return Status.SNAPSHOTTING if self._snapshotting else Status.STREAMING
+        """What a working session is doing, from the state of its buffer and sink."""
+        if self._snapshotting:
+            return Status.SNAPSHOTTING
+        if not self.stats.sink_available:
+            return Status.SINK_UNAVAILABLE
+        if self._buffer.paused:
+            return Status.BACKPRESSURE
+        # Caught up: the source had nothing more pending and all of it is written.
+        # Deciding it from the backlog keeps a trickle of changes from flipping the
+        # status (and a log line, and a database write) on every batch.
+        if self._buffer.source_idle and not self._buffer:
+            return Status.CAUGHT_UP
+        return Status.STREAMING
+
+    async def _update_running_status(self) -> None:
+        status = self._running_status()
+        if status == Status.SNAPSHOTTING or status == Status.SINK_UNAVAILABLE:
+            return  # their messages are set where they start
+        messages = {
+            Status.BACKPRESSURE: (
+                f"buffer full ({self._buffer.size:,} changes): reading paused until "
+                f"OpenSearch drains it to {self.config.resume_at:,}"
+            ),
+            Status.CAUGHT_UP: "caught up",
+            Status.STREAMING: "streaming changes",
+        }
+        await self._set_status(status, messages[status])
 
     async def _set_status(self, status: str, message: str, error: str | None = None) -> None:
         if self._warnings and status in (Status.STREAMING, Status.CAUGHT_UP):
@@ -353,9 +493,28 @@ def _fill(change: Change, previous: dict[str, object] | None) -> None:
     change.missing = change.missing - found
 
 
+def _first_reason(results: Sequence[ItemResult]) -> str:
+    for result in results:
+        if result.reason or result.error_type:
+            return f"{result.status} {result.error_type}: {result.reason}".strip()
+    return f"status {results[0].status}" if results else ""
+
+
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
     """Sleep up to `seconds`, waking at once when `stop` is set."""
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
         pass
+
+
+async def _until(stop: asyncio.Event, waiting: Coroutine[Any, Any, None]) -> None:
+    """Await `waiting`, or return early once `stop` is set."""
+    task = asyncio.ensure_future(waiting)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, stopper):
+            if not pending.done():
+                pending.cancel()

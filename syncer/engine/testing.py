@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from syncer.engine.changes import Change, DocKey, Document, Op, Position, Transaction
-from syncer.engine.interfaces import ResumeState
+from syncer.engine.interfaces import Rejected, ResumeState
 from syncer.engine.outcomes import ItemResult, Outcome, classify
 from syncer.errors import SinkUnavailable, SourceUnavailable
 
@@ -123,6 +123,30 @@ class InMemorySink:
 
     async def close(self) -> None:
         pass
+
+
+class InMemoryDeadLetters:
+    """The dead-letter queue's rules in a dict keyed by document id."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Rejected] = {}
+        self.superseded = 0
+
+    async def put(self, rejected: Sequence[Rejected]) -> None:
+        for item in rejected:
+            current = self.entries.get(item.change.doc_id)
+            if current is None or current.change.version <= item.change.version:
+                self.entries[item.change.doc_id] = item
+
+    async def supersede(self, written: Sequence[Change]) -> int:
+        removed = 0
+        for change in written:
+            current = self.entries.get(change.doc_id)
+            if current is not None and current.change.version <= change.version:
+                del self.entries[change.doc_id]
+                removed += 1
+        self.superseded += removed
+        return removed
 
 
 @dataclass

@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from syncer.models import DeadLetter
 from tests.integration.test_worker_process import Writer, index_rows, table_rows
 from tests.support.harness import WorkerThread, status_of, wait_for
 from tests.support.tcpproxy import TcpProxy
@@ -23,7 +24,7 @@ def proxy(opensearch_url, settings):
 
 
 @pytest.mark.usefixtures("fast_retries")
-def test_opensearch_down_ten_seconds_mid_stream_loses_nothing(
+def test_opensearch_down_fifteen_seconds_mid_stream_loses_and_dead_letters_nothing(
     source_conn, source_dsn, table_name, make_subscription, search, proxy
 ):
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
@@ -37,13 +38,13 @@ def test_opensearch_down_ten_seconds_mid_stream_loses_nothing(
         with proxy.down():
             message = wait_for(
                 lambda: (
-                    status_of("outage").status == "reconnecting"
+                    status_of("outage").status == "sink_unavailable"
                     and status_of("outage").status_message
                 ),
                 what="reconnecting status",
             )
             checkpoint = status_of("outage").checkpoint
-            time.sleep(10)
+            time.sleep(15)
             # Nothing was acknowledged while OpenSearch was away.
             assert status_of("outage").checkpoint == checkpoint
         wait_for(lambda: status_of("outage").status in ("streaming", "caught_up"), what="recovery")
@@ -55,5 +56,6 @@ def test_opensearch_down_ten_seconds_mid_stream_loses_nothing(
             interval=1,
             what="index equal to table after the outage",
         )
-    assert "OpenSearch unavailable" in message
+    assert "OpenSearch unavailable" in message and "reading paused" in message
     assert writer.count > 1000
+    assert not DeadLetter.objects.exists()

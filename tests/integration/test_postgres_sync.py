@@ -249,7 +249,14 @@ def test_interrupted_snapshot_is_redone_and_sweeps_rows_deleted_meanwhile(
 ):
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
     source_conn.execute(f"INSERT INTO {table_name} SELECT i FROM generate_series(1, 3000) i")
-    sub = make_subscription("resnap", table_name, batch_max_size=500)
+    # A small buffer: a stop flushes what was read ahead, and the copy must be cut short.
+    sub = make_subscription(
+        "resnap",
+        table_name,
+        batch_max_size=500,
+        backpressure_pause_at=1000,
+        backpressure_resume_at=500,
+    )
     with WorkerThread([sub]) as worker:
         wait_for(
             lambda: worker.runner.pipelines["resnap"].stats.snapshot_rows >= 500, interval=0.05

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
-from syncer.engine.changes import RowChange, RowOp, Transaction, TxKind
+from syncer.engine.changes import Change, Op, RowChange, RowOp, Transaction, TxKind
+from syncer.engine.interfaces import Rejected
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.pipeline import Pipeline, PipelineConfig, Status
 from syncer.engine.testing import (
+    InMemoryDeadLetters,
     InMemorySink,
     InMemorySource,
     InMemoryStore,
@@ -45,11 +48,11 @@ async def test_checkpoint_moves_only_after_sink_acknowledges():
     source = InMemorySource([tx(10, ins(1, v="a")), tx(20, ins(2, v="b"))])
     sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
     sink.outages = 3
-    pipeline = Pipeline(FAST, source, sink, store)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
     await run_until(pipeline, lambda: store.checkpoint == 20)
     assert sink.live == {"1": {"id": 1, "v": "a"}, "2": {"id": 2, "v": "b"}}
     assert source.acknowledged == 20
-    assert any(status == Status.RECONNECTING for status, _ in store.statuses)
+    assert any(status == Status.SINK_UNAVAILABLE for status, _ in store.statuses)
     assert store.status == Status.STOPPED
 
 
@@ -66,28 +69,170 @@ async def test_transient_items_are_retried_and_hold_the_checkpoint():
         return None
 
     sink.reject = flaky
-    pipeline = Pipeline(FAST, source, sink, store)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
     await run_until(pipeline, lambda: store.checkpoint == 10)
     assert set(sink.live) == {"1", "2"}
     assert pipeline.stats.retries == 2
 
 
-async def test_permanent_rejection_is_reported_and_the_batch_goes_on():
+async def test_permanent_rejection_is_dead_lettered_and_the_batch_goes_on():
     source = InMemorySource([tx(10, ins(1), ins(2, bad=True), ins(3))])
-    sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
+    sink, store, dlq = InMemorySink(), InMemoryStore(snapshot_done=True), InMemoryDeadLetters()
     sink.reject = lambda c: permanent(reason="failed to parse") if c.doc_id == "2" else None
-    pipeline = Pipeline(FAST, source, sink, store)
+    pipeline = Pipeline(FAST, source, sink, store, dlq)
     await run_until(pipeline, lambda: store.checkpoint == 10)
     assert set(sink.live) == {"1", "3"}
-    assert pipeline.stats.rejected == 1
+    entry = dlq.entries["2"]
+    assert entry.change.doc == {"id": 2, "bad": True} and entry.change.version == 10
+    assert entry.attempts == 1 and entry.result.reason == "failed to parse"
+    assert pipeline.stats.dead_lettered == 1 and sink.requests == 1  # never retried
     assert "'2'" in store.last_error and "failed to parse" in store.last_error
+
+
+async def test_a_document_transient_past_its_budget_is_dead_lettered():
+    source = InMemorySource([tx(10, ins(1), ins(2))])
+    sink, store, dlq = InMemorySink(), InMemoryStore(snapshot_done=True), InMemoryDeadLetters()
+    poisoned = ItemResult(Outcome.TRANSIENT, 503, "unavailable_shards_exception", "shard down")
+    sink.reject = lambda c: poisoned if c.doc_id == "2" else None
+    pipeline = Pipeline(FAST, source, sink, store, dlq)
+    await run_until(pipeline, lambda: store.checkpoint == 10)
+    assert set(sink.live) == {"1"}
+    assert dlq.entries["2"].attempts == FAST.max_attempts == 3
+    assert sink.requests == 3 and pipeline.stats.retries == 2
+
+
+async def test_a_round_refused_as_a_whole_is_an_outage_not_dead_letters():
+    source = InMemorySource([tx(10, ins(1), ins(2), ins(3))])
+    sink, store, dlq = InMemorySink(), InMemoryStore(snapshot_done=True), InMemoryDeadLetters()
+    refusals = [5]
+
+    def overloaded(change):
+        if refusals[0] > 0:
+            if change.doc_id == "3":
+                refusals[0] -= 1
+            return ItemResult(Outcome.TRANSIENT, 429, "es_rejected_execution_exception", "queue")
+        return None
+
+    sink.reject = overloaded
+    pipeline = Pipeline(FAST, source, sink, store, dlq)
+    await run_until(pipeline, lambda: store.checkpoint == 10)
+    assert set(sink.live) == {"1", "2", "3"} and not dlq.entries
+    assert sink.requests == 6 and pipeline.stats.outages == 1
+    assert Status.SINK_UNAVAILABLE in [s for s, _ in store.statuses]
+
+
+async def test_a_newer_successful_write_supersedes_the_dead_letter():
+    source = InMemorySource([tx(10, ins(1, v="bad"))])
+    sink, store, dlq = InMemorySink(), InMemoryStore(snapshot_done=True), InMemoryDeadLetters()
+    sink.reject = lambda c: permanent() if c.doc and c.doc.get("v") == "bad" else None
+    pipeline = Pipeline(FAST, source, sink, store, dlq)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    async with asyncio.timeout(5):
+        while "1" not in dlq.entries:
+            await asyncio.sleep(0.002)
+        source.push(tx(20, RowChange(RowOp.UPDATE, (1,), {"id": 1, "v": "fixed"})))
+        while store.checkpoint != 20:
+            await asyncio.sleep(0.002)
+    stop.set()
+    await task
+    assert not dlq.entries and pipeline.stats.superseded == 1
+    assert sink.live["1"] == {"id": 1, "v": "fixed"}
+
+
+async def test_a_stale_replay_of_a_dead_lettered_document_also_supersedes_it():
+    dlq = InMemoryDeadLetters()
+    sink = InMemorySink()
+    sink.docs["1"] = StoredDoc(30, {"id": 1, "v": "newest"})
+    await dlq.put([Rejected(Change(Op.UPSERT, "1", (1,), 20, 0.0, {"v": "bad"}), permanent(), 1)])
+    source, store = InMemorySource([tx(25, ins(1, v="older"))]), InMemoryStore(snapshot_done=True)
+    await run_until(Pipeline(FAST, source, sink, store, dlq), lambda: store.checkpoint == 25)
+    assert not dlq.entries and sink.live["1"] == {"id": 1, "v": "newest"}
+
+
+async def test_an_older_failure_does_not_replace_a_newer_dead_letter():
+    dlq = InMemoryDeadLetters()
+    newer = Rejected(Change(Op.UPSERT, "1", (1,), 20, 0.0, {"v": "b"}), permanent(), 1)
+    older = Rejected(Change(Op.UPSERT, "1", (1,), 10, 0.0, {"v": "a"}), permanent(), 1)
+    await dlq.put([newer])
+    await dlq.put([older])
+    assert dlq.entries["1"] is newer
+
+
+class SlowSink(InMemorySink):
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def write(self, changes: Sequence[Change]) -> list[ItemResult]:
+        await asyncio.sleep(self.delay)
+        return await super().write(changes)
+
+
+async def test_a_slow_sink_pauses_reading_at_pause_at_and_resumes_at_resume_at():
+    config = PipelineConfig(
+        name="bp", batch_max_size=10, pause_at=40, resume_at=20, poll_interval=0.001
+    )
+    source = InMemorySource([tx(p, ins(p)) for p in range(1, 301)])
+    sink, store = SlowSink(0.005), InMemoryStore(snapshot_done=True)
+    pipeline = Pipeline(config, source, sink, store, InMemoryDeadLetters())
+    await run_until(pipeline, lambda: store.checkpoint == 300, timeout=10)
+    # Reading runs ahead of writing, but never past pause_at plus one read.
+    assert config.pause_at <= pipeline.stats.buffer_peak < config.pause_at + config.batch_max_size
+    assert Status.BACKPRESSURE in [s for s, _ in store.statuses]
+    assert len(sink.live) == 300
+
+
+async def test_stopping_during_an_outage_dead_letters_nothing_and_keeps_the_checkpoint():
+    source = InMemorySource([tx(10, ins(1)), tx(20, ins(2))])
+    sink, store, dlq = InMemorySink(), InMemoryStore(snapshot_done=True), InMemoryDeadLetters()
+    sink.outages = 10**6
+    pipeline = Pipeline(FAST, source, sink, store, dlq)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    async with asyncio.timeout(5):
+        while pipeline.status != Status.SINK_UNAVAILABLE:
+            await asyncio.sleep(0.002)
+    stop.set()
+    await asyncio.sleep(0.05)  # the runner waits the shutdown timeout, then cancels
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.checkpoint is None and source.acknowledged is None and not dlq.entries
+    assert not sink.live
+
+
+async def test_reading_overlaps_writing():
+    config = PipelineConfig(name="ov", batch_max_size=5, poll_interval=0.001)
+    source = InMemorySource([tx(p, ins(p)) for p in range(1, 51)])
+    sink, store = SlowSink(0.01), InMemoryStore(snapshot_done=True)
+    reads_during_writes = [0]
+    writing = [False]
+    original_read, original_write = source.read, sink.write
+
+    async def read(n: int) -> list[Transaction]:
+        reads_during_writes[0] += writing[0]
+        return await original_read(n)
+
+    async def write(changes: Sequence[Change]) -> list[ItemResult]:
+        writing[0] = True
+        try:
+            return await original_write(changes)
+        finally:
+            writing[0] = False
+
+    source.read, sink.write = read, write  # type: ignore[method-assign,assignment]
+    await run_until(
+        Pipeline(config, source, sink, store, InMemoryDeadLetters()), lambda: store.checkpoint == 50
+    )
+    assert reads_during_writes[0] >= 5
 
 
 async def test_source_failure_reconnects_and_replays_without_loss():
     source = InMemorySource([tx(10, ins(1))])
     sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
     source.fail_reads = 2
-    pipeline = Pipeline(FAST, source, sink, store)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
     await run_until(pipeline, lambda: store.checkpoint == 10)
     assert source.opened == 3 and set(sink.live) == {"1"}
 
@@ -95,9 +240,13 @@ async def test_source_failure_reconnects_and_replays_without_loss():
 async def test_replay_of_older_positions_never_regresses_a_document():
     sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
     source = InMemorySource([tx(10, ins(1, v="old")), tx(20, ins(1, v="new"))])
-    await run_until(Pipeline(FAST, source, sink, store), lambda: store.checkpoint == 20)
+    await run_until(
+        Pipeline(FAST, source, sink, store, InMemoryDeadLetters()), lambda: store.checkpoint == 20
+    )
     replay = InMemorySource([tx(10, ins(1, v="old"))])
-    pipeline = Pipeline(FAST, replay, sink, InMemoryStore(snapshot_done=True))
+    pipeline = Pipeline(
+        FAST, replay, sink, InMemoryStore(snapshot_done=True), InMemoryDeadLetters()
+    )
     await run_until(pipeline, lambda: replay.acknowledged == 10)
     assert sink.live["1"] == {"id": 1, "v": "new"} and pipeline.stats.stale == 1
 
@@ -109,7 +258,7 @@ async def test_config_error_sets_error_status_with_its_words_and_retries():
             raise SourceConfigError("relation public.nope does not exist; create it")
 
     source, store = Broken(), InMemoryStore()
-    pipeline = Pipeline(FAST, source, InMemorySink(), store)
+    pipeline = Pipeline(FAST, source, InMemorySink(), store, InMemoryDeadLetters())
     await run_until(pipeline, lambda: source.opened >= 3)
     errors = [m for s, m in store.statuses if s == Status.ERROR]
     assert errors and "public.nope does not exist" in errors[0]
@@ -136,7 +285,11 @@ async def test_snapshot_chunks_hold_checkpoint_until_end_then_sweep():
 
     store.save_checkpoint = spy  # type: ignore[method-assign]
     pipeline = Pipeline(
-        PipelineConfig(name="s", batch_max_size=2, poll_interval=0.005), source, sink, store
+        PipelineConfig(name="s", batch_max_size=2, poll_interval=0.005),
+        source,
+        sink,
+        store,
+        InMemoryDeadLetters(),
     )
     await run_until(pipeline, lambda: store.checkpoint == 60)
     assert set(sink.live) == {"1", "3"}
@@ -148,13 +301,17 @@ async def test_snapshot_chunks_hold_checkpoint_until_end_then_sweep():
 async def test_missing_toast_values_come_from_index_then_source():
     sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
     source = InMemorySource([tx(10, ins(1, body="kept"))])
-    await run_until(Pipeline(FAST, source, sink, store), lambda: store.checkpoint == 10)
+    await run_until(
+        Pipeline(FAST, source, sink, store, InMemoryDeadLetters()), lambda: store.checkpoint == 10
+    )
     source.push(
         tx(20, RowChange(RowOp.UPDATE, (1,), {"id": 1, "v": 2}, unchanged=frozenset({"body"}))),
         tx(30, RowChange(RowOp.UPDATE, (9,), {"id": 9, "v": 3}, unchanged=frozenset({"body"}))),
     )
     source.rows[(9,)] = {"id": 9, "v": 3, "body": "from source"}
-    await run_until(Pipeline(FAST, source, sink, store), lambda: store.checkpoint == 30)
+    await run_until(
+        Pipeline(FAST, source, sink, store, InMemoryDeadLetters()), lambda: store.checkpoint == 30
+    )
     assert sink.live["1"] == {"id": 1, "v": 2, "body": "kept"}
     assert sink.live["9"]["body"] == "from source"
 
@@ -164,7 +321,7 @@ async def test_stop_flushes_what_was_read(outages):
     source = InMemorySource([tx(i, ins(i)) for i in range(1, 50)])
     sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
     sink.outages = outages
-    pipeline = Pipeline(FAST, source, sink, store)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
     await run_until(pipeline, lambda: sink.requests >= 1)
     assert store.checkpoint == source.acknowledged
     assert len(sink.live) >= (store.checkpoint or 0)
@@ -173,7 +330,7 @@ async def test_stop_flushes_what_was_read(outages):
 async def test_a_trickle_of_changes_stays_caught_up_without_flapping():
     source = InMemorySource()
     sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
-    pipeline = Pipeline(FAST, source, sink, store)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
     async with asyncio.timeout(5):
@@ -195,7 +352,9 @@ async def test_a_backlog_is_streaming_until_the_source_runs_dry():
     config = PipelineConfig(name="t", batch_max_size=2, poll_interval=0.005)
     source = InMemorySource([tx(p, ins(p)) for p in range(1, 7)])
     sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
-    await run_until(Pipeline(config, source, sink, store), lambda: store.checkpoint == 6)
+    await run_until(
+        Pipeline(config, source, sink, store, InMemoryDeadLetters()), lambda: store.checkpoint == 6
+    )
     statuses = [s for s, _ in store.statuses]
     assert Status.STREAMING in statuses
     # Streaming while full batches came back; caught up once a read found the rest.

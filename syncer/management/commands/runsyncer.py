@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 from typing import Any
@@ -10,6 +11,7 @@ import structlog
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from syncer import conf
+from syncer.dlq import parse_age
 from syncer.runner import Runner, UnknownSubscription, load_subscriptions
 
 log = structlog.get_logger("syncer.runsyncer")
@@ -34,6 +36,14 @@ class Command(BaseCommand):
             help="how long a stop waits for pending changes to flush (default: "
             "SYNCER_SHUTDOWN_TIMEOUT, 30 s)",
         )
+        parser.add_argument(
+            "--dlq-retry-every",
+            type=_interval,
+            default=None,
+            metavar="AGE",
+            help="retry dead letters this often, e.g. 5m (default: off); each round "
+            "retries at most SYNCER_DLQ_RETRY_LIMIT (1000) entries per subscription",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -41,7 +51,9 @@ class Command(BaseCommand):
         except UnknownSubscription as exc:
             raise CommandError(str(exc)) from None
         timeout = options["shutdown_timeout"] or conf.worker().shutdown_timeout
-        runner = Runner(subscriptions, shutdown_timeout=timeout)
+        runner = Runner(
+            subscriptions, shutdown_timeout=timeout, dlq_retry_every=options["dlq_retry_every"]
+        )
         if not asyncio.run(_main(runner)):
             raise CommandError(f"pending changes did not flush within {timeout:g} s")
 
@@ -57,3 +69,10 @@ async def _main(runner: Runner) -> bool:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
     return await runner.run(stop)
+
+
+def _interval(text: str) -> float:
+    try:
+        return parse_age(text).total_seconds()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

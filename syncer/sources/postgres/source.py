@@ -13,6 +13,7 @@ version; every streamed transaction commits after it, so it always wins.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ class PostgresSource:
         self._read_upto: Position = 0  # end of the last transaction handed out
         self._acked: Position = 0
         self._complete_upto: Position | None = None  # decoded everything up to here
+        # Transactions handed out but not acknowledged: (commit end, slot rows from the
+        # confirmed point through its commit). A peek always starts at the confirmed
+        # point, so reading ahead of the acknowledgement must skip that many rows.
+        self._handed: deque[tuple[Position, int]] = deque()
         self._last_seen_wal: Position | None = None
         self._advanced_at = 0.0
         self._log = log.bind(subscription=config.name)
@@ -99,6 +104,7 @@ class PostgresSource:
         self._conninfo = dsn.resolve(self.config.dsn)
         self._read_upto = self._acked = 0
         self._complete_upto = self._last_seen_wal = None
+        self._handed.clear()
         self._streams.clear()
         with translated("connecting to the source"):
             self._conn = await AsyncConnection.connect(
@@ -157,20 +163,23 @@ class PostgresSource:
         conn = self._require_conn()
         with translated("reading changes"):
             flushed = await self._scalar(conn, QUERIES["flushed_wal_lsn"])
-            if flushed == self._last_seen_wal and self._read_upto == self._acked:
+            if flushed == self._last_seen_wal and (
+                self._read_upto == self._acked or self._complete_upto == flushed
+            ):
                 return []  # nothing was written anywhere since the last complete read
+            limit = max_changes + (self._handed[-1][1] if self._handed else 0)
             cursor = await conn.execute(
                 QUERIES["peek_changes"],
                 {
                     "slot": self.config.slot_name,
                     "upto": format_lsn(flushed),
-                    "max_changes": max_changes,
+                    "max_changes": limit,
                     "publication": self.publication,
                 },
             )
             rows = await cursor.fetchall()
         transactions = self._decode(rows)
-        if len(rows) < max_changes:
+        if len(rows) < limit:
             self._complete_upto = flushed
             self._last_seen_wal = flushed
         else:
@@ -182,7 +191,7 @@ class PostgresSource:
     def _decode(self, rows: Sequence[tuple[Any, ...]]) -> list[Transaction]:
         transactions: list[Transaction] = []
         current: Transaction | None = None
-        for _lsn, _xid, data in rows:
+        for row_number, (_lsn, _xid, data) in enumerate(rows, start=1):
             message = pgoutput.decode(bytes(data))
             if isinstance(message, pgoutput.Begin):
                 current = Transaction(0, message.commit_time)
@@ -190,6 +199,7 @@ class PostgresSource:
                 if current is not None and message.end_lsn > self._read_upto:
                     current.position = message.end_lsn
                     transactions.append(current)
+                    self._handed.append((message.end_lsn, row_number))
                 current = None
             elif isinstance(message, pgoutput.Relation):
                 self._streams[message.oid] = self._stream_for(message)
@@ -279,6 +289,11 @@ class PostgresSource:
         self._acked = max(self._acked, position)
         self._read_upto = max(self._read_upto, position)
         self._advanced_at = time.monotonic()
+        # The next peek starts here: count the rows still handed out from here on.
+        skipped = 0
+        while self._handed and self._handed[0][0] <= position:
+            skipped = self._handed.popleft()[1]
+        self._handed = deque((end, rows - skipped) for end, rows in self._handed)
 
     # -- snapshot --------------------------------------------------------------------
 
