@@ -8,8 +8,9 @@ import psycopg.conninfo
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -32,6 +33,8 @@ _STATUS_COLOURS: dict[str, str] = {
     Subscription.Status.SNAPSHOTTING: "#0d6efd",
     Subscription.Status.STREAMING: "#198754",
     Subscription.Status.CAUGHT_UP: "#198754",
+    Subscription.Status.BACKPRESSURE: "#fd7e14",
+    Subscription.Status.SINK_UNAVAILABLE: "#dc3545",
     Subscription.Status.RECONNECTING: "#fd7e14",
     Subscription.Status.ERROR: "#dc3545",
 }
@@ -135,6 +138,7 @@ class SubscriptionAdmin(_AdminBase):
         "status_text",
         "checkpoint_lsn",
         "checkpoint_at",
+        "dead_letter_link",
         "last_error_text",
     )
     list_filter = ("enabled", "status", "source_kind", "snapshot_mode")
@@ -147,6 +151,7 @@ class SubscriptionAdmin(_AdminBase):
         "checkpoint_lsn",
         "checkpoint_at",
         "snapshot_completed_at",
+        "dead_letter_link",
         "last_error_full",
         "last_error_at",
         "created_at",
@@ -168,6 +173,19 @@ class SubscriptionAdmin(_AdminBase):
         if obj is None:  # nothing has run yet: no state to show
             return [fieldset for fieldset in self.fieldsets if fieldset[0] != "State"]
         return super().get_fieldsets(request, obj)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:
+        return super().get_queryset(request).annotate(dead_letter_count=Count("dead_letters"))
+
+    @admin.display(description="dead letters", ordering="dead_letter_count")
+    def dead_letter_link(self, obj: Subscription) -> str | SafeString:
+        count = getattr(obj, "dead_letter_count", None)
+        if count is None:
+            count = obj.dead_letters.count()
+        if not count:
+            return "0"
+        url = reverse("admin:syncer_deadletter_changelist")
+        return format_html('<a href="{}?subscription__id__exact={}">{}</a>', url, obj.pk, count)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Subscription) -> SafeString:
@@ -208,3 +226,6 @@ class SubscriptionAdmin(_AdminBase):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
         for subscription in queryset:
             self.delete_model(request, subscription)
+
+
+from syncer import admin_dead_letters  # noqa: E402,F401

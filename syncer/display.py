@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
+
 from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.positions import format_lsn
@@ -55,3 +57,15 @@ def short(text: str, limit: int = 80) -> str:
 
 def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def age_text(when: datetime, now: datetime | None = None) -> str:
+    """How long ago `when` was, for a person: `45 s`, `12 min`, `3 h`, `9 d`."""
+    seconds = max(0, int(((now or timezone.now()) - when).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"

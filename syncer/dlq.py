@@ -14,16 +14,18 @@ successful write of the document) is left as the worker left it.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import reduce
 from itertools import groupby
 from typing import Protocol
 
 import structlog
 from asgiref.sync import async_to_sync, sync_to_async
-from django.db.models import Count, Max, Min, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from syncer.engine.changes import Change, Op
@@ -61,6 +63,15 @@ def parse_age(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
+def format_age(age: timedelta) -> str:
+    """The inverse of `parse_age` for whole units: 7 days -> `7d`."""
+    seconds = int(age.total_seconds())
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which entries an operation applies to; the criteria combine with AND."""
@@ -92,7 +103,7 @@ class Selection:
         if self.subscription is not None:
             parts.append(f"subscription {self.subscription}")
         if self.older_than is not None:
-            parts.append(f"older than {self.older_than}")
+            parts.append(f"older than {format_age(self.older_than)}")
         return ", ".join(parts) or "all entries"
 
 
@@ -240,8 +251,11 @@ def _record(
                 error_reason=result.reason,
                 last_attempt_at=now,
             )
-    for pk, version in done:
-        DeadLetter.objects.filter(pk=pk, version=version).delete()
+    if done:
+        # One statement per batch; the version guard keeps entries the worker replaced.
+        DeadLetter.objects.filter(
+            reduce(operator.or_, (Q(pk=pk, version=version) for pk, version in done))
+        ).delete()
 
 
 # -- purge -----------------------------------------------------------------------------

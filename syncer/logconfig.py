@@ -65,6 +65,8 @@ def logging_config(fmt: str, level: str) -> dict[str, Any]:
             # Per-request chatter of the drivers is not an operator's business.
             "opensearch": {"level": "WARNING"},
             "psycopg": {"level": "WARNING"},
+            # Logs every request body as a curl line: documents, which may be private.
+            "opensearchpy.trace": {"level": "WARNING", "propagate": False},
         },
     }
 

@@ -1,0 +1,267 @@
+"""`dlq list|stats|retry|purge`: look at the dead-letter queue, retry or purge entries.
+
+Every subcommand takes `--subscription NAME` and `--older-than AGE` (30m, 12h, 7d, 2w);
+retry and purge go through `syncer.dlq`, in bounded batches. Bad arguments exit 2
+before anything is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from syncer import display, dlq
+from syncer.models import DeadLetter
+
+LIST_LIMIT = 50
+
+
+def _age(text: str) -> str:
+    """Check an --older-than value now, so a typo is an argument error (exit 2)."""
+    try:
+        dlq.parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+class Command(BaseCommand):
+    help = "List the dead-letter queue, count it, retry or purge entries."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        commands = parser.add_subparsers(
+            dest="command", required=True, metavar="{list,stats,retry,purge}"
+        )
+        listing = commands.add_parser("list", help="the newest entries, one line each")
+        stats = commands.add_parser("stats", help="counts per subscription and error type")
+        retry = commands.add_parser("retry", help="resubmit entries to OpenSearch")
+        purge = commands.add_parser("purge", help="delete entries from the queue")
+        for sub in (listing, stats, retry, purge):
+            sub.add_argument("--subscription", metavar="NAME", help="only this subscription")
+            sub.add_argument(
+                "--older-than",
+                type=_age,
+                metavar="AGE",
+                help="only entries that first failed at least this long ago (30m, 12h, 7d, 2w)",
+            )
+        for sub, default in ((listing, LIST_LIMIT), (retry, None), (purge, None)):
+            sub.add_argument(
+                "--limit",
+                type=_positive,
+                default=default,
+                metavar="N",
+                help=f"at most N entries (default: {default or 'all'})",
+            )
+        for sub in (listing, stats):
+            sub.add_argument("--json", action="store_true", help="print JSON")
+        for sub in (retry, purge):
+            sub.add_argument(
+                "--dry-run", action="store_true", help="say what would be done, do nothing"
+            )
+        purge.add_argument(
+            "--all",
+            action="store_true",
+            help="needed to purge without --subscription or --older-than: every entry",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        command = options["command"]
+        if command == "purge" and not (
+            options["subscription"] or options["older_than"] or options["all"]
+        ):
+            raise CommandError(
+                "purge needs --subscription, --older-than or both (--all purges every dead letter)",
+                returncode=2,
+            )
+        selection, what = _selection(options), _describe(options)
+        if command == "list":
+            self.list_entries(selection, what, options["limit"], options["json"])
+        elif command == "stats":
+            self.print_stats(selection, what, options["json"])
+        elif command == "retry":
+            self.retry(selection, what, options["limit"], options["dry_run"])
+        else:
+            self.purge(selection, what, options["limit"], options["dry_run"])
+
+    def list_entries(self, selection: dlq.Selection, what: str, limit: int, as_json: bool) -> None:
+        entries = (
+            selection.queryset()
+            .select_related("subscription")
+            .defer("payload")
+            .order_by("-first_failed_at", "-pk")[:limit]
+        )
+        rows = [_list_row(entry) for entry in entries]
+        if as_json:
+            self.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False))
+            return
+        if not rows:
+            self.stdout.write(f"no dead letters ({what})")
+            return
+        self._table(
+            ("ID", "SUBSCRIPTION", "DOC ID", "ACTION", "ERROR TYPE", "ATTEMPTS", "AGE", "REASON"),
+            [
+                (
+                    str(row["id"]),
+                    row["subscription"],
+                    display.short(row["doc_id"], 40),
+                    row["action"],
+                    row["error_type"] or "-",
+                    str(row["attempts"]),
+                    row["age"],
+                    display.short(row["error_reason"], 60) or "-",
+                )
+                for row in rows
+            ],
+        )
+        if len(rows) == limit:
+            total = dlq.count(selection)
+            if total > limit:
+                self.stdout.write(f"{limit} of {total} shown, newest first (--limit for more)")
+
+    def print_stats(self, selection: dlq.Selection, what: str, as_json: bool) -> None:
+        stats = dlq.stats(selection)
+        oldest = stats.oldest
+        if as_json:
+            data = {
+                "total": stats.total,
+                "by_subscription": stats.by_subscription(),
+                "by_error_type": [
+                    {
+                        "subscription": row.subscription,
+                        "error_type": row.error_type,
+                        "count": row.count,
+                        "oldest": row.oldest.isoformat(),
+                        "newest": row.newest.isoformat(),
+                    }
+                    for row in stats.rows
+                ],
+                "oldest": None if oldest is None else _list_row(oldest),
+            }
+            self.stdout.write(json.dumps(data, indent=2, ensure_ascii=False))
+            return
+        if not stats.total:
+            self.stdout.write(f"no dead letters ({what})")
+            return
+        self._table(
+            ("SUBSCRIPTION", "ERROR TYPE", "COUNT", "OLDEST", "NEWEST"),
+            [
+                (
+                    row.subscription,
+                    row.error_type or "-",
+                    str(row.count),
+                    display.age_text(row.oldest),
+                    display.age_text(row.newest),
+                )
+                for row in stats.rows
+            ],
+        )
+        self.stdout.write("")
+        per_subscription = stats.by_subscription()
+        for name, n in per_subscription.items():
+            self.stdout.write(f"{name}: {n}")
+        self.stdout.write(
+            f"total: {stats.total} in {len(per_subscription)} "
+            f"subscription{'s' if len(per_subscription) != 1 else ''}"
+        )
+        if oldest is not None:
+            self.stdout.write(
+                f"oldest: #{oldest.pk} {oldest.subscription.name} document "
+                f"{display.short(oldest.doc_id, 80)}, failed "
+                f"{display.age_text(oldest.first_failed_at)} ago "
+                f"({oldest.first_failed_at.isoformat()})"
+            )
+
+    def retry(self, selection: dlq.Selection, what: str, limit: int | None, dry_run: bool) -> None:
+        total = dlq.count(selection, limit)
+        if dry_run:
+            self.stdout.write(
+                f"would retry {total} dead letter{'s' if total != 1 else ''} "
+                f"({what}); dry run: nothing was sent or changed"
+            )
+            return
+
+        def progress(report: dlq.RetryReport) -> None:
+            self.stderr.write(f"retrying: {report.retried}/{total} ({report})")
+
+        try:
+            report = dlq.retry(selection, limit, progress=progress)
+        except dlq.RetryAborted as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(str(report))
+        for error_type, n in report.errors.items():
+            self.stdout.write(f"  failing again: {error_type or 'unknown'}: {n}")
+
+    def purge(self, selection: dlq.Selection, what: str, limit: int | None, dry_run: bool) -> None:
+        if dry_run:
+            total = dlq.count(selection, limit)
+            self.stdout.write(
+                f"would purge {total} dead letter{'s' if total != 1 else ''} "
+                f"({what}); dry run: nothing was deleted"
+            )
+            return
+        removed = dlq.purge(
+            selection, limit, progress=lambda n: self.stderr.write(f"purging: {n} so far")
+        )
+        self.stdout.write(f"purged {removed} dead letter{'s' if removed != 1 else ''}")
+
+    def _table(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        table = [header, *rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+        for line in table:
+            cells = (value.ljust(width) for value, width in zip(line, widths, strict=True))
+            self.stdout.write("  ".join(cells).rstrip())
+
+
+def _selection(options: dict[str, Any]) -> dlq.Selection:
+    """The selection the options name; an unknown subscription is an argument error."""
+    name, older_than = options["subscription"], options["older_than"]
+    selection = dlq.Selection(
+        subscription=name, older_than=dlq.parse_age(older_than) if older_than else None
+    )
+    try:
+        if name is not None and "\x00" in name:  # PostgreSQL cannot even be asked
+            raise dlq.UnknownSubscription(f"no subscription named {name!r}")
+        selection.queryset()  # checks that the subscription exists
+    except dlq.UnknownSubscription as exc:
+        raise CommandError(display.short(str(exc), 300), returncode=2) from None
+    return selection
+
+
+def _describe(options: dict[str, Any]) -> str:
+    """The selection in the operator's own words, e.g. `subscription orders, older than 7d`."""
+    parts = []
+    if options["subscription"] is not None:
+        parts.append(f"subscription {options['subscription']}")
+    if options["older_than"] is not None:
+        parts.append(f"older than {options['older_than'].strip()}")
+    return ", ".join(parts) or "every subscription"
+
+
+def _list_row(entry: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": entry.pk,
+        "subscription": entry.subscription.name,
+        "doc_id": entry.doc_id,
+        "action": entry.action,
+        "version": entry.version,
+        "attempts": entry.attempts,
+        "error_status": entry.error_status,
+        "error_type": entry.error_type,
+        "error_reason": display.short(entry.error_reason, 10_000),
+        "first_failed_at": entry.first_failed_at.isoformat(),
+        "last_attempt_at": entry.last_attempt_at.isoformat(),
+        "age": display.age_text(entry.first_failed_at),
+    }
