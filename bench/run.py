@@ -1,6 +1,10 @@
-"""`make bench`: backfill throughput, live-stream latency and worker memory, in one run.
+"""`make bench`: backfill throughput, live-stream latency, worker memory and the cost of
+failing documents, in one run.
 
     .venv/bin/python bench/run.py [--rows 100000] [--rounds 2] [--rate 1000]
+                                  [--failure-rows 30000] [--failure-percent 1]
+                                  [--skip-backfill] [--skip-live] [--skip-failures]
+                                  [--only {backfill,live,failures} ...]
 
 What it does (docs/benchmarks.md explains the figures):
 
@@ -15,6 +19,13 @@ What it does (docs/benchmarks.md explains the figures):
    while a writer commits 20,000 inserts, 10,000 updates and 5,000 deletes, one change
    per transaction, paced at `--rate` changes/s: achieved write and acknowledge rates,
    commit→acknowledged latency percentiles, and the worker's peak RSS.
+3. Failures. A table of `--failure-rows` realistic rows plus a text column `code`,
+   "x-<id>" (not a number) on `--failure-percent` of them, digits on the rest, is
+   backfilled like (1) into an index that maps `code` as an integer: OpenSearch
+   rejects the bad rows for good and each becomes a DeadLetter. The same rows with
+   digits everywhere, into the same mapping, are the clean run. Failing and clean
+   alternate over `--rounds`: docs/s of each and their ratio. After each run the dead
+   letters and the index's ids are checked against the rows (bench/failures.py).
 
 Everything runs against its own databases (`searchsync_bench` for the console,
 `searchsync_bench_source` for the source) and its own osmem-server. Replication
@@ -26,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import os
 import platform
@@ -42,6 +52,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -49,6 +60,8 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench import failures  # noqa: E402
 
 ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 CONSOLE_DB = "searchsync_bench"
@@ -63,9 +76,6 @@ HEADER = ("metric", "value", "target", "verdict")
 PEER = "mature peer, same workload on this machine: p50 ~490 ms, p99 ~850 ms"
 
 T = TypeVar("T")
-
-# Typed as Any: psutil ships no stubs, and the mypy configuration is not ours to change.
-psutil: Any = importlib.import_module("psutil")
 
 
 def say(message: str) -> None:
@@ -156,14 +166,22 @@ def make_row(rng: random.Random, row_id: int) -> tuple[Any, ...]:
     )
 
 
-def fill_table(conn: psycopg.Connection[Any], table: str, rows: int) -> None:
+def fill_table(
+    conn: psycopg.Connection[Any],
+    table: str,
+    rows: int,
+    extra: tuple[str, Callable[[int], Any]] | None = None,
+) -> None:
+    """`rows` rows of `make_row`, plus a column `extra[0]` valued `extra[1](row_id)`."""
     rng = random.Random(42)
+    columns = [*COLUMNS, extra[0]] if extra else list(COLUMNS)
     query = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     )
     with conn.cursor() as cur, cur.copy(query) as copy:
         for row_id in range(1, rows + 1):
-            copy.write_row(make_row(rng, row_id))
+            row = make_row(rng, row_id)
+            copy.write_row((*row, extra[1](row_id)) if extra else row)
     conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
 
 
@@ -461,7 +479,13 @@ class Bench:
             "PYTHONUNBUFFERED": "1",
         }
 
-    def subscription(self, name: str, relation: str, snapshot_mode: str) -> Any:
+    def subscription(
+        self,
+        name: str,
+        relation: str,
+        snapshot_mode: str,
+        mappings: dict[str, Any] | None = None,
+    ) -> Any:
         from syncer.models import Subscription
 
         sub = Subscription(
@@ -469,6 +493,7 @@ class Bench:
             source_dsn=self.source_dsn,
             relation=relation,
             index_name=name,
+            index_mappings=mappings or {},
             snapshot_mode=snapshot_mode,
         )
         sub.full_clean()
@@ -515,8 +540,30 @@ class Bench:
         )
 
     def product_backfill(self, round_no: int) -> dict[str, Any]:
-        name = f"{PREFIX}backfill-{round_no}"
-        sub = self.subscription(name, "public.bench_items", "index")
+        figures = {
+            "round": round_no,
+            **self.timed_snapshot(f"{PREFIX}backfill-{round_no}", "public.bench_items"),
+        }
+        say(
+            f"product backfill #{round_no}: {self.args.rows:,} docs in "
+            f"{figures['seconds']:.1f} s = {figures['docs_per_s']:,.0f} docs/s (worker start "
+            f"to snapshot_completed_at; process start-up {figures['startup_s']:.1f} s)"
+        )
+        say(f"  where the worker's time went, {describe_breakdown(figures['time'])}")
+        if figures["rows"] != self.args.rows:
+            raise RuntimeError(
+                f"the snapshot indexed {figures['rows']:,} rows, not {self.args.rows:,}"
+            )
+        return figures
+
+    def timed_snapshot(
+        self, name: str, relation: str, mappings: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Backfill `relation` with a new subscription `name`: the time and the worker's figures.
+
+        The subscription stays (its slot and publication are dropped), with its index.
+        """
+        sub = self.subscription(name, relation, "index", mappings)
         worker = self.start_worker(name)
         completed = wait_until(
             self.watch(worker, sub, lambda s: s.snapshot_completed_at),
@@ -531,12 +578,12 @@ class Bench:
         internal = None
         if result.get("snapshot_done_at") and result.get("pipeline_started"):
             internal = result["snapshot_done_at"] - result["pipeline_started"]
-        figures = {
-            "round": round_no,
+        return {
             "index": name,
+            "subscription_id": sub.pk,
             "rows": rows,
             "seconds": seconds,
-            "docs_per_s": self.args.rows / seconds,
+            "docs_per_s": rows / seconds,
             "startup_s": (result.get("pipeline_started") or worker.started) - worker.started,
             "pipeline_seconds": internal,
             "peak_rss_bytes": result.get("peak_rss_bytes"),
@@ -549,15 +596,6 @@ class Bench:
                 result.get("snapshot_done_at") or 0.0,
             ),
         }
-        say(
-            f"product backfill #{round_no}: {self.args.rows:,} docs in {seconds:.1f} s = "
-            f"{figures['docs_per_s']:,.0f} docs/s (worker start to snapshot_completed_at; "
-            f"process start-up {figures['startup_s']:.1f} s)"
-        )
-        say(f"  where the worker's time went, {describe_breakdown(figures['time'])}")
-        if rows != self.args.rows:
-            raise RuntimeError(f"the snapshot indexed {rows:,} rows, not {self.args.rows:,}")
-        return figures
 
     def read_back(self, index: str) -> list[tuple[str, int, dict[str, Any]]]:
         """Every document of `index` with its external version, as the product wrote it."""
@@ -588,6 +626,29 @@ class Bench:
             return int(client.count(index=index)["count"])  # once, not in a loop
         finally:
             client.close()
+
+    def index_ids(self, index: str) -> list[str]:
+        """The `_id` of every document in `index`."""
+        client = self.client()
+        ids: list[str] = []
+        try:
+            client.indices.refresh(index=index)
+            response = client.search(
+                index=index,
+                scroll="5m",
+                body={"size": 5000, "sort": ["_doc"], "_source": False},
+                request_timeout=120,
+            )
+            deadline = time.monotonic() + self.budget.cap(120)
+            while response["hits"]["hits"]:
+                ids.extend(hit["_id"] for hit in response["hits"]["hits"])
+                if time.monotonic() > deadline:
+                    raise BenchTimeout(f"reading the ids of {index} took too long")
+                response = client.scroll(scroll_id=response["_scroll_id"], scroll="5m")
+            client.clear_scroll(scroll_id=response["_scroll_id"])
+        finally:
+            client.close()
+        return ids
 
     def delete_index(self, index: str) -> None:
         client = self.client()
@@ -758,12 +819,80 @@ class Bench:
             raise RuntimeError(f"the worker acknowledged {acked:,} of {total:,} transactions")
         return figures
 
+    # 3. failures
+
+    def prepare_failures(self, plan: failures.Plan) -> None:
+        started = time.monotonic()
+        with psycopg.connect(self.source_dsn, autocommit=True, connect_timeout=10) as conn:
+            for variant in (failures.FAILING, failures.CLEAN):
+                table = sql.Identifier(variant.table)
+                conn.execute(sql.SQL(TABLE_DDL).format(table=table))
+                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN code text NOT NULL").format(table))
+                fill_table(conn, variant.table, plan.rows, extra=("code", plan.codes(variant)))
+        say(
+            f"source tables {failures.FAILING.table} ({plan.rows:,} rows, {len(plan.bad):,} "
+            f"with a code that is not a number) and {failures.CLEAN.table} (the same rows, "
+            f"no bad code), made in {time.monotonic() - started:.1f} s"
+        )
+
+    def failure_run(
+        self, variant: failures.Variant, round_no: int, plan: failures.Plan
+    ) -> dict[str, Any]:
+        """One timed backfill of the failures table, checked, then deleted with its index."""
+        from syncer.models import DeadLetter, Subscription
+
+        name = f"{PREFIX}failures-{variant.name}-{round_no}"
+        figures = {
+            "variant": variant.name,
+            "round": round_no,
+            **self.timed_snapshot(name, f"public.{variant.table}", failures.MAPPINGS),
+        }
+        dead_letters = list(
+            DeadLetter.objects.filter(subscription_id=figures["subscription_id"]).values_list(
+                "doc_id", "error_type"
+            )
+        )
+        ids = self.index_ids(name)
+        figures["check"] = failures.check(variant, plan, dead_letters, ids, figures["stats"])
+        say(
+            f"failures, {variant.name} #{round_no}: {plan.rows:,} docs in "
+            f"{figures['seconds']:.1f} s = {figures['docs_per_s']:,.0f} docs/s; "
+            f"{len(dead_letters):,} dead letters, {len(ids):,} documents indexed"
+        )
+        say(f"  where the worker's time went, {describe_breakdown(figures['time'])}")
+        for problem in figures["check"]["problems"]:
+            say(f"  WRONG: {problem}")
+        self.delete_index(name)
+        # Its dead letters go with it (cascade): the next failing run starts from none.
+        Subscription.objects.filter(pk=figures["subscription_id"]).delete()
+        if figures["rows"] != plan.rows:
+            raise RuntimeError(f"the snapshot read {figures['rows']:,} rows, not {plan.rows:,}")
+        return figures
+
+    def failures(self) -> dict[str, Any]:
+        a = self.args
+        plan = failures.make_plan(a.failure_rows, a.failure_percent)
+        self.prepare_failures(plan)
+        runs = [
+            self.failure_run(variant, round_no, plan)
+            for round_no in range(1, a.rounds + 1)
+            for variant in failures.order(round_no)
+        ]
+        figures = failures.summarize(plan, a.failure_percent, runs)
+        say(
+            f"failures: {figures['failing_docs_per_s']:,.0f} docs/s with "
+            f"{len(plan.bad):,} of {plan.rows:,} failing, {figures['clean_docs_per_s']:,.0f} "
+            f"docs/s with none: {figures['ratio']:.0%}"
+        )
+        return figures
+
 
 def breakdown(calls: Sequence[Sequence[Any]], start: float, end: float) -> dict[str, Any]:
     """How the worker spent [start, end]: share, count and times of each timed call."""
     window = max(end - start, 1e-9)
     out: dict[str, Any] = {"window_s": window}
-    for method in ("read", "write", "acknowledge", "save_checkpoint", "set_status"):
+    methods = ("read", "write", "acknowledge", "save_checkpoint", "set_status", *DLQ_CALLS)
+    for method in methods:
         picked = [
             (float(c[2]), int(c[3])) for c in calls if c[0] == method and start <= c[1] <= end
         ]
@@ -790,17 +919,24 @@ def describe_breakdown(b: dict[str, Any]) -> str:
         "acknowledge": "slot advance",
         "save_checkpoint": "checkpoint save",
         "set_status": "status save",
+        **DLQ_CALLS,
     }
     parts = []
     for method, label in names.items():
         m = b.get(method)
         if not m:
             continue
+        if method in DLQ_CALLS and "dead_letters.put" not in b:
+            continue  # nothing was dead-lettered: supersede returned at once
         text = f"{label} {m['share']:.0%} ({m['calls']} calls, mean {m['mean_ms']:.1f} ms"
         if method == "write" and m["ms_per_item"]:
             text += f", {m['ms_per_item']:.2f} ms/doc"
         parts.append(text + ")")
     return f"of {b['window_s']:.1f} s: " + ", ".join(parts)
+
+
+DLQ_CALLS = {"dead_letters.put": "dead-letter save", "dead_letters.supersede": "supersede"}
+"""The worker's timed calls to its dead-letter queue, and their labels."""
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -915,6 +1051,9 @@ def report(results: dict[str, Any]) -> None:
                 verdict(mb(live["peak_rss_bytes"]) <= TARGET_RSS_MB),
             ),
         ]
+    fails = results.get("failures")
+    if fails:
+        rows += failures.report_rows(fails)
     widths = [max(len(r[i]) for r in [*rows, HEADER]) for i in range(4)]
     line = "  ".join("-" * w for w in widths)
     print()
@@ -923,25 +1062,36 @@ def report(results: dict[str, Any]) -> None:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print(line)
-    print(f"reference: {PEER}")
+    if live:
+        print(f"reference: {PEER}")
     if b:
         print(f"backfill #1, worker time {describe_breakdown(b['product'][0]['time'])}")
     if live:
         print(f"live, worker time {describe_breakdown(live['time'])}")
+    if fails:
+        for run in (fails["failing"][0], fails["clean"][0]):
+            print(
+                f"failures, {run['variant']} #{run['round']}, worker time "
+                f"{describe_breakdown(run['time'])}"
+            )
     m = results["machine"]
     print(
         f"machine: {m['cores']} cores, {m['cpu']}, {m['memory_gb']} GB RAM; "
         f"Python {m['python']}; PostgreSQL {m['postgres']}; osmem-server {m['osmem_server']}; "
         f"load average at start {m['load_average']}"
     )
-    print(
-        "MB = 10^6 bytes. *ru_maxrss survives execve on Linux, so it includes the bench "
-        "parent's own peak; VmHWM is the worker's."
-    )
+    if b or live:
+        print(
+            "MB = 10^6 bytes. *ru_maxrss survives execve on Linux, so it includes the bench "
+            "parent's own peak; VmHWM is the worker's."
+        )
     print(f"details: {results.get('results_file', '')}", flush=True)
 
 
 # -- main ------------------------------------------------------------------------------
+
+
+PHASES = ("backfill", "live", "failures")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -952,13 +1102,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--updates", type=int, default=10_000)
     parser.add_argument("--deletes", type=int, default=5_000)
     parser.add_argument("--rate", type=float, default=1000.0, help="live writes per second")
-    parser.add_argument("--skip-backfill", action="store_true")
-    parser.add_argument("--skip-live", action="store_true")
+    parser.add_argument(
+        "--failure-rows", type=int, default=30_000, help="rows of the failures phase's table"
+    )
+    parser.add_argument(
+        "--failure-percent",
+        type=float,
+        default=1.0,
+        help="share of those rows that OpenSearch rejects in the failing runs",
+    )
+    for phase in PHASES:
+        parser.add_argument(f"--skip-{phase}", action="store_true")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PHASES,
+        metavar="PHASE",
+        help=f"run only this phase ({', '.join(PHASES)}); may be repeated",
+    )
     parser.add_argument("--budget", type=float, default=570.0, help="seconds for the whole run")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.rows < 1 or args.rate <= 0:
-        parser.error("--rounds, --rows and --rate must be positive")
+    if args.rounds < 1 or args.rows < 1 or args.rate <= 0 or args.failure_rows < 1:
+        parser.error("--rounds, --rows, --failure-rows and --rate must be positive")
+    if not 0 < args.failure_percent < 100:
+        parser.error("--failure-percent must be between 0 and 100")
+    if not selected(args):
+        parser.error("no phase left to run")
     return args
+
+
+def selected(args: argparse.Namespace) -> list[str]:
+    """The phases to run, in order: --only's (or all of them), less the --skip-ed ones."""
+    return [
+        p for p in PHASES if (not args.only or p in args.only) and not getattr(args, f"skip_{p}")
+    ]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -979,10 +1156,9 @@ class Run:
 
 
 def phases(bench: Bench) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
-    if not bench.args.skip_backfill:
-        yield "backfill", bench.backfill
-    if not bench.args.skip_live:
-        yield "live", bench.live
+    run = {"backfill": bench.backfill, "live": bench.live, "failures": bench.failures}
+    for name in selected(bench.args):
+        yield name, run[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,9 +6,10 @@ Builds the pipeline exactly as `runsyncer` does (`syncer.runner.build_pipeline`)
 runs it until SIGTERM/SIGINT, a time limit, or the death of its parent. An observer
 records, for every acknowledged source transaction (TxKind.CHANGES), the time from
 its commit on the source to its acknowledgement (checkpoint saved), and a timer
-records how long each read, bulk write, slot advance and checkpoint save took. While running it
-rewrites `<out>.progress` twice a second; on exit it writes `<out>`: the latencies,
-counters and the process's own peak RSS (VmHWM; ru_maxrss too, see below).
+records how long each read, bulk write, slot advance, checkpoint save and dead-letter
+save or supersede took. While running it rewrites `<out>.progress` twice a second; on
+exit it writes `<out>`: the latencies, counters and the process's own peak RSS (VmHWM;
+ru_maxrss too, see below).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class Recorder:
 
 
 class CallTimer:
-    """Times the pipeline's I/O calls (source reads, bulk writes, slot and checkpoint moves).
+    """Times the pipeline's I/O calls (source reads, bulk writes, slot and checkpoint moves,
+    dead letters saved and superseded).
 
     Wraps methods of the pipeline's source, sink and store instances: the product's
     code is unchanged, and each call costs one more coroutine frame.
@@ -103,15 +105,20 @@ class CallTimer:
         """(method, started, seconds, size) per completed call."""
 
     def wrap(
-        self, obj: Any, method: str, size: Callable[[tuple[Any, ...], Any], int] | None = None
+        self,
+        obj: Any,
+        method: str,
+        size: Callable[[tuple[Any, ...], Any], int] | None = None,
+        label: str | None = None,
     ) -> None:
         original = getattr(obj, method)
+        name = label or method
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.time()
             result = await original(*args, **kwargs)
             measured = size(args, result) if size is not None else 0
-            self.calls.append((method, started, time.time() - started, measured))
+            self.calls.append((name, started, time.time() - started, measured))
             return result
 
         setattr(obj, method, timed)
@@ -122,6 +129,13 @@ class CallTimer:
         self.wrap(pipeline.source, "acknowledge")
         self.wrap(pipeline.store, "save_checkpoint")
         self.wrap(pipeline.store, "set_status")
+        self.wrap(pipeline.dead_letters, "put", _first_len, label="dead_letters.put")
+        self.wrap(pipeline.dead_letters, "supersede", _first_len, label="dead_letters.supersede")
+
+
+def _first_len(args: tuple[Any, ...], result: Any) -> int:
+    """The size of a call whose first argument is the list of items."""
+    return len(args[0])
 
 
 def ru_maxrss_bytes() -> int:
