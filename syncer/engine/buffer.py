@@ -35,6 +35,8 @@ class ChangeBuffer:
         self.source_idle = False
         """The reader's last read found nothing more pending at the source."""
         self.peak = 0
+        self.in_flight = False
+        """The writer holds a batch it has not acknowledged yet."""
         self._transactions: deque[Transaction] = deque()
         self._first_put_at: float | None = None
         self._closed: BaseException | None = None
@@ -69,6 +71,20 @@ class ChangeBuffer:
             await self._changed.wait_for(
                 lambda: (not self.paused and not self.held) or self._closed is not None
             )
+
+    async def wait_settled(self, timeout: float) -> None:
+        """Wait up to `timeout` for the writer to have acknowledged everything buffered."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(
+                        lambda: (not self._transactions and not self.in_flight)
+                        or self._closed is not None
+                    ),
+                    timeout,
+                )
+            except TimeoutError:
+                pass
 
     async def close(self, error: BaseException | None = None) -> None:
         """No more input: the writer drains what is left, then gets `error` (or ends)."""
@@ -118,11 +134,18 @@ class ChangeBuffer:
             batch.append(tx)
             count += len(tx.changes)
         self.size -= count
+        self.in_flight = bool(batch)
         self._first_put_at = None if not self._transactions else self._first_put_at
         if self.paused and self.size <= self.resume_at:
             self.paused = False
         self._changed.notify_all()
         return batch
+
+    async def acknowledged(self) -> None:
+        """The writer is done with the batch it took."""
+        async with self._changed:
+            self.in_flight = False
+            self._changed.notify_all()
 
     async def hold(self, held: bool) -> None:
         """Open (True) or close (False) the circuit breaker on the reader."""

@@ -215,6 +215,13 @@ class Pipeline:
                     if not buffer:
                         await self._idle(now)
                     await _sleep(stop, self.config.poll_interval)
+                elif read < self.config.batch_max_size:
+                    # Caught up: read again once this is acknowledged. Reading ahead
+                    # without a backlog re-decodes what is not yet acknowledged and
+                    # holds the slot the acknowledgement needs; but behind a slow bulk,
+                    # a read after a short wait has the next batch ready when it ends.
+                    # (bench: p99 306 ms waiting a full poll, 93-163 ms a quarter.)
+                    await buffer.wait_settled(self.config.poll_interval / 4)
         except BaseException as exc:
             await buffer.close(exc)
             raise
@@ -241,6 +248,7 @@ class Pipeline:
                 await self._flush(batch)
             finally:
                 self._writing = False
+            await self._buffer.acknowledged()
 
     # -- writing one batch -------------------------------------------------------------
 

@@ -6,7 +6,10 @@ mapping checks, or from a fault-injecting proxy in front of it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +215,37 @@ def test_a_slow_sink_bounds_the_buffer_at_pause_at(
     assert 1000 <= peak <= 1000 + 200
     assert "backpressure" in statuses
     assert len(index_docs(search, "slow")) == 8000
+
+
+def test_the_worker_retries_dead_letters_periodically_when_asked(
+    source_conn, table_name, make_subscription, search
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, total int, note text)")
+    sub = make_subscription("periodic", table_name, snapshot_mode="discard", index_mappings=STRICT)
+    with WorkerThread([sub], dlq_retry_every=0.5):
+        wait_for(lambda: status_of("periodic").status == "caught_up")
+        source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 5, 'hello')")
+        entry = wait_for(lambda: entry_of("periodic", "1"), what="a dead letter")
+        # Still refused: each round counts one more attempt.
+        wait_for(
+            lambda: DeadLetter.objects.filter(doc_id="1", attempts__gte=2).exists(),
+            what="a retry round",
+        )
+        search.indices.put_mapping(
+            index="periodic", body={"properties": {"note": {"type": "text"}}}
+        )
+        wait_for(lambda: entry_of("periodic", "1") is None, what="the entry retried away")
+    doc = search.get(index="periodic", id="1")
+    assert doc["_version"] == entry.version and doc["_source"]["note"] == "hello"
+
+
+def test_a_malformed_retry_interval_is_refused_before_anything_runs():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "runsyncer", "--dlq-retry-every", "5 minutes"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "'5 minutes' is not an age" in result.stderr and "e.g. 30m" in result.stderr

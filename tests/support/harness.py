@@ -18,8 +18,13 @@ from syncer.runner import Runner
 class WorkerThread:
     """`runsyncer` in-process: the same Runner, its own event loop, stoppable."""
 
-    def __init__(self, subscriptions: Sequence[Subscription], shutdown_timeout: float = 30):
-        self.runner = Runner(subscriptions, shutdown_timeout)
+    def __init__(
+        self,
+        subscriptions: Sequence[Subscription],
+        shutdown_timeout: float = 30,
+        dlq_retry_every: float | None = None,
+    ):
+        self.runner = Runner(subscriptions, shutdown_timeout, dlq_retry_every)
         self.result: bool | None = None
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
