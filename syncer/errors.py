@@ -5,14 +5,17 @@ nothing above a source or a sink ever sees a psycopg or opensearch-py exception.
     ├── ConfigError             the subscription cannot work until someone fixes it
     │   ├── SourceConfigError   bad DSN, missing table, unknown key column, no replica identity
     │   └── SinkConfigError     index name or mappings rejected by OpenSearch
+    ├── RequestTooLarge         OpenSearch refused a bulk for its size (413): send less
     └── UnavailableError        the other side is down or refusing work for now; retry
         ├── SourceUnavailable   connection lost, server restarting, timeouts
         └── SinkUnavailable     OpenSearch unreachable, 429 / 5xx on a whole request
 
-Both branches are retried with backoff by the worker: a ConfigError puts the
-subscription in the `error` status (someone may create the missing table), an
-UnavailableError in `reconnecting`. `str(error)` is written for an operator: it says
-what is wrong and what to fix, and never holds a password.
+RequestTooLarge is handled by the pipeline: it splits the bulk, and a single document
+too large on its own becomes a dead letter. The other two branches are retried with
+backoff by the worker: a ConfigError puts the subscription in the `error` status
+(someone may create the missing table), an UnavailableError in `reconnecting` (or
+`sink_unavailable`, with the batch held). `str(error)` is written for an operator: it
+says what is wrong and what to fix, and never holds a password.
 """
 
 from __future__ import annotations
@@ -44,3 +47,7 @@ class SourceUnavailable(UnavailableError):
 
 class SinkUnavailable(UnavailableError):
     """OpenSearch cannot be reached or is rejecting whole requests right now."""
+
+
+class RequestTooLarge(SyncError):
+    """OpenSearch refused a request for its size (HTTP 413, `http.max_content_length`)."""

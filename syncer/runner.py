@@ -14,7 +14,7 @@ import structlog
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from syncer import conf, dlq
+from syncer import conf, dlq, metrics
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
 from syncer.models import Subscription
 from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
@@ -102,17 +102,25 @@ class Runner:
         subscriptions: Sequence[Subscription],
         shutdown_timeout: float,
         dlq_retry_every: float | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.subscriptions = list(subscriptions)
         self.shutdown_timeout = shutdown_timeout
         self.dlq_retry_every = dlq_retry_every
+        self.metrics_port = metrics_port
         self.pipelines: dict[str, Pipeline] = {}
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Run until `stop`; return False if the pipelines did not stop in time."""
+        stop_metrics = None
+        if self.metrics_port is not None:
+            stop_metrics = metrics.serve(self.metrics_port, lambda: self.pipelines)
+            log.info("metrics_serving", port=self.metrics_port)
         try:
             return await self._run(stop)
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             # The store's thread holds a connection to the console database.
             await sync_to_async(connections.close_all, thread_sensitive=True)()
 

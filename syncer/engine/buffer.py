@@ -78,8 +78,10 @@ class ChangeBuffer:
             try:
                 await asyncio.wait_for(
                     self._changed.wait_for(
-                        lambda: (not self._transactions and not self.in_flight)
-                        or self._closed is not None
+                        lambda: (
+                            (not self._transactions and not self.in_flight)
+                            or self._closed is not None
+                        )
                     ),
                     timeout,
                 )

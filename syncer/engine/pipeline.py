@@ -37,7 +37,7 @@ from syncer.engine.consolidate import consolidate
 from syncer.engine.interfaces import DeadLetterQueue, Rejected, Sink, Source, StateStore
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.retry import Decision, RetryPolicy
-from syncer.errors import ConfigError, SinkUnavailable, UnavailableError
+from syncer.errors import ConfigError, RequestTooLarge, SinkUnavailable, UnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -258,7 +258,7 @@ class Pipeline:
         await self._fill_missing(changes)
         size = self.config.batch_max_size
         for offset in range(0, len(changes), size):
-            await self._write(changes[offset : offset + size])
+            await self._write_sized(changes[offset : offset + size])
         await self._acknowledge(batch)
         self._backoff.reset()
         self._log.debug(
@@ -267,6 +267,20 @@ class Pipeline:
             changes=len(changes),
             ms=round((self.clock() - started) * 1000, 1),
         )
+
+    async def _write_sized(self, changes: Sequence[Change]) -> None:
+        """Write `changes`, halving the request while OpenSearch finds it too large."""
+        try:
+            await self._write(changes)
+        except RequestTooLarge as exc:
+            if len(changes) == 1:
+                result = ItemResult(Outcome.PERMANENT, 413, "request_too_large", str(exc))
+                await self._dead_letter([Rejected(changes[0], result, 1)])
+                return
+            half = len(changes) // 2
+            self._log.warning("bulk_too_large", changes=len(changes), split_into=half)
+            await self._write_sized(changes[:half])
+            await self._write_sized(changes[half:])
 
     async def _write(self, changes: Sequence[Change]) -> None:
         """Write until every change is done or dead-lettered; outages are waited out."""

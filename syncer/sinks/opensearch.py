@@ -21,7 +21,7 @@ from opensearchpy import exceptions as os_errors
 
 from syncer.engine.changes import Change, Document, Op, Position
 from syncer.engine.outcomes import ItemResult, classify
-from syncer.errors import SinkConfigError, SinkUnavailable
+from syncer.errors import RequestTooLarge, SinkConfigError, SinkUnavailable
 from syncer.logconfig import redact
 
 log = structlog.get_logger(__name__)
@@ -213,6 +213,8 @@ def _translated(action: str) -> Iterator[None]:
                 f"{action}: OpenSearch refused the credentials ({status} {summary}); "
                 "check OPENSEARCH_USER / OPENSEARCH_PASSWORD and the user's permissions"
             ) from exc
+        if status == 413:
+            raise RequestTooLarge(f"{action}: OpenSearch refused the request as too large") from exc
         if status in (408, 429) or status >= 500 or status == 0:
             raise SinkUnavailable(f"{action}: OpenSearch answered {status} {summary}") from exc
         raise SinkConfigError(f"{action}: OpenSearch refused it ({status} {summary})") from exc

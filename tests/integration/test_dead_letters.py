@@ -6,15 +6,19 @@ mapping checks, or from a fault-injecting proxy in front of it.
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from syncer import dlq
 from syncer.models import DeadLetter
+from tests.integration.test_worker_process import Worker
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.httpfaults import FaultProxy
 
@@ -249,3 +253,79 @@ def test_a_malformed_retry_interval_is_refused_before_anything_runs():
     )
     assert result.returncode == 2
     assert "'5 minutes' is not an age" in result.stderr and "e.g. 30m" in result.stderr
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_bulk_refused_as_too_large_is_split_without_loss(
+    source_conn, table_name, make_subscription, search, faults
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
+    sub = make_subscription("split", table_name, snapshot_mode="discard")
+    with WorkerThread([sub]):
+        wait_for(lambda: status_of("split").status == "caught_up")
+        faults.fail_requests(status=413, count=1, path_contains="_bulk")
+        source_conn.execute(f"INSERT INTO {table_name} SELECT generate_series(1, 40)")
+        wait_for(lambda: len(index_docs(search, "split")) == 40, what="all 40 after a 413")
+    assert faults.stats.failed == 1 and faults.stats.forwarded >= 2
+    assert not DeadLetter.objects.exists()
+
+
+def _metric(text: str, name: str, subscription: str) -> float | None:
+    prefix = f'{name}{{subscription="{subscription}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
+
+
+def test_backpressure_and_throughput_are_exported_as_prometheus_metrics(
+    source_conn, table_name, make_subscription, faults, tmp_path
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
+    make_subscription(
+        "metered",
+        table_name,
+        snapshot_mode="discard",
+        batch_max_size=100,
+        backpressure_pause_at=300,
+        backpressure_resume_at=100,
+    )
+    faults.delay(0.3, path_contains="_bulk")
+    port = _free_port()
+    worker = Worker(faults.url, tmp_path / "w.log", "--metrics-port", str(port)).process
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_for(lambda: status_of("metered").status == "caught_up", what="caught up")
+        for start in range(0, 3000, 100):
+            source_conn.execute(
+                f"INSERT INTO {table_name} SELECT generate_series({start + 1}, {start + 100})"
+            )
+        paused = wait_for(
+            lambda: _metric(_scrape(url), "searchsync_backpressure_active", "metered") == 1,
+            what="backpressure_active 1",
+        )
+        text = _scrape(url)
+        faults.clear()
+        wait_for(
+            lambda: _metric(_scrape(url), "searchsync_documents_written_total", "metered") == 3000,
+            what="3,000 written",
+        )
+        done = _scrape(url)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert paused and 300 <= (_metric(text, "searchsync_buffer_changes", "metered") or 0) <= 400
+    assert _metric(done, "searchsync_backpressure_active", "metered") == 0
+    assert _metric(done, "searchsync_sink_available", "metered") == 1
+    assert 'searchsync_status{status="caught_up",subscription="metered"} 1.0' in done
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

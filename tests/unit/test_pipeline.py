@@ -19,7 +19,7 @@ from syncer.engine.testing import (
     StoredDoc,
     permanent,
 )
-from syncer.errors import SourceConfigError
+from syncer.errors import RequestTooLarge, SourceConfigError
 
 FAST = PipelineConfig(
     name="t", batch_max_size=100, poll_interval=0.005, backoff_base=0.001, backoff_cap=0.01
@@ -360,3 +360,36 @@ async def test_a_backlog_is_streaming_until_the_source_runs_dry():
     # Streaming while full batches came back; caught up once a read found the rest.
     assert statuses.index(Status.STREAMING) < statuses.index(Status.CAUGHT_UP)
     assert sink.live.keys() == {str(p) for p in range(1, 7)}
+
+
+class SizeLimitedSink(InMemorySink):
+    """Refuses a request of more than `limit` documents, or holding a `huge` one."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    async def write(self, changes: Sequence[Change]) -> list[ItemResult]:
+        self.sizes.append(len(changes))
+        if len(changes) > self.limit or any(c.doc and c.doc.get("huge") for c in changes):
+            raise RequestTooLarge("writing to index t: OpenSearch refused the request as too large")
+        return await super().write(changes)
+
+
+async def test_a_bulk_too_large_is_split_and_a_lone_huge_document_dead_lettered():
+    source = InMemorySource([tx(10, *[ins(i) for i in range(1, 8)], ins(8, huge=True))])
+    sink, store, dlq = (
+        SizeLimitedSink(limit=3),
+        InMemoryStore(snapshot_done=True),
+        InMemoryDeadLetters(),
+    )
+    pipeline = Pipeline(FAST, source, sink, store, dlq)
+    await run_until(pipeline, lambda: store.checkpoint == 10)
+    assert set(sink.live) == {str(i) for i in range(1, 8)}
+    assert list(dlq.entries) == ["8"]
+    assert (
+        dlq.entries["8"].result.status == 413
+        and dlq.entries["8"].result.error_type == "request_too_large"
+    )
+    assert sink.sizes[0] == 8 and max(s for s in sink.sizes if s <= 3) <= 3

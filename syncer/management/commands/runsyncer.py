@@ -37,6 +37,13 @@ class Command(BaseCommand):
             "SYNCER_SHUTDOWN_TIMEOUT, 30 s)",
         )
         parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            metavar="PORT",
+            help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (e.g. 9108)",
+        )
+        parser.add_argument(
             "--dlq-retry-every",
             type=_interval,
             default=None,
@@ -52,7 +59,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         timeout = options["shutdown_timeout"] or conf.worker().shutdown_timeout
         runner = Runner(
-            subscriptions, shutdown_timeout=timeout, dlq_retry_every=options["dlq_retry_every"]
+            subscriptions,
+            shutdown_timeout=timeout,
+            dlq_retry_every=options["dlq_retry_every"],
+            metrics_port=options["metrics_port"],
         )
         if not asyncio.run(_main(runner)):
             raise CommandError(f"pending changes did not flush within {timeout:g} s")
