@@ -20,7 +20,8 @@ from django.utils.html import escape
 from opensearchpy import OpenSearch
 
 from syncer import admin_dead_letters
-from syncer.models import DeadLetter, Subscription
+from syncer.models import DeadLetter
+from tests.support.factories import entry, subscription
 
 pytestmark = pytest.mark.django_db
 
@@ -35,40 +36,6 @@ TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
 def fast_password_hashing(settings: Any) -> None:
     """`admin_client` makes a superuser per test; the default hasher costs half a second."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def subscription(name: str = "orders") -> Subscription:
-    return Subscription.objects.create(
-        name=name, source_dsn="postgresql://u@h/db", relation="public.orders", index_name=name
-    )
-
-
-def entry(
-    sub: Subscription,
-    doc_id: str,
-    *,
-    payload: Any = None,
-    action: str = "index",
-    version: int = 100,
-    age: dt.timedelta = dt.timedelta(minutes=5),
-    error_type: str = "mapper_parsing_exception",
-    error_reason: str = "failed to parse field [total] of type [integer]",
-    attempts: int = 1,
-) -> DeadLetter:
-    failed_at = timezone.now() - age
-    return DeadLetter.objects.create(
-        subscription=sub,
-        doc_id=doc_id,
-        action=action,
-        payload={"total": 1} if payload is None and action == "index" else payload,
-        version=version,
-        attempts=attempts,
-        error_status=400,
-        error_type=error_type,
-        error_reason=error_reason,
-        first_failed_at=failed_at,
-        last_attempt_at=failed_at,
-    )
 
 
 def shown_messages(response: Any) -> list[tuple[int, str]]:

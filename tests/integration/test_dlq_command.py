@@ -23,6 +23,7 @@ from opensearchpy import OpenSearch
 
 from syncer import dlq
 from syncer.models import DeadLetter, Subscription
+from tests.support.factories import entry, subscription
 
 pytestmark = pytest.mark.django_db
 
@@ -42,39 +43,6 @@ def run_failing(*args: str) -> CommandError:
     with pytest.raises(CommandError) as caught:
         call_command("dlq", *args, stdout=io.StringIO(), stderr=io.StringIO())
     return caught.value
-
-
-def subscription(name: str = "orders") -> Subscription:
-    return Subscription.objects.create(
-        name=name, source_dsn="postgresql://u@h/db", relation="public.orders", index_name=name
-    )
-
-
-def entry(
-    sub: Subscription,
-    doc_id: str,
-    *,
-    payload: Any = None,
-    version: int = 100,
-    age: dt.timedelta = dt.timedelta(minutes=5),
-    error_type: str = "mapper_parsing_exception",
-    error_reason: str = "failed to parse field [total] of type [integer]",
-    attempts: int = 1,
-) -> DeadLetter:
-    failed_at = timezone.now() - age
-    return DeadLetter.objects.create(
-        subscription=sub,
-        doc_id=doc_id,
-        action="index",
-        payload={"total": 1} if payload is None else payload,
-        version=version,
-        attempts=attempts,
-        error_status=400,
-        error_type=error_type,
-        error_reason=error_reason,
-        first_failed_at=failed_at,
-        last_attempt_at=failed_at,
-    )
 
 
 @pytest.fixture
