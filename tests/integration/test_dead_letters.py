@@ -15,9 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from django.urls import reverse
 
 from syncer import dlq
 from syncer.models import DeadLetter
+from tests.integration.test_dlq_admin import action_post, confirm_post
 from tests.integration.test_worker_process import Worker
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.httpfaults import FaultProxy
@@ -59,9 +61,10 @@ def test_a_rejected_row_is_dead_lettered_then_superseded_when_fixed_in_the_sourc
         assert index_docs(search, "orders")["2"] == {"id": 2, "total": "12"}
 
 
-def test_after_the_mapping_is_fixed_a_retry_succeeds_with_the_original_version(
-    source_conn, table_name, make_subscription, search
+def test_after_the_mapping_is_fixed_admin_retry_selected_succeeds_with_the_original_version(
+    source_conn, table_name, make_subscription, search, admin_client, settings
 ):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, total int, note text)")
     sub = make_subscription("notes", table_name, snapshot_mode="discard", index_mappings=STRICT)
     with WorkerThread([sub]):
@@ -71,9 +74,12 @@ def test_after_the_mapping_is_fixed_a_retry_succeeds_with_the_original_version(
     assert entry.error_type == "strict_dynamic_mapping_exception"
 
     search.indices.put_mapping(index="notes", body={"properties": {"note": {"type": "text"}}})
-    report = dlq.retry(dlq.Selection(subscription="notes"))
-    assert (report.succeeded, report.superseded, report.failed) == (1, 0, 0)
-    assert str(report) == "1 retried: 1 succeeded, 0 superseded, 0 failed"
+    # The operator's way: Retry selected in the admin, then confirm.
+    changelist = reverse("admin:syncer_deadletter_changelist")
+    page = admin_client.post(changelist, action_post("retry_selected", entry))
+    assert page.status_code == 200 and DeadLetter.objects.exists()  # only a confirmation
+    done = admin_client.post(changelist, confirm_post("retry_selected", entry), follow=True)
+    assert "1 retried: 1 succeeded, 0 superseded, 0 failed" in done.content.decode()
     assert not DeadLetter.objects.exists()
     doc = search.get(index="notes", id="1")
     assert doc["_source"] == {"id": 1, "total": 5, "note": "hello"}
