@@ -28,6 +28,10 @@ class UnknownSubscription(ValueError):
     """A subscription named on the command line does not exist."""
 
 
+class MetricsPortUnavailable(OSError):
+    """The metrics port cannot be listened on (taken, or not allowed)."""
+
+
 def build_sink(sub: Subscription) -> OpenSearchSink:
     """The OpenSearch sink of one subscription, as the worker and DLQ retries use it."""
     search = conf.opensearch()
@@ -114,7 +118,13 @@ class Runner:
         """Run until `stop`; return False if the pipelines did not stop in time."""
         stop_metrics = None
         if self.metrics_port is not None:
-            stop_metrics = metrics.serve(self.metrics_port, lambda: self.pipelines)
+            try:
+                stop_metrics = metrics.serve(self.metrics_port, lambda: self.pipelines)
+            except OSError as exc:
+                raise MetricsPortUnavailable(
+                    f"cannot serve metrics on port {self.metrics_port}: {exc.strerror or exc}; "
+                    "choose another --metrics-port"
+                ) from None
             log.info("metrics_serving", port=self.metrics_port)
         try:
             return await self._run(stop)

@@ -9,10 +9,12 @@ from typing import Any
 
 import structlog
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import OperationalError, ProgrammingError
 
 from syncer import conf
 from syncer.dlq import parse_age
-from syncer.runner import Runner, UnknownSubscription, load_subscriptions
+from syncer.logconfig import redact
+from syncer.runner import MetricsPortUnavailable, Runner, UnknownSubscription, load_subscriptions
 
 log = structlog.get_logger("syncer.runsyncer")
 
@@ -57,6 +59,16 @@ class Command(BaseCommand):
             subscriptions = load_subscriptions(options["subscription"])
         except UnknownSubscription as exc:
             raise CommandError(str(exc)) from None
+        except OperationalError as exc:
+            raise CommandError(
+                f"cannot reach the console database: {_first_line(exc)} "
+                "(check DATABASE_URL; create the database, then run `manage.py migrate`)"
+            ) from None
+        except ProgrammingError as exc:
+            raise CommandError(
+                f"the console database is not set up ({_first_line(exc)}); "
+                "run `python manage.py migrate`"
+            ) from None
         timeout = options["shutdown_timeout"] or conf.worker().shutdown_timeout
         runner = Runner(
             subscriptions,
@@ -64,7 +76,11 @@ class Command(BaseCommand):
             dlq_retry_every=options["dlq_retry_every"],
             metrics_port=options["metrics_port"],
         )
-        if not asyncio.run(_main(runner)):
+        try:
+            flushed = asyncio.run(_main(runner))
+        except MetricsPortUnavailable as exc:
+            raise CommandError(str(exc)) from None
+        if not flushed:
             raise CommandError(f"pending changes did not flush within {timeout:g} s")
 
 
@@ -86,3 +102,9 @@ def _interval(text: str) -> float:
         return parse_age(text).total_seconds()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The driver's message without its SQL excerpt, password-free."""
+    lines = redact(str(exc)).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
