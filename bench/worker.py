@@ -39,7 +39,7 @@ from asgiref.sync import sync_to_async  # noqa: E402
 from django.db import connections  # noqa: E402
 
 from syncer.engine.changes import Transaction, TxKind  # noqa: E402
-from syncer.engine.pipeline import Pipeline  # noqa: E402
+from syncer.engine.pipeline import Pipeline, sleep_unless_stopped  # noqa: E402
 from syncer.models import Subscription  # noqa: E402
 from syncer.runner import build_pipeline  # noqa: E402
 
@@ -170,15 +170,12 @@ async def report_progress(
     recorder: Recorder, path: Path, stop: asyncio.Event, parent: int, deadline: float
 ) -> None:
     """Rewrite the progress file; stop the pipeline at the deadline or if the parent died."""
-    while not stop.is_set():
+    while True:
         write_json(path, {**recorder.progress(), "peak_rss_bytes": peak_rss_bytes()})
         if os.getppid() != parent or time.monotonic() > deadline:
             stop.set()
+        if await sleep_unless_stopped(stop, 0.5):
             break
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=0.5)
-        except TimeoutError:
-            pass
 
 
 async def main(name: str, out: Path, max_seconds: float) -> int:
@@ -221,7 +218,7 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
                     "dead_lettered": pipeline.stats.dead_lettered,
                     "retries": pipeline.stats.retries,
                     "outages": pipeline.stats.outages,
-                    "buffer_peak": pipeline.stats.buffer_peak,
+                    "buffer_peak": pipeline.buffer_peak,
                 },
             },
         )

@@ -4,8 +4,8 @@ Entries are written by the worker only, so the admin shows them read-only; every
 change goes through `syncer.dlq` (`retry`, `purge`), which works in bounded batches.
 
 - Changelist actions "Retry selected…" and "Purge selected…", each through a
-  confirmation page. With "select all N", the matching ids are handed to the
-  service a chunk at a time: never all rows, never all ids at once.
+  confirmation page. With "select all N", the filtered list itself is handed to the
+  service, which walks it in batches: never all rows at once.
 - `retry/?subscription=NAME[&older_than_days=N]` and
   `purge/?subscription=NAME&older_than_days=N` (either or both): the subscription-wide
   and age-based operations, linked from the changelist's buttons. A GET previews
@@ -15,7 +15,6 @@ change goes through `syncer.dlq` (`retry`, `purge`), which works in bounded batc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -252,15 +251,10 @@ class DeadLetterAdmin(_AdminBase):
     ) -> HttpResponse | None:
         if request.POST.get("confirm") != "yes":
             return self._confirm_action(request, queryset, "retry", "retry_selected")
-        report = dlq.RetryReport()
         try:
-            for ids in _id_chunks(queryset, dlq.RETRY_BATCH):
-                _add(report, dlq.retry(dlq.Selection(ids=ids)))
+            _retry_done(request, dlq.retry(dlq.Selection(within=queryset)))
         except dlq.RetryAborted as exc:
-            _add(report, exc.report)
-            _retry_aborted(request, exc, report)
-            return None
-        _retry_done(request, report)
+            _retry_aborted(request, exc)
         return None
 
     @admin.action(description="Purge selected dead letters…", permissions=["purge"])
@@ -269,10 +263,7 @@ class DeadLetterAdmin(_AdminBase):
     ) -> HttpResponse | None:
         if request.POST.get("confirm") != "yes":
             return self._confirm_action(request, queryset, "purge", "purge_selected")
-        removed = sum(
-            dlq.purge(dlq.Selection(ids=ids)) for ids in _id_chunks(queryset, dlq.PURGE_BATCH)
-        )
-        messages.success(request, _purged(removed))
+        messages.success(request, _purged(dlq.purge(dlq.Selection(within=queryset))))
         return None
 
     def _confirm_action(
@@ -376,7 +367,7 @@ class DeadLetterAdmin(_AdminBase):
                 return
             _retry_done(request, dlq.retry(selection))
         except dlq.RetryAborted as exc:
-            _retry_aborted(request, exc, exc.report)
+            _retry_aborted(request, exc)
         except dlq.UnknownSubscription as exc:
             messages.error(request, f"Nothing was done: {exc}")
 
@@ -438,23 +429,6 @@ def _pretty_json(value: Any) -> SafeString:
     return format_html('<pre class="dlq-json" style="white-space:pre-wrap">{}</pre>', text)
 
 
-def _id_chunks(queryset: QuerySet[DeadLetter], size: int) -> Iterator[list[int]]:
-    """The ids of `queryset` in order, `size` at a time (keyset: never all at once)."""
-    ids = queryset.order_by("pk").values_list("pk", flat=True)
-    after = 0
-    while chunk := list(ids.filter(pk__gt=after)[:size]):
-        yield chunk
-        after = chunk[-1]
-
-
-def _add(total: dlq.RetryReport, part: dlq.RetryReport) -> None:
-    total.succeeded += part.succeeded
-    total.superseded += part.superseded
-    total.failed += part.failed
-    for error_type, n in part.errors.items():
-        total.errors[error_type] = total.errors.get(error_type, 0) + n
-
-
 def _retry_done(request: HttpRequest, report: dlq.RetryReport) -> None:
     text = str(report)
     if report.errors:
@@ -463,11 +437,11 @@ def _retry_done(request: HttpRequest, report: dlq.RetryReport) -> None:
     messages.add_message(request, messages.WARNING if report.failed else messages.SUCCESS, text)
 
 
-def _retry_aborted(request: HttpRequest, exc: dlq.RetryAborted, report: dlq.RetryReport) -> None:
+def _retry_aborted(request: HttpRequest, exc: dlq.RetryAborted) -> None:
     cause = exc.__cause__ or exc
     messages.error(
         request,
-        f"Retry stopped: {cause}. Done before it stopped: {report}. "
+        f"Retry stopped: {cause}. Done before it stopped: {exc.report}. "
         "The other entries are kept; retry them when OpenSearch is back.",
     )
 

@@ -14,14 +14,14 @@ successful write of the document) is left as the worker left it.
 
 from __future__ import annotations
 
+import argparse
 import operator
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import reduce
-from itertools import groupby
-from typing import Protocol
+from typing import TypeVar
 
 import structlog
 from asgiref.sync import async_to_sync, sync_to_async
@@ -29,11 +29,13 @@ from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils import timezone
 
 from syncer.engine.changes import Change, Op
+from syncer.engine.interfaces import Sink
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.errors import SyncError
 from syncer.models import DeadLetter, Subscription
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 RETRY_BATCH = 500
 PURGE_BATCH = 2000
@@ -64,12 +66,20 @@ def parse_age(text: str) -> timedelta:
 
 
 def format_age(age: timedelta) -> str:
-    """The inverse of `parse_age` for whole units: 7 days -> `7d`."""
+    """The inverse of `parse_age` for whole units: 7 days -> `7d` (weeks too: `14d`)."""
     seconds = int(age.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def age_argument(text: str) -> timedelta:
+    """`parse_age` as an argparse type: a bad value is a usage error (exit 2)."""
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,11 @@ class Selection:
     subscription: str | None = None
     older_than: timedelta | None = None
     """Entries that first failed at least this long ago."""
+    within: QuerySet[DeadLetter] | None = None
+    """Start from these entries (the admin's filtered list) rather than all."""
 
     def queryset(self) -> QuerySet[DeadLetter]:
-        entries = DeadLetter.objects.all()
+        entries = DeadLetter.objects.all() if self.within is None else self.within
         if self.ids is not None:
             entries = entries.filter(pk__in=list(self.ids))
         if self.subscription is not None:
@@ -97,19 +109,23 @@ class Selection:
         return entries
 
     def describe(self) -> str:
+        """In an operator's words, e.g. `subscription orders, older than 7d`."""
         parts = []
         if self.ids is not None:
             parts.append(f"{len(self.ids)} selected")
+        if self.within is not None:
+            parts.append("a filtered list")
         if self.subscription is not None:
             parts.append(f"subscription {self.subscription}")
         if self.older_than is not None:
             parts.append(f"older than {format_age(self.older_than)}")
-        return ", ".join(parts) or "all entries"
+        return ", ".join(parts) or "every subscription"
 
 
 def _batches(selection: Selection, limit: int | None, size: int) -> Iterator[list[DeadLetter]]:
     """The selected entries in id order, `size` at a time, at most `limit` in all."""
-    entries = selection.queryset().select_related("subscription").order_by("pk")
+    # defer(None): a caller's list may defer the payload, which retry needs loaded.
+    entries = selection.queryset().defer(None).select_related("subscription").order_by("pk")
     after, left = 0, limit
     while left is None or left > 0:
         take = size if left is None else min(size, left)
@@ -150,37 +166,13 @@ class RetryReport:
         )
 
 
-SinkFactory = Callable[[Subscription], "RetrySink"]
+SinkFactory = Callable[[Subscription], Sink]
 
 
-class RetrySink(Protocol):
-    """What retry needs of a sink (OpenSearchSink has it)."""
-
-    async def open(self) -> None: ...
-
-    async def write(self, changes: Sequence[Change]) -> list[ItemResult]: ...
-
-    async def close(self) -> None: ...
-
-
-def _default_sink(subscription: Subscription) -> RetrySink:
+def _default_sink(subscription: Subscription) -> Sink:
     from syncer.runner import build_sink
 
     return build_sink(subscription)
-
-
-def retry(
-    selection: Selection,
-    limit: int | None = None,
-    *,
-    batch_size: int = RETRY_BATCH,
-    progress: Callable[[RetryReport], None] | None = None,
-    sink_factory: SinkFactory = _default_sink,
-) -> RetryReport:
-    """Resubmit the selected entries; see the module docstring for the outcomes."""
-    return async_to_sync(aretry)(
-        selection, limit, batch_size=batch_size, progress=progress, sink_factory=sink_factory
-    )
 
 
 async def aretry(
@@ -191,15 +183,28 @@ async def aretry(
     progress: Callable[[RetryReport], None] | None = None,
     sink_factory: SinkFactory = _default_sink,
 ) -> RetryReport:
+    """Resubmit the selected entries; see the module docstring for the outcomes."""
     report = RetryReport()
     batches = _batches(selection, limit, batch_size)
     next_batch = sync_to_async(lambda: next(batches, None), thread_sensitive=True)
-    while (batch := await next_batch()) is not None:
-        for _, group in groupby(batch, key=lambda entry: entry.subscription_id):
-            entries = list(group)
-            await _retry_group(entries, sink_factory(entries[0].subscription), report)
-        if progress is not None:
-            progress(report)
+    sinks: dict[int, Sink] = {}  # one per subscription for the whole run
+    try:
+        while (batch := await next_batch()) is not None:
+            by_subscription: dict[int, list[DeadLetter]] = {}
+            for entry in batch:
+                by_subscription.setdefault(entry.subscription_id, []).append(entry)
+            for subscription_id, entries in by_subscription.items():
+                sink = sinks.get(subscription_id)
+                if sink is None:
+                    sink = sinks[subscription_id] = sink_factory(entries[0].subscription)
+                    await _guarded(sink.open(), report)
+                results = await _guarded(sink.write([_change(e) for e in entries]), report)
+                await sync_to_async(_record, thread_sensitive=True)(entries, results, report)
+            if progress is not None:
+                progress(report)
+    finally:
+        for sink in sinks.values():
+            await sink.close()
     log.info(
         "dead_letters_retried",
         selection=selection.describe(),
@@ -210,17 +215,16 @@ async def aretry(
     return report
 
 
-async def _retry_group(entries: list[DeadLetter], sink: RetrySink, report: RetryReport) -> None:
-    """Resubmit one subscription's entries in one bulk request."""
-    changes = [_change(entry) for entry in entries]
+retry = async_to_sync(aretry)
+"""`aretry` for synchronous callers: the admin and `manage.py dlq`."""
+
+
+async def _guarded(call: Awaitable[T], report: RetryReport) -> T:
+    """`call`, with a refusal of OpenSearch as a whole turned into RetryAborted."""
     try:
-        await sink.open()
-        results = await sink.write(changes)
+        return await call
     except SyncError as exc:
         raise RetryAborted(f"retry stopped: {exc} ({report} before it stopped)", report) from exc
-    finally:
-        await sink.close()
-    await sync_to_async(_record, thread_sensitive=True)(entries, results, report)
 
 
 def _change(entry: DeadLetter) -> Change:

@@ -27,20 +27,24 @@ _COUNTERS: list[tuple[str, str, Callable[[PipelineStats], float]]] = [
     ("snapshot_rows", "Rows copied by initial snapshots.", lambda s: s.snapshot_rows),
 ]
 
-_GAUGES: list[tuple[str, str, Callable[[PipelineStats, float], float]]] = [
-    ("buffer_changes", "Row changes read and not yet written.", lambda s, _: s.buffered),
-    ("buffer_peak_changes", "Most row changes ever buffered.", lambda s, _: s.buffer_peak),
+_GAUGES: list[tuple[str, str, Callable[[Pipeline, float], float]]] = [
+    ("buffer_changes", "Row changes read and not yet written.", lambda p, _: p.buffered),
+    ("buffer_peak_changes", "Most row changes buffered this session.", lambda p, _: p.buffer_peak),
     (
         "backpressure_active",
         "1 while reading is paused because the buffer reached pause_at.",
-        lambda s, _: float(s.backpressure),
+        lambda p, _: float(p.backpressure),
     ),
     (
         "sink_available",
         "0 while OpenSearch refuses whole requests (circuit breaker open).",
-        lambda s, _: float(s.sink_available),
+        lambda p, _: float(p.stats.sink_available),
     ),
-    ("lag_seconds", "Now minus the commit of the oldest unacknowledged change.", PipelineStats.lag),
+    (
+        "lag_seconds",
+        "Now minus the commit of the oldest unacknowledged change.",
+        lambda p, now: p.stats.lag(now),
+    ),
 ]
 
 
@@ -59,7 +63,7 @@ class PipelineCollector(Collector):
         for name, help_text, measure in _GAUGES:
             gauge = GaugeMetricFamily(f"searchsync_{name}", help_text, labels=["subscription"])
             for sub, pipeline in pipelines.items():
-                gauge.add_metric([sub], measure(pipeline.stats, now))
+                gauge.add_metric([sub], measure(pipeline, now))
             yield gauge
         status = GaugeMetricFamily(
             "searchsync_status",

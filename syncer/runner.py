@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from syncer import conf, dlq, metrics
-from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
+from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig, sleep_unless_stopped
 from syncer.models import Subscription
 from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
@@ -171,20 +171,12 @@ class Runner:
                 await pipeline.run(stop)
             except Exception:
                 log.exception("pipeline_task_crashed", subscription=name)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=5)
-                except TimeoutError:
-                    pass
+                await sleep_unless_stopped(stop, 5)
 
     async def _retry_dead_letters(self, every: float, stop: asyncio.Event) -> None:
         """Retry each subscription's dead letters every `every` seconds, a bounded round each."""
         limit = conf.worker().dlq_retry_batch
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=every)
-                return
-            except TimeoutError:
-                pass
+        while not await sleep_unless_stopped(stop, every):
             for sub in self.subscriptions:
                 try:
                     report = await dlq.aretry(dlq.Selection(subscription=sub.name), limit)

@@ -82,9 +82,6 @@ class PipelineStats:
     outages: int = 0
     snapshot_rows: int = 0
     swept: int = 0
-    buffered: int = 0
-    buffer_peak: int = 0
-    backpressure: bool = False
     sink_available: bool = True
     last_ack_at: float | None = None
     oldest_unacked_commit: float | None = None
@@ -131,7 +128,21 @@ class Pipeline:
         self._progress_at = 0.0
         self._warnings: list[str] = []
         self._warnings_at = 0.0
-        self._writing = False
+
+    @property
+    def buffered(self) -> int:
+        """Row changes read and not yet taken by the writer."""
+        return self._buffer.size
+
+    @property
+    def buffer_peak(self) -> int:
+        """The most row changes buffered in this session."""
+        return self._buffer.peak
+
+    @property
+    def backpressure(self) -> bool:
+        """Reading is paused until the writer drains the buffer to resume_at."""
+        return self._buffer.paused
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until `stop` is set, reconnecting with backoff after any failure."""
@@ -165,7 +176,7 @@ class Pipeline:
             attempt=self._backoff.attempts,
         )
         await self._set_status(status, f"{message} (retrying in {delay:.0f} s)", error=message)
-        await _sleep(stop, delay)
+        await sleep_unless_stopped(stop, delay)
 
     # -- a session: from connecting to the first failure or the stop ----------------
 
@@ -195,7 +206,6 @@ class Pipeline:
         try:
             while not stop.is_set():
                 if buffer.paused or buffer.held:
-                    self._sync_buffer_stats()
                     await self._update_running_status()
                     await _until(stop, buffer.wait_for_room())
                     continue
@@ -210,11 +220,10 @@ class Pipeline:
                     if tx.kind is TxKind.CHANGES and self.stats.oldest_unacked_commit is None:
                         self.stats.oldest_unacked_commit = tx.commit_time
                 await buffer.put(transactions, read < self.config.batch_max_size, now)
-                self._sync_buffer_stats()
                 if not transactions:
                     if not buffer:
                         await self._idle(now)
-                    await _sleep(stop, self.config.poll_interval)
+                    await sleep_unless_stopped(stop, self.config.poll_interval)
                 elif read < self.config.batch_max_size:
                     # Caught up: read again once this is acknowledged. Reading ahead
                     # without a backlog re-decodes what is not yet acknowledged and
@@ -231,7 +240,7 @@ class Pipeline:
         if now - self._warnings_at >= self.config.warnings_every:
             self._warnings_at = now
             self._warnings = await self.source.warnings()
-        if not self._snapshotting and self.stats.sink_available and not self._writing:
+        if not self._snapshotting and self.stats.sink_available and not self._buffer.in_flight:
             await self._set_status(Status.CAUGHT_UP, "caught up")
 
     async def _write_all(self) -> None:
@@ -243,11 +252,7 @@ class Pipeline:
                 )
             except BufferClosed:
                 return  # stopped, and everything read is written
-            self._writing = True
-            try:
-                await self._flush(batch)
-            finally:
-                self._writing = False
+            await self._flush(batch)
             await self._buffer.acknowledged()
 
     # -- writing one batch -------------------------------------------------------------
@@ -429,7 +434,6 @@ class Pipeline:
         now = self.clock()
         self.stats.last_ack_at = now
         self.stats.oldest_unacked_commit = self._buffer.oldest_commit
-        self._sync_buffer_stats()
         if self.observer is not None:
             self.observer.acknowledged(batch, now)
         if self._snapshotting and now - self._progress_at >= 1.0:
@@ -453,11 +457,6 @@ class Pipeline:
         )
 
     # -- status ------------------------------------------------------------------------
-
-    def _sync_buffer_stats(self) -> None:
-        buffer = self._buffer
-        self.stats.buffered, self.stats.buffer_peak = buffer.size, buffer.peak
-        self.stats.backpressure = buffer.paused
 
     def _running_status(self) -> str:
         """What a working session is doing, from the state of its buffer and sink."""
@@ -522,12 +521,13 @@ def _first_reason(results: Sequence[ItemResult]) -> str:
     return f"status {results[0].status}" if results else ""
 
 
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep up to `seconds`, waking at once when `stop` is set."""
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`, waking at once when `stop` is set; True if it was."""
     try:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
-        pass
+        return False
+    return True
 
 
 async def _until(stop: asyncio.Event, waiting: Coroutine[Any, Any, None]) -> None:

@@ -34,6 +34,17 @@ def entry_of(name: str, doc_id: str) -> DeadLetter | None:
     return DeadLetter.objects.filter(subscription__name=name, doc_id=doc_id).first()
 
 
+def dead_letter_a_row(source_conn, table_name, make_subscription, name: str) -> DeadLetter:
+    """Run a worker until a row with a column its strict index lacks is dead-lettered."""
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, total int, note text)")
+    sub = make_subscription(name, table_name, snapshot_mode="discard", index_mappings=STRICT)
+    with WorkerThread([sub]):
+        wait_for(lambda: status_of(name).status == "caught_up")
+        source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 5, 'hello')")
+        entry: DeadLetter = wait_for(lambda: entry_of(name, "1"), what="a dead letter")
+    return entry
+
+
 def test_a_rejected_row_is_dead_lettered_then_superseded_when_fixed_in_the_source(
     source_conn, table_name, make_subscription, search
 ):
@@ -65,12 +76,7 @@ def test_after_the_mapping_is_fixed_admin_retry_selected_succeeds_with_the_origi
     source_conn, table_name, make_subscription, search, admin_client, settings
 ):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, total int, note text)")
-    sub = make_subscription("notes", table_name, snapshot_mode="discard", index_mappings=STRICT)
-    with WorkerThread([sub]):
-        wait_for(lambda: status_of("notes").status == "caught_up")
-        source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 5, 'hello')")
-        entry = wait_for(lambda: entry_of("notes", "1"), what="a dead letter")
+    entry = dead_letter_a_row(source_conn, table_name, make_subscription, "notes")
     assert entry.error_type == "strict_dynamic_mapping_exception"
 
     search.indices.put_mapping(index="notes", body={"properties": {"note": {"type": "text"}}})
@@ -89,12 +95,7 @@ def test_after_the_mapping_is_fixed_admin_retry_selected_succeeds_with_the_origi
 def test_retrying_an_entry_older_than_the_indexed_document_is_superseded(
     source_conn, table_name, make_subscription, search
 ):
-    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, total int, note text)")
-    sub = make_subscription("older", table_name, snapshot_mode="discard", index_mappings=STRICT)
-    with WorkerThread([sub]):
-        wait_for(lambda: status_of("older").status == "caught_up")
-        source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 5, 'hello')")
-        entry = wait_for(lambda: entry_of("older", "1"), what="a dead letter")
+    entry = dead_letter_a_row(source_conn, table_name, make_subscription, "older")
     # A newer version reached the index by another way (another worker, a resync).
     search.indices.put_mapping(index="older", body={"properties": {"note": {"type": "text"}}})
     newer = {"id": 1, "total": 6, "note": "newer"}
@@ -220,7 +221,7 @@ def test_a_slow_sink_bounds_the_buffer_at_pause_at(
             return worker.runner.pipelines["slow"].stats.written >= 8000
 
         wait_for(done, timeout=120, interval=0.1, what="8,000 rows through a slow sink")
-        peak = worker.runner.pipelines["slow"].stats.buffer_peak
+        peak = worker.runner.pipelines["slow"].buffer_peak
     # Reading stopped at pause_at; one more read (a batch) may land before it notices.
     assert 1000 <= peak <= 1000 + 200
     assert "backpressure" in statuses

@@ -44,6 +44,7 @@ async def test_the_reader_waits_for_room_until_the_writer_drains():
         (3, False, 0.0, True),  # full
         (1, True, 0.0, True),  # the source has nothing more: do not hold a single change
         (1, False, 0.0, False),  # more is coming and there is time
+        (1, False, 4.9, False),
         (1, False, 5.0, True),  # the oldest has waited max_age
     ],
 )
@@ -84,3 +85,11 @@ async def test_settled_means_taken_and_acknowledged():
 def test_resume_at_must_be_below_pause_at():
     with pytest.raises(ValueError, match="must be below pause_at"):
         ChangeBuffer(pause_at=10, resume_at=10)
+
+
+async def test_a_batch_takes_whole_transactions_and_may_overshoot_its_size():
+    buffer = ChangeBuffer(pause_at=100, resume_at=50)
+    await buffer.put([tx(1, 4), tx(2, 7), tx(3, 1)], source_idle=False, now=0)
+    batch = await buffer.take(10, max_age=5, clock=lambda: 0)
+    assert [t.position for t in batch] == [1, 2]  # 11 changes: the second is not split
+    assert buffer.size == 1

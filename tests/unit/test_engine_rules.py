@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 
 from syncer.engine.backoff import Backoff
-from syncer.engine.batching import Batcher
-from syncer.engine.changes import Op, RowChange, RowOp, Transaction
+from syncer.engine.changes import Op
 from syncer.engine.outcomes import Outcome, classify
 
 
@@ -46,17 +45,3 @@ def test_backoff_reset_starts_again_from_base():
         backoff.next_delay()
     backoff.reset()
     assert backoff.next_delay() == pytest.approx(1.0)
-
-
-def _tx(n: int) -> Transaction:
-    return Transaction(1, 0.0, [RowChange(RowOp.INSERT, (i,), {"i": i}) for i in range(n)])
-
-
-def test_batcher_full_at_size_and_due_at_age():
-    batcher = Batcher(max_size=10, max_age=5.0)
-    assert not batcher and not batcher.due(100.0)
-    batcher.add(_tx(4), now=100.0)
-    assert not batcher.full and not batcher.due(104.9) and batcher.due(105.0)
-    batcher.add(_tx(7), now=101.0)  # whole transactions: the batch may overshoot
-    assert batcher.full and len(batcher) == 11
-    assert len(batcher.drain()) == 2 and not batcher and not batcher.due(1000.0)

@@ -178,7 +178,7 @@ async def test_a_slow_sink_pauses_reading_at_pause_at_and_resumes_at_resume_at()
     pipeline = Pipeline(config, source, sink, store, InMemoryDeadLetters())
     await run_until(pipeline, lambda: store.checkpoint == 300, timeout=10)
     # Reading runs ahead of writing, but never past pause_at plus one read.
-    assert config.pause_at <= pipeline.stats.buffer_peak < config.pause_at + config.batch_max_size
+    assert config.pause_at <= pipeline.buffer_peak < config.pause_at + config.batch_max_size
     assert Status.BACKPRESSURE in [s for s, _ in store.statuses]
     assert len(sink.live) == 300
 

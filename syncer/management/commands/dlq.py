@@ -19,15 +19,6 @@ from syncer.models import DeadLetter
 LIST_LIMIT = 50
 
 
-def _age(text: str) -> str:
-    """Check an --older-than value now, so a typo is an argument error (exit 2)."""
-    try:
-        dlq.parse_age(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -53,7 +44,7 @@ class Command(BaseCommand):
             sub.add_argument("--subscription", metavar="NAME", help="only this subscription")
             sub.add_argument(
                 "--older-than",
-                type=_age,
+                type=dlq.age_argument,
                 metavar="AGE",
                 help="only entries that first failed at least this long ago (30m, 12h, 7d, 2w)",
             )
@@ -86,7 +77,8 @@ class Command(BaseCommand):
                 "purge needs --subscription, --older-than or both (--all purges every dead letter)",
                 returncode=2,
             )
-        selection, what = _selection(options), _describe(options)
+        selection = _selection(options)
+        what = selection.describe()
         if command == "list":
             self.list_entries(selection, what, options["limit"], options["json"])
         elif command == "stats":
@@ -228,9 +220,7 @@ class Command(BaseCommand):
 def _selection(options: dict[str, Any]) -> dlq.Selection:
     """The selection the options name; an unknown subscription is an argument error."""
     name, older_than = options["subscription"], options["older_than"]
-    selection = dlq.Selection(
-        subscription=name, older_than=dlq.parse_age(older_than) if older_than else None
-    )
+    selection = dlq.Selection(subscription=name, older_than=older_than)
     try:
         if name is not None and "\x00" in name:  # PostgreSQL cannot even be asked
             raise dlq.UnknownSubscription(f"no subscription named {name!r}")
@@ -238,16 +228,6 @@ def _selection(options: dict[str, Any]) -> dlq.Selection:
     except dlq.UnknownSubscription as exc:
         raise CommandError(display.short(str(exc), 300), returncode=2) from None
     return selection
-
-
-def _describe(options: dict[str, Any]) -> str:
-    """The selection in the operator's own words, e.g. `subscription orders, older than 7d`."""
-    parts = []
-    if options["subscription"] is not None:
-        parts.append(f"subscription {options['subscription']}")
-    if options["older_than"] is not None:
-        parts.append(f"older than {options['older_than'].strip()}")
-    return ", ".join(parts) or "every subscription"
 
 
 def _list_row(entry: DeadLetter) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 from typing import Any
@@ -12,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, ProgrammingError
 
 from syncer import conf
-from syncer.dlq import parse_age
+from syncer.dlq import age_argument
 from syncer.logconfig import redact
 from syncer.runner import MetricsPortUnavailable, Runner, UnknownSubscription, load_subscriptions
 
@@ -47,7 +46,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--dlq-retry-every",
-            type=_interval,
+            type=age_argument,
             default=None,
             metavar="AGE",
             help="retry dead letters this often, e.g. 5m (default: off); each round "
@@ -70,10 +69,11 @@ class Command(BaseCommand):
                 "run `python manage.py migrate`"
             ) from None
         timeout = options["shutdown_timeout"] or conf.worker().shutdown_timeout
+        retry_every = options["dlq_retry_every"]
         runner = Runner(
             subscriptions,
             shutdown_timeout=timeout,
-            dlq_retry_every=options["dlq_retry_every"],
+            dlq_retry_every=retry_every.total_seconds() if retry_every else None,
             metrics_port=options["metrics_port"],
         )
         try:
@@ -95,13 +95,6 @@ async def _main(runner: Runner) -> bool:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
     return await runner.run(stop)
-
-
-def _interval(text: str) -> float:
-    try:
-        return parse_age(text).total_seconds()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _first_line(exc: Exception) -> str:
