@@ -2,7 +2,8 @@
 
 A source emits `Transaction`s of `RowChange`s; consolidation turns them into one
 `Change` per document. Positions are the source's monotonic commit positions (the
-commit LSN for PostgreSQL) and double as each document's external version.
+commit LSN for PostgreSQL, `mz_timestamp` for Materialize) and double as each
+document's external version.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class TxKind(enum.StrEnum):
     """Rows of the initial copy; the checkpoint stays put until the copy ends."""
     SNAPSHOT_END = "snapshot_end"
     """The copy is complete at `position`; documents older than `sweep_below` are stale."""
+    PROGRESS = "progress"
+    """No changes, only word that the source is complete below `position` (a Materialize
+    progress message): acknowledging it moves the checkpoint to `position`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ class Transaction:
     changes: list[RowChange] = field(default_factory=list)
     kind: TxKind = TxKind.CHANGES
     sweep_below: Position | None = None
+    source_state: Any = None
+    """What the source needs, beside `position`, to resume exactly at it (JSON; opaque to
+    the engine). None: unchanged since the last transaction that carried one."""
 
 
 @dataclass(slots=True)

@@ -6,12 +6,28 @@ Adapters implement these for real systems (`syncer.sources`, `syncer.sinks`,
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from syncer.engine.changes import Change, DocKey, Document, Position, Transaction
 from syncer.engine.outcomes import ItemResult
+
+
+class NoticeKind(enum.StrEnum):
+    DATA_ERROR = "data_error"
+    """The source's data breaks a rule the sync relies on (e.g. a key that is not unique)."""
+    RESNAPSHOT = "resnapshot"
+    """The source could not resume from the checkpoint and copies everything again."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceNotice:
+    """Something an operator should learn at once, reported by a source as it happens."""
+
+    kind: NoticeKind
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +37,8 @@ class ResumeState:
     checkpoint: Position | None
     snapshot_done: bool
     snapshot_mode: str  # "index" | "discard"
+    source_state: Any = None
+    """The `Transaction.source_state` saved with the checkpoint, if any."""
 
 
 class Source(Protocol):
@@ -42,6 +60,16 @@ class Source(Protocol):
 
     async def warnings(self) -> list[str]:
         """Conditions an operator should see in the status (e.g. WAL piling up)."""
+
+    def take_notices(self) -> list[SourceNotice]:
+        """What happened since the last call that the status and counters must show."""
+
+    def progressed_at(self) -> float | None:
+        """Wall-clock time (epoch seconds) the source last said it is complete up to.
+
+        Staleness is now minus this: it grows when the source stalls, even when
+        nothing changes. None until the source has said anything.
+        """
 
     async def close(self) -> None: ...
 
@@ -93,7 +121,8 @@ class DeadLetterQueue(Protocol):
 class StateStore(Protocol):
     async def load(self) -> ResumeState: ...
 
-    async def save_checkpoint(self, position: Position) -> None: ...
+    async def save_checkpoint(self, position: Position, source_state: Any = None) -> None:
+        """Save the checkpoint and, unless None, the source's state that goes with it."""
 
     async def snapshot_completed(self, position: Position) -> None: ...
 

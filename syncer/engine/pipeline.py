@@ -34,7 +34,14 @@ from syncer.engine.backoff import Backoff
 from syncer.engine.buffer import BufferClosed, ChangeBuffer
 from syncer.engine.changes import Change, Transaction, TxKind
 from syncer.engine.consolidate import consolidate
-from syncer.engine.interfaces import DeadLetterQueue, Rejected, Sink, Source, StateStore
+from syncer.engine.interfaces import (
+    DeadLetterQueue,
+    NoticeKind,
+    Rejected,
+    Sink,
+    Source,
+    StateStore,
+)
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.retry import Decision, RetryPolicy
 from syncer.errors import ConfigError, RequestTooLarge, SinkUnavailable, UnavailableError
@@ -82,6 +89,8 @@ class PipelineStats:
     outages: int = 0
     snapshot_rows: int = 0
     swept: int = 0
+    resnapshots: int = 0
+    data_errors: int = 0
     sink_available: bool = True
     last_ack_at: float | None = None
     oldest_unacked_commit: float | None = None
@@ -144,15 +153,16 @@ class Pipeline:
         """Reading is paused until the writer drains the buffer to resume_at."""
         return self._buffer.paused
 
+    def staleness(self, now: float) -> float | None:
+        """Seconds since the source last said it is complete; None before it has."""
+        progressed = self.source.progressed_at()
+        return None if progressed is None else max(0.0, now - progressed)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until `stop` is set, reconnecting with backoff after any failure."""
         while not stop.is_set():
             try:
-                await self._set_status(
-                    Status.STARTING,
-                    "connecting to the source and OpenSearch (a first start creates a "
-                    "replication slot, which waits for transactions open on the source)",
-                )
+                await self._set_status(Status.STARTING, "connecting to the source and OpenSearch")
                 await self._session(stop)
             except ConfigError as exc:
                 await self._failed(Status.ERROR, str(exc), stop)
@@ -212,11 +222,19 @@ class Pipeline:
                 transactions = await self.source.read(self.config.batch_max_size)
                 read = sum(len(tx.changes) for tx in transactions)
                 now = self.clock()
+                await self._take_notices()
+                if now - self._warnings_at >= self.config.warnings_every:
+                    self._warnings_at = now
+                    self._warnings = await self.source.warnings()
                 for tx in transactions:
                     if tx.kind is TxKind.SNAPSHOT_CHUNK and not self._snapshotting:
                         # A source that lost its resume point copies the table again.
                         self._snapshotting = True
-                        await self._set_status(Status.SNAPSHOTTING, "copying existing rows")
+                        await self._set_status(
+                            Status.SNAPSHOTTING,
+                            "copying existing rows again: the source could not resume "
+                            "from the checkpoint",
+                        )
                     if tx.kind is TxKind.CHANGES and self.stats.oldest_unacked_commit is None:
                         self.stats.oldest_unacked_commit = tx.commit_time
                 await buffer.put(transactions, read < self.config.batch_max_size, now)
@@ -236,10 +254,18 @@ class Pipeline:
             raise
         await buffer.close()
 
+    async def _take_notices(self) -> None:
+        """Count, log and show what the source reported since the last read."""
+        for notice in self.source.take_notices():
+            if notice.kind is NoticeKind.DATA_ERROR:
+                self.stats.data_errors += 1
+                self._warnings_at = float("-inf")  # show the condition in the status now
+            else:
+                self.stats.resnapshots += 1
+            self._log.warning("source_notice", kind=str(notice.kind), message=notice.message)
+            await self._set_status(self.status, self._message, error=notice.message)
+
     async def _idle(self, now: float) -> None:
-        if now - self._warnings_at >= self.config.warnings_every:
-            self._warnings_at = now
-            self._warnings = await self.source.warnings()
         if not self._snapshotting and self.stats.sink_available and not self._buffer.in_flight:
             await self._set_status(Status.CAUGHT_UP, "caught up")
 
@@ -419,18 +445,23 @@ class Pipeline:
 
     async def _acknowledge(self, batch: Sequence[Transaction]) -> None:
         position = None
+        source_state = None  # the latest in the batch goes with its highest position
         for tx in batch:
+            if tx.source_state is not None:
+                source_state = tx.source_state
             if tx.kind is TxKind.SNAPSHOT_CHUNK:
                 self.stats.snapshot_rows += len(tx.changes)
             elif tx.kind is TxKind.SNAPSHOT_END:
                 await self._finish_snapshot(tx)
                 position = tx.position
+            elif tx.kind is TxKind.PROGRESS:
+                position = tx.position if position is None else max(position, tx.position)
             else:
                 self.stats.transactions += 1
                 position = tx.position if position is None else max(position, tx.position)
         if position is not None:
             await self.source.acknowledge(position)
-            await self.store.save_checkpoint(position)
+            await self.store.save_checkpoint(position, source_state)
         now = self.clock()
         self.stats.last_ack_at = now
         self.stats.oldest_unacked_commit = self._buffer.oldest_commit

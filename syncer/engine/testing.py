@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from syncer.engine.changes import Change, DocKey, Document, Op, Position, Transaction
-from syncer.engine.interfaces import Rejected, ResumeState
+from syncer.engine.interfaces import Rejected, ResumeState, SourceNotice
 from syncer.engine.outcomes import ItemResult, Outcome, classify
 from syncer.errors import SinkUnavailable, SourceUnavailable
 
@@ -25,6 +26,8 @@ class InMemorySource:
         self.fail_reads = 0
         self.opened = 0
         self.resume: ResumeState | None = None
+        self.notices: list[SourceNotice] = []
+        self.progressed: float | None = None
         self._read_upto = 0
 
     async def open(self, resume: ResumeState) -> None:
@@ -57,6 +60,13 @@ class InMemorySource:
 
     async def warnings(self) -> list[str]:
         return []
+
+    def take_notices(self) -> list[SourceNotice]:
+        notices, self.notices = self.notices, []
+        return notices
+
+    def progressed_at(self) -> float | None:
+        return self.progressed
 
     async def close(self) -> None:
         pass
@@ -156,12 +166,17 @@ class InMemoryStore:
     snapshot_mode: str = "index"
     statuses: list[tuple[str, str]] = field(default_factory=list)
     last_error: str = ""
+    source_state: Any = None
 
     async def load(self) -> ResumeState:
-        return ResumeState(self.checkpoint, self.snapshot_done, self.snapshot_mode)
+        return ResumeState(
+            self.checkpoint, self.snapshot_done, self.snapshot_mode, self.source_state
+        )
 
-    async def save_checkpoint(self, position: Position) -> None:
+    async def save_checkpoint(self, position: Position, source_state: Any = None) -> None:
         self.checkpoint = position
+        if source_state is not None:
+            self.source_state = source_state
 
     async def snapshot_completed(self, position: Position) -> None:
         self.snapshot_done = True

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from syncer.engine.changes import Change, Op, RowChange, RowOp, Transaction, TxKind
-from syncer.engine.interfaces import Rejected
+from syncer.engine.interfaces import NoticeKind, Rejected, SourceNotice
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.pipeline import Pipeline, PipelineConfig, Status
 from syncer.engine.testing import (
@@ -279,9 +279,9 @@ async def test_snapshot_chunks_hold_checkpoint_until_end_then_sweep():
     checkpoints: list[int | None] = []
     original = store.save_checkpoint
 
-    async def spy(position):
+    async def spy(position, source_state=None):
         checkpoints.append(position)
-        await original(position)
+        await original(position, source_state)
 
     store.save_checkpoint = spy  # type: ignore[method-assign]
     pipeline = Pipeline(
@@ -393,3 +393,59 @@ async def test_a_bulk_too_large_is_split_and_a_lone_huge_document_dead_lettered(
         and dlq.entries["8"].result.error_type == "request_too_large"
     )
     assert sink.sizes[0] == 8 and max(s for s in sink.sizes if s <= 3) <= 3
+
+
+async def test_progress_moves_the_checkpoint_without_counting_a_transaction():
+    # Materialize: data at 100, then "complete below 105", then a progress-only step.
+    source = InMemorySource(
+        [tx(100, ins(1)), tx(105, kind=TxKind.PROGRESS), tx(110, kind=TxKind.PROGRESS)]
+    )
+    source.progressed = 1_000.0
+    sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters(), clock=lambda: 1_004.0)
+    await run_until(pipeline, lambda: store.checkpoint == 110)
+    assert set(sink.live) == {"1"}
+    assert pipeline.stats.transactions == 1
+    assert pipeline.staleness(1_004.0) == 4.0
+
+
+async def test_source_notices_are_counted_and_shown_as_the_last_error():
+    source = InMemorySource([tx(10, ins(1))])
+    source.notices = [
+        SourceNotice(NoticeKind.DATA_ERROR, "key 7 of orders_mv has 2 distinct rows at 10"),
+        SourceNotice(NoticeKind.RESNAPSHOT, "could not resume at 9: copying again"),
+    ]
+    sink, store = InMemorySink(), InMemoryStore(snapshot_done=True)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
+    await run_until(pipeline, lambda: store.checkpoint == 10)
+    assert (pipeline.stats.data_errors, pipeline.stats.resnapshots) == (1, 1)
+    assert store.last_error == "could not resume at 9: copying again"
+    assert pipeline.staleness(0.0) is None  # the source never reported progress
+
+
+async def test_source_state_is_saved_with_the_checkpoint_it_belongs_to():
+    source = InMemorySource(
+        [
+            Transaction(10, 0.0, [ins(1)], source_state={"n": 1}),
+            tx(20, ins(2)),  # no state: unchanged since 10
+            Transaction(30, 0.0, [], TxKind.PROGRESS, source_state={"n": 2}),
+        ]
+    )
+    saved: list[tuple[int, object]] = []
+    store = InMemoryStore(snapshot_done=True)
+    original = store.save_checkpoint
+
+    async def spy(position, source_state=None):
+        saved.append((position, source_state))
+        await original(position, source_state)
+
+    store.save_checkpoint = spy  # type: ignore[method-assign]
+    config = PipelineConfig(name="t", batch_max_size=1, batch_max_age=0.0, poll_interval=0.005)
+    pipeline = Pipeline(config, source, InMemorySink(), store, InMemoryDeadLetters())
+    await run_until(pipeline, lambda: store.checkpoint == 30)
+    assert store.source_state == {"n": 2}
+    # Each checkpoint went out with the latest state at or below it, never a later one.
+    for position, state in saved:
+        if position < 30:
+            assert state in (None, {"n": 1})
+    assert (await store.load()).source_state == {"n": 2}
