@@ -17,7 +17,7 @@ from django.utils.safestring import SafeString
 from syncer import display, dsn, services
 from syncer.logconfig import redact
 from syncer.models import Subscription
-from syncer.positions import format_lsn
+from syncer.positions import format_position
 from syncer.validators import text_problem
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class SubscriptionForm(_FormBase):
     key_columns = KeyColumnsField(
         required=False,
         help_text="Comma-separated column names that identify a document; "
-        "empty means the primary key.",
+        "empty means the primary key (PostgreSQL only: Materialize sources need them).",
     )
 
     class Meta:
@@ -82,6 +82,7 @@ class SubscriptionForm(_FormBase):
         fields = "__all__"
         widgets: ClassVar[dict[str, forms.Widget]] = {
             "source_dsn": RedactedDSNInput(attrs={"size": 80, "autocomplete": "off"}),
+            "relation": forms.Textarea(attrs={"rows": 2, "cols": 80}),
             "index_settings": forms.Textarea(attrs={"rows": 4, "cols": 80}),
             "index_mappings": forms.Textarea(attrs={"rows": 8, "cols": 80}),
         }
@@ -132,7 +133,7 @@ class SubscriptionAdmin(_AdminBase):
     list_display = (
         "name",
         "enabled",
-        "relation",
+        "relation_text",
         "index_name",
         "status_badge",
         "status_text",
@@ -159,7 +160,19 @@ class SubscriptionAdmin(_AdminBase):
     )
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
-        ("Source", {"fields": ("source_kind", "source_dsn", "relation", "key_columns")}),
+        (
+            "Source",
+            {
+                "fields": (
+                    "source_kind",
+                    "source_dsn",
+                    "relation",
+                    "key_columns",
+                    "source_cluster",
+                    "source_envelope",
+                )
+            },
+        ),
         ("Index", {"fields": ("index_name", "index_settings", "index_mappings")}),
         (
             "Snapshot & batching",
@@ -187,6 +200,10 @@ class SubscriptionAdmin(_AdminBase):
         url = reverse("admin:syncer_deadletter_changelist")
         return format_html('<a href="{}?subscription__id__exact={}">{}</a>', url, obj.pk, count)
 
+    @admin.display(description="relation", ordering="relation")
+    def relation_text(self, obj: Subscription) -> str:
+        return display.short(obj.relation, 60)  # a Materialize query can be long
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Subscription) -> SafeString:
         colour = _STATUS_COLOURS.get(obj.status, "#6c757d")
@@ -207,7 +224,7 @@ class SubscriptionAdmin(_AdminBase):
 
     @admin.display(description="checkpoint", ordering="checkpoint")
     def checkpoint_lsn(self, obj: Subscription) -> str:
-        return format_lsn(obj.checkpoint)
+        return format_position(obj.source_kind, obj.checkpoint)
 
     @admin.display(description="last error")
     def last_error_text(self, obj: Subscription) -> str:

@@ -9,6 +9,15 @@ A file is JSON, or YAML (by a .yaml/.yml extension; sniffed for any other name):
         snapshot: index
         batch: {max_size: 1000, max_age_ms: 5000}
         backpressure: {pause_at: 5000, resume_at: 2500}
+      - name: orders-search
+        source:
+          kind: materialize
+          dsn: env:MATERIALIZE_URL
+          relation: SELECT order_id, status FROM orders_search_source_mv  # or a view's name
+          key: [order_id]            # required: a view has no primary key
+          cluster: serving           # optional: the connection's default
+          envelope: upsert           # optional: diff (default) or upsert
+        index: {name: orders}
 
 pydantic checks the shape and the types; the values are checked by the model's own
 validators (`services.validate_config`), so a file and the admin accept the same things.
@@ -46,6 +55,8 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "source_dsn": ("source", "dsn"),
     "relation": ("source", "relation"),
     "key_columns": ("source", "key"),
+    "source_cluster": ("source", "cluster"),
+    "source_envelope": ("source", "envelope"),
     "index_name": ("index", "name"),
     "index_settings": ("index", "settings"),
     "index_mappings": ("index", "mappings"),
@@ -56,6 +67,14 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "backpressure_resume_at": ("backpressure", "resume_at"),
 }
 FIELD_LABELS: dict[str, str] = {name: ".".join(path) for name, path in FIELD_PATHS.items()}
+_FIELD_ORDER = {name: position for position, name in enumerate(FIELD_PATHS)}
+# What Subscription.source_problems reads.
+_SOURCE_FIELDS = {"source_kind", "relation", "key_columns", "source_cluster", "source_envelope"}
+# Options a postgres source must not have: (key in source, model field, what it is).
+_MATERIALIZE_ONLY = (
+    ("cluster", "source_cluster", "a cluster"),
+    ("envelope", "source_envelope", "an envelope"),
+)
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_VALUES = 200_000  # bounds YAML alias expansion ("billion laughs")
@@ -65,10 +84,12 @@ _SHOWN_CHARS = 60
 _HINTS = {
     "name": "a slug, e.g. orders",
     "source": "a mapping with kind, dsn and relation",
-    "source.kind": "e.g. postgres",
+    "source.kind": "postgres or materialize",
     "source.dsn": "e.g. env:SOURCE_DATABASE_URL",
     "source.relation": "e.g. public.orders",
     "source.key": "a list of column names, e.g. [order_id]",
+    "source.cluster": "a cluster name, e.g. serving",
+    "source.envelope": "diff or upsert",
     "index": "a mapping with at least a name",
     "index.name": "e.g. orders",
 }
@@ -92,6 +113,7 @@ class _Source(_Section):
     relation: str
     key: list[str] = Field(default_factory=list)
     cluster: str = ""
+    envelope: str = ""
 
 
 class _Index(_Section):
@@ -336,15 +358,13 @@ def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[str]]:
             values[field] = value
 
     source = item.get("source")
-    kind = values.get("source_kind")
-    if kind == "materialize":
-        errors.append(
-            "source.kind: 'materialize' sources are not supported yet in this version; use postgres"
-        )
-        broken.add("source_kind")
-        del values["source_kind"]
-    elif isinstance(source, dict) and "cluster" in source:
-        errors.append("source.cluster: only materialize sources have a cluster; remove it")
+    if values.get("source_kind") == Subscription.SourceKind.POSTGRES and isinstance(source, dict):
+        for option, field, what in _MATERIALIZE_ONLY:
+            if option in source and field not in broken:
+                # Said here, and the model left its default, because even an empty or
+                # default value has no place in a postgres source.
+                errors.append(f"source.{option}: only materialize sources have {what}; remove it")
+                values.pop(field, None)
     for field in list(values):
         problems = list(_json_problems(values[field], FIELD_LABELS[field]))
         errors.extend(f"{path}: {problem}" for path, problem in problems)
@@ -355,14 +375,7 @@ def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[str]]:
     subscription = Subscription(**values)
     try:
         if broken:
-            # Cross-field checks (Subscription.clean) wait until every field can be read.
-            declared = {"name", *CONFIG_FIELDS}
-            exclude = [
-                f.name
-                for f in Subscription._meta.concrete_fields
-                if f.name not in declared or f.name in broken
-            ]
-            subscription.clean_fields(exclude=exclude)
+            _validate_readable_fields(subscription, broken)
         else:
             validate_config(subscription)
     except ValidationError as exc:
@@ -373,6 +386,31 @@ def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[str]]:
         name=subscription.name,
         values={field: _plain(getattr(subscription, field)) for field in CONFIG_FIELDS},
     ), []
+
+
+def _validate_readable_fields(subscription: Subscription, broken: set[str]) -> None:
+    """Check what can be checked while `broken` fields are unreadable; raise ValidationError.
+
+    The cross-field checks of Subscription.clean wait until every field can be read, except
+    the source's own, which run once the source fields are all readable.
+    """
+    declared = {"name", *CONFIG_FIELDS}
+    exclude = [
+        f.name
+        for f in Subscription._meta.concrete_fields
+        if f.name not in declared or f.name in broken
+    ]
+    errors: dict[str, Any] = {}
+    try:
+        subscription.clean_fields(exclude=exclude)
+    except ValidationError as exc:
+        errors = exc.update_error_dict(errors)
+    if not broken & _SOURCE_FIELDS:
+        problems = subscription.source_problems()
+        if problems:
+            errors = ValidationError(problems).update_error_dict(errors)
+    if errors:
+        raise ValidationError(errors)
 
 
 def _plain(value: Any) -> Any:
@@ -473,7 +511,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def _describe_model_errors(exc: ValidationError, values: dict[str, Any]) -> Iterator[str]:
     error_dict = getattr(exc, "error_dict", None) or {"__all__": exc.error_list}
-    for field, field_errors in error_dict.items():
+    in_file_order = sorted(error_dict.items(), key=lambda item: _FIELD_ORDER.get(item[0], 1000))
+    for field, field_errors in in_file_order:
         label = FIELD_LABELS.get(field, field)
         for error in field_errors:
             message = " ".join(error.messages)

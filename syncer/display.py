@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from syncer.logconfig import redact
 from syncer.models import Subscription
-from syncer.positions import format_lsn
+from syncer.positions import format_position
 
 
 def describe(subscription: Subscription) -> dict[str, Any]:
@@ -18,15 +18,18 @@ def describe(subscription: Subscription) -> dict[str, Any]:
     The DSN is redacted, and so is any DSN a worker's message or error may quote.
     """
     s = subscription
+    source: dict[str, Any] = {
+        "kind": s.source_kind,
+        "dsn": s.display_dsn,
+        "relation": s.relation,
+        "key": list(s.key_columns),
+    }
+    if s.source_kind == Subscription.SourceKind.MATERIALIZE:
+        source.update(cluster=s.source_cluster, envelope=s.source_envelope)
     return {
         "name": s.name,
         "enabled": s.enabled,
-        "source": {
-            "kind": s.source_kind,
-            "dsn": s.display_dsn,
-            "relation": s.relation,
-            "key": list(s.key_columns),
-        },
+        "source": source,
         "index": {"name": s.index_name, "settings": s.index_settings, "mappings": s.index_mappings},
         "snapshot": s.snapshot_mode,
         "batch": {"max_size": s.batch_max_size, "max_age_ms": s.batch_max_age_ms},
@@ -38,7 +41,9 @@ def describe(subscription: Subscription) -> dict[str, Any]:
         "status": s.status,
         "status_message": redact(s.status_message),
         "status_changed_at": _time(s.status_changed_at),
-        "checkpoint": None if s.checkpoint is None else format_lsn(s.checkpoint),
+        "checkpoint": None
+        if s.checkpoint is None
+        else format_position(s.source_kind, s.checkpoint),
         "checkpoint_position": s.checkpoint,
         "checkpoint_at": _time(s.checkpoint_at),
         "snapshot_completed_at": _time(s.snapshot_completed_at),

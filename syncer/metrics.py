@@ -25,6 +25,16 @@ _COUNTERS: list[tuple[str, str, Callable[[PipelineStats], float]]] = [
     ("retries", "Bulk requests retried after a transient failure.", lambda s: s.retries),
     ("sink_outages", "Times the circuit breaker opened.", lambda s: s.outages),
     ("snapshot_rows", "Rows copied by initial snapshots.", lambda s: s.snapshot_rows),
+    (
+        "resnapshots",
+        "Times the source could not resume from the checkpoint and copied everything again.",
+        lambda s: s.resnapshots,
+    ),
+    (
+        "source_data_errors",
+        "Source data the sync cannot map cleanly (e.g. a key that is not unique).",
+        lambda s: s.data_errors,
+    ),
 ]
 
 _GAUGES: list[tuple[str, str, Callable[[Pipeline, float], float]]] = [
@@ -73,6 +83,16 @@ class PipelineCollector(Collector):
         for sub, pipeline in pipelines.items():
             status.add_metric([sub, pipeline.status], 1.0)
         yield status
+        staleness = GaugeMetricFamily(
+            "searchsync_staleness_seconds",
+            "Now minus the last time the source said it is complete (absent until it has).",
+            labels=["subscription"],
+        )
+        for sub, pipeline in pipelines.items():
+            seconds = pipeline.staleness(now)
+            if seconds is not None:
+                staleness.add_metric([sub], seconds)
+        yield staleness
 
 
 def registry_for(pipelines: Callable[[], Mapping[str, Pipeline]]) -> CollectorRegistry:

@@ -10,11 +10,13 @@ from django.db import models
 
 from syncer import dsn
 from syncer.validators import (
+    materialize_relation_problem,
+    postgres_relation_problem,
+    validate_cluster,
     validate_dsn,
     validate_index_name,
     validate_json_object,
     validate_key_columns,
-    validate_relation,
 )
 
 
@@ -23,6 +25,11 @@ class Subscription(models.Model):
 
     class SourceKind(models.TextChoices):
         POSTGRES = "postgres", "PostgreSQL"
+        MATERIALIZE = "materialize", "Materialize"
+
+    class SourceEnvelope(models.TextChoices):
+        DIFF = "diff", "Diff: mz_diff rows, consolidated per key"
+        UPSERT = "upsert", "ENVELOPE UPSERT (KEY (...)): Materialize consolidates per key"
 
     class SnapshotMode(models.TextChoices):
         INDEX = "index", "Index existing rows, then stream"
@@ -49,16 +56,35 @@ class Subscription(models.Model):
         "source DSN",
         max_length=1000,
         validators=[validate_dsn],
-        help_text="A PostgreSQL DSN, or env:VARNAME to read it from the worker's environment.",
+        help_text="A PostgreSQL DSN (Materialize speaks the same protocol), or env:VARNAME to "
+        "read it from the worker's environment.",
     )
+    # Checked in clean(): what is allowed depends on the source kind.
     relation = models.CharField(
-        max_length=300, validators=[validate_relation], help_text="Table, e.g. public.orders."
+        max_length=10_000,
+        help_text="PostgreSQL: a table, e.g. public.orders. Materialize: a view or table "
+        "(name, schema.name or database.schema.name), or a query SELECT ... / WITH ..., "
+        "run as SUBSCRIBE (query), without a semicolon.",
     )
     key_columns = models.JSONField(
         default=list,
         blank=True,
         validators=[validate_key_columns],
-        help_text="Columns that identify a document; empty means the primary key.",
+        help_text="Columns that identify a document; empty means the primary key "
+        "(PostgreSQL only: Materialize sources need them).",
+    )
+    source_cluster = models.CharField(
+        max_length=255,
+        blank=True,
+        validators=[validate_cluster],
+        help_text="Materialize only: the cluster to run SUBSCRIBE on (SET CLUSTER), e.g. "
+        "serving. Empty: the connection's default.",
+    )
+    source_envelope = models.CharField(
+        max_length=10,
+        choices=SourceEnvelope.choices,
+        default=SourceEnvelope.DIFF,
+        help_text="Materialize only: how SUBSCRIBE reports changes. PostgreSQL sources keep diff.",
     )
 
     index_name = models.CharField(max_length=255, validators=[validate_index_name])
@@ -95,6 +121,13 @@ class Subscription(models.Model):
         help_text="Highest source position acknowledged by OpenSearch.",
     )
     checkpoint_at = models.DateTimeField(null=True, blank=True, editable=False)
+    source_state = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="What the source needs beside the checkpoint to resume exactly there "
+        "(Materialize: the rows counted more than once). Saved with the checkpoint.",
+    )
     snapshot_completed_at = models.DateTimeField(null=True, blank=True, editable=False)
     status = models.CharField(
         max_length=20, choices=Status.choices, default=Status.STOPPED, editable=False
@@ -117,6 +150,10 @@ class Subscription(models.Model):
                 condition=models.Q(backpressure_resume_at__lt=models.F("backpressure_pause_at")),
                 name="subscription_resume_below_pause",
             ),
+            models.CheckConstraint(
+                condition=models.Q(source_envelope__in=["diff", "upsert"]),
+                name="subscription_envelope_known",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -128,7 +165,7 @@ class Subscription(models.Model):
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
-        errors: dict[str, str] = {}
+        errors = self.source_problems()
         if self.backpressure_resume_at >= self.backpressure_pause_at:
             errors["backpressure_resume_at"] = (
                 f"resume_at ({self.backpressure_resume_at}) must be below pause_at "
@@ -143,6 +180,37 @@ class Subscription(models.Model):
             )
         if errors:
             raise ValidationError(errors)
+
+    def source_problems(self) -> dict[str, str]:
+        """What is wrong with the source fields for this kind of source, by field.
+
+        Part of `clean`; the config file also runs it alone when other fields are broken.
+        """
+        problems: dict[str, str] = {}
+        kind = self.source_kind
+        if kind == self.SourceKind.MATERIALIZE:
+            relation_problem = materialize_relation_problem
+        elif kind == self.SourceKind.POSTGRES:
+            relation_problem = postgres_relation_problem
+        else:
+            return problems  # an unknown kind is the source_kind field's error
+        problem = relation_problem(self.relation) if self.relation else None
+        if problem:
+            problems["relation"] = problem
+        if kind == self.SourceKind.MATERIALIZE:
+            if not self.key_columns:
+                problems["key_columns"] = (
+                    "materialize sources need key columns: the columns that identify a "
+                    "document, e.g. [order_id] (a view has no primary key to default to)"
+                )
+            return problems
+        if self.source_cluster:
+            problems["source_cluster"] = "only materialize sources have a cluster; remove it"
+        if self.source_envelope == self.SourceEnvelope.UPSERT:
+            problems["source_envelope"] = (
+                "only materialize sources have an envelope; PostgreSQL sources use diff"
+            )
+        return problems
 
     @property
     def display_dsn(self) -> str:

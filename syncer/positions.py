@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 _U64 = (1 << 64) - 1
 
 
@@ -21,3 +23,21 @@ def parse_lsn(text: str) -> int:
     """Read PostgreSQL's `16/B374D848` form of an LSN as an integer."""
     high, low = text.split("/")
     return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_mz_timestamp(position: int | None) -> str:
+    """Show a Materialize position (`mz_timestamp`, ms since the epoch) with its UTC time."""
+    if position is None:
+        return "-"
+    try:
+        when = dt.datetime.fromtimestamp(position / 1000, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(position)  # not a wall-clock time: show the number alone
+    return f"{position} ({when:%Y-%m-%d %H:%M:%S}.{when.microsecond // 1000:03d} UTC)"
+
+
+def format_position(kind: str, position: int | None) -> str:
+    """Show a position the way the source kind's own tools do."""
+    if kind == "materialize":
+        return format_mz_timestamp(position)
+    return format_lsn(position)

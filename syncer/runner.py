@@ -15,9 +15,11 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from syncer import conf, dlq, metrics
+from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig, sleep_unless_stopped
 from syncer.models import Subscription
 from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
+from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.store import DjangoDeadLetters, DjangoStateStore
 
@@ -50,19 +52,35 @@ def build_sink(sub: Subscription) -> OpenSearchSink:
     )
 
 
-def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipeline:
-    """Wire one subscription's source, sink and store into a pipeline."""
-    worker = conf.worker()
-    source = PostgresSource(
+def build_source(sub: Subscription) -> Source:
+    """The source adapter for the subscription's kind."""
+    if sub.source_kind == Subscription.SourceKind.MATERIALIZE:
+        return MaterializeSource(
+            MaterializeSourceConfig(
+                name=sub.name,
+                dsn=sub.source_dsn,
+                relation=sub.relation,
+                key_columns=tuple(sub.key_columns or ()),
+                cluster=sub.source_cluster,
+                envelope=sub.source_envelope,
+            )
+        )
+    return PostgresSource(
         PostgresSourceConfig(
             name=sub.name,
             dsn=sub.source_dsn,
             relation=sub.relation,
             key_columns=tuple(sub.key_columns or ()),
             slot_name=sub.slot_name,
-            wal_warn_bytes=worker.slot_wal_warn_bytes,
+            wal_warn_bytes=conf.worker().slot_wal_warn_bytes,
         )
     )
+
+
+def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipeline:
+    """Wire one subscription's source, sink and store into a pipeline."""
+    worker = conf.worker()
+    source = build_source(sub)
     sink = build_sink(sub)
     config = PipelineConfig(
         name=sub.name,

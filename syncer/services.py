@@ -26,6 +26,8 @@ CONFIG_FIELDS: tuple[str, ...] = (
     "source_dsn",
     "relation",
     "key_columns",
+    "source_cluster",
+    "source_envelope",
     "index_name",
     "index_settings",
     "index_mappings",
@@ -39,12 +41,16 @@ _MAX_SHOWN = 200
 
 
 def delete_subscription(subscription: Subscription) -> str | None:
-    """Delete a subscription and drop its slot and publication on the source.
+    """Delete a subscription and drop its slot and publication on a PostgreSQL source.
 
     The subscription is deleted even when the source cannot be reached; the returned
     warning then says what to drop by hand, so WAL does not pile up unseen.
     """
     warning = None
+    if subscription.source_kind != Subscription.SourceKind.POSTGRES:
+        # Materialize's SUBSCRIBE leaves nothing on the source to clean up.
+        subscription.delete()
+        return None
     try:
         drop_replication(dsn.resolve(subscription.source_dsn), subscription.slot_name)
     except SyncError as exc:
@@ -201,6 +207,8 @@ def _describe_change(name: str, old: Any, new: Any) -> FieldChange:
 
 
 def _show(value: Any) -> str:
+    if value == "":
+        return "(none)"
     if isinstance(value, str):
         text = value
     else:

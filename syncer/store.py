@@ -54,13 +54,19 @@ class DjangoStateStore:
         def load() -> ResumeState:
             sub = Subscription.objects.get(pk=self.subscription_id)
             return ResumeState(
-                sub.checkpoint, sub.snapshot_completed_at is not None, sub.snapshot_mode
+                sub.checkpoint,
+                sub.snapshot_completed_at is not None,
+                sub.snapshot_mode,
+                sub.source_state,
             )
 
         return await _db(load)
 
-    async def save_checkpoint(self, position: Position) -> None:
-        await _db(lambda: self._update(checkpoint=position, checkpoint_at=timezone.now()))
+    async def save_checkpoint(self, position: Position, source_state: Any = None) -> None:
+        fields: dict[str, Any] = {"checkpoint": position, "checkpoint_at": timezone.now()}
+        if source_state is not None:
+            fields["source_state"] = source_state  # one UPDATE: they must never disagree
+        await _db(lambda: self._update(**fields))
 
     async def snapshot_completed(self, position: Position) -> None:
         now = timezone.now()

@@ -53,6 +53,8 @@ def form_data(subscription: Subscription, **changes: str) -> dict[str, str]:
         "source_dsn": "postgresql://u:***@h/db",
         "relation": subscription.relation,
         "key_columns": ", ".join(subscription.key_columns),
+        "source_cluster": subscription.source_cluster,
+        "source_envelope": subscription.source_envelope,
         "index_name": subscription.index_name,
         "index_settings": json.dumps(subscription.index_settings),
         "index_mappings": json.dumps(subscription.index_mappings),
@@ -323,3 +325,206 @@ def test_bulk_delete_goes_through_the_service(
     assert left == (0,)
     warnings = [text for level, text in shown_messages(response) if level == messages.WARNING]
     assert [w.split(":")[0] for w in warnings] == ["subscription customers"]
+
+
+ADD_URL = reverse("admin:syncer_subscription_add")
+MZ_DSN = "postgresql://mz:s3cret@mz.internal:6875/materialize"
+SEARCH_QUERY = (
+    "SELECT o.order_id, o.status, c.name AS customer\r\n"
+    "FROM orders o JOIN customers c ON (c.id = o.customer_id)\r\n"
+    "WHERE o.note <> 'a; b (c'"
+)
+
+
+def add_data(**changes: str) -> dict[str, str]:
+    """What a browser posts for a new materialize subscription, plus `changes`."""
+    data = {
+        "name": "orders-search",
+        "enabled": "on",
+        "source_kind": "materialize",
+        "source_dsn": MZ_DSN,
+        "relation": SEARCH_QUERY,
+        "key_columns": "order_id",
+        "source_cluster": "serving",
+        "source_envelope": "upsert",
+        "index_name": "orders",
+        "index_settings": "{}",
+        "index_mappings": "{}",
+        "snapshot_mode": "index",
+        "batch_max_size": "1000",
+        "batch_max_age_ms": "5000",
+        "backpressure_pause_at": "5000",
+        "backpressure_resume_at": "2500",
+        "_save": "Save",
+    }
+    data.update(changes)
+    return data
+
+
+def test_add_form_shows_the_materialize_fields_with_their_help(admin_client: Client) -> None:
+    page = admin_client.get(ADD_URL)
+
+    content = page.content.decode()
+    form = page.context["adminform"].form
+    assert [value for value, _ in form.fields["source_kind"].choices] == [
+        "postgres",
+        "materialize",
+    ]
+    assert [value for value, _ in form.fields["source_envelope"].choices] == ["diff", "upsert"]
+    assert form.fields["source_envelope"].initial == "diff"
+    assert "Materialize only: the cluster to run SUBSCRIBE on (SET CLUSTER)" in content
+    assert "ENVELOPE UPSERT (KEY (...)): Materialize consolidates per key" in content
+    assert 'name="source_cluster"' in content
+    assert '<textarea name="relation"' in content
+
+
+def test_add_form_creates_a_materialize_subscription_on_a_query(admin_client: Client) -> None:
+    response = admin_client.post(ADD_URL, add_data())
+
+    assert response.status_code == 302
+    saved = Subscription.objects.get(name="orders-search")
+    assert saved.source_kind == Subscription.SourceKind.MATERIALIZE
+    assert saved.relation == SEARCH_QUERY
+    assert saved.key_columns == ["order_id"]
+    assert (saved.source_cluster, saved.source_envelope) == ("serving", "upsert")
+    assert saved.source_dsn == MZ_DSN
+
+
+def test_add_form_takes_a_three_part_view_name_and_the_defaults(admin_client: Client) -> None:
+    data = add_data(relation='materialize."Public".orders_search_source_mv', source_cluster="")
+    data["source_envelope"] = "diff"
+
+    response = admin_client.post(ADD_URL, data)
+
+    assert response.status_code == 302
+    saved = Subscription.objects.get(name="orders-search")
+    assert (saved.source_cluster, saved.source_envelope) == ("", "diff")
+
+
+def test_add_form_refuses_a_materialize_source_without_key_columns(admin_client: Client) -> None:
+    response = admin_client.post(ADD_URL, add_data(key_columns=""))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {
+        "key_columns": [
+            "materialize sources need key columns: the columns that identify a document, e.g. "
+            "[order_id] (a view has no primary key to default to)"
+        ]
+    }
+    assert "s3cret" not in response.content.decode()
+    assert not Subscription.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "expected"),
+    [
+        pytest.param(
+            {"relation": "SELECT * FROM orders;"},
+            "relation",
+            "remove the semicolon at character 21: the query runs as SUBSCRIBE (<query>), so it "
+            "must be one statement without a semicolon",
+            id="semicolon",
+        ),
+        pytest.param(
+            {"relation": "SELECT count(* FROM orders"},
+            "relation",
+            "the opening parenthesis at character 13 is never closed; add the missing )",
+            id="unbalanced-parentheses",
+        ),
+        pytest.param(
+            {"relation": "a.b.c.d"},
+            "relation",
+            "'a.b.c.d' is neither a relation name nor a query; write view, schema.view or "
+            'database.schema.view (double-quote names with capitals or dots: "My Schema".'
+            '"Orders"), or a query starting with SELECT or WITH',
+            id="four-part-name",
+        ),
+        pytest.param(
+            {"source_cluster": "serving cluster"},
+            "source_cluster",
+            "'serving cluster' is not a cluster name; use letters, digits, _ and $, not starting "
+            'with a digit (e.g. serving), or double-quote it ("Serving 2")',
+            id="bad-cluster",
+        ),
+        pytest.param(
+            {"source_kind": "postgres", "relation": "public.orders", "source_envelope": "diff"},
+            "source_cluster",
+            "only materialize sources have a cluster; remove it",
+            id="cluster-on-postgres",
+        ),
+        pytest.param(
+            {"source_kind": "postgres", "relation": "public.orders", "source_cluster": ""},
+            "source_envelope",
+            "only materialize sources have an envelope; PostgreSQL sources use diff",
+            id="upsert-on-postgres",
+        ),
+        pytest.param(
+            {"source_kind": "postgres", "source_cluster": "", "source_envelope": "diff"},
+            "relation",
+            "postgres sources need a table, not a query: write table or schema.table (a query "
+            "works only with materialize sources)",
+            id="query-on-postgres",
+        ),
+    ],
+)
+def test_add_form_puts_each_source_error_on_its_field(
+    admin_client: Client, changes: dict[str, str], field: str, expected: str
+) -> None:
+    response = admin_client.post(ADD_URL, add_data(**changes))
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {field: [expected]}
+    assert not Subscription.objects.exists()
+
+
+def test_change_form_edits_a_materialize_subscription(admin_client: Client) -> None:
+    subscription = make(
+        "orders-search",
+        source_kind="materialize",
+        relation=SEARCH_QUERY,
+        key_columns=["order_id"],
+        source_cluster="serving",
+    )
+    page = admin_client.get(change_url(subscription))
+    assert 'value="serving"' in page.content.decode()
+    assert "s3cret" not in page.content.decode()
+
+    response = admin_client.post(
+        change_url(subscription),
+        form_data(subscription, source_cluster='"Bulk Loads"', source_envelope="upsert"),
+    )
+
+    assert response.status_code == 302
+    subscription.refresh_from_db()
+    assert (subscription.source_cluster, subscription.source_envelope) == (
+        '"Bulk Loads"',
+        "upsert",
+    )
+    assert subscription.relation == SEARCH_QUERY
+    assert subscription.source_dsn == SECRET_DSN
+
+
+def test_changelist_shows_a_long_query_on_one_short_line(admin_client: Client) -> None:
+    make("orders-search", source_kind="materialize", relation=SEARCH_QUERY, key_columns=["id"])
+
+    content = admin_client.get(CHANGELIST).content.decode()
+
+    assert "SELECT o.order_id, o.status, c.name AS customer FROM orders…" in content
+    assert "o.customer_id" not in content
+
+
+def test_deleting_a_materialize_subscription_drops_no_replication_slot(
+    admin_client: Client,
+) -> None:
+    subscription = make(
+        "orders-search",
+        source_kind="materialize",
+        source_dsn=NO_SUCH_DB,
+        relation="orders_search_source_mv",
+        key_columns=["order_id"],
+    )
+
+    response = admin_client.post(delete_url(subscription), {"post": "yes"}, follow=True)
+
+    assert not Subscription.objects.filter(pk=subscription.pk).exists()
+    assert [level for level, _ in shown_messages(response)] == [messages.SUCCESS]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
+from typing import Any
 
 import psycopg
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError
 
-from syncer.config_file import parse
+from syncer.config_file import ConfigFileError, parse
 from syncer.models import Subscription
 from syncer.services import (
     Action,
@@ -270,3 +274,223 @@ def test_a_name_declared_twice_is_refused() -> None:
 
     with pytest.raises(ValueError, match="declared only once"):
         apply_subscriptions([spec, spec])
+
+
+SEARCH_QUERY = (
+    "SELECT o.order_id, o.status, c.name AS customer\n"
+    "FROM orders o JOIN customers c ON (c.id = o.customer_id)\n"
+    "WHERE o.note <> 'a; b (c'\n"
+)
+
+
+def materialize_item(
+    name: str = "orders-search",
+    relation: str = SEARCH_QUERY,
+    key: str = "[order_id]",
+    options: str = "      cluster: serving\n      envelope: upsert\n",
+) -> str:
+    relation_yaml = (
+        "|\n" + "".join(f"        {line}\n" for line in relation.splitlines())
+        if "\n" in relation
+        else f"{json.dumps(relation)}\n"
+    )
+    return (
+        f"  - name: {name}\n"
+        "    source:\n"
+        "      kind: materialize\n"
+        "      dsn: 'postgresql://mz:s3cret@mz.internal:6875/materialize'\n"
+        f"      relation: {relation_yaml}"
+        f"      key: {key}\n" + options + f"    index: {{name: {name}}}\n"
+    )
+
+
+def show_json(name: str) -> dict[str, Any]:
+    out = io.StringIO()
+    call_command("subscriptions", "show", name, "--json", stdout=out)
+    shown: dict[str, Any] = json.loads(out.getvalue())
+    return shown
+
+
+def test_a_materialize_subscription_is_applied_and_shown_as_declared() -> None:
+    assert apply(subscriptions_yaml(materialize_item())) == [
+        Outcome("orders-search", Action.CREATED)
+    ]
+
+    saved = Subscription.objects.get(name="orders-search")
+    assert saved.source_kind == Subscription.SourceKind.MATERIALIZE
+    assert saved.relation == SEARCH_QUERY
+    assert (saved.source_cluster, saved.source_envelope) == ("serving", "upsert")
+    assert saved.key_columns == ["order_id"]
+    shown = show_json("orders-search")
+    assert shown["source"] == {
+        "kind": "materialize",
+        "dsn": "postgresql://mz:***@mz.internal:6875/materialize",
+        "relation": SEARCH_QUERY,
+        "key": ["order_id"],
+        "cluster": "serving",
+        "envelope": "upsert",
+    }
+    assert "s3cret" not in json.dumps(shown)
+    assert apply(subscriptions_yaml(materialize_item())) == [
+        Outcome("orders-search", Action.UNCHANGED)
+    ]
+
+
+def test_the_shown_subscription_applies_back_unchanged() -> None:
+    apply(subscriptions_yaml(materialize_item()))
+    shown = show_json("orders-search")
+    source = dict(shown["source"])
+    source["dsn"] = "postgresql://mz:s3cret@mz.internal:6875/materialize"
+    document = {
+        "subscriptions": [
+            {
+                "name": shown["name"],
+                "enabled": shown["enabled"],
+                "source": source,
+                "index": shown["index"],
+                "snapshot": shown["snapshot"],
+                "batch": shown["batch"],
+                "backpressure": shown["backpressure"],
+            }
+        ]
+    }
+
+    report = apply_subscriptions(parse(json.dumps(document), filename="shown.json"))
+
+    assert report.outcomes == (Outcome("orders-search", Action.UNCHANGED),)
+
+
+def test_show_text_names_the_cluster_and_envelope() -> None:
+    apply(subscriptions_yaml(materialize_item(options="")))
+    out = io.StringIO()
+
+    call_command("subscriptions", "show", "orders-search", stdout=out)
+
+    fields = {
+        key: value.strip()
+        for key, value in (
+            line.split(":", 1) for line in out.getvalue().splitlines() if not line.startswith(" ")
+        )
+    }
+    assert fields["source.kind"] == "materialize"
+    assert fields["source.cluster"] == "(the connection's default)"
+    assert fields["source.envelope"] == "diff"
+    assert fields["source.relation"] == "SELECT o.order_id, o.status, c.name AS customer"
+    assert "FROM orders o JOIN customers c" in out.getvalue()
+
+
+def test_changes_to_cluster_and_envelope_are_reported_and_saved() -> None:
+    apply(subscriptions_yaml(materialize_item(options="")))
+
+    [added] = apply(subscriptions_yaml(materialize_item()))
+    [changed] = apply(
+        subscriptions_yaml(
+            materialize_item(relation="orders_search_source_mv", options="      cluster: bulk\n")
+        )
+    )
+
+    assert added.changes == (
+        FieldChange("source_cluster", "(none)", "serving"),
+        FieldChange("source_envelope", "diff", "upsert"),
+    )
+    assert changed.changes == (
+        FieldChange("relation", SEARCH_QUERY, "orders_search_source_mv"),
+        FieldChange("source_cluster", "serving", "bulk"),
+        FieldChange("source_envelope", "upsert", "diff"),
+    )
+    saved = Subscription.objects.get(name="orders-search")
+    assert (saved.relation, saved.source_cluster, saved.source_envelope) == (
+        "orders_search_source_mv",
+        "bulk",
+        "diff",
+    )
+
+
+def test_a_postgres_subscription_can_become_a_materialize_one() -> None:
+    apply(subscriptions_yaml(item("orders")))
+
+    [outcome] = apply(subscriptions_yaml(materialize_item("orders")))
+
+    assert [c.field for c in outcome.changes] == [
+        "source_kind",
+        "source_dsn",
+        "relation",
+        "key_columns",
+        "source_cluster",
+        "source_envelope",
+    ]
+    assert Subscription.objects.get(name="orders").source_kind == "materialize"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            subscriptions_yaml(materialize_item(key="[]")),
+            "subscription 'orders-search': source.key: materialize sources need key columns: "
+            "the columns that identify a document, e.g. [order_id] (a view has no primary key "
+            "to default to)",
+            id="materialize-without-key",
+        ),
+        pytest.param(
+            subscriptions_yaml(item("orders", extra="")).replace(
+                "key: []}", "key: [], cluster: serving}"
+            ),
+            "subscription 'orders': source.cluster: only materialize sources have a cluster; "
+            "remove it",
+            id="cluster-on-postgres",
+        ),
+        pytest.param(
+            subscriptions_yaml(materialize_item(options="      cluster: 'serving cluster'\n")),
+            "subscription 'orders-search': source.cluster: 'serving cluster' is not a cluster "
+            "name; use letters, digits, _ and $, not starting with a digit (e.g. serving), or "
+            'double-quote it ("Serving 2")',
+            id="bad-cluster-name",
+        ),
+        pytest.param(
+            subscriptions_yaml(materialize_item(relation="SELECT * FROM orders;")),
+            "subscription 'orders-search': source.relation: remove the semicolon at character "
+            "21: the query runs as SUBSCRIBE (<query>), so it must be one statement without a "
+            "semicolon",
+            id="query-with-semicolon",
+        ),
+        pytest.param(
+            subscriptions_yaml(materialize_item(relation="SELECT count(* FROM orders")),
+            "subscription 'orders-search': source.relation: the opening parenthesis at "
+            "character 13 is never closed; add the missing )",
+            id="query-with-unbalanced-parentheses",
+        ),
+        pytest.param(
+            subscriptions_yaml(item("orders", relation="SELECT * FROM orders")),
+            "subscription 'orders': source.relation: postgres sources need a table, not a "
+            "query: write table or schema.table (a query works only with materialize sources)",
+            id="query-for-postgres",
+        ),
+    ],
+)
+def test_an_invalid_source_is_refused_and_nothing_is_applied(text: str, expected: str) -> None:
+    apply(subscriptions_yaml(item("existing")))
+    before = list(Subscription.objects.values())
+
+    with pytest.raises(ConfigFileError) as caught:
+        apply(text)
+
+    assert caught.value.errors == [expected]
+    assert list(Subscription.objects.values()) == before
+
+
+def test_an_existing_postgres_row_gets_the_default_envelope_and_no_cluster() -> None:
+    apply(subscriptions_yaml(item("orders")))
+
+    orders = Subscription.objects.get(name="orders")
+
+    assert (orders.source_cluster, orders.source_envelope) == ("", "diff")
+    assert "cluster" not in show_json("orders")["source"]
+
+
+def test_the_database_refuses_an_unknown_envelope() -> None:
+    [good] = parse(subscriptions_yaml(materialize_item()), filename="s.yaml")
+    unchecked = SubscriptionSpec("broken", {**good.values, "source_envelope": "debezium"})
+
+    with pytest.raises(IntegrityError, match="subscription_envelope_known"):
+        apply_subscriptions([unchecked])

@@ -185,8 +185,8 @@ def test_apply_of_an_invalid_file_prints_every_error_and_changes_nothing(
         'schema.table (double-quote names with capitals or dots: "My Schema"."Orders")',
         "subscription 'customers': batch.pause_at: unknown key; batch takes max_size, max_age_ms",
         "subscription 'customers': index.name: index name 'Customers' must be lowercase",
-        "subscription 'fresh': source.kind: 'materialize' sources are not supported yet in this "
-        "version; use postgres",
+        "subscription 'fresh': source.key: materialize sources need key columns: the columns "
+        "that identify a document, e.g. [order_id] (a view has no primary key to default to)",
     ]
     assert list(Subscription.objects.order_by("name").values()) == before
 
@@ -364,3 +364,42 @@ def test_the_command_line_exits_zero_on_success(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "2 subscriptions: 2 created" in result.stdout
     assert Subscription.objects.count() == 2
+
+
+MATERIALIZE_YAML = """\
+subscriptions:
+  - name: search
+    source:
+      kind: materialize
+      dsn: postgresql://mz:s3cret@mz:6875/materialize
+      relation: |
+        SELECT order_id, status
+        FROM orders_search_source_mv WHERE status <> 'deleted'
+      key: [order_id]
+      cluster: serving
+      envelope: upsert
+    index: {name: search}
+  - name: views
+    source: {kind: materialize, dsn: env:MZ, relation: shop.public.orders_mv, key: [id]}
+    index: {name: views}
+"""
+
+
+def test_list_shows_a_materialize_sources_cluster_and_envelope() -> None:
+    run("apply", "-", stdin=io.StringIO(MATERIALIZE_YAML))
+
+    out, _ = run("list")
+    rows = json.loads(run("list", "--json")[0])
+
+    lines = out.splitlines()
+    assert lines[1].startswith(
+        "search  yes      materialize (cluster serving, upsert)  SELECT order_id, status FROM "
+        "orders_search_source_mv WHERE …  search  stopped"
+    )
+    assert lines[2].split()[:4] == ["views", "yes", "materialize", "shop.public.orders_mv"]
+    assert rows[0]["relation"] == (
+        "SELECT order_id, status\nFROM orders_search_source_mv WHERE status <> 'deleted'\n"
+    )
+    assert (rows[0]["cluster"], rows[0]["envelope"]) == ("serving", "upsert")
+    assert (rows[1]["cluster"], rows[1]["envelope"]) == ("", "diff")
+    assert "s3cret" not in out + json.dumps(rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def test_yaml_file_becomes_specs_with_model_defaults() -> None:
         "source_dsn": "postgresql://app@db.internal/shop",
         "relation": "customers",
         "key_columns": [],
+        "source_cluster": "",
+        "source_envelope": "diff",
         "index_name": "customers",
         "index_settings": {},
         "index_mappings": {},
@@ -187,14 +190,14 @@ def test_load_reads_a_file_and_names_it_when_missing(tmp_path: Path) -> None:
             id="key-repeats",
         ),
         pytest.param(
-            {"source__kind": "materialize"},
-            "subscription 'orders': source.kind: 'materialize' sources are not supported yet in "
-            "this version; use postgres",
-            id="materialize",
+            {"source__kind": "materialize", "source__key": []},
+            "subscription 'orders': source.key: materialize sources need key columns: the "
+            "columns that identify a document, e.g. [order_id]",
+            id="materialize-without-key",
         ),
         pytest.param(
             {"source__kind": "mysql"},
-            "subscription 'orders': source.kind: 'mysql' is not one of: postgres",
+            "subscription 'orders': source.kind: 'mysql' is not one of: postgres, materialize",
             id="unknown-kind",
         ),
         pytest.param(
@@ -268,7 +271,7 @@ subscriptions:
         "subscription 'orders': index.name",
         "subscription 'orders': backpressure.resume_at",
         "subscription 'customers': source.colour",
-        "subscription 'customers': source.kind",
+        "subscription 'customers': source.key",
     ]
 
 
@@ -549,3 +552,279 @@ def test_a_thousand_errors_are_cut_to_a_readable_list() -> None:
 
     assert len(errors) == 101
     assert errors[-1] == "... and 50 more errors"
+
+
+MATERIALIZE_YAML = """\
+subscriptions:
+  - name: orders-search
+    source:
+      kind: materialize
+      dsn: env:MATERIALIZE_URL
+      relation: |
+        WITH open AS (SELECT * FROM orders WHERE status <> 'closed; really')
+        SELECT order_id, "Customer Name", count(*) AS lines  -- per order
+        FROM open GROUP BY order_id, "Customer Name"
+      key: [order_id]
+      cluster: serving
+      envelope: upsert
+    index: {name: orders}
+"""
+
+
+def materialize_source(**changes: Any) -> str:
+    """ORDERS as a materialize subscription, with `changes` as in `one_subscription`."""
+    changes = {"source__kind": "materialize", "source__relation": "orders_mv", **changes}
+    return one_subscription(**changes)
+
+
+def test_a_materialize_source_with_a_query_cluster_and_envelope_becomes_a_spec() -> None:
+    [spec] = parse(MATERIALIZE_YAML, filename="subs.yaml")
+
+    assert spec.values["source_kind"] == "materialize"
+    assert spec.values["relation"].startswith("WITH open AS (SELECT * FROM orders")
+    assert spec.values["key_columns"] == ["order_id"]
+    assert spec.values["source_cluster"] == "serving"
+    assert spec.values["source_envelope"] == "upsert"
+
+
+def test_a_materialize_source_defaults_to_the_diff_envelope_and_no_cluster() -> None:
+    [spec] = parse(materialize_source(), filename="s.json")
+
+    assert (spec.values["source_cluster"], spec.values["source_envelope"]) == ("", "diff")
+
+
+@pytest.mark.parametrize(
+    "relation",
+    [
+        "orders_search_source_mv",
+        "public.orders_search_source_mv",
+        "materialize.public.orders_search_source_mv",
+        '"Shop"."Public"."Orders.v2"',
+        "select order_id from orders",
+        "  SELECT (a + (b * 2)) AS total FROM t WHERE note = 'a ; b ( c'",
+        'SELECT ";" FROM t /* ; ( */',
+        "SELECT E'it\\'s; fine', $$; ($$, $tag$ ; $tag$ FROM t",
+        "SELECT a\n-- a comment; with ( inside\nFROM t\n",
+        "WITH x AS (SELECT 1 AS id) SELECT id FROM x",
+    ],
+)
+def test_materialize_takes_a_name_of_up_to_three_parts_or_a_query(relation: str) -> None:
+    [spec] = parse(materialize_source(source__relation=relation), filename="s.json")
+
+    assert spec.values["relation"] == relation
+
+
+@pytest.mark.parametrize(
+    ("relation", "expected"),
+    [
+        pytest.param(
+            "SELECT * FROM orders;",
+            "remove the semicolon at character 21: the query runs as SUBSCRIBE (<query>), so it "
+            "must be one statement without a semicolon",
+            id="trailing-semicolon",
+        ),
+        pytest.param(
+            "SELECT 1; DROP TABLE orders",
+            "remove the semicolon at character 9:",
+            id="two-statements",
+        ),
+        pytest.param(
+            "SELECT count(* FROM orders",
+            "the opening parenthesis at character 13 is never closed; add the missing )",
+            id="unclosed-parenthesis",
+        ),
+        pytest.param(
+            "SELECT a) FROM orders",
+            "the closing parenthesis at character 9 has no opening one; remove it or add the "
+            "missing (",
+            id="unopened-parenthesis",
+        ),
+        pytest.param(
+            "SELECT 'open FROM orders",
+            "the single quote at character 8 is never closed; close it",
+            id="unclosed-string",
+        ),
+        pytest.param(
+            'SELECT "open FROM orders',
+            "the double quote at character 8 is never closed; close it",
+            id="unclosed-quoted-name",
+        ),
+        pytest.param(
+            "SELECT a FROM orders /* note",
+            "the comment /* at character 22 is never closed; add */",
+            id="unclosed-comment",
+        ),
+        pytest.param(
+            "SELECT a FROM orders -- all of them",
+            "the -- comment at character 22 runs to the end of the query and would hide the "
+            "parenthesis that closes SUBSCRIBE (...)",
+            id="comment-at-the-end",
+        ),
+        pytest.param(
+            "public..orders",
+            "'public..orders' is neither a relation name nor a query; write view, schema.view or "
+            "database.schema.view",
+            id="bad-name",
+        ),
+        pytest.param(
+            "a.b.c.d",
+            "'a.b.c.d' is neither a relation name nor a query",
+            id="four-parts",
+        ),
+    ],
+)
+def test_a_materialize_relation_that_cannot_go_in_subscribe_is_refused(
+    relation: str, expected: str
+) -> None:
+    [error] = errors_of(materialize_source(source__relation=relation), filename="s.json")
+
+    assert error.startswith(f"subscription 'orders': source.relation: {expected}")
+
+
+def test_a_materialize_source_without_key_columns_is_refused() -> None:
+    text = MATERIALIZE_YAML.replace("      key: [order_id]\n", "")
+
+    assert errors_of(text) == [
+        "subscription 'orders-search': source.key: materialize sources need key columns: the "
+        "columns that identify a document, e.g. [order_id] (a view has no primary key to "
+        "default to)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        pytest.param(
+            {"source__relation": "SELECT * FROM orders"},
+            "subscription 'orders': source.relation: postgres sources need a table, not a "
+            "query: write table or schema.table (a query works only with materialize sources)",
+            id="query",
+        ),
+        pytest.param(
+            {"source__relation": "shop.public.orders"},
+            "subscription 'orders': source.relation: 'shop.public.orders' is not a table name; "
+            "write table or schema.table",
+            id="three-part-name",
+        ),
+        pytest.param(
+            {"source__envelope": "upsert"},
+            "subscription 'orders': source.envelope: only materialize sources have an envelope; "
+            "remove it",
+            id="envelope",
+        ),
+        pytest.param(
+            {"source__envelope": "diff"},
+            "subscription 'orders': source.envelope: only materialize sources have an envelope; "
+            "remove it",
+            id="default-envelope",
+        ),
+        pytest.param(
+            {"source__cluster": ""},
+            "subscription 'orders': source.cluster: only materialize sources have a cluster; "
+            "remove it",
+            id="empty-cluster",
+        ),
+    ],
+)
+def test_a_postgres_source_takes_only_a_table_and_no_materialize_options(
+    changes: dict[str, Any], expected: str
+) -> None:
+    [error] = errors_of(one_subscription(**changes), filename="s.json")
+
+    assert error.startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "expected"),
+    [
+        ("serving", "serving"),
+        ("serving_2$", "serving_2$"),
+        ('"Serving Cluster"', '"Serving Cluster"'),
+        ("2nd", None),
+        ("serving cluster", None),
+        ("serving;", None),
+        ('""', None),
+        ("a.b", None),
+    ],
+)
+def test_a_cluster_is_an_identifier_or_a_quoted_name(cluster: str, expected: str | None) -> None:
+    text = materialize_source(source__cluster=cluster)
+    if expected is not None:
+        assert parse(text, filename="s.json")[0].values["source_cluster"] == expected
+        return
+
+    assert errors_of(text, filename="s.json") == [
+        f"subscription 'orders': source.cluster: '{cluster}' is not a cluster name; use "
+        "letters, digits, _ and $, not starting with a digit (e.g. serving), or double-quote it "
+        '("Serving 2")'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"source__envelope": "debezium"},
+            "subscription 'orders': source.envelope: 'debezium' is not one of: diff, upsert",
+        ),
+        (
+            {"source__envelope": ["upsert"]},
+            "subscription 'orders': source.envelope: expected a string, got a list (diff or "
+            "upsert)",
+        ),
+        (
+            {"source__cluster": 7},
+            "subscription 'orders': source.cluster: expected a string, got a number (a cluster "
+            "name, e.g. serving)",
+        ),
+    ],
+)
+def test_a_wrong_envelope_or_cluster_says_what_is_allowed(
+    changes: dict[str, Any], expected: str
+) -> None:
+    assert errors_of(materialize_source(**changes), filename="s.json") == [expected]
+
+
+def test_source_checks_still_run_when_another_field_has_the_wrong_type() -> None:
+    text = materialize_source(source__relation="SELECT 1;", source__key=[], batch__max_size="x")
+
+    errors = errors_of(text, filename="s.json")
+
+    assert [e.split(": ")[1] for e in errors] == ["batch.max_size", "source.relation", "source.key"]
+
+
+def test_an_unknown_kind_is_the_only_error_about_the_source() -> None:
+    text = one_subscription(source__kind="mysql", source__cluster="serving")
+
+    assert errors_of(text, filename="s.json") == [
+        "subscription 'orders': source.kind: 'mysql' is not one of: postgres, materialize"
+    ]
+
+
+def test_the_module_docstring_example_is_a_valid_file() -> None:
+    from syncer import config_file
+
+    doc = config_file.__doc__ or ""
+    example = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+
+    specs = parse(textwrap.dedent(example), filename="example.yaml")
+
+    assert [(s.name, s.values["source_kind"]) for s in specs] == [
+        ("orders", "postgres"),
+        ("orders-search", "materialize"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"source__relation": "orders\n"}, "source.relation"),
+        ({"source__kind": "materialize", "source__relation": "orders_mv\n"}, "source.relation"),
+        ({"source__kind": "materialize", "source__cluster": "serving\n"}, "source.cluster"),
+    ],
+)
+def test_a_name_with_a_trailing_line_break_is_refused(changes: dict[str, Any], field: str) -> None:
+    [error] = errors_of(one_subscription(**changes), filename="s.json")
+
+    assert error.startswith(f"subscription 'orders': {field}: '")
+    assert "\\n' is n" in error

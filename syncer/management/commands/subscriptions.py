@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from syncer import config_file, display, services
 from syncer.models import Subscription
-from syncer.positions import format_lsn
+from syncer.positions import format_position
 from syncer.services import Action, ApplyReport
 
 _VERBS = {
@@ -74,7 +74,9 @@ class Command(BaseCommand):
             return
         table = [[key.replace("_", " ").upper() for key in _LIST_COLUMNS]]
         for row in rows:
-            table.append([_cell(key, row[key]) for key in _LIST_COLUMNS])
+            line = [_cell(key, row[key]) for key in _LIST_COLUMNS]
+            line[_LIST_COLUMNS.index("kind")] = _kind_cell(row)
+            table.append(line)
         widths = [max(len(line[i]) for line in table) for i in range(len(_LIST_COLUMNS))]
         for line in table:
             cells = (v.ljust(w) for v, w in zip(line, widths, strict=True))
@@ -128,16 +130,29 @@ _LIST_COLUMNS = (
 
 
 def _list_row(s: Subscription) -> dict[str, Any]:
-    return {
+    row = {
         "name": s.name,
         "enabled": s.enabled,
         "kind": s.source_kind,
         "relation": s.relation,
         "index": s.index_name,
         "status": s.status,
-        "checkpoint": None if s.checkpoint is None else format_lsn(s.checkpoint),
+        "checkpoint": None
+        if s.checkpoint is None
+        else format_position(s.source_kind, s.checkpoint),
         "last_error": display.short(s.last_error, 10_000),
     }
+    if s.source_kind == Subscription.SourceKind.MATERIALIZE:
+        row.update(cluster=s.source_cluster, envelope=s.source_envelope)
+    return row
+
+
+def _kind_cell(row: dict[str, Any]) -> str:
+    """The kind, with a Materialize source's cluster and envelope when not the defaults."""
+    options = [f"cluster {row['cluster']}"] if row.get("cluster") else []
+    if row.get("envelope", Subscription.SourceEnvelope.DIFF) != Subscription.SourceEnvelope.DIFF:
+        options.append(str(row["envelope"]))
+    return f"{row['kind']} ({', '.join(options)})" if options else str(row["kind"])
 
 
 def _cell(key: str, value: Any) -> str:
@@ -145,6 +160,8 @@ def _cell(key: str, value: Any) -> str:
         return "yes" if value else "no"
     if key == "last_error":
         return display.short(value, 60) or "-"
+    if key == "relation":
+        return display.short(value, 60)  # a query, on one line
     return "-" if value is None else str(value)
 
 
@@ -155,6 +172,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
             lines += _flatten(value, f"{prefix}{key}.")
         elif key == "key" and not value:
             lines.append((f"{prefix}{key}", "(primary key)"))
+        elif key == "cluster" and not value:
+            lines.append((f"{prefix}{key}", "(the connection's default)"))
         elif isinstance(value, (dict, list)):
             lines.append((f"{prefix}{key}", json.dumps(value, ensure_ascii=False)))
         elif isinstance(value, bool):

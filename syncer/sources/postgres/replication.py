@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from syncer.sources.postgres.errors import translated
 from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.sqlerrors import translated
 
 
 def drop_replication(conninfo: str, slot_name: str) -> None:

@@ -26,14 +26,14 @@ from psycopg.adapt import Transformer
 
 from syncer import dsn
 from syncer.engine.changes import DocKey, Document, Position, RowChange, RowOp, Transaction, TxKind
-from syncer.engine.interfaces import ResumeState
+from syncer.engine.interfaces import NoticeKind, ResumeState, SourceNotice
 from syncer.errors import SourceConfigError
 from syncer.positions import format_lsn, parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
-from syncer.sources.postgres.errors import translated
 from syncer.sources.postgres.queries import QUERIES
 from syncer.sources.postgres.types import Decoder, make_decoder
+from syncer.sources.sqlerrors import translated
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +91,8 @@ class PostgresSource:
         self._handed: deque[tuple[Position, int]] = deque()
         self._last_seen_wal: Position | None = None
         self._advanced_at = 0.0
+        self._progressed_at: float | None = None  # when a read last reached the flush point
+        self._notices: list[SourceNotice] = []
         self._log = log.bind(subscription=config.name)
         self._conninfo = ""
 
@@ -127,6 +129,14 @@ class PostgresSource:
         lost_slot = slot is None and resume.checkpoint is not None
         if lost_slot:
             self._log.warning("replication_slot_missing", slot=self.config.slot_name)
+            if resume.snapshot_mode == "index":
+                self._notices.append(
+                    SourceNotice(
+                        NoticeKind.RESNAPSHOT,
+                        f"replication slot {self.config.slot_name} was missing: copying the "
+                        "table again, then removing documents whose rows are gone",
+                    )
+                )
         if want_snapshot or (lost_slot and resume.snapshot_mode == "index"):
             # An interrupted copy or a lost slot may have left documents whose rows are gone.
             sweep = slot is not None or resume.checkpoint is not None
@@ -166,6 +176,7 @@ class PostgresSource:
             if flushed == self._last_seen_wal and (
                 self._read_upto == self._acked or self._complete_upto == flushed
             ):
+                self._progressed_at = time.time()
                 return []  # nothing was written anywhere since the last complete read
             limit = max_changes + (self._handed[-1][1] if self._handed else 0)
             cursor = await conn.execute(
@@ -182,6 +193,7 @@ class PostgresSource:
         if len(rows) < limit:
             self._complete_upto = flushed
             self._last_seen_wal = flushed
+            self._progressed_at = time.time()
         else:
             self._complete_upto = None
         if not transactions:
@@ -433,6 +445,13 @@ class PostgresSource:
                 f"of WAL (warning above {self.config.wal_warn_bytes / 2**20:,.0f} MiB)"
             ]
         return []
+
+    def take_notices(self) -> list[SourceNotice]:
+        notices, self._notices = self._notices, []
+        return notices
+
+    def progressed_at(self) -> float | None:
+        return self._progressed_at
 
     # -- helpers ---------------------------------------------------------------------
 

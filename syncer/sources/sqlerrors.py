@@ -1,4 +1,7 @@
-"""Translate psycopg errors into searchsync's exception tree, with fix-it wording."""
+"""Translate psycopg errors into searchsync's exception tree, with fix-it wording.
+
+Shared by the sources that talk to a PostgreSQL-protocol server (PostgreSQL, Materialize).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Materialize: SUBSCRIBE with progress, resumed from the checkpoint with AS OF."""
