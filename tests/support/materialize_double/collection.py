@@ -1,0 +1,296 @@
+"""The scripted collection and what a SUBSCRIBE on it emits.
+
+A collection is a list of updates (timestamp, row, diff) and a frontier (upper):
+every timestamp below the frontier is closed. `Subscription.pump` turns the
+collection into SUBSCRIBE output rows, already rendered in PostgreSQL text format.
+
+The output of one subscription does not depend on when its FETCHes run, only on
+the history of writes and frontier moves, so tests are deterministic:
+
+- first a progress row at the AS OF (Materialize emits it when the SUBSCRIBE starts);
+- once the frontier is past the AS OF, the snapshot at the AS OF (if SNAPSHOT);
+- then the history between the AS OF and the frontier the DECLARE saw, as one
+  batch closed by a progress row at that frontier (as Materialize reads history);
+- then, for every frontier the collection reaches later (in order), the updates
+  below it and a progress row at it: one batch per step, like Materialize's;
+- with the diffs envelope, updates at the first open timestamp (written with
+  `close=False`) are emitted at once, before their progress row: the documented
+  contract allows it (a progress row only promises nothing more below it), and it
+  lets a test cut a connection in the middle of a timestamp. The upsert envelope
+  needs a whole timestamp to decide a key's state, so it waits for the progress.
+
+Within a timestamp the diffs envelope keeps the order writes were made in and does
+not consolidate. The upsert envelope consolidates per (timestamp, key) and applies
+Materialize's rules (src/adapter/src/active_compute_sink.rs): [+1] → upsert,
+[-1] → delete, [-1 old, +1 new] → upsert, anything else (two live rows, a diff of
+2, two retractions) → key_violation; keys are ordered within a timestamp.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from .sql import SqlError
+
+TextRow = tuple[str | None, ...]
+
+# type name -> (OID, typlen)
+COLUMN_TYPES: dict[str, tuple[int, int]] = {
+    "int8": (20, 8),
+    "int4": (23, 4),
+    "text": (25, -1),
+    "numeric": (1700, -1),
+    "bool": (16, 1),
+    "float8": (701, 8),
+    "jsonb": (3802, -1),
+    "timestamptz": (1184, 8),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+
+    @property
+    def oid(self) -> int:
+        return COLUMN_TYPES[self.type][0]
+
+    @property
+    def size(self) -> int:
+        return COLUMN_TYPES[self.type][1]
+
+
+def render(value: object, type_name: str) -> str | None:
+    """A Python value in PostgreSQL text format. A str is sent as it is, for any type."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if type_name == "bool":
+        return "t" if value else "f"
+    if type_name in ("int8", "int4"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{value!r} is not an integer")
+        return str(value)
+    if type_name == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise ValueError(f"{value!r} is not a number")
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        return "NaN" if number.is_nan() else format(number, "f")
+    if type_name == "float8":
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise ValueError(f"{value!r} is not a number")
+        real = float(value)
+        if math.isnan(real):
+            return "NaN"
+        if math.isinf(real):
+            return "Infinity" if real > 0 else "-Infinity"
+        return repr(real)
+    if type_name == "text":
+        return str(value)
+    if type_name == "jsonb":
+        return json.dumps(value)
+    if type_name == "timestamptz":
+        if not isinstance(value, datetime):
+            raise ValueError(f"{value!r} is not a datetime")
+        utc = value.astimezone(UTC) if value.tzinfo else value
+        text = utc.strftime("%Y-%m-%d %H:%M:%S")
+        if utc.microsecond:
+            text += f".{utc.microsecond:06d}".rstrip("0")
+        return text + "+00"
+    raise ValueError(f"unknown column type {type_name!r}")
+
+
+@dataclass(frozen=True)
+class Update:
+    ts: int
+    row: tuple[Any, ...]
+    text: TextRow
+    diff: int
+    seq: int
+
+
+class Collection:
+    """Updates sorted by (timestamp, write order), the frontier and its history, the since.
+
+    Not thread-safe: the double guards it with its condition's lock.
+    """
+
+    def __init__(self, columns: Sequence[Column], start_at: int) -> None:
+        self.columns = tuple(columns)
+        self.updates: list[Update] = []
+        self._ts: list[int] = []  # parallel to updates, for bisect
+        self.frontier = start_at
+        self.steps = [start_at]  # every frontier reached, ascending
+        self.since = 0
+        self._seq = 0
+
+    def render_row(self, row: Sequence[Any]) -> TextRow:
+        if len(row) != len(self.columns):
+            raise ValueError(f"row {row!r} has {len(row)} values for {len(self.columns)} columns")
+        try:
+            return tuple(render(v, c.type) for v, c in zip(row, self.columns, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"row {row!r}: {exc}") from None
+
+    def append(self, ts: int, updates: Iterable[tuple[tuple[Any, ...], TextRow, int]]) -> None:
+        for row, text, diff in updates:
+            self._seq += 1
+            index = bisect_right(self._ts, ts)
+            self.updates.insert(index, Update(ts, row, text, diff, self._seq))
+            self._ts.insert(index, ts)
+
+    def advance(self, frontier: int) -> None:
+        if frontier > self.frontier:
+            self.frontier = frontier
+            self.steps.append(frontier)
+
+    def between(self, lo: int, hi: int) -> list[Update]:
+        """Updates with lo <= ts < hi, in (ts, write) order."""
+        return self.updates[bisect_left(self._ts, lo) : bisect_left(self._ts, hi)]
+
+    def consolidated(self, t: int) -> list[tuple[tuple[Any, ...], TextRow, int]]:
+        """(row, text, count) of the multiset at t, in order of first appearance, no zeros."""
+        counts: dict[TextRow, list[Any]] = {}
+        for update in self.between(-(2**63), t + 1):
+            entry = counts.setdefault(update.text, [update.row, 0])
+            entry[1] += update.diff
+        return [(row, text, count) for text, (row, count) in counts.items() if count]
+
+
+def _order_key(values: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple((v is None, type(v).__name__, v if v is not None else 0) for v in values)
+
+
+class Subscription:
+    """One SUBSCRIBE: its output columns and a buffer of rows not yet fetched."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        *,
+        as_of: int,
+        snapshot: bool,
+        progress: bool,
+        keys: Sequence[str] | None,
+        refused: SqlError | None = None,
+    ) -> None:
+        self.collection = collection
+        self.as_of = as_of
+        self.snapshot = snapshot
+        self.progress = progress
+        self.refused = refused  # reported at the first FETCH, like Materialize may
+        names = [c.name for c in collection.columns]
+        self.key_index = [names.index(k) for k in keys] if keys is not None else None
+        head = [Column("mz_timestamp", "numeric")]
+        if progress:
+            head.append(Column("mz_progressed", "bool"))
+        data = list(collection.columns)
+        if self.key_index is None:
+            head.append(Column("mz_diff", "int8"))
+        else:
+            head.append(Column("mz_state", "text"))
+            self.value_index = [i for i in range(len(names)) if i not in self.key_index]
+            data = [collection.columns[i] for i in [*self.key_index, *self.value_index]]
+        self.columns = [*head, *data]
+        self.buffer: deque[TextRow] = deque()
+        self._started = False
+        self._snapshot_done = False
+        self._reported = as_of  # the last progress emitted
+        self._next_ts = as_of + 1  # updates below this were emitted (or are not wanted)
+        self._declared_at = collection.frontier  # earlier steps collapse into one batch
+        self._early: dict[int, int] = {}  # seq -> ts of updates emitted before their ts closed
+
+    def take(self, count: int | None) -> list[TextRow]:
+        n = len(self.buffer) if count is None else min(count, len(self.buffer))
+        return [self.buffer.popleft() for _ in range(n)]
+
+    def pump(self) -> None:
+        """Append to the buffer whatever the collection now allows."""
+        coll = self.collection
+        if not self._started:
+            self._started = True
+            self._emit_progress(self.as_of)
+        if coll.frontier <= self.as_of:
+            return  # the snapshot is not complete yet
+        if not self._snapshot_done:
+            self._snapshot_done = True
+            if self.snapshot:
+                rows = coll.consolidated(self.as_of)
+                if self.key_index is None:
+                    for _row, text, count in rows:
+                        self._emit_diff(self.as_of, text, count)
+                else:
+                    self._emit_upsert(self.as_of, [(row, text, count) for row, text, count in rows])
+        for frontier in coll.steps[bisect_right(coll.steps, self._reported) :]:
+            if frontier < self._declared_at:
+                continue
+            batch = [u for u in coll.between(self._next_ts, frontier) if u.seq not in self._early]
+            if self.key_index is None:
+                for update in batch:
+                    self._emit_diff(update.ts, update.text, update.diff)
+            else:
+                for ts in sorted({u.ts for u in batch}):
+                    self._emit_upsert(ts, [(u.row, u.text, u.diff) for u in batch if u.ts == ts])
+            self._emit_progress(frontier)
+            self._reported, self._next_ts = frontier, frontier
+            self._early = {seq: ts for seq, ts in self._early.items() if ts >= frontier}
+        if self.key_index is None and coll.frontier >= self._next_ts:
+            for update in coll.between(coll.frontier, coll.frontier + 1):
+                if update.seq not in self._early:
+                    self._early[update.seq] = update.ts
+                    self._emit_diff(update.ts, update.text, update.diff)
+
+    # -- rows --------------------------------------------------------------------------
+
+    def _head(self, ts: int, progressed: bool) -> list[str | None]:
+        head: list[str | None] = [str(ts)]
+        if self.progress:
+            head.append("t" if progressed else "f")
+        return head
+
+    def _emit_progress(self, ts: int) -> None:
+        if self.progress:
+            width = len(self.columns) - 2
+            self.buffer.append((*self._head(ts, True), *([None] * width)))
+
+    def _emit_diff(self, ts: int, text: TextRow, diff: int) -> None:
+        self.buffer.append((*self._head(ts, False), str(diff), *text))
+
+    def _emit_upsert(self, ts: int, updates: list[tuple[tuple[Any, ...], TextRow, int]]) -> None:
+        key_index = self.key_index
+        assert key_index is not None
+        consolidated: dict[TextRow, list[Any]] = {}
+        for row, text, diff in updates:
+            consolidated.setdefault(text, [row, 0])[1] += diff
+        groups: dict[TextRow, list[tuple[tuple[Any, ...], TextRow, int]]] = {}
+        for text, (row, diff) in consolidated.items():
+            if diff:
+                key = tuple(text[i] for i in key_index)
+                groups.setdefault(key, []).append((row, text, diff))
+        ordered = list(groups.items())
+        try:
+            ordered.sort(key=lambda item: _order_key([item[1][0][0][i] for i in key_index]))
+        except TypeError:
+            pass  # keys of types that do not compare: keep the order of first appearance
+        nulls: list[str | None] = [None] * len(self.value_index)
+        for key, group in ordered:
+            group.sort(key=lambda entry: entry[2])
+            diffs = [diff for _row, _text, diff in group]
+            if diffs == [1] or diffs == [-1, 1]:
+                text = group[-1][1]
+                state, values = "upsert", [text[i] for i in self.value_index]
+            elif diffs == [-1]:
+                state, values = "delete", nulls
+            else:
+                state, values = "key_violation", nulls
+            self.buffer.append((*self._head(ts, False), state, *key, *values))

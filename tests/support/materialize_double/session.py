@@ -1,0 +1,265 @@
+"""One client connection's state (cluster, transaction, cursors) and its statements."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .collection import Column, Subscription, TextRow
+from .sql import (
+    Begin,
+    Close,
+    Commit,
+    Deallocate,
+    Declare,
+    Fetch,
+    Rollback,
+    Select,
+    SetVar,
+    Show,
+    SqlError,
+    Statement,
+    Token,
+    first_keyword,
+    parse,
+)
+
+if TYPE_CHECKING:
+    from .double import MaterializeDouble
+
+DEFAULT_CLUSTER = "quickstart"
+_POLL = 0.2  # how often a waiting FETCH looks whether its client went away
+_ENDS_TRANSACTION = ("COMMIT", "END", "ROLLBACK", "ABORT")
+
+
+class Dropped(Exception):
+    """The connection is being cut: leave without sending anything."""
+
+
+@dataclass
+class Result:
+    tag: str
+    columns: list[Column] | None = None  # None: no rows (NoData)
+    rows: list[TextRow] = field(default_factory=list)
+    subscribe_rows: bool = False  # rows of a SUBSCRIBE: counted, and may be cut short
+
+
+class Session:
+    """Duck-types buenavista's `core.Session` (id, close, in_transaction)."""
+
+    def __init__(self, double: MaterializeDouble) -> None:
+        self.id = uuid.uuid4()
+        self.double = double
+        self.pid = 0
+        self.cluster = DEFAULT_CLUSTER
+        self.settings: dict[str, str] = {}
+        self.tx: Literal["idle", "open", "failed"] = "idle"
+        self.cursors: dict[str, Subscription] = {}
+        self.subscribed = False  # this transaction has declared its SUBSCRIBE
+        self.prepared: dict[str, Any] = {}  # the connection's prepared statements
+        self.peer_closed: Callable[[], bool] = lambda: False
+        # Guarded by the double's lock:
+        self.running = False
+        self.cancel_pending = False
+        self.dropped = False
+
+    def in_transaction(self) -> bool:
+        return self.tx != "idle"
+
+    def close(self) -> None:
+        self._end()
+
+    # -- statements ----------------------------------------------------------------------
+
+    def describe(self, statement: Statement) -> list[Column] | None:
+        """The row description of a statement, without running it."""
+        match statement:
+            case Fetch(cursor=name):
+                subscription = self.cursors.get(name)
+                return subscription.columns if subscription is not None else None
+            case Show(name=name):
+                return [Column(name, "text")]
+            case Select():
+                return self._select(statement).columns
+        return None
+
+    def run(
+        self,
+        text: str,
+        tokens: Sequence[Token],
+        params: Sequence[str | None] | None,
+        protocol: str,
+    ) -> Result:
+        double = self.double
+        double._record(text, protocol, self.pid)
+        with double._cond:
+            self.running, self.cancel_pending = True, False
+        try:
+            keyword = first_keyword(tokens)
+            if self.tx == "failed" and keyword not in _ENDS_TRANSACTION:
+                raise SqlError(
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of "
+                    "transaction block",
+                )
+            failure = double._take_failure(keyword)
+            if failure is not None:
+                raise failure
+            return self._execute(parse(text, tokens, params))
+        except SqlError:
+            if self.tx == "open":
+                self.tx = "failed"
+            raise
+        finally:
+            with double._cond:
+                self.running, self.cancel_pending = False, False
+
+    def _execute(self, statement: Statement) -> Result:
+        match statement:
+            case Begin():
+                if self.tx == "idle":
+                    self.tx = "open"
+                return Result("BEGIN")
+            case Commit():
+                tag = "ROLLBACK" if self.tx == "failed" else "COMMIT"
+                self._end()
+                return Result(tag)
+            case Rollback():
+                self._end()
+                return Result("ROLLBACK")
+            case SetVar(name=name, value=value):
+                if name == "cluster":
+                    self.cluster = DEFAULT_CLUSTER if value is None else value
+                elif value is None:
+                    self.settings.pop(name, None)
+                else:
+                    self.settings[name] = value
+                return Result("SET")
+            case Show(name=name):
+                return Result("SHOW", [Column(name, "text")], [(self._show(name),)])
+            case Select():
+                return self._select(statement)
+            case Declare():
+                return self._declare(statement)
+            case Fetch():
+                return self._fetch(statement)
+            case Close(cursor=cursor):
+                if cursor is None:
+                    self.cursors.clear()
+                elif self.cursors.pop(cursor, None) is None:
+                    raise SqlError("34000", f'cursor "{cursor}" does not exist')
+                return Result("CLOSE CURSOR")
+            case Deallocate(name=name):
+                if name is None:
+                    for key in [k for k in self.prepared if k]:
+                        del self.prepared[key]
+                    return Result("DEALLOCATE ALL")
+                if self.prepared.pop(name, None) is None:
+                    raise SqlError("26000", f'prepared statement "{name}" does not exist')
+                return Result("DEALLOCATE")
+        raise AssertionError(statement)  # pragma: no cover
+
+    def _end(self) -> None:
+        self.tx = "idle"
+        self.cursors.clear()
+        self.subscribed = False
+
+    def _show(self, name: str) -> str:
+        if name == "cluster":
+            return self.cluster
+        known = {k.lower(): v for k, v in self.double.parameters().items()}
+        known |= {
+            "transaction_isolation": "strict serializable",
+            "database": "materialize",
+            "search_path": "public",
+        }
+        return self.settings.get(name, known.get(name, ""))
+
+    def _select(self, statement: Select) -> Result:
+        if statement.function is not None:
+            name = statement.alias or statement.function
+            value = self.double.mz_version
+            if statement.function == "version":
+                value = f"PostgreSQL 9.5.0 on x86_64-pc-linux-gnu (Materialize {value})"
+            return Result("SELECT 1", [Column(name, "text")], [(value,)])
+        literal = statement.literal or "0"
+        if literal.isdigit():
+            kind = "int4" if int(literal) < 2**31 else "int8"
+        else:
+            kind = "numeric"
+        return Result("SELECT 1", [Column(statement.alias or "?column?", kind)], [(literal,)])
+
+    def _declare(self, statement: Declare) -> Result:
+        double, subscribe = self.double, statement.subscribe
+        if self.tx == "idle":
+            raise SqlError("25P01", "DECLARE CURSOR can only be used in transaction blocks")
+        if statement.cursor in self.cursors:
+            raise SqlError("42P03", f'cursor "{statement.cursor}" already exists')
+        if self.subscribed:
+            raise SqlError("25000", "SUBSCRIBE in transactions must be the only read statement")
+        double._resolve(subscribe)
+        names = [c.name for c in double.columns]
+        for key in subscribe.keys or ():
+            if key not in names:
+                raise SqlError("42703", f'column "{key}" does not exist')
+        if self.cluster not in double.clusters:
+            raise SqlError("42704", f"unknown cluster '{self.cluster}'")
+        with double._cond:
+            collection = double._collection
+            since, refused = collection.since, None
+            if subscribe.as_of is None:
+                as_of = max(collection.frontier - 1, since)
+            elif subscribe.as_of_at_least:
+                as_of = max(subscribe.as_of, since)
+            else:
+                as_of = subscribe.as_of
+                if as_of < since:
+                    refused = SqlError(
+                        "XX000",
+                        f"Timestamp ({as_of}) is not valid for all inputs: "
+                        f"[Antichain {{ elements: [{since}] }}]",
+                    )
+            self.cursors[statement.cursor] = Subscription(
+                collection,
+                as_of=as_of,
+                snapshot=subscribe.snapshot,
+                progress=subscribe.progress,
+                keys=subscribe.keys,
+                refused=refused,
+            )
+        self.subscribed = True
+        return Result("DECLARE CURSOR")
+
+    def _fetch(self, statement: Fetch) -> Result:
+        subscription = self.cursors.get(statement.cursor)
+        if subscription is None:
+            raise SqlError("34000", f'cursor "{statement.cursor}" does not exist')
+        rows = self._wait_rows(subscription, statement.count, statement.timeout)
+        return Result(f"FETCH {len(rows)}", subscription.columns, rows, subscribe_rows=True)
+
+    def _wait_rows(
+        self, subscription: Subscription, count: int | None, timeout: float | None
+    ) -> list[TextRow]:
+        """Rows available now; if none, wait up to `timeout` (None: forever) for some."""
+        cond = self.double._cond
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with cond:
+            while True:
+                if self.dropped or self.double._stopping:
+                    raise Dropped
+                if self.cancel_pending:
+                    raise SqlError("57014", "canceling statement due to user request")
+                if subscription.refused is not None:
+                    raise subscription.refused
+                subscription.pump()
+                if count == 0 or subscription.buffer:
+                    return subscription.take(count)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                cond.wait(_POLL if remaining is None else min(remaining, _POLL))
+                if self.peer_closed():
+                    raise Dropped
