@@ -45,6 +45,11 @@ class Subscription(models.Model):
         SINK_UNAVAILABLE = "sink_unavailable", "Sink unavailable"
         BACKPRESSURE = "backpressure", "Backpressure"
         ERROR = "error", "Error"
+        PAUSED = "paused", "Paused"
+
+    class ResyncMode(models.TextChoices):
+        IN_PLACE = "in_place", "Into the existing index, then remove what the copy lacks"
+        NEW_INDEX = "new_index", "Into a new index, then swap the alias to it"
 
     name = models.SlugField(max_length=63, unique=True)
     enabled = models.BooleanField(default=True)
@@ -136,6 +141,34 @@ class Subscription(models.Model):
     last_error = models.TextField(blank=True, editable=False)
     last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
     status_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # What an operator asked of the worker; the owning worker applies it within seconds.
+    paused = models.BooleanField(
+        default=False,
+        help_text="A paused subscription keeps its checkpoint; its worker reads nothing until "
+        "it is resumed.",
+    )
+    resync_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    resync_mode = models.CharField(
+        max_length=10, choices=ResyncMode.choices, blank=True, editable=False
+    )
+    reset_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    control_version = models.PositiveIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bumped by every change a running worker must apply (config, pause, resync).",
+    )
+
+    # Published by the owning worker every few seconds, for the admin and the API.
+    owner = models.CharField(
+        max_length=200, blank=True, editable=False, help_text="The worker running it."
+    )
+    lag_seconds = models.FloatField(null=True, blank=True, editable=False)
+    staleness_seconds = models.FloatField(null=True, blank=True, editable=False)
+    throughput = models.FloatField(
+        null=True, blank=True, editable=False, help_text="Changes per second over the last minute."
+    )
+    stats_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -268,3 +301,26 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.doc_id} ({self.action}, version {self.version})"
+
+
+class WorkerHeartbeat(models.Model):
+    """A running `runsyncer` process, refreshed every few seconds while it lives.
+
+    `/api/ready` needs one fresher than 15 s; a worker whose heartbeat stops has died,
+    and its advisory locks (the subscriptions it owned) went with its connection.
+    """
+
+    worker_id = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    subscriptions = models.JSONField(
+        default=list, blank=True, help_text="Names of the subscriptions it runs now."
+    )
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+
+    def __str__(self) -> str:
+        return self.worker_id

@@ -61,6 +61,7 @@ class Status:
     RECONNECTING = "reconnecting"
     ERROR = "error"
     STOPPED = "stopped"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
