@@ -47,7 +47,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Serves /api/docs (Swagger UI) from static files instead of a CDN.
+    "ninja",
     "syncer",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -112,6 +115,10 @@ SYNCER_BACKOFF_CAP = _env_number("SYNCER_BACKOFF_CAP", 30)
 SYNCER_SLOT_CHECK_INTERVAL = _env_number("SYNCER_SLOT_CHECK_INTERVAL", 30)
 SYNCER_MAX_ATTEMPTS = int(_env_number("SYNCER_MAX_ATTEMPTS", 3))
 SYNCER_DLQ_RETRY_LIMIT = int(_env_number("SYNCER_DLQ_RETRY_LIMIT", 1000))
+SYNCER_CONTROL_INTERVAL = _env_number("SYNCER_CONTROL_INTERVAL", 1)
+SYNCER_HEARTBEAT_INTERVAL = _env_number("SYNCER_HEARTBEAT_INTERVAL", 2)
+SYNCER_STATS_INTERVAL = _env_number("SYNCER_STATS_INTERVAL", 2)
+SYNCER_STALL_AFTER = _env_number("SYNCER_STALL_AFTER", 60)
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()

@@ -37,6 +37,14 @@ class WorkerSettings:
     """Transient failures of one document before it goes to the dead-letter queue."""
     dlq_retry_batch: int
     """Dead letters retried per round by `runsyncer --dlq-retry-every`."""
+    control_interval: float
+    """Seconds between looks at the subscriptions table (new, deleted, changed, paused...)."""
+    heartbeat_interval: float
+    """Seconds between refreshes of the worker's WorkerHeartbeat row."""
+    stats_interval: float
+    """Seconds between publications of lag, staleness and throughput on each subscription."""
+    stall_after: float
+    """Seconds without progress after which the worker's /ready calls a subscription stalled."""
 
 
 def opensearch() -> OpenSearchSettings:
@@ -59,4 +67,8 @@ def worker() -> WorkerSettings:
         slot_check_interval=float(getattr(settings, "SYNCER_SLOT_CHECK_INTERVAL", 30.0)),
         max_attempts=int(getattr(settings, "SYNCER_MAX_ATTEMPTS", 3)),
         dlq_retry_batch=int(getattr(settings, "SYNCER_DLQ_RETRY_LIMIT", 1000)),
+        control_interval=float(getattr(settings, "SYNCER_CONTROL_INTERVAL", 1.0)),
+        heartbeat_interval=float(getattr(settings, "SYNCER_HEARTBEAT_INTERVAL", 2.0)),
+        stats_interval=float(getattr(settings, "SYNCER_STATS_INTERVAL", 2.0)),
+        stall_after=float(getattr(settings, "SYNCER_STALL_AFTER", 60.0)),
     )

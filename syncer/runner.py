@@ -1,29 +1,48 @@
-"""The worker: every enabled subscription's pipeline in one asyncio loop.
+"""The worker: every enabled subscription it owns, each a pipeline, in one asyncio loop.
 
-Builds each pipeline from its Subscription row and real adapters, runs them side by
-side, restarts one that crashes (one bad subscription does not stop the others),
-and on stop gives them `shutdown_timeout` seconds to flush and checkpoint.
+Every `SYNCER_CONTROL_INTERVAL` (1 s) the control loop reads the subscriptions
+table (one query): it takes the advisory lock of each enabled subscription no other
+worker holds and starts a supervisor for it (`syncer.supervisor`), tells running
+supervisors when their row changed (config saved, pause, resume, resync, reset),
+and stops those deleted or disabled. Several workers may run: each subscription is
+run by the one holding its lock (`syncer.ownership`); when a worker dies, the others
+take its subscriptions within a few control intervals. If this worker's lock
+connection fails it owns nothing any more and stops every pipeline at once.
+
+Beside it: the heartbeat (a WorkerHeartbeat row every 2 s), the figures the admin
+shows (lag, staleness, throughput on each Subscription row every 2 s), and the
+periodic dead-letter retry. On stop, pipelines get `shutdown_timeout` seconds to
+flush and checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
 
 import structlog
 from asgiref.sync import sync_to_async
 from django.db import connections
+from django.utils import timezone
 
-from syncer import conf, dlq, metrics
+from syncer import conf, dlq, metrics, worker_state
 from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig, sleep_unless_stopped
 from syncer.models import Subscription
-from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
+from syncer.ownership import Ownership, OwnershipLost
+from syncer.sink_config import sink_config
+from syncer.sinks.opensearch import OpenSearchSink
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
-from syncer.store import DjangoDeadLetters, DjangoStateStore
+from syncer.store import ConsoleDatabaseUnavailable, DjangoDeadLetters, DjangoStateStore, in_db
+from syncer.supervisor import Supervisor
+from syncer.throughput import Throughput
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class UnknownSubscription(ValueError):
@@ -36,20 +55,7 @@ class MetricsPortUnavailable(OSError):
 
 def build_sink(sub: Subscription) -> OpenSearchSink:
     """The OpenSearch sink of one subscription, as the worker and DLQ retries use it."""
-    search = conf.opensearch()
-    return OpenSearchSink(
-        OpenSearchSinkConfig(
-            name=sub.name,
-            index=sub.index_name,
-            url=search.url,
-            settings=sub.index_settings or {},
-            mappings=sub.index_mappings or {},
-            user=search.user,
-            password=search.password,
-            ca_certs=search.ca_certs,
-            verify_certs=search.verify_certs,
-        )
-    )
+    return OpenSearchSink(sink_config(sub))
 
 
 def build_source(sub: Subscription) -> Source:
@@ -77,11 +83,21 @@ def build_source(sub: Subscription) -> Source:
     )
 
 
-def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipeline:
-    """Wire one subscription's source, sink and store into a pipeline."""
+def build_pipeline(
+    sub: Subscription,
+    observer: Observer | None = None,
+    *,
+    index: str | None = None,
+    on_resync_copied: Callable[[], Awaitable[None]] | None = None,
+) -> Pipeline:
+    """Wire one subscription's source, sink and store into a pipeline.
+
+    `index` writes into another index than the subscription's (a new-index resync);
+    `on_resync_copied` runs when an operator's resync has copied everything.
+    """
     worker = conf.worker()
     source = build_source(sub)
-    sink = build_sink(sub)
+    sink = OpenSearchSink(sink_config(sub, index))
     config = PipelineConfig(
         name=sub.name,
         batch_max_size=sub.batch_max_size,
@@ -98,7 +114,7 @@ def build_pipeline(sub: Subscription, observer: Observer | None = None) -> Pipel
         config,
         source,
         sink,
-        DjangoStateStore(sub.pk, sub.name),
+        DjangoStateStore(sub.pk, sub.name, on_resync_copied=on_resync_copied),
         DjangoDeadLetters(sub.pk, sub.name),
         observer=observer,
     )
@@ -119,92 +135,281 @@ def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:
 
 
 class Runner:
+    """Run the subscriptions this worker owns until `stop`.
+
+    `subscriptions` limits the worker to those names (None: every subscription in
+    the table, including ones created later); `names` does the same by name.
+    """
+
     def __init__(
         self,
-        subscriptions: Sequence[Subscription],
-        shutdown_timeout: float,
+        subscriptions: Sequence[Subscription] | None = None,
+        shutdown_timeout: float = 30.0,
         dlq_retry_every: float | None = None,
         metrics_port: int | None = None,
+        *,
+        names: Sequence[str] | None = None,
     ) -> None:
-        self.subscriptions = list(subscriptions)
+        if names is None and subscriptions is not None:
+            names = [sub.name for sub in subscriptions]
+        self.names = None if names is None else list(names)
         self.shutdown_timeout = shutdown_timeout
         self.dlq_retry_every = dlq_retry_every
         self.metrics_port = metrics_port
+        self.worker_id = worker_state.new_worker_id()
+        self.ownership = Ownership(self.worker_id)
         self.pipelines: dict[str, Pipeline] = {}
+        """The pipelines running now, by subscription name (metrics read it)."""
+        self.supervisors: dict[int, Supervisor] = {}
+        """The subscriptions this worker owns, by id."""
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._throughput: dict[str, tuple[Pipeline, Throughput]] = {}
+        self._stop = asyncio.Event()
+        self.started = False
+        self._locks_down = False
+        """True once the first control pass has started what this worker could own."""
+
+    def _not_ready_reason(self) -> str | None:
+        """Why the worker as a whole is not ready (for /ready), or None."""
+        if not self.started:
+            return "starting: taking the subscriptions this worker can own"
+        if not self.ownership.connected:
+            return "lost its connection to the console database (ownership locks): reconnecting"
+        return None
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Run until `stop`; return False if the pipelines did not stop in time."""
         stop_metrics = None
         if self.metrics_port is not None:
             try:
-                stop_metrics = metrics.serve(self.metrics_port, lambda: self.pipelines)
+                stop_metrics = metrics.serve(
+                    self.metrics_port,
+                    lambda: self.pipelines,
+                    stall_after=conf.worker().stall_after,
+                    worker_ready=self._not_ready_reason,
+                )
             except OSError as exc:
                 raise MetricsPortUnavailable(
                     f"cannot serve metrics on port {self.metrics_port}: {exc.strerror or exc}; "
                     "choose another --metrics-port"
                 ) from None
             log.info("metrics_serving", port=self.metrics_port)
+        self._stop = stop
         try:
             return await self._run(stop)
         finally:
             if stop_metrics is not None:
                 stop_metrics()
+            await self.ownership.close()
             # The store's thread holds a connection to the console database.
             await sync_to_async(connections.close_all, thread_sensitive=True)()
 
     async def _run(self, stop: asyncio.Event) -> bool:
-        if not self.subscriptions:
-            log.warning("no_enabled_subscriptions")
-        tasks = {}
-        for sub in self.subscriptions:
-            pipeline = build_pipeline(sub)
-            self.pipelines[sub.name] = pipeline
-            tasks[sub.name] = asyncio.create_task(self._supervise(sub.name, pipeline, stop))
-        log.info("worker_started", subscriptions=sorted(tasks))
-        retrier = None
+        started_at = timezone.now()
+        log.info("worker_started", worker=self.worker_id, only=self.names)
+        await self._control_once()  # start what we can at once, not a second later
+        await self._settle()
+        helpers = [
+            asyncio.create_task(self._control(), name="control"),
+            asyncio.create_task(self._heartbeat(started_at), name="heartbeat"),
+            asyncio.create_task(self._publish_stats(), name="stats"),
+        ]
         if self.dlq_retry_every:
-            retrier = asyncio.create_task(self._retry_dead_letters(self.dlq_retry_every, stop))
+            helpers.append(asyncio.create_task(self._retry_dead_letters(self.dlq_retry_every)))
         await stop.wait()
-        if retrier is not None:
-            retrier.cancel()
-            await asyncio.gather(retrier, return_exceptions=True)
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         log.info("worker_stopping", timeout_s=self.shutdown_timeout)
-        if not tasks:
-            return True
-        _, pending = await asyncio.wait(tasks.values(), timeout=self.shutdown_timeout)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            late = sorted(name for name, task in tasks.items() if task in pending)
+        flushed = await self._stop_all()
+        await self._quietly(lambda: worker_state.remove_heartbeat(self.worker_id))
+        if flushed:
+            log.info("worker_stopped")
+        return flushed
+
+    async def _settle(self, timeout: float = 10.0) -> None:
+        """Wait (a bounded while) until the first subscriptions run, are paused or wait."""
+        settling = [asyncio.ensure_future(sup.settled.wait()) for sup in self.supervisors.values()]
+        if settling:
+            _, pending = await asyncio.wait(settling, timeout=timeout)
+            for waiting in pending:
+                waiting.cancel()
+        self.started = True
+
+    async def _stop_all(self) -> bool:
+        """Stop every supervisor (the stop event is set); False if one did not flush."""
+        tasks = dict(self._tasks)
+        if tasks:
+            # Each supervisor bounds its own flush; this is the backstop.
+            _, pending = await asyncio.wait(tasks.values(), timeout=self.shutdown_timeout + 5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        late = sorted(
+            sup.name
+            for sub_id, sup in self.supervisors.items()
+            if sup.stop_timed_out or not tasks[sub_id].done() or tasks[sub_id].cancelled()
+        )
+        owned = list(self.supervisors)
+        self.supervisors.clear()
+        self._tasks.clear()
+        if owned:
+            await self._quietly(lambda: worker_state.disown(owned, self.worker_id))
+        if late:
             log.error("worker_stop_timed_out", subscriptions=late)
             return False
-        log.info("worker_stopped")
         return True
 
-    async def _supervise(self, name: str, pipeline: Pipeline, stop: asyncio.Event) -> None:
-        # Pipeline.run handles every failure itself; this guards against our own bugs.
-        while not stop.is_set():
-            try:
-                await pipeline.run(stop)
-            except Exception:
-                log.exception("pipeline_task_crashed", subscription=name)
-                await sleep_unless_stopped(stop, 5)
+    # -- control: what to own and run ----------------------------------------------------
 
-    async def _retry_dead_letters(self, every: float, stop: asyncio.Event) -> None:
-        """Retry each subscription's dead letters every `every` seconds, a bounded round each."""
+    async def _control(self) -> None:
+        interval = conf.worker().control_interval
+        while not await sleep_unless_stopped(self._stop, interval):
+            await self._control_once()
+
+    async def _control_once(self) -> None:
+        try:
+            await self._reap()
+            await self.ownership.connect()
+            await self.ownership.check()
+            self._locks_down = False
+            rows = await in_db(lambda: worker_state.control_rows(self.names))
+            await self._apply(rows)
+        except OwnershipLost as exc:
+            await self._lost(str(exc))
+        except ConsoleDatabaseUnavailable as exc:
+            log.warning("control_poll_failed", error=str(exc))
+
+    async def _apply(self, rows: list[worker_state.ControlRow]) -> None:
+        present = {row.id for row in rows}
+        wanted = {row.id: row for row in rows if row.enabled}
+        for sub_id, supervisor in self.supervisors.items():
+            row = wanted.get(sub_id)
+            if row is None:
+                supervisor.leave("deleted" if sub_id not in present else "disabled")
+            else:
+                supervisor.notice(row.version, row.name)
+        free = [sub_id for sub_id in wanted if sub_id not in self.supervisors]
+        for sub_id in await self.ownership.try_acquire(free):
+            self._start(wanted[sub_id])
+
+    def _start(self, row: worker_state.ControlRow) -> None:
+        supervisor = Supervisor(
+            row.id,
+            row.name,
+            row.version,
+            build=build_pipeline,
+            running=self.pipelines,
+            worker_stop=self._stop,
+            shutdown_timeout=self.shutdown_timeout,
+        )
+        self.supervisors[row.id] = supervisor
+        self._tasks[row.id] = asyncio.create_task(self._own(supervisor), name=f"own {row.name}")
+        log.info("subscription_acquired", subscription=row.name, worker=self.worker_id)
+
+    async def _own(self, supervisor: Supervisor) -> None:
+        await self._quietly(lambda: worker_state.claim(supervisor.subscription_id, self.worker_id))
+        await supervisor.run()
+
+    async def _reap(self) -> None:
+        """Release the lock of each supervisor that ended (its pipeline has stopped)."""
+        for sub_id, task in list(self._tasks.items()):
+            if not task.done():
+                continue
+            supervisor = self.supervisors.pop(sub_id)
+            del self._tasks[sub_id]
+            if not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "supervisor_crashed",
+                    subscription=supervisor.name,
+                    error=repr(task.exception()),
+                )
+            await self._quietly(lambda: worker_state.disown([sub_id], self.worker_id))  # noqa: B023
+            await self.ownership.release(sub_id)
+            log.info(
+                "subscription_released", subscription=supervisor.name, reason=supervisor.leaving
+            )
+
+    async def _lost(self, error: str) -> None:
+        """The locks are gone: another worker may start these now, so stop at once."""
+        names = sorted(sup.name for sup in self.supervisors.values())
+        if names:
+            log.error("ownership_lost", error=error, subscriptions=names)
+        elif not self._locks_down:  # once per outage, not every control interval
+            log.warning("ownership_unavailable", error=error)
+        self._locks_down = True
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        self.supervisors.clear()
+        await self.ownership.close()
+
+    # -- what the worker publishes -------------------------------------------------------
+
+    async def _heartbeat(self, started_at: datetime) -> None:
+        interval = conf.worker().heartbeat_interval
+        while True:
+            names = sorted(sup.name for sup in self.supervisors.values())
+            await self._quietly(
+                lambda: worker_state.beat(self.worker_id, started_at, names)  # noqa: B023
+            )
+            if await sleep_unless_stopped(self._stop, interval):
+                return
+
+    async def _publish_stats(self) -> None:
+        interval = conf.worker().stats_interval
+        while not await sleep_unless_stopped(self._stop, interval):
+            await self.publish_stats_once()
+
+    async def publish_stats_once(self) -> None:
+        """Write each running subscription's lag, staleness and throughput on its row."""
+        now = time.time()
+        figures = []
+        for sub_id, supervisor in list(self.supervisors.items()):
+            name, pipeline = supervisor.name, supervisor.pipeline
+            if pipeline is None:
+                continue  # paused, or between two runs
+            known = self._throughput.get(name)
+            if known is None or known[0] is not pipeline:
+                known = (pipeline, Throughput())
+                known[1].add(supervisor.pipeline_started_at, 0)
+                self._throughput[name] = known
+            stats = pipeline.stats
+            known[1].add(now, stats.written + stats.stale + stats.dead_lettered)
+            figures.append((sub_id, stats.lag(now), pipeline.staleness(now), known[1].rate()))
+        for gone in set(self._throughput) - set(self.pipelines):
+            del self._throughput[gone]
+
+        def publish() -> None:
+            for figure in figures:
+                worker_state.publish_stats(*figure)
+
+        if figures:
+            await self._quietly(publish)
+
+    async def _quietly(self, function: Callable[[], T]) -> T | None:
+        """Database work whose failure must not stop the sync: logged, retried next round."""
+        try:
+            return await in_db(function)
+        except ConsoleDatabaseUnavailable as exc:
+            log.warning("worker_state_not_saved", error=str(exc))
+            return None
+
+    async def _retry_dead_letters(self, every: float) -> None:
+        """Retry each owned subscription's dead letters every `every` seconds."""
         limit = conf.worker().dlq_retry_batch
-        while not await sleep_unless_stopped(stop, every):
-            for sub in self.subscriptions:
+        while not await sleep_unless_stopped(self._stop, every):
+            for name in sorted(sup.name for sup in self.supervisors.values()):
                 try:
-                    report = await dlq.aretry(dlq.Selection(subscription=sub.name), limit)
+                    report = await dlq.aretry(dlq.Selection(subscription=name), limit)
                 except Exception as exc:  # the next round tries again; the sync goes on
-                    log.warning("dead_letter_retry_failed", subscription=sub.name, error=str(exc))
+                    log.warning("dead_letter_retry_failed", subscription=name, error=str(exc))
                     continue
                 if report.retried:
                     log.info(
                         "dead_letter_retry_round",
-                        subscription=sub.name,
+                        subscription=name,
                         succeeded=report.succeeded,
                         superseded=report.superseded,
                         failed=report.failed,

@@ -47,10 +47,11 @@ def delete_subscription(subscription: Subscription) -> str | None:
     warning then says what to drop by hand, so WAL does not pile up unseen.
     """
     warning = None
+    # The row goes first: a worker that lost the slot under it and reconnects then finds
+    # no subscription, instead of creating the slot again just before it is told to stop.
+    subscription.delete()
     if subscription.source_kind != Subscription.SourceKind.POSTGRES:
-        # Materialize's SUBSCRIBE leaves nothing on the source to clean up.
-        subscription.delete()
-        return None
+        return None  # Materialize's SUBSCRIBE leaves nothing on the source to clean up
     try:
         drop_replication(dsn.resolve(subscription.source_dsn), subscription.slot_name)
     except SyncError as exc:
@@ -63,7 +64,6 @@ def delete_subscription(subscription: Subscription) -> str | None:
         log.warning("replication_drop_failed", subscription=subscription.name, error=str(exc))
     else:
         log.info("replication_dropped", subscription=subscription.name, slot=subscription.slot_name)
-    subscription.delete()
     return warning
 
 

@@ -4,18 +4,19 @@ Subscription row, and the subscription's dead letters."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
 import structlog
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from syncer.engine.changes import Change, Op, Position
 from syncer.engine.interfaces import Rejected, ResumeState
-from syncer.errors import UnavailableError
+from syncer.errors import ConfigError, UnavailableError
 from syncer.models import DeadLetter, Subscription
 
 log = structlog.get_logger(__name__)
@@ -28,7 +29,9 @@ class ConsoleDatabaseUnavailable(UnavailableError):
     """The console's own database cannot be written: checkpoints cannot be saved."""
 
 
-async def _db(function: Callable[[], T]) -> T:
+async def in_db(function: Callable[[], T]) -> T:
+    """Run ORM work in the worker's database thread; raise ConsoleDatabaseUnavailable."""
+
     def call() -> T:
         close_old_connections()  # a long-lived worker must survive a database restart
         try:
@@ -43,16 +46,38 @@ async def _db(function: Callable[[], T]) -> T:
 class DjangoStateStore:
     """Reads and writes one subscription's checkpoint and status."""
 
-    def __init__(self, subscription_id: int, name: str) -> None:
+    def __init__(
+        self,
+        subscription_id: int,
+        name: str,
+        on_resync_copied: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.subscription_id = subscription_id
         self.name = name
+        self.on_resync_copied = on_resync_copied
+        """Runs once a resync's copy is complete, before the request is cleared."""
+        self._resync_loaded: datetime | None = None
 
     def _update(self, **fields: Any) -> None:
         Subscription.objects.filter(pk=self.subscription_id).update(**fields)
 
     async def load(self) -> ResumeState:
+        """The resume point; an operator's resync asks for a copy and a sweep.
+
+        While `resync_requested_at` is set the snapshot counts as not done, in index
+        mode, so every source copies everything again and then removes the documents
+        the copy did not contain; the request stays until that completes.
+        """
+
         def load() -> ResumeState:
-            sub = Subscription.objects.get(pk=self.subscription_id)
+            sub = Subscription.objects.filter(pk=self.subscription_id).first()
+            if sub is None:
+                raise ConfigError(f"subscription {self.name} no longer exists")
+            self._resync_loaded = sub.resync_requested_at
+            if sub.resync_requested_at is not None:
+                return ResumeState(
+                    sub.checkpoint, False, Subscription.SnapshotMode.INDEX, sub.source_state
+                )
             return ResumeState(
                 sub.checkpoint,
                 sub.snapshot_completed_at is not None,
@@ -60,19 +85,35 @@ class DjangoStateStore:
                 sub.source_state,
             )
 
-        return await _db(load)
+        return await in_db(load)
 
     async def save_checkpoint(self, position: Position, source_state: Any = None) -> None:
         fields: dict[str, Any] = {"checkpoint": position, "checkpoint_at": timezone.now()}
         if source_state is not None:
             fields["source_state"] = source_state  # one UPDATE: they must never disagree
-        await _db(lambda: self._update(**fields))
+        await in_db(lambda: self._update(**fields))
 
     async def snapshot_completed(self, position: Position) -> None:
+        resync = self._resync_loaded
+        if resync is not None and self.on_resync_copied is not None:
+            # E.g. swap the alias to the new index: a crash before the request is
+            # cleared below copies again into the same index and swaps again.
+            await self.on_resync_copied()
         now = timezone.now()
-        await _db(
-            lambda: self._update(checkpoint=position, checkpoint_at=now, snapshot_completed_at=now)
-        )
+
+        def completed() -> None:
+            with transaction.atomic():
+                self._update(checkpoint=position, checkpoint_at=now, snapshot_completed_at=now)
+                if resync is not None:
+                    # Only the request this copy answered: a newer one starts another.
+                    Subscription.objects.filter(
+                        pk=self.subscription_id, resync_requested_at=resync
+                    ).update(resync_requested_at=None, resync_mode="")
+
+        await in_db(completed)
+        if resync is not None:
+            self._resync_loaded = None
+            log.info("resync_completed", subscription=self.name)
 
     async def set_status(self, status: str, message: str = "", error: str | None = None) -> None:
         now = timezone.now()
@@ -85,7 +126,7 @@ class DjangoStateStore:
             fields["last_error"] = error[:_MESSAGE_LIMIT]
             fields["last_error_at"] = now
         try:
-            await _db(lambda: self._update(**fields))
+            await in_db(lambda: self._update(**fields))
         except ConsoleDatabaseUnavailable as exc:
             # The status is for people; losing one update must not stop the sync.
             log.warning("status_not_saved", subscription=self.name, status=status, error=str(exc))
@@ -151,7 +192,7 @@ class DjangoDeadLetters:
             with connection.cursor() as cursor:
                 cursor.executemany(_PUT_SQL.format(table=_table()), params)
 
-        await _db(put)
+        await in_db(put)
         self._has_entries = True
 
     async def supersede(self, written: Sequence[Change]) -> int:
@@ -167,7 +208,7 @@ class DjangoDeadLetters:
                 )
                 return int(cursor.rowcount)
 
-        removed = await _db(supersede)
+        removed = await in_db(supersede)
         if removed:
             log.info("dead_letters_superseded", subscription=self.name, count=removed)
         return removed
@@ -176,7 +217,7 @@ class DjangoDeadLetters:
         now = time.monotonic()
         if self._has_entries is None or now - self._checked_at >= self.recheck_every:
             self._checked_at = now
-            self._has_entries = await _db(
+            self._has_entries = await in_db(
                 DeadLetter.objects.filter(subscription_id=self.subscription_id).exists
             )
         return self._has_entries

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from opensearchpy import OpenSearch
 
 from syncer.models import Subscription
@@ -20,10 +26,11 @@ class WorkerThread:
 
     def __init__(
         self,
-        subscriptions: Sequence[Subscription],
+        subscriptions: Sequence[Subscription] | None,
         shutdown_timeout: float = 30,
         dlq_retry_every: float | None = None,
     ):
+        """Run these subscriptions (by name), or None: every one in the table, as it changes."""
         self.runner = Runner(subscriptions, shutdown_timeout, dlq_retry_every)
         self.result: bool | None = None
         self.error: BaseException | None = None
@@ -46,8 +53,12 @@ class WorkerThread:
             self._ready.set()
 
     def start(self) -> WorkerThread:
+        """Start, and return once the first subscriptions run (their pipelines exist)."""
         self._thread.start()
         self._ready.wait(10)
+        deadline = time.monotonic() + 15
+        while not self.runner.started and self.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self
 
     def stop(self, timeout: float = 60) -> bool | None:
@@ -105,3 +116,48 @@ def checksum(rows: Iterable[tuple[Any, ...]]) -> str:
 
 def status_of(name: str) -> Subscription:
     return Subscription.objects.get(name=name)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """`manage.py runsyncer` as a real process on the test database; stderr to a file."""
+
+    def __init__(self, opensearch_url: str, log: Path, *args: str, **env: str) -> None:
+        db = settings.DATABASES["default"]
+        self.log = log
+        environment = {
+            **os.environ,
+            "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            "OPENSEARCH_URL": opensearch_url,
+            "SYNCER_BACKOFF_BASE": "0.2",
+            "SYNCER_BACKOFF_CAP": "2",
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "runsyncer", *args],
+                cwd=ROOT,
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text()[-4000:]
+
+    def kill(self) -> None:
+        """kill -9: no flush, no clean-up; its session (and advisory locks) drop with it."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 40) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)

@@ -19,7 +19,11 @@ log = structlog.get_logger("syncer.runsyncer")
 
 
 class Command(BaseCommand):
-    help = "Run every enabled subscription (or the named ones) until SIGTERM or Ctrl-C."
+    help = (
+        "Run every enabled subscription no other worker owns (or only the named ones) "
+        "until SIGTERM or Ctrl-C; subscriptions created, changed, paused or deleted "
+        "meanwhile are picked up within SYNCER_CONTROL_INTERVAL (1 s)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -54,8 +58,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        names = options["subscription"] or None
         try:
-            subscriptions = load_subscriptions(options["subscription"])
+            # Checks the database and the names; the worker then follows the table.
+            load_subscriptions(names or ())
         except UnknownSubscription as exc:
             raise CommandError(str(exc)) from None
         except OperationalError as exc:
@@ -71,7 +77,7 @@ class Command(BaseCommand):
         timeout = options["shutdown_timeout"] or conf.worker().shutdown_timeout
         retry_every = options["dlq_retry_every"]
         runner = Runner(
-            subscriptions,
+            names=names,
             shutdown_timeout=timeout,
             dlq_retry_every=retry_every.total_seconds() if retry_every else None,
             metrics_port=options["metrics_port"],

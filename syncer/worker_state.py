@@ -1,0 +1,122 @@
+"""What a worker reads to be controlled and writes about itself, in the console's database.
+
+The control poll (one cheap query a second), the owner of each subscription, the
+figures published for the admin and the API (lag, staleness, throughput), the
+heartbeat, and the worker's half of an operator's reset: every call here is
+synchronous ORM work, run by the worker through `syncer.store.in_db`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.utils import timezone
+
+from syncer.models import Subscription, WorkerHeartbeat
+
+
+def new_worker_id() -> str:
+    """hostname:pid:random: unique even when a pid is reused after a restart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class ControlRow:
+    """The part of a subscription row the worker watches every control interval."""
+
+    id: int
+    name: str
+    enabled: bool
+    paused: bool
+    updated_at: datetime
+    control_version: int
+
+    @property
+    def version(self) -> tuple[datetime, int]:
+        """Changes when the config is saved or an operator asks for something."""
+        return self.updated_at, self.control_version
+
+
+def control_rows(names: Sequence[str] | None) -> list[ControlRow]:
+    """Every subscription (or the named ones), in one query of six columns."""
+    query = Subscription.objects.all()
+    if names is not None:
+        query = query.filter(name__in=names)
+    return [
+        ControlRow(*row)
+        for row in query.values_list(
+            "id", "name", "enabled", "paused", "updated_at", "control_version"
+        )
+    ]
+
+
+def claim(subscription_id: int, worker_id: str) -> None:
+    Subscription.objects.filter(pk=subscription_id).update(owner=worker_id)
+
+
+def disown(subscription_ids: Sequence[int], worker_id: str) -> None:
+    """Clear `owner` where it is still this worker (another may have taken over)."""
+    Subscription.objects.filter(pk__in=subscription_ids, owner=worker_id).update(
+        owner="", lag_seconds=None, staleness_seconds=None, throughput=None
+    )
+
+
+def clear_stats(subscription_id: int) -> None:
+    """Nothing runs (paused): no figures rather than the last ones, which would mislead."""
+    Subscription.objects.filter(pk=subscription_id).update(
+        lag_seconds=None, staleness_seconds=None, throughput=None, stats_at=timezone.now()
+    )
+
+
+def publish_stats(
+    subscription_id: int, lag: float, staleness: float | None, throughput: float | None
+) -> None:
+    Subscription.objects.filter(pk=subscription_id).update(
+        lag_seconds=round(lag, 3),
+        staleness_seconds=None if staleness is None else round(staleness, 3),
+        throughput=None if throughput is None else round(throughput, 3),
+        stats_at=timezone.now(),
+    )
+
+
+def beat(worker_id: str, started_at: datetime, names: Sequence[str]) -> None:
+    host, pid, _ = worker_id.rsplit(":", 2)
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker_id,
+        defaults={
+            "hostname": host,
+            "pid": int(pid),
+            "started_at": started_at,
+            "last_seen_at": timezone.now(),
+            "subscriptions": sorted(names),
+        },
+    )
+
+
+def remove_heartbeat(worker_id: str) -> None:
+    WorkerHeartbeat.objects.filter(worker_id=worker_id).delete()
+
+
+def clear_checkpoint(subscription_id: int, requested_at: datetime) -> bool:
+    """Forget where the subscription stands; False if the reset was already applied."""
+    updated = Subscription.objects.filter(
+        pk=subscription_id, reset_requested_at=requested_at
+    ).update(
+        checkpoint=None,
+        checkpoint_at=None,
+        snapshot_completed_at=None,
+        source_state=None,
+        reset_requested_at=None,
+    )
+    return bool(updated)
+
+
+def drop_resync_request(subscription_id: int, requested_at: datetime) -> None:
+    Subscription.objects.filter(pk=subscription_id, resync_requested_at=requested_at).update(
+        resync_requested_at=None, resync_mode=""
+    )
