@@ -1,11 +1,14 @@
 """Structured logging: one JSON object per line by default, readable lines for humans.
 
 Every record, ours or Django's, goes through structlog's ProcessorFormatter, and every
-string value is scrubbed of passwords in DSNs and URLs before it is written.
+value is scrubbed before it is written: passwords in DSNs and URLs, `password=` and
+`token: ` pairs, HTTP credentials (`Authorization: Bearer ...`), fields named like a
+secret, and the values of secret-named environment variables (OPENSEARCH_PASSWORD...).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -14,18 +17,73 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
 _KV_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+# `password: x`, `"token": "x"`, `?api_key=x&`, `secret=x`: the value up to a delimiter.
+_KV_SECRET = re.compile(
+    r"(?P<head>(?<![A-Za-z])(?:password|passwd|pwd|secret|secret_key|token|api_key|apikey)"
+    r"[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*)[^\s\"',;&}]+",
+    re.IGNORECASE,
+)
+# An HTTP credential: `Authorization: Basic dXNlcjpwdw==`, or a bearer token anywhere.
+_AUTH_HEADER = re.compile(
+    r"(?P<head>\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:Bearer|Basic|Token|ApiKey|Digest)\s+)?)"
+    r"(?!\*\*\*)[^\s\"',;}]+",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?P<head>\bBearer\s+)(?!\*\*\*)[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
+# Fields whose whole value is a secret, whatever it looks like.
+_SECRET_KEYS = re.compile(
+    r"(?:\w*_)?(?:password|passwd|secret|secret_key|token|authorization|api_?key)", re.IGNORECASE
+)
+# Environment variables whose values must never appear in a log line.
+_SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|API_?KEY", re.IGNORECASE)
+_MIN_SECRET = 6  # shorter values would blank out ordinary words
 
 
 def redact(text: str) -> str:
-    """Hide the password of any DSN or URL in `text`."""
+    """Hide passwords, tokens and credentials of DSNs, URLs and HTTP headers in `text`."""
     text = _URL_PASSWORD.sub(r"\g<head>***@", text)
-    return _KV_PASSWORD.sub(r"\g<head>***", text)
+    text = _KV_PASSWORD.sub(r"\g<head>***", text)
+    text = _KV_SECRET.sub(r"\g<head>***", text)
+    text = _AUTH_HEADER.sub(r"\g<head>***", text)
+    return _BEARER.sub(r"\g<head>***", text)
+
+
+def _environment_secrets() -> list[str]:
+    """The values of secret-named environment variables (e.g. OPENSEARCH_PASSWORD)."""
+    found = {
+        value
+        for name, value in os.environ.items()
+        if _SECRET_ENV.search(name) and len(value) >= _MIN_SECRET
+    }
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(value: Any, secrets: list[str] | None = None) -> Any:
+    """`value` with every secret hidden: strings, and inside dicts, lists and tuples."""
+    secrets = _environment_secrets() if secrets is None else secrets
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return redact(value)
+    if isinstance(value, dict):
+        return {
+            key: "***"
+            if isinstance(key, str) and _SECRET_KEYS.fullmatch(key) and value_ is not None
+            else scrub(value_, secrets)
+            for key, value_ in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(scrub(item, secrets) for item in value)
+    return value
 
 
 def _redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    secrets = _environment_secrets()
     for key, value in event_dict.items():
-        if isinstance(value, str):
-            event_dict[key] = redact(value)
+        if _SECRET_KEYS.fullmatch(key) and value is not None:
+            event_dict[key] = "***"
+        elif isinstance(value, str | dict | list | tuple):
+            event_dict[key] = scrub(value, secrets)
     return event_dict
 
 

@@ -1,20 +1,38 @@
-"""Prometheus metrics of a worker, read from its pipelines' stats at scrape time.
+"""Prometheus metrics of a worker, read from its pipelines' counters at scrape time.
 
-The engine keeps plain counters (`PipelineStats`); this collector turns them into
-metrics when Prometheus asks, so the sync loop never touches the client library.
-`runsyncer --metrics-port 9108` serves them at /metrics.
+The engine keeps plain counters (`PipelineStats`, `Telemetry`); this collector turns
+them into metric families when Prometheus asks, so the sync loop never touches the
+client library. `runsyncer --metrics-port 9108` serves them at /metrics, beside
+/health and /ready (`syncer.worker_http`). Every family is labelled by subscription;
+docs/prometheus-alerts.yml and docs/grafana-dashboard.json use these names.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+import structlog
+from django.db import DatabaseError, connection
+from django.db.models import Count
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from syncer import worker_http
+from syncer.engine.changes import Op
 from syncer.engine.pipeline import Pipeline, PipelineStats
+from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
+from syncer.models import DeadLetter
+
+log = structlog.get_logger(__name__)
+Pipelines = Callable[[], Mapping[str, Pipeline]]
 
 _COUNTERS: list[tuple[str, str, Callable[[PipelineStats], float]]] = [
     ("transactions", "Source transactions acknowledged.", lambda s: s.transactions),
@@ -51,25 +69,112 @@ _GAUGES: list[tuple[str, str, Callable[[Pipeline, float], float]]] = [
         lambda p, _: float(p.stats.sink_available),
     ),
     (
+        "source_connected",
+        "1 while a session is connected to the source and OpenSearch.",
+        lambda p, _: float(p.telemetry.connected_at is not None),
+    ),
+    (
         "lag_seconds",
         "Now minus the commit of the oldest unacknowledged change.",
         lambda p, now: p.stats.lag(now),
     ),
 ]
 
+_HISTOGRAMS: list[tuple[str, str, Callable[[Telemetry], Histogram]]] = [
+    (
+        "flush_duration_seconds",
+        "Seconds to write one batch and save its checkpoint (retries and outages included).",
+        lambda t: t.flush_seconds,
+    ),
+    (
+        "commit_to_ack_seconds",
+        "Seconds from a source transaction's commit to OpenSearch acknowledging it.",
+        lambda t: t.commit_latency_seconds,
+    ),
+]
+
+# Always exported (0 until they happen), so rate() and ratios work from the start.
+_OPS = [str(op) for op in Op]
+_BULK_OUTCOMES = [
+    BulkOutcome.OK,
+    BulkOutcome.PARTIAL,
+    BulkOutcome.UNAVAILABLE,
+    BulkOutcome.TOO_LARGE,
+]
+_ERROR_KINDS = [
+    ErrorKind.BULK_REFUSED,
+    ErrorKind.DOCUMENT_TRANSIENT,
+    ErrorKind.DOCUMENT_REJECTED,
+    ErrorKind.SOURCE_DATA,
+]
+
 
 class PipelineCollector(Collector):
-    def __init__(self, pipelines: Callable[[], Mapping[str, Pipeline]]) -> None:
+    def __init__(self, pipelines: Pipelines) -> None:
         self._pipelines = pipelines
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
         pipelines = dict(self._pipelines())
+        yield from self._totals(pipelines)
+        yield from self._labelled_counters(pipelines)
+        yield from self._gauges(pipelines, now)
+        yield from self._histograms(pipelines)
+        workers = GaugeMetricFamily(
+            "searchsync_worker_subscriptions", "Subscriptions this worker is running."
+        )
+        workers.add_metric([], len(pipelines))
+        yield workers
+
+    def _totals(self, pipelines: dict[str, Pipeline]) -> Iterator[Metric]:
         for name, help_text, read in _COUNTERS:
             counter = CounterMetricFamily(f"searchsync_{name}", help_text, labels=["subscription"])
             for sub, pipeline in pipelines.items():
                 counter.add_metric([sub], read(pipeline.stats))
             yield counter
+        reconnects = CounterMetricFamily(
+            "searchsync_reconnects",
+            "Sessions started again after a failure (source, OpenSearch or console database).",
+            labels=["subscription"],
+        )
+        for sub, pipeline in pipelines.items():
+            reconnects.add_metric([sub], pipeline.telemetry.reconnects)
+        yield reconnects
+
+    def _labelled_counters(self, pipelines: dict[str, Pipeline]) -> Iterator[Metric]:
+        changes = CounterMetricFamily(
+            "searchsync_changes",
+            "Document changes OpenSearch accepted or found already applied, by op.",
+            labels=["subscription", "op"],
+        )
+        bulks = CounterMetricFamily(
+            "searchsync_bulk_requests",
+            "Bulk requests sent to OpenSearch, by outcome: ok, partial (documents to retry "
+            "or dead-lettered), unavailable (refused as a whole), too_large (413, split).",
+            labels=["subscription", "outcome"],
+        )
+        errors = CounterMetricFamily(
+            "searchsync_errors",
+            "Failures by kind: bulk_refused, document_transient, document_rejected, "
+            "source_data, or the error that ended a session (e.g. source_unavailable).",
+            labels=["subscription", "kind"],
+        )
+        for sub, pipeline in pipelines.items():
+            # Copies: the sync loop may add a key while this thread reads.
+            by_op = dict(pipeline.telemetry.changes)
+            by_outcome = dict(pipeline.telemetry.bulk_requests)
+            by_kind = dict(pipeline.telemetry.errors)
+            for op in _OPS:
+                changes.add_metric([sub, op], by_op.get(op, 0))
+            for outcome in sorted({*_BULK_OUTCOMES, *by_outcome}):
+                bulks.add_metric([sub, outcome], by_outcome.get(outcome, 0))
+            for kind in sorted({*_ERROR_KINDS, *by_kind}):
+                errors.add_metric([sub, kind], by_kind.get(kind, 0))
+        yield changes
+        yield bulks
+        yield errors
+
+    def _gauges(self, pipelines: dict[str, Pipeline], now: float) -> Iterator[Metric]:
         for name, help_text, measure in _GAUGES:
             gauge = GaugeMetricFamily(f"searchsync_{name}", help_text, labels=["subscription"])
             for sub, pipeline in pipelines.items():
@@ -88,26 +193,129 @@ class PipelineCollector(Collector):
             "Now minus the last time the source said it is complete (absent until it has).",
             labels=["subscription"],
         )
+        checkpoint = GaugeMetricFamily(
+            "searchsync_last_checkpoint_timestamp_seconds",
+            "When the checkpoint was last saved, in Unix seconds (absent until it has been).",
+            labels=["subscription"],
+        )
         for sub, pipeline in pipelines.items():
             seconds = pipeline.staleness(now)
             if seconds is not None:
                 staleness.add_metric([sub], seconds)
+            saved = pipeline.telemetry.last_checkpoint_at
+            if saved is not None:
+                checkpoint.add_metric([sub], saved)
         yield staleness
+        yield checkpoint
+
+    def _histograms(self, pipelines: dict[str, Pipeline]) -> Iterator[Metric]:
+        for name, help_text, pick in _HISTOGRAMS:
+            family = HistogramMetricFamily(f"searchsync_{name}", help_text, labels=["subscription"])
+            for sub, pipeline in pipelines.items():
+                snapshot = pick(pipeline.telemetry).snapshot()
+                family.add_metric(
+                    [sub],
+                    [(_le(bound), count) for bound, count in snapshot.buckets],
+                    snapshot.sum,
+                )
+            yield family
 
 
-def registry_for(pipelines: Callable[[], Mapping[str, Pipeline]]) -> CollectorRegistry:
+def dead_letter_counts(names: Collection[str]) -> dict[str, int]:
+    """Entries in the dead-letter queue per subscription, in one grouped query."""
+    try:
+        rows = (
+            DeadLetter.objects.filter(subscription__name__in=list(names))
+            .values("subscription__name")
+            .annotate(n=Count("pk"))
+        )
+        return {row["subscription__name"]: row["n"] for row in rows}
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()  # scrapes come on short-lived threads: leave no connection
+
+
+class DeadLetterQueueCollector(Collector):
+    """The dead-letter queue's size per subscription this worker runs, from the database.
+
+    Counted at most every `every` seconds, so frequent scrapes cost one query; when the
+    database cannot be read the samples are left out rather than reported as 0.
+    """
+
+    def __init__(
+        self,
+        pipelines: Pipelines,
+        count: Callable[[Collection[str]], dict[str, int]] = dead_letter_counts,
+        every: float = 15.0,
+    ) -> None:
+        self._pipelines = pipelines
+        self._count = count
+        self._every = every
+        self._lock = threading.Lock()
+        self._counted: tuple[float, tuple[str, ...], dict[str, int]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        names = tuple(sorted(self._pipelines()))
+        gauge = GaugeMetricFamily(
+            "searchsync_dead_letter_queue_entries",
+            "Entries waiting in the dead-letter queue (retry or purge them).",
+            labels=["subscription"],
+        )
+        counts = self._counts(names) if names else {}
+        if counts is not None:
+            for name in names:
+                gauge.add_metric([name], counts.get(name, 0))
+        yield gauge
+
+    def _counts(self, names: tuple[str, ...]) -> dict[str, int] | None:
+        with self._lock:
+            now = time.monotonic()
+            if self._counted and self._counted[1] == names and now - self._counted[0] < self._every:
+                return self._counted[2]
+            try:
+                counts = self._count(names)
+            except DatabaseError as exc:
+                log.warning("dead_letter_count_failed", error=str(exc))
+                return None
+            self._counted = (now, names, counts)
+            return counts
+
+
+def _le(bound: float) -> str:
+    """A bucket's bound as Prometheus writes it: 0.5, 1.0, +Inf."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def registry_for(
+    pipelines: Pipelines,
+    count_dead_letters: Callable[[Collection[str]], dict[str, int]] = dead_letter_counts,
+) -> CollectorRegistry:
+    """A registry of the pipelines' metrics, their dead-letter queues' sizes, and the
+    worker process's own (CPU, memory, start time)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipelines))
+    registry.register(DeadLetterQueueCollector(pipelines, count_dead_letters))
+    ProcessCollector(registry=registry)
     return registry
 
 
-def serve(port: int, pipelines: Callable[[], Mapping[str, Pipeline]]) -> Callable[[], None]:
-    """Serve /metrics on `port` (all interfaces); return a function that stops it."""
-    server, thread = start_http_server(port, registry=registry_for(pipelines))
+def serve(
+    port: int,
+    pipelines: Pipelines,
+    *,
+    stall_after: float | None = None,
+    worker_ready: Callable[[], str | None] | None = None,
+) -> Callable[[], None]:
+    """Serve /health, /ready and /metrics on `port` (all interfaces); return a stopper.
 
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    return stop
+    `stall_after`: seconds without progress after which a subscription is not ready
+    (default SYNCER_STALL_AFTER, 60). `worker_ready`: a worker-wide check that returns
+    why the worker is not ready, or None.
+    """
+    return worker_http.serve(
+        port,
+        pipelines,
+        registry_for(pipelines),
+        stall_after=stall_after,
+        worker_ready=worker_ready,
+    )

@@ -44,6 +44,7 @@ from syncer.engine.interfaces import (
 )
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.retry import Decision, RetryPolicy
+from syncer.engine.telemetry import BulkOutcome, ErrorKind, ProgressWindow, Telemetry, error_kind
 from syncer.errors import ConfigError, RequestTooLarge, SinkUnavailable, UnavailableError
 
 log = structlog.get_logger(__name__)
@@ -77,6 +78,8 @@ class PipelineConfig:
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
     warnings_every: float = 30.0
+    progress_log_every: float = 60.0
+    """Seconds between `sync_progress` log lines (the first comes with the first flush)."""
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Pipeline:
         self.clock = clock
         self.observer = observer
         self.stats = PipelineStats()
+        self.telemetry = Telemetry()
         self.status = Status.STOPPED
         self.policy = RetryPolicy(config.max_attempts)
         self._message = ""
@@ -138,6 +142,13 @@ class Pipeline:
         self._progress_at = 0.0
         self._warnings: list[str] = []
         self._warnings_at = 0.0
+        self._window = ProgressWindow(clock())
+        self._window_logged_at = float("-inf")
+
+    @property
+    def message(self) -> str:
+        """The status message, as stored on the subscription."""
+        return self._message
 
     @property
     def buffered(self) -> int:
@@ -166,18 +177,23 @@ class Pipeline:
                 await self._set_status(Status.STARTING, "connecting to the source and OpenSearch")
                 await self._session(stop)
             except ConfigError as exc:
+                self.telemetry.errors[error_kind(exc)] += 1
                 await self._failed(Status.ERROR, str(exc), stop)
             except UnavailableError as exc:
+                self.telemetry.errors[error_kind(exc)] += 1
                 await self._failed(Status.RECONNECTING, str(exc), stop)
             except Exception as exc:  # a bug must not take the other subscriptions down
+                self.telemetry.errors[error_kind(exc)] += 1
                 self._log.exception("pipeline_crashed")
                 await self._failed(Status.ERROR, f"internal error: {exc!r}", stop)
             finally:
+                self.telemetry.connected_at = None
                 await self._close()
         await self._set_status(Status.STOPPED, "stopped")
 
     async def _failed(self, status: str, message: str, stop: asyncio.Event) -> None:
         self.stats.oldest_unacked_commit = None
+        self.telemetry.reconnects += 1
         delay = self._backoff.next_delay()
         self._log.warning(
             "pipeline_failed",
@@ -197,6 +213,7 @@ class Pipeline:
         await self.sink.open()
         resume = await self.store.load()
         await self.source.open(resume)
+        self.telemetry.connected_at = self.clock()
         self._snapshotting = not resume.snapshot_done and resume.snapshot_mode == "index"
         if self._snapshotting:
             await self._set_status(Status.SNAPSHOTTING, "copying existing rows")
@@ -260,6 +277,7 @@ class Pipeline:
         for notice in self.source.take_notices():
             if notice.kind is NoticeKind.DATA_ERROR:
                 self.stats.data_errors += 1
+                self.telemetry.errors[ErrorKind.SOURCE_DATA] += 1
                 self._warnings_at = float("-inf")  # show the condition in the status now
             else:
                 self.stats.resnapshots += 1
@@ -293,12 +311,34 @@ class Pipeline:
             await self._write_sized(changes[offset : offset + size])
         await self._acknowledge(batch)
         self._backoff.reset()
+        now = self.clock()
+        seconds = max(0.0, now - started)
+        self.telemetry.flush_seconds.observe(seconds)
         self._log.debug(
             "batch_flushed",
             transactions=len(batch),
             changes=len(changes),
-            ms=round((self.clock() - started) * 1000, 1),
+            ms=round(seconds * 1000, 1),
         )
+        self._log_progress(len(batch), len(changes), seconds, now)
+
+    def _log_progress(self, transactions: int, changes: int, seconds: float, now: float) -> None:
+        """Log what was flushed lately, once per `progress_log_every` seconds."""
+        self._window.add(transactions, changes, seconds)
+        if now - self._window_logged_at < self.config.progress_log_every:
+            return
+        self._log.info(
+            "sync_progress",
+            **self._window.fields(now),
+            written=self.stats.written,
+            stale=self.stats.stale,
+            dead_lettered=self.stats.dead_lettered,
+            lag_s=round(self.stats.lag(now), 3),
+            buffer=self.buffered,
+            status=self.status,
+        )
+        self._window = ProgressWindow(now)
+        self._window_logged_at = now
 
     async def _write_sized(self, changes: Sequence[Change]) -> None:
         """Write `changes`, halving the request while OpenSearch finds it too large."""
@@ -323,10 +363,16 @@ class Pipeline:
             try:
                 results = await self.sink.write(pending)
             except SinkUnavailable as exc:
+                self._count_bulk(BulkOutcome.UNAVAILABLE)
                 await self._sink_down(str(exc), len(pending), backoff)
                 continue
+            except RequestTooLarge as exc:
+                self._count_bulk(BulkOutcome.TOO_LARGE)
+                self.telemetry.errors[error_kind(exc)] += 1
+                raise
             outcomes = [r.outcome for r in results]
             if self.policy.is_outage(outcomes):
+                self._count_bulk(BulkOutcome.UNAVAILABLE)
                 reason = _first_reason(results)
                 await self._sink_down(
                     f"OpenSearch refused every document of the request: {reason}",
@@ -343,6 +389,7 @@ class Pipeline:
                 decision = self.policy.decide(result.outcome, tries + 1)
                 if decision is Decision.DONE:
                     written.append(change)
+                    self.telemetry.changes[str(change.op)] += 1
                     if result.outcome is Outcome.OK:
                         self.stats.written += 1
                     else:
@@ -352,6 +399,8 @@ class Pipeline:
                     retry_attempts.append(tries + 1)
                 else:
                     rejected.append(Rejected(change, result, tries + 1))
+            self._count_bulk(BulkOutcome.PARTIAL if retry or rejected else BulkOutcome.OK)
+            self.telemetry.errors[ErrorKind.DOCUMENT_TRANSIENT] += len(retry)
             if rejected:
                 await self._dead_letter(rejected)
             if written:
@@ -367,6 +416,11 @@ class Pipeline:
                     error=_first_reason([r for r in results if r.outcome is Outcome.TRANSIENT]),
                 )
                 await asyncio.sleep(delay)
+
+    def _count_bulk(self, outcome: str) -> None:
+        self.telemetry.bulk_requests[outcome] += 1
+        if outcome == BulkOutcome.UNAVAILABLE:
+            self.telemetry.errors[ErrorKind.BULK_REFUSED] += 1
 
     async def _sink_down(self, error: str, holding: int, backoff: Backoff) -> None:
         """Open the circuit breaker: stop reading, hold the batch, wait, try again."""
@@ -405,6 +459,7 @@ class Pipeline:
         # Saved before the checkpoint moves past them: a crash in between replays them.
         await self.dead_letters.put(rejected)
         self.stats.dead_lettered += len(rejected)
+        self.telemetry.errors[ErrorKind.DOCUMENT_REJECTED] += len(rejected)
         for item in rejected:
             self._log.error(
                 "document_dead_lettered",
@@ -464,6 +519,11 @@ class Pipeline:
             await self.source.acknowledge(position)
             await self.store.save_checkpoint(position, source_state)
         now = self.clock()
+        if position is not None:
+            self.telemetry.last_checkpoint_at = now
+        for tx in batch:
+            if tx.kind is TxKind.CHANGES:
+                self.telemetry.commit_latency_seconds.observe(max(0.0, now - tx.commit_time))
         self.stats.last_ack_at = now
         self.stats.oldest_unacked_commit = self._buffer.oldest_commit
         if self.observer is not None:
