@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 from typing import Any
 
 import psycopg
 import pytest
 from django.contrib import messages
+from django.db.models.signals import pre_save
 from django.test import Client
 from django.urls import reverse
 
+from syncer import dsn
 from syncer.models import Subscription
+from tests.support.materialize_double import MaterializeDouble
 
 pytestmark = pytest.mark.django_db
 
@@ -63,6 +67,7 @@ def form_data(subscription: Subscription, **changes: str) -> dict[str, str]:
         "batch_max_age_ms": str(subscription.batch_max_age_ms),
         "backpressure_pause_at": str(subscription.backpressure_pause_at),
         "backpressure_resume_at": str(subscription.backpressure_resume_at),
+        "skip_live_checks": "on",  # h and the tables are made up: tests of the checks omit it
         "_save": "Save",
     }
     if subscription.enabled:
@@ -99,6 +104,35 @@ def test_saving_without_touching_the_dsn_keeps_the_stored_one(admin_client: Clie
     subscription.refresh_from_db()
     assert subscription.source_dsn == SECRET_DSN
     assert subscription.batch_max_size == 250
+
+
+def test_saving_the_form_never_undoes_what_the_worker_or_a_request_wrote_meanwhile(
+    admin_client: Client,
+) -> None:
+    subscription = make(checkpoint=100)
+
+    def worker_writes(sender: Any, instance: Subscription, **kwargs: Any) -> None:
+        # Between the admin reading the row and saving it, the worker moves the
+        # checkpoint and an operator asks for a resync.
+        Subscription.objects.filter(pk=instance.pk).update(
+            checkpoint=500,
+            source_state={"multiset": []},
+            resync_requested_at=dt.datetime.now(dt.UTC),
+        )
+
+    pre_save.connect(worker_writes, sender=Subscription)
+    try:
+        response = admin_client.post(
+            change_url(subscription), form_data(subscription, batch_max_size="250")
+        )
+    finally:
+        pre_save.disconnect(worker_writes, sender=Subscription)
+
+    assert response.status_code == 302
+    subscription.refresh_from_db()
+    assert subscription.batch_max_size == 250
+    assert subscription.checkpoint == 500 and subscription.source_state == {"multiset": []}
+    assert subscription.resync_requested_at is not None
 
 
 def test_typing_a_new_dsn_replaces_the_stored_one(admin_client: Client) -> None:
@@ -355,6 +389,7 @@ def add_data(**changes: str) -> dict[str, str]:
         "batch_max_age_ms": "5000",
         "backpressure_pause_at": "5000",
         "backpressure_resume_at": "2500",
+        "skip_live_checks": "on",  # mz.internal is made up
         "_save": "Save",
     }
     data.update(changes)
@@ -528,3 +563,175 @@ def test_deleting_a_materialize_subscription_drops_no_replication_slot(
 
     assert not Subscription.objects.filter(pk=subscription.pk).exists()
     assert [level for level, _ in shown_messages(response)] == [messages.SUCCESS]
+
+
+# -- saving checks the subscription against the real systems ----------------------------
+
+
+def live(data: dict[str, str]) -> dict[str, str]:
+    """`data` posted without ticking “skip live checks”."""
+    return {k: v for k, v in data.items() if k != "skip_live_checks"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def orders_table(source_conn: psycopg.Connection, table_name: str) -> str:
+    source_conn.execute(f"CREATE TABLE {table_name} (order_id int PRIMARY KEY, total numeric)")
+    return table_name
+
+
+def postgres_data(source_dsn: str, table: str, **changes: str) -> dict[str, str]:
+    data = add_data(
+        source_kind="postgres",
+        source_dsn=source_dsn,
+        relation=table,
+        key_columns="",
+        source_cluster="",
+        source_envelope="diff",
+    )
+    data.update(changes)
+    return live(data)
+
+
+def test_saving_a_subscription_that_the_systems_accept(
+    admin_client: Client, admin_user: Any, source_dsn: str, orders_table: str, opensearch_url: str
+) -> None:
+    response = admin_client.post(ADD_URL, postgres_data(source_dsn, orders_table))
+
+    assert response.status_code == 302
+    saved = Subscription.objects.get(name="orders-search")
+    page = admin_client.get(change_url(saved))
+    assert [e.get_change_message() for e in page.context["recent_changes"]] == ["Added."]
+    assert admin_user.username in page.content.decode().split("Recent changes", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "expected"),
+    [
+        pytest.param(
+            {"relation": "public.no_such_orders"},
+            "relation",
+            "relation public.no_such_orders does not exist in database {db}; create the table "
+            "or fix the relation",
+            id="missing-table",
+        ),
+        pytest.param(
+            {"key_columns": "order_no"},
+            "key_columns",
+            "key column(s) order_no not in public.{table}; its columns are: order_id, total",
+            id="unknown-key-column",
+        ),
+        pytest.param(
+            {"index_name": "Orders"},
+            "index_name",
+            "index name 'Orders' must be lowercase",
+            id="bad-index-name",
+        ),
+    ],
+)
+def test_saving_shows_what_the_source_says_is_wrong_on_its_field(
+    admin_client: Client,
+    source_dsn: str,
+    orders_table: str,
+    opensearch_url: str,
+    changes: dict[str, str],
+    field: str,
+    expected: str,
+) -> None:
+    db = psycopg.conninfo.conninfo_to_dict(source_dsn)["dbname"]
+
+    response = admin_client.post(ADD_URL, postgres_data(source_dsn, orders_table, **changes))
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors == {field: [expected.format(db=db, table=orders_table)]}
+    assert not Subscription.objects.exists()
+
+
+def test_an_unreachable_source_is_a_dsn_error_that_never_shows_the_password(
+    admin_client: Client, opensearch_url: str
+) -> None:
+    port = free_port()
+    data = postgres_data(f"postgresql://orders:typed-s3cret@127.0.0.1:{port}/shop", "orders")
+
+    response = admin_client.post(ADD_URL, data)
+
+    content = response.content.decode()
+    assert response.context["adminform"].form.errors == {
+        "source_dsn": [
+            f"could not connect to 127.0.0.1:{port}: connection refused; check host and port"
+        ]
+    }
+    assert "typed-s3cret" not in content
+    assert f'value="postgresql://orders:***@127.0.0.1:{port}/shop"' in content
+    assert not Subscription.objects.exists()
+
+
+def test_editing_a_subscription_whose_source_is_down_needs_skip_live_checks(
+    admin_client: Client, opensearch_url: str
+) -> None:
+    subscription = make(source_dsn=f"postgresql://u:s3cret@127.0.0.1:{free_port()}/db")
+    shown = dsn.redact(subscription.source_dsn)
+
+    refused = admin_client.post(
+        change_url(subscription),
+        live(form_data(subscription, source_dsn=shown, batch_max_size="250")),
+    )
+    skipped = admin_client.post(
+        change_url(subscription), form_data(subscription, source_dsn=shown, batch_max_size="250")
+    )
+
+    assert list(refused.context["adminform"].form.errors) == ["source_dsn"]
+    assert "s3cret" not in refused.content.decode()
+    assert skipped.status_code == 302
+    subscription.refresh_from_db()
+    assert subscription.batch_max_size == 250
+    assert subscription.source_dsn.startswith("postgresql://u:s3cret@")
+
+
+def test_an_unreachable_opensearch_is_an_index_error(
+    admin_client: Client, source_dsn: str, orders_table: str, settings: Any
+) -> None:
+    settings.OPENSEARCH_URL = f"http://127.0.0.1:{free_port()}"
+
+    response = admin_client.post(ADD_URL, postgres_data(source_dsn, orders_table))
+
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["index_name"]
+    assert "is unreachable, so the index cannot be checked" in errors["index_name"][0]
+
+
+def test_the_form_offers_to_skip_live_checks_unticked(admin_client: Client) -> None:
+    page = admin_client.get(ADD_URL)
+
+    checkbox = str(page.context["adminform"].form["skip_live_checks"])
+    assert 'name="skip_live_checks"' in checkbox
+    assert "checked" not in checkbox
+
+
+def test_a_materialize_subscription_is_checked_against_the_double(
+    admin_client: Client, opensearch_url: str
+) -> None:
+    with MaterializeDouble("orders_search_source_mv") as mz:
+        mz_dsn = mz.dsn.replace("postgresql://materialize@", "postgresql://mz:mz-s3cret@", 1)
+        base = live(add_data(source_dsn=mz_dsn, relation="orders_search_source_mv"))
+        wrong_cluster = admin_client.post(ADD_URL, {**base, "source_cluster": "bulk"})
+        wrong_key = admin_client.post(ADD_URL, {**base, "key_columns": "id"})
+        accepted = admin_client.post(ADD_URL, base)
+
+    assert list(wrong_cluster.context["adminform"].form.errors) == ["source_cluster"]
+    assert wrong_key.context["adminform"].form.errors == {
+        "key_columns": [
+            "key column(s) id not in orders_search_source_mv; its columns are: order_id, "
+            "customer, total"
+        ]
+    }
+    for page in (wrong_cluster, wrong_key):
+        assert "mz-s3cret" not in page.content.decode()
+    assert accepted.status_code == 302
+    assert Subscription.objects.get(name="orders-search").source_cluster == "serving"
