@@ -1,0 +1,28 @@
+"""The REST API (django-ninja), mounted at /api/ with its OpenAPI schema at /api/docs.
+
+Automation does what the admin does: subscriptions, their control, the dead-letter
+queue, health and readiness. Every endpoint but /api/health needs a staff session or
+an API token (see auth.py).
+"""
+
+from __future__ import annotations
+
+from ninja import NinjaAPI
+
+from console.api import dead_letters, errors, health, subscriptions
+from console.api.auth import authenticators
+
+api = NinjaAPI(
+    title="searchsync",
+    version="1",
+    description="Subscriptions, their control, the dead-letter queue, health and readiness. "
+    "Authenticate with `Authorization: Bearer <API token>` (created in the admin or with "
+    "`manage.py createapitoken`), or a staff session with its CSRF token.",
+    auth=authenticators(),
+    urls_namespace="api",
+)
+errors.install(api)
+api.add_router("/subscriptions", subscriptions.router)
+api.add_router("/dlq", dead_letters.router)
+api.add_router("", health.router)
+api.add_router("", errors.unknown_endpoints)

@@ -1,0 +1,208 @@
+"""`/api/dlq`: list, read, count, retry and purge dead letters through `syncer.dlq`.
+
+The list is newest first with a cursor (the last entry's first_failed_at and id), so
+paging stays stable while the worker adds entries: new ones sort before the first page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja import Field, Query, Router, Schema
+
+from console.api.errors import FieldErrors, NotFound
+from console.api.schemas import (
+    DeadLetterOut,
+    DeadLetterPage,
+    PurgeIn,
+    PurgeOut,
+    RetryIn,
+    RetryOut,
+    StatsOut,
+    dead_letter_out,
+    retry_outcome,
+)
+from syncer import dlq
+from syncer.models import DeadLetter
+
+router = Router(tags=["dead letters"])
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+class ListFilters(Schema):
+    subscription: str | None = Field(None, description="Only this subscription's entries.")
+    action: DeadLetter.Action | None = Field(None, description="index or delete.")
+    error_type: str | None = Field(None, description="e.g. mapper_parsing_exception.")
+    older_than: str | None = Field(None, description="First failed at least this long ago: 7d.")
+    newer_than: str | None = Field(None, description="First failed less than this long ago: 1h.")
+    cursor: str | None = Field(None, description="`next_cursor` of the previous page.")
+    limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+
+
+def _age(field: str, text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        age = dlq.parse_age(text)
+        timezone.now() - age  # an age reaching before year 1 cannot be used
+    except ValueError as exc:
+        raise FieldErrors([(field, str(exc))]) from None
+    except OverflowError:
+        raise FieldErrors([(field, f"{text!r} is too long ago; use a smaller age")]) from None
+    return age
+
+
+def _encode_cursor(entry: DeadLetter) -> str:
+    raw = json.dumps([entry.first_failed_at.isoformat(), entry.pk]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, pk = json.loads(raw)
+        position = (datetime.fromisoformat(when), int(pk))
+    except (binascii.Error, ValueError, TypeError, OverflowError):
+        raise FieldErrors(
+            [("cursor", "not a cursor this API gave; pass next_cursor of the previous page")]
+        ) from None
+    if position[0].tzinfo is None:
+        raise FieldErrors([("cursor", "not a cursor this API gave")])
+    return position
+
+
+def _selected(filters: ListFilters) -> QuerySet[DeadLetter]:
+    older_than = _age("older_than", filters.older_than)
+    newer_than = _age("newer_than", filters.newer_than)
+    _check_text("subscription", filters.subscription)
+    entries = dlq.Selection(subscription=filters.subscription, older_than=older_than).queryset()
+    if filters.action is not None:
+        entries = entries.filter(action=filters.action)
+    if filters.error_type is not None:
+        _check_text("error_type", filters.error_type)
+        entries = entries.filter(error_type=filters.error_type)
+    if newer_than is not None:
+        entries = entries.filter(first_failed_at__gt=timezone.now() - newer_than)
+    return entries
+
+
+def _check_text(field: str, value: str | None) -> None:
+    if value is not None and "\x00" in value:  # PostgreSQL cannot even be asked
+        raise FieldErrors([(field, "contains a NUL character (\\x00); remove it")])
+
+
+@router.get("", response=DeadLetterPage, summary="List dead letters")
+def list_dead_letters(request: HttpRequest, filters: Query[ListFilters]) -> dict[str, Any]:
+    """Newest first, `limit` at a time; filters combine with AND."""
+    entries = _selected(filters)
+    if filters.cursor is not None:
+        when, pk = _decode_cursor(filters.cursor)
+        entries = entries.filter(Q(first_failed_at__lt=when) | Q(first_failed_at=when, pk__lt=pk))
+    page = list(
+        entries.select_related("subscription")
+        .defer("payload")
+        .order_by("-first_failed_at", "-pk")[: filters.limit + 1]
+    )
+    more = len(page) > filters.limit
+    page = page[: filters.limit]
+    return {
+        "items": [dead_letter_out(entry) for entry in page],
+        "next_cursor": _encode_cursor(page[-1]) if more else None,
+    }
+
+
+@router.get("/stats", response=StatsOut, summary="Count dead letters")
+def dead_letter_stats(
+    request: HttpRequest,
+    subscription: Query[str | None] = None,
+    older_than: Query[str | None] = None,
+) -> dict[str, Any]:
+    """Counts per subscription and error type, and the oldest entry."""
+    _check_text("subscription", subscription)
+    stats = dlq.stats(
+        dlq.Selection(subscription=subscription, older_than=_age("older_than", older_than))
+    )
+    return {
+        "total": stats.total,
+        "by_subscription": stats.by_subscription(),
+        "by_error_type": [
+            {
+                "subscription": row.subscription,
+                "error_type": row.error_type,
+                "count": row.count,
+                "oldest": row.oldest,
+                "newest": row.newest,
+            }
+            for row in stats.rows
+        ],
+        "oldest": None if stats.oldest is None else dead_letter_out(stats.oldest),
+    }
+
+
+@router.get("/{int:entry_id}", response=DeadLetterOut, summary="Read a dead letter")
+def get_dead_letter(request: HttpRequest, entry_id: int) -> dict[str, Any]:
+    entry = DeadLetter.objects.select_related("subscription").filter(pk=entry_id).first()
+    if entry is None:
+        raise NotFound(f"no dead letter with id {entry_id}")
+    return dead_letter_out(entry, payload=True)
+
+
+def _selection(body: RetryIn | PurgeIn) -> dlq.Selection:
+    _check_text("subscription", body.subscription)
+    selection = dlq.Selection(
+        ids=body.ids, subscription=body.subscription, older_than=_age("older_than", body.older_than)
+    )
+    selection.queryset()  # an unknown subscription is a 404 before anything is done
+    return selection
+
+
+@router.post("/retry", response=RetryOut, summary="Retry dead letters")
+def retry_dead_letters(request: HttpRequest, payload: RetryIn) -> dict[str, Any]:
+    """Resubmit the entries with their original versions; counts as the admin gives them."""
+    selection = _selection(payload)
+    selected = dlq.count(selection, payload.limit)
+    if payload.dry_run:
+        return {
+            "dry_run": True,
+            "selected": selected,
+            **retry_outcome(dlq.RetryReport()),
+            "message": f"would retry {selected} ({selection.describe()}); nothing was sent",
+        }
+    report = dlq.retry(selection, payload.limit)
+    return {"dry_run": False, "selected": selected, **retry_outcome(report)}
+
+
+@router.post("/purge", response=PurgeOut, summary="Purge dead letters")
+def purge_dead_letters(request: HttpRequest, payload: PurgeIn) -> dict[str, Any]:
+    """Delete the entries; without ids, subscription or age, `all: true` is required."""
+    if payload.ids is None and not (payload.subscription or payload.older_than or payload.all):
+        raise FieldErrors(
+            [
+                (
+                    "all",
+                    "say which entries: ids, subscription, older_than, or all: true for every one",
+                )
+            ]
+        )
+    selection = _selection(payload)
+    selected = dlq.count(selection, payload.limit)
+    if payload.dry_run:
+        message = f"would purge {selected} ({selection.describe()}); nothing was deleted"
+        return {"dry_run": True, "selected": selected, "purged": 0, "message": message}
+    purged = dlq.purge(selection, payload.limit)
+    plural = "s" if purged != 1 else ""
+    return {
+        "dry_run": False,
+        "selected": selected,
+        "purged": purged,
+        "message": f"purged {purged} dead letter{plural}",
+    }

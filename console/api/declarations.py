@@ -1,0 +1,92 @@
+"""Subscriptions as the API receives them: the shape of one entry of a subscriptions file.
+
+A POST body is one entry; a PATCH body is the part of an entry to change, merged into
+the subscription's current declaration. Either way the result goes through
+`syncer.config_file.parse`, so the API accepts exactly what `manage.py subscriptions
+apply` accepts, with the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from console.api.errors import FieldErrors
+from syncer import config_file
+from syncer.models import Subscription
+from syncer.services import SubscriptionSpec
+
+_SECTIONS = ("source", "index", "batch", "backpressure")
+_MATERIALIZE_ONLY = ("cluster", "envelope")
+
+# --- adapter (syncer.config_file reports errors as text only) ---------------------------
+# Each error reads `<label>: <field path>: <message>`; the label names the entry
+# (`subscription 'orders'` or `subscriptions[0]`). A ConfigFileError carrying
+# (path, message) pairs would make this parsing unnecessary.
+_LABEL = re.compile(r"^(?:subscription '[^']*'|subscriptions\[\d+\]|request\.json): ")
+_TOP_LEVEL = ("name", "enabled", "snapshot", *_SECTIONS)
+
+
+def _split_error(text: str) -> tuple[str, str]:
+    """`subscription 'x': source.relation: msg` -> ("source.relation", "msg")."""
+    text = _LABEL.sub("", text, count=1)
+    path, sep, message = text.partition(": ")
+    head = re.split(r"[.\[]", path, maxsplit=1)[0]
+    if sep and head in _TOP_LEVEL:
+        return path, message
+    return "(body)", text
+
+
+# -----------------------------------------------------------------------------------------
+
+
+def to_spec(entry: dict[str, Any]) -> SubscriptionSpec:
+    """Check one declared subscription as `subscriptions apply` does; raise FieldErrors."""
+    text = json.dumps({"subscriptions": [entry]}, ensure_ascii=False)
+    try:
+        (spec,) = config_file.parse(text, filename="request.json")
+    except config_file.ConfigFileError as exc:
+        raise FieldErrors([_split_error(error) for error in exc.errors]) from None
+    return spec
+
+
+def declaration_of(subscription: Subscription) -> dict[str, Any]:
+    """The subscription's current declaration, DSN included as stored (never shown)."""
+    entry: dict[str, Any] = {}
+    postgres = subscription.source_kind == Subscription.SourceKind.POSTGRES
+    for field, path in config_file.FIELD_PATHS.items():
+        if postgres and path[0] == "source" and path[-1] in _MATERIALIZE_ONLY:
+            continue  # a postgres source must not name them at all
+        target = entry
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = getattr(subscription, field)
+    return entry
+
+
+def merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`current` with `patch` applied: sections merge key by key, null resets to the default.
+
+    Turning a source into a postgres one drops the Materialize-only options it had.
+    """
+    merged = {
+        key: dict(value) if isinstance(value, dict) else value for key, value in current.items()
+    }
+    for key, value in patch.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            section = merged.setdefault(key, {})
+            if key == "source" and value.get("kind") == Subscription.SourceKind.POSTGRES:
+                for option in _MATERIALIZE_ONLY:
+                    if option not in value:
+                        section.pop(option, None)
+            for name, item in value.items():
+                if item is None:
+                    section.pop(name, None)
+                else:
+                    section[name] = item
+        elif value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,158 @@
+"""The API's errors: every failure is JSON with a `detail`, never a stack trace.
+
+- 401 no or invalid credentials, 403 not allowed (read-only token, non-staff user, CSRF),
+- 404 no such subscription or dead letter, 409 a name already taken,
+- 422 field errors: `errors` lists `{"field": "source.relation", "message": ...}`, with
+  the field named as in a subscriptions file (or the query parameter's name),
+- 503 OpenSearch refused a retry as a whole, 500 anything unexpected (logged with an id
+  the response gives, so an operator can find it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI, Router
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.responses import NinjaJSONEncoder
+
+from syncer import dlq
+from syncer.logconfig import redact
+
+log = structlog.get_logger(__name__)
+
+_MAX_DETAIL = 500
+_NO_CREDENTIALS = (
+    "authentication required: send Authorization: Bearer <API token>, or log in to the "
+    "admin as a staff user"
+)
+
+
+class Conflict(HttpError):
+    def __init__(self, message: str) -> None:
+        super().__init__(409, message)
+
+
+class NotFound(HttpError):
+    def __init__(self, message: str) -> None:
+        super().__init__(404, message)
+
+
+class FieldErrors(Exception):
+    """Request values that cannot be used; each error is (field path, message)."""
+
+    def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"{field}: {message}" for field, message in self.errors))
+
+
+# Mounted last: any other path under /api/ is a JSON 404 rather than Django's HTML page.
+unknown_endpoints = Router()
+
+
+@unknown_endpoints.api_operation(
+    ["GET", "POST", "PUT", "PATCH", "DELETE"], "/{path:rest}", auth=None, include_in_schema=False
+)
+def unknown_endpoint(request: HttpRequest, rest: str) -> HttpResponse:
+    return respond(404, {"detail": f"no such endpoint: {request.path}; see /api/docs"})
+
+
+def install(api: NinjaAPI) -> None:
+    """Register the JSON error handlers on `api`."""
+    api.exception_handler(HttpError)(_http_error)
+    api.exception_handler(Http404)(_not_found)
+    api.exception_handler(ValidationError)(_invalid_request)
+    api.exception_handler(FieldErrors)(_field_errors)
+    api.exception_handler(dlq.UnknownSubscription)(_unknown_subscription)
+    api.exception_handler(dlq.RetryAborted)(_retry_aborted)
+    api.exception_handler(Exception)(_unexpected)
+
+
+def respond(status: int, body: dict[str, Any]) -> HttpResponse:
+    return JsonResponse(body, status=status, encoder=NinjaJSONEncoder)
+
+
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if not isinstance(exc, AuthenticationError):
+        return respond(exc.status_code, {"detail": str(exc)})
+    detail = str(exc)
+    if detail == AuthenticationError().message:  # ninja's bare default: no credentials at all
+        detail = _NO_CREDENTIALS
+    response = respond(exc.status_code, {"detail": detail})
+    response["WWW-Authenticate"] = 'Bearer realm="searchsync"'
+    return response
+
+
+def _not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return respond(404, {"detail": "not found"})
+
+
+def _unknown_subscription(request: HttpRequest, exc: dlq.UnknownSubscription) -> HttpResponse:
+    return respond(404, {"detail": _short(str(exc))})
+
+
+def _field_errors(request: HttpRequest, exc: FieldErrors) -> HttpResponse:
+    return _unprocessable(exc.errors)
+
+
+def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    """ninja's own validation errors, with the field named like the rest of the API's."""
+    errors = []
+    for error in exc.errors:
+        loc = list(error.get("loc", ()))
+        if loc[:1] == ["body"]:
+            loc = loc[2:]  # ("body", <parameter name>, ...): the body is the parameter
+        else:
+            loc = loc[1:]  # ("query" | "path", name, ...)
+        errors.append((field_path(loc) or "(body)", str(error.get("msg", "invalid"))))
+    return _unprocessable(errors)
+
+
+def _unprocessable(errors: Sequence[tuple[str, str]]) -> HttpResponse:
+    listed = [{"field": field, "message": redact(message)} for field, message in errors]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in listed)
+    return respond(422, {"detail": _short(detail), "errors": listed})
+
+
+def _retry_aborted(request: HttpRequest, exc: dlq.RetryAborted) -> HttpResponse:
+    from console.api.schemas import retry_outcome
+
+    cause = exc.__cause__ or exc
+    detail = (
+        f"retry stopped: {cause}. The other entries are kept; retry them when OpenSearch is back."
+    )
+    return respond(503, {"detail": _short(redact(detail)), "done": retry_outcome(exc.report)})
+
+
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    error_id = uuid.uuid4().hex[:12]
+    log.error(
+        "api_unexpected_error",
+        error_id=error_id,
+        method=request.method,
+        path=request.path,
+        exc_info=exc,
+    )
+    return respond(
+        500,
+        {"detail": f"internal error; the console's log has the details under error_id {error_id}"},
+    )
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """("source", "relation") -> source.relation; list positions as [i]."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"

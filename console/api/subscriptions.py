@@ -1,0 +1,182 @@
+"""`/api/subscriptions`: read, create, change, delete, pause, resume and resync.
+
+Thin over `syncer.services` (apply, delete) and `syncer.control` (pause, resume,
+resync); each change is written to the admin's history for the acting user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+from ninja import Query, Router, Status
+
+from console.api import audit, declarations
+from console.api.auth import caller
+from console.api.errors import Conflict, NotFound
+from console.api.schemas import (
+    ChangedOut,
+    ControlOut,
+    DeletedOut,
+    ResyncIn,
+    SubscriptionIn,
+    SubscriptionOut,
+    SubscriptionPatch,
+    subscription_out,
+)
+from syncer import control, services
+from syncer.config_file import FIELD_LABELS
+from syncer.control import ControlResult
+from syncer.models import Subscription
+
+router = Router(tags=["subscriptions"])
+
+
+def _with_counts() -> QuerySet[Subscription]:
+    return Subscription.objects.annotate(dead_letter_count=Count("dead_letters"))
+
+
+def _get(name: str) -> Subscription:
+    found = _with_counts().filter(name=name).first() if "\x00" not in name else None
+    if found is None:
+        raise NotFound(f"no subscription named {name!r}")
+    return found
+
+
+def _locked(name: str) -> Subscription:
+    """The subscription, its row locked until the transaction ends (call inside atomic)."""
+    if "\x00" in name:  # PostgreSQL cannot even be asked
+        raise NotFound(f"no subscription named {name!r}")
+    found = Subscription.objects.select_for_update().filter(name=name).first()
+    if found is None:
+        raise NotFound(f"no subscription named {name!r}")
+    return found
+
+
+def _out(subscription: Subscription) -> dict[str, Any]:
+    count = getattr(subscription, "dead_letter_count", None)
+    if count is None:
+        count = subscription.dead_letters.count()
+    return subscription_out(subscription, count)
+
+
+@router.get("", response=list[SubscriptionOut], summary="List subscriptions")
+def list_subscriptions(
+    request: HttpRequest,
+    status: Query[str | None] = None,
+) -> list[dict[str, Any]]:
+    """Every subscription with its status, lag and dead-letter count; optionally one status."""
+    found = _with_counts().order_by("name")
+    if status:
+        # No status holds a NUL, and PostgreSQL could not even be asked about one.
+        found = found.filter(status=status) if "\x00" not in status else found.none()
+    return [_out(s) for s in found]
+
+
+@router.post("", response={201: SubscriptionOut}, summary="Create a subscription")
+def create_subscription(request: HttpRequest, payload: SubscriptionIn) -> Status[Any]:
+    """Validated as `manage.py subscriptions apply` validates a file's entry."""
+    spec = declarations.to_spec(payload.model_dump(exclude_unset=True))
+    taken = Conflict(
+        f"a subscription named {spec.name!r} already exists; "
+        f"PATCH /api/subscriptions/{spec.name} to change it"
+    )
+    try:
+        with transaction.atomic():
+            if Subscription.objects.filter(name=spec.name).exists():
+                raise taken
+            report = services.apply_subscriptions([spec])
+            if report.outcomes[0].action != services.Action.CREATED:
+                raise taken  # created by someone else meanwhile: undo our update
+            subscription = _get(spec.name)
+            audit.record(caller(request), subscription, audit.ADDITION, "Created")
+    except IntegrityError:
+        raise taken from None
+    return Status(201, _out(subscription))
+
+
+@router.get("/{name}", response=SubscriptionOut, summary="Read a subscription")
+def get_subscription(request: HttpRequest, name: str) -> dict[str, Any]:
+    return _out(_get(name))
+
+
+@router.patch("/{name}", response=ChangedOut, summary="Change a subscription")
+def patch_subscription(
+    request: HttpRequest, name: str, payload: SubscriptionPatch
+) -> dict[str, Any]:
+    """Change the given fields; the result is validated like a subscriptions file entry."""
+    with transaction.atomic():
+        current = _locked(name)
+        entry = declarations.merge(
+            declarations.declaration_of(current), payload.model_dump(exclude_unset=True)
+        )
+        spec = declarations.to_spec(entry)
+        outcome = services.apply_subscriptions([spec]).outcomes[0]
+        changes = [
+            {"field": FIELD_LABELS.get(c.field, c.field), "old": c.old, "new": c.new}
+            for c in outcome.changes
+        ]
+        if changes:
+            changed = ", ".join(f"{c['field']} ({c['old']} → {c['new']})" for c in changes)
+            audit.record(caller(request), current, audit.CHANGE, f"Changed {changed}")
+    return {
+        "subscription": _out(_get(name)),
+        "changed": bool(changes),
+        "changes": changes,
+    }
+
+
+@router.delete("/{name}", response=DeletedOut, summary="Delete a subscription")
+def delete_subscription(request: HttpRequest, name: str) -> dict[str, Any]:
+    """Delete it; a PostgreSQL source's slot and publication are dropped (or the warning
+    says what to drop by hand)."""
+    with transaction.atomic():
+        subscription = _locked(name)
+        audit.record(caller(request), subscription, audit.DELETION, "Deleted")
+        warning = services.delete_subscription(subscription)
+    return {"name": name, "deleted": True, "warning": warning}
+
+
+def _control_out(result: ControlResult, subscription: Subscription) -> dict[str, Any]:
+    return {
+        "subscription": result.subscription,
+        "action": result.action,
+        "changed": result.changed,
+        "message": result.message,
+        "paused": subscription.paused,
+        "resync_requested_at": subscription.resync_requested_at,
+        "resync_mode": subscription.resync_mode,
+    }
+
+
+def _control(
+    request: HttpRequest, name: str, result_of: Callable[[Subscription], ControlResult]
+) -> dict[str, Any]:
+    with transaction.atomic():
+        subscription = _locked(name)
+        result = result_of(subscription)
+        if result.changed:
+            message = result.message[:1].upper() + result.message[1:]
+            audit.record(caller(request), subscription, audit.CHANGE, message)
+    return _control_out(result, subscription)
+
+
+@router.post("/{name}/pause", response=ControlOut, summary="Pause a subscription")
+def pause(request: HttpRequest, name: str) -> dict[str, Any]:
+    """Its worker stops reading and keeps the checkpoint; `changed` is false if it was paused."""
+    return _control(request, name, control.pause)
+
+
+@router.post("/{name}/resume", response=ControlOut, summary="Resume a subscription")
+def resume(request: HttpRequest, name: str) -> dict[str, Any]:
+    return _control(request, name, control.resume)
+
+
+@router.post("/{name}/resync", response=ControlOut, summary="Resync a subscription")
+def resync(request: HttpRequest, name: str, payload: ResyncIn | None = None) -> dict[str, Any]:
+    """Copy the source into the index again (in_place, the default) or into a new index."""
+    mode = payload.mode if payload is not None else Subscription.ResyncMode.IN_PLACE
+    return _control(request, name, lambda s: control.resync(s, mode))
