@@ -86,7 +86,6 @@ class MaterializeSource:
         self._progressed_at: float | None = None
         self._notices: list[SourceNotice] = []
         self._log = log.bind(subscription=config.name)
-        self.resnapshots = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -168,7 +167,6 @@ class MaterializeSource:
 
     async def _resnapshot(self, exc: SyncError) -> None:
         """Materialize no longer holds the resume time: copy everything again."""
-        self.resnapshots += 1
         reason = describe(exc.__cause__ or exc)
         message = (
             f"Materialize could not resume {self.config.relation} at {self._as_of} ({reason}); "
