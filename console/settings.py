@@ -41,6 +41,9 @@ SECRET_KEY = os.environ.get("SECRET_KEY") or "searchsync-insecure-local-key-set-
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
 
 INSTALLED_APPS = [
+    # daphne's runserver serves the websockets of the live monitor in development.
+    "daphne",
+    "channels",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -106,6 +109,15 @@ OPENSEARCH_VERIFY_CERTS = _env_bool("OPENSEARCH_VERIFY_CERTS", True)
 # Channels layer between the worker and the web process (used by the live monitor).
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# The live monitor: the worker publishes on this layer, the web process relays to browsers.
+ASGI_APPLICATION = "console.asgi.application"
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
+    }
+}
+
 # Worker tuning; syncer.conf reads these lazily, with the defaults documented there.
 SYNCER_SHUTDOWN_TIMEOUT = _env_number("SYNCER_SHUTDOWN_TIMEOUT", 30)
 SYNCER_POLL_INTERVAL = _env_number("SYNCER_POLL_INTERVAL", 0.1)
@@ -119,6 +131,8 @@ SYNCER_CONTROL_INTERVAL = _env_number("SYNCER_CONTROL_INTERVAL", 1)
 SYNCER_HEARTBEAT_INTERVAL = _env_number("SYNCER_HEARTBEAT_INTERVAL", 2)
 SYNCER_STATS_INTERVAL = _env_number("SYNCER_STATS_INTERVAL", 2)
 SYNCER_STALL_AFTER = _env_number("SYNCER_STALL_AFTER", 60)
+SYNCER_LIVE_EVENTS_PER_SECOND = int(_env_number("SYNCER_LIVE_EVENTS_PER_SECOND", 200))
+SYNCER_LIVE_QUEUE_SIZE = int(_env_number("SYNCER_LIVE_QUEUE_SIZE", 10000))
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
