@@ -72,3 +72,21 @@ def worker() -> WorkerSettings:
         stats_interval=float(getattr(settings, "SYNCER_STATS_INTERVAL", 2.0)),
         stall_after=float(getattr(settings, "SYNCER_STALL_AFTER", 60.0)),
     )
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    events_per_second: int
+    """Individual events per second per subscription on the live monitor; beyond, a summary."""
+    queue_size: int
+    """Events the worker holds for the monitor before dropping (counted) instead of waiting."""
+    send_timeout: float
+    """Seconds a send to the channel layer (Redis) may take before it counts as failed."""
+
+
+def live() -> LiveSettings:
+    return LiveSettings(
+        events_per_second=int(getattr(settings, "SYNCER_LIVE_EVENTS_PER_SECOND", 200)),
+        queue_size=int(getattr(settings, "SYNCER_LIVE_QUEUE_SIZE", 10000)),
+        send_timeout=float(getattr(settings, "SYNCER_LIVE_SEND_TIMEOUT", 1.0)),
+    )

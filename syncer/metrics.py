@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any
 
 import structlog
 from django.db import DatabaseError, connection
@@ -286,15 +287,41 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
+class LiveCollector(Collector):
+    """The live monitor's publisher: what it sent, summarised and lost (best effort)."""
+
+    _COUNTERS = (
+        ("published", "Live events sent to the monitor one by one."),
+        ("dropped", "Live events summarised instead (rate limit or full queue)."),
+        ("send_failures", "Sends to the Channels layer (Redis) that failed or timed out."),
+        ("lost", "Live events not sent because the Channels layer was unreachable."),
+    )
+
+    def __init__(self, publisher: Callable[[], Any]) -> None:
+        self._publisher = publisher
+
+    def collect(self) -> Iterator[Metric]:
+        publisher = self._publisher()
+        if publisher is None:
+            return
+        for name, help_text in self._COUNTERS:
+            family = CounterMetricFamily(f"searchsync_live_events_{name}", help_text)
+            family.add_metric([], float(getattr(publisher, name)))
+            yield family
+
+
 def registry_for(
     pipelines: Pipelines,
     count_dead_letters: Callable[[Collection[str]], dict[str, int]] = dead_letter_counts,
+    live: Callable[[], Any] | None = None,
 ) -> CollectorRegistry:
-    """A registry of the pipelines' metrics, their dead-letter queues' sizes, and the
-    worker process's own (CPU, memory, start time)."""
+    """A registry of the pipelines' metrics, their dead-letter queues' sizes, the live
+    publisher's counters, and the worker process's own (CPU, memory, start time)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipelines))
     registry.register(DeadLetterQueueCollector(pipelines, count_dead_letters))
+    if live is not None:
+        registry.register(LiveCollector(live))
     ProcessCollector(registry=registry)
     return registry
 
@@ -305,6 +332,7 @@ def serve(
     *,
     stall_after: float | None = None,
     worker_ready: Callable[[], str | None] | None = None,
+    live: Callable[[], Any] | None = None,
 ) -> Callable[[], None]:
     """Serve /health, /ready and /metrics on `port` (all interfaces); return a stopper.
 
@@ -315,7 +343,7 @@ def serve(
     return worker_http.serve(
         port,
         pipelines,
-        registry_for(pipelines),
+        registry_for(pipelines, live=live),
         stall_after=stall_after,
         worker_ready=worker_ready,
     )

@@ -10,8 +10,10 @@ take its subscriptions within a few control intervals. If this worker's lock
 connection fails it owns nothing any more and stops every pipeline at once.
 
 Beside it: the heartbeat (a WorkerHeartbeat row every 2 s), the figures the admin
-shows (lag, staleness, throughput on each Subscription row every 2 s), and the
-periodic dead-letter retry. On stop, pipelines get `shutdown_timeout` seconds to
+shows (lag, staleness, throughput on each Subscription row every 2 s), the live
+monitor's feed (`syncer.live.publisher`: each pipeline's events, and once a second a
+snapshot per subscription and a heartbeat on the channel layer), and the periodic
+dead-letter retry. On stop, pipelines get `shutdown_timeout` seconds to
 flush and checkpoint.
 """
 
@@ -25,14 +27,19 @@ from typing import TypeVar
 
 import structlog
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.db import connections
+from django.db.models import Count
 from django.utils import timezone
 
 from syncer import conf, dlq, metrics, worker_state
 from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig, sleep_unless_stopped
+from syncer.live.messages import SnapshotMessage
+from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from syncer.ownership import Ownership, OwnershipLost
+from syncer.positions import format_position
 from syncer.sink_config import sink_config
 from syncer.sinks.opensearch import OpenSearchSink
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
@@ -149,6 +156,7 @@ class Runner:
         metrics_port: int | None = None,
         *,
         names: Sequence[str] | None = None,
+        live: bool = True,
     ) -> None:
         if names is None and subscriptions is not None:
             names = [sub.name for sub in subscriptions]
@@ -156,7 +164,10 @@ class Runner:
         self.shutdown_timeout = shutdown_timeout
         self.dlq_retry_every = dlq_retry_every
         self.metrics_port = metrics_port
+        self.live = live
         self.worker_id = worker_state.new_worker_id()
+        self.publisher: LivePublisher | None = None
+        """The live monitor's feed, while the worker runs (None with live off)."""
         self.ownership = Ownership(self.worker_id)
         self.pipelines: dict[str, Pipeline] = {}
         """The pipelines running now, by subscription name (metrics read it)."""
@@ -187,6 +198,7 @@ class Runner:
                     lambda: self.pipelines,
                     stall_after=conf.worker().stall_after,
                     worker_ready=self._not_ready_reason,
+                    live=lambda: self.publisher,
                 )
             except OSError as exc:
                 raise MetricsPortUnavailable(
@@ -207,6 +219,8 @@ class Runner:
     async def _run(self, stop: asyncio.Event) -> bool:
         started_at = timezone.now()
         log.info("worker_started", worker=self.worker_id, only=self.names)
+        live_stop = asyncio.Event()
+        publishing = self._start_live(live_stop)
         await self._control_once()  # start what we can at once, not a second later
         await self._settle()
         helpers = [
@@ -216,12 +230,15 @@ class Runner:
         ]
         if self.dlq_retry_every:
             helpers.append(asyncio.create_task(self._retry_dead_letters(self.dlq_retry_every)))
+        if self.publisher is not None:
+            helpers.append(asyncio.create_task(self._feed_live(self.publisher), name="live"))
         await stop.wait()
         for helper in helpers:
             helper.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         log.info("worker_stopping", timeout_s=self.shutdown_timeout)
         flushed = await self._stop_all()
+        await self._stop_live(publishing, live_stop)
         await self._quietly(lambda: worker_state.remove_heartbeat(self.worker_id))
         if flushed:
             log.info("worker_stopped")
@@ -293,12 +310,25 @@ class Runner:
         for sub_id in await self.ownership.try_acquire(free):
             self._start(wanted[sub_id])
 
+    def _build(
+        self,
+        sub: Subscription,
+        *,
+        index: str | None = None,
+        on_resync_copied: Callable[[], Awaitable[None]] | None = None,
+    ) -> Pipeline:
+        """`build_pipeline`, observed by the live publisher when there is one."""
+        observer = None
+        if self.publisher is not None:
+            observer = self.publisher.observer(sub.name, sub.source_kind)
+        return build_pipeline(sub, observer, index=index, on_resync_copied=on_resync_copied)
+
     def _start(self, row: worker_state.ControlRow) -> None:
         supervisor = Supervisor(
             row.id,
             row.name,
             row.version,
-            build=build_pipeline,
+            build=self._build,
             running=self.pipelines,
             worker_stop=self._stop,
             shutdown_timeout=self.shutdown_timeout,
@@ -326,6 +356,8 @@ class Runner:
                 )
             await self._quietly(lambda: worker_state.disown([sub_id], self.worker_id))  # noqa: B023
             await self.ownership.release(sub_id)
+            if self.publisher is not None:
+                self.publisher.forget(supervisor.name)
             log.info(
                 "subscription_released", subscription=supervisor.name, reason=supervisor.leaving
             )
@@ -367,17 +399,11 @@ class Runner:
         now = time.time()
         figures = []
         for sub_id, supervisor in list(self.supervisors.items()):
-            name, pipeline = supervisor.name, supervisor.pipeline
+            pipeline = supervisor.pipeline
             if pipeline is None:
                 continue  # paused, or between two runs
-            known = self._throughput.get(name)
-            if known is None or known[0] is not pipeline:
-                known = (pipeline, Throughput())
-                known[1].add(supervisor.pipeline_started_at, 0)
-                self._throughput[name] = known
-            stats = pipeline.stats
-            known[1].add(now, stats.written + stats.stale + stats.dead_lettered)
-            figures.append((sub_id, stats.lag(now), pipeline.staleness(now), known[1].rate()))
+            rate = self._rate(supervisor, pipeline, now)
+            figures.append((sub_id, pipeline.stats.lag(now), pipeline.staleness(now), rate))
         for gone in set(self._throughput) - set(self.pipelines):
             del self._throughput[gone]
 
@@ -387,6 +413,99 @@ class Runner:
 
         if figures:
             await self._quietly(publish)
+
+    def _rate(self, supervisor: Supervisor, pipeline: Pipeline, now: float) -> float | None:
+        """Changes/s over the last minute of the subscription's running pipeline."""
+        known = self._throughput.get(supervisor.name)
+        if known is None or known[0] is not pipeline:
+            known = (pipeline, Throughput())
+            known[1].add(supervisor.pipeline_started_at, 0)
+            self._throughput[supervisor.name] = known
+        stats = pipeline.stats
+        known[1].add(now, stats.written + stats.stale + stats.dead_lettered)
+        return known[1].rate()
+
+    # -- the live monitor ------------------------------------------------------------------
+
+    def _start_live(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """Start the live publisher's send task, unless live is off or no layer is set."""
+        if not self.live:
+            return None
+        layer = get_channel_layer()
+        if layer is None:
+            log.warning(
+                "live_monitor_off",
+                reason="no channel layer: set CHANNEL_LAYERS (channels-redis on REDIS_URL)",
+            )
+            return None
+        settings = conf.live()
+        self.publisher = LivePublisher(
+            self.worker_id,
+            events_per_second=settings.events_per_second,
+            queue_size=settings.queue_size,
+            send_timeout=settings.send_timeout,
+            layer=layer,
+        )
+        return asyncio.create_task(self.publisher.run(stop), name="live publisher")
+
+    async def _stop_live(self, task: asyncio.Task[None] | None, stop: asyncio.Event) -> None:
+        """Send what the stopped pipelines left (bounded), then end the send task."""
+        if task is None:
+            return
+        stop.set()
+        _, pending = await asyncio.wait({task}, timeout=2 * conf.live().send_timeout + 1)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _feed_live(self, publisher: LivePublisher) -> None:
+        """Once a second: a snapshot per owned subscription, and the worker's heartbeat."""
+        interval = _LIVE_INTERVAL
+        while True:
+            await self.offer_live_once(publisher, interval)
+            if await sleep_unless_stopped(self._stop, interval):
+                return
+
+    async def offer_live_once(self, publisher: LivePublisher, interval: float) -> None:
+        now = time.time()
+        owned = list(self.supervisors.items())
+        try:
+            rows = await in_db(lambda: _live_rows([sub_id for sub_id, _ in owned]))
+        except ConsoleDatabaseUnavailable:
+            rows = {}  # the pipelines' own figures still go out
+        for sub_id, supervisor in owned:
+            row = rows.get(sub_id)
+            if row is None:
+                continue  # deleted meanwhile, or the console database is down
+            publisher.offer_snapshot(self._snapshot(supervisor, row, now))
+        publisher.offer_heartbeat([sup.name for _, sup in owned], interval)
+
+    def _snapshot(self, supervisor: Supervisor, row: _LiveRow, now: float) -> SnapshotMessage:
+        checkpoint, kind, status, message, dead_letters = row
+        snapshot = SnapshotMessage(
+            type="sync.snapshot",
+            subscription=supervisor.name,
+            worker=self.worker_id,
+            status=status,  # paused, or between two runs: what the row says
+            message=message,
+            lag=None,
+            staleness=None,
+            buffer=0,
+            backpressure=False,
+            throughput=0.0,
+            dead_letters=dead_letters,
+            checkpoint=checkpoint,
+            checkpoint_shown=format_position(kind, checkpoint),
+            at=now,
+        )
+        pipeline = supervisor.pipeline
+        if pipeline is not None:
+            snapshot["status"], snapshot["message"] = pipeline.status, pipeline.message
+            snapshot["lag"] = round(pipeline.stats.lag(now), 3)
+            snapshot["staleness"] = _rounded(pipeline.staleness(now))
+            snapshot["buffer"], snapshot["backpressure"] = pipeline.buffered, pipeline.backpressure
+            snapshot["throughput"] = round(self._rate(supervisor, pipeline, now) or 0.0, 3)
+        return snapshot
 
     async def _quietly(self, function: Callable[[], T]) -> T | None:
         """Database work whose failure must not stop the sync: logged, retried next round."""
@@ -414,6 +533,26 @@ class Runner:
                         superseded=report.superseded,
                         failed=report.failed,
                     )
+
+
+_LIVE_INTERVAL = 1.0
+
+_LiveRow = tuple[int | None, str, str, str, int]
+"""checkpoint, source kind, status, status message, dead letters."""
+
+
+def _live_rows(ids: Sequence[int]) -> dict[int, _LiveRow]:
+    """What the snapshots take from the database, for every owned subscription at once."""
+    rows = (
+        Subscription.objects.filter(pk__in=ids)
+        .annotate(dead=Count("dead_letters"))
+        .values_list("id", "checkpoint", "source_kind", "status", "status_message", "dead")
+    )
+    return {row[0]: row[1:] for row in rows}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 load_subscriptions_async = sync_to_async(load_subscriptions, thread_sensitive=True)

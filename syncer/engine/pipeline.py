@@ -26,7 +26,7 @@ import contextlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -106,9 +106,31 @@ class PipelineStats:
         return max(0.0, now - self.oldest_unacked_commit)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one acknowledged batch did to the index, for observers (the live monitor)."""
+
+    number: int
+    """The pipeline's batch number: 1, 2, ... from its start."""
+    applied: Sequence[tuple[Change, Outcome]]
+    """Changes OpenSearch acknowledged, with their outcome: OK or STALE."""
+    dead_lettered: Sequence[Rejected]
+    """Changes rejected for good, now in the dead-letter queue."""
+    at: float
+    """When the batch was acknowledged (its checkpoint saved)."""
+
+
 class Observer(Protocol):
     def acknowledged(self, batch: Sequence[Transaction], at: float) -> None:
         """Called once a batch's checkpoint has been saved."""
+
+
+@runtime_checkable
+class BatchObserver(Observer, Protocol):
+    """An observer that also wants each batch's written and dead-lettered changes."""
+
+    def batch_written(self, report: BatchReport) -> None:
+        """Called right after `acknowledged`; must not block (the sync waits for it)."""
 
 
 class Pipeline:
@@ -130,6 +152,11 @@ class Pipeline:
         self.dead_letters = dead_letters
         self.clock = clock
         self.observer = observer
+        # Only a BatchObserver makes the writer keep what each batch did.
+        self._reporter = observer if isinstance(observer, BatchObserver) else None
+        self._batches = 0
+        self._applied: list[tuple[Change, Outcome]] = []
+        self._rejected: list[Rejected] = []
         self.stats = PipelineStats()
         self.telemetry = Telemetry()
         self.status = Status.STOPPED
@@ -304,6 +331,9 @@ class Pipeline:
 
     async def _flush(self, batch: list[Transaction]) -> None:
         started = self.clock()
+        self._batches += 1
+        if self._reporter is not None:
+            self._applied, self._rejected = [], []
         changes = consolidate(batch)
         await self._fill_missing(changes)
         size = self.config.batch_max_size
@@ -389,6 +419,8 @@ class Pipeline:
                 decision = self.policy.decide(result.outcome, tries + 1)
                 if decision is Decision.DONE:
                     written.append(change)
+                    if self._reporter is not None:
+                        self._applied.append((change, result.outcome))
                     self.telemetry.changes[str(change.op)] += 1
                     if result.outcome is Outcome.OK:
                         self.stats.written += 1
@@ -459,6 +491,8 @@ class Pipeline:
         # Saved before the checkpoint moves past them: a crash in between replays them.
         await self.dead_letters.put(rejected)
         self.stats.dead_lettered += len(rejected)
+        if self._reporter is not None:
+            self._rejected.extend(rejected)
         self.telemetry.errors[ErrorKind.DOCUMENT_REJECTED] += len(rejected)
         for item in rejected:
             self._log.error(
@@ -528,6 +562,10 @@ class Pipeline:
         self.stats.oldest_unacked_commit = self._buffer.oldest_commit
         if self.observer is not None:
             self.observer.acknowledged(batch, now)
+        if self._reporter is not None:
+            report = BatchReport(self._batches, self._applied, self._rejected, now)
+            self._applied, self._rejected = [], []
+            self._reporter.batch_written(report)
         if self._snapshotting and now - self._progress_at >= 1.0:
             self._progress_at = now
             await self._set_status(

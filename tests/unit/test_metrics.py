@@ -21,6 +21,7 @@ from syncer.engine.testing import (
     permanent,
 )
 from syncer.errors import RequestTooLarge, SinkUnavailable, SourceConfigError
+from syncer.live.publisher import LivePublisher
 from syncer.metrics import registry_for
 from syncer.worker_http import ReadinessCheck, subscription_problem
 
@@ -56,7 +57,10 @@ Scraped = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def samples(pipelines: dict[str, Pipeline]) -> Scraped:
     """Every sample of a scrape, by name and labels, parsed as Prometheus parses it."""
-    text = generate_latest(registry_for(lambda: pipelines, lambda names: {})).decode()
+    return scrape_text(generate_latest(registry_for(lambda: pipelines, lambda names: {})).decode())
+
+
+def scrape_text(text: str) -> Scraped:
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -225,3 +229,20 @@ def test_a_worker_without_subscriptions_is_ready_without_asking_opensearch():
 
     readiness = ReadinessCheck(lambda: {}, 60, probe)()
     assert readiness.ready and readiness.reasons == [] and not asked
+
+
+def test_the_live_publishers_counters_are_exported_once_it_runs():
+    publisher: object | None = None
+
+    def scraped_live() -> Scraped:
+        registry = registry_for(lambda: {}, lambda names: {}, live=lambda: publisher)
+        return scrape_text(generate_latest(registry).decode())
+
+    assert value(scraped_live(), "searchsync_live_events_published_total") is None
+    publisher = LivePublisher("w1", events_per_second=10, queue_size=10)
+    publisher.published, publisher.dropped, publisher.lost = 7, 3, 2
+    scraped = scraped_live()
+    assert value(scraped, "searchsync_live_events_published_total") == 7
+    assert value(scraped, "searchsync_live_events_dropped_total") == 3
+    assert value(scraped, "searchsync_live_events_send_failures_total") == 0
+    assert value(scraped, "searchsync_live_events_lost_total") == 2

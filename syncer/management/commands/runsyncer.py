@@ -56,6 +56,11 @@ class Command(BaseCommand):
             help="retry dead letters this often, e.g. 5m (default: off); each round "
             "retries at most SYNCER_DLQ_RETRY_LIMIT (1000) entries per subscription",
         )
+        parser.add_argument(
+            "--no-live",
+            action="store_true",
+            help="do not publish to the live monitor (the channel layer on REDIS_URL)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         names = options["subscription"] or None
@@ -81,6 +86,7 @@ class Command(BaseCommand):
             shutdown_timeout=timeout,
             dlq_retry_every=retry_every.total_seconds() if retry_every else None,
             metrics_port=options["metrics_port"],
+            live=not options["no_live"],
         )
         try:
             flushed = asyncio.run(_main(runner))
