@@ -114,7 +114,13 @@ ASGI_APPLICATION = "console.asgi.application"
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 10},
+        "CONFIG": {
+            # No socket timeout: a quiet group's blocking receive lasts 5 s, as long as
+            # redis-py's default read timeout, which would end it with an error.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "capacity": 1000,
+            "expiry": 10,
+        },
     }
 }
 
@@ -133,6 +139,9 @@ SYNCER_STATS_INTERVAL = _env_number("SYNCER_STATS_INTERVAL", 2)
 SYNCER_STALL_AFTER = _env_number("SYNCER_STALL_AFTER", 60)
 SYNCER_LIVE_EVENTS_PER_SECOND = int(_env_number("SYNCER_LIVE_EVENTS_PER_SECOND", 200))
 SYNCER_LIVE_QUEUE_SIZE = int(_env_number("SYNCER_LIVE_QUEUE_SIZE", 10000))
+SYNCER_LIVE_SEND_TIMEOUT = _env_number("SYNCER_LIVE_SEND_TIMEOUT", 1)
+# Seconds between `: heartbeat` comments of an event stream (/api/.../events/stream).
+LIVE_SSE_HEARTBEAT = _env_number("LIVE_SSE_HEARTBEAT", 15)
 
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ninja import NinjaAPI
 
-from console.api import dead_letters, errors, health, subscriptions
+from console.api import dead_letters, documents, errors, events, health, subscriptions
 from console.api.auth import authenticators
 
 api = NinjaAPI(
@@ -17,12 +17,16 @@ api = NinjaAPI(
     version="1",
     description="Subscriptions, their control, the dead-letter queue, health and readiness. "
     "Authenticate with `Authorization: Bearer <API token>` (created in the admin or with "
-    "`manage.py createapitoken`), or a staff session with its CSRF token.",
+    "`manage.py createapitoken`), or a staff session with its CSRF token. A subscription's "
+    "live events are also served as server-sent events at "
+    "`/api/subscriptions/{name}/events/stream` (not listed below: an endless stream).",
     auth=authenticators(),
     urls_namespace="api",
 )
 errors.install(api)
 api.add_router("/subscriptions", subscriptions.router)
+api.add_router("/subscriptions", documents.router)
 api.add_router("/dlq", dead_letters.router)
 api.add_router("", health.router)
+api.add_router("", events.router)
 api.add_router("", errors.unknown_endpoints)
