@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check setup-postgres bench clean
+.PHONY: demo test lint typecheck check setup-postgres browser e2e bench bench-monitor clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -17,6 +17,17 @@ $(STAMP): requirements.txt requirements-dev.txt
 setup-postgres:
 	scripts/ensure-postgres.sh
 
+# What the end-to-end tests (tests/e2e) need from Debian: chromium, driven by Playwright
+# (never a downloaded browser), and a redis-server of their own. apt runs only when one
+# is missing.
+browser:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="chromium"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
 demo: $(STAMP) setup-postgres
 	$(PY) scripts/demo.py
 
@@ -27,11 +38,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
 
-test: $(STAMP) setup-postgres lint typecheck
+test: $(STAMP) setup-postgres browser lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# The live monitor in a real browser (also part of `make test`); screenshots in artifacts/e2e/.
+e2e: $(STAMP) setup-postgres browser
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/e2e
 
 bench: $(STAMP) setup-postgres
 	$(PY) bench/run.py
+
+# Sync throughput with five live-monitor clients connected versus none (docs/benchmarks.md).
+bench-monitor: $(STAMP) setup-postgres browser
+	$(PY) bench/monitor.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts .demo

@@ -1,14 +1,19 @@
 """`make demo`: the whole product on this machine, stopped by Ctrl-C.
 
-Starts an osmem-server OpenSearch stand-in (unless OPENSEARCH_URL is set), migrates the
-console database, creates a demo source table and its subscription, runs `runsyncer`
-and a writer that inserts, updates and deletes orders, and tells you how to look.
+Starts an osmem-server OpenSearch stand-in (unless OPENSEARCH_URL is set) and a local
+redis-server for the live monitor (unless one answers on 127.0.0.1:6379), migrates the
+console database, creates a demo source table and its subscription and a demo superuser
+(when there is none), runs `runsyncer`, daphne serving the console (admin, API and the
+live monitor on http://127.0.0.1:8000) and a writer that inserts, updates and deletes
+orders, and tells you how to look.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +47,125 @@ def ensure_database(name: str) -> str:
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def redis_answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex(("127.0.0.1", port)) != 0:
+            return False
+        try:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+def start_redis(env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+    """The live monitor's channel layer: a local redis-server unless REDIS_URL is set or
+    one already answers on 127.0.0.1:6379."""
+    if os.environ.get("REDIS_URL"):
+        say("using REDIS_URL from the environment")
+        return None
+    env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+    if redis_answers(6379):
+        say("using the redis-server on 127.0.0.1:6379")
+        return None
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "demo: no Redis on 127.0.0.1:6379 and no redis-server to start: install it "
+            "(apt-get install -y redis-server) or set REDIS_URL"
+        )
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", "6379", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not redis_answers(6379):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("demo: redis-server did not start on 127.0.0.1:6379")
+        time.sleep(0.1)
+    say("started redis-server on 127.0.0.1:6379")
+    return process
+
+
+DEMO_ADMIN = "admin"
+_ENSURE_SUPERUSER = """
+import os
+from django.contrib.auth import get_user_model
+User = get_user_model()
+if User.objects.filter(is_superuser=True).exists():
+    print("existing")
+else:
+    User.objects.create_superuser(os.environ["DEMO_ADMIN"], "", os.environ["DEMO_ADMIN_PASSWORD"])
+    print("created")
+"""
+
+
+def ensure_superuser(env: dict[str, str]) -> str:
+    """How to log in: a new demo superuser and its password, or the existing ones."""
+    password = secrets.token_urlsafe(12)
+    # The password goes through the environment, never a command line.
+    child = {**env, "DEMO_ADMIN": DEMO_ADMIN, "DEMO_ADMIN_PASSWORD": password}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", _ENSURE_SUPERUSER],
+        cwd=ROOT,
+        env=child,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    if result.stdout.strip().endswith("created"):
+        return f"user {DEMO_ADMIN!r}, password {password!r} (created for this demo)"
+    return (
+        "an existing superuser (forgot the password? "
+        ".venv/bin/python manage.py changepassword <user>)"
+    )
+
+
+def start_console(env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+    """daphne serving the admin, the API and the live monitor's websockets."""
+    port = 8000 if port_free(8000) else free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "console.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while port_free(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"demo: daphne did not start on {url}")
+        time.sleep(0.2)
+    say(f"started daphne (console.asgi:application) at {url}")
+    return url, process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def start_opensearch() -> tuple[str, Any]:
@@ -120,12 +244,17 @@ def main() -> int:
     env.setdefault("DATABASE_URL", ensure_database(CONSOLE_DB))
     source_url = ensure_database(SOURCE_DB)
     env["DEMO_SOURCE_URL"] = source_url
-    opensearch_url, server = start_opensearch()
-    env["OPENSEARCH_URL"] = opensearch_url
     stop = threading.Event()
+    server: Any = None
+    redis: subprocess.Popen[bytes] | None = None
+    console: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     try:
+        redis = start_redis(env)
+        opensearch_url, server = start_opensearch()
+        env["OPENSEARCH_URL"] = opensearch_url
         manage("migrate", "--verbosity", "0", env=env)
+        login = ensure_superuser(env)
         prepare_source(source_url)
         manage("subscriptions", "apply", "scripts/demo-subscriptions.yaml", env=env)
         worker = subprocess.Popen(
@@ -133,6 +262,7 @@ def main() -> int:
             cwd=ROOT,
             env=env,
         )
+        console_url, console = start_console(env)
         threading.Thread(target=writer, args=(source_url, stop), daemon=True).start()
         time.sleep(2)
         print(
@@ -141,17 +271,26 @@ def main() -> int:
 searchsync demo is running: demo_orders in {SOURCE_DB} -> index demo-orders.
 A writer inserts, updates and deletes a few orders a second. Look at it with:
 
+  Live monitor:  {console_url}/console/
+  Admin:         {console_url}/admin/
+  API docs:      {console_url}/api/docs
+  Log in with {login}.
+
   curl -s '{opensearch_url}/demo-orders/_count'
   curl -s '{opensearch_url}/demo-orders/_search?q=status:shipped&size=3&pretty'
   DATABASE_URL={env["DATABASE_URL"]} .venv/bin/python manage.py subscriptions show demo-orders
   psql {source_url} -c 'SELECT count(*) FROM demo_orders'
 
-Ctrl-C stops the writer, the worker and the OpenSearch stand-in.
+Ctrl-C stops the writer, the worker, daphne, the OpenSearch stand-in and the
+redis-server the demo started.
 ----------------------------------------------------------------------------
 """,
             flush=True,
         )
         while worker.poll() is None:
+            if console.poll() is not None:
+                say(f"daphne exited with code {console.returncode}")
+                return 1
             time.sleep(0.5)
         say(f"runsyncer exited with code {worker.returncode}")
         return 0 if worker.returncode == 0 else 1
@@ -160,14 +299,11 @@ Ctrl-C stops the writer, the worker and the OpenSearch stand-in.
     finally:
         say("stopping")
         stop.set()
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(40)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(console, 10)
+        stop_process(worker, 40)
         if server is not None:
             server.close()
+        stop_process(redis, 10)
         say("stopped")
 
 
