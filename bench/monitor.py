@@ -265,7 +265,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 proc.kill()
         if self.server is not None:
-            self.server.stop()
+            self.server.close()
 
 
 def _answers(port: int) -> bool:
