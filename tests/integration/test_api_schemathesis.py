@@ -29,7 +29,7 @@ from tests.support.factories import entry, subscription
 # each request, which would end a test-wide transaction.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 8
 
 
 @pytest.fixture
