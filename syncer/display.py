@@ -12,10 +12,10 @@ from syncer.models import Subscription
 from syncer.positions import format_position
 
 
-def describe(subscription: Subscription) -> dict[str, Any]:
-    """Every field of `subscription` as JSON-ready data, shaped like a subscriptions file.
+def config(subscription: Subscription) -> dict[str, Any]:
+    """What a subscriptions file declares, shaped like one; the DSN without its password.
 
-    The DSN is redacted, and so is any DSN a worker's message or error may quote.
+    A Materialize source's cluster and envelope are left out for other kinds.
     """
     s = subscription
     source: dict[str, Any] = {
@@ -37,6 +37,17 @@ def describe(subscription: Subscription) -> dict[str, Any]:
             "pause_at": s.backpressure_pause_at,
             "resume_at": s.backpressure_resume_at,
         },
+    }
+
+
+def describe(subscription: Subscription) -> dict[str, Any]:
+    """Every field of `subscription` as JSON-ready data, shaped like a subscriptions file.
+
+    The DSN is redacted, and so is any DSN a worker's message or error may quote.
+    """
+    s = subscription
+    return {
+        **config(s),
         "slot_name": s.slot_name,
         "status": s.status,
         "status_message": redact(s.status_message),

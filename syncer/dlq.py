@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import reduce
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from asgiref.sync import async_to_sync, sync_to_async
@@ -120,6 +120,23 @@ class Selection:
         if self.older_than is not None:
             parts.append(f"older than {format_age(self.older_than)}")
         return ", ".join(parts) or "every subscription"
+
+
+def entry_fields(entry: DeadLetter) -> dict[str, Any]:
+    """A dead letter's fields for listings (the command's and the API's), payload aside."""
+    return {
+        "id": entry.pk,
+        "subscription": entry.subscription.name,
+        "doc_id": entry.doc_id,
+        "action": entry.action,
+        "version": entry.version,
+        "attempts": entry.attempts,
+        "error_status": entry.error_status,
+        "error_type": entry.error_type,
+        "error_reason": entry.error_reason,
+        "first_failed_at": entry.first_failed_at,
+        "last_attempt_at": entry.last_attempt_at,
+    }
 
 
 def _batches(selection: Selection, limit: int | None, size: int) -> Iterator[list[DeadLetter]]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
-from syncer import dlq
+from syncer import display, dlq
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.positions import format_position
@@ -190,24 +190,12 @@ class SubscriptionOut(Schema):
 
 def subscription_out(s: Subscription, dead_letters: int) -> dict[str, Any]:
     """The read form of a subscription: DSN without password, worker texts redacted."""
+    declared = display.config(s)
+    # The schema has every source field, whatever the kind.
+    declared["source"].setdefault("cluster", s.source_cluster)
+    declared["source"].setdefault("envelope", s.source_envelope)
     return {
-        "name": s.name,
-        "enabled": s.enabled,
-        "source": {
-            "kind": s.source_kind,
-            "dsn": s.display_dsn,
-            "relation": s.relation,
-            "key": list(s.key_columns),
-            "cluster": s.source_cluster,
-            "envelope": s.source_envelope,
-        },
-        "index": {"name": s.index_name, "settings": s.index_settings, "mappings": s.index_mappings},
-        "snapshot": s.snapshot_mode,
-        "batch": {"max_size": s.batch_max_size, "max_age_ms": s.batch_max_age_ms},
-        "backpressure": {
-            "pause_at": s.backpressure_pause_at,
-            "resume_at": s.backpressure_resume_at,
-        },
+        **declared,
         "slot_name": s.slot_name,
         "status": s.status,
         "status_message": redact(s.status_message),
@@ -285,19 +273,7 @@ class DeadLetterOut(DeadLetterSummary):
 
 
 def dead_letter_out(entry: DeadLetter, payload: bool = False) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": entry.pk,
-        "subscription": entry.subscription.name,
-        "doc_id": entry.doc_id,
-        "action": entry.action,
-        "version": entry.version,
-        "attempts": entry.attempts,
-        "error_status": entry.error_status,
-        "error_type": entry.error_type,
-        "error_reason": entry.error_reason,
-        "first_failed_at": entry.first_failed_at,
-        "last_attempt_at": entry.last_attempt_at,
-    }
+    data = dlq.entry_fields(entry)
     if payload:
         data["payload"] = entry.payload
     return data

@@ -231,15 +231,9 @@ def _selection(options: dict[str, Any]) -> dlq.Selection:
 
 
 def _list_row(entry: DeadLetter) -> dict[str, Any]:
+    row = dlq.entry_fields(entry)
     return {
-        "id": entry.pk,
-        "subscription": entry.subscription.name,
-        "doc_id": entry.doc_id,
-        "action": entry.action,
-        "version": entry.version,
-        "attempts": entry.attempts,
-        "error_status": entry.error_status,
-        "error_type": entry.error_type,
+        **row,
         "error_reason": display.short(entry.error_reason, 10_000),
         "first_failed_at": entry.first_failed_at.isoformat(),
         "last_attempt_at": entry.last_attempt_at.isoformat(),
