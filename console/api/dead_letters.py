@@ -18,6 +18,12 @@ from django.utils import timezone
 from ninja import Field, Query, Router, Schema
 
 from console.api.errors import FieldErrors, NotFound
+from console.api.permissions import (
+    CHANGE_DEAD_LETTER,
+    DELETE_DEAD_LETTER,
+    VIEW_DEAD_LETTER,
+    requires,
+)
 from console.api.schemas import (
     DeadLetterOut,
     DeadLetterPage,
@@ -101,6 +107,7 @@ def _check_text(field: str, value: str | None) -> None:
 
 
 @router.get("", response=DeadLetterPage, summary="List dead letters")
+@requires(VIEW_DEAD_LETTER)
 def list_dead_letters(request: HttpRequest, filters: Query[ListFilters]) -> dict[str, Any]:
     """Newest first, `limit` at a time; filters combine with AND."""
     entries = _selected(filters)
@@ -121,6 +128,7 @@ def list_dead_letters(request: HttpRequest, filters: Query[ListFilters]) -> dict
 
 
 @router.get("/stats", response=StatsOut, summary="Count dead letters")
+@requires(VIEW_DEAD_LETTER)
 def dead_letter_stats(
     request: HttpRequest,
     subscription: Query[str | None] = None,
@@ -149,6 +157,7 @@ def dead_letter_stats(
 
 
 @router.get("/{int:entry_id}", response=DeadLetterOut, summary="Read a dead letter")
+@requires(VIEW_DEAD_LETTER)
 def get_dead_letter(request: HttpRequest, entry_id: int) -> dict[str, Any]:
     entry = DeadLetter.objects.select_related("subscription").filter(pk=entry_id).first()
     if entry is None:
@@ -166,6 +175,7 @@ def _selection(body: RetryIn | PurgeIn) -> dlq.Selection:
 
 
 @router.post("/retry", response=RetryOut, summary="Retry dead letters")
+@requires(CHANGE_DEAD_LETTER)
 def retry_dead_letters(request: HttpRequest, payload: RetryIn) -> dict[str, Any]:
     """Resubmit the entries with their original versions; counts as the admin gives them."""
     selection = _selection(payload)
@@ -182,6 +192,7 @@ def retry_dead_letters(request: HttpRequest, payload: RetryIn) -> dict[str, Any]
 
 
 @router.post("/purge", response=PurgeOut, summary="Purge dead letters")
+@requires(DELETE_DEAD_LETTER)
 def purge_dead_letters(request: HttpRequest, payload: PurgeIn) -> dict[str, Any]:
     """Delete the entries; without ids, subscription or age, `all: true` is required."""
     if payload.ids is None and not (payload.subscription or payload.older_than or payload.all):

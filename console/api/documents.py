@@ -16,6 +16,7 @@ from ninja.errors import HttpError
 from opensearchpy import exceptions as os_errors
 
 from console.api.errors import NotFound
+from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.positions import format_position
@@ -38,6 +39,7 @@ class DocumentOut(Schema):
 @router.get(
     "/{name}/documents/{path:doc_id}", response=DocumentOut, summary="Read an indexed document"
 )
+@requires(VIEW_SUBSCRIPTION)
 async def get_document(request: HttpRequest, name: str, doc_id: str) -> dict[str, Any]:
     """The document `doc_id` as OpenSearch holds it now; 404 when the index has none."""
     subscription = None

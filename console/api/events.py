@@ -17,6 +17,7 @@ from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 
 from console.api.errors import FieldErrors, NotFound
+from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from console.live import sse, stats
 from console.live.filters import EventFilter, FilterError, parse_op, parse_prefix
 from syncer.models import Subscription
@@ -39,6 +40,7 @@ class EventStatsOut(Schema):
 
 
 @router.get("/events/stats", response=EventStatsOut, summary="Live monitor counts")
+@requires(VIEW_SUBSCRIPTION)
 async def event_stats(request: HttpRequest) -> dict[str, Any]:
     """Events published, delivered and dropped, and the clients connected now.
 
@@ -64,6 +66,7 @@ async def event_stats(request: HttpRequest) -> dict[str, Any]:
     include_in_schema=False,
     summary="Stream a subscription's live events",
 )
+@requires(VIEW_SUBSCRIPTION)
 def event_stream(
     request: HttpRequest,
     name: str,

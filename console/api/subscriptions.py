@@ -17,6 +17,13 @@ from ninja import Query, Router, Status
 from console.api import audit, declarations
 from console.api.auth import caller
 from console.api.errors import Conflict, NotFound
+from console.api.permissions import (
+    ADD_SUBSCRIPTION,
+    CHANGE_SUBSCRIPTION,
+    DELETE_SUBSCRIPTION,
+    VIEW_SUBSCRIPTION,
+    requires,
+)
 from console.api.schemas import (
     ChangedOut,
     ControlOut,
@@ -64,6 +71,7 @@ def _out(subscription: Subscription) -> dict[str, Any]:
 
 
 @router.get("", response=list[SubscriptionOut], summary="List subscriptions")
+@requires(VIEW_SUBSCRIPTION)
 def list_subscriptions(
     request: HttpRequest,
     status: Query[str | None] = None,
@@ -77,6 +85,7 @@ def list_subscriptions(
 
 
 @router.post("", response={201: SubscriptionOut}, summary="Create a subscription")
+@requires(ADD_SUBSCRIPTION)
 def create_subscription(request: HttpRequest, payload: SubscriptionIn) -> Status[Any]:
     """Validated as `manage.py subscriptions apply` validates a file's entry."""
     spec = declarations.to_spec(payload.model_dump(exclude_unset=True))
@@ -99,11 +108,13 @@ def create_subscription(request: HttpRequest, payload: SubscriptionIn) -> Status
 
 
 @router.get("/{name}", response=SubscriptionOut, summary="Read a subscription")
+@requires(VIEW_SUBSCRIPTION)
 def get_subscription(request: HttpRequest, name: str) -> dict[str, Any]:
     return _out(_get(name))
 
 
 @router.patch("/{name}", response=ChangedOut, summary="Change a subscription")
+@requires(CHANGE_SUBSCRIPTION)
 def patch_subscription(
     request: HttpRequest, name: str, payload: SubscriptionPatch
 ) -> dict[str, Any]:
@@ -130,6 +141,7 @@ def patch_subscription(
 
 
 @router.delete("/{name}", response=DeletedOut, summary="Delete a subscription")
+@requires(DELETE_SUBSCRIPTION)
 def delete_subscription(request: HttpRequest, name: str) -> dict[str, Any]:
     """Delete it; a PostgreSQL source's slot and publication are dropped (or the warning
     says what to drop by hand)."""
@@ -165,17 +177,20 @@ def _control(
 
 
 @router.post("/{name}/pause", response=ControlOut, summary="Pause a subscription")
+@requires(CHANGE_SUBSCRIPTION)
 def pause(request: HttpRequest, name: str) -> dict[str, Any]:
     """Its worker stops reading and keeps the checkpoint; `changed` is false if it was paused."""
     return _control(request, name, control.pause)
 
 
 @router.post("/{name}/resume", response=ControlOut, summary="Resume a subscription")
+@requires(CHANGE_SUBSCRIPTION)
 def resume(request: HttpRequest, name: str) -> dict[str, Any]:
     return _control(request, name, control.resume)
 
 
 @router.post("/{name}/resync", response=ControlOut, summary="Resync a subscription")
+@requires(CHANGE_SUBSCRIPTION)
 def resync(request: HttpRequest, name: str, payload: ResyncIn | None = None) -> dict[str, Any]:
     """Copy the source into the index again (in_place, the default) or into a new index."""
     mode = payload.mode if payload is not None else Subscription.ResyncMode.IN_PLACE

@@ -9,13 +9,13 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 from opensearchpy import OpenSearch
 
 from console.models import ApiToken
 from syncer.models import DeadLetter
 from tests.support.factories import entry, subscription
+from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,7 @@ TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
 
 @pytest.fixture
 def client() -> Client:
-    staff = User.objects.create_user("ops", is_staff=True)
+    staff = operator()
     _, text = ApiToken.issue(staff, "ci")
     return Client(headers={"Authorization": f"Bearer {text}"})
 

@@ -13,6 +13,7 @@ from opensearchpy import OpenSearch
 
 from console.models import ApiToken
 from tests.support.factories import subscription
+from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db
 
@@ -21,7 +22,7 @@ LSN = (0x16 << 32) | 0xB374D848
 
 @pytest.fixture
 def client() -> Client:
-    staff = User.objects.create_user("ops", is_staff=True)
+    staff = operator()
     _, text = ApiToken.issue(staff, "ci")
     return Client(headers={"Authorization": f"Bearer {text}"})
 

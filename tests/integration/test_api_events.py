@@ -26,7 +26,6 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
-from django.contrib.auth.models import User
 from django.test import Client
 
 from console.models import ApiToken
@@ -34,6 +33,7 @@ from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import subscription
 from tests.support.harness import wait_for
+from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -123,7 +123,7 @@ def layer(settings: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def token() -> str:
-    _, text = ApiToken.issue(User.objects.create_user("ops", is_staff=True), "ci")
+    _, text = ApiToken.issue(operator(), "ci")
     subscription("orders")
     return text
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
 from console.models import ApiToken
 from syncer.models import WorkerHeartbeat
+from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def client() -> Client:
-    staff = User.objects.create_user("ops", is_staff=True)
+    staff = operator()
     _, text = ApiToken.issue(staff, "probe", read_only=True)
     return Client(headers={"Authorization": f"Bearer {text}"})
 

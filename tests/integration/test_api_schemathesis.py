@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from django.contrib.auth.models import User
 from django.core.wsgi import get_wsgi_application
 from django.utils import timezone
 from hypothesis import HealthCheck, Phase, given, settings
@@ -24,6 +23,7 @@ from schemathesis.core.result import Ok
 from console.models import ApiToken
 from syncer.models import DeadLetter, WorkerHeartbeat
 from tests.support.factories import entry, subscription
+from tests.support.users import operator
 
 # Committed transactions, as in production: the WSGI handler closes connections after
 # each request, which would end a test-wide transaction.
@@ -34,7 +34,7 @@ EXAMPLES_PER_OPERATION = 8
 
 @pytest.fixture
 def token(opensearch_url: str) -> str:
-    staff = User.objects.create_user("ops", is_staff=True)
+    staff = operator()
     _, text = ApiToken.issue(staff, "schemathesis")
     orders = subscription("orders")
     # A DSN from an unset variable: a generated DELETE can never reach out to a host.

@@ -19,6 +19,7 @@ from django.utils import timezone
 from console.models import ApiToken
 from syncer.models import Subscription
 from tests.support.factories import entry, subscription
+from tests.support.users import operator
 
 JSON = "application/json"
 UNREACHABLE_SOURCE = "postgresql://sync:s3cret-pw@127.0.0.1:9/shop"
@@ -26,7 +27,7 @@ UNREACHABLE_SOURCE = "postgresql://sync:s3cret-pw@127.0.0.1:9/shop"
 
 @pytest.fixture
 def staff(db: None) -> User:
-    return User.objects.create_user("ops", is_staff=True)
+    return operator()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from console.live import stats
 from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import subscription
+from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,7 +68,7 @@ def user_cookie(username: str, **fields: Any) -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def staff() -> tuple[bytes, bytes]:
-    return user_cookie("ops", is_staff=True)
+    return session_cookie(operator())
 
 
 @pytest.fixture

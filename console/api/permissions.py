@@ -1,0 +1,59 @@
+"""What each API endpoint lets its caller do, stated on the endpoint, checked in auth.py.
+
+    @router.post("/{name}/pause", ...)
+    @requires(CHANGE_SUBSCRIPTION)
+    def pause(request, name): ...
+
+`requires` gives the operation the API's authenticators with those permissions, so the
+check runs with authentication, before the body is read: a caller that may not call
+an endpoint learns nothing from it but the 403. The permissions are the admin's own
+(Django model permissions of syncer.Subscription and syncer.DeadLetter), so a user
+may do the same through the API as through the admin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ninja.operation import Operation
+from ninja.utils import contribute_operation_callback
+
+from console.api.auth import authenticators
+
+VIEW_SUBSCRIPTION = "syncer.view_subscription"
+ADD_SUBSCRIPTION = "syncer.add_subscription"
+CHANGE_SUBSCRIPTION = "syncer.change_subscription"
+DELETE_SUBSCRIPTION = "syncer.delete_subscription"
+VIEW_DEAD_LETTER = "syncer.view_deadletter"
+CHANGE_DEAD_LETTER = "syncer.change_deadletter"  # retry
+DELETE_DEAD_LETTER = "syncer.delete_deadletter"  # purge
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def requires(*permissions: str) -> Callable[[View], View]:
+    """Let only callers holding every one of `permissions` call the endpoint (put it under
+    the route decorator)."""
+
+    def contribute(operation: Operation) -> None:
+        auth = authenticators(permissions)
+        # Set as if given to the route: an operation's own auth is not replaced by the API's.
+        operation.auth_param = auth
+        operation._set_auth(auth)
+        needs = ", ".join(f"`{permission}`" for permission in permissions)
+        operation.description = f"{operation.description or ''}\n\nNeeds the permission {needs}."
+
+    def decorate(view: View) -> View:
+        contribute_operation_callback(view, contribute)
+        return view
+
+    return decorate
+
+
+def required_permissions(operation: Operation) -> tuple[str, ...] | None:
+    """The permissions `operation` checks, or None when it states none."""
+    if not isinstance(operation.auth_param, list) or not operation.auth_param:
+        return None
+    found: tuple[str, ...] | None = getattr(operation.auth_param[0], "permissions", None)
+    return found or None
