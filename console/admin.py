@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template import engines
 from django.urls import reverse
 
-from console.models import TOKEN_PREFIX, ApiToken
+from console.models import TOKEN_PREFIX, ApiToken, refuse_unless_may_issue
 
 if TYPE_CHECKING:
     _AdminBase = admin.ModelAdmin[ApiToken]
@@ -39,6 +41,7 @@ class ApiTokenAdmin(_AdminBase):
         "user",
         "shown_prefix",
         "read_only",
+        "issued_by",
         "created_at",
         "last_used_at",
         "state",
@@ -52,6 +55,7 @@ class ApiTokenAdmin(_AdminBase):
         "name",
         "read_only",
         "shown_prefix",
+        "issued_by",
         "created_at",
         "last_used_at",
         "revoked_at",
@@ -59,8 +63,14 @@ class ApiTokenAdmin(_AdminBase):
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if db_field.name == "user":
-            # The API refuses the tokens of other users, so do not offer them.
-            kwargs["queryset"] = get_user_model().objects.filter(is_staff=True, is_active=True)
+            # The API refuses the tokens of other users, so do not offer them; and a token
+            # carries its user's permissions, so only a superuser issues them for others.
+            users = get_user_model().objects.filter(is_staff=True, is_active=True)
+            issuer = _issuer(request)
+            if not issuer.is_superuser:
+                users = users.filter(pk=issuer.pk)
+                kwargs["initial"] = issuer.pk
+            kwargs["queryset"] = users
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
@@ -79,6 +89,9 @@ class ApiTokenAdmin(_AdminBase):
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         if not change:
+            issuer = _issuer(request)
+            refuse_unless_may_issue(issuer, obj.user)  # the form offers no other user
+            obj.issued_by = issuer
             request._issued_token_text = obj.assign_key()  # type: ignore[attr-defined]
         super().save_model(request, obj, form, change)
 
@@ -101,7 +114,7 @@ class ApiTokenAdmin(_AdminBase):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Revoke selected tokens")
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
         revoked = [token for token in queryset if token.revoke()]
         for token in revoked:
@@ -111,3 +124,10 @@ class ApiTokenAdmin(_AdminBase):
         if already:
             text += f" ({already} already revoked)"
         messages.success(request, text)
+
+
+def _issuer(request: HttpRequest) -> User:
+    """The logged-in user issuing a token (the admin lets in no one else)."""
+    if not isinstance(request.user, User):
+        raise PermissionDenied
+    return request.user

@@ -12,11 +12,12 @@ import secrets
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.utils import timezone
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import User
+    from django.contrib.auth.models import AbstractBaseUser, User
 
 TOKEN_PREFIX = "ssk"
 _PREFIX_BYTES = 4  # 8 hex characters
@@ -26,6 +27,20 @@ _SECRET_BYTES = 32
 def hash_token(token: str) -> str:
     """The stored form of a token: its SHA-256, hex (a token is random, so no salt is needed)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def may_issue(issuer: AbstractBaseUser, user: AbstractBaseUser) -> bool:
+    """Whether `issuer` may issue a token that acts as `user`: only for oneself, unless a
+    superuser (a token carries all its user's permissions)."""
+    return issuer.pk == user.pk or bool(getattr(issuer, "is_superuser", False))
+
+
+def refuse_unless_may_issue(issuer: AbstractBaseUser, user: AbstractBaseUser) -> None:
+    if not may_issue(issuer, user):
+        raise PermissionDenied(
+            f"{issuer.get_username()!r} may issue API tokens only for themselves; "
+            f"a superuser can issue one for {user.get_username()!r}"
+        )
 
 
 class ApiToken(models.Model):
@@ -45,6 +60,16 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="issued_api_tokens",
+        help_text="Who issued it (the token's user or a superuser); empty: issued from the "
+        "shell with `manage.py createapitoken` without --issued-by.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -68,9 +93,14 @@ class ApiToken(models.Model):
         return self.revoked_at is not None
 
     @classmethod
-    def issue(cls, user: User, name: str, read_only: bool = False) -> tuple[ApiToken, str]:
-        """Create a token for `user`; return it and the whole token text (never stored)."""
-        token = cls(user=user, name=name, read_only=read_only)
+    def issue(
+        cls, user: User, name: str, read_only: bool = False, issued_by: User | None = None
+    ) -> tuple[ApiToken, str]:
+        """Create a token for `user`, issued by `issued_by` (None: from the shell); return it
+        and the whole token text (never stored). PermissionDenied if the issuer may not."""
+        if issued_by is not None:
+            refuse_unless_may_issue(issued_by, user)
+        token = cls(user=user, name=name, read_only=read_only, issued_by=issued_by)
         secret = token.assign_key()
         token.save()
         return token, secret

@@ -22,6 +22,7 @@ from django.utils import timezone
 from console.models import ApiToken
 from syncer.models import Subscription
 from tests.support.factories import entry, subscription
+from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +55,7 @@ def fast_password_hashing(settings: Any) -> None:
 
 @pytest.fixture
 def staff() -> User:
-    return User.objects.create_user("ops", password="pw", is_staff=True)
+    return operator(password="pw")
 
 
 def bearer(text: str) -> Client:
@@ -319,3 +320,73 @@ def test_an_unexpected_error_is_a_json_500_without_a_stack_trace(
         and "RuntimeError: bug in the stats query" in m.get("exception", "")
         for m in logged
     )
+
+
+def _token_issuer(username: str) -> Client:
+    """A logged-in staff user (not a superuser) who may add and view API tokens."""
+    from django.contrib.auth.models import Permission
+
+    user = operator(username)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_apitoken", "view_apitoken"])
+    )
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_a_staff_user_issues_tokens_only_for_themselves_in_the_admin(staff: User) -> None:
+    client = _token_issuer("alice")
+    alice = User.objects.get(username="alice")
+    add = reverse("admin:console_apitoken_add")
+
+    form = client.get(add).context["adminform"].form
+    assert list(form.fields["user"].queryset) == [alice]
+
+    refused = client.post(add, {"user": staff.pk, "name": "for-ops"})
+    assert refused.status_code == 200
+    assert "user" in refused.context["adminform"].form.errors
+    assert not ApiToken.objects.filter(user=staff).exists()
+
+    assert client.post(add, {"user": alice.pk, "name": "mine"}).status_code == 200
+    token = ApiToken.objects.get(name="mine")
+    assert (token.user, token.issued_by) == (alice, alice)
+
+
+def test_a_superuser_issues_tokens_for_others_and_is_recorded(
+    admin_client: Client, admin_user: User, staff: User
+) -> None:
+    admin_client.post(reverse("admin:console_apitoken_add"), {"user": staff.pk, "name": "ci"})
+    token = ApiToken.objects.get(name="ci")
+    assert (token.user, token.issued_by) == (staff, admin_user)
+    listing = admin_client.get(reverse("admin:console_apitoken_changelist")).content.decode()
+    assert "issued by" in listing.lower()
+
+
+def test_issuing_for_another_user_is_refused_unless_a_superuser(staff: User) -> None:
+    from django.core.exceptions import PermissionDenied
+
+    alice = operator("alice")
+    with pytest.raises(PermissionDenied, match="only for themselves"):
+        ApiToken.issue(staff, "ci", issued_by=alice)
+    root = User.objects.create_superuser("root")
+    token, _ = ApiToken.issue(staff, "ci", issued_by=root)
+    assert token.issued_by == root
+    assert ApiToken.objects.count() == 1
+
+
+def test_createapitoken_records_the_issuer_it_is_given(staff: User) -> None:
+    operator("alice")
+    User.objects.create_superuser("root")
+    quiet = {"stdout": StringIO(), "stderr": StringIO()}
+    with pytest.raises(CommandError, match="only for themselves"):
+        call_command("createapitoken", "--user", "ops", "--name", "a", "--issued-by", "alice")
+    with pytest.raises(CommandError, match="no user named 'ghost'"):
+        call_command("createapitoken", "--user", "ops", "--name", "a", "--issued-by", "ghost")
+    assert not ApiToken.objects.exists()
+
+    call_command("createapitoken", "--user", "ops", "--name", "b", "--issued-by", "root", **quiet)
+    call_command("createapitoken", "--user", "ops", "--name", "c", "--issued-by", "ops", **quiet)
+    call_command("createapitoken", "--user", "ops", "--name", "d", **quiet)
+    issuers = dict(ApiToken.objects.values_list("name", "issued_by__username"))
+    assert issuers == {"b": "root", "c": "ops", "d": None}
