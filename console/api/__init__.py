@@ -2,7 +2,8 @@
 
 Automation does what the admin does: subscriptions, their control, the dead-letter
 queue, health and readiness. Every endpoint but /api/health needs a staff session or
-an API token (see auth.py).
+an API token (see auth.py), and the permission it states (permissions.py); so do the
+docs and the schema (docs.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from ninja import NinjaAPI
 
 from console.api import dead_letters, documents, errors, events, health, subscriptions
 from console.api.auth import authenticators
+from console.api.docs import docs_login_required
 
 api = NinjaAPI(
     title="searchsync",
@@ -22,6 +24,7 @@ api = NinjaAPI(
     "`/api/subscriptions/{name}/events/stream` (not listed below: an endless stream).",
     auth=authenticators(),
     urls_namespace="api",
+    docs_decorator=docs_login_required,
 )
 errors.install(api)
 api.add_router("/subscriptions", subscriptions.router)

@@ -1,11 +1,14 @@
-"""`/api/health` answers without credentials; `/api/ready` needs a fresh worker heartbeat."""
+"""`/api/health` answers without credentials; `/api/ready` needs a fresh worker heartbeat;
+the schema and its docs need a login."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from console.models import ApiToken
@@ -59,13 +62,40 @@ def test_ready_with_a_fresh_heartbeat(client: Client) -> None:
     assert response.json() == {"ready": True, "reason": "", "workers": 1}
 
 
-def test_the_openapi_schema_and_docs_are_served() -> None:
-    schema = Client().get("/api/openapi.json").json()
-    assert "/api/subscriptions/{name}/resync" in schema["paths"]
-    assert {"BearerToken", "StaffSession"} <= set(schema["components"]["securitySchemes"])
-    docs = Client().get("/api/docs")
-    assert docs.status_code == 200
-    assert "/api/openapi.json" in docs.content.decode()
+def test_the_openapi_schema_and_docs_are_served_to_a_staff_session_or_a_token() -> None:
+    session = Client()
+    session.force_login(operator("alice"))
+    _, text = ApiToken.issue(operator("bob"), "docs", read_only=True)
+    token = Client(headers={"Authorization": f"Bearer {text}"})
+    for client in (session, token):
+        schema = client.get("/api/openapi.json").json()
+        assert "/api/subscriptions/{name}/resync" in schema["paths"]
+        assert {"BearerToken", "StaffSession"} <= set(schema["components"]["securitySchemes"])
+        docs = client.get("/api/docs")
+        assert docs.status_code == 200
+        assert "/api/openapi.json" in docs.content.decode()
+
+
+def test_the_openapi_schema_and_docs_need_a_login() -> None:
+    anonymous = Client()
+    schema = anonymous.get("/api/openapi.json")
+    assert schema.status_code == 401
+    assert "log in" in schema.json()["detail"]
+    assert schema.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "paths" not in schema.json()
+    docs = anonymous.get("/api/docs")
+    assert docs.status_code == 302
+    assert docs["Location"] == f"{reverse('admin:login')}?next=/api/docs"
+
+    wrong = Client(headers={"Authorization": "Bearer ssk_00000000_wrong"})
+    assert wrong.get("/api/openapi.json").status_code == 401
+
+    clerk = Client()
+    clerk.force_login(User.objects.create_user("clerk"))
+    refused = clerk.get("/api/openapi.json")
+    assert refused.status_code == 403
+    assert "staff" in refused.json()["detail"]
+    assert clerk.get("/api/docs").status_code == 302
 
 
 def test_an_unknown_endpoint_is_a_json_404(client: Client) -> None:

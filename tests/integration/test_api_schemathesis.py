@@ -55,8 +55,10 @@ def token(opensearch_url: str) -> str:
 
 def test_no_generated_request_gets_a_5xx(token: str) -> None:
     existing = {"name": "orders", "entry_id": DeadLetter.objects.values_list("pk", flat=True)[0]}
-    schema = schemathesis.openapi.from_wsgi("/api/openapi.json", get_wsgi_application())
     headers = {"Authorization": f"Bearer {token}"}
+    schema = schemathesis.openapi.from_wsgi(
+        "/api/openapi.json", get_wsgi_application(), headers=headers
+    )
     server_errors: list[str] = []
     operations = 0
     no_invalid_input: list[str] = []
