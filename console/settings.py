@@ -6,6 +6,7 @@ Every variable is optional and has a local default; the README lists them.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -151,3 +152,29 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 
 LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL)
+
+# --- Admin login rate limit (django-axes) and the API's live streams -------------------------
+# After AXES_FAILURE_LIMIT failed admin logins, from one address or for one username, further
+# logins from it / for it are refused (429) for AXES_COOLOFF_MINUTES; a successful login resets
+# the count. `manage.py axes_reset` (or axes_reset_ip / axes_reset_username) lifts a lock now.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the rest
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = _env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = int(_env_number("AXES_FAILURE_LIMIT", 5)) or 5
+AXES_COOLOFF_TIME = timedelta(minutes=_env_number("AXES_COOLOFF_MINUTES", 15) or 15)
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+# Behind reverse proxies, how many append to X-Forwarded-For: without it every login seems to
+# come from the proxy's address, and one attacker's failures lock out everyone.
+LOGIN_PROXY_COUNT = int(_env_number("LOGIN_PROXY_COUNT", 0))
+AXES_CLIENT_IP_CALLABLE = "console.login_limit.client_ip"
+
+# A live stream (websocket or event stream) re-checks its caller this often, in seconds: a
+# revoked token, a logout, a lost staff flag or permission ends it within this time.
+LIVE_STREAM_RECHECK_SECONDS = _env_number("LIVE_STREAM_RECHECK_SECONDS", 10) or 10
+# Live streams one user may hold open at once, over all web processes (counted in Redis).
+LIVE_STREAMS_PER_USER = int(_env_number("LIVE_STREAMS_PER_USER", 10)) or 10
