@@ -5,10 +5,13 @@ and the monitor's counts.
 sends, as `event: events` + `data: <json>` blocks, with a `: heartbeat` comment every
 15 s; `op` and `doc_id_prefix` query parameters filter it. It needs the ASGI server
 (daphne), and is left out of the OpenAPI schema, which cannot describe an endless stream.
+A caller holds at most LIVE_STREAMS_PER_USER streams (429 beyond), and each is checked
+again while open (console.live.access).
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
@@ -16,9 +19,11 @@ from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 
+from console.api.auth import caller
 from console.api.errors import FieldErrors, NotFound
 from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from console.live import sse, stats
+from console.live.access import StreamCaller, StreamGuard
 from console.live.filters import EventFilter, FilterError, parse_op, parse_prefix
 from syncer.models import Subscription
 
@@ -67,7 +72,7 @@ async def event_stats(request: HttpRequest) -> dict[str, Any]:
     summary="Stream a subscription's live events",
 )
 @requires(VIEW_SUBSCRIPTION)
-def event_stream(
+async def event_stream(
     request: HttpRequest,
     name: str,
     op: Query[str | None] = None,
@@ -75,14 +80,28 @@ def event_stream(
 ) -> StreamingHttpResponse:
     """Server-sent events of one subscription, until the client disconnects."""
     event_filter = _stream_filter(op, doc_id_prefix)
-    if "\x00" in name or not Subscription.objects.filter(name=name).exists():
+    if "\x00" in name or not await Subscription.objects.filter(name=name).aexists():
         raise NotFound(f"no subscription named {name!r}")
     if not isinstance(request, ASGIRequest):
         raise HttpError(
             501,
             "the event stream is served by the ASGI server: run `daphne console.asgi:application`",
         )
-    return sse.EventStreamResponse(sse.event_stream(name, event_filter, sse.heartbeat_interval()))
+    guard = StreamGuard(_stream_caller(request), f"sse.{uuid.uuid4().hex}")
+    refusal = await guard.enter()
+    if refusal is not None:
+        raise HttpError(429, refusal.reason)
+    stream = sse.event_stream(name, event_filter, sse.heartbeat_interval(), guard)
+    return sse.EventStreamResponse(stream)
+
+
+def _stream_caller(request: HttpRequest) -> StreamCaller:
+    """How the stream's caller came in: checked again, the same way, while it is open."""
+    found = caller(request)
+    user = found.user
+    if found.token is not None:
+        return StreamCaller(user.pk, user.get_username(), token_id=found.token.pk)
+    return StreamCaller(user.pk, user.get_username(), session_key=request.session.session_key)
 
 
 def _stream_filter(op: str | None, doc_id_prefix: str | None) -> EventFilter:

@@ -7,8 +7,8 @@
 `requires` gives the operation the API's authenticators with those permissions, so the
 check runs with authentication, before the body is read: a caller that may not call
 an endpoint learns nothing from it but the 403. The permissions are the admin's own
-(Django model permissions of syncer.Subscription and syncer.DeadLetter), so a user
-may do the same through the API as through the admin.
+(console.model_permissions), so a user may do the same through the API as through the
+admin.
 """
 
 from __future__ import annotations
@@ -20,14 +20,27 @@ from ninja.operation import Operation
 from ninja.utils import contribute_operation_callback
 
 from console.api.auth import authenticators
+from console.model_permissions import (
+    ADD_SUBSCRIPTION,
+    CHANGE_DEAD_LETTER,
+    CHANGE_SUBSCRIPTION,
+    DELETE_DEAD_LETTER,
+    DELETE_SUBSCRIPTION,
+    VIEW_DEAD_LETTER,
+    VIEW_SUBSCRIPTION,
+)
 
-VIEW_SUBSCRIPTION = "syncer.view_subscription"
-ADD_SUBSCRIPTION = "syncer.add_subscription"
-CHANGE_SUBSCRIPTION = "syncer.change_subscription"
-DELETE_SUBSCRIPTION = "syncer.delete_subscription"
-VIEW_DEAD_LETTER = "syncer.view_deadletter"
-CHANGE_DEAD_LETTER = "syncer.change_deadletter"  # retry
-DELETE_DEAD_LETTER = "syncer.delete_deadletter"  # purge
+__all__ = [
+    "ADD_SUBSCRIPTION",
+    "CHANGE_DEAD_LETTER",
+    "CHANGE_SUBSCRIPTION",
+    "DELETE_DEAD_LETTER",
+    "DELETE_SUBSCRIPTION",
+    "VIEW_DEAD_LETTER",
+    "VIEW_SUBSCRIPTION",
+    "required_permissions",
+    "requires",
+]
 
 View = TypeVar("View", bound=Callable[..., Any])
 

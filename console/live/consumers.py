@@ -1,12 +1,16 @@
 """Websocket consumers of the live monitor: relay layer messages to staff browsers.
 
-Close codes (after the handshake, so that browsers can read them): 4401 not logged in,
-4403 logged in but not staff, 4404 no such subscription. Consumers only read from the
-layer; a slow browser costs its own buffer, never the worker.
+Close codes (after the handshake, so that browsers can read them): 4401 not logged in
+(or logged out, or deactivated, while open), 4403 not staff or without the permission to
+view subscriptions, 4404 no such subscription, 4429 too many live streams open for this
+user (console.live.access). An open socket's caller is checked again every
+LIVE_STREAM_RECHECK_SECONDS. Consumers only read from the layer; a slow browser costs
+its own buffer, never the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -14,16 +18,13 @@ import structlog
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from console.live import stats
+from console.live import access, stats
+from console.live.access import NO_SUCH_SUBSCRIPTION, StreamCaller, StreamGuard
 from console.live.filters import EventFilter, FilterError, parse_client_message
 from syncer.live.messages import MONITOR_GROUP, events_group
 from syncer.models import Subscription
 
 log = structlog.get_logger(__name__)
-
-NOT_AUTHENTICATED = 4401
-NOT_STAFF = 4403
-NO_SUCH_SUBSCRIPTION = 4404
 
 
 def browser_message(message: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -41,18 +42,28 @@ class StaffConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.joined: list[str] = []
         self.presence: stats.Presence | None = None
+        self.guard: StreamGuard | None = None
+        self.watcher: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.refuse(NOT_AUTHENTICATED)
-            return
-        if not (user.is_active and user.is_staff):
-            await self.refuse(NOT_STAFF)
+        refusal = await database_sync_to_async(access.refusal_of)(user)
+        if refusal is not None:
+            await self.refuse(refusal.code)
             return
         groups = await self.groups_to_join()
         if groups is None:
             return
+        session = self.scope.get("session")
+        caller = StreamCaller(
+            user.pk, user.get_username(), session_key=getattr(session, "session_key", None)
+        )
+        guard = StreamGuard(caller, f"{self.presence_kind}.{self.channel_name}")
+        refusal = await guard.enter()
+        if refusal is not None:
+            await self.refuse(refusal.code)
+            return
+        self.guard = guard
         # Joined before the handshake ends: once the browser sees the socket open, it
         # receives everything published from then on.
         self.joined = groups
@@ -60,6 +71,13 @@ class StaffConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         self.presence = stats.Presence(self.presence_kind, rejoin=self.join)
         await self.presence.enter()
         await self.accept()
+        self.watcher = asyncio.create_task(self.watch(guard), name=f"watch {self.channel_name}")
+
+    async def watch(self, guard: StreamGuard) -> None:
+        """Close the socket once its caller may no longer watch."""
+        refusal = await guard.watch()
+        await self.release()  # first: no message reaches a caller no longer allowed
+        await self.close(code=refusal.code)
 
     async def join(self) -> None:
         for group in self.joined:
@@ -88,6 +106,13 @@ class StaffConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def release(self) -> None:
         """Stop counting the socket and leave its groups (idempotent)."""
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if self.guard is not None:
+            guard, self.guard = self.guard, None
+            await guard.leave()
         if self.presence is not None:  # first: its refresh task would join the groups again
             presence, self.presence = self.presence, None
             await presence.leave()

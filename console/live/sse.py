@@ -5,7 +5,9 @@ and leaves the group when the client goes away (Django cancels the response, and
 EventStreamResponse closes the stream inside it). A
 comment line every `heartbeat` seconds keeps proxies from closing an idle stream. A
 client reading slower than events arrive loses the excess, and is told so with a
-`dropped` summary, as the worker does.
+`dropped` summary, as the worker does. The stream's caller is checked again every
+LIVE_STREAM_RECHECK_SECONDS (console.live.access): once it may no longer watch, a last
+`event: closed` says why (`code` as the websockets' close codes) and the stream ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from console.live import stats
+from console.live.access import StreamGuard
 from console.live.filters import EventFilter
 from syncer.live.messages import Event, events_group
 from syncer.logconfig import redact
@@ -65,9 +68,10 @@ class EventStreamResponse(StreamingHttpResponse):
 
 
 async def event_stream(
-    subscription: str, event_filter: EventFilter, heartbeat: float
+    subscription: str, event_filter: EventFilter, heartbeat: float, guard: StreamGuard
 ) -> AsyncGenerator[str, None]:
-    """The stream's text, chunk by chunk, until the client disconnects."""
+    """The stream's text, chunk by chunk, until the client disconnects or may no longer
+    watch; `guard` holds the caller's slot, given back when the stream ends."""
     layer = get_channel_layer()
     group = events_group(subscription)
     channel = await layer.new_channel()
@@ -81,6 +85,7 @@ async def event_stream(
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(BUFFER)
     skipped = [0]  # events the buffer had no room for, not yet reported
     reader = asyncio.create_task(_read(layer, channel, queue, skipped), name=f"sse {channel}")
+    watcher = asyncio.create_task(guard.watch(), name=f"sse watch {channel}")
     getter: asyncio.Future[dict[str, Any]] | None = None
     log.info(
         "live_stream_opened",
@@ -99,12 +104,18 @@ async def event_stream(
                 getter = asyncio.ensure_future(queue.get())
             # asyncio.wait, not wait_for/timeout: a heartbeat due must not cancel this task,
             # whose cancellation is how Django says that the client went away.
-            waited: set[asyncio.Future[Any]] = {getter, reader}
+            waited: set[asyncio.Future[Any]] = {getter, reader, watcher}
             done, _ = await asyncio.wait(
                 waited,
                 timeout=max(next_beat - loop.time(), 0),
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if watcher in done:
+                refusal = watcher.result()
+                yield sse_event(
+                    "closed", {"kind": "closed", "code": refusal.code, "reason": refusal.reason}
+                )
+                return
             if reader in done and getter not in done:
                 break
             if not done:
@@ -131,12 +142,16 @@ async def event_stream(
         if getter is not None:
             getter.cancel()
         reader.cancel()
+        watcher.cancel()
         # Whatever the reader died of, the stream must still leave its group and the count.
-        await asyncio.gather(reader, return_exceptions=True)
+        await asyncio.gather(reader, watcher, return_exceptions=True)
         try:
             await presence.leave()  # first: its refresh task would join the group again
         finally:
-            await layer.group_discard(group, channel)
+            try:
+                await layer.group_discard(group, channel)
+            finally:
+                await guard.leave()
             log.info("live_stream_closed", subscription=subscription, client=presence.client_id)
 
 

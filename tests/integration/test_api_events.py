@@ -26,8 +26,10 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
+from django.contrib.auth.models import User
 from django.test import Client
 
+from console.live import slots
 from console.models import ApiToken
 from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
@@ -39,6 +41,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT = 0.5
+RECHECK = 0.3
+STREAMS_PER_USER = 3
 PREFIX = f"searchsync_test{DB_SUFFIX}_{uuid.uuid4().hex[:12]}"
 # The configured channel layer under a prefix of this module's own.
 LAYERS: dict[str, Any] = copy.deepcopy(django_settings.CHANNEL_LAYERS)
@@ -63,6 +67,8 @@ def daphne(
         f"DATABASES['default']['NAME'] = {db['NAME']!r}  # noqa: F405\n"
         f"CHANNEL_LAYERS = {LAYERS!r}\n"
         f"LIVE_SSE_HEARTBEAT = {HEARTBEAT!r}\n"
+        f"LIVE_STREAM_RECHECK_SECONDS = {RECHECK!r}\n"
+        f"LIVE_STREAMS_PER_USER = {STREAMS_PER_USER!r}\n"
     )
     port = free_port()
     env = {
@@ -147,9 +153,16 @@ def _auth(token: str | None) -> dict[str, str]:
 class Stream:
     """An open `text/event-stream` response, read block by block (blank-line separated)."""
 
-    def __init__(self, server: tuple[str, int], path: str, token: str | None) -> None:
+    def __init__(
+        self,
+        server: tuple[str, int],
+        path: str,
+        token: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.conn = http.client.HTTPConnection(*server, timeout=5)
-        self.conn.request("GET", path, headers={"Accept": "text/event-stream", **_auth(token)})
+        sent = {"Accept": "text/event-stream", **_auth(token), **(headers or {})}
+        self.conn.request("GET", path, headers=sent)
         self.response = self.conn.getresponse()
 
     def block(self) -> list[str]:
@@ -170,6 +183,16 @@ class Stream:
                 data: dict[str, Any] = json.loads(block[1].removeprefix("data: "))
                 return data
             assert all(line.startswith(":") for line in block), block
+
+    def until_closed(self) -> dict[str, Any]:
+        """The data of the `closed` event that ends the stream (skipping all else); then
+        the stream must end."""
+        while True:
+            block = self.block()
+            if block and block[0] == "event: closed":
+                closed: dict[str, Any] = json.loads(block[1].removeprefix("data: "))
+                assert self.response.readline() == b"", "the stream goes on after closed"
+                return closed
 
     def close(self) -> None:
         self.response.close()  # it holds the socket: closing the connection alone does not
@@ -359,3 +382,72 @@ def test_stream_under_a_wsgi_server_says_to_run_daphne(token: str) -> None:
     )
     assert response.status_code == 501
     assert "daphne console.asgi:application" in response.json()["detail"]
+
+
+# -- a stream's caller is checked again while it is open; each user holds a bounded number --
+
+
+def test_a_stream_ends_once_its_token_is_revoked(daphne: Any, token: str) -> None:
+    stream = opened(daphne, token)
+    try:
+        assert stream.block() == [": heartbeat"]  # re-checked meanwhile, still open
+        ApiToken.objects.get().revoke()
+        started = time.monotonic()
+        closed = stream.until_closed()
+        assert (closed["kind"], closed["code"]) == ("closed", 4401)
+        assert "revoked" in closed["reason"]
+        assert time.monotonic() - started < 10 * RECHECK
+    finally:
+        stream.close()
+    status, _ = request(daphne, "/api/subscriptions/orders/events/stream", token)
+    assert status == 401  # and EventSource's reconnection is refused
+
+
+def test_a_stream_ends_once_its_tokens_user_loses_the_view_permission(
+    daphne: Any, token: str
+) -> None:
+    stream = opened(daphne, token)
+    try:
+        User.objects.get(username="ops").user_permissions.clear()
+        closed = stream.until_closed()
+        assert closed["code"] == 4403
+        assert "syncer.view_subscription" in closed["reason"]
+    finally:
+        stream.close()
+
+
+def test_a_session_stream_ends_at_logout(daphne: Any, token: str) -> None:
+    client = Client()
+    client.force_login(User.objects.get(username="ops"))
+    cookie = {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
+    stream = Stream(daphne, "/api/subscriptions/orders/events/stream", None, cookie)
+    try:
+        assert stream.response.status == 200
+        assert stream.block() == ["retry: 3000", ": subscribed to orders"]
+        client.logout()
+        assert stream.until_closed()["code"] == 4401
+    finally:
+        stream.close()
+
+
+def test_the_stream_cap_counts_the_users_streams_of_every_process(daphne: Any, token: str) -> None:
+    user = User.objects.get(username="ops")
+    # Streams this user holds in another web process (this one), through the same Redis.
+    for n in range(STREAMS_PER_USER - 1):
+        assert async_to_sync(slots.take)(user.pk, f"elsewhere-{n}", 30)
+    stream = opened(daphne, token)
+    try:
+        status, body = request(daphne, "/api/subscriptions/orders/events/stream", token)
+        assert status == 429
+        assert "LIVE_STREAMS_PER_USER" in body["detail"]
+        other = operator("other")
+        _, text = ApiToken.issue(other, "ci")
+        opened(daphne, text).close()  # the cap is per user
+    finally:
+        stream.close()
+    wait_for(
+        lambda: async_to_sync(slots.held)(user.pk) == STREAMS_PER_USER - 1,
+        timeout=10,
+        what="the closed stream to give its slot back",
+    )
+    opened(daphne, token).close()

@@ -23,11 +23,11 @@ from django.db import connections
 from django.test import Client
 
 from console.asgi import application
-from console.live import stats
+from console.live import slots, stats
 from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import subscription
-from tests.support.users import operator
+from tests.support.users import operator, staff_with, viewer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -445,3 +445,109 @@ async def test_stats_without_any_worker_are_zero(layer: Any) -> None:
     assert counts == stats.LiveStats(
         published=0, delivered=0, dropped=0, connected_clients=0, workers=0
     )
+
+
+# -- an open socket's caller is checked again; each user holds a bounded number ------------
+
+
+@pytest.fixture
+def fast_recheck(settings: Any) -> float:
+    settings.LIVE_STREAM_RECHECK_SECONDS = 0.2
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    return 0.2
+
+
+def logged_in(user: User) -> tuple[Client, tuple[bytes, bytes]]:
+    """A real session of `user` (its client, to log out with) and the socket's cookie."""
+    client = Client()
+    client.force_login(user)
+    return client, (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+
+def _lose_staff(user: User, client: Client) -> None:
+    User.objects.filter(pk=user.pk).update(is_staff=False)
+
+
+def _deactivate(user: User, client: Client) -> None:
+    User.objects.filter(pk=user.pk).update(is_active=False)
+
+
+def _lose_view_permission(user: User, client: Client) -> None:
+    user.user_permissions.clear()
+
+
+def _change_password(user: User, client: Client) -> None:
+    user.set_password("new-password")
+    user.save()
+
+
+LOSSES: dict[str, tuple[Callable[[User, Client], None], int]] = {
+    "logout": (lambda user, client: client.logout(), 4401),
+    "deactivated": (_deactivate, 4401),
+    "password changed": (_change_password, 4401),
+    "staff flag lost": (_lose_staff, 4403),
+    "view permission lost": (_lose_view_permission, 4403),
+}
+
+
+async def closing_code(socket: WebsocketCommunicator, within: float) -> int:
+    closed = await socket.receive_output(timeout=within)
+    assert closed["type"] == "websocket.close", closed
+    return int(closed["code"])
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("path", ["/ws/monitor/", "/ws/subscriptions/orders/events/"])
+async def test_an_open_socket_closes_once_its_caller_may_no_longer_watch(
+    loss: str, path: str, layer: Any, orders: str, sockets: Any, fast_recheck: float
+) -> None:
+    user = await sync_to_async(viewer)()
+    client, cookie = await sync_to_async(logged_in)(user)
+    socket = await connected(sockets, path, cookie)
+    assert await socket.receive_nothing(timeout=3 * fast_recheck)  # re-checked, still open
+
+    lose, code = LOSSES[loss]
+    await sync_to_async(lose)(user, client)
+
+    assert await closing_code(socket, within=10 * fast_recheck) == code
+    assert await slots.held(user.pk) == 0
+    group = MONITOR_GROUP if path == "/ws/monitor/" else events_group("orders")
+    assert await layer.connection(0).zcard(f"{layer.prefix}:group:{group}") == 0
+
+
+async def test_a_staff_user_without_the_view_permission_is_closed_with_4403(
+    orders: str, sockets: Any
+) -> None:
+    bare = await sync_to_async(staff_with)("bare", ())
+    _, cookie = await sync_to_async(logged_in)(bare)
+    assert await refusal(await sockets("/ws/monitor/", cookie)) == 4403
+    assert await refusal(await sockets("/ws/subscriptions/orders/events/", cookie)) == 4403
+
+
+async def test_each_user_holds_at_most_the_configured_number_of_sockets(
+    settings: Any, layer: Any, orders: str, sockets: Any
+) -> None:
+    settings.LIVE_STREAMS_PER_USER = 2
+    user = await sync_to_async(viewer)()
+    _, cookie = await sync_to_async(logged_in)(user)
+    first = await connected(sockets, "/ws/monitor/", cookie)
+    await connected(sockets, "/ws/subscriptions/orders/events/", cookie)
+
+    assert await refusal(await sockets("/ws/monitor/", cookie)) == 4429
+    assert await slots.held(user.pk) == 2
+    other = await sync_to_async(viewer)("other")
+    _, other_cookie = await sync_to_async(logged_in)(other)
+    await connected(sockets, "/ws/monitor/", other_cookie)  # the cap is per user
+
+    await first.disconnect()
+    assert await slots.held(user.pk) == 1
+    again = await connected(sockets, "/ws/monitor/", cookie)
+    await layer.group_send(MONITOR_GROUP, {"type": "sync.snapshot", "subscription": "orders"})
+    assert (await again.receive_json_from(timeout=2))["kind"] == "snapshot"
+
+
+async def test_slots_of_a_process_that_died_stop_counting_after_their_ttl(layer: Any) -> None:
+    assert await slots.take(7, "dead-process-stream", ttl=0.3)
+    assert await slots.held(7) == 1
+    await asyncio.sleep(0.4)  # nothing refreshes it: the expiry is the condition under test
+    assert await slots.held(7) == 0
