@@ -87,13 +87,16 @@
       if (self.socket !== socket || self.closed) return;
       if (event.code === 4401 || event.code === 4403 || event.code === 4404) {
         self.closed = true;
-        self.handlers.state("refused", { 4401: "Log in again", 4403: "Staff only",
+        self.handlers.state("refused", { 4401: "Log in again",
+          4403: "Staff with the permission to view subscriptions only",
           4404: "No such subscription" }[event.code]);
         return;
       }
       var wait = self.delay * (0.8 + Math.random() * 0.4);
       self.delay = Math.min(self.delay * 2, 10000);
-      self.handlers.state("reconnecting", "Reconnecting in " + Math.ceil(wait / 1000) + " s");
+      // 4429: this user holds too many live streams; one may close, so keep trying.
+      var why = event.code === 4429 ? "Too many live tabs open; retrying in " : "Reconnecting in ";
+      self.handlers.state("reconnecting", why + Math.ceil(wait / 1000) + " s");
       self.timer = setTimeout(function () { self.connect(); }, wait);
     };
   };
