@@ -168,6 +168,7 @@ AXES_FAILURE_LIMIT = int(_env_number("AXES_FAILURE_LIMIT", 5)) or 5
 AXES_COOLOFF_TIME = timedelta(minutes=_env_number("AXES_COOLOFF_MINUTES", 15) or 15)
 AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
 AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every manage.py command; failures and lockouts still log
 # Behind reverse proxies, how many append to X-Forwarded-For: without it every login seems to
 # come from the proxy's address, and one attacker's failures lock out everyone.
 LOGIN_PROXY_COUNT = int(_env_number("LOGIN_PROXY_COUNT", 0))
