@@ -1,4 +1,5 @@
-"""The live monitor page (`/console/`): staff only, filled in live by the browser.
+"""The live monitor page (`/console/`): staff who may view subscriptions, filled in live
+by the browser.
 
 The table is rendered from the Subscription rows so the page is useful before the
 first snapshot arrives; the page's JavaScript then follows `/ws/monitor/` and one
@@ -10,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
+from console.model_permissions import VIEW_SUBSCRIPTION
 from syncer.models import Subscription
 from syncer.positions import format_position
 
@@ -45,8 +48,10 @@ def _row(sub: Any) -> dict[str, Any]:
 
 
 @staff_member_required
+@permission_required(VIEW_SUBSCRIPTION, raise_exception=True)
 def live_monitor(request: HttpRequest) -> HttpResponse:
-    """Staff see the monitor; anyone else is sent to the admin login, then back here."""
+    """Staff see the monitor (403 without the view permission, as its websockets refuse
+    them); anyone else is sent to the admin login, then back here."""
     subscriptions = Subscription.objects.annotate(dead_letter_count=Count("dead_letters")).order_by(
         "name"
     )

@@ -272,3 +272,9 @@ def _token_permissions(*actions: str) -> list[Any]:
             content_type__app_label="console", codename__in=[f"{a}_apitoken" for a in actions]
         )
     )
+
+
+def test_the_live_monitor_page_needs_the_view_permission_as_its_sockets_do() -> None:
+    subscription("orders")
+    assert _session(viewer()).get("/console/").status_code == 200
+    assert _session(staff_with("bare", ())).get("/console/").status_code == 403
