@@ -26,10 +26,13 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from console.live import slots
 from console.model_permissions import VIEW_SUBSCRIPTION
 from console.models import ApiToken
+from syncer.logconfig import redact
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +134,16 @@ class StreamGuard:
         """Wait until the caller may no longer hold the stream; say why."""
         while True:
             await asyncio.sleep(recheck_interval())
-            refusal = await recheck(self.caller)
+            try:
+                refusal = await recheck(self.caller)
+                if refusal is None:
+                    await slots.refresh(self.caller.user_id, self.client_id, self._slot_ttl())
+            except (DatabaseError, RedisError, OSError) as exc:
+                # Nothing can be revoked while the database is down: ask again next time.
+                log.warning(
+                    "live_stream_recheck_failed", client=self.client_id, error=redact(str(exc))
+                )
+                continue
             if refusal is not None:
                 log.info(
                     "live_stream_ended",
@@ -141,7 +153,6 @@ class StreamGuard:
                     reason=refusal.reason,
                 )
                 return refusal
-            await slots.refresh(self.caller.user_id, self.client_id, self._slot_ttl())
 
     async def leave(self) -> None:
         """Give the slot back (idempotent)."""
