@@ -22,7 +22,7 @@ from django.utils import timezone
 from console.models import ApiToken
 from syncer.models import Subscription
 from tests.support.factories import entry, subscription
-from tests.support.users import operator
+from tests.support.users import bearer, operator
 
 pytestmark = pytest.mark.django_db
 
@@ -56,10 +56,6 @@ def fast_password_hashing(settings: Any) -> None:
 @pytest.fixture
 def staff() -> User:
     return operator(password="pw")
-
-
-def bearer(text: str) -> Client:
-    return Client(headers={"Authorization": f"Bearer {text}"})
 
 
 def call(client: Client, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

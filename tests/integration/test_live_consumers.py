@@ -57,9 +57,14 @@ async def layer(settings: Any) -> AsyncIterator[Any]:
 
 
 def session_cookie(user: User) -> tuple[bytes, bytes]:
+    return logged_in(user)[1]
+
+
+def logged_in(user: User) -> tuple[Client, tuple[bytes, bytes]]:
+    """A real session of `user` (its client, to log out with) and the socket's cookie."""
     client = Client()
     client.force_login(user)
-    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+    return client, (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
 
 
 def user_cookie(username: str, **fields: Any) -> tuple[bytes, bytes]:
@@ -455,13 +460,6 @@ def fast_recheck(settings: Any) -> float:
     settings.LIVE_STREAM_RECHECK_SECONDS = 0.2
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     return 0.2
-
-
-def logged_in(user: User) -> tuple[Client, tuple[bytes, bytes]]:
-    """A real session of `user` (its client, to log out with) and the socket's cookie."""
-    client = Client()
-    client.force_login(user)
-    return client, (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
 
 
 def _lose_staff(user: User, client: Client) -> None:
