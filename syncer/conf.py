@@ -10,6 +10,14 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+LOCAL_SECRET_KEY = "searchsync-insecure-local-key-set-SECRET_KEY"
+"""The key used when SECRET_KEY is not set: public, so only for local use (DEBUG on)."""
+
+
+def secret_key_missing() -> bool:
+    """Whether DEBUG is off and SECRET_KEY is unset (the public local key is in use)."""
+    return not settings.DEBUG and settings.SECRET_KEY in {"", LOCAL_SECRET_KEY}
+
 
 @dataclass(frozen=True)
 class OpenSearchSettings:
