@@ -146,13 +146,31 @@ class ReadinessCheck:
         return result
 
 
+DEFAULT_HOST = "127.0.0.1"
+"""Only this machine by default: /ready's reasons and /metrics are not for everyone."""
+REQUEST_TIMEOUT = 5.0
+"""Seconds a client may take to send a request: a silent or half-sent one is dropped."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, registry: CollectorRegistry, readiness: ReadinessCheck) -> None:
-        super().__init__(("0.0.0.0", port), _Handler)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        readiness: ReadinessCheck,
+        request_timeout: float,
+    ) -> None:
+        super().__init__(address, _Handler)
         self.registry = registry
         self.readiness = readiness
+        self.request_timeout = request_timeout
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Before the handler reads: StreamRequestHandler applies no timeout of its own here.
+        request.settimeout(self.request_timeout)
+        super().finish_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The default prints a traceback to stderr, which would break the JSON log.
@@ -198,12 +216,16 @@ def serve(
     pipelines: Callable[[], Mapping[str, Pipeline]],
     registry: CollectorRegistry,
     *,
+    host: str = DEFAULT_HOST,
     stall_after: float | None = None,
     worker_ready: Callable[[], str | None] | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> Callable[[], None]:
-    """Listen on `port` (all interfaces) in a thread; return a function that stops it.
+    """Listen on `host:port` in a thread; return a function that stops it.
 
-    Raises OSError when the port cannot be listened on.
+    Each connection has `request_timeout` seconds per read and write, so a client that
+    connects and sends nothing (or half a request) costs one thread for that long.
+    Raises OSError when the address cannot be listened on.
     """
     probe = OpenSearchProbe(conf.opensearch())
     readiness = ReadinessCheck(
@@ -213,7 +235,7 @@ def serve(
         worker_ready,
     )
     try:
-        server = _Server(port, registry, readiness)
+        server = _Server((host, port), registry, readiness, request_timeout)
     except OSError:
         probe.close()
         raise
