@@ -98,3 +98,8 @@ def live() -> LiveSettings:
         queue_size=int(getattr(settings, "SYNCER_LIVE_QUEUE_SIZE", 10000)),
         send_timeout=float(getattr(settings, "SYNCER_LIVE_SEND_TIMEOUT", 1.0)),
     )
+
+
+def api_dlq_max() -> int:
+    """Dead letters one API call or admin action may retry or purge (SYNCER_API_DLQ_MAX)."""
+    return int(getattr(settings, "SYNCER_API_DLQ_MAX", 1000))
