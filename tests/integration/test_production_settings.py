@@ -8,6 +8,7 @@ their own) with only the environment each test gives it.
 from __future__ import annotations
 
 import http.client
+import importlib
 import os
 import secrets
 import socket
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 
+from syncer.checks import require_secret_key
+from syncer.conf import LOCAL_SECRET_KEY
 from tests.support.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,8 +109,16 @@ def test_check_deploy_fails_without_it_and_says_what_to_set():
 def test_commands_that_do_not_serve_still_work_without_a_key():
     result = manage("check", env=bare_env())
     assert result.returncode == 0, result.stderr
-    result = manage("showmigrations", "syncer", env=bare_env())
-    assert result.returncode == 0, result.stderr
+
+
+def test_only_debug_off_without_a_key_is_refused(settings):
+    settings.DEBUG, settings.SECRET_KEY = False, LOCAL_SECRET_KEY
+    with pytest.raises(ImproperlyConfigured, match=r"refusing to start the worker"):
+        require_secret_key("the worker")
+    settings.DEBUG = True  # the documented local try
+    require_secret_key("the worker")
+    settings.DEBUG, settings.SECRET_KEY = False, KEY
+    require_secret_key("the worker")
 
 
 # -- the worker ------------------------------------------------------------------------
@@ -120,15 +132,14 @@ def test_runsyncer_refuses_to_start_without_a_secret_key():
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("env", [{"SECRET_KEY": KEY}, {"DEBUG": "1"}], ids=["key", "debug"])
-def test_runsyncer_starts_with_a_key_or_in_debug(transactional_db, tmp_path, env):
+def test_runsyncer_starts_with_a_key(transactional_db, tmp_path):
     port = free_port()
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
         worker = subprocess.Popen(
             [sys.executable, "manage.py", "runsyncer", "--metrics-port", str(port)],
             cwd=ROOT,
-            env=bare_env(**env),
+            env=bare_env(SECRET_KEY=KEY),
             stdout=subprocess.DEVNULL,
             stderr=out,
         )
@@ -161,17 +172,12 @@ def test_daphne_refuses_to_start_without_a_secret_key():
     )
 
 
-def test_the_wsgi_application_refuses_without_a_secret_key():
-    result = subprocess.run(
-        [sys.executable, "-c", "import console.wsgi"],
-        cwd=ROOT,
-        env=bare_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "refusing to start the web process (console.wsgi)" in result.stderr
+def test_the_wsgi_application_refuses_without_a_secret_key(settings):
+    settings.SECRET_KEY = LOCAL_SECRET_KEY
+    sys.modules.pop("console.wsgi", None)
+    with pytest.raises(ImproperlyConfigured, match=r"refusing to start the web process \(console"):
+        importlib.import_module("console.wsgi")
+    sys.modules.pop("console.wsgi", None)
 
 
 class Daphne:
@@ -230,15 +236,30 @@ def test_production_environment_redirects_to_https_and_sends_hsts(production_dap
     assert any(c.startswith("csrftoken=") and "Secure" in c for c in cookies), cookies
 
 
-def test_debug_off_defaults_to_secure_cookies(django_db_setup, tmp_path):
-    server = Daphne(bare_env(SECRET_KEY=KEY, ALLOWED_HOSTS=HOST), tmp_path / "daphne.log")
-    try:
-        response = server.get("/admin/login/")
-        assert response.status == 200  # no redirect unless SECURE_SSL_REDIRECT says so
-        cookies = response.headers.get_all("Set-Cookie") or []
-        assert any(c.startswith("csrftoken=") and "Secure" in c for c in cookies), cookies
-    finally:
-        server.stop()
+def https_settings(**env: str) -> list[str]:
+    """The HTTPS settings console.settings derives from `env` (the module alone, quickly)."""
+    names = "SESSION_COOKIE_SECURE CSRF_COOKIE_SECURE SECURE_HSTS_SECONDS SECURE_SSL_REDIRECT"
+    code = f"from console import settings as s; print(*(getattr(s, n) for n in {names.split()!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=bare_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_debug_off_defaults_to_secure_cookies_and_hsts_without_a_redirect():
+    assert https_settings() == ["True", "True", "31536000", "False"]
+    assert https_settings(DEBUG="1") == ["False", "False", "0", "False"]
+    # The demo's plain HTTP on 127.0.0.1.
+    assert https_settings(SESSION_COOKIE_SECURE="false", CSRF_COOKIE_SECURE="0")[:2] == [
+        "False",
+        "False",
+    ]
 
 
 def _status(url: str) -> int:
