@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -149,7 +150,8 @@ class ReadinessCheck:
 DEFAULT_HOST = "127.0.0.1"
 """Only this machine by default: /ready's reasons and /metrics are not for everyone."""
 REQUEST_TIMEOUT = 5.0
-"""Seconds a client may take to send a request: a silent or half-sent one is dropped."""
+"""Seconds a client has to send its whole request (and for each read or write after it):
+a silent, half-sent or trickled request is dropped."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -166,11 +168,28 @@ class _Server(ThreadingHTTPServer):
         self.registry = registry
         self.readiness = readiness
         self.request_timeout = request_timeout
+        # One connection per thread (ThreadingHTTPServer): its deadline, per thread.
+        self._deadlines = threading.local()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        # Before the handler reads: StreamRequestHandler applies no timeout of its own here.
+        # Each read and write: StreamRequestHandler applies no timeout of its own here.
         request.settimeout(self.request_timeout)
-        super().finish_request(request, client_address)
+        # A client trickling its request a byte at a time never trips that timeout: the
+        # whole request must also arrive within it, or the connection is shut.
+        deadline = threading.Timer(self.request_timeout, _shut, args=(request,))
+        deadline.daemon = True
+        self._deadlines.timer = deadline
+        deadline.start()
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            deadline.cancel()
+
+    def request_read(self) -> None:
+        """The request of this thread's connection has arrived whole: lift its deadline."""
+        timer: threading.Timer | None = getattr(self._deadlines, "timer", None)
+        if timer is not None:
+            timer.cancel()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The default prints a traceback to stderr, which would break the JSON log.
@@ -181,6 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
+        self.server.request_read()
         path = urlsplit(self.path).path.rstrip("/") or "/"
         if path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
@@ -204,6 +224,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # a probe every few seconds is not worth a log line
+
+
+def _shut(connection: socket.socket) -> None:
+    """End a connection whose request did not arrive in time (its reads return b"")."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 def default_stall_after() -> float:

@@ -72,6 +72,8 @@ def closed_by_server(client: socket.socket, within: float) -> float:
         data = client.recv(1024)
     except TimeoutError:
         raise AssertionError(f"the server kept a silent client open for {within} s") from None
+    except ConnectionResetError:
+        data = b""  # shut while our bytes were still arriving
     assert data == b"", data
     return time.monotonic() - started
 
@@ -88,4 +90,22 @@ def test_a_slow_client_is_dropped_and_does_not_hold_up_others(serve, sent):
         # Others are answered while the slow client hangs on.
         assert health(port) == 200
         assert closed_by_server(slow, within=TIMEOUT + 3) < TIMEOUT + 1
+    assert health(port) == 200
+
+
+def test_a_request_trickled_byte_by_byte_is_dropped_too(serve):
+    port = serve()
+    request = b"GET /health HTTP/1.1\r\nHost: worker\r\nX-Slow: " + b"x" * 100
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        for byte in request:  # each byte well within the per-read timeout
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                break  # shut by the server
+            time.sleep(TIMEOUT / 5)
+            if time.monotonic() - started > TIMEOUT + 3:
+                raise AssertionError("the server kept reading a trickled request")
+        assert closed_by_server(slow, within=3) < 3
+    assert time.monotonic() - started < TIMEOUT + 2
     assert health(port) == 200
