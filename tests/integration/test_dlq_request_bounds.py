@@ -18,6 +18,7 @@ from opensearchpy import OpenSearch
 
 from console.models import ApiToken
 from syncer import conf
+from syncer.checks import check_worker_settings
 from syncer.models import DeadLetter
 from tests.support.factories import entry, subscription
 
@@ -186,3 +187,8 @@ def test_the_admin_still_acts_within_the_bound(admin_client: Client) -> None:
         CHANGELIST, selected_post("purge_selected", entries, confirm="yes"), follow=True
     )
     assert admin_messages(done) == [(messages.SUCCESS, "Purged 3 dead letters")]
+
+
+def test_a_bound_below_one_fails_the_system_check(settings: Any) -> None:
+    settings.SYNCER_API_DLQ_MAX = 0
+    assert "syncer.E007" in [message.id for message in check_worker_settings(None)]
