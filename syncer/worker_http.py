@@ -251,8 +251,9 @@ def serve(
 ) -> Callable[[], None]:
     """Listen on `host:port` in a thread; return a function that stops it.
 
-    Each connection has `request_timeout` seconds per read and write, so a client that
-    connects and sends nothing (or half a request) costs one thread for that long.
+    A connection has `request_timeout` seconds to send its whole request, and as long for
+    each read and write after it: a client that sends nothing, half a request or a
+    trickle costs one thread for that long, and others are served meanwhile.
     Raises OSError when the address cannot be listened on.
     """
     probe = OpenSearchProbe(conf.opensearch())
