@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check setup-postgres browser e2e bench bench-monitor clean
+.PHONY: demo test lint typecheck deploy-check check setup-postgres browser e2e bench bench-monitor clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -38,7 +38,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy .
 
-test: $(STAMP) setup-postgres browser lint typecheck
+# `check --deploy` passes with the documented production environment (docs/production.env
+# and a generated key) and fails without it. No database needed: plain env -i keeps out
+# whatever the caller's shell has set.
+deploy-check: $(STAMP)
+	env -i PATH="$$PATH" $$(grep -v '^#' docs/production.env | xargs) \
+		SECRET_KEY=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))') \
+		$(PY) manage.py check --deploy --fail-level WARNING
+	@if env -i PATH="$$PATH" $(PY) manage.py check --deploy --fail-level WARNING >/dev/null 2>&1; then \
+		echo "check --deploy passed without the production environment"; exit 1; \
+	else echo "check --deploy fails without the production environment, as it should"; fi
+
+test: $(STAMP) setup-postgres browser lint typecheck deploy-check
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # The live monitor in a real browser (also part of `make test`); screenshots in artifacts/e2e/.

@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -62,6 +63,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import failures  # noqa: E402
+
+# The processes the benchmarks start serve with DEBUG off: they refuse the public key.
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 
 ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 CONSOLE_DB = "searchsync_bench"

@@ -12,6 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from syncer.conf import LOCAL_SECRET_KEY
 from syncer.logconfig import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -38,8 +39,49 @@ def _env_number(name: str, default: float) -> float:
 
 
 DEBUG = _env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY") or "searchsync-insecure-local-key-set-SECRET_KEY"
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
+
+# -- Production safety: secret key, HTTPS cookies, HSTS, proxy SSL (README "Production") ----
+# Without SECRET_KEY the key is public, which is fine for `migrate` or `check` but not for
+# a process that serves: with DEBUG off, daphne/WSGI and runsyncer refuse to start
+# (syncer.E006, `syncer.checks.require_secret_key`).
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip() or LOCAL_SECRET_KEY
+
+
+def _env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """`X-Forwarded-Proto,https` (or `HTTP_X_FORWARDED_PROTO,https`) as Django's tuple."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    header, _, expected = (part.strip() for part in value.partition(","))
+    if not header or not expected:
+        raise ImproperlyConfigured(
+            f"{name} must be a header and its HTTPS value, e.g. X-Forwarded-Proto,https; "
+            f"not {value!r}"
+        )
+    meta = header.upper().replace("-", "_")
+    return (meta if meta.startswith("HTTP_") else f"HTTP_{meta}", expected)
+
+
+# On by default once DEBUG is off; plain-HTTP setups such as the demo turn them off.
+SESSION_COOKIE_SECURE = _env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = _env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# Browsers honour HSTS only over HTTPS, so a default of a year costs plain HTTP nothing.
+# Subdomains and preload commit other hosts (and a public list): the operator opts in.
+SECURE_HSTS_SECONDS = int(_env_number("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _env_bool("SECURE_HSTS_PRELOAD", False)
+# Off by default: behind a TLS proxy without SECURE_PROXY_SSL_HEADER it would loop.
+SECURE_SSL_REDIRECT = _env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header("SECURE_PROXY_SSL_HEADER")
+# Probes inside the cluster ask over plain HTTP; a redirect would fail them.
+SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^api/ready$"]
+CSRF_TRUSTED_ORIGINS = _env_list("CSRF_TRUSTED_ORIGINS")
+# -- end of production safety ------------------------------------------------------------
 
 INSTALLED_APPS = [
     # daphne's runserver serves the websockets of the live monitor in development.
@@ -138,6 +180,8 @@ SYNCER_BACKOFF_CAP = _env_number("SYNCER_BACKOFF_CAP", 30)
 SYNCER_SLOT_CHECK_INTERVAL = _env_number("SYNCER_SLOT_CHECK_INTERVAL", 30)
 SYNCER_MAX_ATTEMPTS = int(_env_number("SYNCER_MAX_ATTEMPTS", 3))
 SYNCER_DLQ_RETRY_LIMIT = int(_env_number("SYNCER_DLQ_RETRY_LIMIT", 1000))
+# Dead letters one API call or admin action may retry or purge; more: `manage.py dlq`.
+SYNCER_API_DLQ_MAX = int(_env_number("SYNCER_API_DLQ_MAX", 1000))
 SYNCER_CONTROL_INTERVAL = _env_number("SYNCER_CONTROL_INTERVAL", 1)
 SYNCER_HEARTBEAT_INTERVAL = _env_number("SYNCER_HEARTBEAT_INTERVAL", 2)
 SYNCER_STATS_INTERVAL = _env_number("SYNCER_STATS_INTERVAL", 2)

@@ -234,13 +234,34 @@ def writer(url: str, stop: threading.Event) -> None:
                 )
 
 
+def demo_secret_key() -> str:
+    """The demo's own SECRET_KEY, kept in .demo/ so logins survive a restart of the demo."""
+    path = ROOT / ".demo" / "secret-key"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+def demo_env() -> dict[str, str]:
+    """The environment of the demo's processes: production settings, but on plain HTTP."""
+    env = dict(os.environ)
+    env.setdefault("LOG_FORMAT", "console")
+    # With DEBUG off, daphne and runsyncer refuse to start without a key of their own.
+    env.setdefault("SECRET_KEY", demo_secret_key())
+    # http://127.0.0.1:8000: a browser would not send Secure cookies back over it.
+    env.setdefault("SESSION_COOKIE_SECURE", "false")
+    env.setdefault("CSRF_COOKIE_SECURE", "false")
+    return env
+
+
 def manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
 
 def main() -> int:
-    env = dict(os.environ)
-    env.setdefault("LOG_FORMAT", "console")
+    env = demo_env()
     env.setdefault("DATABASE_URL", ensure_database(CONSOLE_DB))
     source_url = ensure_database(SOURCE_DB)
     env["DEMO_SOURCE_URL"] = source_url

@@ -251,8 +251,11 @@ class DeadLetterAdmin(_AdminBase):
     ) -> HttpResponse | None:
         if request.POST.get("confirm") != "yes":
             return self._confirm_action(request, queryset, "retry", "retry_selected")
+        selection = dlq.Selection(within=queryset)
+        if _too_many(request, "retry", selection, queryset.count()):
+            return None
         try:
-            _retry_done(request, dlq.retry(dlq.Selection(within=queryset)))
+            _retry_done(request, dlq.retry(selection))
         except dlq.RetryAborted as exc:
             _retry_aborted(request, exc)
         return None
@@ -263,7 +266,9 @@ class DeadLetterAdmin(_AdminBase):
     ) -> HttpResponse | None:
         if request.POST.get("confirm") != "yes":
             return self._confirm_action(request, queryset, "purge", "purge_selected")
-        messages.success(request, _purged(dlq.purge(dlq.Selection(within=queryset))))
+        selection = dlq.Selection(within=queryset)
+        if not _too_many(request, "purge", selection, queryset.count()):
+            messages.success(request, _purged(dlq.purge(selection)))
         return None
 
     def _confirm_action(
@@ -302,6 +307,7 @@ class DeadLetterAdmin(_AdminBase):
             "more": max(0, total - SAMPLE_SIZE),
             "what_happens": _WHAT_HAPPENS[operation],
             "large": total >= LARGE,
+            "too_many": _bound_problem(operation, dlq.Selection(within=queryset), total),
             "action": action,
             "select_across": "1" if select_across else "0",
             "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
@@ -356,12 +362,17 @@ class DeadLetterAdmin(_AdminBase):
             "described": form.describe() if preview is not None else "",
             "what_happens": _WHAT_HAPPENS[operation],
             "large": preview is not None and preview.total >= LARGE,
+            "too_many": (
+                _bound_problem(operation, form.selection(), preview.total) if preview else None
+            ),
             "cancel_url": reverse("admin:syncer_deadletter_changelist"),
         }
         return TemplateResponse(request, BULK_TEMPLATE, context)
 
     def _run_bulk(self, request: HttpRequest, operation: str, selection: dlq.Selection) -> None:
         try:
+            if _too_many(request, operation, selection, dlq.count(selection)):
+                return
             if operation == "purge":
                 messages.success(request, _purged(dlq.purge(selection)))
                 return
@@ -444,6 +455,27 @@ def _retry_aborted(request: HttpRequest, exc: dlq.RetryAborted) -> None:
         f"Retry stopped: {cause}. Done before it stopped: {exc.report}. "
         "The other entries are kept; retry them when OpenSearch is back.",
     )
+
+
+def _bound_problem(operation: str, selection: dlq.Selection, selected: int) -> str | None:
+    """Why this many entries are too many for one request (SYNCER_API_DLQ_MAX), or None."""
+    try:
+        dlq.within_request_bound(
+            operation, selection, selected, narrow="filter the list by subscription, age or error"
+        )
+    except dlq.TooManyForARequest as exc:
+        return str(exc)
+    return None
+
+
+def _too_many(
+    request: HttpRequest, operation: str, selection: dlq.Selection, selected: int
+) -> bool:
+    """Refuse, with a message, an action on more entries than one request may touch."""
+    problem = _bound_problem(operation, selection, selected)
+    if problem is not None:
+        messages.error(request, problem)
+    return problem is not None
 
 
 def _dead_letters(n: int) -> str:

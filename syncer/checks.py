@@ -1,11 +1,26 @@
-"""Django system checks for the worker's settings (ids syncer.E001...)."""
+"""Django system checks for the worker's settings (ids syncer.E001...).
+
+syncer.E006 (no SECRET_KEY with DEBUG off) is a deployment check: `manage.py migrate` or
+`check` run without a key, but `check --deploy` fails, and the processes that serve
+(the ASGI and WSGI applications, `runsyncer`) refuse to start through
+`require_secret_key`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.exceptions import ImproperlyConfigured
+
+from syncer import conf
+
+SECRET_KEY_HINT = (
+    "Set SECRET_KEY to a long random value, the same for the web process and the worker, "
+    "e.g. SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(50))'); "
+    "for a local try on your own machine, set DEBUG=1 instead."
+)
 
 
 @register()
@@ -35,4 +50,31 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         errors.append(
             Error("SYNCER_MAX_ATTEMPTS must be at least 1.", hint="e.g. 3", id="syncer.E005")
         )
+    if int(getattr(settings, "SYNCER_API_DLQ_MAX", 1000)) < 1:
+        errors.append(
+            Error("SYNCER_API_DLQ_MAX must be at least 1.", hint="e.g. 1000", id="syncer.E007")
+        )
     return errors
+
+
+@register(Tags.security, deploy=True)
+def check_secret_key(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    if not conf.secret_key_missing():
+        return []
+    return [
+        Error(
+            "SECRET_KEY is not set and DEBUG is off: sessions, CSRF tokens and password "
+            "resets would be signed with a public key.",
+            hint=SECRET_KEY_HINT,
+            id="syncer.E006",
+        )
+    ]
+
+
+def require_secret_key(process: str) -> None:
+    """Refuse to start `process` (e.g. `the worker`) with the public key; say what to set."""
+    if conf.secret_key_missing():
+        raise ImproperlyConfigured(
+            f"refusing to start {process}: SECRET_KEY is not set and DEBUG is off "
+            f"(syncer.E006). {SECRET_KEY_HINT}"
+        )

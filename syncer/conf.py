@@ -10,6 +10,14 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+LOCAL_SECRET_KEY = "searchsync-insecure-local-key-set-SECRET_KEY"
+"""The key used when SECRET_KEY is not set: public, so only for local use (DEBUG on)."""
+
+
+def secret_key_missing() -> bool:
+    """Whether DEBUG is off and SECRET_KEY is unset (the public local key is in use)."""
+    return not settings.DEBUG and settings.SECRET_KEY in {"", LOCAL_SECRET_KEY}
+
 
 @dataclass(frozen=True)
 class OpenSearchSettings:
@@ -90,3 +98,8 @@ def live() -> LiveSettings:
         queue_size=int(getattr(settings, "SYNCER_LIVE_QUEUE_SIZE", 10000)),
         send_timeout=float(getattr(settings, "SYNCER_LIVE_SEND_TIMEOUT", 1.0)),
     )
+
+
+def api_dlq_max() -> int:
+    """Dead letters one API call or admin action may retry or purge (SYNCER_API_DLQ_MAX)."""
+    return int(getattr(settings, "SYNCER_API_DLQ_MAX", 1000))

@@ -28,6 +28,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db.models import Count, Max, Min, Q, QuerySet
 from django.utils import timezone
 
+from syncer import conf
 from syncer.engine.changes import Change, Op
 from syncer.engine.interfaces import Sink
 from syncer.engine.outcomes import ItemResult, Outcome
@@ -159,6 +160,46 @@ def count(selection: Selection, limit: int | None = None) -> int:
     """How many entries an operation on `selection` would touch (for --dry-run)."""
     total = selection.queryset().count()
     return total if limit is None else min(total, limit)
+
+
+# -- the bound of one web request ------------------------------------------------------
+
+
+class TooManyForARequest(ValueError):
+    """A retry or purge from the API or the admin would touch more than SYNCER_API_DLQ_MAX
+    entries; nothing was done. The message says how to narrow it or where to go instead."""
+
+
+def within_request_bound(
+    operation: str, selection: Selection, selected: int, *, narrow: str
+) -> None:
+    """Refuse (TooManyForARequest) when `selected` entries are more than one request may
+    `operation`: a request runs inside the web process, which it must not stall.
+    `narrow` says how the caller can select fewer, in its own terms."""
+    most = conf.api_dlq_max()
+    if selected <= most:
+        return
+    raise TooManyForARequest(
+        f"{selected} dead letters selected ({selection.describe()}): one request may "
+        f"{operation} at most {most} (SYNCER_API_DLQ_MAX), so nothing was done. Narrow the "
+        f"selection ({narrow.format(most=most)}), or run {_command_for(operation, selection)}, "
+        "which has no such bound."
+    )
+
+
+def _command_for(operation: str, selection: Selection) -> str:
+    """The `manage.py dlq` command line that selects the same entries, as far as it can."""
+    command = f"manage.py dlq {operation}"
+    if selection.subscription is not None:
+        command += f" --subscription {selection.subscription}"
+    if selection.older_than is not None:
+        command += f" --older-than {format_age(selection.older_than)}"
+    if selection.ids is not None or selection.within is not None:
+        # The command takes no ids or list filters: never suggest a wider operation.
+        return f"`{command}` with --subscription and --older-than to match these entries"
+    if operation == "purge" and selection.subscription is None and selection.older_than is None:
+        command += " --all"
+    return f"`{command}`"
 
 
 # -- retry -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ secret, and the values of secret-named environment variables (OPENSEARCH_PASSWOR
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -97,6 +98,30 @@ SHARED_PROCESSORS: list[Processor] = [
 ]
 
 
+LIBRARY_LOGGERS = ("opensearch", "opensearchpy", "urllib3", "aiohttp")
+"""Loggers of the drivers whose records are kept to one line (`LibraryOneLine`)."""
+
+
+class LibraryOneLine(logging.Filter):
+    """A driver's record as one line: its message and the exception's, never the stack.
+
+    During an outage opensearch-py logs every failed request with a full traceback; our
+    own `sink_unavailable` / `sink_retrying` lines already say what failed and what comes
+    next, and must not drown in the drivers' stacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith(LIBRARY_LOGGERS):
+            error = record.exc_info[1]
+            if error is not None:
+                record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+                record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return True
+
+
 def logging_config(fmt: str, level: str) -> dict[str, Any]:
     """Return the `LOGGING` dict for Django: structlog rendering for every logger."""
     renderer: Processor
@@ -117,11 +142,22 @@ def logging_config(fmt: str, level: str) -> dict[str, Any]:
                 "foreign_pre_chain": SHARED_PROCESSORS,
             }
         },
-        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structured"}},
+        "filters": {"library_one_line": {"()": LibraryOneLine}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "structured",
+                "filters": ["library_one_line"],
+            }
+        },
         "root": {"handlers": ["default"], "level": level},
         "loggers": {
-            # Per-request chatter of the drivers is not an operator's business.
-            "opensearch": {"level": "WARNING"},
+            # opensearch-py warns once per failed request, which the sink translates into
+            # our own lines (sink_unavailable, sink_retrying, documents_retrying, the
+            # /ready reasons); only its errors add anything.
+            "opensearch": {"level": "ERROR"},
+            "urllib3": {"level": "WARNING"},
+            "aiohttp": {"level": "WARNING"},
             "psycopg": {"level": "WARNING"},
             # Logs every request body as a curl line: documents, which may be private.
             "opensearchpy.trace": {"level": "WARNING", "propagate": False},

@@ -330,11 +330,12 @@ def serve(
     port: int,
     pipelines: Pipelines,
     *,
+    host: str = worker_http.DEFAULT_HOST,
     stall_after: float | None = None,
     worker_ready: Callable[[], str | None] | None = None,
     live: Callable[[], Any] | None = None,
 ) -> Callable[[], None]:
-    """Serve /health, /ready and /metrics on `port` (all interfaces); return a stopper.
+    """Serve /health, /ready and /metrics on `host:port` (127.0.0.1); return a stopper.
 
     `stall_after`: seconds without progress after which a subscription is not ready
     (default SYNCER_STALL_AFTER, 60). `worker_ready`: a worker-wide check that returns
@@ -344,6 +345,7 @@ def serve(
         port,
         pipelines,
         registry_for(pipelines, live=live),
+        host=host,
         stall_after=stall_after,
         worker_ready=worker_ready,
     )

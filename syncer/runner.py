@@ -32,7 +32,7 @@ from django.db import connections
 from django.db.models import Count
 from django.utils import timezone
 
-from syncer import conf, dlq, metrics, worker_state
+from syncer import conf, dlq, metrics, worker_http, worker_state
 from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig, sleep_unless_stopped
 from syncer.live.messages import SnapshotMessage
@@ -157,6 +157,7 @@ class Runner:
         *,
         names: Sequence[str] | None = None,
         live: bool = True,
+        metrics_host: str = worker_http.DEFAULT_HOST,
     ) -> None:
         if names is None and subscriptions is not None:
             names = [sub.name for sub in subscriptions]
@@ -164,6 +165,7 @@ class Runner:
         self.shutdown_timeout = shutdown_timeout
         self.dlq_retry_every = dlq_retry_every
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.live = live
         self.worker_id = worker_state.new_worker_id()
         self.publisher: LivePublisher | None = None
@@ -196,16 +198,17 @@ class Runner:
                 stop_metrics = metrics.serve(
                     self.metrics_port,
                     lambda: self.pipelines,
+                    host=self.metrics_host,
                     stall_after=conf.worker().stall_after,
                     worker_ready=self._not_ready_reason,
                     live=lambda: self.publisher,
                 )
             except OSError as exc:
                 raise MetricsPortUnavailable(
-                    f"cannot serve metrics on port {self.metrics_port}: {exc.strerror or exc}; "
-                    "choose another --metrics-port"
+                    f"cannot serve metrics on {self.metrics_host}:{self.metrics_port}: "
+                    f"{exc.strerror or exc}; choose another --metrics-port (or --metrics-host)"
                 ) from None
-            log.info("metrics_serving", port=self.metrics_port)
+            log.info("metrics_serving", host=self.metrics_host, port=self.metrics_port)
         self._stop = stop
         try:
             return await self._run(stop)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -146,13 +147,49 @@ class ReadinessCheck:
         return result
 
 
+DEFAULT_HOST = "127.0.0.1"
+"""Only this machine by default: /ready's reasons and /metrics are not for everyone."""
+REQUEST_TIMEOUT = 5.0
+"""Seconds a client has to send its whole request (and for each read or write after it):
+a silent, half-sent or trickled request is dropped."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, registry: CollectorRegistry, readiness: ReadinessCheck) -> None:
-        super().__init__(("0.0.0.0", port), _Handler)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        readiness: ReadinessCheck,
+        request_timeout: float,
+    ) -> None:
+        super().__init__(address, _Handler)
         self.registry = registry
         self.readiness = readiness
+        self.request_timeout = request_timeout
+        # One connection per thread (ThreadingHTTPServer): its deadline, per thread.
+        self._deadlines = threading.local()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Each read and write: StreamRequestHandler applies no timeout of its own here.
+        request.settimeout(self.request_timeout)
+        # A client trickling its request a byte at a time never trips that timeout: the
+        # whole request must also arrive within it, or the connection is shut.
+        deadline = threading.Timer(self.request_timeout, _shut, args=(request,))
+        deadline.daemon = True
+        self._deadlines.timer = deadline
+        deadline.start()
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            deadline.cancel()
+
+    def request_read(self) -> None:
+        """The request of this thread's connection has arrived whole: lift its deadline."""
+        timer: threading.Timer | None = getattr(self._deadlines, "timer", None)
+        if timer is not None:
+            timer.cancel()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The default prints a traceback to stderr, which would break the JSON log.
@@ -163,6 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
+        self.server.request_read()
         path = urlsplit(self.path).path.rstrip("/") or "/"
         if path == "/metrics":
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
@@ -188,6 +226,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a probe every few seconds is not worth a log line
 
 
+def _shut(connection: socket.socket) -> None:
+    """End a connection whose request did not arrive in time (its reads return b"")."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
 def default_stall_after() -> float:
     """SYNCER_STALL_AFTER (60 s by default)."""
     return conf.worker().stall_after
@@ -198,12 +244,17 @@ def serve(
     pipelines: Callable[[], Mapping[str, Pipeline]],
     registry: CollectorRegistry,
     *,
+    host: str = DEFAULT_HOST,
     stall_after: float | None = None,
     worker_ready: Callable[[], str | None] | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> Callable[[], None]:
-    """Listen on `port` (all interfaces) in a thread; return a function that stops it.
+    """Listen on `host:port` in a thread; return a function that stops it.
 
-    Raises OSError when the port cannot be listened on.
+    A connection has `request_timeout` seconds to send its whole request, and as long for
+    each read and write after it: a client that sends nothing, half a request or a
+    trickle costs one thread for that long, and others are served meanwhile.
+    Raises OSError when the address cannot be listened on.
     """
     probe = OpenSearchProbe(conf.opensearch())
     readiness = ReadinessCheck(
@@ -213,7 +264,7 @@ def serve(
         worker_ready,
     )
     try:
-        server = _Server(port, registry, readiness)
+        server = _Server((host, port), registry, readiness, request_timeout)
     except OSError:
         probe.close()
         raise

@@ -174,27 +174,59 @@ def _selection(body: RetryIn | PurgeIn) -> dlq.Selection:
     return selection
 
 
+_NARROW = "a subscription, an age, fewer ids, or a limit of at most {most} per call"
+
+
+def _bounded(operation: str, selection: dlq.Selection, body: RetryIn | PurgeIn) -> tuple[int, int]:
+    """(selected, remaining): entries this call touches (up to `limit`) and those beyond.
+
+    A call that would touch more than SYNCER_API_DLQ_MAX entries is refused whole (422 on
+    `limit`), so one request cannot stall the web process; a dry run only counts.
+    """
+    matched = dlq.count(selection)
+    selected = matched if body.limit is None else min(matched, body.limit)
+    if not body.dry_run:
+        try:
+            dlq.within_request_bound(operation, selection, selected, narrow=_NARROW)
+        except dlq.TooManyForARequest as exc:
+            raise FieldErrors([("limit", str(exc))]) from None
+    return selected, matched - selected
+
+
 @router.post("/retry", response=RetryOut, summary="Retry dead letters")
 @requires(CHANGE_DEAD_LETTER)
 def retry_dead_letters(request: HttpRequest, payload: RetryIn) -> dict[str, Any]:
-    """Resubmit the entries with their original versions; counts as the admin gives them."""
+    """Resubmit the entries with their original versions; counts as the admin gives them.
+
+    At most SYNCER_API_DLQ_MAX (1000) entries per call: a larger selection is refused
+    with 422 unless `limit` bounds it; `remaining` says how many a next call would find.
+    """
     selection = _selection(payload)
-    selected = dlq.count(selection, payload.limit)
+    selected, remaining = _bounded("retry", selection, payload)
     if payload.dry_run:
         return {
             "dry_run": True,
             "selected": selected,
+            "remaining": remaining,
             **retry_outcome(dlq.RetryReport()),
             "message": f"would retry {selected} ({selection.describe()}); nothing was sent",
         }
     report = dlq.retry(selection, payload.limit)
-    return {"dry_run": False, "selected": selected, **retry_outcome(report)}
+    return {
+        "dry_run": False,
+        "selected": selected,
+        "remaining": remaining,
+        **retry_outcome(report),
+    }
 
 
 @router.post("/purge", response=PurgeOut, summary="Purge dead letters")
 @requires(DELETE_DEAD_LETTER)
 def purge_dead_letters(request: HttpRequest, payload: PurgeIn) -> dict[str, Any]:
-    """Delete the entries; without ids, subscription or age, `all: true` is required."""
+    """Delete the entries; without ids, subscription or age, `all: true` is required.
+
+    At most SYNCER_API_DLQ_MAX (1000) entries per call, as for retry.
+    """
     if payload.ids is None and not (payload.subscription or payload.older_than or payload.all):
         raise FieldErrors(
             [
@@ -205,15 +237,22 @@ def purge_dead_letters(request: HttpRequest, payload: PurgeIn) -> dict[str, Any]
             ]
         )
     selection = _selection(payload)
-    selected = dlq.count(selection, payload.limit)
+    selected, remaining = _bounded("purge", selection, payload)
     if payload.dry_run:
         message = f"would purge {selected} ({selection.describe()}); nothing was deleted"
-        return {"dry_run": True, "selected": selected, "purged": 0, "message": message}
+        return {
+            "dry_run": True,
+            "selected": selected,
+            "remaining": remaining,
+            "purged": 0,
+            "message": message,
+        }
     purged = dlq.purge(selection, payload.limit)
     plural = "s" if purged != 1 else ""
     return {
         "dry_run": False,
         "selected": selected,
+        "remaining": remaining,
         "purged": purged,
         "message": f"purged {purged} dead letter{plural}",
     }

@@ -49,12 +49,15 @@ class EventStatsOut(Schema):
 async def event_stats(request: HttpRequest) -> dict[str, Any]:
     """Events published, delivered and dropped, and the clients connected now.
 
+    One reading serves every caller of the process for about a second (concurrent callers
+    wait for the same one): the counts may be that old.
+
     Subscriptions' events also stream as server-sent events from
     `GET /api/subscriptions/{name}/events/stream` (`text/event-stream`; optional `op` and
     `doc_id_prefix` filters; a `: heartbeat` comment every 15 s).
     """
     try:
-        counts = await stats.read_stats()
+        counts = await stats.shared_stats()
     except stats.StatsUnavailable as exc:
         raise HttpError(503, str(exc)) from exc
     return {

@@ -305,7 +305,12 @@ class _Selection(_In):
     older_than: str | None = Field(
         None, description="Only entries that first failed at least this long ago: 30m, 12h, 7d."
     )
-    limit: int | None = Field(None, ge=1, description="At most this many entries.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many entries. One call touches at most SYNCER_API_DLQ_MAX "
+        "(1000): a larger selection needs a limit, a narrower selection or `manage.py dlq`.",
+    )
     dry_run: bool = Field(False, description="Say how many entries it would touch; do nothing.")
 
 
@@ -322,6 +327,9 @@ class PurgeIn(_Selection):
 class RetryOut(Schema):
     dry_run: bool
     selected: int = Field(description="Entries the selection matched (up to the limit).")
+    remaining: int = Field(
+        description="Entries the selection matched beyond `limit`: a next call would find them."
+    )
     retried: int
     succeeded: int
     superseded: int
@@ -344,6 +352,9 @@ def retry_outcome(report: dlq.RetryReport) -> dict[str, Any]:
 class PurgeOut(Schema):
     dry_run: bool
     selected: int
+    remaining: int = Field(
+        description="Entries the selection matched beyond `limit`: a next call would find them."
+    )
     purged: int
     message: str
 

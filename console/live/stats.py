@@ -6,7 +6,9 @@
   whose process was killed stops counting after CLIENT_TTL;
 - published / dropped: the sum over running workers of their last heartbeat's counts.
   Monitor sockets record each heartbeat they relay; when no monitor socket is open, the
-  stats reader listens to the monitor group for about one heartbeat interval itself.
+  stats reader listens to the monitor group for about one heartbeat interval itself
+  (LISTEN_FOR, 1.2 s). So `shared_stats` serves every caller in a process from one
+  reading: concurrent callers wait for the same one, and it answers for SHARE_FOR.
 
 The keys live under the channel layer's prefix on its first Redis host (no separate
 configuration). Counting is best effort: a Redis error is logged, never raised into a
@@ -21,7 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from channels.layers import get_channel_layer
@@ -42,7 +44,11 @@ LISTEN_IF_OLDER = 2.5
 LISTEN_FOR = 1.2
 """Seconds to listen: a little over the workers' one-second heartbeat."""
 
+SHARE_FOR = 1.0
+"""Seconds one reading of the counts answers every caller of this process."""
+
 _KEY_TTL = 86400
+T = TypeVar("T")
 
 
 class StatsUnavailable(Exception):
@@ -231,3 +237,45 @@ def _count(value: Any) -> int:
         return max(int(value), 0)
     except (TypeError, ValueError):
         return 0
+
+
+class SingleFlight(Generic[T]):
+    """One computation of `compute` at a time, shared by every caller; its result answers
+    for `keep` seconds after it completes. A failure is shared, never kept."""
+
+    def __init__(self, compute: Callable[[], Awaitable[T]], keep: float) -> None:
+        self._compute = compute
+        self._keep = keep
+        self._task: asyncio.Task[T] | None = None
+        self._done_at = 0.0
+        self.computations = 0
+        """How many times `compute` ran (for tests and curiosity)."""
+
+    async def __call__(self) -> T:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._stale(loop):
+            self._task = loop.create_task(self._run(), name="single flight")
+        # Shielded: one caller going away must not cancel the others' reading.
+        return await asyncio.shield(self._task)
+
+    def _stale(self, loop: asyncio.AbstractEventLoop) -> bool:
+        task = self._task
+        assert task is not None
+        if task.get_loop() is not loop:
+            return True  # made on another loop (a test's): unusable here
+        if not task.done():
+            return False
+        if task.cancelled() or task.exception() is not None:
+            return True
+        return loop.time() - self._done_at >= self._keep
+
+    async def _run(self) -> T:
+        self.computations += 1
+        try:
+            return await self._compute()
+        finally:
+            self._done_at = asyncio.get_running_loop().time()
+
+
+shared_stats = SingleFlight(read_stats, SHARE_FOR)
+"""`read_stats()` for the API: one reading per process at a time, kept for SHARE_FOR."""

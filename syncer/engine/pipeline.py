@@ -96,6 +96,8 @@ class PipelineStats:
     resnapshots: int = 0
     data_errors: int = 0
     sink_available: bool = True
+    checkpoint: int | None = None
+    """The position saved last (or resumed from): where a restart would go on."""
     last_ack_at: float | None = None
     oldest_unacked_commit: float | None = None
 
@@ -166,6 +168,8 @@ class Pipeline:
         self._backoff = Backoff(config.backoff_base, config.backoff_cap)
         self._log = log.bind(subscription=config.name)
         self._snapshotting = False
+        self._down_since = 0.0
+        """When OpenSearch last became unavailable (the clock's time)."""
         self._progress_at = 0.0
         self._warnings: list[str] = []
         self._warnings_at = 0.0
@@ -239,6 +243,7 @@ class Pipeline:
         self._buffer = ChangeBuffer(self.config.pause_at, self.config.resume_at)
         await self.sink.open()
         resume = await self.store.load()
+        self.stats.checkpoint = resume.checkpoint
         await self.source.open(resume)
         self.telemetry.connected_at = self.clock()
         self._snapshotting = not resume.snapshot_done and resume.snapshot_mode == "index"
@@ -456,14 +461,33 @@ class Pipeline:
 
     async def _sink_down(self, error: str, holding: int, backoff: Backoff) -> None:
         """Open the circuit breaker: stop reading, hold the batch, wait, try again."""
+        checkpoint = self.stats.checkpoint
+        held = f"checkpoint held at {'none yet' if checkpoint is None else checkpoint}"
         if self.stats.sink_available:
             self.stats.outages += 1
-            self._log.warning("sink_unavailable", error=error)
+            self._down_since = self.clock()
+            self._log.warning(
+                "sink_unavailable",
+                error=error,
+                holding=holding,
+                checkpoint=checkpoint,
+                next=f"reading paused, {holding:,} changes held and retried with backoff "
+                f"until OpenSearch answers; {held}",
+            )
         self.stats.sink_available = False
         await self._buffer.hold(True)
         delay = backoff.next_delay()
         self.stats.retries += 1
-        self._log.info("sink_retrying", retry_in_s=round(delay, 2), attempt=backoff.attempts)
+        # Each line says what is wrong too: the first one may be far up the log by now.
+        self._log.info(
+            "sink_retrying",
+            error=error,
+            retry_in_s=round(delay, 2),
+            attempt=backoff.attempts,
+            holding=holding,
+            checkpoint=checkpoint,
+            next=f"retrying in {delay:.1f} s; {held}",
+        )
         await self._set_status(
             Status.SINK_UNAVAILABLE,
             f"OpenSearch unavailable: {error}; reading paused, holding {holding:,} changes "
@@ -477,7 +501,11 @@ class Pipeline:
             return
         self.stats.sink_available = True
         await self._buffer.hold(False)
-        self._log.info("sink_available")
+        self._log.info(
+            "sink_available",
+            down_s=round(self.clock() - self._down_since, 1),
+            next="writing the held changes; reading resumes",
+        )
         if self._snapshotting:
             await self._set_status(
                 Status.SNAPSHOTTING,
@@ -552,6 +580,7 @@ class Pipeline:
         if position is not None:
             await self.source.acknowledge(position)
             await self.store.save_checkpoint(position, source_state)
+            self.stats.checkpoint = position
         now = self.clock()
         if position is not None:
             self.telemetry.last_checkpoint_at = now

@@ -174,7 +174,14 @@ def console_server(
 def _base_env() -> dict[str, str]:
     import os
 
-    return {**os.environ, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json"}
+    # Plain http://127.0.0.1, as in the demo: cookies without the Secure flag.
+    return {
+        **os.environ,
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+    }
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from console.live import slots
+from console.live import slots, stats
 from console.models import ApiToken
 from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
@@ -305,11 +306,20 @@ def test_client_count_rises_while_streaming_and_falls_after(
     before = counts()
     first, second = opened(daphne, token), opened(daphne, token, "?op=delete")
     try:
-        assert counts()["connected_clients"] == before["connected_clients"] + 2
+        # A reading of the counts answers for about a second (stats.SHARE_FOR).
+        wait_for(
+            lambda: counts()["connected_clients"] == before["connected_clients"] + 2,
+            timeout=5,
+            what="both streams to count",
+        )
         publish(layer, "orders", change("1"), change("2", "delete"))
         assert len(first.next_events()["events"]) == 2
         assert len(second.next_events()["events"]) == 1
-        assert counts()["delivered"] == before["delivered"] + 3
+        wait_for(
+            lambda: counts()["delivered"] == before["delivered"] + 3,
+            timeout=5,
+            what="the deliveries to count",
+        )
     finally:
         first.close()
     try:
@@ -361,6 +371,7 @@ def test_stats_report_the_workers_heartbeat_counts(daphne: Any, layer: Any, toke
 
     worker = threading.Thread(target=beating, daemon=True)
     worker.start()
+    time.sleep(stats.SHARE_FOR)  # an earlier test's reading, without the beats, has expired
     try:
         status, body = request(daphne, "/api/events/stats", token)
     finally:
@@ -368,6 +379,40 @@ def test_stats_report_the_workers_heartbeat_counts(daphne: Any, layer: Any, toke
         worker.join(5)
     assert status == 200, body
     assert (body["published"], body["dropped"], body["workers"]) == (1200, 34, 1)
+
+
+def test_concurrent_stats_requests_share_one_reading(daphne: Any, token: str) -> None:
+    # No worker's heartbeat on record: a reading listens to the monitor group for
+    # LISTEN_FOR itself, as one channel in that group. Ten requests: one listener.
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    try:
+        client.delete(f"{PREFIX}:searchsync:live:workers")
+    finally:
+        client.close()
+    time.sleep(stats.SHARE_FOR)  # an earlier test's reading has expired
+    listeners: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            listeners.append(group_size(MONITOR_GROUP))
+            stop.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(
+                pool.map(lambda _: request(daphne, "/api/events/stats", token), range(10))
+            )
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert [status for status, _ in answers] == [200] * 10
+    assert max(listeners) == 1, f"{max(listeners)} readings listened at once"
+    started = time.monotonic()
+    assert request(daphne, "/api/events/stats", token)[0] == 200
+    assert time.monotonic() - started < stats.LISTEN_FOR / 2  # the same reading, kept
 
 
 def test_stats_need_a_token(daphne: Any, token: str) -> None:

@@ -64,5 +64,5 @@ def test_a_taken_metrics_port_says_to_choose_another(transactional_db, settings)
         port = taken.getsockname()[1]
         result = runsyncer("--metrics-port", str(port), DATABASE_URL=url)
     assert result.returncode == 1
-    assert f"cannot serve metrics on port {port}" in result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
     assert "choose another --metrics-port" in result.stderr

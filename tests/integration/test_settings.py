@@ -33,6 +33,13 @@ def check(**env: str) -> subprocess.CompletedProcess[str]:
         ),
         ("SYNCER_BACKOFF_CAP", "-5", "SYNCER_BACKOFF_CAP must not be negative"),
         ("SYNCER_SLOT_WAL_WARN_BYTES", "1GB", "SYNCER_SLOT_WAL_WARN_BYTES must be a number"),
+        ("SECURE_HSTS_SECONDS", "1y", "SECURE_HSTS_SECONDS must be a number, not '1y'"),
+        (
+            "SECURE_PROXY_SSL_HEADER",
+            "https",
+            "SECURE_PROXY_SSL_HEADER must be a header and its HTTPS value, "
+            "e.g. X-Forwarded-Proto,https; not 'https'",
+        ),
     ],
 )
 def test_a_malformed_number_names_the_variable(name, value, says):

@@ -7,10 +7,12 @@ import signal
 from typing import Any
 
 import structlog
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, ProgrammingError
 
-from syncer import conf
+from syncer import conf, worker_http
+from syncer.checks import require_secret_key
 from syncer.dlq import age_argument
 from syncer.logconfig import redact
 from syncer.runner import MetricsPortUnavailable, Runner, UnknownSubscription, load_subscriptions
@@ -46,7 +48,14 @@ class Command(BaseCommand):
             type=int,
             default=None,
             metavar="PORT",
-            help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (e.g. 9108)",
+            help="serve /health, /ready and Prometheus /metrics on this port (e.g. 9108)",
+        )
+        parser.add_argument(
+            "--metrics-host",
+            default=worker_http.DEFAULT_HOST,
+            metavar="ADDRESS",
+            help="the address --metrics-port listens on (default 127.0.0.1, this machine "
+            "only; 0.0.0.0 for a Prometheus or probe on another host)",
         )
         parser.add_argument(
             "--dlq-retry-every",
@@ -63,6 +72,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            require_secret_key("the worker (runsyncer)")
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
         names = options["subscription"] or None
         try:
             # Checks the database and the names; the worker then follows the table.
@@ -86,6 +99,7 @@ class Command(BaseCommand):
             shutdown_timeout=timeout,
             dlq_retry_every=retry_every.total_seconds() if retry_every else None,
             metrics_port=options["metrics_port"],
+            metrics_host=options["metrics_host"],
             live=not options["no_live"],
         )
         try:
