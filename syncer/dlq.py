@@ -33,6 +33,7 @@ from syncer.engine.interfaces import Sink
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.errors import SyncError
 from syncer.models import DeadLetter, Subscription
+from syncer.redaction import redact
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -133,7 +134,7 @@ def entry_fields(entry: DeadLetter) -> dict[str, Any]:
         "attempts": entry.attempts,
         "error_status": entry.error_status,
         "error_type": entry.error_type,
-        "error_reason": entry.error_reason,
+        "error_reason": redact(entry.error_reason),
         "first_failed_at": entry.first_failed_at,
         "last_attempt_at": entry.last_attempt_at,
     }
