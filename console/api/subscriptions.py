@@ -27,7 +27,7 @@ from console.api.schemas import (
     SubscriptionPatch,
     subscription_out,
 )
-from syncer import control, services
+from syncer import control, dsn, services
 from syncer.config_file import FIELD_LABELS
 from syncer.control import ControlResult
 from syncer.models import Subscription
@@ -110,9 +110,12 @@ def patch_subscription(
     """Change the given fields; the result is validated like a subscriptions file entry."""
     with transaction.atomic():
         current = _locked(name)
-        entry = declarations.merge(
-            declarations.declaration_of(current), payload.model_dump(exclude_unset=True)
-        )
+        patch = payload.model_dump(exclude_unset=True)
+        source = patch.get("source")
+        if isinstance(source, dict) and isinstance(source.get("dsn"), str):
+            # The DSN as GET showed it (password as ***) keeps the stored one, as the admin.
+            source["dsn"] = dsn.unredacted(source["dsn"], current.source_dsn)
+        entry = declarations.merge(declarations.declaration_of(current), patch)
         spec = declarations.to_spec(entry)
         outcome = services.apply_subscriptions([spec]).outcomes[0]
         changes = [
