@@ -74,7 +74,8 @@ def validate(dsn: str) -> None:
     if params.get("password") == HIDDEN:
         raise ValueError(
             f"{HIDDEN} stands for the stored password only when the DSN is left exactly as "
-            "shown; to change the DSN, type it whole, password included"
+            "shown (in the admin or an API PATCH); to change the DSN, or in a subscriptions "
+            "file, type it whole, password included, or use env:VAR"
         )
     problem = _console_database_problem(params, "this DSN")
     if problem:
