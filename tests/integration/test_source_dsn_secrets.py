@@ -204,7 +204,7 @@ def test_patch_with_the_dsn_as_shown_keeps_the_stored_password(api: Client) -> N
     shown = api.get("/api/subscriptions/orders").json()
     assert shown["source"]["dsn"] == "postgresql://sync:***@db1.internal/shop"
 
-    edited = {"source": {"dsn": shown["source"]["dsn"], "relation": "public.orders_v2"}}
+    edited = {"source": {**shown["source"], "relation": "public.orders_v2"}}
     response = api.patch("/api/subscriptions/orders", edited, content_type=JSON)
 
     assert response.status_code == 200, response.content
