@@ -189,6 +189,11 @@ SYNCER_STALL_AFTER = _env_number("SYNCER_STALL_AFTER", 60)
 SYNCER_LIVE_EVENTS_PER_SECOND = int(_env_number("SYNCER_LIVE_EVENTS_PER_SECOND", 200))
 SYNCER_LIVE_QUEUE_SIZE = int(_env_number("SYNCER_LIVE_QUEUE_SIZE", 10000))
 SYNCER_LIVE_SEND_TIMEOUT = _env_number("SYNCER_LIVE_SEND_TIMEOUT", 1)
+# Source DSNs: the variables `env:VAR` may read (comma-separated names or patterns; the
+# default is in syncer.conf), and whether the console's own database may be a source.
+if os.environ.get("SYNCER_SOURCE_DSN_ENV"):
+    SYNCER_SOURCE_DSN_ENV = os.environ["SYNCER_SOURCE_DSN_ENV"]
+SYNCER_ALLOW_CONSOLE_DATABASE_SOURCE = _env_bool("SYNCER_ALLOW_CONSOLE_DATABASE_SOURCE", False)
 # Seconds between `: heartbeat` comments of an event stream (/api/.../events/stream).
 LIVE_SSE_HEARTBEAT = _env_number("LIVE_SSE_HEARTBEAT", 15)
 

@@ -20,6 +20,7 @@ from django.urls import reverse
 from console.model_permissions import VIEW_SUBSCRIPTION
 from syncer.models import Subscription
 from syncer.positions import format_position
+from syncer.redaction import redact
 
 
 def _row(sub: Any) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def _row(sub: Any) -> dict[str, Any]:
         "name": sub.name,
         "status": sub.status,
         "status_label": sub.get_status_display(),
-        "message": sub.status_message,
+        "message": redact(sub.status_message),
         "lag": sub.lag_seconds,
         "staleness": sub.staleness_seconds,
         "throughput": sub.throughput,

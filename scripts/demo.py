@@ -27,6 +27,10 @@ import psycopg
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages are beside it
+
+from syncer.redaction import redact  # noqa: E402
+
 ADMIN_URL = os.environ.get("PGSETUP_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CONSOLE_DB = "searchsync"
 SOURCE_DB = "searchsync_demo"
@@ -170,7 +174,7 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float) -> Non
 
 def start_opensearch() -> tuple[str, Any]:
     if os.environ.get("OPENSEARCH_URL"):
-        say(f"using OPENSEARCH_URL={os.environ['OPENSEARCH_URL']}")
+        say(f"using OPENSEARCH_URL={redact(os.environ['OPENSEARCH_URL'])}")
         return os.environ["OPENSEARCH_URL"], None
     from osmem_server import OsmemServer
 
@@ -256,6 +260,35 @@ def demo_env() -> dict[str, str]:
     return env
 
 
+def instructions(
+    console_url: str, login: str, opensearch_url: str, database_url: str, source_url: str
+) -> str:
+    """How to look at the running demo; passwords in the URLs are shown as ***."""
+    text = f"""
+----------------------------------------------------------------------------
+searchsync demo is running: demo_orders in {SOURCE_DB} -> index demo-orders.
+A writer inserts, updates and deletes a few orders a second. Look at it with:
+
+  Live monitor:  {console_url}/console/
+  Admin:         {console_url}/admin/
+  API docs:      {console_url}/api/docs
+  Log in with {login}.
+
+  curl -s '{opensearch_url}/demo-orders/_count'
+  curl -s '{opensearch_url}/demo-orders/_search?q=status:shipped&size=3&pretty'
+  DATABASE_URL={database_url} .venv/bin/python manage.py subscriptions show demo-orders
+  psql {source_url} -c 'SELECT count(*) FROM demo_orders'
+
+Ctrl-C stops the writer, the worker, daphne, the OpenSearch stand-in and the
+redis-server the demo started.
+----------------------------------------------------------------------------
+"""
+    shown = redact(text)
+    if shown != text:
+        shown += "(passwords are shown as ***: put your own in the commands above)\n"
+    return shown
+
+
 def manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
@@ -287,25 +320,7 @@ def main() -> int:
         threading.Thread(target=writer, args=(source_url, stop), daemon=True).start()
         time.sleep(2)
         print(
-            f"""
-----------------------------------------------------------------------------
-searchsync demo is running: demo_orders in {SOURCE_DB} -> index demo-orders.
-A writer inserts, updates and deletes a few orders a second. Look at it with:
-
-  Live monitor:  {console_url}/console/
-  Admin:         {console_url}/admin/
-  API docs:      {console_url}/api/docs
-  Log in with {login}.
-
-  curl -s '{opensearch_url}/demo-orders/_count'
-  curl -s '{opensearch_url}/demo-orders/_search?q=status:shipped&size=3&pretty'
-  DATABASE_URL={env["DATABASE_URL"]} .venv/bin/python manage.py subscriptions show demo-orders
-  psql {source_url} -c 'SELECT count(*) FROM demo_orders'
-
-Ctrl-C stops the writer, the worker, daphne, the OpenSearch stand-in and the
-redis-server the demo started.
-----------------------------------------------------------------------------
-""",
+            instructions(console_url, login, opensearch_url, env["DATABASE_URL"], source_url),
             flush=True,
         )
         while worker.poll() is None:

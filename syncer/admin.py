@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import psycopg.conninfo
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -204,15 +203,8 @@ class SubscriptionForm(_FormBase):
             )
 
     def clean_source_dsn(self) -> str:
-        value: str = self.cleaned_data["source_dsn"]
-        if self._stored_dsn is not None and value == dsn.redact(self._stored_dsn):
-            return self._stored_dsn
-        if _password_of(value) == "***":
-            raise ValidationError(
-                "*** stands for the stored password only when the DSN is left exactly as "
-                "shown; to change the DSN, type it whole, password included"
-            )
-        return value
+        # A DSN left as shown keeps the stored one; dsn.validate refuses any other *** one.
+        return dsn.unredacted(self.cleaned_data["source_dsn"], self._stored_dsn)
 
     def clean_index_settings(self) -> Any:
         return _empty_as_object(self.cleaned_data.get("index_settings"))
@@ -228,14 +220,6 @@ class SubscriptionForm(_FormBase):
         for field, problems in live_checks.check(self.instance).items():
             for problem in problems:
                 self.add_error(field if field in self.fields else None, problem)
-
-
-def _password_of(value: str) -> str | None:
-    try:
-        password = psycopg.conninfo.conninfo_to_dict(value).get("password")
-    except psycopg.ProgrammingError:
-        return None  # the model's validator explains what is wrong with the DSN
-    return None if password is None else str(password)
 
 
 def _empty_as_object(value: Any) -> Any:

@@ -28,7 +28,6 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
@@ -64,7 +63,7 @@ _WHAT_HAPPENS = {
 
 
 class AgeFilter(admin.SimpleListFilter):
-    """Entries by when they first failed."""
+    """Entries by when they last failed, as a purge by age counts (syncer.dlq.older_than)."""
 
     title = "age"
     parameter_name = "age"
@@ -85,10 +84,7 @@ class AgeFilter(admin.SimpleListFilter):
         if window is None:
             return queryset
         _, span, recent = window
-        cutoff = timezone.now() - span
-        if recent:
-            return queryset.filter(first_failed_at__gt=cutoff)
-        return queryset.filter(first_failed_at__lte=cutoff)
+        return dlq.newer_than(queryset, span) if recent else dlq.older_than(queryset, span)
 
 
 class DeadLetterChangeList(ChangeList):
@@ -114,7 +110,7 @@ class BulkForm(forms.Form):
         min_value=1,
         max_value=36500,
         required=False,
-        help_text="Only entries that first failed at least this many days ago; empty for any age.",
+        help_text="Only entries that last failed at least this many days ago; empty for any age.",
     )
 
     def __init__(self, *args: Any, operation: str, **kwargs: Any) -> None:
@@ -154,7 +150,7 @@ class BulkForm(forms.Form):
         days: int | None = self.cleaned_data.get("older_than_days")
         parts = [f"subscription {subscription.name}" if subscription else "every subscription"]
         if days:
-            parts.append(f"first failed {days} day{'s' if days != 1 else ''} ago or more")
+            parts.append(f"last failed {days} day{'s' if days != 1 else ''} ago or more")
         return ", ".join(parts)
 
 
@@ -218,9 +214,9 @@ class DeadLetterAdmin(_AdminBase):
     def short_reason(self, obj: DeadLetter) -> str:
         return display.short(obj.error_reason, 80)
 
-    @admin.display(description="age", ordering="-first_failed_at")
+    @admin.display(description="age (last failure)", ordering="-last_attempt_at")
     def age(self, obj: DeadLetter) -> str:
-        return display.age_text(obj.first_failed_at)
+        return display.age_text(obj.last_attempt_at)
 
     @admin.display(description="subscription")
     def subscription_link(self, obj: DeadLetter) -> SafeString:
@@ -301,7 +297,7 @@ class DeadLetterAdmin(_AdminBase):
             ),
             "by_subscription": list(by_subscription),
             "sample": [
-                (entry, display.age_text(entry.first_failed_at), display.short(entry.error_reason))
+                (entry, display.age_text(entry.last_attempt_at), display.short(entry.error_reason))
                 for entry in sample
             ],
             "more": max(0, total - SAMPLE_SIZE),

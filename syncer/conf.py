@@ -103,3 +103,28 @@ def live() -> LiveSettings:
 def api_dlq_max() -> int:
     """Dead letters one API call or admin action may retry or purge (SYNCER_API_DLQ_MAX)."""
     return int(getattr(settings, "SYNCER_API_DLQ_MAX", 1000))
+
+
+DEFAULT_SOURCE_DSN_ENV = ("SOURCE_DATABASE_URL", "MATERIALIZE_URL", "*_SOURCE_URL", "*_SOURCE_DSN")
+"""The environment variables a source DSN may name as `env:VAR` unless told otherwise:
+the README's and the demo's, and names that say they hold a source's DSN."""
+
+
+@dataclass(frozen=True)
+class SourceDsnSettings:
+    env_allowed: tuple[str, ...]
+    """Names or shell-style patterns (`*_SOURCE_URL`) of the variables `env:VAR` may read."""
+    allow_console_database: bool
+    """Whether a source may be the console's own database (DATABASE_URL, or a DSN to it)."""
+
+
+def source_dsn() -> SourceDsnSettings:
+    allowed = getattr(settings, "SYNCER_SOURCE_DSN_ENV", DEFAULT_SOURCE_DSN_ENV)
+    if isinstance(allowed, str):
+        allowed = allowed.split(",")
+    return SourceDsnSettings(
+        env_allowed=tuple(name.strip() for name in allowed if name.strip()),
+        allow_console_database=bool(
+            getattr(settings, "SYNCER_ALLOW_CONSOLE_DATABASE_SOURCE", False)
+        ),
+    )

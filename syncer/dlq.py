@@ -31,9 +31,10 @@ from django.utils import timezone
 from syncer import conf
 from syncer.engine.changes import Change, Op
 from syncer.engine.interfaces import Sink
-from syncer.engine.outcomes import ItemResult, Outcome
+from syncer.engine.outcomes import INCOMPLETE_DOCUMENT, ItemResult, Outcome, unwritable
 from syncer.errors import SyncError
 from syncer.models import DeadLetter, Subscription
+from syncer.redaction import redact
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -83,6 +84,21 @@ def age_argument(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def older_than(entries: QuerySet[DeadLetter], age: timedelta) -> QuerySet[DeadLetter]:
+    """The entries whose last failure is at least `age` ago.
+
+    An entry's age counts from its last failure (`last_attempt_at`), not its first: an
+    entry that failed again a minute ago is a minute old, whenever it first failed, so a
+    purge of old entries never removes one that is still failing.
+    """
+    return entries.filter(last_attempt_at__lte=timezone.now() - age)
+
+
+def newer_than(entries: QuerySet[DeadLetter], age: timedelta) -> QuerySet[DeadLetter]:
+    """The entries whose last failure is less than `age` ago."""
+    return entries.filter(last_attempt_at__gt=timezone.now() - age)
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which entries an operation applies to; the criteria combine with AND."""
@@ -90,7 +106,7 @@ class Selection:
     ids: Sequence[int] | None = None
     subscription: str | None = None
     older_than: timedelta | None = None
-    """Entries that first failed at least this long ago."""
+    """Entries whose last failure is at least this long ago (see `older_than`)."""
     within: QuerySet[DeadLetter] | None = None
     """Start from these entries (the admin's filtered list) rather than all."""
 
@@ -106,7 +122,7 @@ class Selection:
                 )
             entries = entries.filter(subscription__name=self.subscription)
         if self.older_than is not None:
-            entries = entries.filter(first_failed_at__lte=timezone.now() - self.older_than)
+            entries = older_than(entries, self.older_than)
         return entries
 
     def describe(self) -> str:
@@ -134,7 +150,7 @@ def entry_fields(entry: DeadLetter) -> dict[str, Any]:
         "attempts": entry.attempts,
         "error_status": entry.error_status,
         "error_type": entry.error_type,
-        "error_reason": entry.error_reason,
+        "error_reason": redact(entry.error_reason),
         "first_failed_at": entry.first_failed_at,
         "last_attempt_at": entry.last_attempt_at,
     }
@@ -256,7 +272,7 @@ async def aretry(
                 if sink is None:
                     sink = sinks[subscription_id] = sink_factory(entries[0].subscription)
                     await _guarded(sink.open(), report)
-                results = await _guarded(sink.write([_change(e) for e in entries]), report)
+                results = await _resubmit(sink, entries, report)
                 await sync_to_async(_record, thread_sensitive=True)(entries, results, report)
             if progress is not None:
                 progress(report)
@@ -283,6 +299,25 @@ async def _guarded(call: Awaitable[T], report: RetryReport) -> T:
         return await call
     except SyncError as exc:
         raise RetryAborted(f"retry stopped: {exc} ({report} before it stopped)", report) from exc
+
+
+async def _resubmit(
+    sink: Sink, entries: Sequence[DeadLetter], report: RetryReport
+) -> list[ItemResult]:
+    """Each entry's result: what OpenSearch says, or why it is not sent at all."""
+    refusals = [_refusal(entry) for entry in entries]
+    sendable = [_change(e) for e, refusal in zip(entries, refusals, strict=True) if not refusal]
+    written = iter(await _guarded(sink.write(sendable), report) if sendable else [])
+    return [refusal or next(written) for refusal in refusals]
+
+
+def _refusal(entry: DeadLetter) -> ItemResult | None:
+    """Why an entry cannot be resubmitted as stored (the same rule as the worker's)."""
+    if entry.error_type == INCOMPLETE_DOCUMENT:
+        # Its payload lacks the values the source did not send: writing it would replace
+        # the full document with a part of it.
+        return ItemResult(Outcome.PERMANENT, 0, INCOMPLETE_DOCUMENT, entry.error_reason)
+    return unwritable(_change(entry))
 
 
 def _change(entry: DeadLetter) -> Change:
@@ -375,12 +410,13 @@ def stats(selection: Selection | None = None) -> Stats:
     entries = (selection or Selection()).queryset()
     grouped = (
         entries.values("subscription__name", "error_type")
-        .annotate(n=Count("pk"), oldest=Min("first_failed_at"), newest=Max("first_failed_at"))
+        .annotate(n=Count("pk"), oldest=Min("last_attempt_at"), newest=Max("last_attempt_at"))
         .order_by("subscription__name", "-n", "error_type")
     )
     rows = [
         StatsRow(g["subscription__name"], g["error_type"], g["n"], g["oldest"], g["newest"])
         for g in grouped
     ]
-    oldest = entries.select_related("subscription").order_by("first_failed_at", "pk").first()
+    # Oldest as a purge by age sees it: by last failure.
+    oldest = entries.select_related("subscription").order_by("last_attempt_at", "pk").first()
     return Stats(rows, sum(r.count for r in rows), oldest)

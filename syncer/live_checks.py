@@ -114,18 +114,16 @@ async def _bounded(work: Awaitable[Problems], field: str, system: str, timeout: 
 async def _check_source(subscription: Subscription) -> Problems:
     try:
         conninfo = dsn.resolve(subscription.source_dsn)
-    except SourceConfigError:
-        name = subscription.source_dsn[len(dsn.ENV_PREFIX) :]
+    except dsn.UnsetVariable as exc:
         return {
             "source_dsn": [
-                f"the environment variable {name} is not set in the console's environment, so "
-                f"the source cannot be checked; set it here as for the worker, {_SKIP_HINT}"
+                f"the environment variable {exc.name} is not set in the console's environment, "
+                f"so the source cannot be checked; set it here as for the worker, {_SKIP_HINT}"
             ]
         }
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        return {"source_dsn": [f"not a valid PostgreSQL DSN: {describe(exc)}"]}
+    except SourceConfigError as exc:  # its message names the variable, never the value
+        return {"source_dsn": [str(exc)]}
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)  # resolve() made sure it parses
     try:
         conn = await AsyncConnection.connect(
             conninfo, autocommit=True, connect_timeout=_CONNECT_TIMEOUT

@@ -1,75 +1,32 @@
 """Structured logging: one JSON object per line by default, readable lines for humans.
 
 Every record, ours or Django's, goes through structlog's ProcessorFormatter, and every
-value is scrubbed before it is written: passwords in DSNs and URLs, `password=` and
-`token: ` pairs, HTTP credentials (`Authorization: Bearer ...`), fields named like a
-secret, and the values of secret-named environment variables (OPENSEARCH_PASSWORD...).
+value is scrubbed before it is written: texts by `syncer.redaction.redact` (the one
+redaction of the product), and the whole value of fields named like a secret.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from typing import Any
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
-# `password: x`, `"token": "x"`, `?api_key=x&`, `secret=x`: the value up to a delimiter.
-_KV_SECRET = re.compile(
-    r"(?P<head>(?<![A-Za-z])(?:password|passwd|pwd|secret|secret_key|token|api_key|apikey)"
-    r"[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*)[^\s\"',;&}]+",
-    re.IGNORECASE,
-)
-# An HTTP credential: `Authorization: Basic dXNlcjpwdw==`, or a bearer token anywhere.
-_AUTH_HEADER = re.compile(
-    r"(?P<head>\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:Bearer|Basic|Token|ApiKey|Digest)\s+)?)"
-    r"(?!\*\*\*)[^\s\"',;}]+",
-    re.IGNORECASE,
-)
-_BEARER = re.compile(r"(?P<head>\bBearer\s+)(?!\*\*\*)[A-Za-z0-9._~+/=-]{6,}", re.IGNORECASE)
-# Fields whose whole value is a secret, whatever it looks like.
-_SECRET_KEYS = re.compile(
-    r"(?:\w*_)?(?:password|passwd|secret|secret_key|token|authorization|api_?key)", re.IGNORECASE
-)
-# Environment variables whose values must never appear in a log line.
-_SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|API_?KEY", re.IGNORECASE)
-_MIN_SECRET = 6  # shorter values would blank out ordinary words
+from syncer.redaction import SECRET_FIELD, environment_secrets, redact
 
-
-def redact(text: str) -> str:
-    """Hide passwords, tokens and credentials of DSNs, URLs and HTTP headers in `text`."""
-    text = _URL_PASSWORD.sub(r"\g<head>***@", text)
-    text = _KV_PASSWORD.sub(r"\g<head>***", text)
-    text = _KV_SECRET.sub(r"\g<head>***", text)
-    text = _AUTH_HEADER.sub(r"\g<head>***", text)
-    return _BEARER.sub(r"\g<head>***", text)
-
-
-def _environment_secrets() -> list[str]:
-    """The values of secret-named environment variables (e.g. OPENSEARCH_PASSWORD)."""
-    found = {
-        value
-        for name, value in os.environ.items()
-        if _SECRET_ENV.search(name) and len(value) >= _MIN_SECRET
-    }
-    return sorted(found, key=len, reverse=True)
+__all__ = ["configure_structlog", "logging_config", "redact", "scrub"]
 
 
 def scrub(value: Any, secrets: list[str] | None = None) -> Any:
     """`value` with every secret hidden: strings, and inside dicts, lists and tuples."""
-    secrets = _environment_secrets() if secrets is None else secrets
+    secrets = environment_secrets() if secrets is None else secrets
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return redact(value)
+        return redact(value, secrets)
     if isinstance(value, dict):
         return {
             key: "***"
-            if isinstance(key, str) and _SECRET_KEYS.fullmatch(key) and value_ is not None
+            if isinstance(key, str) and SECRET_FIELD.fullmatch(key) and value_ is not None
             else scrub(value_, secrets)
             for key, value_ in value.items()
         }
@@ -79,9 +36,9 @@ def scrub(value: Any, secrets: list[str] | None = None) -> Any:
 
 
 def _redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    secrets = _environment_secrets()
+    secrets = environment_secrets()
     for key, value in event_dict.items():
-        if _SECRET_KEYS.fullmatch(key) and value is not None:
+        if SECRET_FIELD.fullmatch(key) and value is not None:
             event_dict[key] = "***"
         elif isinstance(value, str | dict | list | tuple):
             event_dict[key] = scrub(value, secrets)

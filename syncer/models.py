@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -257,12 +258,39 @@ def make_slot_name(name: str) -> str:
     return f"searchsync_{base}_{secrets.token_hex(4)}"
 
 
+def doc_id_digest(doc_id: str) -> str:
+    """The SHA-256 (hex) of a document id's UTF-8: a dead letter's identity, whatever its length."""
+    return hashlib.sha256(doc_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+if TYPE_CHECKING:
+    _CharField = models.CharField[str, str]
+else:
+    _CharField = models.CharField  # not subscriptable at run time
+
+
+class DocIdDigestField(_CharField):
+    """The digest of the row's `doc_id`, computed on every save and bulk_create."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 64)
+        kwargs.setdefault("editable", False)
+        super().__init__(*args, **kwargs)
+
+    def pre_save(self, model_instance: models.Model, add: bool) -> str:
+        value = doc_id_digest(model_instance.doc_id)  # type: ignore[attr-defined]
+        setattr(model_instance, self.attname, value)
+        return value
+
+
 class DeadLetter(models.Model):
     """A document change OpenSearch rejected for good, or after the retry budget.
 
     At most one per (subscription, document): a newer failure replaces the entry, and
     a newer successful write of the document removes it (superseded), so a retry can
     never bring back stale data. `payload` and `version` are exactly what was sent.
+    The document id is kept whole (an id OpenSearch refuses as too long is a dead
+    letter too); entries are told apart by its digest, so no two documents share one.
     """
 
     class Action(models.TextChoices):
@@ -272,7 +300,8 @@ class DeadLetter(models.Model):
     subscription = models.ForeignKey(
         Subscription, on_delete=models.CASCADE, related_name="dead_letters"
     )
-    doc_id = models.CharField("document id", max_length=512)
+    doc_id = models.TextField("document id")
+    doc_id_digest = DocIdDigestField(help_text="SHA-256 of the document id.")
     action = models.CharField(max_length=10, choices=Action.choices)
     payload = models.JSONField(
         null=True, blank=True, help_text="The document as it would have been written."
@@ -285,17 +314,20 @@ class DeadLetter(models.Model):
     error_type = models.CharField(max_length=200, blank=True)
     error_reason = models.TextField(blank=True, help_text="OpenSearch's own words, shortened.")
     first_failed_at = models.DateTimeField()
-    last_attempt_at = models.DateTimeField()
+    last_attempt_at = models.DateTimeField(
+        help_text="The last failure: an entry's age, for purges and filters, counts from it."
+    )
 
     class Meta:
         ordering = ["-first_failed_at", "-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["subscription", "doc_id"], name="deadletter_one_per_document"
+                fields=["subscription", "doc_id_digest"], name="deadletter_one_per_document"
             ),
         ]
         indexes = [
             models.Index(fields=["first_failed_at"], name="deadletter_first_failed"),
+            models.Index(fields=["last_attempt_at"], name="deadletter_last_attempt"),
             models.Index(fields=["subscription", "error_type"], name="deadletter_sub_error"),
         ]
 

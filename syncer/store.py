@@ -17,7 +17,7 @@ from django.utils import timezone
 from syncer.engine.changes import Change, Op, Position
 from syncer.engine.interfaces import Rejected, ResumeState
 from syncer.errors import ConfigError, UnavailableError
-from syncer.models import DeadLetter, Subscription
+from syncer.models import DeadLetter, Subscription, doc_id_digest
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -133,9 +133,10 @@ class DjangoStateStore:
 
 
 _PUT_SQL = """
-INSERT INTO {table} (subscription_id, doc_id, action, payload, version, attempts,
-                     error_status, error_type, error_reason, first_failed_at, last_attempt_at)
-VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)
+INSERT INTO {table} (subscription_id, doc_id, doc_id_digest, action, payload, version,
+                     attempts, error_status, error_type, error_reason, first_failed_at,
+                     last_attempt_at)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT ON CONSTRAINT deadletter_one_per_document DO UPDATE SET
     action = EXCLUDED.action, payload = EXCLUDED.payload, version = EXCLUDED.version,
     attempts = EXCLUDED.attempts, error_status = EXCLUDED.error_status,
@@ -145,8 +146,10 @@ WHERE {table}.version <= EXCLUDED.version
 """
 
 _SUPERSEDE_SQL = """
-DELETE FROM {table} AS d USING unnest(%s::text[], %s::bigint[]) AS w(doc_id, version)
-WHERE d.subscription_id = %s AND d.doc_id = w.doc_id AND d.version <= w.version
+DELETE FROM {table} AS d
+USING unnest(%s::text[], %s::text[], %s::bigint[]) AS w(doc_id, digest, version)
+WHERE d.subscription_id = %s AND d.doc_id_digest = w.digest AND d.doc_id = w.doc_id
+  AND d.version <= w.version
 """
 
 
@@ -170,7 +173,8 @@ class DjangoDeadLetters:
         params = [
             (
                 self.subscription_id,
-                item.change.doc_id[:512],
+                item.change.doc_id,  # whole: entries are told apart by its digest
+                doc_id_digest(item.change.doc_id),
                 DeadLetter.Action.DELETE
                 if item.change.op is Op.DELETE
                 else DeadLetter.Action.INDEX,
@@ -199,12 +203,14 @@ class DjangoDeadLetters:
         if not written or not await self._may_have_entries():
             return 0
         doc_ids = [change.doc_id for change in written]
+        digests = [doc_id_digest(doc_id) for doc_id in doc_ids]
         versions = [change.version for change in written]
 
         def supersede() -> int:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    _SUPERSEDE_SQL.format(table=_table()), [doc_ids, versions, self.subscription_id]
+                    _SUPERSEDE_SQL.format(table=_table()),
+                    [doc_ids, digests, versions, self.subscription_id],
                 )
                 return int(cursor.rowcount)
 

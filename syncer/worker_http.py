@@ -126,13 +126,14 @@ class ReadinessCheck:
         result = Readiness(ready=True)
         worker_problem = self._worker_ready() if self._worker_ready is not None else None
         if worker_problem:
-            result.reasons.append(f"worker: {worker_problem}")
+            result.reasons.append(redact(f"worker: {worker_problem}"))
         sink_problem = self._sink_problem() if pipelines else None
         for name, pipeline in sorted(pipelines.items()):
             problem = subscription_problem(pipeline, now, self.stall_after)
             if problem is None and pipeline.status != Status.PAUSED:
                 problem = sink_problem
             if problem:
+                problem = redact(problem)  # a status message may quote a DSN
                 result.reasons.append(f"{name}: {problem}")
             staleness = pipeline.staleness(now)
             result.subscriptions[name] = {
@@ -142,7 +143,6 @@ class ReadinessCheck:
                 "lag_seconds": round(pipeline.stats.lag(now), 3),
                 "staleness_seconds": None if staleness is None else round(staleness, 3),
             }
-        result.reasons = [redact(reason) for reason in result.reasons]
         result.ready = not result.reasons
         return result
 

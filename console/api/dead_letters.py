@@ -48,8 +48,8 @@ class ListFilters(Schema):
     subscription: str | None = Field(None, description="Only this subscription's entries.")
     action: DeadLetter.Action | None = Field(None, description="index or delete.")
     error_type: str | None = Field(None, description="e.g. mapper_parsing_exception.")
-    older_than: str | None = Field(None, description="First failed at least this long ago: 7d.")
-    newer_than: str | None = Field(None, description="First failed less than this long ago: 1h.")
+    older_than: str | None = Field(None, description="Last failed at least this long ago: 7d.")
+    newer_than: str | None = Field(None, description="Last failed less than this long ago: 1h.")
     cursor: str | None = Field(None, description="`next_cursor` of the previous page.")
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
 
@@ -97,7 +97,7 @@ def _selected(filters: ListFilters) -> QuerySet[DeadLetter]:
         _check_text("error_type", filters.error_type)
         entries = entries.filter(error_type=filters.error_type)
     if newer_than is not None:
-        entries = entries.filter(first_failed_at__gt=timezone.now() - newer_than)
+        entries = dlq.newer_than(entries, newer_than)
     return entries
 
 

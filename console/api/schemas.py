@@ -303,7 +303,7 @@ class _Selection(_In):
     ids: list[int] | None = Field(None, max_length=10_000, description="These entries only.")
     subscription: str | None = Field(None, description="Only this subscription's entries.")
     older_than: str | None = Field(
-        None, description="Only entries that first failed at least this long ago: 30m, 12h, 7d."
+        None, description="Only entries that last failed at least this long ago: 30m, 12h, 7d."
     )
     limit: int | None = Field(
         None,

@@ -34,7 +34,7 @@ from console.api.schemas import (
     SubscriptionPatch,
     subscription_out,
 )
-from syncer import control, services
+from syncer import control, dsn, services
 from syncer.config_file import FIELD_LABELS
 from syncer.control import ControlResult
 from syncer.models import Subscription
@@ -121,9 +121,10 @@ def patch_subscription(
     """Change the given fields; the result is validated like a subscriptions file entry."""
     with transaction.atomic():
         current = _locked(name)
-        entry = declarations.merge(
-            declarations.declaration_of(current), payload.model_dump(exclude_unset=True)
-        )
+        patch = payload.model_dump(exclude_unset=True)
+        if isinstance(patch.get("source"), dict):
+            _keep_as_shown(patch["source"], current)
+        entry = declarations.merge(declarations.declaration_of(current), patch)
         spec = declarations.to_spec(entry)
         outcome = services.apply_subscriptions([spec]).outcomes[0]
         changes = [
@@ -138,6 +139,25 @@ def patch_subscription(
         "changed": bool(changes),
         "changes": changes,
     }
+
+
+def _keep_as_shown(source: dict[str, Any], current: Subscription) -> None:
+    """Source fields sent back exactly as GET shows them keep what is stored.
+
+    The DSN as shown (password as ***) keeps the stored DSN, as the admin form does; a
+    postgres source's cluster and envelope, which GET shows though only Materialize has
+    them, are left out instead of being refused.
+    """
+    if isinstance(source.get("dsn"), str):
+        source["dsn"] = dsn.unredacted(source["dsn"], current.source_dsn)
+    postgres = Subscription.SourceKind.POSTGRES
+    if current.source_kind == postgres and source.get("kind", postgres) == postgres:
+        for option, stored in (
+            ("cluster", current.source_cluster),
+            ("envelope", current.source_envelope),
+        ):
+            if option in source and source[option] == stored:
+                del source[option]
 
 
 @router.delete("/{name}", response=DeletedOut, summary="Delete a subscription")

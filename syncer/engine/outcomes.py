@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from syncer.engine.changes import Op
+from syncer.engine.changes import Change, Op
 
 
 class Outcome(enum.StrEnum):
@@ -53,3 +53,47 @@ def classify(op: Op, status: int, error_type: str = "") -> Outcome:
     if status in (408, 429) or status >= 500 or error_type in _TRANSIENT_TYPES:
         return Outcome.TRANSIENT
     return Outcome.PERMANENT
+
+
+MAX_ID_BYTES = 512
+"""OpenSearch's limit on a document `_id`: 512 bytes of UTF-8, not 512 characters."""
+ID_TOO_LONG = "document_id_too_long"
+INCOMPLETE_DOCUMENT = "unchanged_value_not_found"
+
+
+def unwritable(change: Change) -> ItemResult | None:
+    """Why `change` must never be sent to OpenSearch, as a permanent result; or None.
+
+    An id over MAX_ID_BYTES would be refused (and could fail the whole bulk), and a
+    document still missing unchanged TOAST values would overwrite the full one with a
+    part of it.
+    """
+    size = len(change.doc_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        return ItemResult(
+            Outcome.PERMANENT,
+            0,
+            ID_TOO_LONG,
+            f"the document id is {size:,} bytes of UTF-8 and OpenSearch takes at most "
+            f"{MAX_ID_BYTES}: key the subscription on shorter columns",
+        )
+    if change.op is Op.UPSERT and change.missing:
+        return ItemResult(Outcome.PERMANENT, 0, INCOMPLETE_DOCUMENT, incomplete_reason(change))
+    return None
+
+
+def incomplete_reason(change: Change) -> str:
+    """What an operator reads about a change whose unchanged TOAST values were not found."""
+    columns = sorted(change.missing)
+    if len(columns) == 1:
+        what = f"column {columns[0]} was unchanged and TOASTed; PostgreSQL did not send it and its"
+    else:
+        what = (
+            f"columns {', '.join(columns)} were unchanged and TOASTed; PostgreSQL did not send "
+            "them and their"
+        )
+    return (
+        f"{what} current value could not be read (the document is not in the index and the "
+        "row is not in the table), so the document was not written: resync the subscription "
+        "or update the row"
+    )

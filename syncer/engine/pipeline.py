@@ -32,7 +32,7 @@ import structlog
 
 from syncer.engine.backoff import Backoff
 from syncer.engine.buffer import BufferClosed, ChangeBuffer
-from syncer.engine.changes import Change, Transaction, TxKind
+from syncer.engine.changes import Change, Op, Transaction, TxKind
 from syncer.engine.consolidate import consolidate
 from syncer.engine.interfaces import (
     DeadLetterQueue,
@@ -42,7 +42,7 @@ from syncer.engine.interfaces import (
     Source,
     StateStore,
 )
-from syncer.engine.outcomes import ItemResult, Outcome
+from syncer.engine.outcomes import ItemResult, Outcome, unwritable
 from syncer.engine.retry import Decision, RetryPolicy
 from syncer.engine.telemetry import BulkOutcome, ErrorKind, ProgressWindow, Telemetry, error_kind
 from syncer.errors import ConfigError, RequestTooLarge, SinkUnavailable, UnavailableError
@@ -341,6 +341,7 @@ class Pipeline:
             self._applied, self._rejected = [], []
         changes = consolidate(batch)
         await self._fill_missing(changes)
+        changes = await self._refuse_unwritable(changes)
         size = self.config.batch_max_size
         for offset in range(0, len(changes), size):
             await self._write_sized(changes[offset : offset + size])
@@ -550,16 +551,38 @@ class Pipeline:
             _fill(change, indexed.get(change.fill_from or change.doc_id))
         still = [c for c in needy if c.missing]
         if still:
-            rows = await self.source.fetch_rows([c.fill_key or c.key for c in still])
+            # The row as it is now, under the document's own key (after a key change the
+            # old key's row is gone), else under the key the values came from.
+            keys = {c.key for c in still} | {c.fill_key for c in still if c.fill_key}
+            rows = await self.source.fetch_rows(sorted(keys, key=repr))
             for change in still:
-                _fill(change, rows.get(change.fill_key or change.key))
-                if change.missing:
-                    self._log.warning(
-                        "unchanged_values_not_found",
-                        doc_id=change.doc_id,
-                        fields=sorted(change.missing),
-                    )
-                    change.missing = frozenset()
+                _fill(change, rows.get(change.key))
+                if change.missing and change.fill_key:
+                    _fill(change, rows.get(change.fill_key))
+        # What is still missing makes the change unwritable: _refuse_unwritable.
+
+    async def _refuse_unwritable(self, changes: list[Change]) -> list[Change]:
+        """Dead-letter the changes OpenSearch must never be sent; return the others.
+
+        A delete of an id too long for OpenSearch is done already: no such document can
+        be in the index. It still supersedes the dead letter of that document's upsert.
+        """
+        sendable: list[Change] = []
+        refused: list[Rejected] = []
+        gone: list[Change] = []
+        for change in changes:
+            result = unwritable(change)
+            if result is None:
+                sendable.append(change)
+            elif change.op is Op.DELETE:
+                gone.append(change)
+            else:
+                refused.append(Rejected(change, result, 1))
+        if refused:
+            await self._dead_letter(refused)
+        if gone:
+            self.stats.superseded += await self.dead_letters.supersede(gone)
+        return sendable
 
     async def _acknowledge(self, batch: Sequence[Transaction]) -> None:
         position = None

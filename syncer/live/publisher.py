@@ -41,6 +41,7 @@ from syncer.live.messages import (
     events_group,
 )
 from syncer.positions import format_position
+from syncer.redaction import redact
 
 log = structlog.get_logger(__name__)
 
@@ -121,7 +122,11 @@ class LivePublisher:
 
     def offer_snapshot(self, snapshot: SnapshotMessage) -> None:
         """The subscription's latest state; one not yet sent is replaced."""
-        self._snapshots[snapshot["subscription"]] = snapshot
+        # The status message may quote a driver's error, DSN included: browsers see it.
+        self._snapshots[snapshot["subscription"]] = {
+            **snapshot,
+            "message": redact(snapshot["message"]),
+        }
         self._wake.set()
 
     def offer_heartbeat(self, subscriptions: Sequence[str], interval: float) -> None:
@@ -266,5 +271,5 @@ def dead_letter_event(item: Rejected, source_kind: str, batch: int) -> DeadLette
         position_shown=format_position(source_kind, change.version),
         commit_time=change.commit_time,
         batch=batch,
-        error=error[:_ERROR_LIMIT],
+        error=redact(error)[:_ERROR_LIMIT],
     )

@@ -139,12 +139,12 @@ def test_typing_a_new_dsn_replaces_the_stored_one(admin_client: Client) -> None:
     subscription = make()
 
     response = admin_client.post(
-        change_url(subscription), form_data(subscription, source_dsn="env:ORDERS_DB")
+        change_url(subscription), form_data(subscription, source_dsn="env:ORDERS_SOURCE_URL")
     )
 
     assert response.status_code == 302
     subscription.refresh_from_db()
-    assert subscription.source_dsn == "env:ORDERS_DB"
+    assert subscription.source_dsn == "env:ORDERS_SOURCE_URL"
 
 
 def test_a_typed_password_is_not_shown_back_when_another_field_is_wrong(

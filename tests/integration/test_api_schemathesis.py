@@ -38,7 +38,7 @@ def token(opensearch_url: str) -> str:
     _, text = ApiToken.issue(staff, "schemathesis")
     orders = subscription("orders")
     # A DSN from an unset variable: a generated DELETE can never reach out to a host.
-    orders.source_dsn = "env:SEARCHSYNC_SCHEMATHESIS_UNSET"
+    orders.source_dsn = "env:SCHEMATHESIS_SOURCE_URL"
     orders.save()
     for i in range(3):
         entry(orders, f"o{i}", payload={"total": i}, age=dt.timedelta(hours=i))

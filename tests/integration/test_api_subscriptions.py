@@ -187,7 +187,9 @@ def test_create_type_errors_and_unknown_keys_are_422_with_paths(client: Client) 
 
 
 def test_a_materialize_subscription_needs_key_columns(client: Client) -> None:
-    body = declaration(source={"kind": "materialize", "dsn": "env:MZ_URL", "relation": "orders_mv"})
+    body = declaration(
+        source={"kind": "materialize", "dsn": "env:MZ_SOURCE_URL", "relation": "orders_mv"}
+    )
     errors = errors_of(client.post("/api/subscriptions", body, content_type=JSON))
     assert "key columns" in errors["source.key"]
     body["source"]["key"] = ["order_id"]
@@ -270,7 +272,7 @@ def test_patch_null_resets_to_the_default_and_switching_kind_drops_materialize_o
     body = declaration(
         source={
             "kind": "materialize",
-            "dsn": "env:MZ_URL",
+            "dsn": "env:MZ_SOURCE_URL",
             "relation": "orders_mv",
             "key": ["order_id"],
             "cluster": "serving",

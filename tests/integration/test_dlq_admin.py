@@ -401,7 +401,7 @@ def test_purge_older_than_keeps_younger_entries(
     preview = admin_client.get(PURGE_URL, {"older_than_days": "7"})
 
     content = preview.content.decode()
-    assert "2 dead letters (every subscription, first failed 7 days ago or more)" in content
+    assert "2 dead letters (every subscription, last failed 7 days ago or more)" in content
     assert "<code>manage.py dlq purge</code>" in content
     assert DeadLetter.objects.count() == 3
 

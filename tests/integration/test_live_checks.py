@@ -182,12 +182,12 @@ def test_an_env_dsn_is_resolved_and_an_unset_one_is_explained(
     source_dsn: str, orders: str, opensearch_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ORDERS_SOURCE_DSN", source_dsn)
-    monkeypatch.delenv("ORDERS_MISSING_DSN", raising=False)
+    monkeypatch.delenv("ORDERS_MISSING_SOURCE_DSN", raising=False)
 
     assert live_checks.check(postgres("env:ORDERS_SOURCE_DSN", orders)) == {}
-    problems = live_checks.check(postgres("env:ORDERS_MISSING_DSN", orders))
+    problems = live_checks.check(postgres("env:ORDERS_MISSING_SOURCE_DSN", orders))
     assert problems["source_dsn"][0].startswith(
-        "the environment variable ORDERS_MISSING_DSN is not set in the console's environment"
+        "the environment variable ORDERS_MISSING_SOURCE_DSN is not set in the console's environment"
     )
 
 

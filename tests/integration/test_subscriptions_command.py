@@ -173,7 +173,7 @@ def test_apply_of_an_invalid_file_prints_every_error_and_changes_nothing(
         ORDERS_YAML.replace("public.orders", "public..x")
         .replace("{name: customers}", "{name: Customers}")
         .replace("max_size: 100", "max_size: 100, pause_at: 3")
-        + "  - name: fresh\n    source: {kind: materialize, dsn: env:X, relation: t}\n"
+        + "  - name: fresh\n    source: {kind: materialize, dsn: env:MZ_SOURCE_URL, relation: t}\n"
         "    index: {name: fresh}\n"
     )
 
@@ -380,7 +380,7 @@ subscriptions:
       envelope: upsert
     index: {name: search}
   - name: views
-    source: {kind: materialize, dsn: env:MZ, relation: shop.public.orders_mv, key: [id]}
+    source: {kind: materialize, dsn: env:MZ_SOURCE_URL, relation: shop.public.orders_mv, key: [id]}
     index: {name: views}
 """
 

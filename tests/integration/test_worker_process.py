@@ -174,14 +174,14 @@ def test_each_bad_subscription_gets_a_clear_status_while_a_good_one_syncs(
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v text)")
     source_conn.execute(f"CREATE TABLE {table_name}_nopk (id int, v text)")
     source_conn.execute(f"CREATE VIEW {table_name}_view AS SELECT * FROM {table_name}")
-    monkeypatch.delenv("SEARCHSYNC_UNSET_DSN", raising=False)
+    monkeypatch.delenv("UNSET_SOURCE_DSN", raising=False)
     bad = {
         "missing-table": dict(relation="public.no_such_table"),
         "unknown-key": dict(relation=table_name, key_columns=["nope"]),
         "no-pk": dict(relation=f"{table_name}_nopk"),
         "a-view": dict(relation=f"{table_name}_view"),
         "bad-dsn": dict(relation=table_name, source_dsn=source_dsn + "_missing_db"),
-        "unset-env": dict(relation=table_name, source_dsn="env:SEARCHSYNC_UNSET_DSN"),
+        "unset-env": dict(relation=table_name, source_dsn="env:UNSET_SOURCE_DSN"),
         "bad-index": dict(relation=table_name, index_name="Bad*Index", validate=False),
     }
     expected_words = {
@@ -190,7 +190,7 @@ def test_each_bad_subscription_gets_a_clear_status_while_a_good_one_syncs(
         "no-pk": "has no primary key",
         "a-view": "is a view",
         "bad-dsn": "does not exist; check the source DSN",
-        "unset-env": "SEARCHSYNC_UNSET_DSN, which is not set",
+        "unset-env": "UNSET_SOURCE_DSN, which is not set",
         "bad-index": "invalid_index_name_exception",
     }
     subs = [make_subscription(name, **fields) for name, fields in bad.items()]

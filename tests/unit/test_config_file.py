@@ -242,7 +242,7 @@ def test_an_error_names_the_subscription_and_the_field(
 
 
 def test_a_missing_required_field_says_what_to_add() -> None:
-    item = {"name": "orders", "source": {"kind": "postgres", "dsn": "env:X"}}
+    item = {"name": "orders", "source": {"kind": "postgres", "dsn": "env:SOURCE_DATABASE_URL"}}
 
     errors = errors_of(json.dumps({"subscriptions": [item]}), filename="s.json")
 
@@ -260,7 +260,7 @@ subscriptions:
     index: {name: Orders}
     backpressure: {pause_at: 5000, resume_at: 6000}
   - name: customers
-    source: {kind: materialize, dsn: env:DB, relation: customers, colour: blue}
+    source: {kind: materialize, dsn: env:ORDERS_SOURCE_URL, relation: customers, colour: blue}
     index: {name: customers}
 """
     errors = errors_of(text)
@@ -385,13 +385,13 @@ def test_duplicate_keys_in_a_subscription_are_an_error() -> None:
 
 def test_yaml_anchors_and_merge_keys_are_allowed() -> None:
     text = """
-defaults: &source {kind: postgres, dsn: env:DB}
+defaults: &source {kind: postgres, dsn: env:ORDERS_SOURCE_URL}
 """
     assert errors_of(text)[0].startswith("subs.yaml: unknown top-level key 'defaults'")
     text = """
 subscriptions:
   - name: a
-    source: &src {kind: postgres, dsn: env:DB, relation: a}
+    source: &src {kind: postgres, dsn: env:ORDERS_SOURCE_URL, relation: a}
     index: {name: a}
   - name: b
     source: {<<: *src, relation: b}
@@ -399,7 +399,7 @@ subscriptions:
 """
     a, b = parse(text, filename="s.yaml")
     assert (a.values["relation"], b.values["relation"]) == ("a", "b")
-    assert b.values["source_dsn"] == "env:DB"
+    assert b.values["source_dsn"] == "env:ORDERS_SOURCE_URL"
 
 
 def test_an_alias_bomb_is_refused_before_it_is_expanded() -> None:
@@ -498,7 +498,7 @@ def test_values_jsonb_cannot_hold_are_refused() -> None:
     text = """
 subscriptions:
   - name: orders
-    source: {kind: postgres, dsn: env:DB, relation: orders}
+    source: {kind: postgres, dsn: env:ORDERS_SOURCE_URL, relation: orders}
     index:
       name: orders
       settings: {refresh: .nan, created: 2024-01-01, nested: {1: one}}

@@ -1,6 +1,7 @@
 """`dlq list|stats|retry|purge`: look at the dead-letter queue, retry or purge entries.
 
-Every subcommand takes `--subscription NAME` and `--older-than AGE` (30m, 12h, 7d, 2w);
+Every subcommand takes `--subscription NAME` and `--older-than AGE` (30m, 12h, 7d, 2w: since
+the last failure);
 retry and purge go through `syncer.dlq`, in bounded batches. Bad arguments exit 2
 before anything is touched.
 """
@@ -46,7 +47,7 @@ class Command(BaseCommand):
                 "--older-than",
                 type=dlq.age_argument,
                 metavar="AGE",
-                help="only entries that first failed at least this long ago (30m, 12h, 7d, 2w)",
+                help="only entries that last failed at least this long ago (30m, 12h, 7d, 2w)",
             )
         for sub, default in ((listing, LIST_LIMIT), (retry, None), (purge, None)):
             sub.add_argument(
@@ -172,8 +173,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"oldest: #{oldest.pk} {oldest.subscription.name} document "
                 f"{display.short(oldest.doc_id, 80)}, failed "
-                f"{display.age_text(oldest.first_failed_at)} ago "
-                f"({oldest.first_failed_at.isoformat()})"
+                f"{display.age_text(oldest.last_attempt_at)} ago "
+                f"({oldest.last_attempt_at.isoformat()})"
             )
 
     def retry(self, selection: dlq.Selection, what: str, limit: int | None, dry_run: bool) -> None:
@@ -237,5 +238,5 @@ def _list_row(entry: DeadLetter) -> dict[str, Any]:
         "error_reason": display.short(entry.error_reason, 10_000),
         "first_failed_at": entry.first_failed_at.isoformat(),
         "last_attempt_at": entry.last_attempt_at.isoformat(),
-        "age": display.age_text(entry.first_failed_at),
+        "age": display.age_text(entry.last_attempt_at),
     }
