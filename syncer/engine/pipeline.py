@@ -205,7 +205,10 @@ class Pipeline:
                 await self._session(stop)
             except ConfigError as exc:
                 self.telemetry.errors[error_kind(exc)] += 1
-                await self._failed(Status.ERROR, str(exc), stop)
+                if exc.retry:
+                    await self._failed(Status.ERROR, str(exc), stop)
+                else:
+                    await self._halted(str(exc), stop)
             except UnavailableError as exc:
                 self.telemetry.errors[error_kind(exc)] += 1
                 await self._failed(Status.RECONNECTING, str(exc), stop)
@@ -231,6 +234,21 @@ class Pipeline:
         )
         await self._set_status(status, f"{message} (retrying in {delay:.0f} s)", error=message)
         await sleep_unless_stopped(stop, delay)
+
+    async def _halted(self, message: str, stop: asyncio.Event) -> None:
+        """Show an error only a change of the subscription can fix; wait for `stop`.
+
+        Trying again would repeat the work that led to it (a whole snapshot copy) and fail
+        the same way; the worker restarts the pipeline when the subscription changes.
+        """
+        self.stats.oldest_unacked_commit = None
+        self._log.error("pipeline_halted", error=message)
+        await self._set_status(
+            Status.ERROR,
+            f"{message} (not retried: waiting for the subscription to change)",
+            error=message,
+        )
+        await stop.wait()
 
     # -- a session: from connecting to the first failure or the stop ----------------
 
