@@ -36,7 +36,7 @@ from django.utils.safestring import SafeString
 
 from syncer import control, display, dsn, live_checks, services
 from syncer.logconfig import redact
-from syncer.models import Subscription
+from syncer.models import DeadLetter, Subscription
 from syncer.positions import format_position
 from syncer.validators import text_problem
 
@@ -447,6 +447,19 @@ class SubscriptionAdmin(_AdminBase):
         if isinstance(response, TemplateResponse) and response.context_data is not None:
             response.context_data.update(_dead_letter_context(subscriptions))
         return response
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """Django's list; dead letters count as deletable for whoever may purge them.
+
+        (The dead-letter admin refuses plain deletes: there, deleting is purging.)
+        """
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        dead_letters = self.admin_site.get_model_admin(DeadLetter)
+        if getattr(dead_letters, "has_purge_permission", lambda _: False)(request):
+            perms_needed.discard(str(DeadLetter._meta.verbose_name))
+        return deleted, counts, perms_needed, protected
 
     def delete_model(self, request: HttpRequest, obj: Subscription) -> None:
         """Delete through the service, which also drops the slot on the source."""

@@ -198,8 +198,13 @@ class Subscription(models.Model):
                 condition=models.Q(source_envelope__in=["diff", "upsert"]),
                 name="subscription_envelope_known",
             ),
-            # Checked with the other subscription's name by `index_name_problem`.
-            models.UniqueConstraint(fields=["index_name"], name="subscription_index_unique"),
+            # Said with the other subscription's name by `index_name_problem`. Deferred, so
+            # that one apply may swap two subscriptions' indexes.
+            models.UniqueConstraint(
+                fields=["index_name"],
+                name="subscription_index_unique",
+                deferrable=models.Deferrable.DEFERRED,
+            ),
         ]
 
     def __str__(self) -> str:

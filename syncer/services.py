@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count
 
 from syncer import dsn
@@ -77,6 +77,7 @@ def dead_letter_counts(subscriptions: Sequence[Subscription]) -> dict[str, int]:
         Subscription.objects.filter(pk__in=[s.pk for s in subscriptions])
         .annotate(count=Count("dead_letters"))
         .filter(count__gt=0)
+        .order_by("name")
         .values_list("name", "count")
     )
     return dict(found)
@@ -211,20 +212,12 @@ def apply_subscriptions(
         pruned = sorted(set(existing) - set(names)) if prune else []
         _check_index_names(specs, existing, pruned)
         check_deletable([existing[name] for name in pruned], force)
-        try:
-            for spec in specs:
-                current = existing.get(spec.name)
-                if current is None:
-                    outcomes.append(_create(spec, dry_run))
-                else:
-                    outcomes.append(_update(current, spec, dry_run))
-        except IntegrityError as exc:
-            if _constraint_of(exc) != _INDEX_CONSTRAINT:
-                raise
-            # Another writer took the index since the check above.
-            raise IndexNameTaken(
-                [(spec.name, f"index {spec.values.get('index_name')} was just taken")]
-            ) from None
+        for spec in specs:
+            current = existing.get(spec.name)
+            if current is None:
+                outcomes.append(_create(spec, dry_run))
+            else:
+                outcomes.append(_update(current, spec, dry_run))
         for name in pruned:
             warning = None if dry_run else delete_subscription(existing[name], force=True)
             outcomes.append(Outcome(name, Action.DELETED, warning=warning))
@@ -236,9 +229,6 @@ def apply_subscriptions(
         **{action.value: count for action, count in report.counts.items()},
     )
     return report
-
-
-_INDEX_CONSTRAINT = "subscription_index_unique"
 
 
 def _check_index_names(
@@ -257,11 +247,6 @@ def _check_index_names(
                 break
     if errors:
         raise IndexNameTaken(errors)
-
-
-def _constraint_of(exc: IntegrityError) -> str | None:
-    diag = getattr(exc.__cause__, "diag", None)
-    return getattr(diag, "constraint_name", None)
 
 
 def _create(spec: SubscriptionSpec, dry_run: bool) -> Outcome:

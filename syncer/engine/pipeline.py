@@ -200,6 +200,7 @@ class Pipeline:
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until `stop` is set, reconnecting with backoff after any failure."""
         while not stop.is_set():
+            halted: str | None = None
             try:
                 await self._set_status(Status.STARTING, "connecting to the source and OpenSearch")
                 await self._session(stop)
@@ -208,7 +209,7 @@ class Pipeline:
                 if exc.retry:
                     await self._failed(Status.ERROR, str(exc), stop)
                 else:
-                    await self._halted(str(exc), stop)
+                    halted = str(exc)
             except UnavailableError as exc:
                 self.telemetry.errors[error_kind(exc)] += 1
                 await self._failed(Status.RECONNECTING, str(exc), stop)
@@ -219,6 +220,8 @@ class Pipeline:
             finally:
                 self.telemetry.connected_at = None
                 await self._close()
+            if halted is not None:
+                await self._halted(halted, stop)  # closed: nothing held on the source
         await self._set_status(Status.STOPPED, "stopped")
 
     async def _failed(self, status: str, message: str, stop: asyncio.Event) -> None:

@@ -58,7 +58,9 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name="subscription",
             constraint=models.UniqueConstraint(
-                fields=("index_name",), name="subscription_index_unique"
+                deferrable=models.Deferrable.DEFERRED,
+                fields=("index_name",),
+                name="subscription_index_unique",
             ),
         ),
     ]
