@@ -53,38 +53,54 @@ def file_of(*entries: dict[str, Any]) -> str:
 # -- the admin ------------------------------------------------------------------------------
 
 
-def test_the_admin_form_names_the_subscription_that_has_the_index(
-    admin_client: Client, settings: Any
-) -> None:
+ADD_FORM = {
+    "source_kind": "postgres",
+    "source_dsn": "postgresql://u@h/db",
+    "relation": "public.orders",
+    "key_columns": "",
+    "source_envelope": "diff",
+    "index_settings": "{}",
+    "index_mappings": "{}",
+    "snapshot_mode": "index",
+    "batch_max_size": "1000",
+    "batch_max_age_ms": "5000",
+    "backpressure_pause_at": "5000",
+    "backpressure_resume_at": "2500",
+    "skip_live_checks": "on",
+    "enabled": "on",
+}
+
+
+@pytest.fixture
+def admin(admin_client: Client, settings: Any) -> Client:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    return admin_client
+
+
+def test_the_admin_form_has_the_adopt_setting(admin: Client) -> None:
+    add = reverse("admin:syncer_subscription_add")
+    assert 'name="adopt_index"' in admin.get(add).content.decode()
+
+    admin.post(add, {**ADD_FORM, "name": "orders", "index_name": "orders", "adopt_index": "on"})
+
+    assert Subscription.objects.get(name="orders").adopt_index is True
+
+
+def test_the_admin_form_names_the_subscription_that_has_the_index(admin: Client) -> None:
     subscription("orders")
     data = {
-        "name": "orders-copy",
-        "source_kind": "postgres",
-        "source_dsn": "postgresql://u@h/db",
-        "relation": "public.orders",
-        "key_columns": "",
-        "source_envelope": "diff",
+        **ADD_FORM,
         "index_name": "orders",
-        "index_settings": "{}",
-        "index_mappings": "{}",
-        "snapshot_mode": "index",
-        "batch_max_size": "1000",
-        "batch_max_age_ms": "5000",
-        "backpressure_pause_at": "5000",
-        "backpressure_resume_at": "2500",
-        "skip_live_checks": "on",
-        "enabled": "on",
     }
 
-    response = admin_client.post(reverse("admin:syncer_subscription_add"), data)
+    response = admin.post(reverse("admin:syncer_subscription_add"), data)
 
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["index_name"] == [
         "index orders is already the index of subscription orders; each index belongs to one "
         "subscription, so choose another name"
     ]
-    response = admin_client.post(
+    response = admin.post(
         reverse("admin:syncer_subscription_add"), {**data, "index_name": RESYNC_NAME}
     )
     [error] = response.context["adminform"].form.errors["index_name"]
