@@ -52,14 +52,17 @@ class DeadLettersRemain(ValueError):
 
     def __init__(self, counts: Mapping[str, int]) -> None:
         self.counts = dict(sorted(counts.items()))
-        listed = ", ".join(f"{name} ({count:,})" for name, count in self.counts.items())
         total = sum(self.counts.values())
-        which = "subscription" if len(self.counts) == 1 else "subscriptions"
+        letters = f"{total:,} dead letter{'s' if total != 1 else ''}"
+        if len(self.counts) == 1:
+            (name,) = self.counts
+            who = f"subscription {name} still has {letters}, which would be deleted with it"
+        else:
+            listed = ", ".join(f"{name} ({count:,})" for name, count in self.counts.items())
+            who = f"subscriptions {listed} still have {letters}, which would be deleted with them"
         super().__init__(
-            f"{which} {listed} still {'has' if len(self.counts) == 1 else 'have'} "
-            f"{total:,} dead letter{'s' if total != 1 else ''}, which would be deleted with "
-            f"{'it' if len(self.counts) == 1 else 'them'}; retry or export them first "
-            "(manage.py dlq retry|export --subscription NAME), or force the delete"
+            f"{who}; retry or export them first (manage.py dlq retry|export --subscription "
+            "NAME), or force the delete"
         )
 
 
