@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import actions as admin_actions
 from django.contrib.admin import helpers
 from django.contrib.admin.models import LogEntry
+from django.contrib.admin.utils import unquote
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, QuerySet
@@ -33,7 +35,7 @@ from django.utils.safestring import SafeString
 
 from syncer import control, display, dsn, live_checks, services
 from syncer.logconfig import redact
-from syncer.models import Subscription
+from syncer.models import DeadLetter, Subscription
 from syncer.positions import format_position
 from syncer.validators import text_problem
 
@@ -246,7 +248,13 @@ class SubscriptionAdmin(_AdminBase):
     )
     list_filter = ("enabled", "paused", "status", "source_kind", "snapshot_mode")
     search_fields = ("name", "relation", "index_name")
-    actions = ("pause_selected", "resume_selected", "resync_selected", "reset_selected")
+    actions = (
+        "delete_selected",
+        "pause_selected",
+        "resume_selected",
+        "resync_selected",
+        "reset_selected",
+    )
     readonly_fields = (
         "slot_name",
         "status_badge",
@@ -286,7 +294,7 @@ class SubscriptionAdmin(_AdminBase):
                 )
             },
         ),
-        ("Index", {"fields": ("index_name", "index_settings", "index_mappings")}),
+        ("Index", {"fields": ("index_name", "index_settings", "index_mappings", "adopt_index")}),
         (
             "Snapshot & batching",
             {"fields": ("snapshot_mode", "batch_max_size", "batch_max_age_ms")},
@@ -385,14 +393,67 @@ class SubscriptionAdmin(_AdminBase):
         return redact(obj.last_error)
 
     # -- deletes go through the service --------------------------------------------------
+    # A subscription's dead letters go with it: the confirmation pages say how many, and
+    # deleting them needs the FORCE_FIELD box ticked (`services.check_deletable`).
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Django's confirmation page, with the subscription's dead letters to confirm."""
+        subscription = self.get_object(request, unquote(object_id))
+        if subscription is None:
+            return super().delete_view(request, object_id, extra_context)
+        if request.method == "POST":
+            try:
+                services.check_deletable([subscription], _forced(request))
+            except services.DeadLettersRemain as exc:
+                messages.error(request, _not_forced(exc))
+                return HttpResponseRedirect(request.path)  # the confirmation page again
+        context = {**_dead_letter_context([subscription]), **(extra_context or {})}
+        return super().delete_view(request, object_id, context)
+
+    @admin.action(description="Delete selected subscriptions…", permissions=["delete"])
+    def delete_selected(
+        self, request: HttpRequest, queryset: QuerySet[Subscription]
+    ) -> HttpResponse | None:
+        """Django's bulk delete; subscriptions with dead letters need the box ticked."""
+        subscriptions = list(queryset)
+        if request.POST.get("post"):
+            try:
+                services.check_deletable(subscriptions, _forced(request))
+            except services.DeadLettersRemain as exc:
+                messages.error(request, _not_forced(exc))
+                shown = request.POST.copy()
+                del shown["post"]  # not confirmed: Django shows the confirmation again
+                shown._mutable = False
+                request.POST = shown  # type: ignore[assignment]  # the stubs' immutable type
+        response = admin_actions.delete_selected(self, request, queryset)
+        if isinstance(response, TemplateResponse) and response.context_data is not None:
+            response.context_data.update(_dead_letter_context(subscriptions))
+        return response
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        """Django's list; dead letters count as deletable for whoever may purge them.
+
+        (The dead-letter admin refuses plain deletes: there, deleting is purging.)
+        """
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        dead_letters = self.admin_site.get_model_admin(DeadLetter)
+        if getattr(dead_letters, "has_purge_permission", lambda _: False)(request):
+            perms_needed.discard(str(DeadLetter._meta.verbose_name))
+        return deleted, counts, perms_needed, protected
 
     def delete_model(self, request: HttpRequest, obj: Subscription) -> None:
         """Delete through the service, which also drops the slot on the source."""
-        warning = services.delete_subscription(obj)
+        # delete_view checked the dead letters against the ticked box.
+        warning = services.delete_subscription(obj, force=True)
         if warning:
             messages.warning(request, warning)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        # delete_selected checked the dead letters against the ticked box.
         for subscription in queryset:
             self.delete_model(request, subscription)
 
@@ -574,6 +635,27 @@ class SubscriptionAdmin(_AdminBase):
         return super().change_view(
             request, object_id, form_url, {**context, **(extra_context or {})}
         )
+
+
+FORCE_FIELD = "delete_dead_letters"
+"""The box a delete confirmation needs ticked when the subscriptions have dead letters."""
+
+
+def _forced(request: HttpRequest) -> bool:
+    return request.POST.get(FORCE_FIELD) == "yes"
+
+
+def _not_forced(exc: services.DeadLettersRemain) -> str:
+    return f"Nothing was deleted: {exc}. To delete them too, tick “Also delete the dead letters”."
+
+
+def _dead_letter_context(subscriptions: list[Subscription]) -> dict[str, Any]:
+    counts = services.dead_letter_counts(subscriptions)
+    return {
+        "dead_letters": sum(counts.values()),
+        "dead_letter_counts": counts,
+        "force_field": FORCE_FIELD,
+    }
 
 
 def _read_only(fieldsets: Any) -> list[tuple[str | None, dict[str, Any]]]:

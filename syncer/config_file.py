@@ -5,7 +5,7 @@ A file is JSON, or YAML (by a .yaml/.yml extension; sniffed for any other name):
     subscriptions:
       - name: orders
         source: {kind: postgres, dsn: env:SOURCE_DATABASE_URL, relation: public.orders}
-        index: {name: orders}
+        index: {name: orders}        # adopt: true lets searchsync own an index it did not create
         snapshot: index
         batch: {max_size: 1000, max_age_ms: 5000}
         backpressure: {pause_at: 5000, resume_at: 2500}
@@ -60,6 +60,7 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
     "index_name": ("index", "name"),
     "index_settings": ("index", "settings"),
     "index_mappings": ("index", "mappings"),
+    "adopt_index": ("index", "adopt"),
     "snapshot_mode": ("snapshot",),
     "batch_max_size": ("batch", "max_size"),
     "batch_max_age_ms": ("batch", "max_age_ms"),
@@ -120,6 +121,7 @@ class _Index(_Section):
     name: str
     settings: dict[str, Any] = Field(default_factory=dict)
     mappings: dict[str, Any] = Field(default_factory=dict)
+    adopt: bool = False
 
 
 class _Batch(_Section):

@@ -30,7 +30,12 @@ def config(subscription: Subscription) -> dict[str, Any]:
         "name": s.name,
         "enabled": s.enabled,
         "source": source,
-        "index": {"name": s.index_name, "settings": s.index_settings, "mappings": s.index_mappings},
+        "index": {
+            "name": s.index_name,
+            "settings": s.index_settings,
+            "mappings": s.index_mappings,
+            "adopt": s.adopt_index,
+        },
         "snapshot": s.snapshot_mode,
         "batch": {"max_size": s.batch_max_size, "max_age_ms": s.batch_max_age_ms},
         "backpressure": {

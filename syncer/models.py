@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
@@ -11,6 +12,7 @@ from django.db import models
 
 from syncer import dsn
 from syncer.validators import (
+    index_clash,
     materialize_relation_problem,
     postgres_relation_problem,
     validate_cluster,
@@ -106,6 +108,15 @@ class Subscription(models.Model):
         validators=[validate_json_object],
         help_text="Used only when the index is created.",
     )
+    adopt_index = models.BooleanField(
+        "adopt index",
+        default=False,
+        help_text="Searchsync marks the indexes it creates, and only those may be swept by "
+        "a resync or deleted by a swap to a new index. Tick this to make an existing index "
+        "that holds only this subscription's documents searchsync's (it is marked on the "
+        "next start). Without it, searchsync writes into such an index but refuses to "
+        "remove anything from it.",
+    )
 
     snapshot_mode = models.CharField(
         max_length=10, choices=SnapshotMode.choices, default=SnapshotMode.INDEX
@@ -188,6 +199,13 @@ class Subscription(models.Model):
                 condition=models.Q(source_envelope__in=["diff", "upsert"]),
                 name="subscription_envelope_known",
             ),
+            # Said with the other subscription's name by `index_name_problem`. Deferred, so
+            # that one apply may swap two subscriptions' indexes.
+            models.UniqueConstraint(
+                fields=["index_name"],
+                name="subscription_index_unique",
+                deferrable=models.Deferrable.DEFERRED,
+            ),
         ]
 
     def __str__(self) -> str:
@@ -214,6 +232,40 @@ class Subscription(models.Model):
             )
         if errors:
             raise ValidationError(errors)
+
+    def validate_constraints(self, exclude: Collection[str] | None = None) -> None:
+        """Django's constraint checks, with the index name's said in an operator's words."""
+        excluded = set(exclude or ())
+        errors: dict[str, Any] = {}
+        try:
+            super().validate_constraints(exclude=excluded | {"index_name"})
+        except ValidationError as exc:
+            errors = exc.update_error_dict(errors)
+        problem = None if "index_name" in excluded else self.index_name_problem()
+        if problem:
+            errors.setdefault("index_name", []).append(problem)
+        if errors:
+            raise ValidationError(errors)
+
+    def index_name_problem(self) -> str | None:
+        """Why another subscription's index rules this one's out, or None."""
+        index = self.index_name
+        base = index.rpartition("-")[0]
+        others = (
+            Subscription.objects.exclude(pk=self.pk)
+            .filter(
+                models.Q(index_name=index)
+                | models.Q(index_name__startswith=f"{index}-")
+                | models.Q(index_name=base)
+            )
+            .order_by("name")
+            .values_list("name", "index_name")
+        )
+        for name, other in others:
+            problem = index_clash(index, name, other)
+            if problem:
+                return problem
+        return None
 
     def source_problems(self) -> dict[str, str]:
         """What is wrong with the source fields for this kind of source, by field.

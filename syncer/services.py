@@ -10,11 +10,13 @@ from typing import Any
 
 import structlog
 from django.db import transaction
+from django.db.models import Count
 
 from syncer import dsn
 from syncer.errors import SyncError
 from syncer.models import Subscription
 from syncer.sources.postgres.replication import drop_replication
+from syncer.validators import index_clash
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +33,7 @@ CONFIG_FIELDS: tuple[str, ...] = (
     "index_name",
     "index_settings",
     "index_mappings",
+    "adopt_index",
     "snapshot_mode",
     "batch_max_size",
     "batch_max_age_ms",
@@ -40,12 +43,67 @@ CONFIG_FIELDS: tuple[str, ...] = (
 _MAX_SHOWN = 200
 
 
-def delete_subscription(subscription: Subscription) -> str | None:
+class DeadLettersRemain(ValueError):
+    """Subscriptions to delete still have dead letters, and deleting them was not forced.
+
+    A subscription's dead letters go with it, and then cannot be retried or exported;
+    each surface says how to force it (`force=true`, `--force`, a ticked box).
+    """
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self.counts = dict(sorted(counts.items()))
+        total = sum(self.counts.values())
+        letters = f"{total:,} dead letter{'s' if total != 1 else ''}"
+        if len(self.counts) == 1:
+            (name,) = self.counts
+            who = f"subscription {name} still has {letters}, which would be deleted with it"
+        else:
+            listed = ", ".join(f"{name} ({count:,})" for name, count in self.counts.items())
+            who = f"subscriptions {listed} still have {letters}, which would be deleted with them"
+        super().__init__(
+            f"{who}; retry or export them first (manage.py dlq retry|export --subscription "
+            "NAME), or force the delete"
+        )
+
+
+class IndexNameTaken(ValueError):
+    """Declared index names clash with other subscriptions'; `errors` is (name, message)."""
+
+    def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"subscription {n}: {m}" for n, m in self.errors))
+
+
+def dead_letter_counts(subscriptions: Sequence[Subscription]) -> dict[str, int]:
+    """How many dead letters each of `subscriptions` has, for those that have any."""
+    found = (
+        Subscription.objects.filter(pk__in=[s.pk for s in subscriptions])
+        .annotate(count=Count("dead_letters"))
+        .filter(count__gt=0)
+        .order_by("name")
+        .values_list("name", "count")
+    )
+    return dict(found)
+
+
+def check_deletable(subscriptions: Sequence[Subscription], force: bool) -> None:
+    """Raise DeadLettersRemain unless `force` or none of them has dead letters."""
+    if force:
+        return
+    counts = dead_letter_counts(subscriptions)
+    if counts:
+        raise DeadLettersRemain(counts)
+
+
+def delete_subscription(subscription: Subscription, force: bool = False) -> str | None:
     """Delete a subscription and drop its slot and publication on a PostgreSQL source.
 
-    The subscription is deleted even when the source cannot be reached; the returned
-    warning then says what to drop by hand, so WAL does not pile up unseen.
+    Its dead letters go with it, so one that has any is deleted only with `force`
+    (else DeadLettersRemain). The subscription is deleted even when the source cannot
+    be reached; the returned warning then says what to drop by hand, so WAL does not
+    pile up unseen.
     """
+    check_deletable([subscription], force)
     warning = None
     # The row goes first: a worker that lost the slot under it and reconnects then finds
     # no subscription, instead of creating the slot again just before it is told to stop.
@@ -134,13 +192,19 @@ class ApplyReport:
 
 
 def apply_subscriptions(
-    specs: Sequence[SubscriptionSpec], prune: bool = False, dry_run: bool = False
+    specs: Sequence[SubscriptionSpec],
+    prune: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
 ) -> ApplyReport:
     """Create or update each declared subscription by name, in one transaction.
 
     With `prune`, subscriptions not declared are deleted (their slots dropped on the
-    source), after every create and update, so a failed write never follows a drop.
-    With `dry_run`, nothing is written and the report says what would change.
+    source), after every create and update, so a failed write never follows a drop;
+    one with dead letters only with `force` (else DeadLettersRemain, nothing written).
+    An index name that clashes with another subscription's, as they will be once
+    applied, raises IndexNameTaken. With `dry_run`, nothing is written and the report
+    says what would change.
     """
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
@@ -148,16 +212,18 @@ def apply_subscriptions(
     outcomes: list[Outcome] = []
     with transaction.atomic():
         existing = {s.name: s for s in Subscription.objects.all()}
+        pruned = sorted(set(existing) - set(names)) if prune else []
+        _check_index_names(specs, existing, pruned)
+        check_deletable([existing[name] for name in pruned], force)
         for spec in specs:
             current = existing.get(spec.name)
             if current is None:
                 outcomes.append(_create(spec, dry_run))
             else:
                 outcomes.append(_update(current, spec, dry_run))
-        if prune:
-            for name in sorted(set(existing) - set(names)):
-                warning = None if dry_run else delete_subscription(existing[name])
-                outcomes.append(Outcome(name, Action.DELETED, warning=warning))
+        for name in pruned:
+            warning = None if dry_run else delete_subscription(existing[name], force=True)
+            outcomes.append(Outcome(name, Action.DELETED, warning=warning))
     report = ApplyReport(tuple(outcomes), dry_run)
     log.info(
         "subscriptions_applied",
@@ -166,6 +232,24 @@ def apply_subscriptions(
         **{action.value: count for action, count in report.counts.items()},
     )
     return report
+
+
+def _check_index_names(
+    specs: Sequence[SubscriptionSpec], existing: Mapping[str, Subscription], pruned: Sequence[str]
+) -> None:
+    """Raise IndexNameTaken if a declared index clashes with another's, after applying."""
+    final = {name: s.index_name for name, s in existing.items() if name not in pruned}
+    final.update({spec.name: str(spec.values["index_name"]) for spec in specs})
+    errors = []
+    for spec in specs:
+        index = final[spec.name]
+        for other, other_index in sorted(final.items()):
+            problem = None if other == spec.name else index_clash(index, other, other_index)
+            if problem:
+                errors.append((spec.name, problem))
+                break
+    if errors:
+        raise IndexNameTaken(errors)
 
 
 def _create(spec: SubscriptionSpec, dry_run: bool) -> Outcome:

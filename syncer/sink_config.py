@@ -20,4 +20,5 @@ def sink_config(sub: Subscription, index: str | None = None) -> OpenSearchSinkCo
         password=search.password,
         ca_certs=search.ca_certs,
         verify_certs=search.verify_certs,
+        adopt_index=sub.adopt_index,
     )

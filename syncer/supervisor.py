@@ -21,8 +21,8 @@ import structlog
 
 from syncer import dsn
 from syncer.engine.pipeline import Pipeline, Status, sleep_unless_stopped
-from syncer.errors import SyncError
-from syncer.index_swap import new_index_name, point_alias
+from syncer.errors import ForeignIndex, SyncError
+from syncer.index_swap import check_resync, new_index_name, point_alias
 from syncer.models import Subscription
 from syncer.positions import format_position
 from syncer.sink_config import sink_config
@@ -123,6 +123,10 @@ class Supervisor:
                 self.settled.set()
                 await self._wait(None)
                 continue
+            if sub.resync_requested_at is not None and not await self._resync_allowed(sub):
+                self.settled.set()
+                await self._wait(None)
+                continue
             await self._run_until_changed(self._pipeline_for(sub))
         if self.leaving == "disabled":
             await self._store.set_status(Status.STOPPED, "disabled: no worker runs it")
@@ -143,6 +147,30 @@ class Supervisor:
             await point_alias(config, sub.index_name)
 
         return self._build(sub, index=target, on_resync_copied=swap)
+
+    async def _resync_allowed(self, sub: Subscription) -> bool:
+        """False, the status saying why, if the resync would remove what is not ours.
+
+        Checked before the copy, which would otherwise run in full only to be refused at
+        the sweep or the swap. The request stays: adopting the index lets it go on.
+        """
+        new_index = sub.resync_mode == Subscription.ResyncMode.NEW_INDEX
+        try:
+            await check_resync(sink_config(sub), new_index)
+        except ForeignIndex as exc:
+            self._log.error("resync_refused", error=str(exc))
+            await self._store.set_status(
+                Status.ERROR,
+                f"{exc} Nothing was copied; the resync request stays (not retried: waiting "
+                "for the subscription to change)",
+                error=str(exc),
+            )
+            return False
+        except SyncError as exc:
+            # E.g. OpenSearch down: the pipeline waits for it; the sweep and the swap
+            # check again.
+            self._log.warning("resync_check_failed", error=str(exc))
+        return True
 
     async def _reset(self, sub: Subscription) -> bool:
         """Forget the checkpoint; for PostgreSQL drop the slot, so the next start is a first."""

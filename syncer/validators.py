@@ -274,6 +274,43 @@ def validate_index_name(value: str) -> None:
         raise ValidationError(f"index name '{value}' " + ", ".join(problems))
 
 
+# What `index_swap.new_index_name` appends: a new-index resync builds `<index>-<20 digits>`.
+_RESYNC_TIME = re.compile(r"[0-9]{20}")
+
+
+def index_clash(index: str, other_name: str, other_index: str) -> str | None:
+    """Why `index` may not be a subscription's index beside subscription `other_name`'s.
+
+    Two subscriptions writing one index would sweep, and delete at a resync, each other's
+    documents; so would a name equal to the index a new-index resync of the other builds
+    (`<its index>-<request time>`), or whose resync builds the other's index.
+    """
+    if index == other_index:
+        return (
+            f"index {index} is already the index of subscription {other_name}; each index "
+            "belongs to one subscription, so choose another name"
+        )
+    if _resync_of(other_index, index):
+        return (
+            f"index {index} is a name a new-index resync of subscription {other_name} (index "
+            f"{other_index}) gives its new index; choose a name that does not end in - and 20 "
+            "digits after another subscription's index"
+        )
+    if _resync_of(index, other_index):
+        return (
+            f"subscription {other_name}'s index {other_index} is a name a new-index resync of "
+            f"index {index} would build; choose another name"
+        )
+    return None
+
+
+def _resync_of(index: str, candidate: str) -> bool:
+    """Whether `candidate` is a name a new-index resync of `index` builds."""
+    prefix = f"{index}-"
+    suffix = candidate[len(prefix) :]
+    return candidate.startswith(prefix) and _RESYNC_TIME.fullmatch(suffix) is not None
+
+
 def validate_json_object(value: Any) -> None:
     if not isinstance(value, dict):
         raise ValidationError("must be a JSON object")

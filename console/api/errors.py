@@ -1,7 +1,8 @@
 """The API's errors: every failure is JSON with a `detail`, never a stack trace.
 
 - 401 no or invalid credentials, 403 not allowed (read-only token, non-staff user, CSRF),
-- 404 no such subscription or dead letter, 409 a name already taken,
+- 404 no such subscription or dead letter, 409 a name or an index already taken (with
+  `errors` as for 422), or a delete that needs `force`,
 - 422 field errors: `errors` lists `{"field": "source.relation", "message": ...}`, with
   the field named as in a subscriptions file (or the query parameter's name),
 - 503 OpenSearch refused a retry as a whole, 500 anything unexpected (logged with an id
@@ -20,7 +21,7 @@ from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.responses import NinjaJSONEncoder
 
-from syncer import dlq
+from syncer import config_file, dlq, services
 from syncer.logconfig import redact
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,7 @@ def install(api: NinjaAPI) -> None:
     api.exception_handler(Http404)(_not_found)
     api.exception_handler(ValidationError)(_invalid_request)
     api.exception_handler(FieldErrors)(_field_errors)
+    api.exception_handler(services.IndexNameTaken)(_index_taken)
     api.exception_handler(dlq.UnknownSubscription)(_unknown_subscription)
     api.exception_handler(dlq.RetryAborted)(_retry_aborted)
     api.exception_handler(Exception)(_unexpected)
@@ -97,6 +99,13 @@ def _unknown_subscription(request: HttpRequest, exc: dlq.UnknownSubscription) ->
 
 def _field_errors(request: HttpRequest, exc: FieldErrors) -> HttpResponse:
     return _unprocessable(exc.errors)
+
+
+def _index_taken(request: HttpRequest, exc: services.IndexNameTaken) -> HttpResponse:
+    field = config_file.FIELD_LABELS["index_name"]
+    listed = [{"field": field, "message": message} for _, message in exc.errors]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in listed)
+    return respond(409, {"detail": _short(detail), "errors": listed})
 
 
 def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse:

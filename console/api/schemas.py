@@ -39,10 +39,18 @@ class SourceIn(_In):
     envelope: Envelope | None = Field(None, description="Materialize only.")
 
 
+_ADOPT = (
+    "Let searchsync own an existing index it did not create: it marks the index, and may "
+    "then sweep it at a resync or delete it at a swap to a new index. Default false: it "
+    "writes into such an index but refuses to remove anything from it."
+)
+
+
 class IndexIn(_In):
     name: str
     settings: dict[str, Any] | None = None
     mappings: dict[str, Any] | None = None
+    adopt: bool | None = Field(None, description=_ADOPT)
 
 
 class BatchIn(_In):
@@ -98,6 +106,7 @@ class IndexPatch(_In):
     name: str | None = None
     settings: dict[str, Any] | None = None
     mappings: dict[str, Any] | None = None
+    adopt: bool | None = Field(None, description=_ADOPT)
 
 
 class SubscriptionPatch(_In):
@@ -140,6 +149,7 @@ class IndexOut(Schema):
     name: str
     settings: dict[str, Any]
     mappings: dict[str, Any]
+    adopt: bool = Field(description=_ADOPT)
 
 
 class BatchOut(Schema):

@@ -162,13 +162,21 @@ def _keep_as_shown(source: dict[str, Any], current: Subscription) -> None:
 
 @router.delete("/{name}", response=DeletedOut, summary="Delete a subscription")
 @requires(DELETE_SUBSCRIPTION)
-def delete_subscription(request: HttpRequest, name: str) -> dict[str, Any]:
+def delete_subscription(
+    request: HttpRequest, name: str, force: Query[bool] = False
+) -> dict[str, Any]:
     """Delete it; a PostgreSQL source's slot and publication are dropped (or the warning
-    says what to drop by hand)."""
+    says what to drop by hand). Its dead letters go with it: a subscription that has any
+    is deleted only with `force=true` (409 otherwise, saying how many)."""
     with transaction.atomic():
         subscription = _locked(name)
         audit.record(caller(request), subscription, audit.DELETION, "Deleted")
-        warning = services.delete_subscription(subscription)
+        try:
+            warning = services.delete_subscription(subscription, force=force)
+        except services.DeadLettersRemain as exc:
+            raise Conflict(
+                f"{exc}: DELETE /api/subscriptions/{name}?force=true deletes them too"
+            ) from None
     return {"name": name, "deleted": True, "warning": warning}
 
 

@@ -204,12 +204,16 @@ class Pipeline:
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until `stop` is set, reconnecting with backoff after any failure."""
         while not stop.is_set():
+            halted: str | None = None
             try:
                 await self._set_status(Status.STARTING, "connecting to the source and OpenSearch")
                 await self._session(stop)
             except ConfigError as exc:
                 self.telemetry.errors[error_kind(exc)] += 1
-                await self._failed(Status.ERROR, str(exc), stop)
+                if exc.retry:
+                    await self._failed(Status.ERROR, str(exc), stop)
+                else:
+                    halted = str(exc)
             except UnavailableError as exc:
                 self.telemetry.errors[error_kind(exc)] += 1
                 await self._failed(Status.RECONNECTING, str(exc), stop)
@@ -220,6 +224,8 @@ class Pipeline:
             finally:
                 self.telemetry.connected_at = None
                 await self._close()
+            if halted is not None:
+                await self._halted(halted, stop)  # closed: nothing held on the source
         await self._set_status(Status.STOPPED, "stopped")
 
     async def _failed(self, status: str, message: str, stop: asyncio.Event) -> None:
@@ -235,6 +241,21 @@ class Pipeline:
         )
         await self._set_status(status, f"{message} (retrying in {delay:.0f} s)", error=message)
         await sleep_unless_stopped(stop, delay)
+
+    async def _halted(self, message: str, stop: asyncio.Event) -> None:
+        """Show an error only a change of the subscription can fix; wait for `stop`.
+
+        Trying again would repeat the work that led to it (a whole snapshot copy) and fail
+        the same way; the worker restarts the pipeline when the subscription changes.
+        """
+        self.stats.oldest_unacked_commit = None
+        self._log.error("pipeline_halted", error=message)
+        await self._set_status(
+            Status.ERROR,
+            f"{message} (not retried: waiting for the subscription to change)",
+            error=message,
+        )
+        await stop.wait()
 
     # -- a session: from connecting to the first failure or the stop ----------------
 

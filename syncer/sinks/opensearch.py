@@ -1,7 +1,9 @@
 """OpenSearch sink: versioned `_bulk` writes, index creation, outcome classification.
 
 Every write carries the source position as an external version, so OpenSearch itself
-refuses a write older than what it holds (409, counted as stale). Whole-request
+refuses a write older than what it holds (409, counted as stale). The index it creates
+carries searchsync's mark (`index_marks`); it writes into an existing index it did not
+create, but sweeps only one it created or that the subscription adopts. Whole-request
 failures raise SinkUnavailable or SinkConfigError; per-document failures come back
 as `ItemResult`s. Only the public REST API is used, so this runs unchanged against
 OpenSearch 2.x and 3.x.
@@ -23,6 +25,7 @@ from syncer.engine.changes import Change, Document, Op, Position
 from syncer.engine.outcomes import ItemResult, classify
 from syncer.errors import RequestTooLarge, SinkConfigError, SinkUnavailable
 from syncer.logconfig import redact
+from syncer.sinks import index_marks
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +44,8 @@ class OpenSearchSinkConfig:
     ca_certs: str = ""
     verify_certs: bool = True
     timeout: float = 30.0
+    adopt_index: bool = False
+    """Own the index even though searchsync did not create it: mark it, sweep it."""
 
 
 def make_client(config: OpenSearchSinkConfig) -> AsyncOpenSearch:
@@ -66,12 +71,14 @@ class OpenSearchSink:
         self._client = make_client(self.config)
         with _translated(f"checking index {self.config.index}"):
             if await self._client.indices.exists(index=self.config.index):
+                if self.config.adopt_index:
+                    await index_marks.adopt(self._client, self.config.index, self.config.name)
                 return
-        body: dict[str, Any] = {}
+        body: dict[str, Any] = {
+            "mappings": index_marks.marked_mappings(self.config.mappings, self.config.name)
+        }
         if self.config.settings:
             body["settings"] = self.config.settings
-        if self.config.mappings:
-            body["mappings"] = self.config.mappings
         try:
             with _translated(f"creating index {self.config.index}"):
                 await self._client.indices.create(index=self.config.index, body=body)
@@ -133,13 +140,22 @@ class OpenSearchSink:
     async def sweep(self, below: Position) -> int:
         """Delete documents older than `below`: rows the snapshot no longer had.
 
-        Each delete carries `below` as its version, so a document a live change has
-        meanwhile rewritten (with a newer version) is left alone.
+        Refused (ForeignIndex) for an index searchsync did not mark. Each delete
+        carries `below` as its version, so a document a live change has meanwhile
+        rewritten (with a newer version) is left alone.
         """
         client = self._require_client()
         removed = 0
         scroll_id = None
         with _translated(f"sweeping index {self.config.index}"):
+            foreign = await index_marks.unmarked(client, self.config.index)
+            if foreign:
+                raise index_marks.refusal(
+                    f"remove the documents the copy did not contain from {self.config.index}",
+                    self.config.index,
+                    foreign,
+                    "they may be another application's. The copy is written; nothing was removed",
+                )
             await client.indices.refresh(index=self.config.index)
             response = await client.search(
                 index=self.config.index,

@@ -260,7 +260,12 @@ def test_a_failed_write_rolls_back_the_whole_apply() -> None:
     [good] = parse(subscriptions_yaml(item("orders")), filename="s.yaml")
     unchecked = SubscriptionSpec(
         "broken",
-        {**good.values, "backpressure_pause_at": 10, "backpressure_resume_at": 20},
+        {
+            **good.values,
+            "index_name": "broken",
+            "backpressure_pause_at": 10,
+            "backpressure_resume_at": 20,
+        },
     )
 
     with pytest.raises(IntegrityError):

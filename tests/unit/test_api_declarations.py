@@ -36,7 +36,7 @@ def test_merge_changes_sections_key_by_key_and_null_resets() -> None:
     merged = declarations.merge(
         current, {"index": {"name": "v2"}, "batch": {"max_size": None}, "enabled": None}
     )
-    assert merged["index"] == {"name": "v2", "settings": {}, "mappings": {}}
+    assert merged["index"] == {"name": "v2", "settings": {}, "mappings": {}, "adopt": False}
     assert "max_size" not in merged["batch"] and merged["batch"]["max_age_ms"] == 5000
     assert "enabled" not in merged
     assert current["index"]["name"] == "orders"  # the current declaration is left alone

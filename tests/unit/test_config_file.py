@@ -20,7 +20,12 @@ ORDERS: dict[str, Any] = {
         "relation": "public.orders",
         "key": ["order_id"],
     },
-    "index": {"name": "orders", "settings": {"number_of_shards": 1}, "mappings": {}},
+    "index": {
+        "name": "orders",
+        "settings": {"number_of_shards": 1},
+        "mappings": {},
+        "adopt": True,
+    },
     "snapshot": "discard",
     "batch": {"max_size": 500, "max_age_ms": 2000},
     "backpressure": {"pause_at": 4000, "resume_at": 1000},
@@ -72,6 +77,7 @@ def test_yaml_file_becomes_specs_with_model_defaults() -> None:
         "index_name": "customers",
         "index_settings": {},
         "index_mappings": {},
+        "adopt_index": False,
         "snapshot_mode": "index",
         "batch_max_size": 1000,
         "batch_max_age_ms": 5000,
@@ -86,6 +92,7 @@ def test_every_declared_field_reaches_the_spec() -> None:
     assert spec.values["enabled"] is False
     assert spec.values["key_columns"] == ["order_id"]
     assert spec.values["index_settings"] == {"number_of_shards": 1}
+    assert spec.values["adopt_index"] is True
     assert spec.values["snapshot_mode"] == "discard"
     assert spec.values["batch_max_size"] == 500
     assert spec.values["batch_max_age_ms"] == 2000
@@ -154,7 +161,7 @@ def test_load_reads_a_file_and_names_it_when_missing(tmp_path: Path) -> None:
         pytest.param(
             {"index__setings": {}},
             "subscription 'orders': index.setings: unknown key; index takes name, settings, "
-            "mappings (did you mean 'settings'?)",
+            "mappings, adopt (did you mean 'settings'?)",
             id="unknown-key",
         ),
         pytest.param(

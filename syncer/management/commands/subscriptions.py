@@ -32,6 +32,12 @@ class Command(BaseCommand):
         apply.add_argument(
             "--prune", action="store_true", help="delete subscriptions the file does not declare"
         )
+        apply.add_argument(
+            "--force",
+            action="store_true",
+            help="with --prune: also delete subscriptions that still have dead letters "
+            "(the dead letters go with them)",
+        )
         apply.add_argument("--dry-run", action="store_true", help="report, but change nothing")
         listing = actions.add_parser("list", help="one line per subscription")
         listing.add_argument("--json", action="store_true", help="print JSON")
@@ -64,7 +70,23 @@ class Command(BaseCommand):
                 f"{count} error{'s' if count > 1 else ''} in {'<stdin>' if path == '-' else path}; "
                 "nothing was applied"
             ) from None
-        report = services.apply_subscriptions(specs, prune=prune, dry_run=dry_run)
+        where = "<stdin>" if path == "-" else path
+        try:
+            report = services.apply_subscriptions(
+                specs, prune=prune, dry_run=dry_run, force=options.get("force", False)
+            )
+        except services.IndexNameTaken as exc:
+            field = config_file.FIELD_LABELS["index_name"]
+            for name, message in exc.errors:
+                self.stderr.write(f"subscription '{name}': {field}: {message}")
+            count = len(exc.errors)
+            raise CommandError(
+                f"{count} error{'s' if count > 1 else ''} in {where}; nothing was applied"
+            ) from None
+        except services.DeadLettersRemain as exc:
+            raise CommandError(
+                f"{exc}: add --force to delete them with the subscriptions; nothing was applied"
+            ) from None
         self._print_report(report)
 
     def list_subscriptions(self, as_json: bool) -> None:
