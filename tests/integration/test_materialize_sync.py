@@ -260,16 +260,31 @@ def test_connection_dropped_mid_timestamp_does_not_flush_the_partial_timestamp(
     assert sum(s.startswith("DECLARE") for s in mz.statements) == 2
 
 
-def test_statement_timeout_reconnects_and_resumes(mz, subscribe, search):
+@pytest.mark.parametrize(
+    ("sqlstate", "message"),
+    [
+        ("57014", "canceling statement due to statement timeout"),
+        ("57P01", "terminating connection due to administrator command"),
+        ("XX000", "internal error: replica went away"),  # AdapterError::Internal
+    ],
+    ids=["statement-timeout", "admin-shutdown", "internal"],
+)
+def test_unavailability_reconnects_and_resumes(mz, subscribe, search, sqlstate, message):
     sub = subscribe()
     with WorkerThread([sub]):
         wait_for(lambda: status_of("orders").status == Subscription.Status.CAUGHT_UP)
-        mz.fail_next("FETCH", "57014", "canceling statement due to statement timeout")
+        mz.fail_next("FETCH", sqlstate, message)
         # The FETCH waiting now returns empty within its 1 s timeout; the next one fails.
-        wait_for(
-            lambda: "statement timeout" in status_of("orders").last_error,
-            what="the timeout in the status",
-        )
+        seen: set[str] = set()
+
+        def failure_reported() -> bool:
+            row = status_of("orders")
+            if message in row.last_error:
+                seen.add(row.status)
+            return Subscription.Status.RECONNECTING in seen
+
+        wait_for(failure_reported, interval=0.01, what="the failure in the status")
+        assert Subscription.Status.ERROR not in seen
         mz.insert((1, "ann", "1.00"))
         wait_for(lambda: "1" in index_docs(search, "orders"), what="the row after reconnecting")
         wait_for(lambda: status_of("orders").status == Subscription.Status.CAUGHT_UP)
