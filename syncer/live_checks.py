@@ -250,7 +250,8 @@ def _materialize_field(exc: psycopg.Error) -> str:
 
 def _subscribe_problem(subscription: Subscription, cluster: str | None, exc: psycopg.Error) -> str:
     what = display_relation(subscription)
-    if isinstance(exc, psycopg.errors.UndefinedTable):
+    # Materialize says so with XX000 (src/adapter/src/error.rs), PostgreSQL with 42P01.
+    if isinstance(exc, psycopg.errors.UndefinedTable) or "unknown catalog item" in str(exc):
         return (
             f"{what} does not exist in Materialize ({describe(exc)}); create it or fix the relation"
         )

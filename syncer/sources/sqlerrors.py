@@ -1,22 +1,26 @@
 """Translate psycopg errors into searchsync's exception tree, with fix-it wording.
 
 Shared by the sources that talk to a PostgreSQL-protocol server (PostgreSQL, Materialize).
+A source whose server words some errors its own way passes `refine`, which sees the
+driver error first and may return the exception to raise instead (see
+`syncer.sources.materialize.errors`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
 import psycopg.errors
 
-from syncer.errors import SourceConfigError, SourceUnavailable
+from syncer.errors import SourceConfigError, SourceUnavailable, SyncError
 from syncer.logconfig import redact
 
 # Connection failures that retrying will not fix: the DSN itself is wrong.
 _CONFIG_MARKERS = (
     "password authentication failed",
+    "invalid password",  # Materialize's 28P01 (src/pgwire/src/protocol.rs)
     "does not exist",
     "no password supplied",
     "invalid connection option",
@@ -33,11 +37,15 @@ def describe(exc: BaseException) -> str:
     return redact(text) or type(exc).__name__
 
 
+Refine = Callable[[str, psycopg.Error], SyncError | None]
+
+
 @contextmanager
-def translated(action: str) -> Iterator[None]:
+def translated(action: str, refine: Refine | None = None) -> Iterator[None]:
     """Run a block of source I/O; re-raise driver errors as SourceConfigError/Unavailable."""
     try:
-        yield
+        with _refined(action, refine):
+            yield
     except (
         psycopg.errors.InsufficientPrivilege,
         psycopg.errors.UndefinedTable,
@@ -63,3 +71,14 @@ def translated(action: str) -> Iterator[None]:
         raise SourceUnavailable(f"{action}: {describe(exc)}") from exc
     except OSError as exc:
         raise SourceUnavailable(f"{action}: {describe(exc)}") from exc
+
+
+@contextmanager
+def _refined(action: str, refine: Refine | None) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as exc:
+        better = refine(action, exc) if refine is not None else None
+        if better is None:
+            raise
+        raise better from exc

@@ -7,6 +7,11 @@
   YYYY-MM-DD.
 - json/jsonb become nested objects; arrays become lists; uuid, inet and enum text.
 - bytea becomes base64; float NaN/Infinity become strings (JSON has no such numbers).
+
+`make_decoder` goes from the server's text to such a value through psycopg's own
+loader for the column's type, so every SQL source builds the same document from the
+same row. A value psycopg cannot hold (infinity, a year past 9999, an interval past
+what timedelta holds) keeps the server's text rather than failing the whole read.
 """
 
 from __future__ import annotations
@@ -15,8 +20,15 @@ import base64
 import datetime as dt
 import math
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
+
+import psycopg
+from psycopg.abc import Transformer
+from psycopg.pq import Format
+
+Decoder = Callable[[bytes], Any]
 
 
 def jsonable(value: Any) -> Any:
@@ -40,6 +52,19 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return value  # json/jsonb: already plain JSON values
     return str(value)
+
+
+def make_decoder(transformer: Transformer, type_oid: int) -> Decoder:
+    """A function from the server's text for `type_oid` to a JSON-ready value."""
+    loader = transformer.get_loader(type_oid, Format.TEXT)
+
+    def decode(data: bytes) -> Any:
+        try:
+            return jsonable(loader.load(data))
+        except (psycopg.DataError, ValueError, OverflowError):
+            return bytes(data).decode()
+
+    return decode
 
 
 def _iso_duration(value: dt.timedelta) -> str:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 import pytest
@@ -72,7 +72,7 @@ async def test_psycopg_connects_sync_and_async(mz: MaterializeDouble, sslmode: s
     mz.wait_for_connections(0)
 
 
-def test_set_cluster_is_accepted_and_an_unknown_cluster_fails_at_declare(
+def test_set_cluster_is_accepted_and_an_unknown_cluster_fails_at_the_first_fetch(
     mz: MaterializeDouble,
 ) -> None:
     with psycopg.connect(mz.dsn, autocommit=True) as conn:
@@ -83,9 +83,10 @@ def test_set_cluster_is_accepted_and_an_unknown_cluster_fails_at_declare(
         conn.execute("SET application_name = 'tests'")  # other settings: accepted
         conn.execute('SET CLUSTER = "nope"')  # accepted, as Materialize does
         conn.execute("BEGIN")
-        with pytest.raises(errors.UndefinedObject) as raised:
-            conn.execute(SUBSCRIBE)
-        assert raised.value.sqlstate == "42704"
+        conn.execute(SUBSCRIBE)  # DECLARE plans; the cluster is resolved when it runs
+        with pytest.raises(errors.InternalError_) as raised:
+            fetch(conn)
+        assert raised.value.sqlstate == "XX000"  # a catalog error, as Materialize sends it
         assert raised.value.diag.message_primary == "unknown cluster 'nope'"
         assert raised.value.diag.severity == "ERROR"
         assert conn.info.transaction_status == TransactionStatus.INERROR
@@ -93,6 +94,61 @@ def test_set_cluster_is_accepted_and_an_unknown_cluster_fails_at_declare(
         conn.execute("SET CLUSTER = serving")
         subscribe(conn)
         assert fetch(conn)[0] == progress(T0 - 1)
+
+
+def test_an_unknown_session_variable_is_refused_and_the_idle_timeout_is_accepted(
+    mz: MaterializeDouble,
+) -> None:
+    with psycopg.connect(mz.dsn, autocommit=True) as conn:
+        with pytest.raises(errors.UndefinedObject) as raised:
+            conn.execute("SET idle_in_transaction_timeout = 0")
+        assert raised.value.diag.message_primary == (
+            'unrecognized configuration parameter "idle_in_transaction_timeout"'
+        )
+        with pytest.raises(errors.InvalidParameterValue):
+            conn.execute("SET idle_in_transaction_session_timeout = 'soon'")
+        for value in ("0", "'30s'", "120000"):
+            conn.execute(f"SET idle_in_transaction_session_timeout = {value}")
+        assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("120000",)
+
+
+def test_a_session_idle_in_a_transaction_past_its_timeout_is_closed() -> None:
+    with MaterializeDouble(idle_in_transaction_timeout=0.2) as mz:
+        with psycopg.connect(mz.dsn, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            time.sleep(0.4)  # idle outside a transaction: no limit
+            subscribe(conn)
+            fetch(conn)
+            time.sleep(0.4)
+            with pytest.raises(errors.IdleInTransactionSessionTimeout) as raised:
+                fetch(conn)
+            assert raised.value.diag.severity == "FATAL"
+            assert "terminating connection due to idle-in-transaction timeout" in str(raised.value)
+        with psycopg.connect(mz.dsn, autocommit=True) as conn:
+            conn.execute("SET idle_in_transaction_session_timeout = 0")
+            subscribe(conn)
+            fetch(conn)
+            time.sleep(0.4)
+            assert fetch(conn) == []  # 0: the session may wait as long as it likes
+            with conn.pipeline():  # several messages in one write are not "idle"
+                conn.execute("FETCH ALL c WITH (timeout = '0s')")
+                conn.execute("FETCH ALL c WITH (timeout = '0s')")
+
+
+def test_a_wrong_password_is_fatal_28p01_and_the_right_one_connects() -> None:
+    with MaterializeDouble(password="s3cret") as mz:
+        with pytest.raises(psycopg.OperationalError, match="invalid password"):
+            psycopg.connect(mz.dsn, password="wrong")
+        with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+            psycopg.connect(mz.dsn)
+        with psycopg.connect(mz.dsn, password="s3cret") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_sslmode_require_cannot_connect_the_double_has_no_tls(mz: MaterializeDouble) -> None:
+    # buenavista answers an SSLRequest with "N"; TLS to Materialize stays untested here.
+    with pytest.raises(psycopg.OperationalError, match="server does not support SSL"):
+        psycopg.connect(mz.dsn, sslmode="require")
 
 
 def test_declare_outside_a_transaction_block_is_refused(mz: MaterializeDouble) -> None:
@@ -204,26 +260,86 @@ def test_snapshot_false_as_of_is_exclusive(mz: MaterializeDouble) -> None:
         assert fetch(conn) == [progress(t), data(t, 1, ANN), data(t1, 1, BOB), progress(t1 + 1)]
 
 
-def test_an_as_of_below_since_is_refused_at_the_first_fetch(mz: MaterializeDouble) -> None:
+@pytest.mark.parametrize("wording", ["old", "new"])
+def test_an_as_of_below_since_is_refused_at_the_first_fetch(
+    mz: MaterializeDouble, wording: Literal["old", "new"]
+) -> None:
     mz.insert(ANN)
     mz.insert(BOB)
     since = mz.frontier - 1
-    mz.compact(since)
+    mz.compact(since, wording=wording)
     with psycopg.connect(mz.dsn) as conn:
         subscribe(conn, f"WITH (PROGRESS, SNAPSHOT = false) AS OF {since - 1}")  # accepted
-        with pytest.raises(errors.InternalError_) as raised:
+        with pytest.raises(psycopg.DatabaseError) as raised:
             fetch(conn)
-        assert raised.value.sqlstate == "XX000"
-        assert raised.value.diag.message_primary == (
-            f"Timestamp ({since - 1}) is not valid for all inputs: "
-            f"[Antichain {{ elements: [{since}] }}]"
-        )
+        if wording == "old":
+            assert raised.value.sqlstate == "XX000"
+            assert raised.value.diag.message_primary == (
+                f"Timestamp ({since - 1}) is not valid for all inputs: "
+                f"[Antichain {{ elements: [{since}] }}]"
+            )
+        else:
+            assert raised.value.sqlstate == "22000"
+            assert raised.value.diag.message_primary == (
+                "could not find a valid timestamp for the query"
+            )
+            assert (raised.value.diag.message_detail or "").startswith("Constraints:")
         conn.rollback()
         subscribe(conn)  # no AS OF: never refused
         assert fetch(conn)[:3] == [progress(since), data(since, 1, ANN), data(since, 1, BOB)]
         conn.rollback()
         subscribe(conn, f"WITH (PROGRESS) AS OF AT LEAST {since - 5}")
         assert fetch(conn)[0] == progress(since)
+
+
+def test_a_dataflow_error_poisons_the_subscribe_until_the_end(mz: MaterializeDouble) -> None:
+    mz.insert(ANN)
+    with psycopg.connect(mz.dsn) as conn:
+        subscribe(conn)
+        assert fetch(conn) == [progress(T0), data(T0, 1, ANN), progress(T0 + 1)]
+        t = mz.write_error("Evaluation error: division by zero")
+        mz.insert(BOB)  # later rows do not come either: the SUBSCRIBE only repeats the error
+        with pytest.raises(errors.InternalError_) as raised:
+            fetch(conn)
+        assert raised.value.sqlstate == "XX000"
+        assert raised.value.diag.message_primary == "Evaluation error: division by zero"
+        conn.rollback()
+        subscribe(conn, f"WITH (PROGRESS, SNAPSHOT = false) AS OF {t - 1}")  # a resume
+        assert fetch(conn) == [progress(t - 1)]  # sent when the SUBSCRIBE starts
+        with pytest.raises(errors.InternalError_):
+            fetch(conn)  # then the error, replayed
+        conn.rollback()
+        mz.retract_error("Evaluation error: division by zero")
+        subscribe(conn)  # a new snapshot, after the fix: clean
+        assert [row[3] for row in fetch(conn) if not row[1]] == [1, 2]
+
+
+@pytest.mark.parametrize("what", ["relation", "cluster"])
+def test_dropping_an_input_ends_running_subscribes(mz: MaterializeDouble, what: str) -> None:
+    with psycopg.connect(mz.dsn) as conn:
+        conn.execute("SET CLUSTER = serving")
+        subscribe(conn)
+        fetch(conn)
+        if what == "relation":
+            mz.drop_relation()
+            dependency = f'relation "materialize.public.{VIEW}"'
+        else:
+            mz.drop_cluster("serving")
+            dependency = 'cluster "serving"'
+        with pytest.raises(errors.InternalError_) as raised:
+            fetch(conn)
+        assert raised.value.diag.message_primary == (
+            f"subscribe has been terminated because underlying {dependency} was dropped"
+        )
+        conn.rollback()
+        conn.execute("BEGIN")
+        if what == "relation":
+            with pytest.raises(errors.InternalError_, match="unknown catalog item"):
+                conn.execute(SUBSCRIBE)
+        else:
+            conn.execute(SUBSCRIBE)
+            with pytest.raises(errors.InternalError_, match="unknown cluster 'serving'"):
+                fetch(conn)
 
 
 def test_envelope_upsert(mz: MaterializeDouble) -> None:
@@ -286,15 +402,21 @@ def test_relation_forms(mz: MaterializeDouble, target: str) -> None:
 
 @pytest.mark.parametrize(
     ("target", "name"),
-    [("nope", "nope"), (f"other.{VIEW}", f"other.{VIEW}"), ("(SELECT * FROM nope)", "nope")],
+    [
+        ("nope", "unknown catalog item 'nope'"),
+        (f"public.{VIEW}_x", f"unknown catalog item 'public.{VIEW}_x'"),
+        (f"other.{VIEW}", "unknown schema 'other'"),
+        (f"db.public.{VIEW}", "unknown database 'db'"),
+        ("(SELECT * FROM nope)", "unknown catalog item 'nope'"),
+    ],
 )
 def test_unknown_relation_fails_at_declare(mz: MaterializeDouble, target: str, name: str) -> None:
     with psycopg.connect(mz.dsn) as conn:
         conn.execute("BEGIN")
-        with pytest.raises(errors.UndefinedTable) as raised:
+        with pytest.raises(errors.InternalError_) as raised:
             conn.execute(f"DECLARE c CURSOR FOR SUBSCRIBE {target}")
-        assert raised.value.sqlstate == "42P01"
-        assert raised.value.diag.message_primary == f"unknown catalog item '{name}'"
+        assert raised.value.sqlstate == "XX000"  # a PlanError, as Materialize sends it
+        assert raised.value.diag.message_primary == name
 
 
 def test_subscribe_options(mz: MaterializeDouble) -> None:

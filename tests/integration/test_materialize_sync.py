@@ -8,13 +8,18 @@ history, runs the worker, and reads the real index.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
 
+from syncer import control
+from syncer.engine.interfaces import ResumeState
 from syncer.models import DeadLetter, Subscription
+from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.materialize_double import MaterializeDouble
 
@@ -208,8 +213,9 @@ def test_restart_resumes_as_of_the_checkpoint_without_loss_or_resnapshot(mz, sub
     assert mz.rows_sent - sent_before < 20
 
 
+@pytest.mark.parametrize("wording", ["old", "new"])
 def test_refused_resume_falls_back_to_a_snapshot_and_sweeps_rows_deleted_meanwhile(
-    mz, subscribe, search
+    mz, subscribe, search, wording: Literal["old", "new"]
 ):
     mz.insert((1, "ann", "1.00"), (2, "bob", "2.00"), (3, "cy", "3.00"))
     sub = subscribe()
@@ -219,7 +225,8 @@ def test_refused_resume_falls_back_to_a_snapshot_and_sweeps_rows_deleted_meanwhi
     assert checkpoint is not None
     mz.delete((2, "bob", "2.00"))
     mz.update((3, "cy", "3.00"), (3, "cy", "3.30"))
-    mz.compact(mz.frontier)  # history before now is gone: AS OF the checkpoint is refused
+    # History before now is gone: AS OF the checkpoint is refused, in either wording.
+    mz.compact(mz.frontier, wording=wording)
     mz.advance()  # time goes on, as it does in Materialize
     with WorkerThread([sub]) as worker:
         expected = {"1": doc(1, "ann", "1.00"), "3": doc(3, "cy", "3.30")}
@@ -229,7 +236,8 @@ def test_refused_resume_falls_back_to_a_snapshot_and_sweeps_rows_deleted_meanwhi
         assert stats.resnapshots == 1
         error = status_of("orders").last_error
         assert f"could not resume {VIEW} at {checkpoint - 1}" in error
-        assert "is not valid for all inputs" in error and "RETAIN HISTORY" in error
+        refusal = {"old": "is not valid for all inputs", "new": "could not find a valid timestamp"}
+        assert refusal[wording] in error and "RETAIN HISTORY" in error
 
 
 def test_connection_dropped_mid_timestamp_does_not_flush_the_partial_timestamp(
@@ -252,16 +260,31 @@ def test_connection_dropped_mid_timestamp_does_not_flush_the_partial_timestamp(
     assert sum(s.startswith("DECLARE") for s in mz.statements) == 2
 
 
-def test_statement_timeout_reconnects_and_resumes(mz, subscribe, search):
+@pytest.mark.parametrize(
+    ("sqlstate", "message"),
+    [
+        ("57014", "canceling statement due to statement timeout"),
+        ("57P01", "terminating connection due to administrator command"),
+        ("XX000", "internal error: replica went away"),  # AdapterError::Internal
+    ],
+    ids=["statement-timeout", "admin-shutdown", "internal"],
+)
+def test_unavailability_reconnects_and_resumes(mz, subscribe, search, sqlstate, message):
     sub = subscribe()
     with WorkerThread([sub]):
         wait_for(lambda: status_of("orders").status == Subscription.Status.CAUGHT_UP)
-        mz.fail_next("FETCH", "57014", "canceling statement due to statement timeout")
+        mz.fail_next("FETCH", sqlstate, message)
         # The FETCH waiting now returns empty within its 1 s timeout; the next one fails.
-        wait_for(
-            lambda: "statement timeout" in status_of("orders").last_error,
-            what="the timeout in the status",
-        )
+        seen: set[str] = set()
+
+        def failure_reported() -> bool:
+            row = status_of("orders")
+            if message in row.last_error:
+                seen.add(row.status)
+            return Subscription.Status.RECONNECTING in seen
+
+        wait_for(failure_reported, interval=0.01, what="the failure in the status")
+        assert Subscription.Status.ERROR not in seen
         mz.insert((1, "ann", "1.00"))
         wait_for(lambda: "1" in index_docs(search, "orders"), what="the row after reconnecting")
         wait_for(lambda: status_of("orders").status == Subscription.Status.CAUGHT_UP)
@@ -294,25 +317,166 @@ def test_a_rejected_document_is_dead_lettered_with_its_mz_timestamp(mz, subscrib
     assert (entry.doc_id, entry.version, entry.action) == ("1", t, "index")
 
 
+def error_status(name: str = "orders") -> Subscription:
+    """Wait for the `error` status (never `reconnecting` on the way) and return the row."""
+
+    def current() -> Subscription | None:
+        row = status_of(name)
+        assert row.status != Subscription.Status.RECONNECTING, row.last_error
+        return row if row.status == Subscription.Status.ERROR else None
+
+    found: Subscription = wait_for(current, what="the error status")
+    return found
+
+
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"source_cluster": "nope"}, "unknown cluster 'nope'"),
-        ({"relation": "no_such_view"}, "unknown catalog item 'no_such_view'"),
+        ({"source_cluster": "nope"}, "no cluster 'nope' (unknown cluster 'nope'); create the"),
+        (
+            {"relation": "no_such_view"},
+            "no relation 'no_such_view' (unknown catalog item 'no_such_view'); create it",
+        ),
+        ({"relation": f"other.{VIEW}"}, "(unknown schema 'other'); fix the schema"),
+        ({"relation": "SELECT * FROM nope"}, "(unknown catalog item 'nope')"),
         ({"key_columns": ["id"]}, "key column(s) id are not columns of"),
+        ({"source_envelope": "upsert", "key_columns": ["id"]}, 'plan the SUBSCRIBE (column "id"'),
     ],
-    ids=["cluster", "relation", "key"],
+    ids=["cluster", "relation", "schema", "query", "key", "upsert-key"],
 )
 def test_misconfiguration_is_an_error_status_that_says_what_to_fix(
     mz, subscribe, search, fields, expected
 ):
     sub = subscribe(**fields)
     with WorkerThread([sub]):
-        current = wait_for(
-            lambda: status_of("orders").status == Subscription.Status.ERROR and status_of("orders"),
-            what="the error status",
-        )
+        current = error_status()
     assert expected in current.last_error
+
+
+@pytest.mark.parametrize(
+    ("privilege", "expected"),
+    [
+        ("SELECT", f'permission denied for MATERIALIZED VIEW "materialize.public.{VIEW}"'),
+        ("USAGE", 'permission denied for CLUSTER "quickstart"'),
+    ],
+)
+def test_a_missing_privilege_is_an_error_that_says_what_to_grant(
+    mz, subscribe, privilege, expected
+):
+    mz.revoke(privilege)
+    with WorkerThread([subscribe()]):
+        current = error_status()
+    assert expected in current.last_error
+    assert f"needs {privilege} privileges" in current.last_error
+    assert "grant that privilege to the role of the source DSN" in current.last_error
+
+
+def test_a_statement_that_does_not_plan_is_an_error_not_a_reconnect(mz, subscribe):
+    # A PlanError (here an unknown column of a SELECT relation) comes as XX000.
+    mz.fail_next("DECLARE", "XX000", 'column "nope" does not exist')
+    with WorkerThread([subscribe(relation=f"SELECT nope FROM {VIEW}")]):
+        current = error_status()
+    assert 'cannot plan the SUBSCRIBE (column "nope" does not exist)' in current.last_error
+
+
+def test_a_wrong_password_is_an_error_status_not_endless_reconnects(subscribe):
+    with MaterializeDouble(VIEW, COLUMNS, password="s3cret") as locked:
+        dsn = locked.dsn.replace("materialize@", "materialize:wrong@")
+        with WorkerThread([subscribe(source_dsn=dsn)]):
+            current = error_status()
+    assert "invalid password" in current.last_error and "check the source DSN" in current.last_error
+    assert "wrong" not in current.last_error
+
+
+def test_a_dataflow_error_is_an_error_status_and_a_resync_after_the_fix_recovers(
+    mz, subscribe, search
+):
+    mz.insert((1, "ann", "1.00"))
+    sub = subscribe()
+    with WorkerThread([sub]):
+        wait_for(lambda: "1" in index_docs(search, "orders"), what="the snapshot")
+        mz.write_error("Evaluation error: division by zero")
+        mz.insert((2, "bob", "2.00"))
+        current = error_status()
+        assert "Evaluation error: division by zero" in current.last_error
+        assert "resync the subscription" in current.last_error
+        # The operator fixes the row, then resyncs: nothing is lost.
+        mz.retract_error("Evaluation error: division by zero")
+        mz.insert((3, "cy", "3.00"))
+        control.resync(sub)
+        rows = [(1, "ann", "1.00"), (2, "bob", "2.00"), (3, "cy", "3.00")]
+        expected = {str(row[0]): doc(*row) for row in rows}
+        wait_for(lambda: docs_are(search, "orders", expected), what="the resync")
+        wait_for(lambda: status_of("orders").status == Subscription.Status.CAUGHT_UP)
+
+
+@pytest.mark.parametrize("what", ["relation", "cluster"])
+def test_an_input_dropped_while_subscribed_is_an_error_that_names_it(mz, subscribe, what):
+    sub = subscribe(source_cluster="serving")
+    with WorkerThread([sub]):
+        wait_for(lambda: status_of("orders").status == Subscription.Status.CAUGHT_UP)
+        if what == "relation":
+            mz.drop_relation()
+            dependency, fix = f'relation "materialize.public.{VIEW}"', "source.relation"
+        else:
+            mz.drop_cluster("serving")
+            dependency, fix = 'cluster "serving"', "source.cluster"
+        # The retries that follow say "unknown ...": catch the first error on its way.
+        seen: set[str] = set()
+
+        def dropped_reported() -> bool:
+            row = status_of("orders")
+            assert row.status != Subscription.Status.RECONNECTING, row.last_error
+            seen.add(row.last_error)
+            return any("was dropped" in error for error in seen)
+
+        wait_for(dropped_reported, interval=0.01, what="the dropped input in the status")
+    error = next(error for error in seen if "was dropped" in error)
+    assert f"underlying {dependency} was dropped" in error and f"fix {fix}" in error
+
+
+def test_a_value_psycopg_cannot_load_is_indexed_as_materializes_text(subscribe, search):
+    columns = (*COLUMNS, ("placed_at", "timestamptz"))
+    # OpenSearch's date type cannot hold year 10000 either: such a field maps as keyword.
+    mappings = {"properties": {"placed_at": {"type": "keyword"}}}
+    search.indices.create(index="orders", body={"mappings": mappings})
+    with MaterializeDouble(VIEW, columns) as wide:
+        wide.insert(
+            (1, "ann", "1.00", "2024-05-01 12:30:00+00"),
+            (2, "bob", "2.00", "10000-01-01 00:00:00+00"),  # past what datetime holds
+        )
+        with WorkerThread([subscribe(source_dsn=wide.dsn)]):
+            wait_for(lambda: len(index_docs(search, "orders")) == 2, what="both rows")
+            assert status_of("orders").status == Subscription.Status.CAUGHT_UP
+    docs = index_docs(search, "orders")
+    assert docs["1"]["placed_at"] == "2024-05-01T12:30:00+00:00"
+    assert docs["2"]["placed_at"] == "10000-01-01 00:00:00+00"
+
+
+def test_the_subscribe_session_outlives_materializes_idle_in_transaction_timeout():
+    # Backpressure holds the reader between FETCHes; the double closes sessions idle in
+    # a transaction after 0.2 s, as Materialize does after two minutes.
+    with MaterializeDouble(VIEW, COLUMNS, idle_in_transaction_timeout=0.2) as mz:
+        config = MaterializeSourceConfig("orders", mz.dsn, VIEW, ("order_id",))
+
+        async def read_across_a_pause() -> list[int]:
+            source = MaterializeSource(config)
+            await source.open(ResumeState(None, snapshot_done=False, snapshot_mode="index"))
+            try:
+                await source.read(100)
+                await asyncio.sleep(0.5)  # held back longer than the timeout
+                mz.insert((1, "ann", "1.00"))
+                transactions = await source.read(100)
+                return [change.key[0] for tx in transactions for change in tx.changes]
+            finally:
+                await source.close()
+
+        assert asyncio.run(read_across_a_pause()) == [1]
+    received = [r for r in mz.received if r.protocol == "simple"]
+    setting = next(i for i, r in enumerate(received) if "idle_in_transaction" in r.sql)
+    begin = next(i for i, r in enumerate(received) if r.sql == "BEGIN")
+    assert received[setting].sql == "SET idle_in_transaction_session_timeout = 0"
+    assert setting < begin and received[setting].connection == received[begin].connection
 
 
 def test_unreachable_materialize_is_reconnecting_not_error(subscribe):

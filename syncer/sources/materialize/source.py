@@ -2,6 +2,7 @@
 
 One session per subscription:
 
+    SET idle_in_transaction_session_timeout = 0
     SET CLUSTER = <cluster>                       (when configured)
     BEGIN
     DECLARE c CURSOR FOR SUBSCRIBE <relation | (query)> [ENVELOPE UPSERT (KEY (...))]
@@ -19,6 +20,15 @@ the documents the snapshot did not contain, so deletes during the gap are not mi
 
 FETCH asks for a bounded number of rows rather than ALL: a snapshot of millions of
 rows then arrives in chunks that backpressure can hold back, instead of in one reply.
+While backpressure holds the reader, the session sits idle in its transaction;
+Materialize ends such a session after `idle_in_transaction_session_timeout` (two
+minutes by default, src/sql/src/session/vars.rs), which would restart an unfinished
+snapshot from scratch, so the session turns that timeout off.
+
+Rows are decoded from the server's text by `syncer.sources.values.make_decoder`, as
+the PostgreSQL source does: a value psycopg cannot hold (a timestamp past year 9999)
+keeps Materialize's text instead of failing every FETCH. Errors are classified by
+`syncer.sources.materialize.errors`.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg import AsyncConnection, sql
+from psycopg.adapt import Transformer
+from psycopg.pq.abc import PGresult
 
 from syncer import dsn
 from syncer.engine.changes import DocKey, Document, Position, Transaction
@@ -42,8 +54,9 @@ from syncer.engine.timestamps import (
     timestamp_seconds,
 )
 from syncer.errors import SourceConfigError, SyncError
-from syncer.sources.sqlerrors import describe, translated
-from syncer.sources.values import jsonable
+from syncer.sources.materialize.errors import compacted, translated
+from syncer.sources.sqlerrors import describe
+from syncer.sources.values import Decoder, make_decoder
 from syncer.validators import is_query, split_name
 
 log = structlog.get_logger(__name__)
@@ -51,8 +64,6 @@ log = structlog.get_logger(__name__)
 Conn = AsyncConnection[tuple[Any, ...]]
 
 CURSOR = "searchsync_subscribe"
-# Materialize's words when an AS OF is below what it still retains.
-_COMPACTED = ("is not valid for all inputs", "could not find a valid timestamp")
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class MaterializeSource:
         self._assembler = self._new_assembler(snapshot=False, sweep=False, skip_below=None)
         self._as_of: Position | None = None
         self._columns: tuple[str, ...] | None = None
+        self._decoders: tuple[tuple[int, ...], tuple[Decoder, ...]] = ((), ())
         self._progressed_at: float | None = None
         self._notices: list[SourceNotice] = []
         self._log = log.bind(subscription=config.name)
@@ -95,6 +107,9 @@ class MaterializeSource:
             self._conn = await AsyncConnection.connect(
                 conninfo, autocommit=True, connect_timeout=self.config.connect_timeout
             )
+        with translated("turning off the idle-in-transaction timeout"):
+            # Backpressure may hold the session idle in its transaction for longer.
+            await self._conn.execute("SET idle_in_transaction_session_timeout = 0")
         if resume.checkpoint is not None and (
             resume.snapshot_done or resume.snapshot_mode == "discard"
         ):
@@ -129,11 +144,11 @@ class MaterializeSource:
                 )
         statement = self._subscribe_statement(snapshot, as_of)
         try:
-            with translated(f"subscribing to {self.config.relation}"):
+            with translated(f"subscribing to {self.config.relation}", planning=True):
                 await conn.execute("BEGIN")
                 await conn.execute(statement)
         except SyncError as exc:
-            if as_of is None or not _compacted(exc):
+            if as_of is None or not compacted(exc):
                 raise
             await self._resnapshot(exc)
             return
@@ -211,11 +226,11 @@ class MaterializeSource:
         try:
             with translated(f"reading changes of {self.config.relation}"):
                 cursor = await conn.execute(query)
-                rows = await cursor.fetchall()
                 columns = tuple(d.name for d in cursor.description or ())
+                rows = self._decode(cursor.pgresult)
         except SyncError as exc:
             # Materialize may refuse an AS OF only once the cursor is first read.
-            if self._as_of is None or self._columns is not None or not _compacted(exc):
+            if self._as_of is None or self._columns is not None or not compacted(exc):
                 raise
             await self._resnapshot(exc)
             return count  # read again at once, from the new cursor
@@ -224,6 +239,24 @@ class MaterializeSource:
             self._columns = columns
         self._apply(rows)
         return len(rows)
+
+    def _decode(self, result: PGresult | None) -> list[tuple[Any, ...]]:
+        """The rows of a FETCH, each value decoded from the server's text."""
+        if result is None or not result.ntuples:
+            return []
+        width = result.nfields
+        oids = tuple(result.ftype(i) for i in range(width))
+        if self._decoders[0] != oids:
+            transformer = Transformer(self._require_conn())
+            self._decoders = (oids, tuple(make_decoder(transformer, oid) for oid in oids))
+        decoders = self._decoders[1]
+        rows = []
+        for r in range(result.ntuples):
+            values = (result.get_value(r, c) for c in range(width))
+            rows.append(
+                tuple(None if v is None else d(v) for d, v in zip(decoders, values, strict=True))
+            )
+        return rows
 
     def _apply(self, rows: Sequence[tuple[Any, ...]]) -> None:
         columns = self._columns
@@ -238,7 +271,7 @@ class MaterializeSource:
                 assembler.progress(timestamp)
                 self._progressed_at = timestamp_seconds(timestamp)
                 continue
-            values = {name: jsonable(value) for name, value in zip(data, row[3:], strict=True)}
+            values = dict(zip(data, row[3:], strict=True))
             if upsert:
                 assembler.add(Update(timestamp, values, state=UpsertState(row[2])))
             else:
@@ -303,12 +336,6 @@ class MaterializeSource:
         if self._conn is None:
             raise RuntimeError("source is not open")
         return self._conn
-
-
-def _compacted(exc: SyncError) -> bool:
-    """Whether Materialize refused the AS OF because it compacted past it."""
-    text = str(exc.__cause__ or exc).lower()
-    return any(marker.lower() in text for marker in _COMPACTED)
 
 
 def _target(relation: str) -> sql.Composable:

@@ -32,8 +32,8 @@ from syncer.positions import format_lsn, parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
 from syncer.sources.postgres.queries import QUERIES
-from syncer.sources.postgres.types import Decoder, make_decoder
 from syncer.sources.sqlerrors import translated
+from syncer.sources.values import Decoder, make_decoder
 
 log = structlog.get_logger(__name__)
 

@@ -24,6 +24,12 @@ not consolidate. The upsert envelope consolidates per (timestamp, key) and appli
 Materialize's rules (src/adapter/src/active_compute_sink.rs): [+1] → upsert,
 [-1] → delete, [-1 old, +1 new] → upsert, anything else (two live rows, a diff of
 2, two retractions) → key_violation; keys are ordered within a timestamp.
+
+Dataflow errors (`Collection.errors`, e.g. "Evaluation error: division by zero")
+behave as in src/compute/src/sink/subscribe.rs: the batch that holds one is not
+sent; the SUBSCRIBE is poisoned and its next FETCH fails with XX000 and the error's
+text (src/pgwire/src/protocol.rs). A snapshot holds the errors that are live at the
+AS OF; with SNAPSHOT = false those at or before the AS OF are not sent, like rows.
 """
 
 from __future__ import annotations
@@ -132,6 +138,7 @@ class Collection:
         self.frontier = start_at
         self.steps = [start_at]  # every frontier reached, ascending
         self.since = 0
+        self.errors: list[tuple[int, str, int]] = []  # (ts, message, diff)
         self._seq = 0
 
     def render_row(self, row: Sequence[Any]) -> TextRow:
@@ -158,6 +165,14 @@ class Collection:
         """Updates with lo <= ts < hi, in (ts, write) order."""
         return self.updates[bisect_left(self._ts, lo) : bisect_left(self._ts, hi)]
 
+    def errors_between(self, lo: int, hi: int) -> list[str]:
+        """Messages of errors with lo <= ts < hi whose diffs do not cancel out."""
+        counts: dict[str, int] = {}
+        for ts, message, diff in self.errors:
+            if lo <= ts < hi:
+                counts[message] = counts.get(message, 0) + diff
+        return [message for message, count in counts.items() if count]
+
     def consolidated(self, t: int) -> list[tuple[tuple[Any, ...], TextRow, int]]:
         """(row, text, count) of the multiset at t, in order of first appearance, no zeros."""
         counts: dict[TextRow, list[Any]] = {}
@@ -183,12 +198,16 @@ class Subscription:
         progress: bool,
         keys: Sequence[str] | None,
         refused: SqlError | None = None,
+        cluster: str = "",
     ) -> None:
         self.collection = collection
         self.as_of = as_of
         self.snapshot = snapshot
         self.progress = progress
-        self.refused = refused  # reported at the first FETCH, like Materialize may
+        self.cluster = cluster
+        self.refused = refused  # reported at the next FETCH, like Materialize does
+        self.poisoned: SqlError | None = None  # reported once the rows before it are read
+        self.fetched = False  # the first FETCH ran (Materialize starts the SUBSCRIBE then)
         names = [c.name for c in collection.columns]
         self.key_index = [names.index(k) for k in keys] if keys is not None else None
         head = [Column("mz_timestamp", "numeric")]
@@ -222,8 +241,12 @@ class Subscription:
             self._emit_progress(self.as_of)
         if coll.frontier <= self.as_of:
             return  # the snapshot is not complete yet
+        if self.poisoned is not None:
+            return
         if not self._snapshot_done:
             self._snapshot_done = True
+            if self.snapshot and self._poison(coll.errors_between(-(2**63), self.as_of + 1)):
+                return
             if self.snapshot:
                 rows = coll.consolidated(self.as_of)
                 if self.key_index is None:
@@ -234,6 +257,8 @@ class Subscription:
         for frontier in coll.steps[bisect_right(coll.steps, self._reported) :]:
             if frontier < self._declared_at:
                 continue
+            if self._poison(coll.errors_between(self._next_ts, frontier)):
+                return
             batch = [u for u in coll.between(self._next_ts, frontier) if u.seq not in self._early]
             if self.key_index is None:
                 for update in batch:
@@ -249,6 +274,11 @@ class Subscription:
                 if update.seq not in self._early:
                     self._early[update.seq] = update.ts
                     self._emit_diff(update.ts, update.text, update.diff)
+
+    def _poison(self, errors: list[str]) -> bool:
+        if errors:
+            self.poisoned = SqlError("XX000", errors[0])
+        return bool(errors)
 
     # -- rows --------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .collection import COLUMN_TYPES, Collection, Column
 from .sql import SqlError, Subscribe, tokenize
@@ -49,9 +49,13 @@ class MaterializeDouble:
     manager. All methods are thread-safe; FETCHes waiting for rows wake up at once
     when the test writes or advances.
 
+    Errors carry Materialize's SQLSTATE and wording (cited where each is raised):
+    most are XX000, as Materialize sends them.
+
     Simplifications: `SUBSCRIBE (SELECT ...)` streams the relation as it is (no
     projection or filter) when the query names it; only text result formats; ENVELOPE
-    DEBEZIUM, WITHIN TIMESTAMP ORDER BY and UP TO are refused with SQLSTATE 0A000.
+    DEBEZIUM, WITHIN TIMESTAMP ORDER BY and UP TO are refused with SQLSTATE 0A000. No
+    TLS: buenavista answers an SSLRequest with "N", so `sslmode=require` cannot connect.
     """
 
     def __init__(
@@ -64,11 +68,17 @@ class MaterializeDouble:
         ),
         clusters: Iterable[str] = ("quickstart", "serving"),
         start_at: int | None = None,
+        password: str | None = None,
+        idle_in_transaction_timeout: float = 120.0,
     ) -> None:
         """`columns` are (name, type) with a type of `COLUMN_TYPES`; `start_at` is the
         initial frontier (default: now, in ms). Values written are rendered in text
         format: a str is sent as it is (so a test can send a value psycopg cannot load),
-        jsonb takes any other object through json.dumps, timestamptz a datetime."""
+        jsonb takes any other object through json.dumps, timestamptz a datetime.
+        With a `password`, clients must send it (cleartext, as Materialize asks) or
+        get FATAL 28P01 "invalid password". `idle_in_transaction_timeout` is the
+        default of the session variable (Materialize's: 2 minutes): a session idle in
+        a transaction for longer gets FATAL 25P03 and is closed."""
         for name, kind in columns:
             if kind not in COLUMN_TYPES:
                 raise ValueError(f"column {name}: unknown type {kind!r}")
@@ -76,10 +86,15 @@ class MaterializeDouble:
         self._relation_parts = _qualified(relation)
         self.columns = tuple(Column(name, kind) for name, kind in columns)
         self.clusters = set(clusters)  # may be changed while serving
+        self.password = password
+        self.idle_in_transaction_timeout = idle_in_transaction_timeout
         self.mz_version = MZ_VERSION
         self.port = 0
         self._cond = threading.Condition()
         self._collection = Collection(self.columns, now_ms() if start_at is None else start_at)
+        self._dropped = False
+        self._revoked: set[str] = set()
+        self._compaction_wording: Literal["old", "new"] = "old"
         self._received: list[Received] = []
         self._failures: list[tuple[str, SqlError]] = []
         self._drop_after: int | None = None
@@ -230,13 +245,75 @@ class MaterializeDouble:
             self._cond.notify_all()
             return collection.frontier
 
-    def compact(self, since: int) -> None:
-        """Forget history below `since`: a later AS OF below it is refused (SQLSTATE XX000,
-        at the cursor's first FETCH). Subscriptions already running are not affected."""
+    def compact(self, since: int, *, wording: Literal["old", "new"] = "old") -> None:
+        """Forget history below `since`: a later AS OF below it is refused at the cursor's
+        first FETCH. Subscriptions already running are not affected. `wording`: "old"
+        is XX000 "Timestamp (t) is not valid for all inputs: [...]" (v0.130 and before,
+        src/adapter/src/coord/timestamp_selection.rs), "new" is 22000 "could not find a
+        valid timestamp for the query" (AdapterError::ImpossibleTimestampConstraints)."""
         with self._cond:
             if since > self._collection.frontier:
                 raise ValueError(f"since {since} is beyond the frontier {self.frontier}")
             self._collection.since = max(self._collection.since, since)
+            self._compaction_wording = wording
+
+    def write_error(
+        self, message: str, *, at: int | None = None, close: bool = True, diff: int = 1
+    ) -> int:
+        """A dataflow error in the view at timestamp `at` (default: the frontier), such as
+        "Evaluation error: division by zero": a SUBSCRIBE whose output reaches it is
+        poisoned (see `collection`). diff=-1 retracts it (`retract_error`). Return `at`."""
+        with self._cond:
+            collection = self._collection
+            ts = collection.frontier if at is None else at
+            if ts < collection.frontier:
+                raise ValueError(f"timestamp {ts} is closed: the frontier is {collection.frontier}")
+            collection.errors.append((ts, message, diff))
+            if close:
+                collection.advance(ts + 1)
+            self._cond.notify_all()
+        return ts
+
+    def retract_error(self, message: str, *, at: int | None = None, close: bool = True) -> int:
+        """Retract a dataflow error (the row that caused it is fixed). Return `at`."""
+        return self.write_error(message, at=at, close=close, diff=-1)
+
+    def revoke(self, privilege: Literal["SELECT", "USAGE"]) -> None:
+        """Revoke SELECT on the relation or USAGE on every cluster: a SUBSCRIBE then fails
+        at its first FETCH with 42501 "permission denied for ..." (src/sql/src/rbac.rs)."""
+        with self._cond:
+            self._revoked.add(privilege)
+
+    def _check_privileges(self, user: str, cluster: str) -> None:
+        if "SELECT" in self._revoked:
+            target = f'MATERIALIZED VIEW "{".".join(self._relation_parts)}"'
+        elif "USAGE" in self._revoked:
+            target = f'CLUSTER "{cluster}"'
+        else:
+            return
+        privilege = "SELECT" if "SELECT" in self._revoked else "USAGE"
+        raise SqlError(
+            "42501",
+            f"permission denied for {target}",
+            detail=f"The '{user}' role needs {privilege} privileges on {target}",
+        )
+
+    def drop_relation(self) -> None:
+        """DROP the relation: running SUBSCRIBEs end at their next FETCH with XX000
+        "subscribe has been terminated because underlying relation "db.schema.name" was
+        dropped" (src/adapter/src/active_compute_sink.rs); a new one gets "unknown
+        catalog item"."""
+        name = ".".join(self._relation_parts)
+        with self._cond:
+            self._dropped = True
+            self._terminate(lambda _sub: True, f'relation "{name}"')
+
+    def drop_cluster(self, name: str) -> None:
+        """DROP CLUSTER: SUBSCRIBEs running on it end at their next FETCH with XX000
+        "subscribe has been terminated because underlying cluster "name" was dropped"."""
+        with self._cond:
+            self.clusters.discard(name)
+            self._terminate(lambda sub: sub.cluster == name, f'cluster "{name}"')
 
     def rows_at(self, t: int | None = None) -> dict[tuple[Any, ...], int]:
         """The multiset at `t` (default: frontier - 1), row -> count, zero counts left out."""
@@ -335,17 +412,48 @@ class MaterializeDouble:
         return None
 
     def _resolve(self, subscribe: Subscribe) -> None:
-        """Raise 42P01 unless the SUBSCRIBE names this double's relation."""
-        if subscribe.name is not None:
+        """Raise "unknown catalog item" unless the SUBSCRIBE names this double's relation.
+        A catalog error is XX000 (AdapterError::PlanError, src/adapter/src/error.rs)."""
+        if self._dropped:
+            missing = ".".join(subscribe.name) if subscribe.name else subscribe.query_from
+        elif subscribe.name is not None:
             parts = subscribe.name
             if len(parts) <= 3 and parts == self._relation_parts[-len(parts) :]:
                 return
+            if len(parts) == 3 and parts[0] != self._relation_parts[0]:
+                raise SqlError("XX000", f"unknown database '{parts[0]}'")
+            if len(parts) >= 2 and parts[-2] != self._relation_parts[1]:
+                raise SqlError("XX000", f"unknown schema '{parts[-2]}'")
             missing = ".".join(parts)
         else:
             if self._relation_parts[-1] in subscribe.query_identifiers:
                 return
             missing = subscribe.query_from or "?"
-        raise SqlError("42P01", f"unknown catalog item '{missing}'")
+        raise SqlError("XX000", f"unknown catalog item '{missing or '?'}'")
+
+    def _compaction_error(self, as_of: int, since: int) -> SqlError:
+        """Materialize's answer to an AS OF below the since (see `compact`)."""
+        if self._compaction_wording == "new":
+            detail = f"Constraints:\nlower: since of the inputs [{since}]\nupper: AS OF [{as_of}]"
+            return SqlError(
+                "22000", "could not find a valid timestamp for the query", detail=detail
+            )
+        return SqlError(
+            "XX000",
+            f"Timestamp ({as_of}) is not valid for all inputs: "
+            f"[Antichain {{ elements: [{since}] }}]",
+        )
+
+    def _terminate(self, which: Any, dependency: str) -> None:
+        """End the matching running SUBSCRIBEs (under the lock)."""
+        error = SqlError(
+            "XX000", f"subscribe has been terminated because underlying {dependency} was dropped"
+        )
+        for _handler, ctx in self._handlers.values():
+            for subscription in ctx.session.cursors.values():
+                if which(subscription):
+                    subscription.refused = error
+        self._cond.notify_all()
 
     def _claim_rows(self, count: int) -> tuple[int, bool]:
         """How many of `count` rows to send, and whether to cut the connection after them."""

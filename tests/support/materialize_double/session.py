@@ -24,6 +24,7 @@ from .sql import (
     Statement,
     Token,
     first_keyword,
+    interval_seconds,
     parse,
 )
 
@@ -31,6 +32,28 @@ if TYPE_CHECKING:
     from .double import MaterializeDouble
 
 DEFAULT_CLUSTER = "quickstart"
+IDLE_TIMEOUT = "idle_in_transaction_session_timeout"
+# Session variables the double accepts in SET (a subset of Materialize's, from
+# src/sql/src/session/vars.rs); any other is refused as Materialize refuses it.
+SESSION_VARS = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "client_min_messages",
+        "cluster",
+        "cluster_replica",
+        "database",
+        "datestyle",
+        "extra_float_digits",
+        IDLE_TIMEOUT,
+        "intervalstyle",
+        "search_path",
+        "statement_timeout",
+        "timezone",
+        "transaction",
+        "transaction_isolation",
+    }
+)
 _POLL = 0.2  # how often a waiting FETCH looks whether its client went away
 _ENDS_TRANSACTION = ("COMMIT", "END", "ROLLBACK", "ABORT")
 
@@ -54,6 +77,7 @@ class Session:
         self.id = uuid.uuid4()
         self.double = double
         self.pid = 0
+        self.user = "materialize"
         self.cluster = DEFAULT_CLUSTER
         self.settings: dict[str, str] = {}
         self.tx: Literal["idle", "open", "failed"] = "idle"
@@ -131,6 +155,11 @@ class Session:
                 self._end()
                 return Result("ROLLBACK")
             case SetVar(name=name, value=value):
+                if name not in SESSION_VARS:
+                    # AdapterError::UnrecognizedConfigurationParam (src/adapter/src/error.rs)
+                    raise SqlError("42704", f'unrecognized configuration parameter "{name}"')
+                if name == IDLE_TIMEOUT and value is not None:
+                    duration_seconds(name, value)  # refused now if it is not a duration
                 if name == "cluster":
                     self.cluster = DEFAULT_CLUSTER if value is None else value
                 elif value is None:
@@ -161,6 +190,16 @@ class Session:
                     raise SqlError("26000", f'prepared statement "{name}" does not exist')
                 return Result("DEALLOCATE")
         raise AssertionError(statement)  # pragma: no cover
+
+    def idle_timeout(self) -> float | None:
+        """Seconds this session may sit idle in a transaction; None: no limit."""
+        value = self.settings.get(IDLE_TIMEOUT)
+        seconds = (
+            self.double.idle_in_transaction_timeout
+            if value is None
+            else duration_seconds(IDLE_TIMEOUT, value)
+        )
+        return seconds or None
 
     def _end(self) -> None:
         self.tx = "idle"
@@ -203,10 +242,8 @@ class Session:
         double._resolve(subscribe)
         names = [c.name for c in double.columns]
         for key in subscribe.keys or ():
-            if key not in names:
-                raise SqlError("42703", f'column "{key}" does not exist')
-        if self.cluster not in double.clusters:
-            raise SqlError("42704", f"unknown cluster '{self.cluster}'")
+            if key not in names:  # a PlanError: XX000 (src/adapter/src/error.rs)
+                raise SqlError("XX000", f'column "{key}" does not exist')
         with double._cond:
             collection = double._collection
             since, refused = collection.since, None
@@ -217,11 +254,7 @@ class Session:
             else:
                 as_of = subscribe.as_of
                 if as_of < since:
-                    refused = SqlError(
-                        "XX000",
-                        f"Timestamp ({as_of}) is not valid for all inputs: "
-                        f"[Antichain {{ elements: [{since}] }}]",
-                    )
+                    refused = double._compaction_error(as_of, since)
             self.cursors[statement.cursor] = Subscription(
                 collection,
                 as_of=as_of,
@@ -229,6 +262,7 @@ class Session:
                 progress=subscribe.progress,
                 keys=subscribe.keys,
                 refused=refused,
+                cluster=self.cluster,
             )
         self.subscribed = True
         return Result("DECLARE CURSOR")
@@ -239,6 +273,16 @@ class Session:
             raise SqlError("34000", f'cursor "{statement.cursor}" does not exist')
         rows = self._wait_rows(subscription, statement.count, statement.timeout)
         return Result(f"FETCH {len(rows)}", subscription.columns, rows, subscribe_rows=True)
+
+    def _start(self, subscription: Subscription) -> None:
+        """At its first FETCH Materialize runs the SUBSCRIBE, on the session's cluster."""
+        if subscription.fetched:
+            return
+        subscription.fetched = True
+        if subscription.cluster not in self.double.clusters:
+            # A catalog error is XX000 (AdapterError::Catalog, src/adapter/src/error.rs).
+            raise SqlError("XX000", f"unknown cluster '{subscription.cluster}'")
+        self.double._check_privileges(self.user, subscription.cluster)
 
     def _wait_rows(
         self, subscription: Subscription, count: int | None, timeout: float | None
@@ -252,14 +296,27 @@ class Session:
                     raise Dropped
                 if self.cancel_pending:
                     raise SqlError("57014", "canceling statement due to user request")
+                self._start(subscription)
                 if subscription.refused is not None:
                     raise subscription.refused
                 subscription.pump()
                 if count == 0 or subscription.buffer:
                     return subscription.take(count)
+                if subscription.poisoned is not None:
+                    raise subscription.poisoned
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return []
                 cond.wait(_POLL if remaining is None else min(remaining, _POLL))
                 if self.peer_closed():
                     raise Dropped
+
+
+def duration_seconds(name: str, value: str) -> float:
+    """A duration setting in seconds; a bare number is milliseconds, as in Materialize."""
+    if value.strip().isdigit():
+        return int(value) / 1000
+    try:
+        return interval_seconds(value)
+    except SqlError:
+        raise SqlError("22023", f'invalid value for parameter "{name}": "{value}"') from None

@@ -118,9 +118,12 @@ class DoubleHandler(BuenaVistaHandler):  # type: ignore[misc]  # buenavista's cl
                 return
             session: Session = ctx.session
             session.pid, session.prepared = ctx.process_id, ctx.stmts
+            session.user = ctx.params.get("user", session.user)
             session.peer_closed = self._peer_closed
             self.session = session
             double._attach(self, ctx)
+            if not self._authenticate():
+                return
             self.send_auth_request(ctx)  # AuthenticationOk, ParameterStatus, key, ready
             self._serve(ctx)
         except (Dropped, EOFError, OSError):
@@ -132,6 +135,38 @@ class DoubleHandler(BuenaVistaHandler):  # type: ignore[misc]  # buenavista's cl
                 double._detach(self, ctx)
                 self.server.conn.close_session(ctx.session)
             double._thread_finished()
+
+    def _authenticate(self) -> bool:
+        """Ask for the password in cleartext when the double has one, as Materialize does;
+        a wrong one is FATAL 28P01 "invalid password" (src/pgwire/src/protocol.rs)."""
+        expected = self.server.double.password
+        if expected is None:
+            return True
+        self.wfile.write(_message(b"R", struct.pack("!i", 3)))  # AuthenticationCleartextPassword
+        kind = self._read(1)
+        (length,) = struct.unpack("!i", self._read(4))
+        payload = self._read(length - 4)
+        if kind == b"p" and payload.rstrip(b"\x00").decode() == expected:
+            return True
+        self.send_error(SqlError("28P01", "invalid password"), severity="FATAL")
+        return False
+
+    def _await_message(self, session: Session) -> bool:
+        """Wait for the client's next message; False once the session has been idle in a
+        transaction for longer than its idle_in_transaction_session_timeout."""
+        timeout = session.idle_timeout() if session.in_transaction() else None
+        if timeout is None:
+            return True
+        self.request.settimeout(0)
+        try:
+            if self.rfile.peek(1):  # already buffered (or just arrived)
+                return True
+        except OSError:
+            return True  # the read that follows reports it
+        finally:
+            self.request.settimeout(None)
+        readable, _, _ = select.select([self.request], [], [], timeout)
+        return bool(readable)
 
     def drop(self) -> None:
         """Cut the connection without a protocol message, as a crashed server would."""
@@ -195,6 +230,13 @@ class DoubleHandler(BuenaVistaHandler):  # type: ignore[misc]  # buenavista's cl
             b"C": self.handle_close,
         }
         while True:
+            if not self._await_message(ctx.session):
+                # AdapterError::IdleInTransactionSessionTimeout (src/adapter/src/error.rs)
+                self.send_error(
+                    SqlError("25P03", "terminating connection due to idle-in-transaction timeout"),
+                    severity="FATAL",
+                )
+                return
             kind = self.rfile.read(1)
             if not kind or kind == b"X":
                 return
@@ -368,7 +410,7 @@ class DoubleHandler(BuenaVistaHandler):  # type: ignore[misc]  # buenavista's cl
             self.drop()
             raise Dropped
 
-    def send_error(self, exception: Exception, ctx: Any = None) -> None:
+    def send_error(self, exception: Exception, ctx: Any = None, severity: str = "ERROR") -> None:
         # Replaces buenavista's, which sends only a message: psycopg needs the severity
         # and the SQLSTATE to raise the right psycopg.errors class.
         if isinstance(exception, SqlError):
@@ -376,7 +418,7 @@ class DoubleHandler(BuenaVistaHandler):  # type: ignore[misc]  # buenavista's cl
         else:
             sqlstate, message, detail = "XX000", str(exception), None
         body = bytearray()
-        fields = [(b"S", "ERROR"), (b"V", "ERROR"), (b"C", sqlstate), (b"M", message)]
+        fields = [(b"S", severity), (b"V", severity), (b"C", sqlstate), (b"M", message)]
         if detail:
             fields.append((b"D", detail))
         for code, value in fields:
