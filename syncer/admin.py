@@ -403,7 +403,8 @@ class SubscriptionAdmin(_AdminBase):
         subscription = self.get_object(request, unquote(object_id))
         if subscription is None:
             return super().delete_view(request, object_id, extra_context)
-        if request.method == "POST":
+        # Without the permission, Django's own view refuses before anything is checked.
+        if request.method == "POST" and self.has_delete_permission(request, subscription):
             try:
                 services.check_deletable([subscription], _forced(request))
             except services.DeadLettersRemain as exc:

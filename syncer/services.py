@@ -46,7 +46,7 @@ _MAX_SHOWN = 200
 class DeadLettersRemain(ValueError):
     """Subscriptions to delete still have dead letters, and deleting them was not forced.
 
-    A subscription's dead letters go with it, and then cannot be retried or exported;
+    A subscription's dead letters go with it, and then cannot be retried or read;
     each surface says how to force it (`force=true`, `--force`, a ticked box).
     """
 
@@ -61,8 +61,8 @@ class DeadLettersRemain(ValueError):
             listed = ", ".join(f"{name} ({count:,})" for name, count in self.counts.items())
             who = f"subscriptions {listed} still have {letters}, which would be deleted with them"
         super().__init__(
-            f"{who}; retry or export them first (manage.py dlq retry|export --subscription "
-            "NAME), or force the delete"
+            f"{who}; retry them or keep a copy first (manage.py dlq retry|list --json "
+            "--subscription NAME), or force the delete"
         )
 
 

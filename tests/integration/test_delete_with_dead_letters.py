@@ -1,6 +1,6 @@
 """A subscription that still has dead letters is deleted only when that is asked for.
 
-Its dead letters go with it and can then be neither retried nor exported; the service
+Its dead letters go with it and can then be neither retried nor read; the service
 (`services.check_deletable`) refuses, and the API (`force=true`), the admin (a ticked
 box on the confirmation page, single and bulk) and `subscriptions apply --prune`
 (`--force`) say how to ask.
@@ -15,16 +15,15 @@ from typing import Any
 
 import pytest
 from django.contrib import messages
-from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
 
-from console.models import ApiToken
 from syncer import services
 from syncer.models import DeadLetter, Subscription
 from tests.support.factories import entry, subscription
+from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -43,8 +42,7 @@ def with_dead_letters(name: str, count: int) -> Subscription:
 
 @pytest.fixture
 def api(db: None) -> Client:
-    _, text = ApiToken.issue(User.objects.create_user("ops", is_staff=True), "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator())
 
 
 @pytest.fixture

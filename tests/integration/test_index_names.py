@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import IntegrityError, connection, transaction
@@ -20,11 +19,11 @@ from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
 
-from console.models import ApiToken
 from syncer.config_file import parse
 from syncer.models import Subscription
 from syncer.services import IndexNameTaken, apply_subscriptions
 from tests.support.factories import subscription
+from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -34,8 +33,7 @@ RESYNC_NAME = "orders-20261201210000123456"  # what a new-index resync of `order
 
 @pytest.fixture
 def api(db: None) -> Client:
-    _, text = ApiToken.issue(User.objects.create_user("ops", is_staff=True), "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator())
 
 
 def declaration(name: str, index: str) -> dict[str, Any]:

@@ -439,13 +439,12 @@ def test_a_value_psycopg_cannot_load_is_indexed_as_materializes_text(subscribe, 
     columns = (*COLUMNS, ("placed_at", "timestamptz"))
     # OpenSearch's date type cannot hold year 10000 either: such a field maps as keyword.
     mappings = {"properties": {"placed_at": {"type": "keyword"}}}
-    search.indices.create(index="orders", body={"mappings": mappings})
     with MaterializeDouble(VIEW, columns) as wide:
         wide.insert(
             (1, "ann", "1.00", "2024-05-01 12:30:00+00"),
             (2, "bob", "2.00", "10000-01-01 00:00:00+00"),  # past what datetime holds
         )
-        with WorkerThread([subscribe(source_dsn=wide.dsn)]):
+        with WorkerThread([subscribe(source_dsn=wide.dsn, index_mappings=mappings)]):
             wait_for(lambda: len(index_docs(search, "orders")) == 2, what="both rows")
             assert status_of("orders").status == Subscription.Status.CAUGHT_UP
     docs = index_docs(search, "orders")

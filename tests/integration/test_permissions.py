@@ -56,7 +56,7 @@ CALLS = [
     Call("post", "/api/subscriptions", ADD_S, 201, NEW_SUBSCRIPTION),
     Call("get", "/api/subscriptions/orders", VIEW_S, 200),
     Call("patch", "/api/subscriptions/orders", CHANGE_S, 200, {"enabled": False}),
-    Call("delete", "/api/subscriptions/orders", DELETE_S, 200),
+    Call("delete", "/api/subscriptions/orders?force=true", DELETE_S, 200),
     Call("post", "/api/subscriptions/orders/pause", CHANGE_S, 200),
     Call("post", "/api/subscriptions/orders/resume", CHANGE_S, 200),
     Call("post", "/api/subscriptions/orders/resync", CHANGE_S, 200, {"mode": "in_place"}),
