@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for `make test`: each has its own databases and Redis database
+# (tests/conftest.py, tests/settings.py); most tests wait on servers, so 3 beat 2 on 2 cores.
+TEST_WORKERS ?= 3
 
 .PHONY: demo test lint typecheck deploy-check check setup-postgres browser e2e bench bench-monitor clean
 
@@ -50,7 +53,7 @@ deploy-check: $(STAMP)
 	else echo "check --deploy fails without the production environment, as it should"; fi
 
 test: $(STAMP) setup-postgres browser lint typecheck deploy-check
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # The live monitor in a real browser (also part of `make test`); screenshots in artifacts/e2e/.
 e2e: $(STAMP) setup-postgres browser

@@ -16,7 +16,10 @@ from syncer.models import Subscription
 
 ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Several test runs may share one PostgreSQL: each sets its own suffix.
-DB_SUFFIX = os.environ.get("SEARCHSYNC_TEST_DB_SUFFIX", "")
+# pytest-xdist workers (gw0, gw1, ...) each take their own databases as well.
+DB_SUFFIX = os.environ.get("SEARCHSYNC_TEST_DB_SUFFIX", "") + (
+    f"_{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else ""
+)
 SOURCE_DB = f"searchsync_source_test{DB_SUFFIX}"
 _table_ids = itertools.count(1)
 

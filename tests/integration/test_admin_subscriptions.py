@@ -16,6 +16,7 @@ from django.urls import reverse
 
 from syncer import dsn
 from syncer.models import Subscription
+from tests.support.factories import admin_form
 from tests.support.materialize_double import MaterializeDouble
 
 pytestmark = pytest.mark.django_db
@@ -372,28 +373,16 @@ SEARCH_QUERY = (
 
 def add_data(**changes: str) -> dict[str, str]:
     """What a browser posts for a new materialize subscription, plus `changes`."""
-    data = {
+    materialize = {
         "name": "orders-search",
-        "enabled": "on",
         "source_kind": "materialize",
         "source_dsn": MZ_DSN,
         "relation": SEARCH_QUERY,
         "key_columns": "order_id",
         "source_cluster": "serving",
-        "source_envelope": "upsert",
-        "index_name": "orders",
-        "index_settings": "{}",
-        "index_mappings": "{}",
-        "snapshot_mode": "index",
-        "batch_max_size": "1000",
-        "batch_max_age_ms": "5000",
-        "backpressure_pause_at": "5000",
-        "backpressure_resume_at": "2500",
-        "skip_live_checks": "on",  # mz.internal is made up
-        "_save": "Save",
+        "source_envelope": "upsert",  # skip_live_checks stays on: mz.internal is made up
     }
-    data.update(changes)
-    return data
+    return admin_form(**{**materialize, **changes})
 
 
 def test_add_form_shows_the_materialize_fields_with_their_help(admin_client: Client) -> None:

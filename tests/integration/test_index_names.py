@@ -22,7 +22,7 @@ from django.urls import reverse
 from syncer.config_file import parse
 from syncer.models import Subscription
 from syncer.services import IndexNameTaken, apply_subscriptions
-from tests.support.factories import subscription
+from tests.support.factories import admin_form, subscription
 from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
@@ -51,22 +51,7 @@ def file_of(*entries: dict[str, Any]) -> str:
 # -- the admin ------------------------------------------------------------------------------
 
 
-ADD_FORM = {
-    "source_kind": "postgres",
-    "source_dsn": "postgresql://u@h/db",
-    "relation": "public.orders",
-    "key_columns": "",
-    "source_envelope": "diff",
-    "index_settings": "{}",
-    "index_mappings": "{}",
-    "snapshot_mode": "index",
-    "batch_max_size": "1000",
-    "batch_max_age_ms": "5000",
-    "backpressure_pause_at": "5000",
-    "backpressure_resume_at": "2500",
-    "skip_live_checks": "on",
-    "enabled": "on",
-}
+ADD_FORM = admin_form()
 
 
 @pytest.fixture

@@ -17,13 +17,14 @@ import uuid
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
 from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.tcpproxy import TcpProxy
 
-REDIS = "redis://127.0.0.1:6379/0"
+REDIS = django_settings.REDIS_URL  # each pytest-xdist worker has a database of its own
 # redis-py 8 reads with a 5 s socket timeout by default: exactly channels-redis's blocking
 # receive time, so an idle receive would fail. Consumers wait without one.
 RECEIVING = {"address": REDIS, "socket_timeout": None}
@@ -270,7 +271,7 @@ def test_a_redis_outage_darkens_the_monitor_but_not_the_sync_and_publishing_reco
 ):
     # The worker reaches Redis through the proxy; the listener (the web side) directly.
     worker_host = {
-        "address": f"redis://127.0.0.1:{redis_proxy.port}/0",
+        "address": REDIS.replace(":6379/", f":{redis_proxy.port}/"),
         "socket_connect_timeout": 0.5,
         "socket_timeout": 0.5,
     }

@@ -21,6 +21,7 @@ from django.urls import reverse
 from console.models import ApiToken
 from syncer import config_file, dsn
 from syncer.models import Subscription
+from tests.support.factories import admin_form
 from tests.support.harness import WorkerThread, status_of, wait_for
 
 ADD_URL = reverse("admin:syncer_subscription_add")
@@ -39,27 +40,9 @@ def _secrets_in_the_environment(monkeypatch: pytest.MonkeyPatch, settings: Any) 
 
 
 def form(source_dsn: str, *, live: bool = False) -> dict[str, str]:
-    data = {
-        "name": "orders",
-        "enabled": "on",
-        "source_kind": "postgres",
-        "source_dsn": source_dsn,
-        "relation": "public.orders",
-        "key_columns": "",
-        "source_cluster": "",
-        "source_envelope": "diff",
-        "index_name": "orders",
-        "index_settings": "{}",
-        "index_mappings": "{}",
-        "snapshot_mode": "index",
-        "batch_max_size": "1000",
-        "batch_max_age_ms": "5000",
-        "backpressure_pause_at": "5000",
-        "backpressure_resume_at": "2500",
-        "_save": "Save",
-    }
-    if not live:
-        data["skip_live_checks"] = "on"
+    data = admin_form(source_dsn=source_dsn)
+    if live:
+        del data["skip_live_checks"]
     return data
 
 

@@ -1,4 +1,4 @@
-"""Rows for tests of the dead-letter queue: a subscription and its entries."""
+"""Rows for tests: a subscription and its dead letters, and what the admin's form posts."""
 
 from __future__ import annotations
 
@@ -42,3 +42,30 @@ def entry(
         first_failed_at=failed_at,
         last_attempt_at=failed_at,
     )
+
+
+def admin_form(**fields: str) -> dict[str, str]:
+    """What a browser posts to the admin's subscription form: a postgres subscription
+    `orders` with every default, live checks skipped, and `fields` on top."""
+    data = {
+        "name": "orders",
+        "enabled": "on",
+        "source_kind": "postgres",
+        "source_dsn": "postgresql://u@h/db",
+        "relation": "public.orders",
+        "key_columns": "",
+        "source_cluster": "",
+        "source_envelope": "diff",
+        "index_name": "orders",
+        "index_settings": "{}",
+        "index_mappings": "{}",
+        "snapshot_mode": "index",
+        "batch_max_size": "1000",
+        "batch_max_age_ms": "5000",
+        "backpressure_pause_at": "5000",
+        "backpressure_resume_at": "2500",
+        "skip_live_checks": "on",
+        "_save": "Save",
+    }
+    data.update(fields)
+    return data
