@@ -6,6 +6,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ from opensearchpy import OpenSearch
 from osmem_server import OsmemServer
 
 from syncer.models import Subscription
+from tests.support.tcpproxy import TcpProxy
 
 ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Several test runs may share one PostgreSQL: each sets its own suffix.
@@ -92,6 +94,16 @@ def opensearch_url(osmem_clone: Any, settings: Any) -> str:
     """A fresh osmem-server clone, set as the worker's OPENSEARCH_URL."""
     settings.OPENSEARCH_URL = osmem_clone.url
     return str(osmem_clone.url)
+
+
+@pytest.fixture
+def opensearch_proxy(opensearch_url: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of osmem: `with proxy.down():` is OpenSearch stopping."""
+    target = urlparse(opensearch_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    proxy.start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

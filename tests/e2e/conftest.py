@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
@@ -182,16 +181,6 @@ def _base_env() -> dict[str, str]:
         "SESSION_COOKIE_SECURE": "false",
         "CSRF_COOKIE_SECURE": "false",
     }
-
-
-@pytest.fixture
-def opensearch_proxy(opensearch_url: str) -> Iterator[TcpProxy]:
-    """A TCP proxy in front of osmem: `with proxy.down():` is OpenSearch stopping."""
-    target = urlparse(opensearch_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture

@@ -11,29 +11,15 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-
-import pytest
 
 from syncer.logconfig import LibraryOneLine
 from tests.integration.test_worker_process import Worker
 from tests.support.harness import status_of, wait_for
 from tests.support.materialize_double import MaterializeDouble
-from tests.support.tcpproxy import TcpProxy
 
 LIBRARIES = ("opensearch", "opensearchpy", "urllib3", "aiohttp", "elastic_transport")
-
-
-@pytest.fixture
-def proxy(opensearch_url: str) -> Iterator[TcpProxy]:
-    target = urlparse(opensearch_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 def records(log: Path) -> list[dict[str, Any]]:
@@ -46,7 +32,7 @@ def events(log: Path, name: str) -> list[dict[str, Any]]:
 
 
 def test_an_outage_logs_what_is_wrong_and_what_happens_next_without_tracebacks(
-    make_subscription, proxy, tmp_path
+    make_subscription, opensearch_proxy, tmp_path
 ):
     log = tmp_path / "worker.log"
     with MaterializeDouble("orders_mv", (("order_id", "int8"), ("total", "numeric"))) as mz:
@@ -59,7 +45,7 @@ def test_an_outage_logs_what_is_wrong_and_what_happens_next_without_tracebacks(
             key_columns=["order_id"],
             batch_max_age_ms=100,
         )
-        worker = Worker(proxy.url(), log)
+        worker = Worker(opensearch_proxy.url(), log)
         try:
             wait_for(
                 lambda: (
@@ -69,7 +55,7 @@ def test_an_outage_logs_what_is_wrong_and_what_happens_next_without_tracebacks(
                 what="the snapshot",
             )
             assert worker.process.poll() is None, worker.output()
-            with proxy.down():
+            with opensearch_proxy.down():
                 mz.insert((3, "3.00"))
                 wait_for(lambda: len(events(log, "sink_retrying")) >= 4, what="four retries")
             wait_for(lambda: events(log, "sink_available"), what="OpenSearch back")

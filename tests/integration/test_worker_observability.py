@@ -13,10 +13,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,18 +30,8 @@ from syncer.metrics import DeadLetterQueueCollector
 from tests.integration.test_worker_process import Worker
 from tests.support import factories
 from tests.support.harness import index_docs, status_of, wait_for
-from tests.support.tcpproxy import TcpProxy
 
 SECRET = "Sup3r-Secret-Pw"
-
-
-@pytest.fixture
-def proxy(opensearch_url: str) -> Iterator[TcpProxy]:
-    target = urlparse(opensearch_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 class MeteredWorker:
@@ -154,15 +142,15 @@ def test_metrics_parse_and_their_counters_and_histograms_move_as_changes_flow(
 
 @pytest.mark.usefixtures("fast_retries")
 def test_ready_is_503_naming_the_subscription_while_opensearch_is_down_and_200_after(
-    source_conn, table_name, make_subscription, proxy, search, tmp_path
+    source_conn, table_name, make_subscription, opensearch_proxy, search, tmp_path
 ):
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
     make_subscription("watched", table_name, snapshot_mode="discard")
-    worker = MeteredWorker(proxy.url(), tmp_path / "w.log")
+    worker = MeteredWorker(opensearch_proxy.url(), tmp_path / "w.log")
     try:
         status, body = wait_for(lambda: _when(worker.ready(), 200), what="/ready 200")
         assert body["ready"] is True and body["subscriptions"]["watched"]["ready"] is True
-        with proxy.down():
+        with opensearch_proxy.down():
             status, body = wait_for(lambda: _when(worker.ready(), 503), what="/ready 503")
             assert any(r.startswith("watched: OpenSearch unavailable") for r in body["reasons"])
             assert body["subscriptions"]["watched"]["ready"] is False
