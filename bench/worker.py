@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/worker.py --subscription NAME --out result.json
 
-Builds the pipeline exactly as `runsyncer` does (`syncer.runner.build_pipeline`) and
+Builds the pipeline exactly as `runsyncer` does (`syncer.wiring.build_pipeline`) and
 runs it until SIGTERM/SIGINT, a time limit, or the death of its parent. An observer
 records, for every acknowledged source transaction (TxKind.CHANGES), the time from
 its commit on the source to its acknowledgement (checkpoint saved), and a timer
@@ -41,7 +41,7 @@ from django.db import connections  # noqa: E402
 from syncer.engine.changes import Transaction, TxKind  # noqa: E402
 from syncer.engine.pipeline import Pipeline, sleep_unless_stopped  # noqa: E402
 from syncer.models import Subscription  # noqa: E402
-from syncer.runner import build_pipeline  # noqa: E402
+from syncer.wiring import build_pipeline  # noqa: E402
 
 
 class Recorder:

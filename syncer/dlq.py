@@ -35,6 +35,7 @@ from syncer.engine.outcomes import INCOMPLETE_DOCUMENT, ItemResult, Outcome, unw
 from syncer.errors import SyncError
 from syncer.models import DeadLetter, Subscription
 from syncer.redaction import redact
+from syncer.wiring import build_sink
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -243,19 +244,13 @@ class RetryReport:
 SinkFactory = Callable[[Subscription], Sink]
 
 
-def _default_sink(subscription: Subscription) -> Sink:
-    from syncer.runner import build_sink
-
-    return build_sink(subscription)
-
-
 async def aretry(
     selection: Selection,
     limit: int | None = None,
     *,
     batch_size: int = RETRY_BATCH,
     progress: Callable[[RetryReport], None] | None = None,
-    sink_factory: SinkFactory = _default_sink,
+    sink_factory: SinkFactory = build_sink,
 ) -> RetryReport:
     """Resubmit the selected entries; see the module docstring for the outcomes."""
     report = RetryReport()

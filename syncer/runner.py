@@ -33,20 +33,16 @@ from django.db.models import Count
 from django.utils import timezone
 
 from syncer import conf, dlq, metrics, worker_http, worker_state
-from syncer.engine.interfaces import Source
-from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig, sleep_unless_stopped
+from syncer.engine.pipeline import Pipeline, sleep_unless_stopped
 from syncer.live.messages import SnapshotMessage
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from syncer.ownership import Ownership, OwnershipLost
 from syncer.positions import format_position
-from syncer.sink_config import sink_config
-from syncer.sinks.opensearch import OpenSearchSink
-from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
-from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
-from syncer.store import ConsoleDatabaseUnavailable, DjangoDeadLetters, DjangoStateStore, in_db
+from syncer.store import ConsoleDatabaseUnavailable, in_db
 from syncer.supervisor import Supervisor
 from syncer.throughput import Throughput
+from syncer.wiring import build_pipeline
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -58,73 +54,6 @@ class UnknownSubscription(ValueError):
 
 class MetricsPortUnavailable(OSError):
     """The metrics port cannot be listened on (taken, or not allowed)."""
-
-
-def build_sink(sub: Subscription) -> OpenSearchSink:
-    """The OpenSearch sink of one subscription, as the worker and DLQ retries use it."""
-    return OpenSearchSink(sink_config(sub))
-
-
-def build_source(sub: Subscription) -> Source:
-    """The source adapter for the subscription's kind."""
-    if sub.source_kind == Subscription.SourceKind.MATERIALIZE:
-        return MaterializeSource(
-            MaterializeSourceConfig(
-                name=sub.name,
-                dsn=sub.source_dsn,
-                relation=sub.relation,
-                key_columns=tuple(sub.key_columns or ()),
-                cluster=sub.source_cluster,
-                envelope=sub.source_envelope,
-            )
-        )
-    return PostgresSource(
-        PostgresSourceConfig(
-            name=sub.name,
-            dsn=sub.source_dsn,
-            relation=sub.relation,
-            key_columns=tuple(sub.key_columns or ()),
-            slot_name=sub.slot_name,
-            wal_warn_bytes=conf.worker().slot_wal_warn_bytes,
-        )
-    )
-
-
-def build_pipeline(
-    sub: Subscription,
-    observer: Observer | None = None,
-    *,
-    index: str | None = None,
-    on_resync_copied: Callable[[], Awaitable[None]] | None = None,
-) -> Pipeline:
-    """Wire one subscription's source, sink and store into a pipeline.
-
-    `index` writes into another index than the subscription's (a new-index resync);
-    `on_resync_copied` runs when an operator's resync has copied everything.
-    """
-    worker = conf.worker()
-    source = build_source(sub)
-    sink = OpenSearchSink(sink_config(sub, index))
-    config = PipelineConfig(
-        name=sub.name,
-        batch_max_size=sub.batch_max_size,
-        batch_max_age=sub.batch_max_age_ms / 1000,
-        pause_at=sub.backpressure_pause_at,
-        resume_at=sub.backpressure_resume_at,
-        max_attempts=worker.max_attempts,
-        poll_interval=worker.poll_interval,
-        backoff_base=worker.backoff_base,
-        backoff_cap=worker.backoff_cap,
-        warnings_every=worker.slot_check_interval,
-    )
-    return Pipeline(
-        config,
-        source,
-        sink,
-        DjangoStateStore(sub.pk, sub.name, on_resync_copied=on_resync_copied),
-        DjangoDeadLetters(sub.pk, sub.name),
-        observer=observer,
-    )
 
 
 def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:

@@ -1,7 +1,7 @@
 """`/api/subscriptions/{name}/documents/{id}`: a document as the subscription's index holds it.
 
 The live tail links each document id here. OpenSearch is reached with the subscription's
-own sink settings (`syncer.sink_config`), as the worker reaches it; the index is never
+own sink settings (`syncer.wiring.sink_config`), as the worker reaches it; the index is never
 created by a read.
 """
 
@@ -20,8 +20,8 @@ from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.positions import format_position
-from syncer.sink_config import sink_config
 from syncer.sinks.opensearch import make_client
+from syncer.wiring import sink_config
 
 log = structlog.get_logger(__name__)
 router = Router(tags=["subscriptions"])

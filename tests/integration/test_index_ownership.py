@@ -18,8 +18,8 @@ from syncer import control
 from syncer.errors import ForeignIndex
 from syncer.index_swap import point_alias
 from syncer.models import Subscription
-from syncer.sink_config import sink_config
 from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
+from syncer.wiring import sink_config
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.materialize_double import MaterializeDouble
 

@@ -1,0 +1,104 @@
+"""A Subscription row -> its source, its sink, its pipeline: the only place that builds them.
+
+The worker (`syncer.runner`, `syncer.supervisor`), the dead-letter retries (`syncer.dlq`)
+and the console's document view all reach a subscription's adapters through here, so
+each reaches them the same way. This module imports the adapters and the ORM state;
+nothing it imports may import it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from syncer import conf
+from syncer.engine.interfaces import Source
+from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
+from syncer.models import Subscription
+from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
+from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
+from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
+from syncer.store import DjangoDeadLetters, DjangoStateStore
+
+
+def sink_config(sub: Subscription, index: str | None = None) -> OpenSearchSinkConfig:
+    """Where the subscription writes: its index (or alias), or `index` instead."""
+    search = conf.opensearch()
+    return OpenSearchSinkConfig(
+        name=sub.name,
+        index=index or sub.index_name,
+        url=search.url,
+        settings=sub.index_settings or {},
+        mappings=sub.index_mappings or {},
+        user=search.user,
+        password=search.password,
+        ca_certs=search.ca_certs,
+        verify_certs=search.verify_certs,
+        adopt_index=sub.adopt_index,
+    )
+
+
+def build_sink(sub: Subscription) -> OpenSearchSink:
+    """The OpenSearch sink of one subscription, as the worker and DLQ retries use it."""
+    return OpenSearchSink(sink_config(sub))
+
+
+def build_source(sub: Subscription) -> Source:
+    """The source adapter for the subscription's kind."""
+    if sub.source_kind == Subscription.SourceKind.MATERIALIZE:
+        return MaterializeSource(
+            MaterializeSourceConfig(
+                name=sub.name,
+                dsn=sub.source_dsn,
+                relation=sub.relation,
+                key_columns=tuple(sub.key_columns or ()),
+                cluster=sub.source_cluster,
+                envelope=sub.source_envelope,
+            )
+        )
+    return PostgresSource(
+        PostgresSourceConfig(
+            name=sub.name,
+            dsn=sub.source_dsn,
+            relation=sub.relation,
+            key_columns=tuple(sub.key_columns or ()),
+            slot_name=sub.slot_name,
+            wal_warn_bytes=conf.worker().slot_wal_warn_bytes,
+        )
+    )
+
+
+def build_pipeline(
+    sub: Subscription,
+    observer: Observer | None = None,
+    *,
+    index: str | None = None,
+    on_resync_copied: Callable[[], Awaitable[None]] | None = None,
+) -> Pipeline:
+    """Wire one subscription's source, sink and store into a pipeline.
+
+    `index` writes into another index than the subscription's (a new-index resync);
+    `on_resync_copied` runs when an operator's resync has copied everything.
+    """
+    worker = conf.worker()
+    source = build_source(sub)
+    sink = OpenSearchSink(sink_config(sub, index))
+    config = PipelineConfig(
+        name=sub.name,
+        batch_max_size=sub.batch_max_size,
+        batch_max_age=sub.batch_max_age_ms / 1000,
+        pause_at=sub.backpressure_pause_at,
+        resume_at=sub.backpressure_resume_at,
+        max_attempts=worker.max_attempts,
+        poll_interval=worker.poll_interval,
+        backoff_base=worker.backoff_base,
+        backoff_cap=worker.backoff_cap,
+        warnings_every=worker.slot_check_interval,
+    )
+    return Pipeline(
+        config,
+        source,
+        sink,
+        DjangoStateStore(sub.pk, sub.name, on_resync_copied=on_resync_copied),
+        DjangoDeadLetters(sub.pk, sub.name),
+        observer=observer,
+    )
