@@ -485,6 +485,3 @@ def _live_rows(ids: Sequence[int]) -> dict[int, _LiveRow]:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
-
-
-load_subscriptions_async = sync_to_async(load_subscriptions, thread_sensitive=True)

@@ -114,9 +114,3 @@ def clear_checkpoint(subscription_id: int, requested_at: datetime) -> bool:
         reset_requested_at=None,
     )
     return bool(updated)
-
-
-def drop_resync_request(subscription_id: int, requested_at: datetime) -> None:
-    Subscription.objects.filter(pk=subscription_id, resync_requested_at=requested_at).update(
-        resync_requested_at=None, resync_mode=""
-    )
