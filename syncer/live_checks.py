@@ -34,9 +34,9 @@ from syncer import conf, dsn
 from syncer.errors import SourceConfigError
 from syncer.logconfig import redact
 from syncer.models import Subscription
+from syncer.sources.identifiers import is_query, parse_cluster, split_name
 from syncer.sources.postgres.catalog import describe_table
 from syncer.sources.sqlerrors import describe
-from syncer.validators import is_query, parse_cluster, split_name
 
 log = structlog.get_logger(__name__)
 

@@ -54,10 +54,10 @@ from syncer.engine.timestamps import (
     timestamp_seconds,
 )
 from syncer.errors import SourceConfigError, SyncError
+from syncer.sources.identifiers import is_query, split_name
 from syncer.sources.materialize.errors import compacted, translated
 from syncer.sources.sqlerrors import describe
 from syncer.sources.values import Decoder, make_decoder
-from syncer.validators import is_query, split_name
 
 log = structlog.get_logger(__name__)
 

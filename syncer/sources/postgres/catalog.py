@@ -8,8 +8,8 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from syncer.errors import SourceConfigError
+from syncer.sources.identifiers import split_relation
 from syncer.sources.postgres.queries import QUERIES
-from syncer.validators import split_relation
 
 _TABLE_KINDS = {"r": "table", "p": "partitioned table"}
 _OTHER_KINDS = {"v": "view", "m": "materialized view", "f": "foreign table", "S": "sequence"}
