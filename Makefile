@@ -68,4 +68,4 @@ bench-monitor: $(STAMP) setup-postgres browser
 	$(PY) bench/monitor.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts .demo
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .grimp_cache .import_linter_cache artifacts .demo
