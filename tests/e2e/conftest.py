@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 
-from tests.support.harness import ROOT, WorkerProcess, wait_for
+from tests.support.harness import wait_for
+from tests.support.process import ROOT, WorkerProcess, free_port, test_database_url
 from tests.support.tcpproxy import TcpProxy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,18 +41,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 STAFF_USER = "operator"
 STAFF_PASSWORD = "e2e-operator-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def database_url() -> str:
-    """The console's test database, as the subprocesses must reach it."""
-    db = settings.DATABASES["default"]
-    return f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -157,7 +145,7 @@ def console_server(
     """daphne serving console.asgi:application on the test database."""
     env = {
         **_base_env(),
-        "DATABASE_URL": database_url(),
+        "DATABASE_URL": test_database_url(),
         "REDIS_URL": redis_url,
         "OPENSEARCH_URL": opensearch_url,
         "DJANGO_SETTINGS_MODULE": "console.settings",

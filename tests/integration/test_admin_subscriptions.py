@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 from typing import Any
 
 import psycopg
@@ -18,6 +17,7 @@ from syncer import dsn
 from syncer.models import Subscription
 from tests.support.factories import admin_form
 from tests.support.materialize_double import MaterializeDouble
+from tests.support.process import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -560,12 +560,6 @@ def test_deleting_a_materialize_subscription_drops_no_replication_slot(
 def live(data: dict[str, str]) -> dict[str, str]:
     """`data` posted without ticking “skip live checks”."""
     return {k: v for k, v in data.items() if k != "skip_live_checks"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

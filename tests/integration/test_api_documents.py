@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +12,7 @@ from opensearchpy import OpenSearch
 
 from console.models import ApiToken
 from tests.support.factories import subscription
+from tests.support.process import free_port
 from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db
@@ -111,9 +111,7 @@ def test_unknown_subscription_is_404(client: Client, opensearch_url: str) -> Non
 
 
 def test_unreachable_opensearch_is_503_with_the_reason(client: Client, settings: Any) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings.OPENSEARCH_URL = f"http://admin:s3cret@127.0.0.1:{port}"  # nothing listens there
     subscription("orders")
 

@@ -7,12 +7,10 @@ mapping checks, or from a fault-injecting proxy in front of it.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -20,9 +18,9 @@ from django.urls import reverse
 from syncer import dlq
 from syncer.models import DeadLetter
 from tests.integration.test_dlq_admin import action_post, confirm_post
-from tests.integration.test_worker_process import Worker
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.httpfaults import FaultProxy
+from tests.support.process import ROOT, WorkerProcess, free_port
 
 STRICT = {
     "dynamic": "strict",
@@ -253,7 +251,7 @@ def test_the_worker_retries_dead_letters_periodically_when_asked(
 def test_a_malformed_retry_interval_is_refused_before_anything_runs():
     result = subprocess.run(
         [sys.executable, "manage.py", "runsyncer", "--dlq-retry-every", "5 minutes"],
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -298,8 +296,8 @@ def test_backpressure_and_throughput_are_exported_as_prometheus_metrics(
         backpressure_resume_at=100,
     )
     faults.delay(0.3, path_contains="_bulk")
-    port = _free_port()
-    worker = Worker(faults.url, tmp_path / "w.log", "--metrics-port", str(port)).process
+    port = free_port()
+    worker = WorkerProcess(faults.url, tmp_path / "w.log", metrics_port=port).process
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         wait_for(lambda: status_of("metered").status == "caught_up", what="caught up")
@@ -330,9 +328,3 @@ def test_backpressure_and_throughput_are_exported_as_prometheus_metrics(
 def _scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from syncer.checks import require_secret_key
 from syncer.conf import LOCAL_SECRET_KEY
 from tests.support.harness import wait_for
+from tests.support.process import ROOT, WorkerProcess, free_port, test_database_url
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = secrets.token_urlsafe(50)
 HOST = "search-console.example.com"
 _OURS = {
@@ -57,11 +56,10 @@ def production_env() -> dict[str, str]:
 def bare_env(**env: str) -> dict[str, str]:
     """This environment without any of the settings above, plus `env`."""
     base = {k: v for k, v in os.environ.items() if k not in _OURS}
-    db = django_settings.DATABASES["default"]
     return {
         **base,
         "DJANGO_SETTINGS_MODULE": "console.settings",
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": test_database_url(),
         **env,
     }
 
@@ -75,12 +73,6 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- check --deploy --------------------------------------------------------------------
@@ -135,23 +127,18 @@ def test_runsyncer_refuses_to_start_without_a_secret_key():
 def test_runsyncer_starts_with_a_key(transactional_db, tmp_path):
     port = free_port()
     log = tmp_path / "worker.log"
-    with log.open("ab") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "runsyncer", "--metrics-port", str(port)],
-            cwd=ROOT,
-            env=bare_env(SECRET_KEY=KEY),
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
+    worker = WorkerProcess(None, log, base_env=bare_env(SECRET_KEY=KEY), metrics_port=port)
     try:
         wait_for(
-            lambda: worker.poll() is not None or _status(f"http://127.0.0.1:{port}/health") == 200,
+            lambda: (
+                worker.process.poll() is not None
+                or _status(f"http://127.0.0.1:{port}/health") == 200
+            ),
             what="the worker's /health",
         )
-        assert worker.poll() is None, log.read_text()[-3000:]
+        assert worker.process.poll() is None, log.read_text()[-3000:]
     finally:
-        worker.terminate()
-        assert worker.wait(40) == 0, log.read_text()[-3000:]
+        assert worker.terminate(40) == 0, log.read_text()[-3000:]
 
 
 # -- the web process -------------------------------------------------------------------

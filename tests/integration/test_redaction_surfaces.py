@@ -11,13 +11,11 @@ import asyncio
 import copy
 import importlib.util
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,8 +42,8 @@ from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import entry, subscription
+from tests.support.process import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 LEAKY = "cannot connect to postgresql://:s3cret-pw@db.internal/shop (password=two words)"
 SHOWN = "cannot connect to postgresql://:***@db.internal/shop (password=***)"
 ORIGIN = (b"origin", b"http://localhost:8000")
@@ -170,12 +168,6 @@ class RefusingSource(InMemorySource):
 
     async def open(self, resume: Any) -> None:
         raise SourceConfigError(LEAKY)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def ready_body(port: int) -> dict[str, Any]:

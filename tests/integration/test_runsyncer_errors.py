@@ -6,14 +6,12 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.conftest import ADMIN_DSN
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.process import ROOT, test_database_url
 
 
 def runsyncer(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -56,8 +54,7 @@ def test_an_unmigrated_console_database_says_to_migrate(empty_database):
 
 
 def test_a_taken_metrics_port_says_to_choose_another(transactional_db, settings):
-    db = settings.DATABASES["default"]
-    url = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    url = test_database_url()
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()

@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
 from syncer.models import Subscription
+from tests.support.process import ROOT, test_database_url
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET_DSN = "postgresql://u:s3cret@h/db"
 NO_SUCH_DB = "postgresql://postgres@127.0.0.1:5432/searchsync_no_such_database"
 
@@ -319,10 +318,9 @@ def test_show_of_a_name_with_a_nul_character_finds_nothing() -> None:
 def test_the_command_line_exits_non_zero_without_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"subscriptions": [{"name": "orders"}]}')
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": test_database_url(),
     }
 
     result = subprocess.run(
@@ -345,10 +343,9 @@ def test_the_command_line_exits_non_zero_without_a_traceback(tmp_path: Path) -> 
 def test_the_command_line_exits_zero_on_success(tmp_path: Path) -> None:
     good = tmp_path / "subs.yaml"
     good.write_text(ORDERS_YAML)
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": test_database_url(),
     }
 
     result = subprocess.run(
