@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.harness import wait_for
-from tests.support.process import ROOT, WorkerProcess, free_port, test_database_url
+from tests.support.process import ROOT, WorkerProcess, database_url, free_port
 from tests.support.tcpproxy import TcpProxy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -145,7 +145,7 @@ def console_server(
     """daphne serving console.asgi:application on the test database."""
     env = {
         **_base_env(),
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url(),
         "REDIS_URL": redis_url,
         "OPENSEARCH_URL": opensearch_url,
         "DJANGO_SETTINGS_MODULE": "console.settings",

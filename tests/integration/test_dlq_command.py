@@ -21,7 +21,7 @@ from opensearchpy import OpenSearch
 from syncer import dlq
 from syncer.models import DeadLetter, Subscription
 from tests.support.factories import entry, subscription
-from tests.support.process import ROOT, test_database_url
+from tests.support.process import ROOT, database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -65,7 +65,7 @@ def manage(*args: str) -> subprocess.Popen[str]:
     """Start `manage.py dlq ARGS` on the test database."""
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url(),
     }
     return subprocess.Popen(
         [sys.executable, "manage.py", "dlq", *args],

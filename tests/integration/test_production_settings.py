@@ -24,7 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from syncer.checks import require_secret_key
 from syncer.conf import LOCAL_SECRET_KEY
 from tests.support.harness import wait_for
-from tests.support.process import ROOT, WorkerProcess, free_port, test_database_url
+from tests.support.process import ROOT, WorkerProcess, database_url, free_port
 
 KEY = secrets.token_urlsafe(50)
 HOST = "search-console.example.com"
@@ -59,7 +59,7 @@ def bare_env(**env: str) -> dict[str, str]:
     return {
         **base,
         "DJANGO_SETTINGS_MODULE": "console.settings",
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url(),
         **env,
     }
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ADMIN_DSN
-from tests.support.process import ROOT, test_database_url
+from tests.support.process import ROOT, database_url
 
 
 def runsyncer(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -54,7 +54,7 @@ def test_an_unmigrated_console_database_says_to_migrate(empty_database):
 
 
 def test_a_taken_metrics_port_says_to_choose_another(transactional_db, settings):
-    url = test_database_url()
+    url = database_url()
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()

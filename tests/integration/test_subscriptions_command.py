@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from syncer.models import Subscription
-from tests.support.process import ROOT, test_database_url
+from tests.support.process import ROOT, database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -320,7 +320,7 @@ def test_the_command_line_exits_non_zero_without_a_traceback(tmp_path: Path) -> 
     bad.write_text('{"subscriptions": [{"name": "orders"}]}')
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url(),
     }
 
     result = subprocess.run(
@@ -345,7 +345,7 @@ def test_the_command_line_exits_zero_on_success(tmp_path: Path) -> None:
     good.write_text(ORDERS_YAML)
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url(),
     }
 
     result = subprocess.run(

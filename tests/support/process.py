@@ -25,7 +25,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def test_database_url() -> str:
+def database_url() -> str:
     """The console's test database, as a subprocess must reach it."""
     from django.conf import settings
 
@@ -33,11 +33,11 @@ def test_database_url() -> str:
     return f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-def test_worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     """This environment on the test database, reconnecting quickly, logging at INFO."""
     return {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url(),
         "SYNCER_BACKOFF_BASE": "0.2",
         "SYNCER_BACKOFF_CAP": "2",
         "LOG_LEVEL": "INFO",
@@ -48,7 +48,7 @@ class WorkerProcess:
     """`manage.py runsyncer` as a real process; its stderr appended to `log`.
 
     `opensearch_url` (unless None) is its OPENSEARCH_URL; `base_env` replaces the test
-    environment (`test_worker_env`); `metrics_port` serves /health, /ready and /metrics
+    environment (`worker_env`); `metrics_port` serves /health, /ready and /metrics
     there; `env` is set on top of it all.
     """
 
@@ -64,7 +64,7 @@ class WorkerProcess:
         self.log = log
         self.metrics_port = metrics_port
         environment = {
-            **(test_worker_env() if base_env is None else base_env),
+            **(worker_env() if base_env is None else base_env),
             **({} if opensearch_url is None else {"OPENSEARCH_URL": opensearch_url}),
             **env,
         }
