@@ -15,21 +15,16 @@ from django.urls import reverse
 
 from syncer import dsn
 from syncer.models import Subscription
+from tests.support import factories
 from tests.support.factories import admin_form
 from tests.support.materialize_double import MaterializeDouble
 from tests.support.process import free_port
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 SECRET_DSN = "postgresql://u:s3cret@h/db"
 NO_SUCH_DB = "postgresql://postgres@127.0.0.1:5432/searchsync_no_such_database"
 CHANGELIST = reverse("admin:syncer_subscription_changelist")
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    """`admin_client` makes a superuser per test; the default hasher costs half a second."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def change_url(subscription: Subscription) -> str:
@@ -41,13 +36,7 @@ def delete_url(subscription: Subscription) -> str:
 
 
 def make(name: str = "orders", **fields: Any) -> Subscription:
-    values: dict[str, Any] = {
-        "source_dsn": SECRET_DSN,
-        "relation": "public.orders",
-        "index_name": name,
-        **fields,
-    }
-    return Subscription.objects.create(name=name, **values)
+    return factories.subscription(name, **{"source_dsn": SECRET_DSN, **fields})
 
 
 def form_data(subscription: Subscription, **changes: str) -> dict[str, str]:

@@ -12,10 +12,9 @@ import pytest
 from django.test import Client
 from opensearchpy import OpenSearch
 
-from console.models import ApiToken
 from syncer.models import DeadLetter
 from tests.support.factories import entry, subscription
-from tests.support.users import operator
+from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -25,9 +24,7 @@ TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
 
 @pytest.fixture
 def client() -> Client:
-    staff = operator()
-    _, text = ApiToken.issue(staff, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator())
 
 
 def pages(client: Client, **filters: Any) -> list[list[str]]:

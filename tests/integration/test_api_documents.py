@@ -10,10 +10,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from opensearchpy import OpenSearch
 
-from console.models import ApiToken
 from tests.support.factories import subscription
 from tests.support.process import free_port
-from tests.support.users import operator
+from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -22,9 +21,7 @@ LSN = (0x16 << 32) | 0xB374D848
 
 @pytest.fixture
 def client() -> Client:
-    staff = operator()
-    _, text = ApiToken.issue(staff, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator())
 
 
 @pytest.fixture
@@ -127,8 +124,7 @@ def test_document_needs_authentication(search: OpenSearch, orders: str) -> None:
 
     anonymous = Client().get(document_url(orders, "1"))
     clerk = User.objects.create_user("clerk", is_staff=False)
-    _, text = ApiToken.issue(clerk, "clerk")
-    not_staff = Client(headers={"Authorization": f"Bearer {text}"}).get(document_url(orders, "1"))
+    not_staff = token_client(clerk, "clerk").get(document_url(orders, "1"))
 
     assert anonymous.status_code == 401
     assert "document" not in anonymous.json()

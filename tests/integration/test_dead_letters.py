@@ -70,10 +70,10 @@ def test_a_rejected_row_is_dead_lettered_then_superseded_when_fixed_in_the_sourc
         assert index_docs(search, "orders")["2"] == {"id": 2, "total": "12"}
 
 
+@pytest.mark.usefixtures("fast_password_hashing")
 def test_after_the_mapping_is_fixed_admin_retry_selected_succeeds_with_the_original_version(
-    source_conn, table_name, make_subscription, search, admin_client, settings
+    source_conn, table_name, make_subscription, search, admin_client
 ):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     entry = dead_letter_a_row(source_conn, table_name, make_subscription, "notes")
     assert entry.error_type == "strict_dynamic_mapping_exception"
 

@@ -23,19 +23,13 @@ from syncer import admin_dead_letters
 from syncer.models import DeadLetter
 from tests.support.factories import entry, subscription
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 CHANGELIST = reverse("admin:syncer_deadletter_changelist")
 RETRY_URL = reverse("admin:syncer_deadletter_retry")
 PURGE_URL = reverse("admin:syncer_deadletter_purge")
 UNREACHABLE = "http://127.0.0.1:9"
 TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    """`admin_client` makes a superuser per test; the default hasher costs half a second."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def shown_messages(response: Any) -> list[tuple[int, str]]:

@@ -10,10 +10,12 @@ from django.utils import timezone
 from syncer.models import DeadLetter, Subscription
 
 
-def subscription(name: str = "orders") -> Subscription:
-    return Subscription.objects.create(
-        name=name, source_dsn="postgresql://u@h/db", relation="public.orders", index_name=name
-    )
+def subscription(name: str = "orders", **fields: Any) -> Subscription:
+    """A postgres subscription of public.orders into index `name`, with `fields` on top."""
+    fields.setdefault("source_dsn", "postgresql://u@h/db")
+    fields.setdefault("relation", "public.orders")
+    fields.setdefault("index_name", name)
+    return Subscription.objects.create(name=name, **fields)
 
 
 def entry(
