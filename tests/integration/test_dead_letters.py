@@ -7,8 +7,6 @@ mapping checks, or from a fault-injecting proxy in front of it.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -20,7 +18,7 @@ from syncer.models import DeadLetter
 from tests.integration.test_dlq_admin import action_post, confirm_post
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.httpfaults import FaultProxy
-from tests.support.process import ROOT, WorkerProcess, free_port
+from tests.support.process import WorkerProcess, free_port, manage
 
 STRICT = {
     "dynamic": "strict",
@@ -249,13 +247,7 @@ def test_the_worker_retries_dead_letters_periodically_when_asked(
 
 
 def test_a_malformed_retry_interval_is_refused_before_anything_runs():
-    result = subprocess.run(
-        [sys.executable, "manage.py", "runsyncer", "--dlq-retry-every", "5 minutes"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = manage("runsyncer", "--dlq-retry-every", "5 minutes")
     assert result.returncode == 2
     assert "'5 minutes' is not an age" in result.stderr and "e.g. 30m" in result.stderr
 

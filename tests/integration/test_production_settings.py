@@ -24,7 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from syncer.checks import require_secret_key
 from syncer.conf import LOCAL_SECRET_KEY
 from tests.support.harness import wait_for
-from tests.support.process import ROOT, WorkerProcess, database_url, free_port
+from tests.support.process import ROOT, WorkerProcess, database_url, free_port, manage
 
 KEY = secrets.token_urlsafe(50)
 HOST = "search-console.example.com"
@@ -64,17 +64,6 @@ def bare_env(**env: str) -> dict[str, str]:
     }
 
 
-def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 # -- check --deploy --------------------------------------------------------------------
 
 
@@ -85,13 +74,14 @@ def test_check_deploy_passes_with_the_documented_production_environment():
         "--fail-level",
         "WARNING",
         env=bare_env(**production_env(), SECRET_KEY=KEY),
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
 
 
 def test_check_deploy_fails_without_it_and_says_what_to_set():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", env=bare_env())
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=bare_env(), timeout=120)
     assert result.returncode != 0
     assert "(syncer.E006) SECRET_KEY is not set and DEBUG is off" in result.stderr
     assert "HINT: Set SECRET_KEY to a long random value" in result.stderr
@@ -99,7 +89,7 @@ def test_check_deploy_fails_without_it_and_says_what_to_set():
 
 
 def test_commands_that_do_not_serve_still_work_without_a_key():
-    result = manage("check", env=bare_env())
+    result = manage("check", env=bare_env(), timeout=120)
     assert result.returncode == 0, result.stderr
 
 
@@ -117,7 +107,7 @@ def test_only_debug_off_without_a_key_is_refused(settings):
 
 
 def test_runsyncer_refuses_to_start_without_a_secret_key():
-    result = manage("runsyncer", env=bare_env())
+    result = manage("runsyncer", env=bare_env(), timeout=120)
     assert result.returncode == 1
     assert "refusing to start the worker (runsyncer): SECRET_KEY is not set" in result.stderr
     assert "DEBUG=1" in result.stderr

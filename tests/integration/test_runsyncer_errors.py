@@ -5,24 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 import psycopg
 import pytest
 
 from tests.conftest import ADMIN_DSN
-from tests.support.process import ROOT, database_url
+from tests.support.process import database_url, manage
 
 
 def runsyncer(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", "runsyncer", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage("runsyncer", *args, env={**os.environ, **env})
 
 
 def test_a_missing_console_database_says_to_create_and_migrate_it():

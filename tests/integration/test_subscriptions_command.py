@@ -6,8 +6,6 @@ import datetime as dt
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from syncer.models import Subscription
-from tests.support.process import ROOT, database_url
+from tests.support.process import database_url, manage
 
 pytestmark = pytest.mark.django_db
 
@@ -323,15 +321,7 @@ def test_the_command_line_exits_non_zero_without_a_traceback(tmp_path: Path) -> 
         "DATABASE_URL": database_url(),
     }
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "subscriptions", "apply", str(bad)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = manage("subscriptions", "apply", str(bad), env=env)
 
     assert result.returncode == 1
     assert "subscription 'orders': source: required; add it" in result.stderr
@@ -348,15 +338,7 @@ def test_the_command_line_exits_zero_on_success(tmp_path: Path) -> None:
         "DATABASE_URL": database_url(),
     }
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "subscriptions", "apply", str(good)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = manage("subscriptions", "apply", str(good), env=env)
 
     assert result.returncode == 0, result.stderr
     assert "2 subscriptions: 2 created" in result.stdout

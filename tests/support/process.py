@@ -1,4 +1,4 @@
-"""Processes the tests and the bench start: a free port, and `manage.py runsyncer`.
+"""Processes the tests and the bench start: a free port, `manage.py` commands, `runsyncer`.
 
 Django-free at import (the bench imports it before `django.setup()`); the test
 database's URL is read from the settings only when a worker is started without an
@@ -42,6 +42,20 @@ def worker_env() -> dict[str, str]:
         "SYNCER_BACKOFF_CAP": "2",
         "LOG_LEVEL": "INFO",
     }
+
+
+def manage(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `manage.py ARGS` to its end, its output captured; `env` replaces this environment."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class WorkerProcess:
