@@ -50,7 +50,7 @@ from bench.run import (  # noqa: E402
     say,
     wait_until,
 )
-from tests.support.process import WorkerProcess, free_port  # noqa: E402
+from tests.support.process import WorkerProcess, free_port, start_daphne  # noqa: E402
 
 NAME = "bench-monitor"
 TABLE = "bench_monitor"
@@ -188,23 +188,15 @@ class Run:
         metrics_port, web_port = free_port(), free_port()
         logs = ARTIFACTS / "monitor"
         logs.mkdir(parents=True, exist_ok=True)
-        python = sys.executable
         worker_log = logs / "worker.log"
         worker_log.unlink(missing_ok=True)  # a fresh log each run
         worker = WorkerProcess(
             None, worker_log, "--subscription", NAME, base_env=env, metrics_port=metrics_port
         )
         self.procs.append(worker.process)
-        daphne = str(Path(python).with_name("daphne"))
-        self.procs.append(
-            subprocess.Popen(
-                [daphne, "-b", "127.0.0.1", "-p", str(web_port), "console.asgi:application"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=(logs / "daphne.log").open("wb"),
-            )
-        )
+        daphne_log = logs / "daphne.log"
+        daphne_log.unlink(missing_ok=True)
+        self.procs.append(start_daphne(web_port, env, daphne_log))
         user, _ = get_user_model().objects.get_or_create(
             username="bench-monitor", defaults={"is_staff": True, "is_superuser": True}
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.harness import wait_for
-from tests.support.process import ROOT, WorkerProcess, database_url, free_port
+from tests.support.process import ROOT, WorkerProcess, database_url, free_port, start_daphne
 from tests.support.tcpproxy import TcpProxy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -107,17 +106,7 @@ class ConsoleServer:
         return self.log.read_text(errors="replace")[-4000:]
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)),
-                    "console.asgi:application",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_daphne(self.port, self.env, self.log)
         wait_for(self._serving, timeout=30, what="daphne to serve /admin/login/")
 
     def stop(self) -> None:

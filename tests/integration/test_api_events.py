@@ -11,8 +11,6 @@ import copy
 import http.client
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +32,7 @@ from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import subscription
 from tests.support.harness import wait_for
-from tests.support.process import ROOT, free_port
+from tests.support.process import ROOT, free_port, start_daphne
 from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,23 +69,7 @@ def daphne(
         "LOG_LEVEL": "INFO",
     }
     log = folder / "daphne.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "console.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_daphne(port, env, log)
     try:
         wait_for(
             lambda: process.poll() is not None or _answers(port),

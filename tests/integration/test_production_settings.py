@@ -24,7 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from syncer.checks import require_secret_key
 from syncer.conf import LOCAL_SECRET_KEY
 from tests.support.harness import wait_for
-from tests.support.process import ROOT, WorkerProcess, database_url, free_port, manage
+from tests.support.process import ROOT, WorkerProcess, database_url, free_port, manage, start_daphne
 
 KEY = secrets.token_urlsafe(50)
 HOST = "search-console.example.com"
@@ -161,14 +161,7 @@ class Daphne:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-p", str(self.port), "console.asgi:application"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_daphne(self.port, env, log)
         wait_for(self._listening, timeout=30, what="daphne to listen")
 
     def _listening(self) -> bool:

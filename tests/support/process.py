@@ -1,4 +1,4 @@
-"""Processes the tests and the bench start: a free port, `manage.py` commands, `runsyncer`.
+"""Processes the tests and the bench start: `manage.py` commands, `runsyncer`, daphne.
 
 Django-free at import (the bench imports it before `django.setup()`); the test
 database's URL is read from the settings only when a worker is started without an
@@ -56,6 +56,21 @@ def manage(
         text=True,
         timeout=timeout,
     )
+
+
+def start_daphne(port: int, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start daphne serving console.asgi:application on 127.0.0.1:`port`; output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)),
+                "console.asgi:application",
+            ],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 class WorkerProcess:
