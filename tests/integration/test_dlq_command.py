@@ -20,13 +20,12 @@ from opensearchpy import OpenSearch
 
 from syncer import dlq
 from syncer.models import DeadLetter, Subscription
-from tests.support.factories import entry, subscription
+from tests.support.factories import TOTAL_IS_INTEGER, entry, subscription
 from tests.support.process import ROOT, database_url
 
 pytestmark = pytest.mark.django_db
 
 UNREACHABLE = "http://127.0.0.1:9"
-TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
 MB = 1024 * 1024
 
 
