@@ -50,17 +50,12 @@ from bench.run import (  # noqa: E402
     say,
     wait_until,
 )
+from tests.support.process import WorkerProcess, free_port, start_daphne  # noqa: E402
 
 NAME = "bench-monitor"
 TABLE = "bench_monitor"
 TARGET = 0.95
 REDIS_DB = 9  # the bench's own Redis database: tests and demos use others
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape_changes(port: int) -> float:
@@ -193,29 +188,15 @@ class Run:
         metrics_port, web_port = free_port(), free_port()
         logs = ARTIFACTS / "monitor"
         logs.mkdir(parents=True, exist_ok=True)
-        python = sys.executable
-        self.procs.append(
-            subprocess.Popen(
-                [
-                    *(python, "manage.py", "runsyncer", "--subscription", NAME),
-                    *("--metrics-port", str(metrics_port)),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=(logs / "worker.log").open("wb"),
-            )
+        worker_log = logs / "worker.log"
+        worker_log.unlink(missing_ok=True)  # a fresh log each run
+        worker = WorkerProcess(
+            None, worker_log, "--subscription", NAME, base_env=env, metrics_port=metrics_port
         )
-        daphne = str(Path(python).with_name("daphne"))
-        self.procs.append(
-            subprocess.Popen(
-                [daphne, "-b", "127.0.0.1", "-p", str(web_port), "console.asgi:application"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=(logs / "daphne.log").open("wb"),
-            )
-        )
+        self.procs.append(worker.process)
+        daphne_log = logs / "daphne.log"
+        daphne_log.unlink(missing_ok=True)
+        self.procs.append(start_daphne(web_port, env, daphne_log))
         user, _ = get_user_model().objects.get_or_create(
             username="bench-monitor", defaults={"is_staff": True, "is_superuser": True}
         )

@@ -114,6 +114,16 @@ def search(opensearch_url: str) -> Iterator[OpenSearch]:
 
 
 @pytest.fixture
+def fast_password_hashing(settings: Any) -> None:
+    """Hash passwords with MD5, not PBKDF2 (half a second for each user a test makes).
+
+    Only for users this process checks: a daphne a test starts hashes as
+    console.settings says, so the browser tests' users keep the default hasher.
+    """
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
 def fast_retries(settings: Any) -> None:
     """Reconnect after 0.2, 0.4 ... 2 s instead of 1 ... 30 s."""
     settings.SYNCER_BACKOFF_BASE = 0.2

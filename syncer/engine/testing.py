@@ -6,14 +6,18 @@ rather than recording calls, and let a test inject the failures real systems hav
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from syncer.engine.changes import Change, DocKey, Document, Op, Position, Transaction
 from syncer.engine.interfaces import Rejected, ResumeState, SourceNotice
 from syncer.engine.outcomes import ItemResult, Outcome, classify
 from syncer.errors import SinkUnavailable, SourceUnavailable
+
+if TYPE_CHECKING:
+    from syncer.engine.pipeline import Pipeline
 
 
 class InMemorySource:
@@ -194,3 +198,14 @@ class InMemoryStore:
 
 def permanent(error_type: str = "mapper_parsing_exception", reason: str = "bad") -> ItemResult:
     return ItemResult(Outcome.PERMANENT, 400, error_type, reason)
+
+
+async def run_until(pipeline: Pipeline, done: Callable[[], object], timeout: float = 5.0) -> None:
+    """Run `pipeline` until `done()` is true, then stop it and wait for it to end."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    async with asyncio.timeout(timeout):
+        while not done():
+            await asyncio.sleep(0.002)
+    stop.set()
+    await task

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 
-from tests.support.harness import ROOT, WorkerProcess, wait_for
+from tests.support.harness import wait_for
+from tests.support.process import ROOT, WorkerProcess, database_url, free_port, start_daphne
 from tests.support.tcpproxy import TcpProxy
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,18 +40,6 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 STAFF_USER = "operator"
 STAFF_PASSWORD = "e2e-operator-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def database_url() -> str:
-    """The console's test database, as the subprocesses must reach it."""
-    db = settings.DATABASES["default"]
-    return f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -119,17 +106,7 @@ class ConsoleServer:
         return self.log.read_text(errors="replace")[-4000:]
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)),
-                    "console.asgi:application",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_daphne(self.port, self.env, self.log)
         wait_for(self._serving, timeout=30, what="daphne to serve /admin/login/")
 
     def stop(self) -> None:

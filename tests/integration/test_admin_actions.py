@@ -21,29 +21,18 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from syncer.models import Subscription
+from tests.support import factories
 from tests.support.factories import entry
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 CHANGELIST = reverse("admin:syncer_subscription_changelist")
 SECRET_DSN = "postgresql://orders:s3cret-pw@db.internal/shop"
 CONFIRM_TEMPLATE = "admin/syncer/subscription/confirm_control.html"
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    """`admin_client` makes a superuser per test; the default hasher costs half a second."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def make(name: str = "orders", **fields: Any) -> Subscription:
-    values: dict[str, Any] = {
-        "source_dsn": SECRET_DSN,
-        "relation": "public.orders",
-        "index_name": name,
-        **fields,
-    }
-    return Subscription.objects.create(name=name, **values)
+    return factories.subscription(name, **{"source_dsn": SECRET_DSN, **fields})
 
 
 def control_url(subscription: Subscription, action: str) -> str:

@@ -23,8 +23,7 @@ LOGIN = reverse("admin:login")
 
 
 @pytest.fixture(autouse=True)
-def limits(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def limits(settings: Any, fast_password_hashing: None) -> None:
     settings.AXES_FAILURE_LIMIT = 3
     settings.AXES_COOLOFF_TIME = dt.timedelta(minutes=15)
 

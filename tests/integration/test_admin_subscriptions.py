@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 from typing import Any
 
 import psycopg
@@ -16,20 +15,16 @@ from django.urls import reverse
 
 from syncer import dsn
 from syncer.models import Subscription
+from tests.support import factories
 from tests.support.factories import admin_form
 from tests.support.materialize_double import MaterializeDouble
+from tests.support.process import free_port
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 SECRET_DSN = "postgresql://u:s3cret@h/db"
 NO_SUCH_DB = "postgresql://postgres@127.0.0.1:5432/searchsync_no_such_database"
 CHANGELIST = reverse("admin:syncer_subscription_changelist")
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    """`admin_client` makes a superuser per test; the default hasher costs half a second."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def change_url(subscription: Subscription) -> str:
@@ -41,13 +36,7 @@ def delete_url(subscription: Subscription) -> str:
 
 
 def make(name: str = "orders", **fields: Any) -> Subscription:
-    values: dict[str, Any] = {
-        "source_dsn": SECRET_DSN,
-        "relation": "public.orders",
-        "index_name": name,
-        **fields,
-    }
-    return Subscription.objects.create(name=name, **values)
+    return factories.subscription(name, **{"source_dsn": SECRET_DSN, **fields})
 
 
 def form_data(subscription: Subscription, **changes: str) -> dict[str, str]:
@@ -560,12 +549,6 @@ def test_deleting_a_materialize_subscription_drops_no_replication_slot(
 def live(data: dict[str, str]) -> dict[str, str]:
     """`data` posted without ticking “skip live checks”."""
     return {k: v for k, v in data.items() if k != "skip_live_checks"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

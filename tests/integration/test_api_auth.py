@@ -24,7 +24,7 @@ from syncer.models import Subscription
 from tests.support.factories import entry, subscription
 from tests.support.users import bearer, operator
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 JSON = "application/json"
 # Every endpoint that changes something, with a body it would accept.
@@ -46,11 +46,6 @@ MUTATIONS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("post", "/api/dlq/retry", {"subscription": "orders"}),
     ("post", "/api/dlq/purge", {"subscription": "orders"}),
 ]
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

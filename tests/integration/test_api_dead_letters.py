@@ -12,22 +12,18 @@ import pytest
 from django.test import Client
 from opensearchpy import OpenSearch
 
-from console.models import ApiToken
 from syncer.models import DeadLetter
-from tests.support.factories import entry, subscription
-from tests.support.users import operator
+from tests.support.factories import entry, retry_case, subscription
+from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
 
 JSON = "application/json"
-TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
 
 
 @pytest.fixture
 def client() -> Client:
-    staff = operator()
-    _, text = ApiToken.issue(staff, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator())
 
 
 def pages(client: Client, **filters: Any) -> list[list[str]]:
@@ -161,12 +157,7 @@ def test_retry_reports_opensearch_outcomes_like_the_admin(
     client: Client, search: OpenSearch
 ) -> None:
     orders = subscription("orders")
-    search.indices.create(index="orders", body=TOTAL_IS_INTEGER)
-    search.index(index="orders", id="2", body={"total": 99}, version=200, version_type="external")
-    valid = entry(orders, "1", payload={"total": 5}, version=100)
-    older = entry(orders, "2", payload={"total": 6}, version=150)
-    broken = entry(orders, "3", payload={"total": "not a number"}, version=100, attempts=2)
-    untouched = entry(orders, "4", payload={"total": 7})
+    valid, older, broken, untouched = retry_case(search, orders)
 
     dry = client.post(
         "/api/dlq/retry",

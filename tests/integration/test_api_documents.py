@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 from urllib.parse import quote
 
@@ -11,9 +10,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from opensearchpy import OpenSearch
 
-from console.models import ApiToken
 from tests.support.factories import subscription
-from tests.support.users import operator
+from tests.support.process import free_port
+from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -22,9 +21,7 @@ LSN = (0x16 << 32) | 0xB374D848
 
 @pytest.fixture
 def client() -> Client:
-    staff = operator()
-    _, text = ApiToken.issue(staff, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator())
 
 
 @pytest.fixture
@@ -111,9 +108,7 @@ def test_unknown_subscription_is_404(client: Client, opensearch_url: str) -> Non
 
 
 def test_unreachable_opensearch_is_503_with_the_reason(client: Client, settings: Any) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     settings.OPENSEARCH_URL = f"http://admin:s3cret@127.0.0.1:{port}"  # nothing listens there
     subscription("orders")
 
@@ -129,8 +124,7 @@ def test_document_needs_authentication(search: OpenSearch, orders: str) -> None:
 
     anonymous = Client().get(document_url(orders, "1"))
     clerk = User.objects.create_user("clerk", is_staff=False)
-    _, text = ApiToken.issue(clerk, "clerk")
-    not_staff = Client(headers={"Authorization": f"Bearer {text}"}).get(document_url(orders, "1"))
+    not_staff = token_client(clerk, "clerk").get(document_url(orders, "1"))
 
     assert anonymous.status_code == 401
     assert "document" not in anonymous.json()

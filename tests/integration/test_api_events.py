@@ -11,15 +11,11 @@ import copy
 import http.client
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,11 +32,11 @@ from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import subscription
 from tests.support.harness import wait_for
+from tests.support.process import ROOT, free_port, start_daphne
 from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT = 0.5
 RECHECK = 0.3
 STREAMS_PER_USER = 3
@@ -48,12 +44,6 @@ PREFIX = f"searchsync_test{DB_SUFFIX}_{uuid.uuid4().hex[:12]}"
 # The configured channel layer under a prefix of this module's own.
 LAYERS: dict[str, Any] = copy.deepcopy(django_settings.CHANNEL_LAYERS)
 LAYERS["default"]["CONFIG"]["prefix"] = PREFIX
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -79,23 +69,7 @@ def daphne(
         "LOG_LEVEL": "INFO",
     }
     log = folder / "daphne.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "console.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_daphne(port, env, log)
     try:
         wait_for(
             lambda: process.poll() is not None or _answers(port),

@@ -11,18 +11,15 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from console.models import ApiToken
 from syncer.models import WorkerHeartbeat
-from tests.support.users import operator
+from tests.support.users import operator, token_client
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def client() -> Client:
-    staff = operator()
-    _, text = ApiToken.issue(staff, "probe", read_only=True)
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator(), "probe", read_only=True)
 
 
 def beat(worker_id: str, age: dt.timedelta) -> WorkerHeartbeat:
@@ -65,8 +62,7 @@ def test_ready_with_a_fresh_heartbeat(client: Client) -> None:
 def test_the_openapi_schema_and_docs_are_served_to_a_staff_session_or_a_token() -> None:
     session = Client()
     session.force_login(operator("alice"))
-    _, text = ApiToken.issue(operator("bob"), "docs", read_only=True)
-    token = Client(headers={"Authorization": f"Bearer {text}"})
+    token = token_client(operator("bob"), "docs", read_only=True)
     for client in (session, token):
         schema = client.get("/api/openapi.json").json()
         assert "/api/subscriptions/{name}/resync" in schema["paths"]

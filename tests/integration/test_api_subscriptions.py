@@ -19,7 +19,7 @@ from django.utils import timezone
 from console.models import ApiToken
 from syncer.models import Subscription
 from tests.support.factories import entry, subscription
-from tests.support.users import operator
+from tests.support.users import operator, token_client
 
 JSON = "application/json"
 UNREACHABLE_SOURCE = "postgresql://sync:s3cret-pw@127.0.0.1:9/shop"
@@ -32,8 +32,7 @@ def staff(db: None) -> User:
 
 @pytest.fixture
 def client(staff: User) -> Client:
-    _, text = ApiToken.issue(staff, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(staff)
 
 
 def declaration(name: str = "orders", **overrides: Any) -> dict[str, Any]:

@@ -9,11 +9,9 @@ import datetime as dt
 import importlib
 import io
 import time
-from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection, connections
 from django.test import Client
@@ -21,7 +19,6 @@ from django.urls import reverse
 from django.utils import timezone
 from opensearchpy import OpenSearch
 
-from console.models import ApiToken
 from syncer import dlq
 from syncer.engine.changes import Change, Op
 from syncer.engine.interfaces import Rejected
@@ -35,24 +32,18 @@ from syncer.engine.outcomes import (
 from syncer.models import DeadLetter, Subscription, doc_id_digest
 from syncer.store import DjangoDeadLetters
 from tests.support.factories import entry, subscription
+from tests.support.users import operator, token_client
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 JSON = "application/json"
 CHANGELIST = reverse("admin:syncer_deadletter_changelist")
 PURGE_URL = reverse("admin:syncer_deadletter_purge")
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def api() -> Client:
-    staff = User.objects.create_user("ops", is_staff=True, is_superuser=True)
-    _, text = ApiToken.issue(staff, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator("ops", is_superuser=True))
 
 
 # -- age: from the last failure ---------------------------------------------------------

@@ -7,12 +7,8 @@ mapping checks, or from a fault-injecting proxy in front of it.
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -20,9 +16,9 @@ from django.urls import reverse
 from syncer import dlq
 from syncer.models import DeadLetter
 from tests.integration.test_dlq_admin import action_post, confirm_post
-from tests.integration.test_worker_process import Worker
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.httpfaults import FaultProxy
+from tests.support.process import WorkerProcess, free_port, manage
 
 STRICT = {
     "dynamic": "strict",
@@ -72,10 +68,10 @@ def test_a_rejected_row_is_dead_lettered_then_superseded_when_fixed_in_the_sourc
         assert index_docs(search, "orders")["2"] == {"id": 2, "total": "12"}
 
 
+@pytest.mark.usefixtures("fast_password_hashing")
 def test_after_the_mapping_is_fixed_admin_retry_selected_succeeds_with_the_original_version(
-    source_conn, table_name, make_subscription, search, admin_client, settings
+    source_conn, table_name, make_subscription, search, admin_client
 ):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     entry = dead_letter_a_row(source_conn, table_name, make_subscription, "notes")
     assert entry.error_type == "strict_dynamic_mapping_exception"
 
@@ -251,13 +247,7 @@ def test_the_worker_retries_dead_letters_periodically_when_asked(
 
 
 def test_a_malformed_retry_interval_is_refused_before_anything_runs():
-    result = subprocess.run(
-        [sys.executable, "manage.py", "runsyncer", "--dlq-retry-every", "5 minutes"],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = manage("runsyncer", "--dlq-retry-every", "5 minutes")
     assert result.returncode == 2
     assert "'5 minutes' is not an age" in result.stderr and "e.g. 30m" in result.stderr
 
@@ -298,8 +288,8 @@ def test_backpressure_and_throughput_are_exported_as_prometheus_metrics(
         backpressure_resume_at=100,
     )
     faults.delay(0.3, path_contains="_bulk")
-    port = _free_port()
-    worker = Worker(faults.url, tmp_path / "w.log", "--metrics-port", str(port)).process
+    port = free_port()
+    worker = WorkerProcess(faults.url, tmp_path / "w.log", metrics_port=port).process
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         wait_for(lambda: status_of("metered").status == "caught_up", what="caught up")
@@ -330,9 +320,3 @@ def test_backpressure_and_throughput_are_exported_as_prometheus_metrics(
 def _scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -21,21 +21,14 @@ from opensearchpy import OpenSearch
 
 from syncer import admin_dead_letters
 from syncer.models import DeadLetter
-from tests.support.factories import entry, subscription
+from tests.support.factories import TOTAL_IS_INTEGER, entry, retry_case, subscription
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_password_hashing")]
 
 CHANGELIST = reverse("admin:syncer_deadletter_changelist")
 RETRY_URL = reverse("admin:syncer_deadletter_retry")
 PURGE_URL = reverse("admin:syncer_deadletter_purge")
 UNREACHABLE = "http://127.0.0.1:9"
-TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    """`admin_client` makes a superuser per test; the default hasher costs half a second."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def shown_messages(response: Any) -> list[tuple[int, str]]:
@@ -204,12 +197,7 @@ def test_retry_selected_confirms_first_then_reports_real_outcomes(
     admin_client: Client, search: OpenSearch
 ) -> None:
     orders = subscription()
-    search.indices.create(index="orders", body=TOTAL_IS_INTEGER)
-    search.index(index="orders", id="2", body={"total": 99}, version=200, version_type="external")
-    valid = entry(orders, "1", payload={"total": 5}, version=100)
-    older = entry(orders, "2", payload={"total": 6}, version=150)
-    broken = entry(orders, "3", payload={"total": "not a number"}, version=100, attempts=2)
-    untouched = entry(orders, "4", payload={"total": 7})
+    valid, older, broken, untouched = retry_case(search, orders)
 
     page = admin_client.post(CHANGELIST, action_post("retry_selected", valid, older, broken))
 

@@ -10,25 +10,22 @@ import os
 import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 from django.utils import timezone
 from opensearchpy import OpenSearch
 
 from syncer import dlq
 from syncer.models import DeadLetter, Subscription
-from tests.support.factories import entry, subscription
+from tests.support.factories import TOTAL_IS_INTEGER, entry, subscription
+from tests.support.process import ROOT, database_url
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parents[2]
 UNREACHABLE = "http://127.0.0.1:9"
-TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
 MB = 1024 * 1024
 
 
@@ -65,10 +62,9 @@ def queue() -> list[DeadLetter]:
 
 def manage(*args: str) -> subprocess.Popen[str]:
     """Start `manage.py dlq ARGS` on the test database."""
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
     }
     return subprocess.Popen(
         [sys.executable, "manage.py", "dlq", *args],

@@ -16,11 +16,11 @@ from django.test import Client
 from django.urls import reverse
 from opensearchpy import OpenSearch
 
-from console.models import ApiToken
 from syncer import conf
 from syncer.checks import check_worker_settings
 from syncer.models import DeadLetter
 from tests.support.factories import entry, subscription
+from tests.support.users import token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -33,16 +33,13 @@ UNREACHABLE = "http://127.0.0.1:9"
 
 
 @pytest.fixture(autouse=True)
-def bound(settings: Any) -> None:
+def bound(settings: Any, fast_password_hashing: None) -> None:
     settings.SYNCER_API_DLQ_MAX = MOST
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
 def api() -> Client:
-    operator = User.objects.create_superuser("ops", "ops@example.com", "pw")
-    _, text = ApiToken.issue(operator, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(User.objects.create_superuser("ops", "ops@example.com", "pw"))
 
 
 @pytest.fixture

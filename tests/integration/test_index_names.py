@@ -55,8 +55,7 @@ ADD_FORM = admin_form()
 
 
 @pytest.fixture
-def admin(admin_client: Client, settings: Any) -> Client:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def admin(fast_password_hashing: None, admin_client: Client) -> Client:
     return admin_client
 
 

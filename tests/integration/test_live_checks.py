@@ -18,6 +18,7 @@ from opensearchpy import OpenSearch
 from syncer import live_checks
 from syncer.models import Subscription
 from tests.support.materialize_double import MaterializeDouble
+from tests.support.process import free_port
 
 VIEW = "orders_search_source_mv"
 COLUMNS = (("order_id", "int8"), ("customer", "text"), ("total", "numeric"))
@@ -44,12 +45,6 @@ def silent_port() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         yield listener.getsockname()[1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def postgres(source_dsn: str, relation: str, **fields: Any) -> Subscription:

@@ -456,9 +456,8 @@ async def test_stats_without_any_worker_are_zero(layer: Any) -> None:
 
 
 @pytest.fixture
-def fast_recheck(settings: Any) -> float:
+def fast_recheck(settings: Any, fast_password_hashing: None) -> float:
     settings.LIVE_STREAM_RECHECK_SECONDS = 0.2
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     return 0.2
 
 

@@ -10,9 +10,17 @@ import psutil
 import pytest
 
 from syncer.models import DeadLetter
-from tests.integration.test_worker_process import Worker, Writer, index_rows, table_rows
-from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
+from tests.support.harness import (
+    WorkerThread,
+    Writer,
+    index_docs,
+    index_rows,
+    status_of,
+    table_rows,
+    wait_for,
+)
 from tests.support.httpfaults import FaultProxy
+from tests.support.process import WorkerProcess
 from tests.support.tcpproxy import TcpProxy
 
 
@@ -70,7 +78,7 @@ def test_sigterm_during_an_outage_dead_letters_nothing_and_replays_on_the_next_s
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
     make_subscription("term-out", table_name, snapshot_mode="discard")
     log = tmp_path / "w.log"
-    worker = Worker(proxy.url(), log, "--shutdown-timeout", "2").process
+    worker = WorkerProcess(proxy.url(), log, "--shutdown-timeout", "2").process
     try:
         wait_for(lambda: status_of("term-out").status == "caught_up", what="caught up")
         source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 1)")
@@ -88,7 +96,7 @@ def test_sigterm_during_an_outage_dead_letters_nothing_and_replays_on_the_next_s
         assert "did not flush within 2 s" in log.read_text()
         assert status_of("term-out").checkpoint == checkpoint
         assert not DeadLetter.objects.exists()
-        worker = Worker(proxy.url(), log).process
+        worker = WorkerProcess(proxy.url(), log).process
         wait_for(lambda: len(index_docs(search, "term-out")) == 100, what="the held rows replayed")
     finally:
         if worker.poll() is None:
@@ -112,7 +120,7 @@ def test_a_slow_sink_keeps_the_worker_process_memory_flat(
         backpressure_pause_at=2000,
         backpressure_resume_at=1000,
     )
-    worker = Worker(faults.url, tmp_path / "w.log").process
+    worker = WorkerProcess(faults.url, tmp_path / "w.log").process
     process = psutil.Process(worker.pid)
     try:
         wait_for(lambda: status_of("rss").status == "caught_up", what="caught up")

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from syncer.logconfig import LibraryOneLine
-from tests.integration.test_worker_process import Worker
 from tests.support.harness import status_of, wait_for
 from tests.support.materialize_double import MaterializeDouble
+from tests.support.process import WorkerProcess
 
 LIBRARIES = ("opensearch", "opensearchpy", "urllib3", "aiohttp", "elastic_transport")
 
@@ -45,7 +45,7 @@ def test_an_outage_logs_what_is_wrong_and_what_happens_next_without_tracebacks(
             key_columns=["order_id"],
             batch_max_age_ms=100,
         )
-        worker = Worker(opensearch_proxy.url(), log)
+        worker = WorkerProcess(opensearch_proxy.url(), log)
         try:
             wait_for(
                 lambda: (

@@ -146,8 +146,7 @@ def test_every_endpoint_states_its_permission_and_the_table_has_it() -> None:
 def test_a_token_acts_as_its_user_whose_permissions_change() -> None:
     subscription("orders")
     user = viewer()
-    _, text = ApiToken.issue(user, "ci")
-    client = Client(headers={"Authorization": f"Bearer {text}"})
+    client = token_client(user)
     assert client.post("/api/subscriptions/orders/pause").status_code == 403
 
     user.user_permissions.add(*operator("other").user_permissions.all())

@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from syncer.checks import require_secret_key
 from syncer.conf import LOCAL_SECRET_KEY
 from tests.support.harness import wait_for
+from tests.support.process import ROOT, WorkerProcess, database_url, free_port, manage, start_daphne
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = secrets.token_urlsafe(50)
 HOST = "search-console.example.com"
 _OURS = {
@@ -57,30 +56,12 @@ def production_env() -> dict[str, str]:
 def bare_env(**env: str) -> dict[str, str]:
     """This environment without any of the settings above, plus `env`."""
     base = {k: v for k, v in os.environ.items() if k not in _OURS}
-    db = django_settings.DATABASES["default"]
     return {
         **base,
         "DJANGO_SETTINGS_MODULE": "console.settings",
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         **env,
     }
-
-
-def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- check --deploy --------------------------------------------------------------------
@@ -93,13 +74,14 @@ def test_check_deploy_passes_with_the_documented_production_environment():
         "--fail-level",
         "WARNING",
         env=bare_env(**production_env(), SECRET_KEY=KEY),
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
 
 
 def test_check_deploy_fails_without_it_and_says_what_to_set():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", env=bare_env())
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=bare_env(), timeout=120)
     assert result.returncode != 0
     assert "(syncer.E006) SECRET_KEY is not set and DEBUG is off" in result.stderr
     assert "HINT: Set SECRET_KEY to a long random value" in result.stderr
@@ -107,7 +89,7 @@ def test_check_deploy_fails_without_it_and_says_what_to_set():
 
 
 def test_commands_that_do_not_serve_still_work_without_a_key():
-    result = manage("check", env=bare_env())
+    result = manage("check", env=bare_env(), timeout=120)
     assert result.returncode == 0, result.stderr
 
 
@@ -125,7 +107,7 @@ def test_only_debug_off_without_a_key_is_refused(settings):
 
 
 def test_runsyncer_refuses_to_start_without_a_secret_key():
-    result = manage("runsyncer", env=bare_env())
+    result = manage("runsyncer", env=bare_env(), timeout=120)
     assert result.returncode == 1
     assert "refusing to start the worker (runsyncer): SECRET_KEY is not set" in result.stderr
     assert "DEBUG=1" in result.stderr
@@ -135,23 +117,18 @@ def test_runsyncer_refuses_to_start_without_a_secret_key():
 def test_runsyncer_starts_with_a_key(transactional_db, tmp_path):
     port = free_port()
     log = tmp_path / "worker.log"
-    with log.open("ab") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "runsyncer", "--metrics-port", str(port)],
-            cwd=ROOT,
-            env=bare_env(SECRET_KEY=KEY),
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-        )
+    worker = WorkerProcess(None, log, base_env=bare_env(SECRET_KEY=KEY), metrics_port=port)
     try:
         wait_for(
-            lambda: worker.poll() is not None or _status(f"http://127.0.0.1:{port}/health") == 200,
+            lambda: (
+                worker.process.poll() is not None
+                or _status(f"http://127.0.0.1:{port}/health") == 200
+            ),
             what="the worker's /health",
         )
-        assert worker.poll() is None, log.read_text()[-3000:]
+        assert worker.process.poll() is None, log.read_text()[-3000:]
     finally:
-        worker.terminate()
-        assert worker.wait(40) == 0, log.read_text()[-3000:]
+        assert worker.terminate(40) == 0, log.read_text()[-3000:]
 
 
 # -- the web process -------------------------------------------------------------------
@@ -184,14 +161,7 @@ class Daphne:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-p", str(self.port), "console.asgi:application"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_daphne(self.port, env, log)
         wait_for(self._listening, timeout=30, what="daphne to listen")
 
     def _listening(self) -> bool:

@@ -11,13 +11,11 @@ import asyncio
 import copy
 import importlib.util
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +29,6 @@ from django.test import Client
 from prometheus_client import CollectorRegistry
 
 from console.asgi import application
-from console.models import ApiToken
 from syncer import worker_http
 from syncer.engine.changes import Change, Op
 from syncer.engine.interfaces import Rejected
@@ -44,8 +41,9 @@ from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import entry, subscription
+from tests.support.process import ROOT, free_port
+from tests.support.users import operator, token_client
 
-ROOT = Path(__file__).resolve().parents[2]
 LEAKY = "cannot connect to postgresql://:s3cret-pw@db.internal/shop (password=two words)"
 SHOWN = "cannot connect to postgresql://:***@db.internal/shop (password=***)"
 ORIGIN = (b"origin", b"http://localhost:8000")
@@ -136,9 +134,7 @@ async def test_the_monitor_socket_shows_snapshots_and_dead_letters_redacted(laye
 def test_the_dlq_api_shows_error_reasons_redacted() -> None:
     sub = subscription("orders")
     stored = entry(sub, "order-1", error_reason=LEAKY)
-    staff = User.objects.create_user("ops", is_staff=True, is_superuser=True)
-    _, token = ApiToken.issue(staff, "ci")
-    api = Client(headers={"Authorization": f"Bearer {token}"})
+    api = token_client(operator("ops", is_superuser=True))
 
     listed = api.get("/api/dlq")
     one = api.get(f"/api/dlq/{stored.pk}")
@@ -170,12 +166,6 @@ class RefusingSource(InMemorySource):
 
     async def open(self, resume: Any) -> None:
         raise SourceConfigError(LEAKY)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def ready_body(port: int) -> dict[str, Any]:

@@ -5,26 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.conftest import ADMIN_DSN
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.process import database_url, manage
 
 
 def runsyncer(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", "runsyncer", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage("runsyncer", *args, env={**os.environ, **env})
 
 
 def test_a_missing_console_database_says_to_create_and_migrate_it():
@@ -56,8 +46,7 @@ def test_an_unmigrated_console_database_says_to_migrate(empty_database):
 
 
 def test_a_taken_metrics_port_says_to_choose_another(transactional_db, settings):
-    db = settings.DATABASES["default"]
-    url = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    url = database_url()
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()

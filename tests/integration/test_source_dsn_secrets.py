@@ -14,15 +14,14 @@ from typing import Any
 import psycopg
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from console.models import ApiToken
 from syncer import config_file, dsn
 from syncer.models import Subscription
 from tests.support.factories import admin_form
 from tests.support.harness import WorkerThread, status_of, wait_for
+from tests.support.users import operator, token_client
 
 ADD_URL = reverse("admin:syncer_subscription_add")
 JSON = "application/json"
@@ -31,9 +30,10 @@ NOT_A_DSN = "s3cr3t-value-Qx7 that is no DSN"
 
 
 @pytest.fixture(autouse=True)
-def _secrets_in_the_environment(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+def _secrets_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, settings: Any, fast_password_hashing: None
+) -> None:
     """The console's key is in the environment, and a source variable holds no DSN."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     monkeypatch.setenv("SECRET_KEY", CONSOLE_KEY)
     monkeypatch.setenv("BROKEN_SOURCE_URL", NOT_A_DSN)
     settings.SECRET_KEY = CONSOLE_KEY
@@ -155,9 +155,7 @@ def test_another_database_on_the_consoles_server_is_a_source(admin_client: Clien
 
 @pytest.fixture
 def api(db: None) -> Client:
-    staff = User.objects.create_user("ops", is_staff=True, is_superuser=True)
-    _, text = ApiToken.issue(staff, "ci")
-    return Client(headers={"Authorization": f"Bearer {text}"})
+    return token_client(operator("ops", is_superuser=True))
 
 
 def declaration(source_dsn: str) -> dict[str, Any]:

@@ -6,21 +6,18 @@ import datetime as dt
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
 from syncer.models import Subscription
+from tests.support.process import database_url, manage
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET_DSN = "postgresql://u:s3cret@h/db"
 NO_SUCH_DB = "postgresql://postgres@127.0.0.1:5432/searchsync_no_such_database"
 
@@ -319,21 +316,12 @@ def test_show_of_a_name_with_a_nul_character_finds_nothing() -> None:
 def test_the_command_line_exits_non_zero_without_a_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"subscriptions": [{"name": "orders"}]}')
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
     }
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "subscriptions", "apply", str(bad)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = manage("subscriptions", "apply", str(bad), env=env)
 
     assert result.returncode == 1
     assert "subscription 'orders': source: required; add it" in result.stderr
@@ -345,21 +333,12 @@ def test_the_command_line_exits_non_zero_without_a_traceback(tmp_path: Path) -> 
 def test_the_command_line_exits_zero_on_success(tmp_path: Path) -> None:
     good = tmp_path / "subs.yaml"
     good.write_text(ORDERS_YAML)
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
     }
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "subscriptions", "apply", str(good)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = manage("subscriptions", "apply", str(good), env=env)
 
     assert result.returncode == 0, result.stderr
     assert "2 subscriptions: 2 created" in result.stdout

@@ -16,14 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from syncer import worker_http
+from tests.support.process import free_port
 
 TIMEOUT = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,26 +26,24 @@ from syncer.engine.testing import (
     InMemoryStore,
 )
 from syncer.metrics import DeadLetterQueueCollector
-from tests.integration.test_worker_process import Worker
 from tests.support import factories
 from tests.support.harness import index_docs, status_of, wait_for
+from tests.support.process import WorkerProcess, free_port
 
 SECRET = "Sup3r-Secret-Pw"
 
 
-class MeteredWorker:
+class MeteredWorker(WorkerProcess):
     """A worker process serving its HTTP endpoints on a free port."""
 
     def __init__(self, opensearch_url: str, log: Path, *args: str) -> None:
-        self.port = _free_port()
-        self.worker = Worker(opensearch_url, log, "--metrics-port", str(self.port), *args)
-        self.process = self.worker.process
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(opensearch_url, log, *args, metrics_port=free_port())
+        self.base = f"http://127.0.0.1:{self.metrics_port}"
         wait_for(lambda: self.get("/health")[0] == 200 or self._died(), what="/health")
 
     def _died(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"worker exited: {self.worker.output()}")
+            raise AssertionError(f"worker exited: {self.output()}")
         return False
 
     def get(self, path: str) -> tuple[int, str]:
@@ -79,12 +76,6 @@ class MeteredWorker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metric(
@@ -213,7 +204,7 @@ def test_worker_logs_are_one_json_object_per_line_without_passwords(
     make_subscription("broken", table_name, validate=False, source_dsn=broken)
     monkeypatch.setenv("OPENSEARCH_PASSWORD", "Opensearch-Secret-9")
     log = tmp_path / "w.log"
-    worker = Worker(opensearch_url, log)
+    worker = WorkerProcess(opensearch_url, log)
     try:
         wait_for(lambda: status_of("logged").status == "caught_up", what="caught up")
         source_conn.execute(f"INSERT INTO {table_name} SELECT generate_series(1, 5)")
@@ -239,7 +230,7 @@ def test_log_format_console_writes_readable_lines_not_json(
 ):
     monkeypatch.setenv("LOG_FORMAT", "console")
     log = tmp_path / "w.log"
-    worker = Worker(opensearch_url, log)
+    worker = WorkerProcess(opensearch_url, log)
     try:
         wait_for(lambda: "worker_started" in log.read_text(), what="worker_started")
     finally:

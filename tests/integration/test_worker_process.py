@@ -2,85 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
 
-import psycopg
 import pytest
-from django.conf import settings as django_settings
 
-from tests.support.harness import WorkerThread, checksum, index_docs, status_of, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Worker:
-    """A `runsyncer` process whose output goes to a file the test can read."""
-
-    def __init__(self, opensearch_url: str, log: Path, *args: str) -> None:
-        self.log = log
-        with log.open("ab") as out:
-            self.process = start_worker(opensearch_url, out, *args)
-
-    def output(self) -> str:
-        return self.log.read_text()[-3000:]
-
-
-def start_worker(opensearch_url: str, out, *args: str) -> subprocess.Popen[bytes]:
-    db = django_settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "OPENSEARCH_URL": opensearch_url,
-        "SYNCER_BACKOFF_BASE": "0.2",
-        "SYNCER_BACKOFF_CAP": "2",
-        "LOG_LEVEL": "INFO",
-    }
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "runsyncer", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=out,
-    )
-
-
-def table_rows(conn: psycopg.Connection, table: str) -> str:
-    return checksum(conn.execute(f"SELECT id, v FROM {table}").fetchall())
-
-
-def index_rows(search, index: str) -> str:
-    return checksum((d["id"], d["v"]) for d in index_docs(search, index).values())
-
-
-class Writer(threading.Thread):
-    """Inserts, updates and deletes rows until stopped."""
-
-    def __init__(self, dsn: str, table: str) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.table = dsn, table
-        self.stopping = threading.Event()
-        self.count = 0
-
-    def run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stopping.is_set():
-                n = self.count
-                with conn.transaction():
-                    conn.execute(f"INSERT INTO {self.table} VALUES (%s, 0)", (n + 1000,))
-                    conn.execute(f"UPDATE {self.table} SET v = v + 1 WHERE id = %s", (n % 500,))
-                    conn.execute(f"DELETE FROM {self.table} WHERE id = %s", (n * 7 % 1000,))
-                self.count += 1
-                time.sleep(0.002)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
+from tests.support.harness import (
+    WorkerThread,
+    Writer,
+    index_docs,
+    index_rows,
+    status_of,
+    table_rows,
+    wait_for,
+)
+from tests.support.process import WorkerProcess
 
 
 @pytest.mark.usefixtures("fast_retries")
@@ -92,7 +28,7 @@ def test_kill_9_mid_stream_then_restart_converges(
     make_subscription("crash", table_name)
     writer = Writer(source_dsn, table_name)
     log = tmp_path / "worker.log"
-    worker = Worker(opensearch_url, log).process
+    worker = WorkerProcess(opensearch_url, log).process
     try:
         wait_for(lambda: status_of("crash").snapshot_completed_at, what="snapshot")
         writer.start()
@@ -100,7 +36,7 @@ def test_kill_9_mid_stream_then_restart_converges(
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
         time.sleep(0.5)  # writes go on while no worker runs
-        worker = Worker(opensearch_url, log).process
+        worker = WorkerProcess(opensearch_url, log).process
         time.sleep(1)
         writer.stop()
         expected = table_rows(source_conn, table_name)
@@ -123,7 +59,7 @@ def test_sigterm_mid_stream_exits_zero_with_checkpoint_matching_the_index(
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
     make_subscription("term", table_name, batch_max_size=200)
     log = tmp_path / "w.log"
-    worker = Worker(opensearch_url, log, "--subscription", "term").process
+    worker = WorkerProcess(opensearch_url, log, "--subscription", "term").process
     try:
         wait_for(lambda: status_of("term").status == "caught_up", what="caught up")
         for start in range(1, 5001, 500):  # ten transactions, streaming when the stop comes
@@ -151,7 +87,7 @@ def test_sigterm_mid_stream_exits_zero_with_checkpoint_matching_the_index(
     assert indexed % 500 == 0 and indexed > 0, indexed
     if sub.checkpoint >= commits[-1]:
         assert indexed == 5000
-    worker = Worker(opensearch_url, log, "--subscription", "term").process
+    worker = WorkerProcess(opensearch_url, log, "--subscription", "term").process
     try:
         wait_for(lambda: len(index_docs(search, "term")) == 5000, what="the rest after restart")
     finally:
@@ -162,7 +98,7 @@ def test_sigterm_mid_stream_exits_zero_with_checkpoint_matching_the_index(
 def test_unknown_subscription_name_is_a_clear_command_error(
     transactional_db, opensearch_url, tmp_path
 ):
-    worker = Worker(opensearch_url, tmp_path / "w.log", "--subscription", "nope")
+    worker = WorkerProcess(opensearch_url, tmp_path / "w.log", "--subscription", "nope")
     code = worker.process.wait(30)
     assert code == 1 and "no subscription named nope" in worker.output()
 

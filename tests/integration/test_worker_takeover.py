@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
-import psycopg
 import pytest
 from django.db import connection
 
 from syncer.models import Subscription, WorkerHeartbeat
 from syncer.ownership import NAMESPACE
-from tests.support.harness import WorkerProcess, checksum, index_docs, status_of, wait_for
+from tests.support.harness import Writer, checksum, index_docs, status_of, wait_for
+from tests.support.process import WorkerProcess
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
 
 NAMES = ("alpha", "beta", "gamma", "delta")
-
-
-class Writer(threading.Thread):
-    """Inserts, updates and deletes rows of every table until stopped."""
-
-    def __init__(self, dsn: str, tables: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.tables = dsn, tables
-        self.stopping = threading.Event()
-        self.count = 0
-
-    def run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stopping.is_set():
-                n = self.count
-                table = self.tables[n % len(self.tables)]
-                with conn.transaction():
-                    conn.execute(f"INSERT INTO {table} VALUES (%s, 0)", (n + 1000,))
-                    conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (n % 200,))
-                    conn.execute(f"DELETE FROM {table} WHERE id = %s", (n * 7 % 200,))
-                self.count += 1
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
 
 
 def lock_holders() -> dict[int, list[str]]:
@@ -74,7 +47,7 @@ def test_two_workers_split_ownership_and_a_survivor_takes_over_after_kill_9(
         subs.append(make_subscription(name, table))
     first = WorkerProcess(opensearch_url, tmp_path / "first.log")
     second = WorkerProcess(opensearch_url, tmp_path / "second.log")
-    writer = Writer(source_dsn, tables)
+    writer = Writer(source_dsn, tables, updated=200, deleted=200, pause=0.005)
     survivor, survivor_id = first, ""
     try:
         wait_for(

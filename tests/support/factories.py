@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.utils import timezone
+from opensearchpy import OpenSearch
 
 from syncer.models import DeadLetter, Subscription
 
+TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
 
-def subscription(name: str = "orders") -> Subscription:
-    return Subscription.objects.create(
-        name=name, source_dsn="postgresql://u@h/db", relation="public.orders", index_name=name
-    )
+
+def subscription(name: str = "orders", **fields: Any) -> Subscription:
+    """A postgres subscription of public.orders into index `name`, with `fields` on top."""
+    fields.setdefault("source_dsn", "postgresql://u@h/db")
+    fields.setdefault("relation", "public.orders")
+    fields.setdefault("index_name", name)
+    return Subscription.objects.create(name=name, **fields)
 
 
 def entry(
@@ -69,3 +74,24 @@ def admin_form(**fields: str) -> dict[str, str]:
     }
     data.update(fields)
     return data
+
+
+class RetryCase(NamedTuple):
+    """Dead letters of `orders` whose retry meets each outcome OpenSearch can give."""
+
+    valid: DeadLetter  # indexed
+    older: DeadLetter  # stale: the index holds version 200 of doc 2
+    broken: DeadLetter  # refused again by the integer mapping
+    untouched: DeadLetter  # not selected
+
+
+def retry_case(search: OpenSearch, sub: Subscription) -> RetryCase:
+    """An `orders` index with `total` an integer, doc 2 at version 200, and four entries."""
+    search.indices.create(index="orders", body=TOTAL_IS_INTEGER)
+    search.index(index="orders", id="2", body={"total": 99}, version=200, version_type="external")
+    return RetryCase(
+        valid=entry(sub, "1", payload={"total": 5}, version=100),
+        older=entry(sub, "2", payload={"total": 6}, version=150),
+        broken=entry(sub, "3", payload={"total": "not a number"}, version=100, attempts=2),
+        untouched=entry(sub, "4", payload={"total": 7}),
+    )

@@ -1,20 +1,18 @@
-"""Run the real worker in a background thread and look at the real index."""
+"""Run the real worker in a background thread and look at the real index.
+
+The worker as a real process is tests.support.process.WorkerProcess.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
+import psycopg
 from opensearchpy import OpenSearch
 
 from syncer.models import Subscription
@@ -118,46 +116,51 @@ def status_of(name: str) -> Subscription:
     return Subscription.objects.get(name=name)
 
 
-ROOT = Path(__file__).resolve().parents[2]
+def table_rows(conn: psycopg.Connection, table: str) -> str:
+    """The checksum of a table of (id, v) rows."""
+    return checksum(conn.execute(f"SELECT id, v FROM {table}").fetchall())
 
 
-class WorkerProcess:
-    """`manage.py runsyncer` as a real process on the test database; stderr to a file."""
+def index_rows(client: OpenSearch, index: str) -> str:
+    """The checksum of the (id, v) documents of `index`, to compare with `table_rows`."""
+    return checksum((d["id"], d["v"]) for d in index_docs(client, index).values())
 
-    def __init__(self, opensearch_url: str, log: Path, *args: str, **env: str) -> None:
-        db = settings.DATABASES["default"]
-        self.log = log
-        environment = {
-            **os.environ,
-            "DATABASE_URL": f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-            "OPENSEARCH_URL": opensearch_url,
-            "SYNCER_BACKOFF_BASE": "0.2",
-            "SYNCER_BACKOFF_CAP": "2",
-            "LOG_LEVEL": "INFO",
-            **env,
-        }
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "runsyncer", *args],
-                cwd=ROOT,
-                env=environment,
-                stdout=subprocess.DEVNULL,
-                stderr=out,
-            )
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+class Writer(threading.Thread):
+    """Inserts, updates and deletes rows of (id int PRIMARY KEY, v int) tables until stopped.
 
-    def output(self) -> str:
-        return self.log.read_text()[-4000:]
+    Each round is one transaction on the next of `tables` in turn: it inserts id
+    `round + 1000`, bumps `v` of id `round % updated`, deletes id `round * 7 % deleted`,
+    then sleeps `pause` seconds.
+    """
 
-    def kill(self) -> None:
-        """kill -9: no flush, no clean-up; its session (and advisory locks) drop with it."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+    def __init__(
+        self,
+        dsn: str,
+        tables: str | Sequence[str],
+        updated: int = 500,
+        deleted: int = 1000,
+        pause: float = 0.002,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.tables = [tables] if isinstance(tables, str) else list(tables)
+        self.updated, self.deleted, self.pause = updated, deleted, pause
+        self.stopping = threading.Event()
+        self.count = 0
 
-    def terminate(self, timeout: float = 40) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.is_set():
+                n = self.count
+                table = self.tables[n % len(self.tables)]
+                with conn.transaction():
+                    conn.execute(f"INSERT INTO {table} VALUES (%s, 0)", (n + 1000,))
+                    conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (n % self.updated,))
+                    conn.execute(f"DELETE FROM {table} WHERE id = %s", (n * 7 % self.deleted,))
+                self.count += 1
+                time.sleep(self.pause)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()

@@ -19,6 +19,7 @@ from syncer.engine.testing import (
     InMemorySource,
     InMemoryStore,
     permanent,
+    run_until,
 )
 from syncer.errors import RequestTooLarge, SinkUnavailable, SourceConfigError
 from syncer.live.publisher import LivePublisher
@@ -40,16 +41,6 @@ def ins(key: int) -> RowChange:
 
 def delete(key: int) -> RowChange:
     return RowChange(RowOp.DELETE, (key,))
-
-
-async def run_until(pipeline: Pipeline, done, timeout: float = 5.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stop))
-    async with asyncio.timeout(timeout):
-        while not done():
-            await asyncio.sleep(0.002)
-    stop.set()
-    await task
 
 
 Scraped = dict[tuple[str, frozenset[tuple[str, str]]], float]

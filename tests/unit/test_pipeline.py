@@ -18,6 +18,7 @@ from syncer.engine.testing import (
     InMemoryStore,
     StoredDoc,
     permanent,
+    run_until,
 )
 from syncer.errors import RequestTooLarge, SourceConfigError
 
@@ -32,16 +33,6 @@ def tx(position: int, *changes: RowChange, kind: TxKind = TxKind.CHANGES) -> Tra
 
 def ins(key: int, **row) -> RowChange:
     return RowChange(RowOp.INSERT, (key,), {"id": key, **row})
-
-
-async def run_until(pipeline: Pipeline, done, timeout: float = 5.0) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stop))
-    async with asyncio.timeout(timeout):
-        while not done():
-            await asyncio.sleep(0.002)
-    stop.set()
-    await task
 
 
 async def test_checkpoint_moves_only_after_sink_acknowledges():

@@ -5,12 +5,16 @@ Each becomes a dead letter that says why; nothing partial or refused reaches the
 
 from __future__ import annotations
 
-import asyncio
-
 from syncer.engine.changes import RowChange, RowOp, Transaction
 from syncer.engine.outcomes import ID_TOO_LONG, INCOMPLETE_DOCUMENT, MAX_ID_BYTES
 from syncer.engine.pipeline import Pipeline, PipelineConfig
-from syncer.engine.testing import InMemoryDeadLetters, InMemorySink, InMemorySource, InMemoryStore
+from syncer.engine.testing import (
+    InMemoryDeadLetters,
+    InMemorySink,
+    InMemorySource,
+    InMemoryStore,
+    run_until,
+)
 
 FAST = PipelineConfig(
     name="t", batch_max_size=100, poll_interval=0.005, backoff_base=0.001, backoff_cap=0.01
@@ -22,13 +26,7 @@ def tx(position: int, *changes: RowChange) -> Transaction:
 
 
 async def run_until_checkpoint(pipeline: Pipeline, store: InMemoryStore, position: int) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(pipeline.run(stop))
-    async with asyncio.timeout(5):
-        while store.checkpoint != position:
-            await asyncio.sleep(0.002)
-    stop.set()
-    await task
+    await run_until(pipeline, lambda: store.checkpoint == position)
 
 
 def pipeline_for(

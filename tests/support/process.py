@@ -1,0 +1,126 @@
+"""Processes the tests and the bench start: `manage.py` commands, `runsyncer`, daphne.
+
+Django-free at import (the bench imports it before `django.setup()`); the test
+database's URL is read from the settings only when a worker is started without an
+environment of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def database_url() -> str:
+    """The console's test database, as a subprocess must reach it."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def worker_env() -> dict[str, str]:
+    """This environment on the test database, reconnecting quickly, logging at INFO."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "SYNCER_BACKOFF_BASE": "0.2",
+        "SYNCER_BACKOFF_CAP": "2",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def manage(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `manage.py ARGS` to its end, its output captured; `env` replaces this environment."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=None if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_daphne(port: int, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start daphne serving console.asgi:application on 127.0.0.1:`port`; output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)),
+                "console.asgi:application",
+            ],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+class WorkerProcess:
+    """`manage.py runsyncer` as a real process; its stderr appended to `log`.
+
+    `opensearch_url` (unless None) is its OPENSEARCH_URL; `base_env` replaces the test
+    environment (`worker_env`); `metrics_port` serves /health, /ready and /metrics
+    there; `env` is set on top of it all.
+    """
+
+    def __init__(
+        self,
+        opensearch_url: str | None,
+        log: Path,
+        *args: str,
+        base_env: Mapping[str, str] | None = None,
+        metrics_port: int | None = None,
+        **env: str,
+    ) -> None:
+        self.log = log
+        self.metrics_port = metrics_port
+        environment = {
+            **(worker_env() if base_env is None else base_env),
+            **({} if opensearch_url is None else {"OPENSEARCH_URL": opensearch_url}),
+            **env,
+        }
+        if metrics_port is not None:
+            args = ("--metrics-port", str(metrics_port), *args)
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "runsyncer", *args],
+                cwd=ROOT,
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text()[-4000:]
+
+    def kill(self) -> None:
+        """kill -9: no flush, no clean-up; its session (and advisory locks) drop with it."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 40) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
