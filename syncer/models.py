@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from syncer import dsn
+from syncer.engine.pipeline import Status as engine_status
 from syncer.validators import (
     index_clash,
     materialize_relation_problem,
@@ -39,16 +40,17 @@ class Subscription(models.Model):
         DISCARD = "discard", "Stream new changes only"
 
     class Status(models.TextChoices):
-        STOPPED = "stopped", "Stopped"
-        STARTING = "starting", "Starting"
-        SNAPSHOTTING = "snapshotting", "Snapshotting"
-        STREAMING = "streaming", "Streaming"
-        CAUGHT_UP = "caught_up", "Caught up"
-        RECONNECTING = "reconnecting", "Reconnecting"
-        SINK_UNAVAILABLE = "sink_unavailable", "Sink unavailable"
-        BACKPRESSURE = "backpressure", "Backpressure"
-        ERROR = "error", "Error"
-        PAUSED = "paused", "Paused"
+        # The names are the engine's (syncer.engine.pipeline.Status): one list, labelled here.
+        STOPPED = engine_status.STOPPED, "Stopped"
+        STARTING = engine_status.STARTING, "Starting"
+        SNAPSHOTTING = engine_status.SNAPSHOTTING, "Snapshotting"
+        STREAMING = engine_status.STREAMING, "Streaming"
+        CAUGHT_UP = engine_status.CAUGHT_UP, "Caught up"
+        RECONNECTING = engine_status.RECONNECTING, "Reconnecting"
+        SINK_UNAVAILABLE = engine_status.SINK_UNAVAILABLE, "Sink unavailable"
+        BACKPRESSURE = engine_status.BACKPRESSURE, "Backpressure"
+        ERROR = engine_status.ERROR, "Error"
+        PAUSED = engine_status.PAUSED, "Paused"
 
     class ResyncMode(models.TextChoices):
         IN_PLACE = "in_place", "Into the existing index, then remove what the copy lacks"

@@ -45,3 +45,11 @@ def test_backoff_reset_starts_again_from_base():
         backoff.next_delay()
     backoff.reset()
     assert backoff.next_delay() == pytest.approx(1.0)
+
+
+def test_the_subscription_statuses_are_the_engines_and_only_those() -> None:
+    from syncer.engine.pipeline import Status
+    from syncer.models import Subscription
+
+    engine = {value for name, value in vars(Status).items() if name.isupper()}
+    assert set(Subscription.Status.values) == engine
