@@ -19,8 +19,8 @@ from django.urls import reverse
 
 from console.model_permissions import VIEW_SUBSCRIPTION
 from syncer.models import Subscription
-from syncer.positions import format_position
-from syncer.redaction import redact
+from syncer.sources.positions import format_position
+from syncer.text import redact
 
 
 def _row(sub: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the project's packages are beside it
 
-from syncer.redaction import redact  # noqa: E402
+from syncer.text import redact  # noqa: E402
 
 ADMIN_URL = os.environ.get("PGSETUP_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CONSOLE_DB = "searchsync"

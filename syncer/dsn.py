@@ -19,7 +19,7 @@ from django.conf import settings
 
 from syncer import conf
 from syncer.errors import SourceConfigError
-from syncer.redaction import HIDDEN, is_secret_name, redact
+from syncer.text import HIDDEN, is_secret_name, redact
 
 __all__ = [
     "ENV_PREFIX",

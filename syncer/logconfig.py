@@ -1,7 +1,7 @@
 """Structured logging: one JSON object per line by default, readable lines for humans.
 
 Every record, ours or Django's, goes through structlog's ProcessorFormatter, and every
-value is scrubbed before it is written: texts by `syncer.redaction.redact` (the one
+value is scrubbed before it is written: texts by `syncer.text.redact` (the one
 redaction of the product), and the whole value of fields named like a secret.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from syncer.redaction import SECRET_FIELD, environment_secrets, redact
+from syncer.text import SECRET_FIELD, environment_secrets, redact
 
 __all__ = ["configure_structlog", "logging_config", "redact", "scrub"]
 

@@ -1,9 +1,9 @@
 """A Subscription row -> its source, its sink, its pipeline: the only place that builds them.
 
-The worker (`syncer.runner`, `syncer.supervisor`), the dead-letter retries (`syncer.dlq`)
-and the console's document view all reach a subscription's adapters through here, so
-each reaches them the same way. This module imports the adapters and the ORM state;
-nothing it imports may import it back.
+The worker (`syncer.worker.runner`, `syncer.worker.supervisor`), the dead-letter retries
+(`syncer.operations.dead_letters`) and the console's document view all reach a
+subscription's adapters through here, so each reaches them the same way. This module
+imports the adapters and the ORM state; nothing it imports may import it back.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from syncer import conf
 from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
 from syncer.models import Subscription
-from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
+from syncer.sinks.opensearch.sink import OpenSearchSink, OpenSearchSinkConfig
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
-from syncer.store import DjangoDeadLetters, DjangoStateStore
+from syncer.stores import DjangoDeadLetters, DjangoStateStore
 
 
 def sink_config(sub: Subscription, index: str | None = None) -> OpenSearchSinkConfig:

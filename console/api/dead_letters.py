@@ -1,4 +1,5 @@
-"""`/api/dlq`: list, read, count, retry and purge dead letters through `syncer.dlq`.
+"""`/api/dlq`: list, read, count, retry and purge dead letters through
+`syncer.operations.dead_letters`.
 
 The list is newest first with a cursor (the last entry's first_failed_at and id), so
 paging stays stable while the worker adds entries: new ones sort before the first page.
@@ -35,8 +36,8 @@ from console.api.schemas import (
     dead_letter_out,
     retry_outcome,
 )
-from syncer import dlq
 from syncer.models import DeadLetter
+from syncer.operations import dead_letters
 
 router = Router(tags=["dead letters"])
 
@@ -58,7 +59,7 @@ def _age(field: str, text: str | None) -> timedelta | None:
     if text is None:
         return None
     try:
-        age = dlq.parse_age(text)
+        age = dead_letters.parse_age(text)
         timezone.now() - age  # an age reaching before year 1 cannot be used
     except ValueError as exc:
         raise FieldErrors([(field, str(exc))]) from None
@@ -90,14 +91,16 @@ def _selected(filters: ListFilters) -> QuerySet[DeadLetter]:
     older_than = _age("older_than", filters.older_than)
     newer_than = _age("newer_than", filters.newer_than)
     _check_text("subscription", filters.subscription)
-    entries = dlq.Selection(subscription=filters.subscription, older_than=older_than).queryset()
+    entries = dead_letters.Selection(
+        subscription=filters.subscription, older_than=older_than
+    ).queryset()
     if filters.action is not None:
         entries = entries.filter(action=filters.action)
     if filters.error_type is not None:
         _check_text("error_type", filters.error_type)
         entries = entries.filter(error_type=filters.error_type)
     if newer_than is not None:
-        entries = dlq.newer_than(entries, newer_than)
+        entries = dead_letters.newer_than(entries, newer_than)
     return entries
 
 
@@ -136,8 +139,8 @@ def dead_letter_stats(
 ) -> dict[str, Any]:
     """Counts per subscription and error type, and the oldest entry."""
     _check_text("subscription", subscription)
-    stats = dlq.stats(
-        dlq.Selection(subscription=subscription, older_than=_age("older_than", older_than))
+    stats = dead_letters.stats(
+        dead_letters.Selection(subscription=subscription, older_than=_age("older_than", older_than))
     )
     return {
         "total": stats.total,
@@ -165,9 +168,9 @@ def get_dead_letter(request: HttpRequest, entry_id: int) -> dict[str, Any]:
     return dead_letter_out(entry, payload=True)
 
 
-def _selection(body: RetryIn | PurgeIn) -> dlq.Selection:
+def _selection(body: RetryIn | PurgeIn) -> dead_letters.Selection:
     _check_text("subscription", body.subscription)
-    selection = dlq.Selection(
+    selection = dead_letters.Selection(
         ids=body.ids, subscription=body.subscription, older_than=_age("older_than", body.older_than)
     )
     selection.queryset()  # an unknown subscription is a 404 before anything is done
@@ -177,18 +180,20 @@ def _selection(body: RetryIn | PurgeIn) -> dlq.Selection:
 _NARROW = "a subscription, an age, fewer ids, or a limit of at most {most} per call"
 
 
-def _bounded(operation: str, selection: dlq.Selection, body: RetryIn | PurgeIn) -> tuple[int, int]:
+def _bounded(
+    operation: str, selection: dead_letters.Selection, body: RetryIn | PurgeIn
+) -> tuple[int, int]:
     """(selected, remaining): entries this call touches (up to `limit`) and those beyond.
 
     A call that would touch more than SYNCER_API_DLQ_MAX entries is refused whole (422 on
     `limit`), so one request cannot stall the web process; a dry run only counts.
     """
-    matched = dlq.count(selection)
+    matched = dead_letters.count(selection)
     selected = matched if body.limit is None else min(matched, body.limit)
     if not body.dry_run:
         try:
-            dlq.within_request_bound(operation, selection, selected, narrow=_NARROW)
-        except dlq.TooManyForARequest as exc:
+            dead_letters.within_request_bound(operation, selection, selected, narrow=_NARROW)
+        except dead_letters.TooManyForARequest as exc:
             raise FieldErrors([("limit", str(exc))]) from None
     return selected, matched - selected
 
@@ -208,10 +213,10 @@ def retry_dead_letters(request: HttpRequest, payload: RetryIn) -> dict[str, Any]
             "dry_run": True,
             "selected": selected,
             "remaining": remaining,
-            **retry_outcome(dlq.RetryReport()),
+            **retry_outcome(dead_letters.RetryReport()),
             "message": f"would retry {selected} ({selection.describe()}); nothing was sent",
         }
-    report = dlq.retry(selection, payload.limit)
+    report = dead_letters.retry(selection, payload.limit)
     return {
         "dry_run": False,
         "selected": selected,
@@ -247,7 +252,7 @@ def purge_dead_letters(request: HttpRequest, payload: PurgeIn) -> dict[str, Any]
             "purged": 0,
             "message": message,
         }
-    purged = dlq.purge(selection, payload.limit)
+    purged = dead_letters.purge(selection, payload.limit)
     plural = "s" if purged != 1 else ""
     return {
         "dry_run": False,

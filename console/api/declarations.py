@@ -2,7 +2,7 @@
 
 A POST body is one entry; a PATCH body is the part of an entry to change, merged into
 the subscription's current declaration. Either way the result goes through
-`syncer.config_file.parse`, so the API accepts exactly what `manage.py subscriptions
+`syncer.operations.declarations.parse`, so the API accepts exactly what `manage.py subscriptions
 apply` accepts, with the same messages.
 """
 
@@ -13,14 +13,14 @@ import re
 from typing import Any
 
 from console.api.errors import FieldErrors
-from syncer import config_file
 from syncer.models import Subscription
-from syncer.services import SubscriptionSpec
+from syncer.operations import declarations
+from syncer.operations.subscriptions import SubscriptionSpec
 
 _SECTIONS = ("source", "index", "batch", "backpressure")
 _MATERIALIZE_ONLY = ("cluster", "envelope")
 
-# --- adapter (syncer.config_file reports errors as text only) ---------------------------
+# --- adapter (syncer.operations.declarations reports errors as text only) ---------
 # Each error reads `<label>: <field path>: <message>`; the label names the entry
 # (`subscription 'orders'` or `subscriptions[0]`). A ConfigFileError carrying
 # (path, message) pairs would make this parsing unnecessary.
@@ -45,8 +45,8 @@ def to_spec(entry: dict[str, Any]) -> SubscriptionSpec:
     """Check one declared subscription as `subscriptions apply` does; raise FieldErrors."""
     text = json.dumps({"subscriptions": [entry]}, ensure_ascii=False)
     try:
-        (spec,) = config_file.parse(text, filename="request.json")
-    except config_file.ConfigFileError as exc:
+        (spec,) = declarations.parse(text, filename="request.json")
+    except declarations.ConfigFileError as exc:
         raise FieldErrors([_split_error(error) for error in exc.errors]) from None
     return spec
 
@@ -55,7 +55,7 @@ def declaration_of(subscription: Subscription) -> dict[str, Any]:
     """The subscription's current declaration, DSN included as stored (never shown)."""
     entry: dict[str, Any] = {}
     postgres = subscription.source_kind == Subscription.SourceKind.POSTGRES
-    for field, path in config_file.FIELD_PATHS.items():
+    for field, path in declarations.FIELD_PATHS.items():
         if postgres and path[0] == "source" and path[-1] in _MATERIALIZE_ONLY:
             continue  # a postgres source must not name them at all
         target = entry

@@ -19,8 +19,8 @@ from console.api.errors import NotFound
 from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from syncer.logconfig import redact
 from syncer.models import Subscription
-from syncer.positions import format_position
-from syncer.sinks.opensearch import make_client
+from syncer.sinks.opensearch.sink import make_client
+from syncer.sources.positions import format_position
 from syncer.wiring import sink_config
 
 log = structlog.get_logger(__name__)

@@ -1,7 +1,7 @@
 """Request and response bodies of the API (they make the OpenAPI schema at /api/docs).
 
 Subscription bodies have the shape of one entry of a subscriptions file; their values
-are checked by `syncer.config_file` (see declarations.py), so these schemas only say
+are checked by `syncer.operations.declarations` (see declarations.py), so these schemas only say
 the shape and the types.
 """
 
@@ -13,10 +13,10 @@ from typing import Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
-from syncer import display, dlq
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
-from syncer.positions import format_position
+from syncer.operations import dead_letters, describe
+from syncer.sources.positions import format_position
 
 SourceKind = Literal["postgres", "materialize"]
 Envelope = Literal["diff", "upsert"]
@@ -200,7 +200,7 @@ class SubscriptionOut(Schema):
 
 def subscription_out(s: Subscription, dead_letters: int) -> dict[str, Any]:
     """The read form of a subscription: DSN without password, worker texts redacted."""
-    declared = display.config(s)
+    declared = describe.config(s)
     # The schema has every source field, whatever the kind.
     declared["source"].setdefault("cluster", s.source_cluster)
     declared["source"].setdefault("envelope", s.source_envelope)
@@ -283,7 +283,7 @@ class DeadLetterOut(DeadLetterSummary):
 
 
 def dead_letter_out(entry: DeadLetter, payload: bool = False) -> dict[str, Any]:
-    data = dlq.entry_fields(entry)
+    data = dead_letters.entry_fields(entry)
     if payload:
         data["payload"] = entry.payload
     return data
@@ -348,7 +348,7 @@ class RetryOut(Schema):
     message: str
 
 
-def retry_outcome(report: dlq.RetryReport) -> dict[str, Any]:
+def retry_outcome(report: dead_letters.RetryReport) -> dict[str, Any]:
     return {
         "retried": report.retried,
         "succeeded": report.succeeded,

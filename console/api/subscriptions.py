@@ -1,7 +1,7 @@
 """`/api/subscriptions`: read, create, change, delete, pause, resume and resync.
 
-Thin over `syncer.services` (apply, delete) and `syncer.control` (pause, resume,
-resync); each change is written to the admin's history for the acting user.
+Thin over `syncer.operations.subscriptions` (apply, delete) and `syncer.operations.control`
+(pause, resume, resync); each change is written to the admin's history for the acting user.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from console.api.schemas import (
     SubscriptionPatch,
     subscription_out,
 )
-from syncer import control, dsn, services
-from syncer.config_file import FIELD_LABELS
-from syncer.control import ControlResult
+from syncer import dsn
 from syncer.models import Subscription
+from syncer.operations import control, subscriptions
+from syncer.operations.control import ControlResult
+from syncer.operations.declarations import FIELD_LABELS
 
 router = Router(tags=["subscriptions"])
 
@@ -97,8 +98,8 @@ def create_subscription(request: HttpRequest, payload: SubscriptionIn) -> Status
         with transaction.atomic():
             if Subscription.objects.filter(name=spec.name).exists():
                 raise taken
-            report = services.apply_subscriptions([spec])
-            if report.outcomes[0].action != services.Action.CREATED:
+            report = subscriptions.apply_subscriptions([spec])
+            if report.outcomes[0].action != subscriptions.Action.CREATED:
                 raise taken  # created by someone else meanwhile: undo our update
             subscription = _get(spec.name)
             audit.record(caller(request), subscription, audit.ADDITION, "Created")
@@ -126,7 +127,7 @@ def patch_subscription(
             _keep_as_shown(patch["source"], current)
         entry = declarations.merge(declarations.declaration_of(current), patch)
         spec = declarations.to_spec(entry)
-        outcome = services.apply_subscriptions([spec]).outcomes[0]
+        outcome = subscriptions.apply_subscriptions([spec]).outcomes[0]
         changes = [
             {"field": FIELD_LABELS.get(c.field, c.field), "old": c.old, "new": c.new}
             for c in outcome.changes
@@ -172,8 +173,8 @@ def delete_subscription(
         subscription = _locked(name)
         audit.record(caller(request), subscription, audit.DELETION, "Deleted")
         try:
-            warning = services.delete_subscription(subscription, force=force)
-        except services.DeadLettersRemain as exc:
+            warning = subscriptions.delete_subscription(subscription, force=force)
+        except subscriptions.DeadLettersRemain as exc:
             raise Conflict(
                 f"{exc}: DELETE /api/subscriptions/{name}?force=true deletes them too"
             ) from None

@@ -1,7 +1,7 @@
 """The seams of the engine: a source, a sink and a state store.
 
 Adapters implement these for real systems (`syncer.sources`, `syncer.sinks`,
-`syncer.store`); `syncer.engine.testing` implements them in memory.
+`syncer.stores`); `syncer.engine.testing` implements them in memory.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Plain counters and histograms a pipeline keeps for its metrics.
 
-The engine counts; `syncer.metrics` turns the counts into Prometheus families at
+The engine counts; `syncer.worker.metrics` turns the counts into Prometheus families at
 scrape time. Scrapes run on another thread than the sync loop, so a histogram
 copies itself under a lock: a scrape never sees a count without its bucket.
 """

@@ -40,8 +40,8 @@ from syncer.live.messages import (
     SnapshotMessage,
     events_group,
 )
-from syncer.positions import format_position
-from syncer.redaction import redact
+from syncer.sources.positions import format_position
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 

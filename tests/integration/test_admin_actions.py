@@ -1,6 +1,6 @@
 """Pause, resume, resync and reset from the admin: confirmation first, then the request.
 
-Each action goes through `syncer.control`, so a confirmed one shows on the row
+Each action goes through `syncer.operations.control`, so a confirmed one shows on the row
 (`paused`, `resync_requested_at`, `reset_requested_at`) and in `control_version`,
 and it adds an admin log entry that the subscription's page lists.
 """

@@ -290,12 +290,12 @@ def test_admin_revoke_action_refuses_the_token_from_then_on(
 def test_an_unexpected_error_is_a_json_500_without_a_stack_trace(
     staff: User, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from syncer import dlq
+    from syncer.operations import dead_letters
 
     def broken(selection: Any = None) -> Any:
         raise RuntimeError("bug in the stats query")
 
-    monkeypatch.setattr(dlq, "stats", broken)  # stands in for a bug of ours
+    monkeypatch.setattr(dead_letters, "stats", broken)  # stands in for a bug of ours
     _, text = ApiToken.issue(staff, "ci")
     response = bearer(text).get("/api/dlq/stats")
     assert response.status_code == 500

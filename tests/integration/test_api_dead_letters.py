@@ -1,4 +1,5 @@
-"""`/api/dlq`: filtered cursor pages, one entry, stats, retry and purge through syncer.dlq.
+"""`/api/dlq`: filtered cursor pages, one entry, stats, retry and purge through
+syncer.operations.dead_letters.
 
 Retries go to a real osmem-server (the `search` fixture): the outcomes are OpenSearch's.
 """

@@ -12,9 +12,9 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError
 
-from syncer.config_file import ConfigFileError, parse
 from syncer.models import Subscription
-from syncer.services import (
+from syncer.operations.declarations import ConfigFileError, parse
+from syncer.operations.subscriptions import (
     Action,
     FieldChange,
     Outcome,

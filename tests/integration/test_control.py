@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from syncer import control
 from syncer.models import Subscription
+from syncer.operations import control
 
 
 def test_pause_and_resume_are_idempotent_and_tell_the_worker(make_subscription):

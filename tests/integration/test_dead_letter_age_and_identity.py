@@ -19,7 +19,6 @@ from django.urls import reverse
 from django.utils import timezone
 from opensearchpy import OpenSearch
 
-from syncer import dlq
 from syncer.engine.changes import Change, Op
 from syncer.engine.interfaces import Rejected
 from syncer.engine.outcomes import (
@@ -30,7 +29,8 @@ from syncer.engine.outcomes import (
     Outcome,
 )
 from syncer.models import DeadLetter, Subscription, doc_id_digest
-from syncer.store import DjangoDeadLetters
+from syncer.operations import dead_letters
+from syncer.stores import DjangoDeadLetters
 from tests.support.factories import entry, subscription
 from tests.support.users import operator, token_client
 
@@ -108,7 +108,7 @@ def test_the_admin_age_filter_and_purge_count_age_from_the_last_failure(
 def test_stats_name_the_entry_whose_last_failure_is_oldest() -> None:
     still, quiet = failing_for_a_month(subscription())
 
-    stats = dlq.stats()
+    stats = dead_letters.stats()
 
     assert stats.oldest is not None and stats.oldest.pk == quiet.pk
     (row,) = stats.rows
@@ -184,7 +184,7 @@ def test_retrying_an_entry_opensearch_cannot_take_sends_nothing_and_says_why(
         sub, "7", error_type=INCOMPLETE_DOCUMENT, error_reason="column body was unchanged"
     )
 
-    report = dlq.retry(dlq.Selection(subscription=sub.name))
+    report = dead_letters.retry(dead_letters.Selection(subscription=sub.name))
 
     assert (report.succeeded, report.failed) == (0, 2)
     assert (

@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 from django.urls import reverse
 
-from syncer import dlq
 from syncer.models import DeadLetter
+from syncer.operations import dead_letters
 from tests.integration.test_dlq_admin import action_post, confirm_post
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.httpfaults import FaultProxy
@@ -99,7 +99,7 @@ def test_retrying_an_entry_older_than_the_indexed_document_is_superseded(
         index="older", id="1", body=newer, version=entry.version + 1, version_type="external"
     )
 
-    report = dlq.retry(dlq.Selection(subscription="older"))
+    report = dead_letters.retry(dead_letters.Selection(subscription="older"))
     assert (report.succeeded, report.superseded, report.failed) == (0, 1, 0)
     assert not DeadLetter.objects.exists()
     assert search.get(index="older", id="1")["_source"] == newer
@@ -128,7 +128,7 @@ def test_a_deleted_document_is_never_resurrected_by_a_retry_after_gc_deletes(
     search.indices.put_mapping(index="gc", body={"properties": {"note": {"type": "text"}}})
     time.sleep(1.5)  # past gc_deletes: the delete's tombstone is gone
 
-    report = dlq.retry(dlq.Selection())
+    report = dead_letters.retry(dead_letters.Selection())
     assert report.retried == 0
     assert "1" not in index_docs(search, "gc")
     # What the rule prevented: the old version is accepted again once the tombstone is gone.

@@ -1,7 +1,7 @@
 """A subscription that still has dead letters is deleted only when that is asked for.
 
 Its dead letters go with it and can then be neither retried nor read; the service
-(`services.check_deletable`) refuses, and the API (`force=true`), the admin (a ticked
+(`subscriptions.check_deletable`) refuses, and the API (`force=true`), the admin (a ticked
 box on the confirmation page, single and bulk) and `subscriptions apply --prune`
 (`--force`) say how to ask.
 """
@@ -20,8 +20,8 @@ from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
 
-from syncer import services
 from syncer.models import DeadLetter, Subscription
+from syncer.operations import subscriptions
 from tests.support.factories import entry, subscription
 from tests.support.users import operator, token_client
 
@@ -57,14 +57,14 @@ def shown(response: Any, level: int) -> list[str]:
 def test_the_service_refuses_unless_forced() -> None:
     sub = with_dead_letters("orders", 3)
 
-    with pytest.raises(services.DeadLettersRemain) as caught:
-        services.delete_subscription(sub)
+    with pytest.raises(subscriptions.DeadLettersRemain) as caught:
+        subscriptions.delete_subscription(sub)
 
     assert str(caught.value).startswith(
         "subscription orders still has 3 dead letters, which would be deleted with it; retry"
     )
     assert DeadLetter.objects.count() == 3
-    services.delete_subscription(sub, force=True)
+    subscriptions.delete_subscription(sub, force=True)
     assert not Subscription.objects.exists() and not DeadLetter.objects.exists()
 
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import escape
 from opensearchpy import OpenSearch
 
-from syncer import admin_dead_letters
+from syncer.admin import dead_letters
 from syncer.models import DeadLetter
 from tests.support.factories import TOTAL_IS_INTEGER, entry, retry_case, subscription
 
@@ -380,7 +380,7 @@ def test_retry_all_needs_a_subscription(admin_client: Client) -> None:
 def test_purge_older_than_keeps_younger_entries(
     admin_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(admin_dead_letters, "LARGE", 2)  # the hint for big operations
+    monkeypatch.setattr(dead_letters, "LARGE", 2)  # the hint for big operations
     orders, customers = subscription(), subscription("customers")
     young = entry(orders, "young", age=dt.timedelta(days=6, hours=23))
     entry(orders, "old", age=dt.timedelta(days=7, minutes=1))

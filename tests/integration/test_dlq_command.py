@@ -18,8 +18,8 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from opensearchpy import OpenSearch
 
-from syncer import dlq
 from syncer.models import DeadLetter, Subscription
+from syncer.operations import dead_letters
 from tests.support.factories import TOTAL_IS_INTEGER, entry, subscription
 from tests.support.process import ROOT, database_url
 
@@ -385,7 +385,7 @@ def peak_memory(operation: Any) -> tuple[Any, int]:
 def test_purge_of_20000_entries_stays_in_bounded_memory() -> None:
     make_many(subscription(), 20_000)
 
-    removed, peak = peak_memory(lambda: dlq.purge(dlq.Selection()))
+    removed, peak = peak_memory(lambda: dead_letters.purge(dead_letters.Selection()))
 
     assert removed == 20_000
     assert not DeadLetter.objects.exists()
@@ -401,7 +401,7 @@ def test_retry_of_10000_entries_stays_in_bounded_memory(
     caplog.set_level(logging.WARNING, logger="opensearchpy.trace")
     make_many(subscription(), 10_000)  # 20 batches of 500
 
-    report, peak = peak_memory(lambda: dlq.retry(dlq.Selection()))
+    report, peak = peak_memory(lambda: dead_letters.retry(dead_letters.Selection()))
 
     assert (report.succeeded, report.superseded, report.failed) == (10_000, 0, 0)
     assert not DeadLetter.objects.exists()

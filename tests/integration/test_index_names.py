@@ -19,9 +19,9 @@ from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
 
-from syncer.config_file import parse
 from syncer.models import Subscription
-from syncer.services import IndexNameTaken, apply_subscriptions
+from syncer.operations.declarations import parse
+from syncer.operations.subscriptions import IndexNameTaken, apply_subscriptions
 from tests.support.factories import admin_form, subscription
 from tests.support.users import operator, token_client
 

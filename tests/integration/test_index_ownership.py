@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from opensearchpy import OpenSearch
 
-from syncer import control
 from syncer.errors import ForeignIndex
-from syncer.index_swap import point_alias
 from syncer.models import Subscription
-from syncer.sinks.opensearch import OpenSearchSink, OpenSearchSinkConfig
+from syncer.operations import control
+from syncer.sinks.opensearch.aliases import point_alias
+from syncer.sinks.opensearch.sink import OpenSearchSink, OpenSearchSinkConfig
 from syncer.wiring import sink_config
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.materialize_double import MaterializeDouble

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from opensearchpy import OpenSearch
 
-from syncer import live_checks
 from syncer.models import Subscription
+from syncer.operations import preflight
 from tests.support.materialize_double import MaterializeDouble
 from tests.support.process import free_port
 
@@ -70,12 +70,12 @@ def with_password(dsn: str, password: str) -> str:
 def test_a_postgres_table_with_its_primary_key_passes(
     source_dsn: str, orders: str, opensearch_url: str
 ) -> None:
-    assert live_checks.check(postgres(source_dsn, f"public.{orders}")) == {}
-    assert live_checks.check(postgres(source_dsn, orders, key_columns=["order_id"])) == {}
+    assert preflight.check(postgres(source_dsn, f"public.{orders}")) == {}
+    assert preflight.check(postgres(source_dsn, orders, key_columns=["order_id"])) == {}
 
 
 def test_a_missing_table_is_a_relation_problem(source_dsn: str, opensearch_url: str) -> None:
-    problems = live_checks.check(postgres(source_dsn, "public.no_such_orders"))
+    problems = preflight.check(postgres(source_dsn, "public.no_such_orders"))
 
     assert problems == {
         "relation": [
@@ -89,7 +89,7 @@ def test_a_missing_table_is_a_relation_problem(source_dsn: str, opensearch_url: 
 def test_an_unknown_key_column_names_the_columns_there_are(
     source_dsn: str, orders: str, opensearch_url: str
 ) -> None:
-    problems = live_checks.check(postgres(source_dsn, orders, key_columns=["order_no"]))
+    problems = preflight.check(postgres(source_dsn, orders, key_columns=["order_no"]))
 
     assert problems == {
         "key_columns": [
@@ -104,7 +104,7 @@ def test_a_table_without_primary_key_asks_for_key_columns(
 ) -> None:
     source_conn.execute(f"CREATE TABLE {table_name} (order_id int, total numeric)")
 
-    problems = live_checks.check(postgres(source_dsn, table_name))
+    problems = preflight.check(postgres(source_dsn, table_name))
 
     assert list(problems) == ["key_columns"]
     assert problems["key_columns"][0].startswith(f"public.{table_name} has no primary key; add one")
@@ -115,7 +115,7 @@ def test_a_view_is_refused_for_a_postgres_source(
 ) -> None:
     source_conn.execute(f"CREATE VIEW {orders}_v AS SELECT * FROM {orders}")
 
-    problems = live_checks.check(postgres(source_dsn, f"{orders}_v", key_columns=["order_id"]))
+    problems = preflight.check(postgres(source_dsn, f"{orders}_v", key_columns=["order_id"]))
 
     assert problems["relation"][0].startswith(f"public.{orders}_v is a view; PostgreSQL logical")
 
@@ -126,14 +126,14 @@ def test_a_refused_connection_says_which_host_and_port_without_the_password(
     port = free_port()
     dsn = f"postgresql://orders:s3cret-pw@127.0.0.1:{port}/shop"
 
-    problems = live_checks.check(postgres(dsn, "public.orders"))
+    problems = preflight.check(postgres(dsn, "public.orders"))
 
     assert problems == {
         "source_dsn": [
             f"could not connect to 127.0.0.1:{port}: connection refused; check host and port"
         ]
     }
-    assert live_checks.as_lines(problems) == [
+    assert preflight.as_lines(problems) == [
         f"source DSN: could not connect to 127.0.0.1:{port}: connection refused; "
         "check host and port"
     ]
@@ -142,9 +142,9 @@ def test_a_refused_connection_says_which_host_and_port_without_the_password(
 def test_an_unknown_host_and_an_unknown_database_are_named(
     source_dsn: str, opensearch_url: str
 ) -> None:
-    unknown_host = live_checks.check(postgres("postgresql://u:pw@no-such-host.invalid/db", "t"))
+    unknown_host = preflight.check(postgres("postgresql://u:pw@no-such-host.invalid/db", "t"))
     missing_db = source_dsn.rsplit("/", 1)[0] + "/searchsync_no_such_db"
-    unknown_db = live_checks.check(postgres(with_password(missing_db, "s3cret-pw"), "t"))
+    unknown_db = preflight.check(postgres(with_password(missing_db, "s3cret-pw"), "t"))
 
     assert unknown_host["source_dsn"] == [
         "could not connect to no-such-host.invalid:5432: host no-such-host.invalid not found; "
@@ -162,7 +162,7 @@ def test_a_silent_server_is_given_up_on_within_the_timeout(
     dsn = f"postgresql://orders:s3cret-pw@127.0.0.1:{silent_port}/shop"
     started = time.monotonic()
 
-    problems = live_checks.check(postgres(dsn, "public.orders"), timeout=1.0)
+    problems = preflight.check(postgres(dsn, "public.orders"), timeout=1.0)
 
     assert time.monotonic() - started < 3
     assert problems == {
@@ -179,8 +179,8 @@ def test_an_env_dsn_is_resolved_and_an_unset_one_is_explained(
     monkeypatch.setenv("ORDERS_SOURCE_DSN", source_dsn)
     monkeypatch.delenv("ORDERS_MISSING_SOURCE_DSN", raising=False)
 
-    assert live_checks.check(postgres("env:ORDERS_SOURCE_DSN", orders)) == {}
-    problems = live_checks.check(postgres("env:ORDERS_MISSING_SOURCE_DSN", orders))
+    assert preflight.check(postgres("env:ORDERS_SOURCE_DSN", orders)) == {}
+    problems = preflight.check(postgres("env:ORDERS_MISSING_SOURCE_DSN", orders))
     assert problems["source_dsn"][0].startswith(
         "the environment variable ORDERS_MISSING_SOURCE_DSN is not set in the console's environment"
     )
@@ -191,7 +191,7 @@ def test_a_materialize_view_is_subscribed_without_reading_rows_and_rolled_back(
 ) -> None:
     mz.insert((1, "ann", "10.50"))
 
-    assert live_checks.check(materialize(mz, source_cluster="serving")) == {}
+    assert preflight.check(materialize(mz, source_cluster="serving")) == {}
 
     assert mz.rows_sent == 0
     statements = mz.statements
@@ -228,7 +228,7 @@ def test_a_materialize_view_is_subscribed_without_reading_rows_and_rolled_back(
 def test_materialize_problems_land_on_their_field(
     mz: MaterializeDouble, opensearch_url: str, fields: dict[str, Any], field: str, expected: str
 ) -> None:
-    problems = live_checks.check(materialize(mz, **fields))
+    problems = preflight.check(materialize(mz, **fields))
 
     assert problems == {field: [expected]}
     assert mz.statements[-1] == "ROLLBACK"
@@ -239,8 +239,8 @@ def test_a_materialize_query_is_checked_by_its_columns(
 ) -> None:
     query = f"SELECT order_id, total FROM {VIEW} WHERE total > 0"
 
-    assert live_checks.check(materialize(mz, relation=query)) == {}
-    problems = live_checks.check(materialize(mz, relation=query, key_columns=["id"]))
+    assert preflight.check(materialize(mz, relation=query)) == {}
+    problems = preflight.check(materialize(mz, relation=query, key_columns=["id"]))
     assert problems["key_columns"][0].startswith("key column(s) id not in the query;")
 
 
@@ -249,7 +249,7 @@ def test_an_unreachable_opensearch_is_an_index_problem(
 ) -> None:
     settings.OPENSEARCH_URL = f"http://admin:os-s3cret@127.0.0.1:{free_port()}"
 
-    problems = live_checks.check(postgres(source_dsn, orders))
+    problems = preflight.check(postgres(source_dsn, orders))
 
     assert list(problems) == ["index_name"]
     assert problems["index_name"][0].startswith("OpenSearch at http://admin:***@127.0.0.1:")
@@ -266,13 +266,13 @@ def test_an_existing_index_or_alias_passes(
     search.indices.create(index="orders_v2")
     search.indices.put_alias(index="orders_v2", name="orders")
 
-    assert live_checks.check(postgres(source_dsn, orders, index_name="orders")) == {}
-    assert live_checks.check(postgres(source_dsn, orders, index_name="orders_v2")) == {}
+    assert preflight.check(postgres(source_dsn, orders, index_name="orders")) == {}
+    assert preflight.check(postgres(source_dsn, orders, index_name="orders_v2")) == {}
 
 
 def test_source_and_index_problems_are_reported_together(settings: Any) -> None:
     settings.OPENSEARCH_URL = f"http://127.0.0.1:{free_port()}"
 
-    problems = live_checks.check(postgres(f"postgresql://u:pw@127.0.0.1:{free_port()}/db", "t"))
+    problems = preflight.check(postgres(f"postgresql://u:pw@127.0.0.1:{free_port()}/db", "t"))
 
     assert sorted(problems) == ["index_name", "source_dsn"]

@@ -16,9 +16,9 @@ from typing import Literal
 
 import pytest
 
-from syncer import control
 from syncer.engine.interfaces import ResumeState
 from syncer.models import DeadLetter, Subscription
+from syncer.operations import control
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.materialize_double import MaterializeDouble

@@ -319,7 +319,7 @@ def test_source_connection_killed_mid_stream_reconnects_without_loss(
 def test_deleting_a_subscription_drops_its_slot_and_publication(
     source_conn, table_name, make_subscription, search
 ):
-    from syncer.services import delete_subscription
+    from syncer.operations.subscriptions import delete_subscription
 
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
     sub = make_subscription("dropme", table_name)

@@ -1,4 +1,4 @@
-"""Every surface a person reads applies the one redaction (syncer.redaction.redact).
+"""Every surface a person reads applies the one redaction (syncer.text.redact).
 
 The live monitor's websocket (snapshots and dead-letter events, through the real
 publisher and the real Redis channel layer), the DLQ API's `error_reason`, the worker's
@@ -29,7 +29,6 @@ from django.test import Client
 from prometheus_client import CollectorRegistry
 
 from console.asgi import application
-from syncer import worker_http
 from syncer.engine.changes import Change, Op
 from syncer.engine.interfaces import Rejected
 from syncer.engine.outcomes import ItemResult, Outcome
@@ -39,6 +38,7 @@ from syncer.errors import SourceConfigError
 from syncer.live.messages import MONITOR_GROUP, SnapshotMessage, events_group
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
+from syncer.worker import http
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import entry, subscription
 from tests.support.process import ROOT, free_port
@@ -185,7 +185,7 @@ async def test_ready_on_the_worker_port_shows_reasons_redacted() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
     port = free_port()
-    close = worker_http.serve(port, lambda: {"orders": pipeline}, CollectorRegistry())
+    close = http.serve(port, lambda: {"orders": pipeline}, CollectorRegistry())
     try:
         async with asyncio.timeout(5):
             while pipeline.status != Status.ERROR:

@@ -17,8 +17,9 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import reverse
 
-from syncer import config_file, dsn
+from syncer import dsn
 from syncer.models import Subscription
+from syncer.operations import declarations
 from tests.support.factories import admin_form
 from tests.support.harness import WorkerThread, status_of, wait_for
 from tests.support.users import operator, token_client
@@ -210,8 +211,8 @@ def test_patch_with_stars_in_a_changed_dsn_is_refused_and_stores_nothing(api: Cl
 def test_a_subscriptions_file_with_a_redacted_dsn_is_refused() -> None:
     text = json.dumps({"subscriptions": [declaration("postgresql://sync:***@db1.internal/shop")]})
 
-    with pytest.raises(config_file.ConfigFileError) as refused:
-        config_file.parse(text, filename="s.json")
+    with pytest.raises(declarations.ConfigFileError) as refused:
+        declarations.parse(text, filename="s.json")
 
     (error,) = refused.value.errors
     assert error.startswith("subscription 'orders': source.dsn: *** stands for the stored password")

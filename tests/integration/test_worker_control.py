@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from syncer import control, services
 from syncer.models import Subscription, WorkerHeartbeat
+from syncer.operations import control, subscriptions
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.materialize_double import MaterializeDouble
 
@@ -193,7 +193,7 @@ def test_a_deleted_subscription_stops_within_two_seconds(
     sub = make_subscription("orders", table)
     with WorkerThread(None) as worker:
         wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
-        assert services.delete_subscription(sub) is None
+        assert subscriptions.delete_subscription(sub) is None
         timed(lambda: "orders" not in worker.runner.pipelines, "deleted subscription stopped")
         insert(source_conn, table, 1)
         time.sleep(1.5)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from syncer import worker_http
+from syncer.worker import http
 from tests.support.process import free_port
 
 TIMEOUT = 0.5
@@ -25,10 +25,10 @@ TIMEOUT = 0.5
 def serve() -> Iterator[Callable[..., int]]:
     stops: list[Callable[[], None]] = []
 
-    def start(host: str = worker_http.DEFAULT_HOST) -> int:
+    def start(host: str = http.DEFAULT_HOST) -> int:
         port = free_port()
         stops.append(
-            worker_http.serve(port, dict, CollectorRegistry(), host=host, request_timeout=TIMEOUT)
+            http.serve(port, dict, CollectorRegistry(), host=host, request_timeout=TIMEOUT)
         )
         return port
 

@@ -25,7 +25,7 @@ from syncer.engine.testing import (
     InMemorySource,
     InMemoryStore,
 )
-from syncer.metrics import DeadLetterQueueCollector
+from syncer.worker.metrics import DeadLetterQueueCollector
 from tests.support import factories
 from tests.support.harness import index_docs, status_of, wait_for
 from tests.support.process import WorkerProcess, free_port

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from syncer.models import Subscription, WorkerHeartbeat
-from syncer.ownership import NAMESPACE
+from syncer.worker.ownership import NAMESPACE
 from tests.support.harness import Writer, checksum, index_docs, status_of, wait_for
 from tests.support.process import WorkerProcess
 

@@ -16,7 +16,7 @@ import psycopg
 from opensearchpy import OpenSearch
 
 from syncer.models import Subscription
-from syncer.runner import Runner
+from syncer.worker.runner import Runner
 
 
 class WorkerThread:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from syncer.config_file import ConfigFileError, load, parse
+from syncer.operations.declarations import ConfigFileError, load, parse
 
 ORDERS: dict[str, Any] = {
     "name": "orders",
@@ -809,9 +809,9 @@ def test_an_unknown_kind_is_the_only_error_about_the_source() -> None:
 
 
 def test_the_module_docstring_example_is_a_valid_file() -> None:
-    from syncer import config_file
+    from syncer.operations import declarations
 
-    doc = config_file.__doc__ or ""
+    doc = declarations.__doc__ or ""
     example = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
 
     specs = parse(textwrap.dedent(example), filename="example.yaml")

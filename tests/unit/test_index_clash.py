@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from syncer.index_swap import new_index_name
+from syncer.sinks.opensearch.aliases import new_index_name
 from syncer.validators import index_clash
 
 REQUESTED = dt.datetime(2026, 12, 1, 21, 0, 0, 123456, tzinfo=dt.UTC)

@@ -23,8 +23,8 @@ from syncer.engine.testing import (
 )
 from syncer.errors import RequestTooLarge, SinkUnavailable, SourceConfigError
 from syncer.live.publisher import LivePublisher
-from syncer.metrics import registry_for
-from syncer.worker_http import ReadinessCheck, subscription_problem
+from syncer.worker.http import ReadinessCheck, subscription_problem
+from syncer.worker.metrics import registry_for
 
 FAST = PipelineConfig(
     name="m", batch_max_size=100, poll_interval=0.005, backoff_base=0.001, backoff_cap=0.01

@@ -22,7 +22,7 @@ from syncer.engine.testing import (
     InMemorySource,
     InMemoryStore,
 )
-from syncer.metrics import registry_for
+from syncer.worker.metrics import registry_for
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 _METRIC = re.compile(r"\b(?:searchsync_[a-z0-9_]+|process_[a-z0-9_]+)\b")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncer.positions import format_lsn, format_position
+from syncer.sources.positions import format_lsn, format_position
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ def test_lsn_is_shown_as_postgresql_shows_it(position: int | None, shown: str) -
 
 
 def test_parse_lsn_is_the_inverse_of_format_lsn():
-    from syncer.positions import parse_lsn
+    from syncer.sources.positions import parse_lsn
 
     for position in (0, 1, 0xFFFFFFFF, 0x16B374D848, (1 << 63) - 1):
         assert parse_lsn(format_lsn(position)) == position

@@ -1,11 +1,11 @@
-"""The one redaction (syncer.redaction.redact): what it hides, and what it leaves alone."""
+"""The one redaction (syncer.text.redact): what it hides, and what it leaves alone."""
 
 from __future__ import annotations
 
 import pytest
 
-from syncer import dsn, logconfig, redaction
-from syncer.redaction import redact
+from syncer import dsn, logconfig, text
+from syncer.text import redact
 
 
 @pytest.mark.parametrize(
@@ -86,8 +86,8 @@ def test_the_values_of_secret_named_variables_are_hidden_anywhere(
 
 
 def test_there_is_one_redaction() -> None:
-    assert dsn.redact is redaction.redact
-    assert logconfig.redact is redaction.redact
+    assert dsn.redact is text.redact
+    assert logconfig.redact is text.redact
     assert logconfig.scrub({"error": "postgresql://:pw-1@h/db"}, secrets=[]) == {
         "error": "postgresql://:***@h/db"
     }

@@ -1,9 +1,8 @@
 """`dlq list|stats|retry|purge`: look at the dead-letter queue, retry or purge entries.
 
 Every subcommand takes `--subscription NAME` and `--older-than AGE` (30m, 12h, 7d, 2w: since
-the last failure);
-retry and purge go through `syncer.dlq`, in bounded batches. Bad arguments exit 2
-before anything is touched.
+the last failure); retry and purge go through `syncer.operations.dead_letters`, in bounded
+batches. Bad arguments exit 2 before anything is touched.
 """
 
 from __future__ import annotations
@@ -14,8 +13,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from syncer import display, dlq
+from syncer import text
 from syncer.models import DeadLetter
+from syncer.operations import dead_letters
 
 LIST_LIMIT = 50
 
@@ -45,7 +45,7 @@ class Command(BaseCommand):
             sub.add_argument("--subscription", metavar="NAME", help="only this subscription")
             sub.add_argument(
                 "--older-than",
-                type=dlq.age_argument,
+                type=dead_letters.age_argument,
                 metavar="AGE",
                 help="only entries that last failed at least this long ago (30m, 12h, 7d, 2w)",
             )
@@ -89,7 +89,9 @@ class Command(BaseCommand):
         else:
             self.purge(selection, what, options["limit"], options["dry_run"])
 
-    def list_entries(self, selection: dlq.Selection, what: str, limit: int, as_json: bool) -> None:
+    def list_entries(
+        self, selection: dead_letters.Selection, what: str, limit: int, as_json: bool
+    ) -> None:
         entries = (
             selection.queryset()
             .select_related("subscription")
@@ -109,23 +111,23 @@ class Command(BaseCommand):
                 (
                     str(row["id"]),
                     row["subscription"],
-                    display.short(row["doc_id"], 40),
+                    text.short(row["doc_id"], 40),
                     row["action"],
                     row["error_type"] or "-",
                     str(row["attempts"]),
                     row["age"],
-                    display.short(row["error_reason"], 60) or "-",
+                    text.short(row["error_reason"], 60) or "-",
                 )
                 for row in rows
             ],
         )
         if len(rows) == limit:
-            total = dlq.count(selection)
+            total = dead_letters.count(selection)
             if total > limit:
                 self.stdout.write(f"{limit} of {total} shown, newest first (--limit for more)")
 
-    def print_stats(self, selection: dlq.Selection, what: str, as_json: bool) -> None:
-        stats = dlq.stats(selection)
+    def print_stats(self, selection: dead_letters.Selection, what: str, as_json: bool) -> None:
+        stats = dead_letters.stats(selection)
         oldest = stats.oldest
         if as_json:
             data = {
@@ -155,8 +157,8 @@ class Command(BaseCommand):
                     row.subscription,
                     row.error_type or "-",
                     str(row.count),
-                    display.age_text(row.oldest),
-                    display.age_text(row.newest),
+                    text.age_text(row.oldest),
+                    text.age_text(row.newest),
                 )
                 for row in stats.rows
             ],
@@ -172,13 +174,15 @@ class Command(BaseCommand):
         if oldest is not None:
             self.stdout.write(
                 f"oldest: #{oldest.pk} {oldest.subscription.name} document "
-                f"{display.short(oldest.doc_id, 80)}, failed "
-                f"{display.age_text(oldest.last_attempt_at)} ago "
+                f"{text.short(oldest.doc_id, 80)}, failed "
+                f"{text.age_text(oldest.last_attempt_at)} ago "
                 f"({oldest.last_attempt_at.isoformat()})"
             )
 
-    def retry(self, selection: dlq.Selection, what: str, limit: int | None, dry_run: bool) -> None:
-        total = dlq.count(selection, limit)
+    def retry(
+        self, selection: dead_letters.Selection, what: str, limit: int | None, dry_run: bool
+    ) -> None:
+        total = dead_letters.count(selection, limit)
         if dry_run:
             self.stdout.write(
                 f"would retry {total} dead letter{'s' if total != 1 else ''} "
@@ -186,26 +190,28 @@ class Command(BaseCommand):
             )
             return
 
-        def progress(report: dlq.RetryReport) -> None:
+        def progress(report: dead_letters.RetryReport) -> None:
             self.stderr.write(f"retrying: {report.retried}/{total} ({report})")
 
         try:
-            report = dlq.retry(selection, limit, progress=progress)
-        except dlq.RetryAborted as exc:
+            report = dead_letters.retry(selection, limit, progress=progress)
+        except dead_letters.RetryAborted as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(str(report))
         for error_type, n in report.errors.items():
             self.stdout.write(f"  failing again: {error_type or 'unknown'}: {n}")
 
-    def purge(self, selection: dlq.Selection, what: str, limit: int | None, dry_run: bool) -> None:
+    def purge(
+        self, selection: dead_letters.Selection, what: str, limit: int | None, dry_run: bool
+    ) -> None:
         if dry_run:
-            total = dlq.count(selection, limit)
+            total = dead_letters.count(selection, limit)
             self.stdout.write(
                 f"would purge {total} dead letter{'s' if total != 1 else ''} "
                 f"({what}); dry run: nothing was deleted"
             )
             return
-        removed = dlq.purge(
+        removed = dead_letters.purge(
             selection, limit, progress=lambda n: self.stderr.write(f"purging: {n} so far")
         )
         self.stdout.write(f"purged {removed} dead letter{'s' if removed != 1 else ''}")
@@ -218,25 +224,25 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cells).rstrip())
 
 
-def _selection(options: dict[str, Any]) -> dlq.Selection:
+def _selection(options: dict[str, Any]) -> dead_letters.Selection:
     """The selection the options name; an unknown subscription is an argument error."""
     name, older_than = options["subscription"], options["older_than"]
-    selection = dlq.Selection(subscription=name, older_than=older_than)
+    selection = dead_letters.Selection(subscription=name, older_than=older_than)
     try:
         if name is not None and "\x00" in name:  # PostgreSQL cannot even be asked
-            raise dlq.UnknownSubscription(f"no subscription named {name!r}")
+            raise dead_letters.UnknownSubscription(f"no subscription named {name!r}")
         selection.queryset()  # checks that the subscription exists
-    except dlq.UnknownSubscription as exc:
-        raise CommandError(display.short(str(exc), 300), returncode=2) from None
+    except dead_letters.UnknownSubscription as exc:
+        raise CommandError(text.short(str(exc), 300), returncode=2) from None
     return selection
 
 
 def _list_row(entry: DeadLetter) -> dict[str, Any]:
-    row = dlq.entry_fields(entry)
+    row = dead_letters.entry_fields(entry)
     return {
         **row,
-        "error_reason": display.short(entry.error_reason, 10_000),
+        "error_reason": text.short(entry.error_reason, 10_000),
         "first_failed_at": entry.first_failed_at.isoformat(),
         "last_attempt_at": entry.last_attempt_at.isoformat(),
-        "age": display.age_text(entry.last_attempt_at),
+        "age": text.age_text(entry.last_attempt_at),
     }

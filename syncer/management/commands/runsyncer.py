@@ -11,11 +11,17 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, ProgrammingError
 
-from syncer import conf, worker_http
+from syncer import conf
 from syncer.checks import require_secret_key
-from syncer.dlq import age_argument
 from syncer.logconfig import redact
-from syncer.runner import MetricsPortUnavailable, Runner, UnknownSubscription, load_subscriptions
+from syncer.operations.dead_letters import age_argument
+from syncer.worker import http
+from syncer.worker.runner import (
+    MetricsPortUnavailable,
+    Runner,
+    UnknownSubscription,
+    load_subscriptions,
+)
 
 log = structlog.get_logger("syncer.runsyncer")
 
@@ -52,7 +58,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--metrics-host",
-            default=worker_http.DEFAULT_HOST,
+            default=http.DEFAULT_HOST,
             metavar="ADDRESS",
             help="the address --metrics-port listens on (default 127.0.0.1, this machine "
             "only; 0.0.0.0 for a Prometheus or probe on another host)",

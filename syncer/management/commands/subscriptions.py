@@ -8,10 +8,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from syncer import config_file, display, services
+from syncer import text
 from syncer.models import Subscription
-from syncer.positions import format_position
-from syncer.services import Action, ApplyReport
+from syncer.operations import declarations, describe, subscriptions
+from syncer.operations.subscriptions import Action, ApplyReport
+from syncer.sources.positions import format_position
 
 _VERBS = {
     Action.CREATED: ("created", "would create"),
@@ -59,10 +60,10 @@ class Command(BaseCommand):
             if path == "-":
                 stream = options.get("stdin") or sys.stdin
                 text = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
-                specs = config_file.parse(text, filename="<stdin>")
+                specs = declarations.parse(text, filename="<stdin>")
             else:
-                specs = config_file.load(path)
-        except config_file.ConfigFileError as exc:
+                specs = declarations.load(path)
+        except declarations.ConfigFileError as exc:
             for error in exc.errors:
                 self.stderr.write(error)
             count = len(exc.errors)
@@ -72,18 +73,18 @@ class Command(BaseCommand):
             ) from None
         where = "<stdin>" if path == "-" else path
         try:
-            report = services.apply_subscriptions(
+            report = subscriptions.apply_subscriptions(
                 specs, prune=prune, dry_run=dry_run, force=options.get("force", False)
             )
-        except services.IndexNameTaken as exc:
-            field = config_file.FIELD_LABELS["index_name"]
+        except subscriptions.IndexNameTaken as exc:
+            field = declarations.FIELD_LABELS["index_name"]
             for name, message in exc.errors:
                 self.stderr.write(f"subscription '{name}': {field}: {message}")
             count = len(exc.errors)
             raise CommandError(
                 f"{count} error{'s' if count > 1 else ''} in {where}; nothing was applied"
             ) from None
-        except services.DeadLettersRemain as exc:
+        except subscriptions.DeadLettersRemain as exc:
             raise CommandError(
                 f"{exc}: add --force to delete them with the subscriptions; nothing was applied"
             ) from None
@@ -112,9 +113,9 @@ class Command(BaseCommand):
         if subscription is None:
             known = ", ".join(Subscription.objects.order_by("name").values_list("name", flat=True))
             raise CommandError(
-                f"no subscription named {display.short(name, 80)!r} (known: {known or 'none'})"
+                f"no subscription named {text.short(name, 80)!r} (known: {known or 'none'})"
             )
-        described = display.describe(subscription)
+        described = describe.describe(subscription)
         if as_json:
             self.stdout.write(json.dumps(described, indent=2, ensure_ascii=False))
             return
@@ -128,7 +129,7 @@ class Command(BaseCommand):
         for outcome in report.outcomes:
             verb = _VERBS[outcome.action][report.dry_run]
             changes = "; ".join(
-                f"{config_file.FIELD_LABELS.get(c.field, c.field)}: {c.old} -> {c.new}"
+                f"{declarations.FIELD_LABELS.get(c.field, c.field)}: {c.old} -> {c.new}"
                 for c in outcome.changes
             )
             self.stdout.write(f"{verb:<12} {outcome.name}" + (f": {changes}" if changes else ""))
@@ -162,7 +163,7 @@ def _list_row(s: Subscription) -> dict[str, Any]:
         "checkpoint": None
         if s.checkpoint is None
         else format_position(s.source_kind, s.checkpoint),
-        "last_error": display.short(s.last_error, 10_000),
+        "last_error": text.short(s.last_error, 10_000),
     }
     if s.source_kind == Subscription.SourceKind.MATERIALIZE:
         row.update(cluster=s.source_cluster, envelope=s.source_envelope)
@@ -181,9 +182,9 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if key == "last_error":
-        return display.short(value, 60) or "-"
+        return text.short(value, 60) or "-"
     if key == "relation":
-        return display.short(value, 60)  # a query, on one line
+        return text.short(value, 60)  # a query, on one line
     return "-" if value is None else str(value)
 
 

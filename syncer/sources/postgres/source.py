@@ -28,7 +28,7 @@ from syncer import dsn
 from syncer.engine.changes import DocKey, Document, Position, RowChange, RowOp, Transaction, TxKind
 from syncer.engine.interfaces import NoticeKind, ResumeState, SourceNotice
 from syncer.errors import SourceConfigError
-from syncer.positions import format_lsn, parse_lsn
+from syncer.sources.positions import format_lsn, parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
 from syncer.sources.postgres.queries import QUERIES

@@ -3,9 +3,9 @@
 - The changelist shows what the owning worker publishes (status, lag, staleness,
   throughput, checkpoint); figures older than `STALE_AFTER` are marked stale.
 - Pause, resume, resync and reset checkpoint, as changelist actions and as buttons on a
-  subscription's page, each through a confirmation page. They call `syncer.control`,
+  subscription's page, each through a confirmation page. They call `syncer.operations.control`,
   which writes the request for the worker, and add an entry to the admin log.
-- Saving checks the subscription against the real systems (`syncer.live_checks`)
+- Saving checks the subscription against the real systems (`syncer.operations.preflight`)
   unless “skip live checks” is ticked.
 - The change page lists the latest admin log entries: who changed what, and when.
 """
@@ -33,10 +33,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from syncer import control, display, dsn, live_checks, services
+from syncer import dsn, text
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
-from syncer.positions import format_position
+from syncer.operations import control, preflight, subscriptions
+from syncer.sources.positions import format_position
 from syncer.validators import text_problem
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class SubscriptionForm(_FormBase):
     """The subscription form; the DSN is shown without its password and kept if untouched.
 
     Once every field is valid, the subscription is checked against the source and
-    OpenSearch (`syncer.live_checks`); their problems become errors of the fields.
+    OpenSearch (`syncer.operations.preflight`); their problems become errors of the fields.
     """
 
     key_columns = KeyColumnsField(
@@ -219,7 +220,7 @@ class SubscriptionForm(_FormBase):
         super().full_clean()
         if not self.is_bound or self.errors or self.cleaned_data.get("skip_live_checks"):
             return
-        for field, problems in live_checks.check(self.instance).items():
+        for field, problems in preflight.check(self.instance).items():
             for problem in problems:
                 self.add_error(field if field in self.fields else None, problem)
 
@@ -321,7 +322,7 @@ class SubscriptionAdmin(_AdminBase):
         # Only what the form edits: the rest of the row (checkpoint, requests, status) is
         # the worker's and an operator's requests', and this form may have been loaded
         # before they changed; writing it back would undo a reset or drop a request.
-        obj.save(update_fields=["name", *services.CONFIG_FIELDS, "updated_at"])
+        obj.save(update_fields=["name", *subscriptions.CONFIG_FIELDS, "updated_at"])
 
     # -- columns and fields ------------------------------------------------------------
 
@@ -340,7 +341,7 @@ class SubscriptionAdmin(_AdminBase):
         return format_html(
             '<span class="source-kind">{}</span> <span class="relation">{}</span>',
             obj.get_source_kind_display(),
-            display.short(obj.relation, 60),  # a Materialize query can be long
+            text.short(obj.relation, 60),  # a Materialize query can be long
         )
 
     @admin.display(description="status", ordering="status")
@@ -357,7 +358,7 @@ class SubscriptionAdmin(_AdminBase):
         return format_html(
             '{} <span class="status-message">{}</span>',
             badge,
-            display.short(obj.status_message, 60),
+            text.short(obj.status_message, 60),
         )
 
     @admin.display(description="source DSN")
@@ -386,7 +387,7 @@ class SubscriptionAdmin(_AdminBase):
 
     @admin.display(description="last error")
     def last_error_text(self, obj: Subscription) -> str:
-        return display.short(obj.last_error, 80)
+        return text.short(obj.last_error, 80)
 
     @admin.display(description="last error")
     def last_error_full(self, obj: Subscription) -> str:
@@ -394,7 +395,7 @@ class SubscriptionAdmin(_AdminBase):
 
     # -- deletes go through the service --------------------------------------------------
     # A subscription's dead letters go with it: the confirmation pages say how many, and
-    # deleting them needs the FORCE_FIELD box ticked (`services.check_deletable`).
+    # deleting them needs the FORCE_FIELD box ticked (`subscriptions.check_deletable`).
 
     def delete_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
@@ -406,8 +407,8 @@ class SubscriptionAdmin(_AdminBase):
         # Without the permission, Django's own view refuses before anything is checked.
         if request.method == "POST" and self.has_delete_permission(request, subscription):
             try:
-                services.check_deletable([subscription], _forced(request))
-            except services.DeadLettersRemain as exc:
+                subscriptions.check_deletable([subscription], _forced(request))
+            except subscriptions.DeadLettersRemain as exc:
                 messages.error(request, _not_forced(exc))
                 return HttpResponseRedirect(request.path)  # the confirmation page again
         context = {**_dead_letter_context([subscription]), **(extra_context or {})}
@@ -418,11 +419,11 @@ class SubscriptionAdmin(_AdminBase):
         self, request: HttpRequest, queryset: QuerySet[Subscription]
     ) -> HttpResponse | None:
         """Django's bulk delete; subscriptions with dead letters need the box ticked."""
-        subscriptions = list(queryset)
+        chosen = list(queryset)
         if request.POST.get("post"):
             try:
-                services.check_deletable(subscriptions, _forced(request))
-            except services.DeadLettersRemain as exc:
+                subscriptions.check_deletable(chosen, _forced(request))
+            except subscriptions.DeadLettersRemain as exc:
                 messages.error(request, _not_forced(exc))
                 shown = request.POST.copy()
                 del shown["post"]  # not confirmed: Django shows the confirmation again
@@ -430,7 +431,7 @@ class SubscriptionAdmin(_AdminBase):
                 request.POST = shown  # type: ignore[assignment]  # the stubs' immutable type
         response = admin_actions.delete_selected(self, request, queryset)
         if isinstance(response, TemplateResponse) and response.context_data is not None:
-            response.context_data.update(_dead_letter_context(subscriptions))
+            response.context_data.update(_dead_letter_context(chosen))
         return response
 
     def get_deleted_objects(
@@ -449,7 +450,7 @@ class SubscriptionAdmin(_AdminBase):
     def delete_model(self, request: HttpRequest, obj: Subscription) -> None:
         """Delete through the service, which also drops the slot on the source."""
         # delete_view checked the dead letters against the ticked box.
-        warning = services.delete_subscription(obj, force=True)
+        warning = subscriptions.delete_subscription(obj, force=True)
         if warning:
             messages.warning(request, warning)
 
@@ -646,12 +647,12 @@ def _forced(request: HttpRequest) -> bool:
     return request.POST.get(FORCE_FIELD) == "yes"
 
 
-def _not_forced(exc: services.DeadLettersRemain) -> str:
+def _not_forced(exc: subscriptions.DeadLettersRemain) -> str:
     return f"Nothing was deleted: {exc}. To delete them too, tick “Also delete the dead letters”."
 
 
-def _dead_letter_context(subscriptions: list[Subscription]) -> dict[str, Any]:
-    counts = services.dead_letter_counts(subscriptions)
+def _dead_letter_context(chosen: list[Subscription]) -> dict[str, Any]:
+    counts = subscriptions.dead_letter_counts(chosen)
     return {
         "dead_letters": sum(counts.values()),
         "dead_letter_counts": counts,
@@ -702,19 +703,19 @@ def _after(action: str, subscription: Subscription) -> str:
 
 
 def _figure(
-    obj: Subscription, value: float | None, text: Callable[[float], str]
+    obj: Subscription, value: float | None, shown: Callable[[float], str]
 ) -> str | SafeString:
     """A figure the worker published, or "-"; marked stale when it is old."""
     if value is None or obj.stats_at is None:
         return "-"
     age = timezone.now() - obj.stats_at
     if age <= STALE_AFTER:
-        return text(value)
+        return shown(value)
     who = f"worker {obj.owner}" if obj.owner else "the worker"
     return format_html(
         '<span class="stale" style="color:#999;font-style:italic" title="{}">{} (stale)</span>',
-        f"published {display.age_text(obj.stats_at)} ago by {who}; it may have stopped",
-        text(value),
+        f"published {text.age_text(obj.stats_at)} ago by {who}; it may have stopped",
+        shown(value),
     )
 
 
@@ -724,6 +725,3 @@ def _seconds_text(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-from syncer import admin_dead_letters  # noqa: E402,F401

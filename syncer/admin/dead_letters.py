@@ -1,7 +1,8 @@
 """The admin of the dead-letter queue: read the entries, retry or purge them.
 
 Entries are written by the worker only, so the admin shows them read-only; every
-change goes through `syncer.dlq` (`retry`, `purge`), which works in bounded batches.
+change goes through `syncer.operations.dead_letters` (`retry`, `purge`), which works in
+bounded batches.
 
 - Changelist actions "Retry selected…" and "Purge selected…", each through a
   confirmation page. With "select all N", the filtered list itself is handed to the
@@ -32,9 +33,10 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
-from syncer import display, dlq
+from syncer import text
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
+from syncer.operations import dead_letters
 
 if TYPE_CHECKING:
     _AdminBase = admin.ModelAdmin[DeadLetter]
@@ -63,7 +65,7 @@ _WHAT_HAPPENS = {
 
 
 class AgeFilter(admin.SimpleListFilter):
-    """Entries by when they last failed, as a purge by age counts (syncer.dlq.older_than)."""
+    """Entries by when they last failed, as a purge by age counts them (`older_than`)."""
 
     title = "age"
     parameter_name = "age"
@@ -84,7 +86,11 @@ class AgeFilter(admin.SimpleListFilter):
         if window is None:
             return queryset
         _, span, recent = window
-        return dlq.newer_than(queryset, span) if recent else dlq.older_than(queryset, span)
+        return (
+            dead_letters.newer_than(queryset, span)
+            if recent
+            else dead_letters.older_than(queryset, span)
+        )
 
 
 class DeadLetterChangeList(ChangeList):
@@ -137,10 +143,10 @@ class BulkForm(forms.Form):
             )
         return data
 
-    def selection(self) -> dlq.Selection:
+    def selection(self) -> dead_letters.Selection:
         subscription: Subscription | None = self.cleaned_data.get("subscription")
         days: int | None = self.cleaned_data.get("older_than_days")
-        return dlq.Selection(
+        return dead_letters.Selection(
             subscription=subscription.name if subscription else None,
             older_than=timedelta(days=days) if days else None,
         )
@@ -212,11 +218,11 @@ class DeadLetterAdmin(_AdminBase):
 
     @admin.display(description="reason")
     def short_reason(self, obj: DeadLetter) -> str:
-        return display.short(obj.error_reason, 80)
+        return text.short(obj.error_reason, 80)
 
     @admin.display(description="age (last failure)", ordering="-last_attempt_at")
     def age(self, obj: DeadLetter) -> str:
-        return display.age_text(obj.last_attempt_at)
+        return text.age_text(obj.last_attempt_at)
 
     @admin.display(description="subscription")
     def subscription_link(self, obj: DeadLetter) -> SafeString:
@@ -247,12 +253,12 @@ class DeadLetterAdmin(_AdminBase):
     ) -> HttpResponse | None:
         if request.POST.get("confirm") != "yes":
             return self._confirm_action(request, queryset, "retry", "retry_selected")
-        selection = dlq.Selection(within=queryset)
+        selection = dead_letters.Selection(within=queryset)
         if _too_many(request, "retry", selection, queryset.count()):
             return None
         try:
-            _retry_done(request, dlq.retry(selection))
-        except dlq.RetryAborted as exc:
+            _retry_done(request, dead_letters.retry(selection))
+        except dead_letters.RetryAborted as exc:
             _retry_aborted(request, exc)
         return None
 
@@ -262,9 +268,9 @@ class DeadLetterAdmin(_AdminBase):
     ) -> HttpResponse | None:
         if request.POST.get("confirm") != "yes":
             return self._confirm_action(request, queryset, "purge", "purge_selected")
-        selection = dlq.Selection(within=queryset)
+        selection = dead_letters.Selection(within=queryset)
         if not _too_many(request, "purge", selection, queryset.count()):
-            messages.success(request, _purged(dlq.purge(selection)))
+            messages.success(request, _purged(dead_letters.purge(selection)))
         return None
 
     def _confirm_action(
@@ -297,13 +303,13 @@ class DeadLetterAdmin(_AdminBase):
             ),
             "by_subscription": list(by_subscription),
             "sample": [
-                (entry, display.age_text(entry.last_attempt_at), display.short(entry.error_reason))
+                (entry, text.age_text(entry.last_attempt_at), text.short(entry.error_reason))
                 for entry in sample
             ],
             "more": max(0, total - SAMPLE_SIZE),
             "what_happens": _WHAT_HAPPENS[operation],
             "large": total >= LARGE,
-            "too_many": _bound_problem(operation, dlq.Selection(within=queryset), total),
+            "too_many": _bound_problem(operation, dead_letters.Selection(within=queryset), total),
             "action": action,
             "select_across": "1" if select_across else "0",
             "selected_ids": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
@@ -345,8 +351,8 @@ class DeadLetterAdmin(_AdminBase):
         preview = None
         if form.is_bound and form.is_valid():
             try:
-                preview = dlq.stats(form.selection())
-            except dlq.UnknownSubscription as exc:
+                preview = dead_letters.stats(form.selection())
+            except dead_letters.UnknownSubscription as exc:
                 form.add_error("subscription", str(exc))
         context = {
             **self.admin_site.each_context(request),
@@ -365,17 +371,19 @@ class DeadLetterAdmin(_AdminBase):
         }
         return TemplateResponse(request, BULK_TEMPLATE, context)
 
-    def _run_bulk(self, request: HttpRequest, operation: str, selection: dlq.Selection) -> None:
+    def _run_bulk(
+        self, request: HttpRequest, operation: str, selection: dead_letters.Selection
+    ) -> None:
         try:
-            if _too_many(request, operation, selection, dlq.count(selection)):
+            if _too_many(request, operation, selection, dead_letters.count(selection)):
                 return
             if operation == "purge":
-                messages.success(request, _purged(dlq.purge(selection)))
+                messages.success(request, _purged(dead_letters.purge(selection)))
                 return
-            _retry_done(request, dlq.retry(selection))
-        except dlq.RetryAborted as exc:
+            _retry_done(request, dead_letters.retry(selection))
+        except dead_letters.RetryAborted as exc:
             _retry_aborted(request, exc)
-        except dlq.UnknownSubscription as exc:
+        except dead_letters.UnknownSubscription as exc:
             messages.error(request, f"Nothing was done: {exc}")
 
     def _changelist_url(self, form: BulkForm) -> str:
@@ -436,7 +444,7 @@ def _pretty_json(value: Any) -> SafeString:
     return format_html('<pre class="dlq-json" style="white-space:pre-wrap">{}</pre>', text)
 
 
-def _retry_done(request: HttpRequest, report: dlq.RetryReport) -> None:
+def _retry_done(request: HttpRequest, report: dead_letters.RetryReport) -> None:
     text = str(report)
     if report.errors:
         failing = ", ".join(f"{kind or 'unknown'}: {n}" for kind, n in report.errors.items())
@@ -444,7 +452,7 @@ def _retry_done(request: HttpRequest, report: dlq.RetryReport) -> None:
     messages.add_message(request, messages.WARNING if report.failed else messages.SUCCESS, text)
 
 
-def _retry_aborted(request: HttpRequest, exc: dlq.RetryAborted) -> None:
+def _retry_aborted(request: HttpRequest, exc: dead_letters.RetryAborted) -> None:
     cause = exc.__cause__ or exc
     messages.error(
         request,
@@ -453,19 +461,19 @@ def _retry_aborted(request: HttpRequest, exc: dlq.RetryAborted) -> None:
     )
 
 
-def _bound_problem(operation: str, selection: dlq.Selection, selected: int) -> str | None:
+def _bound_problem(operation: str, selection: dead_letters.Selection, selected: int) -> str | None:
     """Why this many entries are too many for one request (SYNCER_API_DLQ_MAX), or None."""
     try:
-        dlq.within_request_bound(
+        dead_letters.within_request_bound(
             operation, selection, selected, narrow="filter the list by subscription, age or error"
         )
-    except dlq.TooManyForARequest as exc:
+    except dead_letters.TooManyForARequest as exc:
         return str(exc)
     return None
 
 
 def _too_many(
-    request: HttpRequest, operation: str, selection: dlq.Selection, selected: int
+    request: HttpRequest, operation: str, selection: dead_letters.Selection, selected: int
 ) -> bool:
     """Refuse, with a message, an action on more entries than one request may touch."""
     problem = _bound_problem(operation, selection, selected)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 
 HIDDEN = "***"
 
@@ -84,3 +85,21 @@ def environment_secrets() -> list[str]:
         if is_secret_name(name) and len(value) >= _MIN_SECRET
     }
     return sorted(found, key=len, reverse=True)
+
+
+def short(text: str, limit: int = 80) -> str:
+    """`text` on one line, password-free, cut to `limit` characters."""
+    line = " ".join(redact(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def age_text(when: datetime, now: datetime | None = None) -> str:
+    """How long ago `when` was, for a person: `45 s`, `12 min`, `3 h`, `9 d`."""
+    seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"

@@ -23,8 +23,8 @@ from opensearchpy import exceptions as os_errors
 
 from syncer.errors import ForeignIndex, SinkConfigError, SinkUnavailable
 from syncer.logconfig import redact
-from syncer.sinks import index_marks
-from syncer.sinks.opensearch import OpenSearchSinkConfig, make_client
+from syncer.sinks.opensearch import marks
+from syncer.sinks.opensearch.sink import OpenSearchSinkConfig, make_client
 
 log = structlog.get_logger(__name__)
 
@@ -46,13 +46,13 @@ async def check_resync(config: OpenSearchSinkConfig, new_index: bool) -> None:
     client = make_client(config)
     try:
         with _translated(f"checking index {config.index}"):
-            foreign = await index_marks.unmarked(client, config.index)
+            foreign = await marks.unmarked(client, config.index)
     finally:
         await client.close()
     if foreign and new_index:
         raise _delete_refusal(config.index, foreign)
     if foreign:
-        raise index_marks.refusal(
+        raise marks.refusal(
             f"resync {config.index} in place",
             config.index,
             foreign,
@@ -72,7 +72,7 @@ async def point_alias(config: OpenSearchSinkConfig, alias: str) -> list[str]:
     try:
         with _translated(f"pointing alias {alias} at {target}"):
             if not config.adopt_index:
-                foreign = [i for i in await index_marks.unmarked(client, alias) if i != target]
+                foreign = [i for i in await marks.unmarked(client, alias) if i != target]
                 if foreign:
                     raise _delete_refusal(alias, foreign)
             return await _swap(client, config, alias)
@@ -117,7 +117,7 @@ async def _swap(client: AsyncOpenSearch, config: OpenSearchSinkConfig, alias: st
 
 
 def _delete_refusal(name: str, foreign: list[str]) -> ForeignIndex:
-    return index_marks.refusal(
+    return marks.refusal(
         f"resync into a new index behind {name}",
         name,
         foreign,

@@ -3,7 +3,7 @@
 The engine keeps plain counters (`PipelineStats`, `Telemetry`); this collector turns
 them into metric families when Prometheus asks, so the sync loop never touches the
 client library. `runsyncer --metrics-port 9108` serves them at /metrics, beside
-/health and /ready (`syncer.worker_http`). Every family is labelled by subscription;
+/health and /ready (`syncer.worker.http`). Every family is labelled by subscription;
 docs/prometheus-alerts.yml and docs/grafana-dashboard.json use these names.
 """
 
@@ -26,11 +26,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from syncer import worker_http
 from syncer.engine.changes import Op
 from syncer.engine.pipeline import Pipeline, PipelineStats
 from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
 from syncer.models import DeadLetter
+from syncer.worker import http
 
 log = structlog.get_logger(__name__)
 Pipelines = Callable[[], Mapping[str, Pipeline]]
@@ -330,7 +330,7 @@ def serve(
     port: int,
     pipelines: Pipelines,
     *,
-    host: str = worker_http.DEFAULT_HOST,
+    host: str = http.DEFAULT_HOST,
     stall_after: float | None = None,
     worker_ready: Callable[[], str | None] | None = None,
     live: Callable[[], Any] | None = None,
@@ -341,7 +341,7 @@ def serve(
     (default SYNCER_STALL_AFTER, 60). `worker_ready`: a worker-wide check that returns
     why the worker is not ready, or None.
     """
-    return worker_http.serve(
+    return http.serve(
         port,
         pipelines,
         registry_for(pipelines, live=live),

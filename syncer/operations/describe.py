@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.utils import timezone
-
 from syncer.logconfig import redact
 from syncer.models import Subscription
-from syncer.positions import format_position
+from syncer.sources.positions import format_position
 
 
 def config(subscription: Subscription) -> dict[str, Any]:
@@ -70,23 +68,5 @@ def describe(subscription: Subscription) -> dict[str, Any]:
     }
 
 
-def short(text: str, limit: int = 80) -> str:
-    """`text` on one line, password-free, cut to `limit` characters."""
-    line = " ".join(redact(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def age_text(when: datetime, now: datetime | None = None) -> str:
-    """How long ago `when` was, for a person: `45 s`, `12 min`, `3 h`, `9 d`."""
-    seconds = max(0, int(((now or timezone.now()) - when).total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 48 * 3600:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} d"

@@ -2,10 +2,10 @@
 
 Every `SYNCER_CONTROL_INTERVAL` (1 s) the control loop reads the subscriptions
 table (one query): it takes the advisory lock of each enabled subscription no other
-worker holds and starts a supervisor for it (`syncer.supervisor`), tells running
+worker holds and starts a supervisor for it (`syncer.worker.supervisor`), tells running
 supervisors when their row changed (config saved, pause, resume, resync, reset),
 and stops those deleted or disabled. Several workers may run: each subscription is
-run by the one holding its lock (`syncer.ownership`); when a worker dies, the others
+run by the one holding its lock (`syncer.worker.ownership`); when a worker dies, the others
 take its subscriptions within a few control intervals. If this worker's lock
 connection fails it owns nothing any more and stops every pipeline at once.
 
@@ -32,17 +32,19 @@ from django.db import connections
 from django.db.models import Count
 from django.utils import timezone
 
-from syncer import conf, dlq, metrics, worker_http, worker_state
+from syncer import conf
 from syncer.engine.pipeline import Pipeline, sleep_unless_stopped
 from syncer.live.messages import SnapshotMessage
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
-from syncer.ownership import Ownership, OwnershipLost
-from syncer.positions import format_position
-from syncer.store import ConsoleDatabaseUnavailable, in_db
-from syncer.supervisor import Supervisor
-from syncer.throughput import Throughput
+from syncer.operations import dead_letters
+from syncer.sources.positions import format_position
+from syncer.stores import ConsoleDatabaseUnavailable, in_db
 from syncer.wiring import build_pipeline
+from syncer.worker import http, metrics, state
+from syncer.worker.ownership import Ownership, OwnershipLost
+from syncer.worker.supervisor import Supervisor
+from syncer.worker.throughput import Throughput
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -86,7 +88,7 @@ class Runner:
         *,
         names: Sequence[str] | None = None,
         live: bool = True,
-        metrics_host: str = worker_http.DEFAULT_HOST,
+        metrics_host: str = http.DEFAULT_HOST,
     ) -> None:
         if names is None and subscriptions is not None:
             names = [sub.name for sub in subscriptions]
@@ -96,7 +98,7 @@ class Runner:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.live = live
-        self.worker_id = worker_state.new_worker_id()
+        self.worker_id = state.new_worker_id()
         self.publisher: LivePublisher | None = None
         """The live monitor's feed, while the worker runs (None with live off)."""
         self.ownership = Ownership(self.worker_id)
@@ -171,7 +173,7 @@ class Runner:
         log.info("worker_stopping", timeout_s=self.shutdown_timeout)
         flushed = await self._stop_all()
         await self._stop_live(publishing, live_stop)
-        await self._quietly(lambda: worker_state.remove_heartbeat(self.worker_id))
+        await self._quietly(lambda: state.remove_heartbeat(self.worker_id))
         if flushed:
             log.info("worker_stopped")
         return flushed
@@ -203,7 +205,7 @@ class Runner:
         self.supervisors.clear()
         self._tasks.clear()
         if owned:
-            await self._quietly(lambda: worker_state.disown(owned, self.worker_id))
+            await self._quietly(lambda: state.disown(owned, self.worker_id))
         if late:
             log.error("worker_stop_timed_out", subscriptions=late)
             return False
@@ -222,14 +224,14 @@ class Runner:
             await self.ownership.connect()
             await self.ownership.check()
             self._locks_down = False
-            rows = await in_db(lambda: worker_state.control_rows(self.names))
+            rows = await in_db(lambda: state.control_rows(self.names))
             await self._apply(rows)
         except OwnershipLost as exc:
             await self._lost(str(exc))
         except ConsoleDatabaseUnavailable as exc:
             log.warning("control_poll_failed", error=str(exc))
 
-    async def _apply(self, rows: list[worker_state.ControlRow]) -> None:
+    async def _apply(self, rows: list[state.ControlRow]) -> None:
         present = {row.id for row in rows}
         wanted = {row.id: row for row in rows if row.enabled}
         for sub_id, supervisor in self.supervisors.items():
@@ -255,7 +257,7 @@ class Runner:
             observer = self.publisher.observer(sub.name, sub.source_kind)
         return build_pipeline(sub, observer, index=index, on_resync_copied=on_resync_copied)
 
-    def _start(self, row: worker_state.ControlRow) -> None:
+    def _start(self, row: state.ControlRow) -> None:
         supervisor = Supervisor(
             row.id,
             row.name,
@@ -270,7 +272,7 @@ class Runner:
         log.info("subscription_acquired", subscription=row.name, worker=self.worker_id)
 
     async def _own(self, supervisor: Supervisor) -> None:
-        await self._quietly(lambda: worker_state.claim(supervisor.subscription_id, self.worker_id))
+        await self._quietly(lambda: state.claim(supervisor.subscription_id, self.worker_id))
         await supervisor.run()
 
     async def _reap(self) -> None:
@@ -286,7 +288,7 @@ class Runner:
                     subscription=supervisor.name,
                     error=repr(task.exception()),
                 )
-            await self._quietly(lambda: worker_state.disown([sub_id], self.worker_id))  # noqa: B023
+            await self._quietly(lambda: state.disown([sub_id], self.worker_id))  # noqa: B023
             await self.ownership.release(sub_id)
             if self.publisher is not None:
                 self.publisher.forget(supervisor.name)
@@ -316,7 +318,7 @@ class Runner:
         while True:
             names = sorted(sup.name for sup in self.supervisors.values())
             await self._quietly(
-                lambda: worker_state.beat(self.worker_id, started_at, names)  # noqa: B023
+                lambda: state.beat(self.worker_id, started_at, names)  # noqa: B023
             )
             if await sleep_unless_stopped(self._stop, interval):
                 return
@@ -341,7 +343,7 @@ class Runner:
 
         def publish() -> None:
             for figure in figures:
-                worker_state.publish_stats(*figure)
+                state.publish_stats(*figure)
 
         if figures:
             await self._quietly(publish)
@@ -453,7 +455,9 @@ class Runner:
         while not await sleep_unless_stopped(self._stop, every):
             for name in sorted(sup.name for sup in self.supervisors.values()):
                 try:
-                    report = await dlq.aretry(dlq.Selection(subscription=name), limit)
+                    report = await dead_letters.aretry(
+                        dead_letters.Selection(subscription=name), limit
+                    )
                 except Exception as exc:  # the next round tries again; the sync goes on
                     log.warning("dead_letter_retry_failed", subscription=name, error=str(exc))
                     continue

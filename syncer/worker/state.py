@@ -3,7 +3,7 @@
 The control poll (one cheap query a second), the owner of each subscription, the
 figures published for the admin and the API (lag, staleness, throughput), the
 heartbeat, and the worker's half of an operator's reset: every call here is
-synchronous ORM work, run by the worker through `syncer.store.in_db`.
+synchronous ORM work, run by the worker through `syncer.stores.in_db`.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from syncer.logconfig import redact
 from syncer.models import Subscription
-from syncer.services import CONFIG_FIELDS, SubscriptionSpec, validate_config
+from syncer.operations.subscriptions import CONFIG_FIELDS, SubscriptionSpec, validate_config
 from syncer.validators import text_problem
 
 # Where each declared model field lives in a file.

@@ -25,7 +25,7 @@ from syncer.engine.changes import Change, Document, Op, Position
 from syncer.engine.outcomes import ItemResult, classify
 from syncer.errors import RequestTooLarge, SinkConfigError, SinkUnavailable
 from syncer.logconfig import redact
-from syncer.sinks import index_marks
+from syncer.sinks.opensearch import marks
 
 log = structlog.get_logger(__name__)
 
@@ -72,10 +72,10 @@ class OpenSearchSink:
         with _translated(f"checking index {self.config.index}"):
             if await self._client.indices.exists(index=self.config.index):
                 if self.config.adopt_index:
-                    await index_marks.adopt(self._client, self.config.index, self.config.name)
+                    await marks.adopt(self._client, self.config.index, self.config.name)
                 return
         body: dict[str, Any] = {
-            "mappings": index_marks.marked_mappings(self.config.mappings, self.config.name)
+            "mappings": marks.marked_mappings(self.config.mappings, self.config.name)
         }
         if self.config.settings:
             body["settings"] = self.config.settings
@@ -148,9 +148,9 @@ class OpenSearchSink:
         removed = 0
         scroll_id = None
         with _translated(f"sweeping index {self.config.index}"):
-            foreign = await index_marks.unmarked(client, self.config.index)
+            foreign = await marks.unmarked(client, self.config.index)
             if foreign:
-                raise index_marks.refusal(
+                raise marks.refusal(
                     f"remove the documents the copy did not contain from {self.config.index}",
                     self.config.index,
                     foreign,

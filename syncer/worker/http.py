@@ -3,7 +3,7 @@
     /health   200 while the process runs (a liveness probe: restart it if this fails)
     /ready    200 when every subscription's source and OpenSearch are connected and it
               makes progress; else 503, the JSON body saying which is not and why
-    /metrics  Prometheus text format (`syncer.metrics`)
+    /metrics  Prometheus text format (`syncer.worker.metrics`)
 
 Served from a thread beside the sync loop: it reads the pipelines' state, never
 changes it. OpenSearch is asked directly (at most every 2 s), because an idle

@@ -34,7 +34,7 @@ from syncer.engine.interfaces import Sink
 from syncer.engine.outcomes import INCOMPLETE_DOCUMENT, ItemResult, Outcome, unwritable
 from syncer.errors import SyncError
 from syncer.models import DeadLetter, Subscription
-from syncer.redaction import redact
+from syncer.text import redact
 from syncer.wiring import build_sink
 
 log = structlog.get_logger(__name__)
