@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from syncer import conf
+from syncer import conf, dsn
 from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
 from syncer.models import Subscription
@@ -53,6 +53,7 @@ def build_source(sub: Subscription) -> Source:
                 key_columns=tuple(sub.key_columns or ()),
                 cluster=sub.source_cluster,
                 envelope=sub.source_envelope,
+                resolve_dsn=dsn.resolve,
             )
         )
     return PostgresSource(
@@ -63,6 +64,7 @@ def build_source(sub: Subscription) -> Source:
             key_columns=tuple(sub.key_columns or ()),
             slot_name=sub.slot_name,
             wal_warn_bytes=conf.worker().slot_wal_warn_bytes,
+            resolve_dsn=dsn.resolve,
         )
     )
 

@@ -26,10 +26,7 @@ from datetime import datetime
 from typing import TypeVar
 
 import structlog
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connections
-from django.db.models import Count
 from django.utils import timezone
 
 from syncer import conf
@@ -58,40 +55,37 @@ class MetricsPortUnavailable(OSError):
     """The metrics port cannot be listened on (taken, or not allowed)."""
 
 
-def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:
-    """The enabled subscriptions, or the named ones (which must exist)."""
-    if names:
-        found = {s.name: s for s in Subscription.objects.filter(name__in=names)}
-        unknown = sorted(set(names) - set(found))
-        if unknown:
-            known = ", ".join(Subscription.objects.values_list("name", flat=True)) or "none"
-            raise UnknownSubscription(
-                f"no subscription named {', '.join(unknown)} (known: {known})"
-            )
-        return [found[n] for n in names if found[n].enabled]
-    return list(Subscription.objects.filter(enabled=True))
+def check_names(names: Sequence[str]) -> None:
+    """Raise UnknownSubscription unless each name is a subscription's (any, enabled or not).
+
+    It reads the subscriptions table even with no names: `runsyncer` calls it first, to
+    find the console database missing or not migrated before anything starts.
+    """
+    known = state.subscription_names()
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise UnknownSubscription(
+            f"no subscription named {', '.join(unknown)} (known: {', '.join(known) or 'none'})"
+        )
 
 
 class Runner:
     """Run the subscriptions this worker owns until `stop`.
 
-    `subscriptions` limits the worker to those names (None: every subscription in
-    the table, including ones created later); `names` does the same by name.
+    `names` limits the worker to those subscriptions (None: every subscription in the
+    table, including ones created later); `check_names` says whether they exist.
     """
 
     def __init__(
         self,
-        subscriptions: Sequence[Subscription] | None = None,
+        names: Sequence[str] | None = None,
         shutdown_timeout: float = 30.0,
         dlq_retry_every: float | None = None,
         metrics_port: int | None = None,
         *,
-        names: Sequence[str] | None = None,
         live: bool = True,
         metrics_host: str = http.DEFAULT_HOST,
     ) -> None:
-        if names is None and subscriptions is not None:
-            names = [sub.name for sub in subscriptions]
         self.names = None if names is None else list(names)
         self.shutdown_timeout = shutdown_timeout
         self.dlq_retry_every = dlq_retry_every
@@ -147,8 +141,7 @@ class Runner:
             if stop_metrics is not None:
                 stop_metrics()
             await self.ownership.close()
-            # The store's thread holds a connection to the console database.
-            await sync_to_async(connections.close_all, thread_sensitive=True)()
+            await state.close_connections()
 
     async def _run(self, stop: asyncio.Event) -> bool:
         started_at = timezone.now()
@@ -404,7 +397,7 @@ class Runner:
         now = time.time()
         owned = list(self.supervisors.items())
         try:
-            rows = await in_db(lambda: _live_rows([sub_id for sub_id, _ in owned]))
+            rows = await in_db(lambda: state.live_rows([sub_id for sub_id, _ in owned]))
         except ConsoleDatabaseUnavailable:
             rows = {}  # the pipelines' own figures still go out
         for sub_id, supervisor in owned:
@@ -414,22 +407,21 @@ class Runner:
             publisher.offer_snapshot(self._snapshot(supervisor, row, now))
         publisher.offer_heartbeat([sup.name for _, sup in owned], interval)
 
-    def _snapshot(self, supervisor: Supervisor, row: _LiveRow, now: float) -> SnapshotMessage:
-        checkpoint, kind, status, message, dead_letters = row
+    def _snapshot(self, supervisor: Supervisor, row: state.LiveRow, now: float) -> SnapshotMessage:
         snapshot = SnapshotMessage(
             type="sync.snapshot",
             subscription=supervisor.name,
             worker=self.worker_id,
-            status=status,  # paused, or between two runs: what the row says
-            message=message,
+            status=row.status,  # paused, or between two runs: what the row says
+            message=row.status_message,
             lag=None,
             staleness=None,
             buffer=0,
             backpressure=False,
             throughput=0.0,
-            dead_letters=dead_letters,
-            checkpoint=checkpoint,
-            checkpoint_shown=format_position(kind, checkpoint),
+            dead_letters=row.dead_letters,
+            checkpoint=row.checkpoint,
+            checkpoint_shown=format_position(row.source_kind, row.checkpoint),
             at=now,
         )
         pipeline = supervisor.pipeline
@@ -472,19 +464,6 @@ class Runner:
 
 
 _LIVE_INTERVAL = 1.0
-
-_LiveRow = tuple[int | None, str, str, str, int]
-"""checkpoint, source kind, status, status message, dead letters."""
-
-
-def _live_rows(ids: Sequence[int]) -> dict[int, _LiveRow]:
-    """What the snapshots take from the database, for every owned subscription at once."""
-    rows = (
-        Subscription.objects.filter(pk__in=ids)
-        .annotate(dead=Count("dead_letters"))
-        .values_list("id", "checkpoint", "source_kind", "status", "status_message", "dead")
-    )
-    return {row[0]: row[1:] for row in rows}
 
 
 def _rounded(value: float | None) -> float | None:

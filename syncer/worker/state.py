@@ -1,8 +1,9 @@
 """What a worker reads to be controlled and writes about itself, in the console's database.
 
-The control poll (one cheap query a second), the owner of each subscription, the
-figures published for the admin and the API (lag, staleness, throughput), the
-heartbeat, and the worker's half of an operator's reset: every call here is
+The names a worker may be limited to, the control poll (one cheap query a second),
+the owner of each subscription, the figures published for the admin and the API (lag,
+staleness, throughput), what the live monitor's snapshots read, the heartbeat, and the
+worker's half of an operator's reset: every call here but `close_connections` is
 synchronous ORM work, run by the worker through `syncer.stores.in_db`.
 """
 
@@ -15,6 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
+from django.db import connections
+from django.db.models import Count
 from django.utils import timezone
 
 from syncer.models import Subscription, WorkerHeartbeat
@@ -23,6 +27,11 @@ from syncer.models import Subscription, WorkerHeartbeat
 def new_worker_id() -> str:
     """hostname:pid:random: unique even when a pid is reused after a restart."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def subscription_names() -> list[str]:
+    """Every subscription's name, enabled or not, in name order."""
+    return list(Subscription.objects.values_list("name", flat=True))
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,27 @@ def control_rows(names: Sequence[str] | None) -> list[ControlRow]:
             "id", "name", "enabled", "paused", "updated_at", "control_version"
         )
     ]
+
+
+@dataclass(frozen=True)
+class LiveRow:
+    """The part of a subscription row a live-monitor snapshot shows."""
+
+    checkpoint: int | None
+    source_kind: str
+    status: str
+    status_message: str
+    dead_letters: int
+
+
+def live_rows(ids: Sequence[int]) -> dict[int, LiveRow]:
+    """What the snapshots take from the database, for every owned subscription at once."""
+    rows = (
+        Subscription.objects.filter(pk__in=ids)
+        .annotate(dead=Count("dead_letters"))
+        .values_list("id", "checkpoint", "source_kind", "status", "status_message", "dead")
+    )
+    return {row[0]: LiveRow(*row[1:]) for row in rows}
 
 
 def claim(subscription_id: int, worker_id: str) -> None:
@@ -114,3 +144,8 @@ def clear_checkpoint(subscription_id: int, requested_at: datetime) -> bool:
         reset_requested_at=None,
     )
     return bool(updated)
+
+
+async def close_connections() -> None:
+    """Close the worker's database thread's connection (`in_db` runs there), on stop."""
+    await sync_to_async(connections.close_all, thread_sensitive=True)()

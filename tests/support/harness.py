@@ -29,7 +29,8 @@ class WorkerThread:
         dlq_retry_every: float | None = None,
     ):
         """Run these subscriptions (by name), or None: every one in the table, as it changes."""
-        self.runner = Runner(subscriptions, shutdown_timeout, dlq_retry_every)
+        names = None if subscriptions is None else [sub.name for sub in subscriptions]
+        self.runner = Runner(names, shutdown_timeout, dlq_retry_every)
         self.result: bool | None = None
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

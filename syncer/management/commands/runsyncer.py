@@ -20,7 +20,7 @@ from syncer.worker.runner import (
     MetricsPortUnavailable,
     Runner,
     UnknownSubscription,
-    load_subscriptions,
+    check_names,
 )
 
 log = structlog.get_logger("syncer.runsyncer")
@@ -85,7 +85,7 @@ class Command(BaseCommand):
         names = options["subscription"] or None
         try:
             # Checks the database and the names; the worker then follows the table.
-            load_subscriptions(names or ())
+            check_names(names or ())
         except UnknownSubscription as exc:
             raise CommandError(str(exc)) from None
         except OperationalError as exc:

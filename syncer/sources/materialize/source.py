@@ -34,7 +34,7 @@ keeps Materialize's text instead of failing every FETCH. Errors are classified b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -43,7 +43,6 @@ from psycopg import AsyncConnection, sql
 from psycopg.adapt import Transformer
 from psycopg.pq.abc import PGresult
 
-from syncer import dsn
 from syncer.engine.changes import DocKey, Document, Position, Transaction
 from syncer.engine.interfaces import NoticeKind, ResumeState, SourceNotice
 from syncer.engine.timestamps import (
@@ -54,6 +53,7 @@ from syncer.engine.timestamps import (
     timestamp_seconds,
 )
 from syncer.errors import SourceConfigError, SyncError
+from syncer.sources.dsn import DsnResolver, as_given
 from syncer.sources.identifiers import is_query, split_name
 from syncer.sources.materialize.errors import compacted, translated
 from syncer.sources.sqlerrors import describe
@@ -70,7 +70,7 @@ CURSOR = "searchsync_subscribe"
 class MaterializeSourceConfig:
     name: str
     dsn: str
-    """A literal DSN or `env:VAR`, resolved when the source opens."""
+    """A literal DSN or `env:VAR`, resolved by `resolve_dsn` when the source opens."""
     relation: str
     """A view or table name, or a query (`SELECT ...`) to subscribe to."""
     key_columns: tuple[str, ...]
@@ -78,6 +78,8 @@ class MaterializeSourceConfig:
     envelope: str = "diff"
     fetch_timeout: float = 1.0
     connect_timeout: int = 10
+    resolve_dsn: DsnResolver = field(default=as_given, repr=False)
+    """`syncer.dsn.resolve` in the worker (see `syncer.sources.dsn`)."""
 
 
 class MaterializeSource:
@@ -102,7 +104,7 @@ class MaterializeSource:
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self, resume: ResumeState) -> None:
-        conninfo = dsn.resolve(self.config.dsn)
+        conninfo = self.config.resolve_dsn(self.config.dsn)
         with translated("connecting to Materialize"):
             self._conn = await AsyncConnection.connect(
                 conninfo, autocommit=True, connect_timeout=self.config.connect_timeout

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -24,10 +24,10 @@ import structlog
 from psycopg import AsyncClientCursor, AsyncConnection, sql
 from psycopg.adapt import Transformer
 
-from syncer import dsn
 from syncer.engine.changes import DocKey, Document, Position, RowChange, RowOp, Transaction, TxKind
 from syncer.engine.interfaces import NoticeKind, ResumeState, SourceNotice
 from syncer.errors import SourceConfigError
+from syncer.sources.dsn import DsnResolver, as_given
 from syncer.sources.positions import format_lsn, parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
@@ -44,12 +44,14 @@ Conn = AsyncConnection[tuple[Any, ...]]
 class PostgresSourceConfig:
     name: str
     dsn: str
-    """A literal DSN or `env:VAR`, resolved when the source opens."""
+    """A literal DSN or `env:VAR`, resolved by `resolve_dsn` when the source opens."""
     relation: str
     key_columns: tuple[str, ...]
     slot_name: str
     wal_warn_bytes: int = 1 << 30
     connect_timeout: int = 10
+    resolve_dsn: DsnResolver = field(default=as_given, repr=False)
+    """`syncer.dsn.resolve` in the worker (see `syncer.sources.dsn`)."""
 
 
 @dataclass
@@ -103,7 +105,7 @@ class PostgresSource:
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self, resume: ResumeState) -> None:
-        self._conninfo = dsn.resolve(self.config.dsn)
+        self._conninfo = self.config.resolve_dsn(self.config.dsn)
         self._read_upto = self._acked = 0
         self._complete_upto = self._last_seen_wal = None
         self._handed.clear()
