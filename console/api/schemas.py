@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import dead_letters, describe
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 
 SourceKind = Literal["postgres", "materialize"]
 Envelope = Literal["diff", "upsert"]
