@@ -15,6 +15,7 @@ from django.db.models import Count
 from syncer import dsn
 from syncer.errors import SyncError
 from syncer.models import Subscription
+from syncer.sources import kinds
 from syncer.validators import index_clash
 
 log = structlog.get_logger(__name__)
@@ -107,7 +108,9 @@ def delete_subscription(subscription: Subscription, force: bool = False) -> str 
     # The row goes first: a worker that lost the slot under it and reconnects then finds
     # no subscription, instead of creating the slot again just before it is told to stop.
     subscription.delete()
-    cleanup = subscription.kind.cleanup
+    # named(), not .kind: a row whose kind was broken by hand is still deleted.
+    kind = kinds.named(subscription.source_kind)
+    cleanup = kind.cleanup if kind else None
     if cleanup is None:
         return None  # e.g. Materialize's SUBSCRIBE leaves nothing on the source
     try:
