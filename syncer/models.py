@@ -275,7 +275,7 @@ class Subscription(models.Model):
         Part of `clean`; the config file also runs it alone when other fields are broken.
         """
         problems: dict[str, str] = {}
-        kind = kinds.KINDS.get(self.source_kind)
+        kind = kinds.named(self.source_kind)
         if kind is None:
             return problems  # an unknown kind is the source_kind field's error
         problem = kind.relation_problem(self.relation) if self.relation else None

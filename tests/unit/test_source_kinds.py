@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from syncer.sources import kinds
@@ -156,3 +158,9 @@ def test_every_kind_has_a_live_check() -> None:
     from syncer.operations.preflight import SOURCE_CHECKS
 
     assert set(SOURCE_CHECKS) == set(KINDS)
+
+
+def test_the_apis_source_kinds_are_the_registrys() -> None:
+    from console.api.schemas import SourceKind
+
+    assert get_args(SourceKind) == tuple(KINDS)
