@@ -19,7 +19,7 @@ from django.urls import reverse
 
 from console.model_permissions import VIEW_SUBSCRIPTION
 from syncer.models import Subscription
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 from syncer.text import redact
 
 

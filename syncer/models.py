@@ -12,10 +12,9 @@ from django.db import models
 
 from syncer import dsn
 from syncer.engine.pipeline import Status as engine_status
+from syncer.sources import kinds
 from syncer.validators import (
     index_clash,
-    materialize_relation_problem,
-    postgres_relation_problem,
     validate_cluster,
     validate_dsn,
     validate_index_name,
@@ -28,8 +27,9 @@ class Subscription(models.Model):
     """One sync: a source relation, its key columns, and the OpenSearch index it feeds."""
 
     class SourceKind(models.TextChoices):
-        POSTGRES = "postgres", "PostgreSQL"
-        MATERIALIZE = "materialize", "Materialize"
+        # The kinds are the registry's (syncer.sources.kinds.KINDS): one list, named there.
+        POSTGRES = kinds.POSTGRES.name, kinds.POSTGRES.label
+        MATERIALIZE = kinds.MATERIALIZE.name, kinds.MATERIALIZE.label
 
     class SourceEnvelope(models.TextChoices):
         DIFF = "diff", "Diff: mz_diff rows, consolidated per key"
@@ -275,30 +275,29 @@ class Subscription(models.Model):
         Part of `clean`; the config file also runs it alone when other fields are broken.
         """
         problems: dict[str, str] = {}
-        kind = self.source_kind
-        if kind == self.SourceKind.MATERIALIZE:
-            relation_problem = materialize_relation_problem
-        elif kind == self.SourceKind.POSTGRES:
-            relation_problem = postgres_relation_problem
-        else:
+        kind = kinds.named(self.source_kind)
+        if kind is None:
             return problems  # an unknown kind is the source_kind field's error
-        problem = relation_problem(self.relation) if self.relation else None
+        problem = kind.relation_problem(self.relation) if self.relation else None
         if problem:
             problems["relation"] = problem
-        if kind == self.SourceKind.MATERIALIZE:
-            if not self.key_columns:
-                problems["key_columns"] = (
-                    "materialize sources need key columns: the columns that identify a "
-                    "document, e.g. [order_id] (a view has no primary key to default to)"
-                )
-            return problems
-        if self.source_cluster:
+        if kind.needs_key_columns and not self.key_columns:
+            problems["key_columns"] = (
+                f"{kind.name} sources need key columns: the columns that identify a "
+                "document, e.g. [order_id] (a view has no primary key to default to)"
+            )
+        if "cluster" not in kind.options and self.source_cluster:
             problems["source_cluster"] = "only materialize sources have a cluster; remove it"
-        if self.source_envelope == self.SourceEnvelope.UPSERT:
+        if "envelope" not in kind.options and self.source_envelope == self.SourceEnvelope.UPSERT:
             problems["source_envelope"] = (
                 "only materialize sources have an envelope; PostgreSQL sources use diff"
             )
         return problems
+
+    @property
+    def kind(self) -> kinds.Kind:
+        """What this subscription's kind of source is (KeyError for a kind there is none of)."""
+        return kinds.kind(self.source_kind)
 
     @property
     def display_dsn(self) -> str:

@@ -15,8 +15,7 @@ from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
 from syncer.models import Subscription
 from syncer.sinks.opensearch.sink import OpenSearchSink, OpenSearchSinkConfig
-from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
-from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
+from syncer.sources.kinds import SourceValues
 from syncer.stores import DjangoDeadLetters, DjangoStateStore
 
 
@@ -44,25 +43,15 @@ def build_sink(sub: Subscription) -> OpenSearchSink:
 
 def build_source(sub: Subscription) -> Source:
     """The source adapter for the subscription's kind."""
-    if sub.source_kind == Subscription.SourceKind.MATERIALIZE:
-        return MaterializeSource(
-            MaterializeSourceConfig(
-                name=sub.name,
-                dsn=sub.source_dsn,
-                relation=sub.relation,
-                key_columns=tuple(sub.key_columns or ()),
-                cluster=sub.source_cluster,
-                envelope=sub.source_envelope,
-                resolve_dsn=dsn.resolve,
-            )
-        )
-    return PostgresSource(
-        PostgresSourceConfig(
+    return sub.kind.build(
+        SourceValues(
             name=sub.name,
             dsn=sub.source_dsn,
             relation=sub.relation,
             key_columns=tuple(sub.key_columns or ()),
             slot_name=sub.slot_name,
+            cluster=sub.source_cluster,
+            envelope=sub.source_envelope,
             wal_warn_bytes=conf.worker().slot_wal_warn_bytes,
             resolve_dsn=dsn.resolve,
         )

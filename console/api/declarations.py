@@ -16,9 +16,9 @@ from console.api.errors import FieldErrors
 from syncer.models import Subscription
 from syncer.operations import declarations
 from syncer.operations.subscriptions import SubscriptionSpec
+from syncer.sources import kinds
 
 _SECTIONS = ("source", "index", "batch", "backpressure")
-_MATERIALIZE_ONLY = ("cluster", "envelope")
 
 # --- adapter (syncer.operations.declarations reports errors as text only) ---------
 # Each error reads `<label>: <field path>: <message>`; the label names the entry
@@ -54,10 +54,10 @@ def to_spec(entry: dict[str, Any]) -> SubscriptionSpec:
 def declaration_of(subscription: Subscription) -> dict[str, Any]:
     """The subscription's current declaration, DSN included as stored (never shown)."""
     entry: dict[str, Any] = {}
-    postgres = subscription.source_kind == Subscription.SourceKind.POSTGRES
+    options = subscription.kind.options
     for field, path in declarations.FIELD_PATHS.items():
-        if postgres and path[0] == "source" and path[-1] in _MATERIALIZE_ONLY:
-            continue  # a postgres source must not name them at all
+        if path[0] == "source" and path[-1] in kinds.OPTIONS and path[-1] not in options:
+            continue  # a source of a kind without the option must not name it at all
         target = entry
         for part in path[:-1]:
             target = target.setdefault(part, {})
@@ -68,7 +68,7 @@ def declaration_of(subscription: Subscription) -> dict[str, Any]:
 def merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """`current` with `patch` applied: sections merge key by key, null resets to the default.
 
-    Turning a source into a postgres one drops the Materialize-only options it had.
+    Turning a source into a kind without some options (postgres) drops those it had.
     """
     merged = {
         key: dict(value) if isinstance(value, dict) else value for key, value in current.items()
@@ -76,9 +76,10 @@ def merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     for key, value in patch.items():
         if key in _SECTIONS and isinstance(value, dict):
             section = merged.setdefault(key, {})
-            if key == "source" and value.get("kind") == Subscription.SourceKind.POSTGRES:
-                for option in _MATERIALIZE_ONLY:
-                    if option not in value:
+            new_kind = kinds.named(value.get("kind")) if key == "source" else None
+            if new_kind is not None:
+                for option in kinds.OPTIONS:
+                    if option not in new_kind.options and option not in value:
                         section.pop(option, None)
             for name, item in value.items():
                 if item is None:

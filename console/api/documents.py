@@ -20,7 +20,7 @@ from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.sinks.opensearch.sink import make_client
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 from syncer.wiring import sink_config
 
 log = structlog.get_logger(__name__)

@@ -39,6 +39,7 @@ from syncer.models import Subscription
 from syncer.operations import control, subscriptions
 from syncer.operations.control import ControlResult
 from syncer.operations.declarations import FIELD_LABELS
+from syncer.sources import kinds
 
 router = Router(tags=["subscriptions"])
 
@@ -151,14 +152,12 @@ def _keep_as_shown(source: dict[str, Any], current: Subscription) -> None:
     """
     if isinstance(source.get("dsn"), str):
         source["dsn"] = dsn.unredacted(source["dsn"], current.source_dsn)
-    postgres = Subscription.SourceKind.POSTGRES
-    if current.source_kind == postgres and source.get("kind", postgres) == postgres:
-        for option, stored in (
-            ("cluster", current.source_cluster),
-            ("envelope", current.source_envelope),
-        ):
-            if option in source and source[option] == stored:
-                del source[option]
+    sent = kinds.named(source.get("kind", current.source_kind))
+    for option in kinds.OPTIONS:
+        if sent is None or option in sent.options or option in current.kind.options:
+            continue
+        if option in source and source[option] == getattr(current, f"source_{option}"):
+            del source[option]
 
 
 @router.delete("/{name}", response=DeletedOut, summary="Delete a subscription")

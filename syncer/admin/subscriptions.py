@@ -37,7 +37,7 @@ from syncer import dsn, text
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import control, preflight, subscriptions
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 from syncer.validators import text_problem
 
 if TYPE_CHECKING:

@@ -44,9 +44,7 @@ class ChangeEvent(TypedDict):
     op: Literal["upsert", "delete"]
     doc_id: str
     position: int  # the source position, also the document's version
-    position_shown: (
-        str  # as the source's own tools show it (syncer.sources.positions.format_position)
-    )
+    position_shown: str  # as the source's own tools show it (syncer.sources.kinds.format_position)
     commit_time: float  # epoch seconds the source committed it
     latency_ms: float  # commit -> acknowledged by OpenSearch
     batch: int  # the worker's batch number for this subscription (restarts at 1)

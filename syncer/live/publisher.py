@@ -40,7 +40,7 @@ from syncer.live.messages import (
     SnapshotMessage,
     events_group,
 )
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 from syncer.text import redact
 
 log = structlog.get_logger(__name__)

@@ -45,6 +45,7 @@ from pydantic import ValidationError as PydanticValidationError
 from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.operations.subscriptions import CONFIG_FIELDS, SubscriptionSpec, validate_config
+from syncer.sources import kinds
 from syncer.validators import text_problem
 
 # Where each declared model field lives in a file.
@@ -71,8 +72,8 @@ FIELD_LABELS: dict[str, str] = {name: ".".join(path) for name, path in FIELD_PAT
 _FIELD_ORDER = {name: position for position, name in enumerate(FIELD_PATHS)}
 # What Subscription.source_problems reads.
 _SOURCE_FIELDS = {"source_kind", "relation", "key_columns", "source_cluster", "source_envelope"}
-# Options a postgres source must not have: (key in source, model field, what it is).
-_MATERIALIZE_ONLY = (
+# Options only some kinds have (`Kind.options`): (key in source, model field, what it is).
+_SOURCE_OPTIONS = (
     ("cluster", "source_cluster", "a cluster"),
     ("envelope", "source_envelope", "an envelope"),
 )
@@ -85,7 +86,7 @@ _SHOWN_CHARS = 60
 _HINTS = {
     "name": "a slug, e.g. orders",
     "source": "a mapping with kind, dsn and relation",
-    "source.kind": "postgres or materialize",
+    "source.kind": " or ".join(kinds.KINDS),
     "source.dsn": "e.g. env:SOURCE_DATABASE_URL",
     "source.relation": "e.g. public.orders",
     "source.key": "a list of column names, e.g. [order_id]",
@@ -360,9 +361,10 @@ def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[str]]:
             values[field] = value
 
     source = item.get("source")
-    if values.get("source_kind") == Subscription.SourceKind.POSTGRES and isinstance(source, dict):
-        for option, field, what in _MATERIALIZE_ONLY:
-            if option in source and field not in broken:
+    kind = kinds.named(values.get("source_kind"))
+    if kind is not None and isinstance(source, dict):
+        for option, field, what in _SOURCE_OPTIONS:
+            if option not in kind.options and option in source and field not in broken:
                 # Said here, and the model left its default, because even an empty or
                 # default value has no place in a postgres source.
                 errors.append(f"source.{option}: only materialize sources have {what}; remove it")

@@ -7,7 +7,7 @@ from typing import Any
 
 from syncer.logconfig import redact
 from syncer.models import Subscription
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 
 
 def config(subscription: Subscription) -> dict[str, Any]:
@@ -22,8 +22,7 @@ def config(subscription: Subscription) -> dict[str, Any]:
         "relation": s.relation,
         "key": list(s.key_columns),
     }
-    if s.source_kind == Subscription.SourceKind.MATERIALIZE:
-        source.update(cluster=s.source_cluster, envelope=s.source_envelope)
+    source.update(source_options(s))
     return {
         "name": s.name,
         "enabled": s.enabled,
@@ -40,6 +39,13 @@ def config(subscription: Subscription) -> dict[str, Any]:
             "pause_at": s.backpressure_pause_at,
             "resume_at": s.backpressure_resume_at,
         },
+    }
+
+
+def source_options(subscription: Subscription) -> dict[str, Any]:
+    """The optional source settings its kind has (a Materialize cluster and envelope)."""
+    return {
+        option: getattr(subscription, f"source_{option}") for option in subscription.kind.options
     }
 
 

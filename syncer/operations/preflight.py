@@ -34,6 +34,7 @@ from syncer import conf, dsn
 from syncer.errors import SourceConfigError
 from syncer.logconfig import redact
 from syncer.models import Subscription
+from syncer.sources import kinds
 from syncer.sources.identifiers import is_query, parse_cluster, split_name
 from syncer.sources.postgres.catalog import describe_table
 from syncer.sources.sqlerrors import describe
@@ -131,9 +132,7 @@ async def _check_source(subscription: Subscription) -> Problems:
     except psycopg.Error as exc:
         return {"source_dsn": [connect_problem(params, exc)]}
     async with conn:
-        if subscription.source_kind == Subscription.SourceKind.MATERIALIZE:
-            return await _check_materialize(conn, subscription)
-        return await _check_postgres(conn, subscription)
+        return await SOURCE_CHECKS[subscription.source_kind](conn, subscription)
 
 
 def connect_problem(params: dict[str, Any], exc: BaseException) -> str:
@@ -214,6 +213,14 @@ async def _check_materialize(
             ]
         }
     return {}
+
+
+SourceCheck = Callable[[AsyncConnection[tuple[Any, ...]], Subscription], Awaitable[Problems]]
+# How each kind's relation and key columns are checked, by kind name (syncer.sources.kinds).
+SOURCE_CHECKS: dict[str, SourceCheck] = {
+    kinds.POSTGRES.name: _check_postgres,
+    kinds.MATERIALIZE.name: _check_materialize,
+}
 
 
 async def _subscribe_columns(conn: AsyncConnection[tuple[Any, ...]], relation: str) -> list[str]:

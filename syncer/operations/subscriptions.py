@@ -15,7 +15,7 @@ from django.db.models import Count
 from syncer import dsn
 from syncer.errors import SyncError
 from syncer.models import Subscription
-from syncer.sources.postgres.replication import drop_replication
+from syncer.sources import kinds
 from syncer.validators import index_clash
 
 log = structlog.get_logger(__name__)
@@ -108,10 +108,13 @@ def delete_subscription(subscription: Subscription, force: bool = False) -> str 
     # The row goes first: a worker that lost the slot under it and reconnects then finds
     # no subscription, instead of creating the slot again just before it is told to stop.
     subscription.delete()
-    if subscription.source_kind != Subscription.SourceKind.POSTGRES:
-        return None  # Materialize's SUBSCRIBE leaves nothing on the source to clean up
+    # named(), not .kind: a row whose kind was broken by hand is still deleted.
+    kind = kinds.named(subscription.source_kind)
+    cleanup = kind.cleanup if kind else None
+    if cleanup is None:
+        return None  # e.g. Materialize's SUBSCRIBE leaves nothing on the source
     try:
-        drop_replication(dsn.resolve(subscription.source_dsn), subscription.slot_name)
+        cleanup(dsn.resolve(subscription.source_dsn), subscription.slot_name)
     except SyncError as exc:
         warning = (
             f"subscription {subscription.name}: could not drop replication slot and "

@@ -34,10 +34,3 @@ def format_mz_timestamp(position: int | None) -> str:
     except (OverflowError, OSError, ValueError):
         return str(position)  # not a wall-clock time: show the number alone
     return f"{position} ({when:%Y-%m-%d %H:%M:%S}.{when.microsecond // 1000:03d} UTC)"
-
-
-def format_position(kind: str, position: int | None) -> str:
-    """Show a position the way the source kind's own tools do."""
-    if kind == "materialize":
-        return format_mz_timestamp(position)
-    return format_lsn(position)

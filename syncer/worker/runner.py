@@ -35,7 +35,7 @@ from syncer.live.messages import SnapshotMessage
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from syncer.operations import dead_letters
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 from syncer.stores import ConsoleDatabaseUnavailable, in_db
 from syncer.wiring import build_pipeline
 from syncer.worker import http, metrics, state

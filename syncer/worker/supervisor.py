@@ -24,8 +24,7 @@ from syncer.engine.pipeline import Pipeline, Status, sleep_unless_stopped
 from syncer.errors import ForeignIndex, SyncError
 from syncer.models import Subscription
 from syncer.sinks.opensearch.aliases import check_resync, new_index_name, point_alias
-from syncer.sources.positions import format_position
-from syncer.sources.postgres.replication import drop_replication
+from syncer.sources.kinds import format_position
 from syncer.stores import ConsoleDatabaseUnavailable, DjangoStateStore, in_db
 from syncer.wiring import sink_config
 from syncer.worker.state import clear_checkpoint, clear_stats
@@ -176,10 +175,11 @@ class Supervisor:
         """Forget the checkpoint; for PostgreSQL drop the slot, so the next start is a first."""
         requested = sub.reset_requested_at
         assert requested is not None
-        if sub.source_kind == Subscription.SourceKind.POSTGRES:
+        cleanup = sub.kind.cleanup
+        if cleanup is not None:
             try:
                 conninfo = dsn.resolve(sub.source_dsn)
-                await asyncio.to_thread(drop_replication, conninfo, sub.slot_name)
+                await asyncio.to_thread(cleanup, conninfo, sub.slot_name)
             except SyncError as exc:
                 message = (
                     f"checkpoint reset waiting: could not drop replication slot "

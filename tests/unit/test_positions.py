@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from syncer.sources.positions import format_lsn, format_position
+from syncer.sources.kinds import format_position
+from syncer.sources.positions import format_lsn
 
 
 @pytest.mark.parametrize(

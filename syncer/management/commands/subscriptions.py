@@ -12,7 +12,7 @@ from syncer import text
 from syncer.models import Subscription
 from syncer.operations import declarations, describe, subscriptions
 from syncer.operations.subscriptions import Action, ApplyReport
-from syncer.sources.positions import format_position
+from syncer.sources.kinds import format_position
 
 _VERBS = {
     Action.CREATED: ("created", "would create"),
@@ -165,8 +165,7 @@ def _list_row(s: Subscription) -> dict[str, Any]:
         else format_position(s.source_kind, s.checkpoint),
         "last_error": text.short(s.last_error, 10_000),
     }
-    if s.source_kind == Subscription.SourceKind.MATERIALIZE:
-        row.update(cluster=s.source_cluster, envelope=s.source_envelope)
+    row.update(describe.source_options(s))
     return row
 
 

@@ -1,0 +1,135 @@
+"""The source kinds: what each is called, reads, needs and leaves behind; one entry per kind.
+
+Everything that differs between a PostgreSQL and a Materialize source outside the
+adapters themselves is an attribute of its `Kind` here, so a caller asks the kind
+instead of testing its name. Plain values only: the model takes its `SourceKind`
+choices from `KINDS`, and `syncer.wiring` builds a Subscription row's source through
+`Kind.build`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from syncer.engine.interfaces import Source
+from syncer.sources.dsn import DsnResolver, as_given
+from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
+from syncer.sources.positions import format_lsn, format_mz_timestamp
+from syncer.sources.postgres.replication import drop_replication
+from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
+from syncer.sources.relations import materialize_relation_problem, postgres_relation_problem
+
+OPTIONS = ("cluster", "envelope")
+"""Every kind's optional source settings, as a subscriptions file names them under
+`source:` (the model's `source_cluster`, `source_envelope`)."""
+
+
+@dataclass(frozen=True)
+class SourceValues:
+    """What any kind's adapter is built from; each kind takes the values it uses."""
+
+    name: str
+    dsn: str
+    relation: str
+    key_columns: tuple[str, ...]
+    slot_name: str
+    cluster: str
+    envelope: str
+    wal_warn_bytes: int
+    resolve_dsn: DsnResolver = as_given
+    """Turns the stored DSN (perhaps `env:VAR`) into a conninfo when the source opens."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of source."""
+
+    name: str
+    """As stored in `Subscription.source_kind` and written in a subscriptions file."""
+    label: str
+    """As people read it (the model's choice label)."""
+    build: Callable[[SourceValues], Source]
+    """Its adapter, from plain values."""
+    format_position: Callable[[int | None], str]
+    """A position as the kind's own tools show it; None (no checkpoint yet) is "-"."""
+    relation_problem: Callable[[str], str | None]
+    """Why a relation is not one this kind reads, or None."""
+    options: tuple[str, ...]
+    """The settings of `OPTIONS` this kind has; another kind's have no place in it."""
+    needs_key_columns: bool
+    """Whether the key columns must be given (no primary key to default to)."""
+    cleanup: Callable[[str, str], None] | None
+    """Drops what the source keeps for a subscription, given (conninfo, slot name), when
+    it is deleted or its checkpoint reset; None when nothing is left on the source."""
+
+
+def _build_postgres(values: SourceValues) -> Source:
+    return PostgresSource(
+        PostgresSourceConfig(
+            name=values.name,
+            dsn=values.dsn,
+            relation=values.relation,
+            key_columns=values.key_columns,
+            slot_name=values.slot_name,
+            wal_warn_bytes=values.wal_warn_bytes,
+            resolve_dsn=values.resolve_dsn,
+        )
+    )
+
+
+def _build_materialize(values: SourceValues) -> Source:
+    return MaterializeSource(
+        MaterializeSourceConfig(
+            name=values.name,
+            dsn=values.dsn,
+            relation=values.relation,
+            key_columns=values.key_columns,
+            cluster=values.cluster,
+            envelope=values.envelope,
+            resolve_dsn=values.resolve_dsn,
+        )
+    )
+
+
+POSTGRES = Kind(
+    name="postgres",
+    label="PostgreSQL",
+    build=_build_postgres,
+    format_position=format_lsn,
+    relation_problem=postgres_relation_problem,
+    options=(),
+    needs_key_columns=False,  # the table's primary key is the default
+    cleanup=drop_replication,  # the slot and publication would keep WAL forever
+)
+
+MATERIALIZE = Kind(
+    name="materialize",
+    label="Materialize",
+    build=_build_materialize,
+    format_position=format_mz_timestamp,
+    relation_problem=materialize_relation_problem,
+    options=OPTIONS,
+    needs_key_columns=True,  # a view has no primary key
+    cleanup=None,  # SUBSCRIBE leaves nothing on the source
+)
+
+KINDS: dict[str, Kind] = {k.name: k for k in (POSTGRES, MATERIALIZE)}
+
+
+def kind(name: str) -> Kind:
+    """The kind called `name`; KeyError if there is none."""
+    return KINDS[name]
+
+
+def named(value: object) -> Kind | None:
+    """The kind `value` names, or None: not a kind's name (or not a string, as JSON may send)."""
+    return KINDS.get(value) if isinstance(value, str) else None
+
+
+def format_position(kind_name: str, position: int | None) -> str:
+    """Show a position the way the source kind's own tools do.
+
+    A name no kind has (the model's choices keep it from being stored) is shown as an LSN.
+    """
+    return KINDS.get(kind_name, POSTGRES).format_position(position)
