@@ -14,25 +14,33 @@ from syncer import conf
 from syncer.engine.interfaces import Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
 from syncer.models import Subscription
+from syncer.sinks.opensearch.client import Connection
 from syncer.sinks.opensearch.sink import OpenSearchSink, OpenSearchSinkConfig
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.stores import DjangoDeadLetters, DjangoStateStore
 
 
-def sink_config(sub: Subscription, index: str | None = None) -> OpenSearchSinkConfig:
-    """Where the subscription writes: its index (or alias), or `index` instead."""
+def opensearch_connection() -> Connection:
+    """Where the worker and the console reach OpenSearch (the OPENSEARCH_* settings)."""
     search = conf.opensearch()
-    return OpenSearchSinkConfig(
-        name=sub.name,
-        index=index or sub.index_name,
+    return Connection(
         url=search.url,
-        settings=sub.index_settings or {},
-        mappings=sub.index_mappings or {},
         user=search.user,
         password=search.password,
         ca_certs=search.ca_certs,
         verify_certs=search.verify_certs,
+    )
+
+
+def sink_config(sub: Subscription, index: str | None = None) -> OpenSearchSinkConfig:
+    """Where the subscription writes: its index (or alias), or `index` instead."""
+    return OpenSearchSinkConfig(
+        name=sub.name,
+        index=index or sub.index_name,
+        connection=opensearch_connection(),
+        settings=sub.index_settings or {},
+        mappings=sub.index_mappings or {},
         adopt_index=sub.adopt_index,
     )
 
