@@ -20,6 +20,7 @@ from syncer.sinks.opensearch.client import (
     Connection,
     answer_of,
     async_client,
+    none_if,
     sync_client,
     translated,
 )
@@ -200,3 +201,17 @@ def test_read_document_tells_a_missing_document_from_a_missing_index(
     found = asyncio.run(read_document(config, "1"))
     assert found is not None and found["_source"] == {"total": 3}
     assert asyncio.run(read_document(config, "2")) is None
+
+
+def test_none_if_turns_only_the_named_status_into_none(faults: FaultProxy) -> None:
+    async def run() -> None:
+        client = async_client(Connection(faults.url), 5.0)
+        try:
+            assert await none_if(404, client.indices.get_alias(name="absent")) is None
+            faults.fail_requests(503)
+            with pytest.raises(SinkUnavailable), translated("reading alias absent"):
+                await none_if(404, client.indices.get_alias(name="absent"))
+        finally:
+            await client.close()
+
+    asyncio.run(run())

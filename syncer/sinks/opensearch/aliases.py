@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 from opensearchpy import AsyncOpenSearch
 
-from syncer.errors import ForeignIndex, SinkConfigError
+from syncer.errors import ForeignIndex
 from syncer.sinks.opensearch import marks
-from syncer.sinks.opensearch.client import answer_of, translated
+from syncer.sinks.opensearch.client import none_if, translated
 from syncer.sinks.opensearch.sink import OpenSearchSinkConfig, make_client
 
 log = structlog.get_logger(__name__)
@@ -65,30 +65,21 @@ async def point_alias(config: OpenSearchSinkConfig, alias: str) -> list[str]:
     subscription adopts it.
     """
     target = config.index
-    doing = f"pointing alias {alias} at {target}"
     client = make_client(config)
     try:
-        with translated(doing, plain=True):
+        with translated(f"pointing alias {alias} at {target}", plain=True):
             if not config.adopt_index:
                 foreign = [i for i in await marks.unmarked(client, alias) if i != target]
                 if foreign:
                     raise _delete_refusal(alias, foreign)
-            return await _swap(client, config, alias, doing)
+            return await _swap(client, config, alias)
     finally:
         await client.close()
 
 
-async def _swap(
-    client: AsyncOpenSearch, config: OpenSearchSinkConfig, alias: str, doing: str
-) -> list[str]:
+async def _swap(client: AsyncOpenSearch, config: OpenSearchSinkConfig, alias: str) -> list[str]:
     target = config.index
-    try:
-        with translated(doing, plain=True):
-            behind = list(await client.indices.get_alias(name=alias))
-    except SinkConfigError as exc:
-        if answer_of(exc).status != 404:
-            raise
-        behind = []  # no alias of that name (yet)
+    behind = list(await none_if(404, client.indices.get_alias(name=alias)) or {})
     old = [index for index in behind if index != target]
     to_delete = old
     if behind:
@@ -101,14 +92,13 @@ async def _swap(
         # The name is still the original concrete index: replace it by the alias.
         old, to_delete = [alias], []  # removed by the swap itself
         add = {"add": {"index": target, "alias": alias}}
-        try:
-            with translated(doing, plain=True):
-                await client.indices.update_aliases(
-                    body={"actions": [{"remove_index": {"index": alias}}, add]}
-                )
-        except SinkConfigError as exc:
-            if answer_of(exc).status != 400:
-                raise
+        swapped = await none_if(
+            400,
+            client.indices.update_aliases(
+                body={"actions": [{"remove_index": {"index": alias}}, add]}
+            ),
+        )
+        if swapped is None:
             # A server without `remove_index`: the name is missing for a moment.
             await client.indices.delete(index=alias)
             await client.indices.update_aliases(body={"actions": [add]})

@@ -5,21 +5,24 @@ the worker's /ready probe) is built from `options()`, and every opensearch-py er
 re-raised by `translated()` as a syncer.errors one, so nothing above this package catches
 an opensearch-py exception. The rule both follow: no answer, 408, 429 and 5xx mean
 OpenSearch is unavailable for now (retry later); any other refusal is the configuration's.
-What OpenSearch answered stays readable on the raised error through `answer_of()`.
+What OpenSearch answered stays readable on the raised error through `answer_of()`;
+`none_if()` takes an expected refusal (404: there is none) as an answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from opensearchpy import AsyncOpenSearch, OpenSearch
 from opensearchpy import exceptions as os_errors
 
 from syncer.errors import RequestTooLarge, SinkConfigError, SinkUnavailable
 from syncer.logconfig import redact
+
+T = TypeVar("T")
 
 _REASON_LIMIT = 2000
 
@@ -145,6 +148,19 @@ def translated(action: str, *, plain: bool = False) -> Iterator[None]:
         raise SinkConfigError(f"{action}: OpenSearch refused it ({status} {summary})") from exc
     except OSError as exc:
         raise SinkUnavailable(f"{action}: cannot reach OpenSearch ({redact(str(exc))})") from exc
+
+
+async def none_if(status: int, request: Awaitable[T]) -> T | None:
+    """`await request`, or None when OpenSearch answers it `status` (404: there is none).
+
+    Any other failure propagates as it is, for the `translated` block around to word.
+    """
+    try:
+        return await request
+    except os_errors.TransportError as exc:
+        if exc.status_code != status:
+            raise
+        return None
 
 
 def _summary(exc: os_errors.TransportError) -> str:
