@@ -96,3 +96,8 @@ def test_other_errors_pass_through_and_have_no_answer() -> None:
         raise SinkConfigError("already ours")
     assert str(raised.value) == "already ours"
     assert answer_of(raised.value) == Answer(0)
+
+
+def test_a_connection_never_shows_its_password() -> None:
+    shown = repr(Connection("https://search:9200", user="searchsync", password="s3cret"))
+    assert "s3cret" not in shown and "searchsync" in shown

@@ -3,7 +3,7 @@
 Every client (the sink's, the alias swap's, the console's document read and live check,
 the worker's /ready probe) is built from `options()`, and every opensearch-py error is
 re-raised by `translated()` as a syncer.errors one, so nothing above this package catches
-an opensearch-py exception. The rule both follow: no answer, 408, 429 and 5xx mean
+an opensearch-py exception. The translator's rule: no answer, 408, 429 and 5xx mean
 OpenSearch is unavailable for now (retry later); any other refusal is the configuration's.
 What OpenSearch answered stays readable on the raised error through `answer_of()`;
 `none_if()` takes an expected refusal (404: there is none) as an answer.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from opensearchpy import AsyncOpenSearch, OpenSearch
@@ -36,7 +36,7 @@ class Connection:
 
     url: str
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a log line or traceback
     ca_certs: str = ""
     """A CA bundle to verify an https server with; the system's when empty."""
     verify_certs: bool = True
