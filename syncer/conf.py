@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from syncer.sinks.opensearch.connection import Connection
+
 LOCAL_SECRET_KEY = "searchsync-insecure-local-key-set-SECRET_KEY"
 """The key used when SECRET_KEY is not set: public, so only for local use (DEBUG on)."""
 
@@ -17,15 +19,6 @@ LOCAL_SECRET_KEY = "searchsync-insecure-local-key-set-SECRET_KEY"
 def secret_key_missing() -> bool:
     """Whether DEBUG is off and SECRET_KEY is unset (the public local key is in use)."""
     return not settings.DEBUG and settings.SECRET_KEY in {"", LOCAL_SECRET_KEY}
-
-
-@dataclass(frozen=True)
-class OpenSearchSettings:
-    url: str
-    user: str
-    password: str
-    ca_certs: str
-    verify_certs: bool
 
 
 @dataclass(frozen=True)
@@ -55,8 +48,9 @@ class WorkerSettings:
     """Seconds without progress after which the worker's /ready calls a subscription stalled."""
 
 
-def opensearch() -> OpenSearchSettings:
-    return OpenSearchSettings(
+def opensearch() -> Connection:
+    """Where the worker and the console reach OpenSearch (the OPENSEARCH_* settings)."""
+    return Connection(
         url=settings.OPENSEARCH_URL,
         user=settings.OPENSEARCH_USER,
         password=settings.OPENSEARCH_PASSWORD,

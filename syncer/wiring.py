@@ -21,17 +21,12 @@ from syncer.stores import DjangoDeadLetters, DjangoStateStore
 
 def sink_config(sub: Subscription, index: str | None = None) -> OpenSearchSinkConfig:
     """Where the subscription writes: its index (or alias), or `index` instead."""
-    search = conf.opensearch()
     return OpenSearchSinkConfig(
         name=sub.name,
         index=index or sub.index_name,
-        url=search.url,
+        connection=conf.opensearch(),
         settings=sub.index_settings or {},
         mappings=sub.index_mappings or {},
-        user=search.user,
-        password=search.password,
-        ca_certs=search.ca_certs,
-        verify_certs=search.verify_certs,
         adopt_index=sub.adopt_index,
     )
 

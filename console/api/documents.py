@@ -13,13 +13,13 @@ import structlog
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
-from opensearchpy import exceptions as os_errors
 
 from console.api.errors import NotFound
 from console.api.permissions import VIEW_SUBSCRIPTION, requires
-from syncer.logconfig import redact
+from syncer.errors import SyncError
 from syncer.models import Subscription
-from syncer.sinks.opensearch.sink import make_client
+from syncer.sinks.opensearch.client import INDEX_NOT_FOUND, answer_of
+from syncer.sinks.opensearch.sink import read_document
 from syncer.sources.kinds import format_position
 from syncer.wiring import sink_config
 
@@ -61,33 +61,25 @@ async def get_document(request: HttpRequest, name: str, doc_id: str) -> dict[str
 
 async def _read(subscription: Subscription, doc_id: str) -> dict[str, Any]:
     index = subscription.index_name
-    client = make_client(sink_config(subscription))
     try:
-        found: dict[str, Any] = await client.get(index=index, id=doc_id)
-        return found
-    except os_errors.NotFoundError as exc:
-        if _error_type(exc) == "index_not_found_exception":
+        found = await read_document(sink_config(subscription), doc_id)
+    except SyncError as exc:
+        answer = answer_of(exc)
+        if answer.error_type == INDEX_NOT_FOUND:
             raise NotFound(
                 f"index {index!r} does not exist yet: the worker creates it when "
                 f"subscription {subscription.name!r} starts"
             ) from exc
-        raise NotFound(f"no document {doc_id!r} in index {index!r}") from exc
-    except (os_errors.ConnectionError, os_errors.ConnectionTimeout) as exc:
-        raise HttpError(503, f"cannot reach OpenSearch: {redact(str(exc.error))}") from exc
-    except os_errors.TransportError as exc:
+        if not answer.status:
+            raise HttpError(503, f"cannot reach OpenSearch: {answer.error}") from exc
         log.warning(
             "document_read_failed",
             subscription=subscription.name,
-            status=exc.status_code,
-            error=redact(str(exc.error)),
+            status=answer.status,
+            error=answer.error,
         )
-        refused = f"{exc.status_code} {redact(str(exc.error))}"
+        refused = f"{answer.status} {answer.error}"
         raise HttpError(503, f"OpenSearch refused to read index {index!r}: {refused}") from exc
-    finally:
-        await client.close()
-
-
-def _error_type(exc: os_errors.TransportError) -> str:
-    info = exc.info if isinstance(exc.info, dict) else {}
-    error = info.get("error")
-    return str(error.get("type", "")) if isinstance(error, dict) else ""
+    if found is None:
+        raise NotFound(f"no document {doc_id!r} in index {index!r}")
+    return found

@@ -26,14 +26,13 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import structlog
-from opensearchpy import AsyncOpenSearch
-from opensearchpy import exceptions as os_errors
 from psycopg import AsyncConnection, sql
 
 from syncer import conf, dsn
-from syncer.errors import SourceConfigError
+from syncer.errors import SourceConfigError, SyncError
 from syncer.logconfig import redact
 from syncer.models import Subscription
+from syncer.sinks.opensearch.client import Answer, answer_of, async_client, translated
 from syncer.sources import kinds
 from syncer.sources.identifiers import is_query, parse_cluster, split_name
 from syncer.sources.postgres.catalog import describe_table
@@ -101,7 +100,7 @@ async def _bounded(work: Awaitable[Problems], field: str, system: str, timeout: 
                 f"{system} did not answer within {timeout:g} s; check that it is up, {_SKIP_HINT}"
             ]
         }
-    except (psycopg.Error, os_errors.OpenSearchException, OSError) as exc:
+    except (psycopg.Error, SyncError, OSError) as exc:
         # Not one of the failures the checks expect: still an answer, never a crash.
         log.warning("subscription_live_check_error", system=system, error=describe(exc))
         return {
@@ -276,64 +275,45 @@ def display_relation(subscription: Subscription) -> str:
 
 
 async def _check_index(index: str, timeout: float) -> Problems:
-    settings = conf.opensearch()
-    options: dict[str, Any] = {"timeout": min(timeout, 3.0), "max_retries": 0}
-    if settings.user:
-        options["http_auth"] = (settings.user, settings.password)
-    if settings.url.startswith("https://"):
-        options["verify_certs"] = settings.verify_certs
-        if settings.ca_certs:
-            options["ca_certs"] = settings.ca_certs
-    where = redact(settings.url)
-    client = AsyncOpenSearch(hosts=[settings.url], **options)
+    connection = conf.opensearch()
+    client = async_client(connection, timeout=min(timeout, 3.0))
     try:
-        return await _index_problems(client.indices.exists, index, where)
+        with translated(f"checking index {index}"):
+            await client.indices.exists(index=index)
+    except SyncError as exc:
+        return _index_problems(answer_of(exc), index, redact(connection.url))
     finally:
         await client.close()
+    return {}  # it exists, or it does not yet and the worker will create it
 
 
-async def _index_problems(
-    exists: Callable[..., Awaitable[bool]], index: str, where: str
-) -> Problems:
-    try:
-        await exists(index=index)
-    except os_errors.ConnectionError:
+def _index_problems(answer: Answer, index: str, where: str) -> Problems:
+    if not answer.status:
         return {
             "index_name": [
                 f"OpenSearch at {where} is unreachable, so the index cannot be checked; check "
                 f"OPENSEARCH_URL and that OpenSearch is up, {_SKIP_HINT}"
             ]
         }
-    except os_errors.AuthenticationException:
+    if answer.status == 401:
         return {
             "index_name": [
                 f"OpenSearch at {where} refused the console's credentials; "
                 "check OPENSEARCH_USER and OPENSEARCH_PASSWORD"
             ]
         }
-    except os_errors.TransportError as exc:
-        if exc.status_code == 400:
-            return {
-                "index_name": [
-                    f"OpenSearch refuses the index name {index!r}: {_reason(exc)}; "
-                    "choose another name"
-                ]
-            }
+    if answer.status == 400:
         return {
             "index_name": [
-                f"OpenSearch at {where} answered HTTP {exc.status_code} for index {index}: "
-                f"{_reason(exc)}; check the cluster, {_SKIP_HINT}"
+                f"OpenSearch refuses the index name {index!r}: {answer.reason}; choose another name"
             ]
         }
-    return {}  # it exists, or it does not yet and the worker will create it
-
-
-def _reason(exc: os_errors.TransportError) -> str:
-    info = exc.info if isinstance(exc.info, dict) else {}
-    error = info.get("error")
-    if isinstance(error, dict) and error.get("reason"):
-        return redact(str(error["reason"]))
-    return redact(str(exc.error))
+    return {
+        "index_name": [
+            f"OpenSearch at {where} answered HTTP {answer.status} for index {index}: "
+            f"{answer.reason}; check the cluster, {_SKIP_HINT}"
+        ]
+    }
 
 
 # -- never a password ----------------------------------------------------------------

@@ -24,13 +24,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from opensearchpy import OpenSearch
-from opensearchpy import exceptions as os_errors
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from syncer import conf
 from syncer.engine.pipeline import Pipeline, Status
+from syncer.errors import SyncError
 from syncer.logconfig import redact
+from syncer.sinks.opensearch.client import answer_of, sync_client, translated
+from syncer.sinks.opensearch.connection import Connection
 
 log = structlog.get_logger(__name__)
 
@@ -71,15 +72,8 @@ class Readiness:
 class OpenSearchProbe:
     """Whether OpenSearch answers: None, or why not. Asks at most every `every` seconds."""
 
-    def __init__(self, search: conf.OpenSearchSettings, every: float = 2.0) -> None:
-        options: dict[str, Any] = {"timeout": 2.0, "max_retries": 0}
-        if search.user:
-            options["http_auth"] = (search.user, search.password)
-        if search.url.startswith("https://"):
-            options["verify_certs"] = search.verify_certs
-            if search.ca_certs:
-                options["ca_certs"] = search.ca_certs
-        self._client = OpenSearch(hosts=[search.url], **options)
+    def __init__(self, connection: Connection, every: float = 2.0) -> None:
+        self._client = sync_client(connection, timeout=2.0)
         self._every = every
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
@@ -94,13 +88,13 @@ class OpenSearchProbe:
 
     def _ask(self) -> str | None:
         try:
-            self._client.info()
-        except (os_errors.ConnectionError, os_errors.ConnectionTimeout) as exc:
-            return f"OpenSearch unavailable: cannot reach OpenSearch ({redact(str(exc.error))})"
-        except os_errors.TransportError as exc:
-            return f"OpenSearch unavailable: it answered {exc.status_code} {redact(str(exc.error))}"
-        except OSError as exc:
-            return f"OpenSearch unavailable: cannot reach OpenSearch ({redact(str(exc))})"
+            with translated("asking OpenSearch"):
+                self._client.info()
+        except SyncError as exc:
+            answer = answer_of(exc)
+            if answer.status:
+                return f"OpenSearch unavailable: it answered {answer.status} {answer.error}"
+            return f"OpenSearch unavailable: cannot reach OpenSearch ({answer.error})"
         return None
 
     def close(self) -> None:

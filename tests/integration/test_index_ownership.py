@@ -18,6 +18,7 @@ from syncer.errors import ForeignIndex
 from syncer.models import Subscription
 from syncer.operations import control
 from syncer.sinks.opensearch.aliases import point_alias
+from syncer.sinks.opensearch.connection import Connection
 from syncer.sinks.opensearch.sink import OpenSearchSink, OpenSearchSinkConfig
 from syncer.wiring import sink_config
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
@@ -85,7 +86,7 @@ def test_an_index_searchsync_creates_carries_its_mark_beside_the_subscriptions_m
     config = OpenSearchSinkConfig(
         name="orders",
         index="orders",
-        url=opensearch_url,
+        connection=Connection(opensearch_url),
         mappings={"_meta": {"team": "search"}, "properties": {"total": {"type": "double"}}},
     )
 

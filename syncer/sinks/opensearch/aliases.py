@@ -12,18 +12,15 @@ stands for another application's index is refused before the copy starts
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import structlog
 from opensearchpy import AsyncOpenSearch
-from opensearchpy import exceptions as os_errors
 
-from syncer.errors import ForeignIndex, SinkConfigError, SinkUnavailable
-from syncer.logconfig import redact
+from syncer.errors import ForeignIndex
 from syncer.sinks.opensearch import marks
+from syncer.sinks.opensearch.client import none_if, translated
 from syncer.sinks.opensearch.sink import OpenSearchSinkConfig, make_client
 
 log = structlog.get_logger(__name__)
@@ -45,7 +42,7 @@ async def check_resync(config: OpenSearchSinkConfig, new_index: bool) -> None:
         return
     client = make_client(config)
     try:
-        with _translated(f"checking index {config.index}"):
+        with translated(f"checking index {config.index}", plain=True):
             foreign = await marks.unmarked(client, config.index)
     finally:
         await client.close()
@@ -70,7 +67,7 @@ async def point_alias(config: OpenSearchSinkConfig, alias: str) -> list[str]:
     target = config.index
     client = make_client(config)
     try:
-        with _translated(f"pointing alias {alias} at {target}"):
+        with translated(f"pointing alias {alias} at {target}", plain=True):
             if not config.adopt_index:
                 foreign = [i for i in await marks.unmarked(client, alias) if i != target]
                 if foreign:
@@ -82,10 +79,7 @@ async def point_alias(config: OpenSearchSinkConfig, alias: str) -> list[str]:
 
 async def _swap(client: AsyncOpenSearch, config: OpenSearchSinkConfig, alias: str) -> list[str]:
     target = config.index
-    try:
-        behind = list(await client.indices.get_alias(name=alias))
-    except os_errors.NotFoundError:
-        behind = []
+    behind = list(await none_if(404, client.indices.get_alias(name=alias)) or {})
     old = [index for index in behind if index != target]
     to_delete = old
     if behind:
@@ -98,11 +92,13 @@ async def _swap(client: AsyncOpenSearch, config: OpenSearchSinkConfig, alias: st
         # The name is still the original concrete index: replace it by the alias.
         old, to_delete = [alias], []  # removed by the swap itself
         add = {"add": {"index": target, "alias": alias}}
-        try:
-            await client.indices.update_aliases(
+        swapped = await none_if(
+            400,
+            client.indices.update_aliases(
                 body={"actions": [{"remove_index": {"index": alias}}, add]}
-            )
-        except os_errors.RequestError:
+            ),
+        )
+        if swapped is None:
             # A server without `remove_index`: the name is missing for a moment.
             await client.indices.delete(index=alias)
             await client.indices.update_aliases(body={"actions": [add]})
@@ -123,20 +119,3 @@ def _delete_refusal(name: str, foreign: list[str]) -> ForeignIndex:
         foreign,
         "the swap would delete it with whatever another application keeps there",
     )
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Re-raise opensearch-py errors as SinkUnavailable / SinkConfigError."""
-    try:
-        yield
-    except os_errors.ConnectionError as exc:
-        raise SinkUnavailable(
-            f"{action}: cannot reach OpenSearch ({redact(str(exc.error))})"
-        ) from exc
-    except os_errors.TransportError as exc:
-        status = exc.status_code if isinstance(exc.status_code, int) else 0
-        message = f"{action}: OpenSearch answered {status} {exc.error}"
-        if status in (408, 429) or status >= 500 or status == 0:
-            raise SinkUnavailable(redact(message)) from exc
-        raise SinkConfigError(redact(message)) from exc

@@ -15,9 +15,9 @@ from typing import Any
 
 import structlog
 from opensearchpy import AsyncOpenSearch
-from opensearchpy import exceptions as os_errors
 
 from syncer.errors import ForeignIndex
+from syncer.sinks.opensearch.client import none_if
 
 log = structlog.get_logger(__name__)
 
@@ -72,9 +72,8 @@ def refusal(doing: str, name: str, foreign: Sequence[str], consequence: str) -> 
 
 
 async def _metas(client: AsyncOpenSearch, name: str) -> dict[str, dict[str, Any]]:
-    try:
-        response = await client.indices.get_mapping(index=name)
-    except os_errors.NotFoundError:
+    response = await none_if(404, client.indices.get_mapping(index=name))
+    if response is None:
         return {}
     metas: dict[str, dict[str, Any]] = {}
     for index, body in response.items():

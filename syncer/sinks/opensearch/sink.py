@@ -11,52 +11,44 @@ OpenSearch 2.x and 3.x.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import structlog
 from opensearchpy import AsyncOpenSearch
-from opensearchpy import exceptions as os_errors
 
 from syncer.engine.changes import Change, Document, Op, Position
 from syncer.engine.outcomes import ItemResult, classify
-from syncer.errors import RequestTooLarge, SinkConfigError, SinkUnavailable
-from syncer.logconfig import redact
+from syncer.errors import SinkConfigError, SyncError
 from syncer.sinks.opensearch import marks
+from syncer.sinks.opensearch.client import (
+    INDEX_NOT_FOUND,
+    answer_of,
+    async_client,
+    error_reason,
+    translated,
+)
+from syncer.sinks.opensearch.connection import Connection
 
 log = structlog.get_logger(__name__)
-
-_REASON_LIMIT = 2000
 
 
 @dataclass(frozen=True)
 class OpenSearchSinkConfig:
     name: str
     index: str
-    url: str
+    connection: Connection
     settings: dict[str, Any] = field(default_factory=dict)
     mappings: dict[str, Any] = field(default_factory=dict)
-    user: str = ""
-    password: str = ""
-    ca_certs: str = ""
-    verify_certs: bool = True
     timeout: float = 30.0
     adopt_index: bool = False
     """Own the index even though searchsync did not create it: mark it, sweep it."""
 
 
 def make_client(config: OpenSearchSinkConfig) -> AsyncOpenSearch:
-    options: dict[str, Any] = {"timeout": config.timeout, "max_retries": 0}
-    if config.user:
-        options["http_auth"] = (config.user, config.password)
-    if config.url.startswith("https://"):
-        options["verify_certs"] = config.verify_certs
-        if config.ca_certs:
-            options["ca_certs"] = config.ca_certs
-    return AsyncOpenSearch(hosts=[config.url], **options)
+    return async_client(config.connection, config.timeout)
 
 
 class OpenSearchSink:
@@ -69,7 +61,7 @@ class OpenSearchSink:
 
     async def open(self) -> None:
         self._client = make_client(self.config)
-        with _translated(f"checking index {self.config.index}"):
+        with translated(f"checking index {self.config.index}"):
             if await self._client.indices.exists(index=self.config.index):
                 if self.config.adopt_index:
                     await marks.adopt(self._client, self.config.index, self.config.name)
@@ -80,12 +72,12 @@ class OpenSearchSink:
         if self.config.settings:
             body["settings"] = self.config.settings
         try:
-            with _translated(f"creating index {self.config.index}"):
+            with translated(f"creating index {self.config.index}"):
                 await self._client.indices.create(index=self.config.index, body=body)
             self._log.info("index_created")
         except SinkConfigError as exc:
             # Another worker may have created it between the check and now.
-            if "resource_already_exists_exception" not in str(exc):
+            if answer_of(exc).error_type != "resource_already_exists_exception":
                 raise
 
     async def close(self) -> None:
@@ -97,7 +89,7 @@ class OpenSearchSink:
         if not changes:
             return []
         client = self._require_client()
-        with _translated(f"writing to index {self.config.index}"):
+        with translated(f"writing to index {self.config.index}"):
             response = await client.bulk(body=self._payload(changes))
         results = []
         for change, item in zip(changes, response["items"], strict=True):
@@ -105,7 +97,7 @@ class OpenSearchSink:
             status = int(outcome.get("status", 500))
             error = outcome.get("error") or {}
             error_type = str(error.get("type", "")) if isinstance(error, dict) else ""
-            reason = _reason(error)
+            reason = error_reason(error)
             results.append(
                 ItemResult(classify(change.op, status, error_type), status, error_type, reason)
             )
@@ -133,7 +125,7 @@ class OpenSearchSink:
         if not doc_ids:
             return {}
         client = self._require_client()
-        with _translated(f"reading from index {self.config.index}"):
+        with translated(f"reading from index {self.config.index}"):
             response = await client.mget(index=self.config.index, body={"ids": list(doc_ids)})
         return {d["_id"]: d["_source"] for d in response["docs"] if d.get("found")}
 
@@ -147,7 +139,7 @@ class OpenSearchSink:
         client = self._require_client()
         removed = 0
         scroll_id = None
-        with _translated(f"sweeping index {self.config.index}"):
+        with translated(f"sweeping index {self.config.index}"):
             foreign = await marks.unmarked(client, self.config.index)
             if foreign:
                 raise marks.refusal(
@@ -180,9 +172,10 @@ class OpenSearchSink:
             finally:
                 if scroll_id:
                     try:
-                        await client.clear_scroll(scroll_id=scroll_id)
-                    except os_errors.OpenSearchException:
-                        pass
+                        with translated("clearing the scroll"):
+                            await client.clear_scroll(scroll_id=scroll_id)
+                    except SyncError:
+                        pass  # it expires on its own after 2 minutes
         return removed
 
     def _require_client(self) -> AsyncOpenSearch:
@@ -191,48 +184,21 @@ class OpenSearchSink:
         return self._client
 
 
-def _reason(error: Any) -> str:
-    if not error:
-        return ""
-    if isinstance(error, dict):
-        text = str(error.get("reason", ""))
-        caused = error.get("caused_by")
-        if isinstance(caused, dict) and caused.get("reason") and caused["reason"] != text:
-            text = f"{text} (caused by: {caused['reason']})"
-    else:
-        text = str(error)
-    return text[:_REASON_LIMIT]
+async def read_document(config: OpenSearchSinkConfig, doc_id: str) -> dict[str, Any] | None:
+    """The document `doc_id` of `config.index` as OpenSearch returns it; None when absent.
 
-
-def _error_summary(exc: os_errors.TransportError) -> str:
-    info = exc.info if isinstance(exc.info, dict) else {}
-    error = info.get("error", exc.error)
-    if isinstance(error, dict):
-        return f"{error.get('type', '')}: {_reason(error)}"
-    return str(error)
-
-
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Re-raise opensearch-py errors as SinkUnavailable / SinkConfigError."""
+    Never creates the index: when there is none, the SinkConfigError raised says 404
+    `index_not_found_exception` (`answer_of`).
+    """
+    client = make_client(config)
     try:
-        yield
-    except (os_errors.ConnectionError, os_errors.ConnectionTimeout) as exc:
-        raise SinkUnavailable(
-            f"{action}: cannot reach OpenSearch ({redact(str(exc.error))})"
-        ) from exc
-    except os_errors.TransportError as exc:
-        status = exc.status_code if isinstance(exc.status_code, int) else 0
-        summary = redact(_error_summary(exc))
-        if status in (401, 403):
-            raise SinkConfigError(
-                f"{action}: OpenSearch refused the credentials ({status} {summary}); "
-                "check OPENSEARCH_USER / OPENSEARCH_PASSWORD and the user's permissions"
-            ) from exc
-        if status == 413:
-            raise RequestTooLarge(f"{action}: OpenSearch refused the request as too large") from exc
-        if status in (408, 429) or status >= 500 or status == 0:
-            raise SinkUnavailable(f"{action}: OpenSearch answered {status} {summary}") from exc
-        raise SinkConfigError(f"{action}: OpenSearch refused it ({status} {summary})") from exc
-    except OSError as exc:
-        raise SinkUnavailable(f"{action}: cannot reach OpenSearch ({exc})") from exc
+        with translated(f"reading document {doc_id} from index {config.index}"):
+            found: dict[str, Any] = await client.get(index=config.index, id=doc_id)
+        return found
+    except SinkConfigError as exc:
+        answer = answer_of(exc)
+        if answer.status == 404 and answer.error_type != INDEX_NOT_FOUND:
+            return None  # the index is there; the document is not
+        raise
+    finally:
+        await client.close()
