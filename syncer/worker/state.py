@@ -51,6 +51,11 @@ class ControlRow:
         return self.updated_at, self.control_version
 
 
+def subscription_row(subscription_id: int) -> Subscription | None:
+    """The subscription's row as it is now; None once it has been deleted."""
+    return Subscription.objects.filter(pk=subscription_id).first()
+
+
 def control_rows(names: Sequence[str] | None) -> list[ControlRow]:
     """Every subscription (or the named ones), in one query of six columns."""
     query = Subscription.objects.all()

@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -27,7 +28,7 @@ from syncer.sinks.opensearch.aliases import check_resync, new_index_name, point_
 from syncer.sources.kinds import format_position
 from syncer.stores import ConsoleDatabaseUnavailable, DjangoStateStore, in_db
 from syncer.wiring import sink_config
-from syncer.worker.state import clear_checkpoint, clear_stats
+from syncer.worker.state import clear_checkpoint, clear_stats, subscription_row
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +100,7 @@ class Supervisor:
         while not self._worker_stop.is_set() and self.leaving is None:
             self.changed.clear()
             try:
-                sub = await in_db(self._load)
+                sub = await in_db(partial(subscription_row, self.subscription_id))
             except ConsoleDatabaseUnavailable as exc:
                 self._log.warning("subscription_not_loaded", error=str(exc))
                 await self._wait(_RETRY_REQUEST_AFTER)
@@ -129,9 +130,6 @@ class Supervisor:
             await self._run_until_changed(self._pipeline_for(sub))
         if self.leaving == "disabled":
             await self._store.set_status(Status.STOPPED, "disabled: no worker runs it")
-
-    def _load(self) -> Subscription | None:
-        return Subscription.objects.filter(pk=self.subscription_id).first()
 
     def _pipeline_for(self, sub: Subscription) -> Pipeline:
         """The pipeline for the row as it is; a new-index resync writes elsewhere first."""
