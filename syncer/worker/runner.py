@@ -34,28 +34,27 @@ from django.utils import timezone
 
 from syncer import conf
 from syncer.engine.pipeline import Pipeline, sleep_unless_stopped
+from syncer.errors import (
+    ConsoleDatabaseUnavailable,
+    MetricsPortUnavailable,
+    OwnershipLost,
+    UnknownSubscription,
+)
 from syncer.live.messages import SnapshotMessage
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from syncer.operations import dead_letters
+from syncer.operations.subscriptions import known_names
 from syncer.sources.positions import format_position
-from syncer.stores import ConsoleDatabaseUnavailable, in_db
+from syncer.stores import in_db
 from syncer.wiring import build_pipeline
 from syncer.worker import http, metrics, state
-from syncer.worker.ownership import Ownership, OwnershipLost
+from syncer.worker.ownership import Ownership
 from syncer.worker.supervisor import Supervisor
 from syncer.worker.throughput import Throughput
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-class UnknownSubscription(ValueError):
-    """A subscription named on the command line does not exist."""
-
-
-class MetricsPortUnavailable(OSError):
-    """The metrics port cannot be listened on (taken, or not allowed)."""
 
 
 def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:
@@ -64,10 +63,7 @@ def load_subscriptions(names: Sequence[str] = ()) -> list[Subscription]:
         found = {s.name: s for s in Subscription.objects.filter(name__in=names)}
         unknown = sorted(set(names) - set(found))
         if unknown:
-            known = ", ".join(Subscription.objects.values_list("name", flat=True)) or "none"
-            raise UnknownSubscription(
-                f"no subscription named {', '.join(unknown)} (known: {known})"
-            )
+            raise UnknownSubscription(unknown, known_names())
         return [found[n] for n in names if found[n].enabled]
     return list(Subscription.objects.filter(enabled=True))
 
