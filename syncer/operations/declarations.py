@@ -144,8 +144,7 @@ def load(path: str | Path) -> list[SubscriptionSpec]:
         with path.open("rb") as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as exc:
-        problem = Problem(str(path), "", f"cannot read the file ({exc.strerror or exc})")
-        raise DeclarationError([problem]) from None
+        _refuse(str(path), f"cannot read the file ({exc.strerror or exc})")
     return parse(data, filename=str(path))
 
 
