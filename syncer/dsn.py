@@ -18,12 +18,11 @@ import psycopg.conninfo
 from django.conf import settings
 
 from syncer import conf
-from syncer.errors import SourceConfigError
+from syncer.errors import SourceConfigError, UnsetVariable
 from syncer.text import HIDDEN, is_secret_name, redact
 
 __all__ = [
     "ENV_PREFIX",
-    "UnsetVariable",
     "password_of",
     "redact",
     "resolve",
@@ -46,17 +45,6 @@ _PARSE_PROBLEMS = (
     ("invalid percent-encoded token", "a bad %-escape in the URL"),
     ("unexpected spaces", "spaces in the URL: write them as %20"),
 )
-
-
-class UnsetVariable(SourceConfigError):
-    """`env:VAR` names an allowed variable that the process's environment lacks."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"the source DSN comes from the environment variable {name}, which is not set "
-            "in the worker's environment"
-        )
-        self.name = name
 
 
 def validate(dsn: str) -> None:

@@ -4,25 +4,46 @@ nothing above a source or a sink ever sees a psycopg or opensearch-py exception.
     SyncError
     ├── ConfigError             the subscription cannot work until someone fixes it
     │   ├── SourceConfigError   bad DSN, missing table, unknown key column, no replica identity
+    │   │   └── UnsetVariable   an `env:VAR` DSN names a variable the worker's environment lacks
     │   └── SinkConfigError     index name or mappings rejected by OpenSearch
     │       └── ForeignIndex    sweep, alias swap or delete of an index searchsync did
     │                           not create (not adopted): not retried
     ├── RequestTooLarge         OpenSearch refused a bulk for its size (413): send less
-    └── UnavailableError        the other side is down or refusing work for now; retry
-        ├── SourceUnavailable   connection lost, server restarting, timeouts
-        └── SinkUnavailable     OpenSearch unreachable, 429 / 5xx on a whole request
+    ├── UnavailableError        the other side is down or refusing work for now; retry
+    │   ├── SourceUnavailable   connection lost, server restarting, timeouts
+    │   ├── SinkUnavailable     OpenSearch unreachable, 429 / 5xx on a whole request
+    │   └── ConsoleDatabaseUnavailable  the worker cannot read or write the console's tables
+    ├── WorkerError             the worker cannot go on as it is
+    │   ├── OwnershipLost       the lock connection failed: every lock it held is gone
+    │   └── MetricsPortUnavailable  (also OSError) --metrics-port cannot be listened on
+    ├── DeclarationError        (also ValueError) a subscriptions file that cannot be
+    │                           applied; `problems` lists every reason, as values
+    └── OperatorError           what an operator asked for cannot be carried out
+        ├── UnknownSubscription (also LookupError) no subscription has that name
+        ├── DeadLettersRemain   (also ValueError) a delete that would lose dead letters
+        ├── IndexNameTaken      (also ValueError) declared index names clash with others'
+        ├── TooManyForARequest  (also ValueError) more dead letters than one web request may touch
+        └── RetryAborted        OpenSearch refused a dead-letter retry as a whole
 
 RequestTooLarge is handled by the pipeline: it splits the bulk, and a single document
-too large on its own becomes a dead letter. The other two branches are retried with
-backoff by the worker: a ConfigError puts the subscription in the `error` status
+too large on its own becomes a dead letter. ConfigError and UnavailableError are retried
+with backoff by the worker: a ConfigError puts the subscription in the `error` status
 (someone may create the missing table), an UnavailableError in `reconnecting` (or
 `sink_unavailable`, with the batch held). A ConfigError whose `retry` is False (a
 ForeignIndex) is not retried: the subscription stays in `error` until its row changes,
-since waiting cannot make the index searchsync's. `str(error)` is written for an operator: it
-says what is wrong and what to fix, and never holds a password.
+since waiting cannot make the index searchsync's. The other branches never reach a
+pipeline: the worker stops on a WorkerError (or, for OwnershipLost, stops every pipeline
+and reconnects); the admin, the commands and the API turn a DeclarationError or an
+OperatorError into their own refusal (a form error, a CommandError, a 404/409/422/503).
+`str(error)` is written for an operator: it says what is wrong and what to fix, and
+never holds a password.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 
 class SyncError(Exception):
@@ -68,3 +89,137 @@ class SinkUnavailable(UnavailableError):
 
 class RequestTooLarge(SyncError):
     """OpenSearch refused a request for its size (HTTP 413, `http.max_content_length`)."""
+
+
+class UnsetVariable(SourceConfigError):
+    """`env:VAR` names an allowed variable that the process's environment lacks."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the source DSN comes from the environment variable {name}, which is not set "
+            "in the worker's environment"
+        )
+        self.name = name
+
+
+class ConsoleDatabaseUnavailable(UnavailableError):
+    """The console's own database cannot be written: checkpoints cannot be saved."""
+
+
+# -- the worker --------------------------------------------------------------------------
+
+
+class WorkerError(SyncError):
+    """The worker cannot go on as it is."""
+
+
+class OwnershipLost(WorkerError):
+    """The lock connection failed: every lock it held is gone."""
+
+
+class MetricsPortUnavailable(WorkerError, OSError):
+    """The metrics port cannot be listened on (taken, or not allowed)."""
+
+
+# -- the subscriptions file --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a subscriptions file cannot be applied, e.g.
+    `subscription 'orders'` / `source.relation` / `required; add it`."""
+
+    entry: str
+    """The subscription it is about (`subscription 'orders'`, or `subscriptions[0]` when
+    its name is unusable); for the file as a whole, the file (`orders.yaml, line 3,
+    column 1`); empty for the note that more problems were left out."""
+    path: str
+    """The field in the file's terms (`source.relation`, `index.mappings.title`); empty
+    when the problem is the entry's or the file's as a whole."""
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.entry, self.path, self.message) if part)
+
+
+class DeclarationError(SyncError, ValueError):
+    """The subscriptions file cannot be applied; `problems` says every reason."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.errors))
+
+    @property
+    def errors(self) -> list[str]:
+        """The problems as the command prints them, one line each."""
+        return [str(problem) for problem in self.problems]
+
+
+# -- operators' requests -----------------------------------------------------------------
+
+
+class OperatorError(SyncError):
+    """What an operator asked for (in the admin, a command or the API) cannot be done."""
+
+
+class UnknownSubscription(OperatorError, LookupError):
+    """No subscription has the name given.
+
+    `name` is one name (shown quoted, as repr) or several, as typed on the command line
+    (shown as typed). `known` lists the names there are, for the callers that show them.
+    """
+
+    def __init__(self, name: str | Sequence[str], known: Sequence[str] | None = None) -> None:
+        self.names = [name] if isinstance(name, str) else list(name)
+        self.known = None if known is None else list(known)
+        shown = repr(name) if isinstance(name, str) else ", ".join(self.names)
+        message = f"no subscription named {shown}"
+        if self.known is not None:
+            message += f" (known: {', '.join(self.known) or 'none'})"
+        super().__init__(message)
+
+
+class DeadLettersRemain(OperatorError, ValueError):
+    """Subscriptions to delete still have dead letters, and deleting them was not forced.
+
+    A subscription's dead letters go with it, and then cannot be retried or read;
+    each surface says how to force it (`force=true`, `--force`, a ticked box).
+    """
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self.counts = dict(sorted(counts.items()))
+        total = sum(self.counts.values())
+        letters = f"{total:,} dead letter{'s' if total != 1 else ''}"
+        if len(self.counts) == 1:
+            (name,) = self.counts
+            who = f"subscription {name} still has {letters}, which would be deleted with it"
+        else:
+            listed = ", ".join(f"{name} ({count:,})" for name, count in self.counts.items())
+            who = f"subscriptions {listed} still have {letters}, which would be deleted with them"
+        super().__init__(
+            f"{who}; retry them or keep a copy first (manage.py dlq retry|list --json "
+            "--subscription NAME), or force the delete"
+        )
+
+
+class IndexNameTaken(OperatorError, ValueError):
+    """Declared index names clash with other subscriptions'; `errors` is (name, message)."""
+
+    def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(f"subscription {n}: {m}" for n, m in self.errors))
+
+
+class TooManyForARequest(OperatorError, ValueError):
+    """A retry or purge from the API or the admin would touch more than SYNCER_API_DLQ_MAX
+    entries; nothing was done. The message says how to narrow it or where to go instead."""
+
+
+class RetryAborted(OperatorError):
+    """OpenSearch refused a whole retry request; `report` counts what was done before."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+        """The dead-letter retry's RetryReport (syncer.operations.dead_letters), which
+        this module, below everything, cannot name."""

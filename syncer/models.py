@@ -23,6 +23,13 @@ from syncer.validators import (
 )
 
 
+class SubscriptionQuerySet(models.QuerySet["Subscription"]):
+    def named(self, name: str) -> SubscriptionQuerySet:
+        """The subscription called `name`, if any. A name with a NUL matches none: no
+        subscription has one, and PostgreSQL cannot even be asked about it."""
+        return self.none() if "\x00" in name else self.filter(name=name)
+
+
 class Subscription(models.Model):
     """One sync: a source relation, its key columns, and the OpenSearch index it feeds."""
 
@@ -186,6 +193,8 @@ class Subscription(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = SubscriptionQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

@@ -16,17 +16,13 @@ from django.utils import timezone
 
 from syncer.engine.changes import Change, Op, Position
 from syncer.engine.interfaces import Rejected, ResumeState
-from syncer.errors import ConfigError, UnavailableError
+from syncer.errors import ConfigError, ConsoleDatabaseUnavailable
 from syncer.models import DeadLetter, Subscription, doc_id_digest
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _MESSAGE_LIMIT = 4000
-
-
-class ConsoleDatabaseUnavailable(UnavailableError):
-    """The console's own database cannot be written: checkpoints cannot be saved."""
 
 
 async def in_db(function: Callable[[], T]) -> T:

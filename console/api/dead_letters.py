@@ -36,6 +36,7 @@ from console.api.schemas import (
     dead_letter_out,
     retry_outcome,
 )
+from syncer.errors import TooManyForARequest
 from syncer.models import DeadLetter
 from syncer.operations import dead_letters
 
@@ -193,7 +194,7 @@ def _bounded(
     if not body.dry_run:
         try:
             dead_letters.within_request_bound(operation, selection, selected, narrow=_NARROW)
-        except dead_letters.TooManyForARequest as exc:
+        except TooManyForARequest as exc:
             raise FieldErrors([("limit", str(exc))]) from None
     return selected, matched - selected
 

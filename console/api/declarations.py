@@ -9,10 +9,10 @@ apply` accepts, with the same messages.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from console.api.errors import FieldErrors
+from syncer.errors import DeclarationError, Problem
 from syncer.models import Subscription
 from syncer.operations import declarations
 from syncer.operations.subscriptions import SubscriptionSpec
@@ -20,25 +20,16 @@ from syncer.sources import kinds
 
 _SECTIONS = ("source", "index", "batch", "backpressure")
 
-# --- adapter (syncer.operations.declarations reports errors as text only) ---------
-# Each error reads `<label>: <field path>: <message>`; the label names the entry
-# (`subscription 'orders'` or `subscriptions[0]`). A ConfigFileError carrying
-# (path, message) pairs would make this parsing unnecessary.
-_LABEL = re.compile(r"^(?:subscription '[^']*'|subscriptions\[\d+\]|request\.json): ")
 _TOP_LEVEL = ("name", "enabled", "snapshot", *_SECTIONS)
 
 
-def _split_error(text: str) -> tuple[str, str]:
-    """`subscription 'x': source.relation: msg` -> ("source.relation", "msg")."""
-    text = _LABEL.sub("", text, count=1)
-    path, sep, message = text.partition(": ")
-    head = re.split(r"[.\[]", path, maxsplit=1)[0]
-    if sep and head in _TOP_LEVEL:
-        return path, message
-    return "(body)", text
-
-
-# -----------------------------------------------------------------------------------------
+def _field_error(problem: Problem) -> tuple[str, str]:
+    """A file's problem as the API's (field, message): the body is one entry, so the entry
+    is not named; a problem outside the entry's fields is the body's."""
+    head = problem.path.split(".", 1)[0].split("[", 1)[0]
+    if head in _TOP_LEVEL:
+        return problem.path, problem.message
+    return "(body)", ": ".join(part for part in (problem.path, problem.message) if part)
 
 
 def to_spec(entry: dict[str, Any]) -> SubscriptionSpec:
@@ -46,8 +37,8 @@ def to_spec(entry: dict[str, Any]) -> SubscriptionSpec:
     text = json.dumps({"subscriptions": [entry]}, ensure_ascii=False)
     try:
         (spec,) = declarations.parse(text, filename="request.json")
-    except declarations.ConfigFileError as exc:
-        raise FieldErrors([_split_error(error) for error in exc.errors]) from None
+    except DeclarationError as exc:
+        raise FieldErrors([_field_error(problem) for problem in exc.problems]) from None
     return spec
 
 

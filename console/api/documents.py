@@ -18,6 +18,7 @@ from console.api.errors import NotFound
 from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from syncer.errors import SyncError
 from syncer.models import Subscription
+from syncer.operations import subscriptions
 from syncer.sinks.opensearch.client import INDEX_NOT_FOUND, answer_of
 from syncer.sinks.opensearch.sink import read_document
 from syncer.sources.kinds import format_position
@@ -42,11 +43,7 @@ class DocumentOut(Schema):
 @requires(VIEW_SUBSCRIPTION)
 async def get_document(request: HttpRequest, name: str, doc_id: str) -> dict[str, Any]:
     """The document `doc_id` as OpenSearch holds it now; 404 when the index has none."""
-    subscription = None
-    if "\x00" not in name:
-        subscription = await Subscription.objects.filter(name=name).afirst()
-    if subscription is None:
-        raise NotFound(f"no subscription named {name!r}")
+    subscription = await subscriptions.anamed(name)
     found = await _read(subscription, doc_id)
     version = found.get("_version")
     return {

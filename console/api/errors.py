@@ -21,8 +21,9 @@ from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.responses import NinjaJSONEncoder
 
+from syncer.errors import IndexNameTaken, RetryAborted, UnknownSubscription
 from syncer.logconfig import redact
-from syncer.operations import dead_letters, declarations, subscriptions
+from syncer.operations import declarations
 
 log = structlog.get_logger(__name__)
 
@@ -68,9 +69,9 @@ def install(api: NinjaAPI) -> None:
     api.exception_handler(Http404)(_not_found)
     api.exception_handler(ValidationError)(_invalid_request)
     api.exception_handler(FieldErrors)(_field_errors)
-    api.exception_handler(subscriptions.IndexNameTaken)(_index_taken)
-    api.exception_handler(dead_letters.UnknownSubscription)(_unknown_subscription)
-    api.exception_handler(dead_letters.RetryAborted)(_retry_aborted)
+    api.exception_handler(IndexNameTaken)(_index_taken)
+    api.exception_handler(UnknownSubscription)(_unknown_subscription)
+    api.exception_handler(RetryAborted)(_retry_aborted)
     api.exception_handler(Exception)(_unexpected)
 
 
@@ -93,9 +94,7 @@ def _not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
     return respond(404, {"detail": "not found"})
 
 
-def _unknown_subscription(
-    request: HttpRequest, exc: dead_letters.UnknownSubscription
-) -> HttpResponse:
+def _unknown_subscription(request: HttpRequest, exc: UnknownSubscription) -> HttpResponse:
     return respond(404, {"detail": _short(str(exc))})
 
 
@@ -103,7 +102,7 @@ def _field_errors(request: HttpRequest, exc: FieldErrors) -> HttpResponse:
     return _unprocessable(exc.errors)
 
 
-def _index_taken(request: HttpRequest, exc: subscriptions.IndexNameTaken) -> HttpResponse:
+def _index_taken(request: HttpRequest, exc: IndexNameTaken) -> HttpResponse:
     field = declarations.FIELD_LABELS["index_name"]
     listed = [{"field": field, "message": message} for _, message in exc.errors]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in listed)
@@ -129,7 +128,7 @@ def _unprocessable(errors: Sequence[tuple[str, str]]) -> HttpResponse:
     return respond(422, {"detail": _short(detail), "errors": listed})
 
 
-def _retry_aborted(request: HttpRequest, exc: dead_letters.RetryAborted) -> HttpResponse:
+def _retry_aborted(request: HttpRequest, exc: RetryAborted) -> HttpResponse:
     from console.api.schemas import retry_outcome
 
     cause = exc.__cause__ or exc

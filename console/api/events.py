@@ -20,12 +20,12 @@ from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 
 from console.api.auth import caller
-from console.api.errors import FieldErrors, NotFound
+from console.api.errors import FieldErrors
 from console.api.permissions import VIEW_SUBSCRIPTION, requires
 from console.live import sse, stats
 from console.live.access import StreamCaller, StreamGuard
 from console.live.filters import EventFilter, FilterError, parse_op, parse_prefix
-from syncer.models import Subscription
+from syncer.operations import subscriptions
 
 router = Router(tags=["live monitor"])
 
@@ -83,8 +83,7 @@ async def event_stream(
 ) -> StreamingHttpResponse:
     """Server-sent events of one subscription, until the client disconnects."""
     event_filter = _stream_filter(op, doc_id_prefix)
-    if "\x00" in name or not await Subscription.objects.filter(name=name).aexists():
-        raise NotFound(f"no subscription named {name!r}")
+    await subscriptions.anamed(name)  # else a 404
     if not isinstance(request, ASGIRequest):
         raise HttpError(
             501,

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, QuerySet
+from django.db.models import Count
 from django.http import HttpRequest
 from ninja import Query, Router, Status
 
 from console.api import audit, declarations
 from console.api.auth import caller
-from console.api.errors import Conflict, NotFound
+from console.api.errors import Conflict
 from console.api.permissions import (
     ADD_SUBSCRIPTION,
     CHANGE_SUBSCRIPTION,
@@ -35,7 +35,8 @@ from console.api.schemas import (
     subscription_out,
 )
 from syncer import dsn
-from syncer.models import Subscription
+from syncer.errors import DeadLettersRemain
+from syncer.models import Subscription, SubscriptionQuerySet
 from syncer.operations import control, subscriptions
 from syncer.operations.control import ControlResult
 from syncer.operations.declarations import FIELD_LABELS
@@ -44,25 +45,17 @@ from syncer.sources import kinds
 router = Router(tags=["subscriptions"])
 
 
-def _with_counts() -> QuerySet[Subscription]:
+def _with_counts() -> SubscriptionQuerySet:
     return Subscription.objects.annotate(dead_letter_count=Count("dead_letters"))
 
 
 def _get(name: str) -> Subscription:
-    found = _with_counts().filter(name=name).first() if "\x00" not in name else None
-    if found is None:
-        raise NotFound(f"no subscription named {name!r}")
-    return found
+    return subscriptions.named(name, _with_counts())
 
 
 def _locked(name: str) -> Subscription:
     """The subscription, its row locked until the transaction ends (call inside atomic)."""
-    if "\x00" in name:  # PostgreSQL cannot even be asked
-        raise NotFound(f"no subscription named {name!r}")
-    found = Subscription.objects.select_for_update().filter(name=name).first()
-    if found is None:
-        raise NotFound(f"no subscription named {name!r}")
-    return found
+    return subscriptions.named(name, Subscription.objects.select_for_update())
 
 
 def _out(subscription: Subscription) -> dict[str, Any]:
@@ -173,7 +166,7 @@ def delete_subscription(
         audit.record(caller(request), subscription, audit.DELETION, "Deleted")
         try:
             warning = subscriptions.delete_subscription(subscription, force=force)
-        except subscriptions.DeadLettersRemain as exc:
+        except DeadLettersRemain as exc:
             raise Conflict(
                 f"{exc}: DELETE /api/subscriptions/{name}?force=true deletes them too"
             ) from None

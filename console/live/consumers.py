@@ -197,4 +197,4 @@ class SubscriptionEventsConsumer(StaffConsumer):
 
 @database_sync_to_async  # type: ignore[untyped-decorator]
 def _subscription_exists(name: str) -> bool:
-    return "\x00" not in name and Subscription.objects.filter(name=name).exists()
+    return Subscription.objects.named(name).exists()

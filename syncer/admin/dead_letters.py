@@ -34,6 +34,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
 from syncer import text
+from syncer.errors import RetryAborted, TooManyForARequest, UnknownSubscription
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import dead_letters
@@ -258,7 +259,7 @@ class DeadLetterAdmin(_AdminBase):
             return None
         try:
             _retry_done(request, dead_letters.retry(selection))
-        except dead_letters.RetryAborted as exc:
+        except RetryAborted as exc:
             _retry_aborted(request, exc)
         return None
 
@@ -352,7 +353,7 @@ class DeadLetterAdmin(_AdminBase):
         if form.is_bound and form.is_valid():
             try:
                 preview = dead_letters.stats(form.selection())
-            except dead_letters.UnknownSubscription as exc:
+            except UnknownSubscription as exc:
                 form.add_error("subscription", str(exc))
         context = {
             **self.admin_site.each_context(request),
@@ -381,9 +382,9 @@ class DeadLetterAdmin(_AdminBase):
                 messages.success(request, _purged(dead_letters.purge(selection)))
                 return
             _retry_done(request, dead_letters.retry(selection))
-        except dead_letters.RetryAborted as exc:
+        except RetryAborted as exc:
             _retry_aborted(request, exc)
-        except dead_letters.UnknownSubscription as exc:
+        except UnknownSubscription as exc:
             messages.error(request, f"Nothing was done: {exc}")
 
     def _changelist_url(self, form: BulkForm) -> str:
@@ -452,7 +453,7 @@ def _retry_done(request: HttpRequest, report: dead_letters.RetryReport) -> None:
     messages.add_message(request, messages.WARNING if report.failed else messages.SUCCESS, text)
 
 
-def _retry_aborted(request: HttpRequest, exc: dead_letters.RetryAborted) -> None:
+def _retry_aborted(request: HttpRequest, exc: RetryAborted) -> None:
     cause = exc.__cause__ or exc
     messages.error(
         request,
@@ -467,7 +468,7 @@ def _bound_problem(operation: str, selection: dead_letters.Selection, selected: 
         dead_letters.within_request_bound(
             operation, selection, selected, narrow="filter the list by subscription, age or error"
         )
-    except dead_letters.TooManyForARequest as exc:
+    except TooManyForARequest as exc:
         return str(exc)
     return None
 

@@ -34,6 +34,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from syncer import dsn, text
+from syncer.errors import DeadLettersRemain
 from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import control, preflight, subscriptions
@@ -408,7 +409,7 @@ class SubscriptionAdmin(_AdminBase):
         if request.method == "POST" and self.has_delete_permission(request, subscription):
             try:
                 subscriptions.check_deletable([subscription], _forced(request))
-            except subscriptions.DeadLettersRemain as exc:
+            except DeadLettersRemain as exc:
                 messages.error(request, _not_forced(exc))
                 return HttpResponseRedirect(request.path)  # the confirmation page again
         context = {**_dead_letter_context([subscription]), **(extra_context or {})}
@@ -423,7 +424,7 @@ class SubscriptionAdmin(_AdminBase):
         if request.POST.get("post"):
             try:
                 subscriptions.check_deletable(chosen, _forced(request))
-            except subscriptions.DeadLettersRemain as exc:
+            except DeadLettersRemain as exc:
                 messages.error(request, _not_forced(exc))
                 shown = request.POST.copy()
                 del shown["post"]  # not confirmed: Django shows the confirmation again
@@ -647,7 +648,7 @@ def _forced(request: HttpRequest) -> bool:
     return request.POST.get(FORCE_FIELD) == "yes"
 
 
-def _not_forced(exc: subscriptions.DeadLettersRemain) -> str:
+def _not_forced(exc: DeadLettersRemain) -> str:
     return f"Nothing was deleted: {exc}. To delete them too, tick “Also delete the dead letters”."
 
 

@@ -32,8 +32,9 @@ from syncer import conf
 from syncer.engine.changes import Change, Op
 from syncer.engine.interfaces import Sink
 from syncer.engine.outcomes import INCOMPLETE_DOCUMENT, ItemResult, Outcome, unwritable
-from syncer.errors import SyncError
+from syncer.errors import RetryAborted, SyncError, TooManyForARequest
 from syncer.models import DeadLetter, Subscription
+from syncer.operations import subscriptions
 from syncer.text import redact
 from syncer.wiring import build_sink
 
@@ -44,18 +45,6 @@ RETRY_BATCH = 500
 PURGE_BATCH = 2000
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-class UnknownSubscription(ValueError):
-    """A subscription named in a selection does not exist."""
-
-
-class RetryAborted(SyncError):
-    """OpenSearch refused a whole retry request; `report` counts what was done before."""
-
-    def __init__(self, message: str, report: RetryReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 def parse_age(text: str) -> timedelta:
@@ -116,11 +105,7 @@ class Selection:
         if self.ids is not None:
             entries = entries.filter(pk__in=list(self.ids))
         if self.subscription is not None:
-            if not Subscription.objects.filter(name=self.subscription).exists():
-                known = ", ".join(Subscription.objects.values_list("name", flat=True)) or "none"
-                raise UnknownSubscription(
-                    f"no subscription named {self.subscription!r} (known: {known})"
-                )
+            subscriptions.named(self.subscription, known=True)  # else UnknownSubscription
             entries = entries.filter(subscription__name=self.subscription)
         if self.older_than is not None:
             entries = older_than(entries, self.older_than)
@@ -180,11 +165,6 @@ def count(selection: Selection, limit: int | None = None) -> int:
 
 
 # -- the bound of one web request ------------------------------------------------------
-
-
-class TooManyForARequest(ValueError):
-    """A retry or purge from the API or the admin would touch more than SYNCER_API_DLQ_MAX
-    entries; nothing was done. The message says how to narrow it or where to go instead."""
 
 
 def within_request_bound(

@@ -21,7 +21,7 @@ A file is JSON, or YAML (by a .yaml/.yml extension; sniffed for any other name):
 
 pydantic checks the shape and the types; the values are checked by the model's own
 validators (`services.validate_config`), so a file and the admin accept the same things.
-A file with any error is rejected whole: `ConfigFileError.errors` lists every error,
+A file with any error is rejected whole: `DeclarationError.problems` lists every error,
 each naming the subscription and the field, in the file's terms (`source.relation`).
 """
 
@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from django.core.exceptions import ValidationError
@@ -42,6 +42,7 @@ from django.core.validators import slug_re
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from syncer.errors import DeclarationError, Problem
 from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.operations.subscriptions import CONFIG_FIELDS, SubscriptionSpec, validate_config
@@ -97,14 +98,6 @@ _HINTS = {
 }
 
 
-class ConfigFileError(ValueError):
-    """The file cannot be applied; `errors` says every reason, one line each."""
-
-    def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -146,18 +139,18 @@ class _Entry(_Section):
 
 
 def load(path: str | Path) -> list[SubscriptionSpec]:
-    """Read and check the file at `path`; raise ConfigFileError."""
+    """Read and check the file at `path`; raise DeclarationError."""
     path = Path(path)
     try:
         with path.open("rb") as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise ConfigFileError([f"{path}: cannot read the file ({exc.strerror or exc})"]) from None
+        _refuse(str(path), f"cannot read the file ({exc.strerror or exc})")
     return parse(data, filename=str(path))
 
 
 def parse(text: str | bytes, *, filename: str = "<stdin>") -> list[SubscriptionSpec]:
-    """Check a whole file's text; return one spec per subscription or raise ConfigFileError.
+    """Check a whole file's text; return one spec per subscription or raise DeclarationError.
 
     `filename` picks the format by its extension and prefixes syntax errors.
     """
@@ -170,21 +163,23 @@ def parse(text: str | bytes, *, filename: str = "<stdin>") -> list[SubscriptionS
         if name is not None:
             named.setdefault(name, []).append(position)
         spec, item_errors = _parse_item(item)
-        errors.extend(f"{label}: {_clean(message)}" for message in item_errors)
+        errors.extend(
+            Problem(label, _clean(path), _clean(message)) for path, message in item_errors
+        )
         if spec is not None:
             specs.append(spec)
     for name, positions in named.items():
         if len(positions) > 1:
             where = ", ".join(f"subscriptions[{p}]" for p in positions)
-            errors.append(
-                f"subscription '{name}': name: declared {len(positions)} times ({where}); "
-                "give each subscription a unique name"
+            message = (
+                f"declared {len(positions)} times ({where}); give each subscription a unique name"
             )
+            errors.append(Problem(f"subscription '{name}'", "name", message))
     if errors:
         if len(errors) > MAX_ERRORS:
             hidden = len(errors) - MAX_ERRORS
-            errors = [*errors[:MAX_ERRORS], f"... and {hidden} more errors"]
-        raise ConfigFileError(errors)
+            errors = [*errors[:MAX_ERRORS], Problem("", "", f"... and {hidden} more errors")]
+        raise DeclarationError(errors)
     return specs
 
 
@@ -218,14 +213,12 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 def _load_document(text: str | bytes, filename: str) -> Any:
     if len(text) > MAX_BYTES:
-        raise ConfigFileError([f"{filename}: larger than {MAX_BYTES // 1024 // 1024} MiB"])
+        _refuse(filename, f"larger than {MAX_BYTES // 1024 // 1024} MiB")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise ConfigFileError(
-                [f"{filename}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"]
-            ) from None
+            _refuse(filename, f"not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8")
     suffix = Path(filename).suffix.lower()
     if suffix in {".yaml", ".yml"}:
         document = _load_yaml(text, filename)
@@ -234,10 +227,10 @@ def _load_document(text: str | bytes, filename: str) -> Any:
     elif text.lstrip()[:1] in {"{", "["}:
         try:
             document = _load_json(text, filename)
-        except ConfigFileError as json_error:
+        except DeclarationError as json_error:
             try:
                 document = _load_yaml(text, filename)
-            except ConfigFileError:
+            except DeclarationError:
                 raise json_error from None
     else:
         document = _load_yaml(text, filename)
@@ -252,11 +245,11 @@ def _load_yaml(text: str, filename: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = ", ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-        raise ConfigFileError([_clean(f"{filename}{where}: {problem}")]) from None
+        _refuse(_clean(f"{filename}{where}"), _clean(problem))
     except yaml.YAMLError as exc:
-        raise ConfigFileError([_clean(f"{filename}: invalid YAML: {exc}")]) from None
+        _refuse(_clean(filename), _clean(f"invalid YAML: {exc}"))
     except RecursionError:
-        raise ConfigFileError([f"{filename}: nested too deeply"]) from None
+        _refuse(filename, "nested too deeply")
 
 
 def _load_json(text: str, filename: str) -> Any:
@@ -274,13 +267,11 @@ def _load_json(text: str, filename: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=reject_duplicates, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
-        raise ConfigFileError(
-            [f"{filename}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"]
-        ) from None
+        _refuse(f"{filename}, line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")
     except ValueError as exc:
-        raise ConfigFileError([_clean(f"{filename}: invalid JSON: {exc}")]) from None
+        _refuse(_clean(filename), _clean(f"invalid JSON: {exc}"))
     except RecursionError:
-        raise ConfigFileError([f"{filename}: nested too deeply"]) from None
+        _refuse(filename, "nested too deeply")
 
 
 def _check_size(document: Any, filename: str) -> None:
@@ -291,14 +282,13 @@ def _check_size(document: Any, filename: str) -> None:
         value, depth = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise ConfigFileError(
-                [
-                    f"{filename}: more than {MAX_VALUES} values (YAML aliases count each time "
-                    "they are used); make the file smaller"
-                ]
+            _refuse(
+                filename,
+                f"more than {MAX_VALUES} values (YAML aliases count each time they are used); "
+                "make the file smaller",
             )
         if depth > MAX_DEPTH:
-            raise ConfigFileError([f"{filename}: nested more than {MAX_DEPTH} levels deep"])
+            _refuse(filename, f"nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, dict):
             stack.extend((v, depth + 1) for v in value.values())
         elif isinstance(value, list):
@@ -308,29 +298,31 @@ def _check_size(document: Any, filename: str) -> None:
 # -- structure ---------------------------------------------------------------------------
 
 
-def _subscription_items(document: Any, filename: str) -> tuple[list[Any], list[str]]:
+def _subscription_items(document: Any, filename: str) -> tuple[list[Any], list[Problem]]:
     shape = "the file must be a mapping with a 'subscriptions' list"
     if document is None:
-        raise ConfigFileError([f"{filename}: the file is empty; {shape}"])
+        _refuse(filename, f"the file is empty; {shape}")
     if not isinstance(document, dict):
-        raise ConfigFileError([f"{filename}: {shape}, not {_type_name(document)}"])
+        _refuse(filename, f"{shape}, not {_type_name(document)}")
     errors = [
-        _clean(f"{filename}: unknown top-level key {_show(key)}; {shape}")
+        Problem(_clean(filename), "", _clean(f"unknown top-level key {_show(key)}; {shape}"))
         for key in document
         if key != "subscriptions"
     ]
     items = document.get("subscriptions")
     if "subscriptions" not in document:
-        raise ConfigFileError([*errors, f"{filename}: no 'subscriptions' key; {shape}"])
+        raise DeclarationError([*errors, Problem(filename, "", f"no 'subscriptions' key; {shape}")])
     if not isinstance(items, list):
-        raise ConfigFileError(
-            [
-                *errors,
-                f"{filename}: subscriptions: expected a list, got {_type_name(items)} "
-                "(write `subscriptions: []` to declare none)",
-            ]
+        message = (
+            f"expected a list, got {_type_name(items)} (write `subscriptions: []` to declare none)"
         )
+        raise DeclarationError([*errors, Problem(filename, "subscriptions", message)])
     return items, errors
+
+
+def _refuse(where: str, message: str) -> NoReturn:
+    """Refuse the file as a whole: `where` is the file (and the line, for a syntax error)."""
+    raise DeclarationError([Problem(where, "", message)]) from None
 
 
 def _label(item: Any, position: int) -> tuple[str, str | None]:
@@ -341,10 +333,13 @@ def _label(item: Any, position: int) -> tuple[str, str | None]:
     return f"subscriptions[{position}]", None
 
 
-def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[str]]:
+def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[tuple[str, str]]]:
+    """The entry's spec, or its errors as (field path, message); the path is empty for the
+    entry as a whole."""
     if not isinstance(item, dict):
-        return None, [f"expected a mapping with name, source and index, got {_type_name(item)}"]
-    errors: list[str] = []
+        expected = f"expected a mapping with name, source and index, got {_type_name(item)}"
+        return None, [("", expected)]
+    errors: list[tuple[str, str]] = []
     broken: set[str] = set()  # model fields whose value cannot be checked further
     try:
         _Entry.model_validate(item)
@@ -367,11 +362,13 @@ def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[str]]:
             if option not in kind.options and option in source and field not in broken:
                 # Said here, and the model left its default, because even an empty or
                 # default value has no place in a postgres source.
-                errors.append(f"source.{option}: only materialize sources have {what}; remove it")
+                errors.append(
+                    (f"source.{option}", f"only materialize sources have {what}; remove it")
+                )
                 values.pop(field, None)
     for field in list(values):
         problems = list(_json_problems(values[field], FIELD_LABELS[field]))
-        errors.extend(f"{path}: {problem}" for path, problem in problems)
+        errors.extend(problems)
         if problems:
             broken.add(field)
             del values[field]
@@ -478,10 +475,11 @@ _EXPECTED = {
 }
 
 
-def _describe_structure_error(kind: str, loc: tuple[Any, ...], error: Any) -> str:
+def _describe_structure_error(kind: str, loc: tuple[Any, ...], error: Any) -> tuple[str, str]:
+    """pydantic's error at `loc` as (field path, message)."""
     if kind == "invalid_key" or "[key]" in loc:
         key_at = loc.index("[key]") - 1 if "[key]" in loc else len(loc) - 1
-        return f"{_path(loc[:key_at])}: key {_show(loc[key_at])} is not a string; quote it"
+        return _path(loc[:key_at]), f"key {_show(loc[key_at])} is not a string; quote it"
     path = _path(loc)
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
@@ -491,15 +489,15 @@ def _describe_structure_error(kind: str, loc: tuple[Any, ...], error: Any) -> st
             close = difflib.get_close_matches(loc[-1], allowed, n=1)
             if close:
                 message += f" (did you mean '{close[0]}'?)"
-        return f"{path}: {message}"
+        return path, message
     if kind == "missing":
         hint = _HINTS.get(path)
-        return f"{path}: required; add it" + (f" ({hint})" if hint else "")
+        return path, "required; add it" + (f" ({hint})" if hint else "")
     if kind in _EXPECTED:
         hint = _HINTS.get(path) if kind in {"list_type", "string_type"} else None
         message = f"expected {_EXPECTED[kind]}, got {_type_name(error.get('input'))}"
-        return f"{path}: {message}" + (f" ({hint})" if hint else "")
-    return f"{path}: {error['msg']}"
+        return path, message + (f" ({hint})" if hint else "")
+    return path, str(error["msg"])
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -513,7 +511,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe_model_errors(exc: ValidationError, values: dict[str, Any]) -> Iterator[str]:
+def _describe_model_errors(
+    exc: ValidationError, values: dict[str, Any]
+) -> Iterator[tuple[str, str]]:
     error_dict = getattr(exc, "error_dict", None) or {"__all__": exc.error_list}
     in_file_order = sorted(error_dict.items(), key=lambda item: _FIELD_ORDER.get(item[0], 1000))
     for field, field_errors in in_file_order:
@@ -526,7 +526,7 @@ def _describe_model_errors(exc: ValidationError, values: dict[str, Any]) -> Iter
                 message = f"{_show(value)} is not one of: {', '.join(str(c) for c, _ in choices)}"
             elif field == "name":
                 message = f"{_show(values.get('name'))}: {message}"
-            yield message if field == "__all__" else f"{label}: {message}"
+            yield ("" if field == "__all__" else label), message
 
 
 def _path(loc: Sequence[Any]) -> str:

@@ -29,7 +29,7 @@ import structlog
 from psycopg import AsyncConnection, sql
 
 from syncer import conf, dsn
-from syncer.errors import SourceConfigError, SyncError
+from syncer.errors import SourceConfigError, SyncError, UnsetVariable
 from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.sinks.opensearch.client import Answer, answer_of, async_client, translated
@@ -114,7 +114,7 @@ async def _bounded(work: Awaitable[Problems], field: str, system: str, timeout: 
 async def _check_source(subscription: Subscription) -> Problems:
     try:
         conninfo = dsn.resolve(subscription.source_dsn)
-    except dsn.UnsetVariable as exc:
+    except UnsetVariable as exc:
         return {
             "source_dsn": [
                 f"the environment variable {exc.name} is not set in the console's environment, "

@@ -1,4 +1,8 @@
-"""Operations on subscriptions shared by the admin, the commands and (later) the API."""
+"""Operations on subscriptions shared by the admin, the commands and the API.
+
+`named` / `anamed` are the one lookup by name: every surface that takes a subscription's
+name finds it there, and an unknown one is UnknownSubscription, said the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.db.models import Count
 
 from syncer import dsn
-from syncer.errors import SyncError
-from syncer.models import Subscription
+from syncer.errors import DeadLettersRemain, IndexNameTaken, SyncError, UnknownSubscription
+from syncer.models import Subscription, SubscriptionQuerySet
 from syncer.sources import kinds
 from syncer.validators import index_clash
 
@@ -43,35 +48,33 @@ CONFIG_FIELDS: tuple[str, ...] = (
 _MAX_SHOWN = 200
 
 
-class DeadLettersRemain(ValueError):
-    """Subscriptions to delete still have dead letters, and deleting them was not forced.
+def known_names() -> list[str]:
+    """Every subscription's name, in order: what an unknown name's message lists."""
+    return list(Subscription.objects.values_list("name", flat=True))
 
-    A subscription's dead letters go with it, and then cannot be retried or read;
-    each surface says how to force it (`force=true`, `--force`, a ticked box).
+
+def named(
+    name: str, within: SubscriptionQuerySet | None = None, *, known: bool = False
+) -> Subscription:
+    """The subscription called `name` (among `within`, by default all of them).
+
+    Else UnknownSubscription, which lists the names there are when `known`: the commands
+    show them, the API (whose callers list subscriptions themselves) does not.
     """
-
-    def __init__(self, counts: Mapping[str, int]) -> None:
-        self.counts = dict(sorted(counts.items()))
-        total = sum(self.counts.values())
-        letters = f"{total:,} dead letter{'s' if total != 1 else ''}"
-        if len(self.counts) == 1:
-            (name,) = self.counts
-            who = f"subscription {name} still has {letters}, which would be deleted with it"
-        else:
-            listed = ", ".join(f"{name} ({count:,})" for name, count in self.counts.items())
-            who = f"subscriptions {listed} still have {letters}, which would be deleted with them"
-        super().__init__(
-            f"{who}; retry them or keep a copy first (manage.py dlq retry|list --json "
-            "--subscription NAME), or force the delete"
-        )
+    found = (Subscription.objects.all() if within is None else within).named(name).first()
+    if found is None:
+        raise UnknownSubscription(name, known_names() if known else None)
+    return found
 
 
-class IndexNameTaken(ValueError):
-    """Declared index names clash with other subscriptions'; `errors` is (name, message)."""
-
-    def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
-        self.errors = list(errors)
-        super().__init__("; ".join(f"subscription {n}: {m}" for n, m in self.errors))
+async def anamed(
+    name: str, within: SubscriptionQuerySet | None = None, *, known: bool = False
+) -> Subscription:
+    """`named` for async callers."""
+    found = await (Subscription.objects.all() if within is None else within).named(name).afirst()
+    if found is None:
+        raise UnknownSubscription(name, await sync_to_async(known_names)() if known else None)
+    return found
 
 
 def dead_letter_counts(subscriptions: Sequence[Subscription]) -> dict[str, int]:

@@ -19,6 +19,7 @@ import structlog
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
 
+from syncer.errors import OwnershipLost
 from syncer.logconfig import redact
 
 log = structlog.get_logger(__name__)
@@ -30,10 +31,6 @@ _TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 _UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
 _PING = "SELECT 1"
 _QUERY_TIMEOUT = 5.0
-
-
-class OwnershipLost(Exception):
-    """The lock connection failed: every lock it held is gone."""
 
 
 def lock_key(subscription_id: int) -> tuple[int, int]:

@@ -31,28 +31,26 @@ from django.utils import timezone
 
 from syncer import conf
 from syncer.engine.pipeline import Pipeline, sleep_unless_stopped
+from syncer.errors import (
+    ConsoleDatabaseUnavailable,
+    MetricsPortUnavailable,
+    OwnershipLost,
+    UnknownSubscription,
+)
 from syncer.live.messages import SnapshotMessage
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from syncer.operations import dead_letters
 from syncer.sources.kinds import format_position
-from syncer.stores import ConsoleDatabaseUnavailable, in_db
+from syncer.stores import in_db
 from syncer.wiring import build_pipeline
 from syncer.worker import http, metrics, state
-from syncer.worker.ownership import Ownership, OwnershipLost
+from syncer.worker.ownership import Ownership
 from syncer.worker.supervisor import Supervisor
 from syncer.worker.throughput import Throughput
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-class UnknownSubscription(ValueError):
-    """A subscription named on the command line does not exist."""
-
-
-class MetricsPortUnavailable(OSError):
-    """The metrics port cannot be listened on (taken, or not allowed)."""
 
 
 def check_names(names: Sequence[str]) -> None:
@@ -64,9 +62,7 @@ def check_names(names: Sequence[str]) -> None:
     known = state.subscription_names()
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise UnknownSubscription(
-            f"no subscription named {', '.join(unknown)} (known: {', '.join(known) or 'none'})"
-        )
+        raise UnknownSubscription(unknown, known)
 
 
 class Runner:

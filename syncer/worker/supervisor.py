@@ -22,11 +22,11 @@ import structlog
 
 from syncer import dsn
 from syncer.engine.pipeline import Pipeline, Status, sleep_unless_stopped
-from syncer.errors import ForeignIndex, SyncError
+from syncer.errors import ConsoleDatabaseUnavailable, ForeignIndex, SyncError
 from syncer.models import Subscription
 from syncer.sinks.opensearch.aliases import check_resync, new_index_name, point_alias
 from syncer.sources.kinds import format_position
-from syncer.stores import ConsoleDatabaseUnavailable, DjangoStateStore, in_db
+from syncer.stores import DjangoStateStore, in_db
 from syncer.wiring import sink_config
 from syncer.worker.state import clear_checkpoint, clear_stats, subscription_row
 

@@ -12,8 +12,9 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError
 
+from syncer.errors import DeclarationError
 from syncer.models import Subscription
-from syncer.operations.declarations import ConfigFileError, parse
+from syncer.operations.declarations import parse
 from syncer.operations.subscriptions import (
     Action,
     FieldChange,
@@ -477,7 +478,7 @@ def test_an_invalid_source_is_refused_and_nothing_is_applied(text: str, expected
     apply(subscriptions_yaml(item("existing")))
     before = list(Subscription.objects.values())
 
-    with pytest.raises(ConfigFileError) as caught:
+    with pytest.raises(DeclarationError) as caught:
         apply(text)
 
     assert caught.value.errors == [expected]

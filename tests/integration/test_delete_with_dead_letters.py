@@ -20,6 +20,7 @@ from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
 
+from syncer.errors import DeadLettersRemain
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import subscriptions
 from tests.support.factories import entry, subscription
@@ -57,7 +58,7 @@ def shown(response: Any, level: int) -> list[str]:
 def test_the_service_refuses_unless_forced() -> None:
     sub = with_dead_letters("orders", 3)
 
-    with pytest.raises(subscriptions.DeadLettersRemain) as caught:
+    with pytest.raises(DeadLettersRemain) as caught:
         subscriptions.delete_subscription(sub)
 
     assert str(caught.value).startswith(

@@ -19,9 +19,10 @@ from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
 
+from syncer.errors import IndexNameTaken
 from syncer.models import Subscription
 from syncer.operations.declarations import parse
-from syncer.operations.subscriptions import IndexNameTaken, apply_subscriptions
+from syncer.operations.subscriptions import apply_subscriptions
 from tests.support.factories import admin_form, subscription
 from tests.support.users import operator, token_client
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from syncer.worker.runner import Runner, UnknownSubscription, check_names
+from syncer.errors import UnknownSubscription
+from syncer.worker.runner import Runner, check_names
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 
 

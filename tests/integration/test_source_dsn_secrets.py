@@ -18,6 +18,7 @@ from django.test import Client
 from django.urls import reverse
 
 from syncer import dsn
+from syncer.errors import DeclarationError
 from syncer.models import Subscription
 from syncer.operations import declarations
 from tests.support.factories import admin_form
@@ -211,7 +212,7 @@ def test_patch_with_stars_in_a_changed_dsn_is_refused_and_stores_nothing(api: Cl
 def test_a_subscriptions_file_with_a_redacted_dsn_is_refused() -> None:
     text = json.dumps({"subscriptions": [declaration("postgresql://sync:***@db1.internal/shop")]})
 
-    with pytest.raises(declarations.ConfigFileError) as refused:
+    with pytest.raises(DeclarationError) as refused:
         declarations.parse(text, filename="s.json")
 
     (error,) = refused.value.errors

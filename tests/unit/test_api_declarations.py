@@ -6,6 +6,7 @@ import pytest
 
 from console.api import declarations
 from console.api.errors import FieldErrors
+from syncer.errors import Problem
 from syncer.models import Subscription
 
 
@@ -70,15 +71,24 @@ def test_a_body_the_file_format_cannot_hold_is_a_body_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
+    ("problem", "expected"),
     [
-        ("subscription 'orders': source.relation: not a table", ("source.relation", "not a table")),
-        ("subscriptions[0]: name: 'A B': enter a slug", ("name", "'A B': enter a slug")),
-        ("subscription 'orders': index.settings.a: inf", ("index.settings.a", "inf")),
-        ("subscription 'orders': something is off", ("(body)", "something is off")),
+        (
+            Problem("subscription 'orders'", "source.relation", "not a table"),
+            ("source.relation", "not a table"),
+        ),
+        (
+            Problem("subscriptions[0]", "name", "'A B': enter a slug"),
+            ("name", "'A B': enter a slug"),
+        ),
+        (Problem("subscription 'orders'", "index.settings.a", "inf"), ("index.settings.a", "inf")),
+        (Problem("subscription 'orders'", "", "something is off"), ("(body)", "something is off")),
+        (
+            Problem("subscription 'orders'", "colour", "unknown key"),
+            ("(body)", "colour: unknown key"),
+        ),
+        (Problem("request.json", "", "nested too deeply"), ("(body)", "nested too deeply")),
     ],
 )
-def test_a_file_error_line_splits_into_field_and_message(
-    text: str, expected: tuple[str, str]
-) -> None:
-    assert declarations._split_error(text) == expected
+def test_a_file_problem_becomes_a_field_error(problem: Problem, expected: tuple[str, str]) -> None:
+    assert declarations._field_error(problem) == expected

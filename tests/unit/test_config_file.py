@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from syncer.operations.declarations import ConfigFileError, load, parse
+from syncer.errors import DeclarationError
+from syncer.operations.declarations import load, parse
 
 ORDERS: dict[str, Any] = {
     "name": "orders",
@@ -45,7 +46,7 @@ subscriptions:
 
 
 def errors_of(text: str | bytes, filename: str = "subs.yaml") -> list[str]:
-    with pytest.raises(ConfigFileError) as caught:
+    with pytest.raises(DeclarationError) as caught:
         parse(text, filename=filename)
     return caught.value.errors
 
@@ -125,7 +126,7 @@ def test_load_reads_a_file_and_names_it_when_missing(tmp_path: Path) -> None:
     path.write_text(MINIMAL_YAML)
     assert load(path)[0].name == "customers"
 
-    with pytest.raises(ConfigFileError) as caught:
+    with pytest.raises(DeclarationError) as caught:
         load(tmp_path / "absent.yaml")
     assert caught.value.errors == [
         f"{tmp_path / 'absent.yaml'}: cannot read the file (No such file or directory)"

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 from syncer import dsn, wiring
 from syncer.engine.interfaces import ResumeState
-from syncer.errors import SourceConfigError
+from syncer.errors import SourceConfigError, UnsetVariable
 from syncer.models import Subscription
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
@@ -68,7 +68,7 @@ async def test_the_source_connects_with_what_its_resolver_returns_when_it_opens(
 @pytest.mark.parametrize("build", [postgres, materialize])
 async def test_a_resolvers_refusal_is_raised_by_open(build: Any, connecting: None) -> None:
     def resolve(stored: str) -> str:
-        raise dsn.UnsetVariable(stored.removeprefix("env:"))
+        raise UnsetVariable(stored.removeprefix("env:"))
 
     source = build(resolve)
     with pytest.raises(SourceConfigError, match="SOURCE_DATABASE_URL, which is not set"):

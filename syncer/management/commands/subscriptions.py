@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from syncer import text
+from syncer.errors import DeadLettersRemain, DeclarationError, IndexNameTaken, UnknownSubscription
 from syncer.models import Subscription
 from syncer.operations import declarations, describe, subscriptions
 from syncer.operations.subscriptions import Action, ApplyReport
@@ -63,7 +64,7 @@ class Command(BaseCommand):
                 specs = declarations.parse(text, filename="<stdin>")
             else:
                 specs = declarations.load(path)
-        except declarations.ConfigFileError as exc:
+        except DeclarationError as exc:
             for error in exc.errors:
                 self.stderr.write(error)
             count = len(exc.errors)
@@ -76,7 +77,7 @@ class Command(BaseCommand):
             report = subscriptions.apply_subscriptions(
                 specs, prune=prune, dry_run=dry_run, force=options.get("force", False)
             )
-        except subscriptions.IndexNameTaken as exc:
+        except IndexNameTaken as exc:
             field = declarations.FIELD_LABELS["index_name"]
             for name, message in exc.errors:
                 self.stderr.write(f"subscription '{name}': {field}: {message}")
@@ -84,7 +85,7 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{count} error{'s' if count > 1 else ''} in {where}; nothing was applied"
             ) from None
-        except subscriptions.DeadLettersRemain as exc:
+        except DeadLettersRemain as exc:
             raise CommandError(
                 f"{exc}: add --force to delete them with the subscriptions; nothing was applied"
             ) from None
@@ -106,15 +107,11 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(cells).rstrip())
 
     def show_subscription(self, name: str, as_json: bool) -> None:
-        # A NUL cannot even be sent to PostgreSQL: no subscription has one in its name.
-        subscription = (
-            Subscription.objects.filter(name=name).first() if "\x00" not in name else None
-        )
-        if subscription is None:
-            known = ", ".join(Subscription.objects.order_by("name").values_list("name", flat=True))
-            raise CommandError(
-                f"no subscription named {text.short(name, 80)!r} (known: {known or 'none'})"
-            )
+        try:
+            subscription = subscriptions.named(name, known=True)
+        except UnknownSubscription as exc:
+            # Said with the name cut short: it is echoed from the command line.
+            raise CommandError(str(UnknownSubscription(text.short(name, 80), exc.known))) from None
         described = describe.describe(subscription)
         if as_json:
             self.stdout.write(json.dumps(described, indent=2, ensure_ascii=False))
