@@ -24,7 +24,6 @@ from syncer.text import HIDDEN, is_secret_name, redact
 __all__ = [
     "ENV_PREFIX",
     "password_of",
-    "redact",
     "resolve",
     "unredacted",
     "validate",

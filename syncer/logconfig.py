@@ -15,7 +15,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from syncer.text import SECRET_FIELD, environment_secrets, redact
 
-__all__ = ["configure_structlog", "logging_config", "redact", "scrub"]
+__all__ = ["configure_structlog", "logging_config", "scrub"]
 
 
 def scrub(value: Any, secrets: list[str] | None = None) -> Any:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from syncer import dsn
 from syncer.engine.pipeline import Status as engine_status
 from syncer.sources import kinds
+from syncer.text import redact
 from syncer.validators import (
     index_clash,
     validate_cluster,
@@ -311,7 +311,7 @@ class Subscription(models.Model):
     @property
     def display_dsn(self) -> str:
         """The DSN with its password hidden: the only form ever shown or logged."""
-        return dsn.redact(self.source_dsn)
+        return redact(self.source_dsn)
 
 
 def make_slot_name(name: str) -> str:

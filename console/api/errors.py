@@ -22,8 +22,8 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.responses import NinjaJSONEncoder
 
 from syncer.errors import IndexNameTaken, RetryAborted, UnknownSubscription
-from syncer.logconfig import redact
 from syncer.operations import declarations
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 

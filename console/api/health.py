@@ -12,8 +12,8 @@ from django.utils import timezone
 from ninja import Router, Status
 
 from console.api.schemas import HealthOut, ReadyOut
-from syncer.logconfig import redact
 from syncer.models import WorkerHeartbeat
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 router = Router(tags=["health"])

@@ -13,10 +13,10 @@ from typing import Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
-from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import dead_letters, describe
 from syncer.sources.kinds import format_position
+from syncer.text import redact
 
 # The registry's kinds (syncer.sources.kinds.KINDS), spelled out for the OpenAPI schema;
 # a unit test keeps the two equal.

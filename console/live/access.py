@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from console.live import slots
 from console.model_permissions import VIEW_SUBSCRIPTION
 from console.models import ApiToken
-from syncer.logconfig import redact
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 

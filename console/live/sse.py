@@ -26,7 +26,7 @@ from console.live import stats
 from console.live.access import StreamGuard
 from console.live.filters import EventFilter
 from syncer.live.messages import Event, events_group
-from syncer.logconfig import redact
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 

@@ -35,9 +35,9 @@ from django.utils.safestring import SafeString
 
 from syncer import text
 from syncer.errors import RetryAborted, TooManyForARequest, UnknownSubscription
-from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import dead_letters
+from syncer.text import redact
 
 if TYPE_CHECKING:
     _AdminBase = admin.ModelAdmin[DeadLetter]

@@ -35,10 +35,10 @@ from django.utils.safestring import SafeString
 
 from syncer import dsn, text
 from syncer.errors import DeadLettersRemain
-from syncer.logconfig import redact
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import control, preflight, subscriptions
 from syncer.sources.kinds import format_position
+from syncer.text import redact
 from syncer.validators import text_problem
 
 if TYPE_CHECKING:
@@ -161,9 +161,7 @@ class RedactedDSNInput(forms.TextInput):
     """A DSN input that never puts a password in the page, even one just typed."""
 
     def format_value(self, value: Any) -> str | None:
-        return (
-            dsn.redact(value) if isinstance(value, str) and value else super().format_value(value)
-        )
+        return redact(value) if isinstance(value, str) and value else super().format_value(value)
 
 
 class SubscriptionForm(_FormBase):
@@ -200,7 +198,7 @@ class SubscriptionForm(_FormBase):
         super().__init__(*args, **kwargs)
         self._stored_dsn = self.instance.source_dsn if self.instance.pk else None
         if self._stored_dsn is not None and "source_dsn" in self.fields:
-            self.initial["source_dsn"] = dsn.redact(self._stored_dsn)
+            self.initial["source_dsn"] = redact(self._stored_dsn)
             self.fields["source_dsn"].help_text = (
                 f"{self.fields['source_dsn'].help_text} The password is hidden as ***: leave "
                 "the DSN as shown to keep it, or type the whole DSN to replace it."

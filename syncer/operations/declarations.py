@@ -43,10 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from syncer.errors import DeclarationError, Problem
-from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.operations.subscriptions import CONFIG_FIELDS, SubscriptionSpec, validate_config
 from syncer.sources import kinds
+from syncer.text import redact
 from syncer.validators import text_problem
 
 # Where each declared model field lives in a file.

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.sources.kinds import format_position
+from syncer.text import redact
 
 
 def config(subscription: Subscription) -> dict[str, Any]:

@@ -30,13 +30,13 @@ from psycopg import AsyncConnection, sql
 
 from syncer import conf, dsn
 from syncer.errors import SourceConfigError, SyncError, UnsetVariable
-from syncer.logconfig import redact
 from syncer.models import Subscription
 from syncer.sinks.opensearch.client import Answer, answer_of, async_client, translated
 from syncer.sources import kinds
 from syncer.sources.identifiers import is_query, parse_cluster, split_name
 from syncer.sources.postgres.catalog import describe_table
 from syncer.sources.sqlerrors import describe
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 

@@ -21,6 +21,7 @@ from syncer import dsn
 from syncer.errors import DeadLettersRemain, IndexNameTaken, SyncError, UnknownSubscription
 from syncer.models import Subscription, SubscriptionQuerySet
 from syncer.sources import kinds
+from syncer.text import redact
 from syncer.validators import index_clash
 
 log = structlog.get_logger(__name__)
@@ -171,7 +172,9 @@ class FieldChange:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Applied:
+    """What `apply_subscriptions` did (or would do) to one subscription."""
+
     name: str
     action: Action
     changes: tuple[FieldChange, ...] = ()
@@ -182,7 +185,7 @@ class Outcome:
 class ApplyReport:
     """What `apply_subscriptions` did, or would do on a dry run, per subscription."""
 
-    outcomes: tuple[Outcome, ...]
+    outcomes: tuple[Applied, ...]
     dry_run: bool
 
     @property
@@ -215,7 +218,7 @@ def apply_subscriptions(
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError("each subscription may be declared only once")
-    outcomes: list[Outcome] = []
+    outcomes: list[Applied] = []
     with transaction.atomic():
         existing = {s.name: s for s in Subscription.objects.all()}
         pruned = sorted(set(existing) - set(names)) if prune else []
@@ -229,7 +232,7 @@ def apply_subscriptions(
                 outcomes.append(_update(current, spec, dry_run))
         for name in pruned:
             warning = None if dry_run else delete_subscription(existing[name], force=True)
-            outcomes.append(Outcome(name, Action.DELETED, warning=warning))
+            outcomes.append(Applied(name, Action.DELETED, warning=warning))
     report = ApplyReport(tuple(outcomes), dry_run)
     log.info(
         "subscriptions_applied",
@@ -258,14 +261,14 @@ def _check_index_names(
         raise IndexNameTaken(errors)
 
 
-def _create(spec: SubscriptionSpec, dry_run: bool) -> Outcome:
+def _create(spec: SubscriptionSpec, dry_run: bool) -> Applied:
     if not dry_run:
         subscription = Subscription(name=spec.name, **_config_values(spec))
         subscription.save()
-    return Outcome(spec.name, Action.CREATED)
+    return Applied(spec.name, Action.CREATED)
 
 
-def _update(current: Subscription, spec: SubscriptionSpec, dry_run: bool) -> Outcome:
+def _update(current: Subscription, spec: SubscriptionSpec, dry_run: bool) -> Applied:
     changes: list[FieldChange] = []
     for name, new in _config_values(spec).items():
         old = getattr(current, name)
@@ -273,11 +276,11 @@ def _update(current: Subscription, spec: SubscriptionSpec, dry_run: bool) -> Out
             changes.append(_describe_change(name, old, new))
             setattr(current, name, new)
     if not changes:
-        return Outcome(spec.name, Action.UNCHANGED)
+        return Applied(spec.name, Action.UNCHANGED)
     if not dry_run:
         # Only the declared fields: the worker may be writing the runtime ones right now.
         current.save(update_fields=[c.field for c in changes] + ["updated_at"])
-    return Outcome(spec.name, Action.UPDATED, tuple(changes))
+    return Applied(spec.name, Action.UPDATED, tuple(changes))
 
 
 def _config_values(spec: SubscriptionSpec) -> dict[str, Any]:
@@ -289,7 +292,7 @@ def _config_values(spec: SubscriptionSpec) -> dict[str, Any]:
 
 def _describe_change(name: str, old: Any, new: Any) -> FieldChange:
     if name == "source_dsn":
-        shown_old, shown_new = dsn.redact(old), dsn.redact(new)
+        shown_old, shown_new = redact(old), redact(new)
         if shown_old == shown_new:
             shown_new += " (password changed)"
         return FieldChange(name, shown_old, shown_new)

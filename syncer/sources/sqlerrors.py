@@ -15,7 +15,7 @@ import psycopg
 import psycopg.errors
 
 from syncer.errors import SourceConfigError, SourceUnavailable, SyncError
-from syncer.logconfig import redact
+from syncer.text import redact
 
 # Connection failures that retrying will not fix: the DSN itself is wrong.
 _CONFIG_MARKERS = (

@@ -29,9 +29,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from syncer import conf
 from syncer.engine.pipeline import Pipeline, Status
 from syncer.errors import SyncError
-from syncer.logconfig import redact
 from syncer.sinks.opensearch.client import answer_of, sync_client, translated
 from syncer.sinks.opensearch.connection import Connection
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from psycopg.conninfo import make_conninfo
 
 from syncer.errors import OwnershipLost
-from syncer.logconfig import redact
+from syncer.text import redact
 
 log = structlog.get_logger(__name__)
 

@@ -13,8 +13,8 @@ from django.db.models.signals import pre_save
 from django.test import Client
 from django.urls import reverse
 
-from syncer import dsn
 from syncer.models import Subscription
+from syncer.text import redact
 from tests.support import factories
 from tests.support.factories import admin_form
 from tests.support.materialize_double import MaterializeDouble
@@ -648,7 +648,7 @@ def test_editing_a_subscription_whose_source_is_down_needs_skip_live_checks(
     admin_client: Client, opensearch_url: str
 ) -> None:
     subscription = make(source_dsn=f"postgresql://u:s3cret@127.0.0.1:{free_port()}/db")
-    shown = dsn.redact(subscription.source_dsn)
+    shown = redact(subscription.source_dsn)
 
     refused = admin_client.post(
         change_url(subscription),

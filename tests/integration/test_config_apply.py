@@ -17,8 +17,8 @@ from syncer.models import Subscription
 from syncer.operations.declarations import parse
 from syncer.operations.subscriptions import (
     Action,
+    Applied,
     FieldChange,
-    Outcome,
     SubscriptionSpec,
     apply_subscriptions,
 )
@@ -46,7 +46,7 @@ def item(
     )
 
 
-def apply(text: str, *, prune: bool = False, dry_run: bool = False) -> list[Outcome]:
+def apply(text: str, *, prune: bool = False, dry_run: bool = False) -> list[Applied]:
     specs = parse(text, filename="subs.yaml")
     return list(apply_subscriptions(specs, prune=prune, dry_run=dry_run).outcomes)
 
@@ -55,12 +55,12 @@ def test_new_subscriptions_are_created_then_reported_unchanged() -> None:
     text = subscriptions_yaml(item("orders"), item("customers", "customers"))
 
     assert apply(text) == [
-        Outcome("orders", Action.CREATED),
-        Outcome("customers", Action.CREATED),
+        Applied("orders", Action.CREATED),
+        Applied("customers", Action.CREATED),
     ]
     assert apply(text) == [
-        Outcome("orders", Action.UNCHANGED),
-        Outcome("customers", Action.UNCHANGED),
+        Applied("orders", Action.UNCHANGED),
+        Applied("customers", Action.UNCHANGED),
     ]
     orders = Subscription.objects.get(name="orders")
     assert orders.relation == "public.orders"
@@ -79,7 +79,7 @@ def test_each_changed_field_is_reported_and_saved() -> None:
 
     [outcome] = apply(subscriptions_yaml(changed))
 
-    assert outcome == Outcome(
+    assert outcome == Applied(
         "orders",
         Action.UPDATED,
         (
@@ -174,7 +174,7 @@ def test_a_changed_dsn_is_reported_without_either_password() -> None:
 def test_subscriptions_missing_from_the_file_are_kept_without_prune() -> None:
     apply(subscriptions_yaml(item("orders"), item("customers", "customers")))
 
-    assert apply(subscriptions_yaml(item("orders"))) == [Outcome("orders", Action.UNCHANGED)]
+    assert apply(subscriptions_yaml(item("orders"))) == [Applied("orders", Action.UNCHANGED)]
     assert set(Subscription.objects.values_list("name", flat=True)) == {"orders", "customers"}
 
 
@@ -189,7 +189,7 @@ def test_prune_deletes_undeclared_subscriptions_and_drops_their_publication(
 
     outcomes = apply(subscriptions_yaml(item("orders")), prune=True)
 
-    assert outcomes == [Outcome("orders", Action.UNCHANGED), Outcome("old-feed", Action.DELETED)]
+    assert outcomes == [Applied("orders", Action.UNCHANGED), Applied("old-feed", Action.DELETED)]
     assert list(Subscription.objects.values_list("name", flat=True)) == ["orders"]
     publications = source_conn.execute(
         "SELECT count(*) FROM pg_publication WHERE pubname = %s", (slot,)
@@ -319,7 +319,7 @@ def show_json(name: str) -> dict[str, Any]:
 
 def test_a_materialize_subscription_is_applied_and_shown_as_declared() -> None:
     assert apply(subscriptions_yaml(materialize_item())) == [
-        Outcome("orders-search", Action.CREATED)
+        Applied("orders-search", Action.CREATED)
     ]
 
     saved = Subscription.objects.get(name="orders-search")
@@ -338,7 +338,7 @@ def test_a_materialize_subscription_is_applied_and_shown_as_declared() -> None:
     }
     assert "s3cret" not in json.dumps(shown)
     assert apply(subscriptions_yaml(materialize_item())) == [
-        Outcome("orders-search", Action.UNCHANGED)
+        Applied("orders-search", Action.UNCHANGED)
     ]
 
 
@@ -363,7 +363,7 @@ def test_the_shown_subscription_applies_back_unchanged() -> None:
 
     report = apply_subscriptions(parse(json.dumps(document), filename="shown.json"))
 
-    assert report.outcomes == (Outcome("orders-search", Action.UNCHANGED),)
+    assert report.outcomes == (Applied("orders-search", Action.UNCHANGED),)
 
 
 def test_show_text_names_the_cluster_and_envelope() -> None:

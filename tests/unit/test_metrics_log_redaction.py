@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from syncer.logconfig import logging_config, redact
+from syncer.logconfig import logging_config
+from syncer.text import redact
 
 
 @pytest.mark.parametrize(

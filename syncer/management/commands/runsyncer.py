@@ -14,8 +14,8 @@ from django.db import OperationalError, ProgrammingError
 from syncer import conf
 from syncer.checks import require_secret_key
 from syncer.errors import MetricsPortUnavailable, UnknownSubscription
-from syncer.logconfig import redact
 from syncer.operations.dead_letters import age_argument
+from syncer.text import redact
 from syncer.worker import http
 from syncer.worker.runner import Runner, check_names
 

@@ -20,8 +20,8 @@ from opensearchpy import AsyncOpenSearch, OpenSearch
 from opensearchpy import exceptions as os_errors
 
 from syncer.errors import RequestTooLarge, SinkConfigError, SinkUnavailable
-from syncer.logconfig import redact
 from syncer.sinks.opensearch.connection import Connection
+from syncer.text import redact
 
 T = TypeVar("T")
 
