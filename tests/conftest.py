@@ -14,6 +14,7 @@ from opensearchpy import OpenSearch
 from osmem_server import OsmemServer
 
 from syncer.models import Subscription
+from tests.support.httpfaults import FaultProxy
 from tests.support.tcpproxy import TcpProxy
 
 ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -101,6 +102,15 @@ def opensearch_proxy(opensearch_url: str) -> Iterator[TcpProxy]:
     """A TCP proxy in front of osmem: `with proxy.down():` is OpenSearch stopping."""
     target = urlparse(opensearch_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def opensearch_faults(opensearch_url: str) -> Iterator[FaultProxy]:
+    """An HTTP proxy in front of osmem that answers chosen requests with chosen errors."""
+    proxy = FaultProxy(opensearch_url)
     proxy.start()
     yield proxy
     proxy.stop()

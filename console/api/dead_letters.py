@@ -146,16 +146,7 @@ def dead_letter_stats(
     return {
         "total": stats.total,
         "by_subscription": stats.by_subscription(),
-        "by_error_type": [
-            {
-                "subscription": row.subscription,
-                "error_type": row.error_type,
-                "count": row.count,
-                "oldest": row.oldest,
-                "newest": row.newest,
-            }
-            for row in stats.rows
-        ],
+        "by_error_type": stats.by_error_type(),
         "oldest": None if stats.oldest is None else dead_letter_out(stats.oldest),
     }
 

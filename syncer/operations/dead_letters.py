@@ -18,7 +18,7 @@ import argparse
 import operator
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from functools import reduce
 from typing import Any, TypeVar
@@ -378,6 +378,10 @@ class Stats:
         for row in self.rows:
             totals[row.subscription] = totals.get(row.subscription, 0) + row.count
         return totals
+
+    def by_error_type(self) -> list[dict[str, Any]]:
+        """The rows as the API and `dlq stats --json` show them."""
+        return [asdict(row) for row in self.rows]
 
 
 def stats(selection: Selection | None = None) -> Stats:

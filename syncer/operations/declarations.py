@@ -539,21 +539,23 @@ def _path(loc: Sequence[Any]) -> str:
     return text or "(top)"
 
 
+# bool before int: True is an int to isinstance.
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (type(None), "null"),
+    (bool, "true/false"),
+    (int, "a number"),
+    (float, "a decimal number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "a mapping"),
+)
+
+
 def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int):
-        return "a number"
-    if isinstance(value, float):
-        return "a decimal number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
+    """A value's type as a subscriptions file's author knows it."""
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
     return f"a {type(value).__name__}"
 
 

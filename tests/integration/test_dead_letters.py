@@ -17,7 +17,6 @@ from syncer.models import DeadLetter
 from syncer.operations import dead_letters
 from tests.integration.test_dlq_admin import action_post, confirm_post
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
-from tests.support.httpfaults import FaultProxy
 from tests.support.process import WorkerProcess, free_port, manage
 
 STRICT = {
@@ -139,12 +138,9 @@ def test_a_deleted_document_is_never_resurrected_by_a_retry_after_gc_deletes(
 
 
 @pytest.fixture
-def faults(opensearch_url, settings):
-    proxy = FaultProxy(opensearch_url)
-    proxy.start()
-    settings.OPENSEARCH_URL = proxy.url
-    yield proxy
-    proxy.stop()
+def faults(opensearch_faults, settings):
+    settings.OPENSEARCH_URL = opensearch_faults.url
+    return opensearch_faults
 
 
 @pytest.mark.usefixtures("fast_retries")

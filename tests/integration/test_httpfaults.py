@@ -14,11 +14,8 @@ from tests.support.httpfaults import FaultProxy
 
 
 @pytest.fixture
-def proxy(opensearch_url: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(opensearch_url)
-    proxy.start()
-    yield proxy
-    proxy.stop()
+def proxy(opensearch_faults: FaultProxy) -> FaultProxy:
+    return opensearch_faults
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ SinkConfigError. What OpenSearch answered stays readable through `answer_of`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from opensearchpy import OpenSearch
@@ -32,11 +31,8 @@ INJECTED = "[injected by FaultProxy]"
 
 
 @pytest.fixture
-def faults(opensearch_url: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(opensearch_url)
-    proxy.start()
-    yield proxy
-    proxy.stop()
+def faults(opensearch_faults: FaultProxy) -> FaultProxy:
+    return opensearch_faults
 
 
 def ask(url: str, *, plain: bool = False, timeout: float = 5.0) -> SyncError | None:

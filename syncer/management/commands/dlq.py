@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -134,19 +135,10 @@ class Command(BaseCommand):
             data = {
                 "total": stats.total,
                 "by_subscription": stats.by_subscription(),
-                "by_error_type": [
-                    {
-                        "subscription": row.subscription,
-                        "error_type": row.error_type,
-                        "count": row.count,
-                        "oldest": row.oldest.isoformat(),
-                        "newest": row.newest.isoformat(),
-                    }
-                    for row in stats.rows
-                ],
+                "by_error_type": stats.by_error_type(),
                 "oldest": None if oldest is None else _list_row(oldest),
             }
-            self.stdout.write(json.dumps(data, indent=2, ensure_ascii=False))
+            self.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=_iso))
             return
         if not stats.total:
             self.stdout.write(f"no dead letters ({what})")
@@ -234,6 +226,10 @@ def _selection(options: dict[str, Any]) -> dead_letters.Selection:
     except UnknownSubscription as exc:
         raise CommandError(text.short(str(exc), 300), returncode=2) from None
     return selection
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
 
 
 def _list_row(entry: DeadLetter) -> dict[str, Any]:
