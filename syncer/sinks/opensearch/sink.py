@@ -2,7 +2,7 @@
 
 Every write carries the source position as an external version, so OpenSearch itself
 refuses a write older than what it holds (409, counted as stale). The index it creates
-carries searchsync's mark (`index_marks`); it writes into an existing index it did not
+carries searchsync's mark (`marks`); it writes into an existing index it did not
 create, but sweeps only one it created or that the subscription adopts. Whole-request
 failures raise SinkUnavailable or SinkConfigError; per-document failures come back
 as `ItemResult`s. Only the public REST API is used, so this runs unchanged against
