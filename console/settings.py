@@ -194,6 +194,14 @@ SYNCER_LIVE_SEND_TIMEOUT = _env_number("SYNCER_LIVE_SEND_TIMEOUT", 1)
 if os.environ.get("SYNCER_SOURCE_DSN_ENV"):
     SYNCER_SOURCE_DSN_ENV = os.environ["SYNCER_SOURCE_DSN_ENV"]
 SYNCER_ALLOW_CONSOLE_DATABASE_SOURCE = _env_bool("SYNCER_ALLOW_CONSOLE_DATABASE_SOURCE", False)
+# NATS JetStream delivery of matched live-subscription events (syncer.conf.nats; docs/nats.md).
+LIVE_NATS_URL = os.environ.get("LIVE_NATS_URL", "nats://127.0.0.1:4222")
+LIVE_NATS_STREAM = os.environ.get("LIVE_NATS_STREAM", "searchsync-live")
+LIVE_NATS_SUBJECT_PREFIX = os.environ.get("LIVE_NATS_SUBJECT_PREFIX", "events")
+LIVE_NATS_MAX_AGE_SECONDS = _env_number("LIVE_NATS_MAX_AGE_SECONDS", 3600)
+LIVE_NATS_DUPLICATE_WINDOW_SECONDS = _env_number("LIVE_NATS_DUPLICATE_WINDOW_SECONDS", 300)
+LIVE_NATS_BUFFER = int(_env_number("LIVE_NATS_BUFFER", 10000))
+LIVE_NATS_PUBLISH_TIMEOUT_SECONDS = _env_number("LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", 5)
 # Seconds between `: heartbeat` comments of an event stream (/api/.../events/stream).
 LIVE_SSE_HEARTBEAT = _env_number("LIVE_SSE_HEARTBEAT", 15)
 

@@ -1,4 +1,4 @@
-"""Typed, lazily read settings of the worker (`SYNCER_*` and `OPENSEARCH_*`).
+"""Typed, lazily read settings of the worker (`SYNCER_*`, `OPENSEARCH_*`, `LIVE_NATS_*`).
 
 Read at call time, never at import, so `override_settings` and per-test
 environments work.
@@ -6,6 +6,7 @@ environments work.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -91,6 +92,94 @@ def live() -> LiveSettings:
         events_per_second=int(getattr(settings, "SYNCER_LIVE_EVENTS_PER_SECOND", 200)),
         queue_size=int(getattr(settings, "SYNCER_LIVE_QUEUE_SIZE", 10000)),
         send_timeout=float(getattr(settings, "SYNCER_LIVE_SEND_TIMEOUT", 1.0)),
+    )
+
+
+_TOKENS = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    url: str = "nats://127.0.0.1:4222"
+    """One or several servers, comma-separated (`nats://host:4222,nats://other:4222`)."""
+    stream: str = "searchsync-live"
+    """The JetStream stream, created if missing, its limits updated if they differ."""
+    subject_prefix: str = "events"
+    """Subjects are `<prefix>.<gateway_id>.<live subscription id>`; the stream holds
+    `<prefix>.>`."""
+    max_age: float = 3600.0
+    """Seconds the stream keeps an event: how long a client may be away and catch up."""
+    duplicate_window: float = 300.0
+    """Seconds JetStream remembers a `Nats-Msg-Id`: a retry or a replay after a worker
+    restart inside it is not stored twice."""
+    buffer: int = 10_000
+    """Matched events held while NATS is slow or down; beyond, new ones are dropped."""
+    publish_timeout: float = 5.0
+    """Seconds to wait for JetStream's acknowledgement before the publish counts as failed."""
+    window: int = 256
+    """Publishes in flight at once (pipelined, acknowledged together)."""
+    reconnect_wait: int = 1
+    """Seconds between the client's reconnect attempts (it never stops trying)."""
+    connect_timeout: int = 2
+    """Seconds one connection attempt may take."""
+    ping_interval: int = 10
+    """Seconds between pings: a silent, half-open connection is noticed within about two."""
+    retry_base: float = 0.5
+    """First delay of the retry backoff while the breaker is open; doubles up to retry_cap."""
+    retry_cap: float = 10.0
+    name: str = "searchsync"
+    """The client name NATS monitoring shows."""
+
+    def __post_init__(self) -> None:
+        if not _STREAM_NAME.fullmatch(self.stream):
+            raise ValueError(
+                f"LIVE_NATS_STREAM {self.stream!r}: use ASCII letters, digits, '-' or '_'"
+            )
+        if not _TOKENS.fullmatch(self.subject_prefix):
+            raise ValueError(
+                f"LIVE_NATS_SUBJECT_PREFIX {self.subject_prefix!r}: use dot-separated tokens "
+                "of ASCII letters, digits, '-' or '_' (no wildcards)"
+            )
+        if self.max_age <= 0 or self.duplicate_window <= 0:
+            raise ValueError(
+                "LIVE_NATS_MAX_AGE_SECONDS and LIVE_NATS_DUPLICATE_WINDOW_SECONDS must be positive"
+            )
+        if self.duplicate_window > self.max_age:
+            raise ValueError(
+                f"LIVE_NATS_DUPLICATE_WINDOW_SECONDS ({self.duplicate_window:g}) must not exceed "
+                f"LIVE_NATS_MAX_AGE_SECONDS ({self.max_age:g}): JetStream refuses such a stream"
+            )
+        if self.buffer < 1 or self.window < 1:
+            raise ValueError("LIVE_NATS_BUFFER and the publish window must be at least 1")
+
+    @property
+    def servers(self) -> list[str]:
+        return [url.strip() for url in self.url.split(",") if url.strip()]
+
+    def subject(self, gateway_id: str, live_subscription_id: str) -> str:
+        return f"{self.subject_prefix}.{gateway_id}.{live_subscription_id}"
+
+    @property
+    def stream_subjects(self) -> list[str]:
+        return [f"{self.subject_prefix}.>"]
+
+
+def nats() -> NatsConfig:
+    """Where and how matched live-subscription events go to NATS JetStream (LIVE_NATS_*)."""
+    defaults = NatsConfig()
+    return NatsConfig(
+        url=str(getattr(settings, "LIVE_NATS_URL", defaults.url)),
+        stream=str(getattr(settings, "LIVE_NATS_STREAM", defaults.stream)),
+        subject_prefix=str(getattr(settings, "LIVE_NATS_SUBJECT_PREFIX", defaults.subject_prefix)),
+        max_age=float(getattr(settings, "LIVE_NATS_MAX_AGE_SECONDS", defaults.max_age)),
+        duplicate_window=float(
+            getattr(settings, "LIVE_NATS_DUPLICATE_WINDOW_SECONDS", defaults.duplicate_window)
+        ),
+        buffer=int(getattr(settings, "LIVE_NATS_BUFFER", defaults.buffer)),
+        publish_timeout=float(
+            getattr(settings, "LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", defaults.publish_timeout)
+        ),
     )
 
 

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from syncer.engine.changes import Op
 from syncer.engine.pipeline import Pipeline, PipelineStats
 from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
+from syncer.live.nats import Breaker, DropReason, NatsDelivery
 from syncer.models import DeadLetter
 from syncer.worker import http
 
@@ -310,18 +311,92 @@ class LiveCollector(Collector):
             yield family
 
 
+class NatsDeliveryCollector(Collector):
+    """NATS JetStream delivery of matched live-subscription events (`NatsDelivery`)."""
+
+    _COUNTERS: tuple[tuple[str, str, Callable[[NatsDelivery], float]], ...] = (
+        ("published", "Matched events JetStream acknowledged.", lambda d: d.published),
+        (
+            "duplicates",
+            "Acknowledged events JetStream already held (same Nats-Msg-Id), stored once.",
+            lambda d: d.duplicates,
+        ),
+        ("retried", "Events sent again after a failed publish.", lambda d: d.retried),
+        ("outages", "Times the NATS circuit breaker opened.", lambda d: d.outages),
+    )
+    _GAUGES: tuple[tuple[str, str, Callable[[NatsDelivery], float]], ...] = (
+        (
+            "breaker_open",
+            "1 while NATS does not acknowledge (events wait in the buffer, then drop).",
+            lambda d: float(d.breaker is Breaker.OPEN),
+        ),
+        ("connected", "1 while connected to a NATS server.", lambda d: float(d.connected)),
+        ("buffered_events", "Events offered and not yet acknowledged.", lambda d: d.buffered),
+    )
+    _HISTOGRAMS: tuple[tuple[str, str, Callable[[NatsDelivery], Histogram]], ...] = (
+        (
+            "publish_seconds",
+            "Seconds from a publish to JetStream's acknowledgement.",
+            lambda d: d.publish_seconds,
+        ),
+        (
+            "delivery_seconds",
+            "Seconds from a matched event's offer to its acknowledgement (buffer wait included).",
+            lambda d: d.delivery_seconds,
+        ),
+    )
+
+    def __init__(self, delivery: Callable[[], NatsDelivery | None]) -> None:
+        self._delivery = delivery
+
+    def collect(self) -> Iterator[Metric]:
+        delivery = self._delivery()
+        if delivery is None:
+            return
+        prefix = "searchsync_live_nats"
+        for name, help_text, read in self._COUNTERS:
+            counter = CounterMetricFamily(f"{prefix}_{name}", help_text)
+            counter.add_metric([], float(read(delivery)))
+            yield counter
+        dropped = CounterMetricFamily(
+            f"{prefix}_dropped",
+            "Matched events never delivered, by reason: buffer_full (NATS too slow), "
+            "breaker_open (an outage longer than the buffer), too_large, unencodable, stopped.",
+            labels=["reason"],
+        )
+        counts = dict(delivery.dropped)  # a copy: the loop may add a reason meanwhile
+        for reason in sorted({*(str(r) for r in DropReason), *counts}):
+            dropped.add_metric([reason], float(counts.get(reason, 0)))
+        yield dropped
+        for name, help_text, measure in self._GAUGES:
+            gauge = GaugeMetricFamily(f"{prefix}_{name}", help_text)
+            gauge.add_metric([], float(measure(delivery)))
+            yield gauge
+        for name, help_text, pick in self._HISTOGRAMS:
+            snapshot = pick(delivery).snapshot()
+            family = HistogramMetricFamily(f"{prefix}_{name}", help_text)
+            family.add_metric(
+                [], [(_le(bound), count) for bound, count in snapshot.buckets], snapshot.sum
+            )
+            yield family
+
+
 def registry_for(
     pipelines: Pipelines,
     count_dead_letters: Callable[[Collection[str]], dict[str, int]] = dead_letter_counts,
     live: Callable[[], Any] | None = None,
+    nats: Callable[[], NatsDelivery | None] | None = None,
 ) -> CollectorRegistry:
     """A registry of the pipelines' metrics, their dead-letter queues' sizes, the live
-    publisher's counters, and the worker process's own (CPU, memory, start time)."""
+    publisher's counters, the NATS delivery's, and the worker process's own (CPU,
+    memory, start time)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipelines))
     registry.register(DeadLetterQueueCollector(pipelines, count_dead_letters))
     if live is not None:
         registry.register(LiveCollector(live))
+    if nats is not None:
+        registry.register(NatsDeliveryCollector(nats))
     ProcessCollector(registry=registry)
     return registry
 
