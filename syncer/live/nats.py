@@ -120,6 +120,9 @@ class NatsDelivery:
         self.delivery_seconds = Histogram(DELIVERY_BUCKETS)
         self.buffer_peak = 0
         self._buffer: collections.deque[_Pending] = collections.deque()
+        self._positions: dict[str, collections.deque[int]] = {}
+        """Positions of the events not yet settled (acknowledged or dropped), per sync
+        subscription, in offer order: the sender settles events in that order too."""
         self._wake = asyncio.Event()
         self._reconnected = asyncio.Event()
         self._backoff = Backoff(config.retry_base, config.retry_cap)
@@ -140,6 +143,16 @@ class NatsDelivery:
         """Events offered and not yet acknowledged (waiting or in flight)."""
         return len(self._buffer) + self._in_flight
 
+    def unsettled_since(self, subscription: str) -> int | None:
+        """The lowest position of sync subscription `subscription` whose events are neither
+        acknowledged by JetStream nor dropped; None when there is none.
+
+        A checkpoint kept below it loses no event to a crash: the replay after a restart
+        matches those changes again, and JetStream drops what it already had.
+        """
+        positions = self._positions.get(subscription)
+        return min(positions) if positions else None
+
     def offer(self, event: MatchedEvent) -> bool:
         """Queue `event` for delivery; False (and counted) when it is dropped. Never waits."""
         if self._stopping:
@@ -152,6 +165,7 @@ class NatsDelivery:
             self.dropped[reason] += 1
             return False
         self._buffer.append(_Pending(event, self.clock()))
+        self._positions.setdefault(event.subscription, collections.deque()).append(event.position)
         self.buffer_peak = max(self.buffer_peak, self.buffered)
         self._wake.set()
         return True
@@ -182,6 +196,7 @@ class NatsDelivery:
                 next="these events were not delivered; NATS was unreachable or slow",
             )
         self._buffer.clear()
+        self._positions.clear()
         self._in_flight = 0
         await self._close()
 
@@ -229,7 +244,14 @@ class NatsDelivery:
         self._in_flight = len(batch)
         return batch
 
+    def _settle(self, item: _Pending) -> None:
+        positions = self._positions[item.event.subscription]
+        positions.popleft()
+        if not positions:
+            del self._positions[item.event.subscription]
+
     def _drop(self, item: _Pending, reason: DropReason, detail: str) -> None:
+        self._settle(item)
         self.dropped[reason] += 1
         log.warning(
             "nats_event_dropped",
@@ -303,6 +325,7 @@ class NatsDelivery:
                 failure = refused
                 break
             ack = future.result()
+            self._settle(item)
             self.published += 1
             self.duplicates += bool(ack.duplicate)
             self.publish_seconds.observe(now - sent_at)
