@@ -54,6 +54,10 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         errors.append(
             Error("SYNCER_API_DLQ_MAX must be at least 1.", hint="e.g. 1000", id="syncer.E007")
         )
+    try:
+        conf.nats()
+    except ValueError as exc:  # the message names the setting and what JetStream wants
+        errors.append(Error(str(exc), hint="See docs/nats.md.", id="syncer.E014"))
     return errors
 
 

@@ -454,6 +454,9 @@ class NatsDelivery:
         except _NATS_ERRORS as exc:
             log.info("nats_stream_unreachable", stream=cfg.stream, error=_describe(exc))
             return False
+        except Exception:  # an answer the client could not read: retried like an outage
+            log.exception("nats_stream_check_failed", stream=cfg.stream)
+            return False
         self._stream_ready = True
         return True
 

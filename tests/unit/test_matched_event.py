@@ -1,12 +1,14 @@
-"""The matched event's JSON and msg id, and the NATS settings' own checks."""
+"""The matched event's JSON and msg id, and the checks of the NATS settings."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Any
 
 import pytest
 
+from syncer.checks import check_worker_settings
 from syncer.conf import NatsConfig
 from syncer.live.events import MatchedEvent
 
@@ -97,3 +99,15 @@ def test_settings_jetstream_would_refuse_are_refused_with_the_setting_named(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         NatsConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_django_check_reports_nats_settings_jetstream_would_refuse(settings: Any) -> None:
+    settings.LIVE_NATS_MAX_AGE_SECONDS = 60
+    settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = 120
+    errors = [e for e in check_worker_settings(None) if e.id == "syncer.E014"]
+    assert [e.msg for e in errors] == [
+        "LIVE_NATS_DUPLICATE_WINDOW_SECONDS (120) must not exceed LIVE_NATS_MAX_AGE_SECONDS "
+        "(60): JetStream refuses such a stream"
+    ]
+    settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = 30
+    assert not [e for e in check_worker_settings(None) if e.id == "syncer.E014"]
