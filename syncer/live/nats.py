@@ -1,5 +1,5 @@
-"""Matched live-subscription events to NATS JetStream: at least once, never twice, never
-in the sync's way.
+"""Matched live-subscription events to NATS JetStream: at least once, stored once per
+`Nats-Msg-Id` within the stream's duplicate window, never in the sync's way.
 
     worker ─ offer(event) ─▶ bounded buffer ─▶ sender task ─ publish (window in flight)
               never waits      full: dropped,        │         Nats-Msg-Id = event.msg_id
@@ -338,7 +338,7 @@ class NatsDelivery:
         await asyncio.sleep(self._backoff.next_delay())
         while self._nc is not None and not self._nc.is_connected:
             self._reconnected.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reconnected.wait(), self.config.retry_cap)
 
     def _open_breaker(self, error: str) -> None:
@@ -381,6 +381,7 @@ class NatsDelivery:
 
         async def reconnected() -> None:
             self.connected = True
+            self._last_client_error = ""  # the next outage's first error is logged again
             self._reconnected.set()
             log.info("nats_reconnected")
 

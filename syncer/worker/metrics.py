@@ -409,17 +409,19 @@ def serve(
     stall_after: float | None = None,
     worker_ready: Callable[[], str | None] | None = None,
     live: Callable[[], Any] | None = None,
+    nats: Callable[[], NatsDelivery | None] | None = None,
 ) -> Callable[[], None]:
     """Serve /health, /ready and /metrics on `host:port` (127.0.0.1); return a stopper.
 
     `stall_after`: seconds without progress after which a subscription is not ready
     (default SYNCER_STALL_AFTER, 60). `worker_ready`: a worker-wide check that returns
-    why the worker is not ready, or None.
+    why the worker is not ready, or None. `live` and `nats`: the live monitor's publisher
+    and the NATS delivery, when the worker runs them.
     """
     return http.serve(
         port,
         pipelines,
-        registry_for(pipelines, live=live),
+        registry_for(pipelines, live=live, nats=nats),
         host=host,
         stall_after=stall_after,
         worker_ready=worker_ready,
