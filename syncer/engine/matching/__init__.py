@@ -14,9 +14,12 @@ from syncer.engine.matching.analysis import (
     Pin,
 )
 from syncer.engine.matching.filters import Filter, compile_filter
+from syncer.engine.matching.index import PinIndex, index_key
+from syncer.engine.matching.matcher import DEFAULT_UNPINNED_QUOTA, Matcher, MatchResult
 from syncer.errors import FilterError, FilterProblem
 
 __all__ = [
+    "DEFAULT_UNPINNED_QUOTA",
     "MAX_DEPTH",
     "MAX_LENGTH",
     "MAX_LIST_SIZE",
@@ -25,7 +28,11 @@ __all__ = [
     "Filter",
     "FilterError",
     "FilterProblem",
+    "MatchResult",
+    "Matcher",
     "Pin",
+    "PinIndex",
     "activation",
     "compile_filter",
+    "index_key",
 ]
