@@ -2,6 +2,7 @@
 
 Phase 1: the pin index (`index.PinIndex`) gives the live subscriptions whose pinned
 value the change carries. Phase 2: CEL evaluates the filter of each of those candidates
+(but for the pin-only filters the index knows match: `doc.tenant == 7`, given 7)
 and of every unpinned live subscription (no pin: every change is a candidate, hence
 their own, smaller quota, `DEFAULT_UNPINNED_QUOTA`). Identical filter texts share one
 compiled `Filter`, evaluated once per change for all the live subscriptions holding it.
@@ -57,7 +58,7 @@ class Matcher(Generic[K]):
         """Add a live subscription, or replace its filter."""
         self.remove(id)
         self._filters[id] = filter
-        if not self._index.add(id, filter.pins):
+        if not self._index.add(id, filter.pins, filter.pin_only):
             self._unpinned.add(id)
 
     def remove(self, id: K) -> None:
@@ -66,20 +67,34 @@ class Matcher(Generic[K]):
             self._unpinned.discard(id)
 
     def match(self, activation: Activation) -> MatchResult[K]:
-        candidates = self._index.candidates(activation)
-        candidates.update(self._unpinned)
         verdicts: dict[int, bool | None] = {}
         matched: list[K] = []
-        errors = 0
-        for live_id in candidates:
-            filter = self._filters[live_id]
-            shared = id(filter)  # the compile cache hands identical texts one object
-            if shared in verdicts:
-                verdict = verdicts[shared]
-            else:
-                verdict = verdicts[shared] = filter.evaluate(activation)
+        candidates = errors = 0
+        for bucket, sure in self._index.hits(activation):
+            candidates += len(bucket)
+            matched.extend(sure)
+            for live_id in bucket - sure if sure else bucket:
+                verdict = self._verdict(self._filters[live_id], activation, verdicts)
+                if verdict:
+                    matched.append(live_id)
+                elif verdict is None:
+                    errors += 1
+        candidates += len(self._unpinned)
+        for live_id in self._unpinned:
+            verdict = self._verdict(self._filters[live_id], activation, verdicts)
             if verdict:
                 matched.append(live_id)
             elif verdict is None:
                 errors += 1
-        return MatchResult(matched, len(candidates), errors)
+        return MatchResult(matched, candidates, errors)
+
+    @staticmethod
+    def _verdict(
+        filter: Filter, activation: Activation, verdicts: dict[int, bool | None]
+    ) -> bool | None:
+        """The filter's verdict on the change, evaluated once for every live
+        subscription holding it (the compile cache hands identical texts one object)."""
+        shared = id(filter)
+        if shared not in verdicts:
+            verdicts[shared] = filter.evaluate(activation)
+        return verdicts[shared]
