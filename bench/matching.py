@@ -15,10 +15,11 @@ No server: the engine's `Matcher` in this process, as `runsyncer` holds it.
     change: building the activation and `Matcher.match`. Reported: changes/s, p50/p99,
     candidates per change, registration time, memory per live subscription (RSS growth
     over registration / subscriptions: the compiled programs live in Rust's heap).
-(b) Unpinned. The same plus 100 and then 1,000 live subscriptions with no pinned
-    conjunct (distinct texts, so nothing is shared: the worst case); the cost of one
-    unpinned live subscription per change is the slope between 0, 100 and 1,000, and
-    the quota is the number that keeps the worst case at 2,000 changes/s or more.
+(b) Unpinned. The same plus 100, then `DEFAULT_UNPINNED_QUOTA`, then 1,000 live
+    subscriptions with no pinned conjunct (distinct texts, so nothing is shared: the
+    worst case); the cost of one unpinned live subscription per change is the slope
+    between 0 and 1,000, and the quota the number that keeps the worst case at 2,000
+    changes/s or more (the round at the default quota shows it does).
 (c) Engines. Compile and evaluate per call of common-expression-language (`cel`,
     the engine used) and cel-expr-python (Google's cel-cpp) on the same filters and
     documents (without timestamps: cel-expr-python takes no datetime in a map).
@@ -46,7 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from syncer.engine.matching import Matcher, activation, compile_filter  # noqa: E402
+from syncer.engine.matching import (  # noqa: E402
+    DEFAULT_UNPINNED_QUOTA,
+    Matcher,
+    activation,
+    compile_filter,
+)
 
 FIELDS = {
     "id": "int8",
@@ -183,7 +189,7 @@ def unpinned(matcher: Matcher[int], args: argparse.Namespace) -> dict[str, Any]:
     docs = [document(rng, number) for number in range(args.unpinned_changes)]
     rounds: dict[int, dict[str, float]] = {0: run_changes(matcher, docs)}
     added = 0
-    for total in (100, 1_000):
+    for total in sorted({100, DEFAULT_UNPINNED_QUOTA, 1_000}):
         while added < total:
             matcher.add(10_000_000 + added, compile_filter(unpinned_filter(rng, added), FIELDS))
             added += 1
@@ -192,6 +198,7 @@ def unpinned(matcher: Matcher[int], args: argparse.Namespace) -> dict[str, Any]:
     per_unpinned_us = (most - base) / 1_000 * 1e3
     budget_us = 1e6 / TARGET_CHANGES_PER_SECOND - base * 1e3
     return {
+        "default_quota": DEFAULT_UNPINNED_QUOTA,
         "rounds": {str(count): figures for count, figures in rounds.items()},
         "cost_per_unpinned_per_change_us": per_unpinned_us,
         "quota_for_target": int(budget_us / per_unpinned_us),
