@@ -332,3 +332,11 @@ def test_an_integral_numeric_stays_exact_and_an_unparsable_value_stays_as_held()
     assert doc == {"n": 12345678901234567, "t": "infinity", "i": "x"}
     change = activation({"n": "12345678901234567"}, None, "upsert", "k", 1, fields)
     assert compile_filter("doc.n == 12345678901234567").evaluate(change) is True
+
+
+def test_a_long_chain_of_conjuncts_within_the_length_is_analysed() -> None:
+    text = " && ".join(["doc.id == 1"] * 130 + ["(doc.status == 'a' || doc.status == 'b')"])
+    assert len(text) <= MAX_LENGTH
+    assert compile_filter(text).pins[-1] == Pin(("doc", "status"), ("a", "b"))
+    short = "&&".join(["true"] * 333)
+    assert compile_filter(short).evaluate(activation(DOC, None, "upsert", "5", 9)) is True

@@ -316,12 +316,24 @@ def _size(node: Tree[Token]) -> int:
 
 
 def _conjuncts(tree: Tree[Token]) -> list[Tree[Token]]:
-    node = _unwrap(tree)
-    if node.data == "conditionaland" and len(node.children) == 2:
-        left, right = node.children
-        assert isinstance(left, Tree) and isinstance(right, Tree)
-        return _conjuncts(left) + _conjuncts(right)
-    return [node]
+    return _operands(tree, "conditionaland")
+
+
+def _operands(tree: Tree[Token], operator: str) -> list[Tree[Token]]:
+    """The operands of a chain of `&&` (conditionaland) or `||` (conditionalor), through
+    parentheses, in the order of the text. Iterative: a 2,000-character filter may chain
+    hundreds, deeper than Python's recursion allows."""
+    found: list[Tree[Token]] = []
+    stack = [tree]
+    while stack:
+        node = _unwrap(stack.pop())
+        if node.data == operator and len(node.children) == 2:
+            left, right = node.children
+            assert isinstance(left, Tree) and isinstance(right, Tree)
+            stack.extend((right, left))
+        else:
+            found.append(node)
+    return found
 
 
 def _pin(node: Tree[Token]) -> Pin | None:
@@ -359,12 +371,7 @@ def _pin_disjunction(node: Tree[Token]) -> Pin | None:
 
 
 def _disjuncts(tree: Tree[Token]) -> list[Tree[Token]]:
-    node = _unwrap(tree)
-    if node.data == "conditionalor" and len(node.children) == 2:
-        left, right = node.children
-        assert isinstance(left, Tree) and isinstance(right, Tree)
-        return _disjuncts(left) + _disjuncts(right)
-    return [node]
+    return _operands(tree, "conditionalor")
 
 
 def _path(tree: Tree[Token]) -> Path | None:
