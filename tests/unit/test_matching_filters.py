@@ -161,6 +161,14 @@ def test_a_function_outside_the_allow_list_is_refused(text: str, position: int) 
     assert "is not allowed; use one of contains, double" in problem.message
 
 
+def test_a_method_called_as_a_function_says_how_to_call_it() -> None:
+    problem = only("startsWith(doc.status, 'eu')")
+    assert (problem.position, problem.message) == (
+        0,
+        "'startsWith' is a method: write value.startsWith(...)",
+    )
+
+
 def test_a_leading_dot_global_and_message_construction_are_refused() -> None:
     assert "leading '.'" in only(".doc.id == 1").message
     assert "message construction" in refused("Foo{a: 1} == doc.meta")[0].message
