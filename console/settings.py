@@ -194,6 +194,11 @@ SYNCER_LIVE_SEND_TIMEOUT = _env_number("SYNCER_LIVE_SEND_TIMEOUT", 1)
 if os.environ.get("SYNCER_SOURCE_DSN_ENV"):
     SYNCER_SOURCE_DSN_ENV = os.environ["SYNCER_SOURCE_DSN_ENV"]
 SYNCER_ALLOW_CONSOLE_DATABASE_SOURCE = _env_bool("SYNCER_ALLOW_CONSOLE_DATABASE_SOURCE", False)
+# Live subscriptions (clients' filtered feeds): seconds one lives without a heartbeat, and
+# how many may be active per owner (the API token's user) and over all owners.
+LIVE_SUBSCRIPTION_TTL_SECONDS = _env_number("LIVE_SUBSCRIPTION_TTL_SECONDS", 300)
+LIVE_SUBSCRIPTIONS_PER_OWNER = int(_env_number("LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000))
+LIVE_SUBSCRIPTIONS_MAX = int(_env_number("LIVE_SUBSCRIPTIONS_MAX", 200_000))
 # Seconds between `: heartbeat` comments of an event stream (/api/.../events/stream).
 LIVE_SSE_HEARTBEAT = _env_number("LIVE_SSE_HEARTBEAT", 15)
 

@@ -54,6 +54,33 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         errors.append(
             Error("SYNCER_API_DLQ_MAX must be at least 1.", hint="e.g. 1000", id="syncer.E007")
         )
+    errors.extend(_live_subscription_problems())
+    return errors
+
+
+def _live_subscription_problems() -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if float(getattr(settings, "LIVE_SUBSCRIPTION_TTL_SECONDS", 300)) <= 0:
+        errors.append(
+            Error(
+                "LIVE_SUBSCRIPTION_TTL_SECONDS must be positive: a live subscription would "
+                "expire as it is registered.",
+                hint="e.g. 300",
+                id="syncer.E008",
+            )
+        )
+    for name, default, hint in (
+        ("LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000, "e.g. 10000"),
+        ("LIVE_SUBSCRIPTIONS_MAX", 200_000, "e.g. 200000"),
+    ):
+        if int(getattr(settings, name, default)) < 1:
+            errors.append(
+                Error(
+                    f"{name} must be at least 1: no live subscription could be registered.",
+                    hint=hint,
+                    id="syncer.E009",
+                )
+            )
     return errors
 
 

@@ -1,4 +1,4 @@
-"""Typed, lazily read settings of the worker (`SYNCER_*` and `OPENSEARCH_*`).
+"""Typed, lazily read settings of the worker (`SYNCER_*`, `OPENSEARCH_*`, `LIVE_SUBSCRIPTION*`).
 
 Read at call time, never at import, so `override_settings` and per-test
 environments work.
@@ -7,6 +7,7 @@ environments work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 
@@ -91,6 +92,25 @@ def live() -> LiveSettings:
         events_per_second=int(getattr(settings, "SYNCER_LIVE_EVENTS_PER_SECOND", 200)),
         queue_size=int(getattr(settings, "SYNCER_LIVE_QUEUE_SIZE", 10000)),
         send_timeout=float(getattr(settings, "SYNCER_LIVE_SEND_TIMEOUT", 1.0)),
+    )
+
+
+@dataclass(frozen=True)
+class LiveSubscriptionSettings:
+    ttl: timedelta
+    """How long a live subscription lives after its registration or last heartbeat."""
+    per_owner: int
+    """Active (unexpired) live subscriptions one owner may have."""
+    total: int
+    """Active live subscriptions all owners together may have."""
+
+
+def live_subscriptions() -> LiveSubscriptionSettings:
+    """LIVE_SUBSCRIPTION_TTL_SECONDS, LIVE_SUBSCRIPTIONS_PER_OWNER, LIVE_SUBSCRIPTIONS_MAX."""
+    return LiveSubscriptionSettings(
+        ttl=timedelta(seconds=float(getattr(settings, "LIVE_SUBSCRIPTION_TTL_SECONDS", 300))),
+        per_owner=int(getattr(settings, "LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000)),
+        total=int(getattr(settings, "LIVE_SUBSCRIPTIONS_MAX", 200_000)),
     )
 
 
