@@ -395,15 +395,14 @@ def test_the_list_pages_with_a_cursor_stable_while_more_are_registered(gateway: 
     registered = [post(gateway, one()).json()["id"] for _ in range(7)]
     post(gateway, one(gateway_id="gw-2"))
 
-    first = gateway.get(URL, {"gateway_id": "gw-1", "limit": 3}).json()
+    first = gateway.get(URL, {"gateway_id": "gw-1", "limit": "3"}).json()
     assert [i["id"] for i in first["items"]] == registered[:3]
     late = post(gateway, one()).json()["id"]  # registered meanwhile: joins the end
     gateway.delete(f"{URL}/{registered[4]}")  # one not yet seen goes: none is skipped
     seen = [i["id"] for i in first["items"]]
     cursor = first["next_cursor"]
     while cursor is not None:
-        query: dict[str, str | int] = {"gateway_id": "gw-1", "limit": 3, "cursor": cursor}
-        page = gateway.get(URL, query).json()
+        page = gateway.get(URL, {"gateway_id": "gw-1", "limit": "3", "cursor": cursor}).json()
         seen += [i["id"] for i in page["items"]]
         cursor = page["next_cursor"]
     assert seen == [*registered[:4], *registered[5:], late]
