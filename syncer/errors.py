@@ -18,6 +18,8 @@ nothing above a source or a sink ever sees a psycopg or opensearch-py exception.
     │   └── MetricsPortUnavailable  (also OSError) --metrics-port cannot be listened on
     ├── DeclarationError        (also ValueError) a subscriptions file that cannot be
     │                           applied; `problems` lists every reason, as values
+    ├── FilterError             (also ValueError) a live subscription's filter that cannot
+    │                           be registered; `problems` lists each reason and its offset
     └── OperatorError           what an operator asked for cannot be carried out
         ├── UnknownSubscription (also LookupError) no subscription has that name
         ├── DeadLettersRemain   (also ValueError) a delete that would lose dead letters
@@ -158,6 +160,29 @@ class DeclarationError(SyncError, ValueError):
     def errors(self) -> list[str]:
         """The problems as the command prints them, one line each."""
         return [str(problem) for problem in self.problems]
+
+
+# -- live subscriptions' filters --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterProblem:
+    """One reason a filter is refused: where in its text (a character offset; None when
+    it is about the filter as a whole) and what to change."""
+
+    position: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message if self.position is None else f"at {self.position}: {self.message}"
+
+
+class FilterError(SyncError, ValueError):
+    """A live subscription's filter cannot be registered; `problems` says every reason."""
+
+    def __init__(self, problems: Sequence[FilterProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(problem) for problem in self.problems))
 
 
 # -- operators' requests -----------------------------------------------------------------

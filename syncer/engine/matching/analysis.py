@@ -1,0 +1,461 @@
+"""What a filter's text says, read from its parse tree: the problems that refuse it and
+the conjuncts that pin a value.
+
+The evaluating engine (`cel`, common-expression-language) exposes no syntax tree, so the
+text is also parsed by cel-python's grammar (`celpy.celparser`, lark, with positions).
+The two parsers agree on CEL; where they might not, the property test of the matcher
+(brute-force evaluation by the engine against the index built from this tree) would
+show a lost match. Literal values are read by the engine itself (`cel.evaluate` of the
+literal's text), so a pinned value is exactly what the engine compares with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import cel
+from celpy.celparser import CELParseError, CELParser
+from lark import Token, Tree
+from lark.exceptions import UnexpectedToken
+
+from syncer.errors import FilterProblem
+
+VARIABLES = ("doc", "old", "op", "key", "position")
+DOCUMENT_VARIABLES = ("doc", "old")
+JSON_TYPES = frozenset({"json", "jsonb"})
+
+MAX_LENGTH = 2_000
+"""Characters of filter text: evaluation time grows with the expression's size, and no
+engine can interrupt a running evaluation."""
+MAX_DEPTH = 12
+"""Nested sub-expressions (parentheses, call arguments, list elements)."""
+MAX_LIST_SIZE = 100
+"""Elements of one list literal (`in [...]`): more belongs in several subscriptions."""
+MAX_REGEX_LENGTH = 200
+"""Characters of a `matches()` pattern. The engine's regex (Rust `regex`, RE2 semantics)
+runs in linear time, so only the automaton's size needs a bound."""
+
+GLOBAL_FUNCTIONS = frozenset(
+    {"has", "size", "int", "uint", "double", "string", "timestamp", "duration"}
+)
+METHODS = frozenset({"startsWith", "endsWith", "contains", "matches", "size"})
+COMPREHENSIONS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+Scalar = bool | int | float | str | None
+Path = tuple[str, ...]
+
+_PASS_THROUGH = frozenset(
+    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication"}
+)
+_WRAPPERS = frozenset({"unary", "member", "primary", "paren_expr"})
+_PARSER = CELParser()
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A top-level conjunct `path == literal` or `path in [literals]`: the filter can
+    only match a change whose value at `path` equals one of `values`."""
+
+    path: Path
+    values: tuple[Scalar, ...]
+
+
+def parse(text: str) -> tuple[Tree[Token] | None, list[FilterProblem]]:
+    """The parse tree, or the syntax error's position and message."""
+    if len(text) > MAX_LENGTH:
+        return None, [
+            FilterProblem(
+                MAX_LENGTH,
+                f"the filter is {len(text)} characters long; at most {MAX_LENGTH} are "
+                "allowed: split it into several live subscriptions",
+            )
+        ]
+    if not text.strip():
+        return None, [FilterProblem(0, "the filter is empty; write a CEL expression")]
+    try:
+        return _PARSER.parse(text), []
+    except CELParseError as error:
+        return None, [_syntax_problem(text, error)]
+
+
+def _syntax_problem(text: str, error: CELParseError) -> FilterProblem:
+    cause = error.__context__  # celpy re-raises lark's error, which says what was found
+    position = _offset(text, error.line, error.column) if error.line and error.column else None
+    if isinstance(cause, UnexpectedToken) and cause.token.type == "$END":
+        return FilterProblem(
+            len(text), "syntax error: the filter ends too early (an operand or a ')' is missing)"
+        )
+    if isinstance(cause, UnexpectedToken):
+        return FilterProblem(position, f"syntax error: unexpected '{cause.token}' here")
+    found = text[position] if position is not None and position < len(text) else ""
+    hints = {
+        "=": "; compare with ==",
+        '"': ": a string is not closed",
+        "'": ": a string is not closed",
+        "&": "; 'and' is &&",
+        "|": "; 'or' is ||",
+    }
+    return FilterProblem(
+        position, f"syntax error: unexpected character '{found}'{hints.get(found, '')}"
+    )
+
+
+def problems(tree: Tree[Token], fields: Mapping[str, str] | None) -> list[FilterProblem]:
+    """Every rule the parsed filter breaks, in the order of the text."""
+    found: list[FilterProblem] = []
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        found.append(
+            FilterProblem(
+                None,
+                f"the filter nests {depth} levels deep; at most {MAX_DEPTH} are allowed: "
+                "remove parentheses or split it",
+            )
+        )
+    bound = _comprehension_variables(tree)
+    for node in _subtrees(tree):
+        found.extend(problem for problem in _check(node, fields) if problem.position not in bound)
+    return sorted(found, key=lambda problem: -1 if problem.position is None else problem.position)
+
+
+def pins(tree: Tree[Token]) -> list[Pin]:
+    """The top-level conjuncts that pin a value, in the order of the text."""
+    found = []
+    for conjunct in _conjuncts(tree):
+        pin = _pin(conjunct)
+        if pin is not None:
+            found.append(pin)
+    return found
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def _check(node: Tree[Token], fields: Mapping[str, str] | None) -> Iterator[FilterProblem]:
+    kind = node.data
+    if kind == "ident":
+        name = _token(node, 0)
+        if name not in VARIABLES:
+            yield FilterProblem(
+                name.start_pos,
+                f"unknown variable '{name}': a filter reads doc, old, op, key and position "
+                "(e.g. doc.status)",
+            )
+    elif kind in ("dot_ident", "dot_ident_arg"):
+        yield FilterProblem(
+            _start(node), "a leading '.' names a global; start with doc, old, op, key or position"
+        )
+    elif kind == "member_object":
+        yield FilterProblem(_start(node), "message construction (Name{...}) is not supported")
+    elif kind == "ident_arg":
+        name = _token(node, 0)
+        if name in COMPREHENSIONS or name not in GLOBAL_FUNCTIONS:
+            yield _function_problem(name)
+    elif kind == "member_dot_arg":
+        name = _token(node, 1)
+        if name not in METHODS:
+            yield _function_problem(name)
+        elif name == "matches":
+            yield from _check_pattern(node, name)
+    elif kind in ("list_lit", "map_lit"):
+        size = _size(node)
+        if size > MAX_LIST_SIZE:
+            yield FilterProblem(
+                _start(node),
+                f"this literal has {size} elements; at most {MAX_LIST_SIZE} are allowed: "
+                "split the filter into several live subscriptions",
+            )
+    elif kind in ("member_dot", "member_index") and fields is not None:
+        yield from _check_field(node, fields)
+
+
+def _comprehension_variables(tree: Tree[Token]) -> set[int | None]:
+    """Where the names a (refused) comprehension binds appear: the refusal of the macro
+    says enough, without an 'unknown variable' for each use of its variable."""
+    names = set()
+    for node in _subtrees(tree):
+        if node.data == "member_dot_arg" and _token(node, 1) in COMPREHENSIONS:
+            arguments = _arguments(node)
+            variable = _unwrap(arguments[0]) if arguments else None
+            if variable is not None and variable.data == "ident":
+                names.add(str(_token(variable, 0)))
+    return {
+        _token(node, 0).start_pos
+        for node in _subtrees(tree)
+        if node.data == "ident" and _token(node, 0) in names
+    }
+
+
+def _function_problem(name: Token) -> FilterProblem:
+    if name in COMPREHENSIONS:
+        return FilterProblem(
+            name.start_pos,
+            f"'{name}' is a comprehension macro, not allowed: its cost grows with the data; "
+            "compare the fields directly or use `in [...]`",
+        )
+    allowed = ", ".join(sorted(GLOBAL_FUNCTIONS | METHODS))
+    return FilterProblem(name.start_pos, f"function '{name}' is not allowed; use one of {allowed}")
+
+
+def _check_pattern(node: Tree[Token], name: Token) -> Iterator[FilterProblem]:
+    arguments = _arguments(node)
+    literal = _literal_token(arguments[0]) if len(arguments) == 1 else None
+    if literal is None or not literal.type.endswith("STRING_LIT"):
+        yield FilterProblem(
+            name.start_pos, "matches() takes one string literal, the pattern: matches('^eu-')"
+        )
+        return
+    pattern = cel.evaluate(literal.value)
+    if len(pattern) > MAX_REGEX_LENGTH:
+        yield FilterProblem(
+            literal.start_pos,
+            f"the pattern is {len(pattern)} characters long; at most {MAX_REGEX_LENGTH} "
+            "are allowed",
+        )
+        return
+    try:  # the engine's own regex compiler says whether it accepts the pattern
+        cel.evaluate(f'"".matches({literal.value})')
+    except (RuntimeError, ValueError) as error:
+        reason = str(error).split("error:")[-1].strip().splitlines()[0]
+        reason = reason.split(". Check function arguments")[0]
+        yield FilterProblem(literal.start_pos, f"invalid regular expression: {reason}")
+
+
+def _check_field(node: Tree[Token], fields: Mapping[str, str]) -> Iterator[FilterProblem]:
+    """A field read straight off doc or old must be a column of the source relation;
+    below a json/jsonb column any path may exist."""
+    parent = _unwrap(_child(node, 0))
+    if parent.data != "ident" or _token(parent, 0) not in DOCUMENT_VARIABLES:
+        if parent.data in ("member_dot", "member_index"):
+            yield from _check_nested(parent, node, fields)
+        return
+    segment = _segment(node)
+    if segment is None:
+        return
+    name, position = segment
+    if name not in fields:
+        known = ", ".join(sorted(fields)) or "none"
+        yield FilterProblem(
+            position,
+            f"unknown field '{name}': the sync subscription's documents have {known}",
+        )
+
+
+def _check_nested(
+    parent: Tree[Token], node: Tree[Token], fields: Mapping[str, str]
+) -> Iterator[FilterProblem]:
+    """`doc.total.x` reads below a column that is not JSON: say so once, at `.x`."""
+    grandparent = _unwrap(_child(parent, 0))
+    if grandparent.data != "ident" or _token(grandparent, 0) not in DOCUMENT_VARIABLES:
+        return
+    column, nested = _segment(parent), _segment(node)
+    if column is None or nested is None or column[0] not in fields:
+        return
+    source_type = fields[column[0]]
+    if source_type.lower() not in JSON_TYPES:
+        yield FilterProblem(
+            nested[1],
+            f"field '{column[0]}' is {source_type}, not json/jsonb: it has no field '{nested[0]}'",
+        )
+
+
+def _depth(tree: Tree[Token]) -> int:
+    deepest = 0
+    stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data == "expr":
+            depth += 1
+            deepest = max(deepest, depth)
+        stack.extend((child, depth) for child in node.children if isinstance(child, Tree))
+    return deepest
+
+
+def _size(node: Tree[Token]) -> int:
+    if not node.children:
+        return 0
+    inner = node.children[0]
+    assert isinstance(inner, Tree)
+    count = len(inner.children)
+    return count // 2 if node.data == "map_lit" else count
+
+
+# -- pinned conjuncts ---------------------------------------------------------------------
+
+
+def _conjuncts(tree: Tree[Token]) -> list[Tree[Token]]:
+    node = _unwrap(tree)
+    if node.data == "conditionaland" and len(node.children) == 2:
+        left, right = node.children
+        assert isinstance(left, Tree) and isinstance(right, Tree)
+        return _conjuncts(left) + _conjuncts(right)
+    return [node]
+
+
+def _pin(node: Tree[Token]) -> Pin | None:
+    if node.data == "conditionalor" and len(node.children) == 2:
+        return _pin_disjunction(node)
+    if node.data != "relation" or len(node.children) != 2:
+        return None
+    operator, right = node.children
+    assert isinstance(operator, Tree) and isinstance(right, Tree)
+    left = operator.children[0]
+    assert isinstance(left, Tree)
+    if operator.data == "relation_eq":
+        for path_side, literal_side in ((left, right), (right, left)):
+            path, value = _path(path_side), _literal(literal_side)
+            if path is not None and value is not _NOT_SCALAR:
+                return Pin(path, (value,))  # type: ignore[arg-type]
+        return None
+    if operator.data == "relation_in":
+        path, values = _path(left), _list(right)
+        return Pin(path, values) if path is not None and values is not None else None
+    return None
+
+
+def _pin_disjunction(node: Tree[Token]) -> Pin | None:
+    """`doc.t == 1 || doc.t in [2, 3]`: a disjunction of pins on one path is one pin."""
+    values: list[Scalar] = []
+    path: Path | None = None
+    for disjunct in _disjuncts(node):
+        pin = _pin(disjunct)
+        if pin is None or (path is not None and pin.path != path):
+            return None
+        path = pin.path
+        values.extend(pin.values)
+    return None if path is None else Pin(path, tuple(values))
+
+
+def _disjuncts(tree: Tree[Token]) -> list[Tree[Token]]:
+    node = _unwrap(tree)
+    if node.data == "conditionalor" and len(node.children) == 2:
+        left, right = node.children
+        assert isinstance(left, Tree) and isinstance(right, Tree)
+        return _disjuncts(left) + _disjuncts(right)
+    return [node]
+
+
+def _path(tree: Tree[Token]) -> Path | None:
+    """`doc.meta.region` as ("doc", "meta", "region"); None if not a plain field path."""
+    segments: list[str] = []
+    node = _unwrap(tree)
+    while node.data in ("member_dot", "member_index"):
+        segment = _segment(node)
+        if segment is None:
+            return None
+        segments.append(segment[0])
+        parent = node.children[0]
+        assert isinstance(parent, Tree)
+        node = _unwrap(parent)
+    if node.data != "ident" or _token(node, 0) not in VARIABLES:
+        return None
+    return (str(_token(node, 0)), *reversed(segments))
+
+
+class _NotScalar:
+    pass
+
+
+_NOT_SCALAR = _NotScalar()
+
+
+def _literal(tree: Tree[Token]) -> Scalar | _NotScalar:
+    token = _literal_token(tree)
+    if token is None:
+        return _NOT_SCALAR
+    value = cel.evaluate(token.value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return _NOT_SCALAR  # bytes: not indexed
+
+
+def _list(tree: Tree[Token]) -> tuple[Scalar, ...] | None:
+    node = _unwrap(tree)
+    if node.data != "list_lit":
+        return None
+    if not node.children:
+        return ()
+    exprlist = node.children[0]
+    assert isinstance(exprlist, Tree)
+    values = []
+    for element in exprlist.children:
+        assert isinstance(element, Tree)
+        value = _literal(element)
+        if isinstance(value, _NotScalar):
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+# -- tree helpers -------------------------------------------------------------------------
+
+
+def _unwrap(tree: Tree[Token]) -> Tree[Token]:
+    """Down through the grammar's one-child levels to the node that means something."""
+    node = tree
+    while (node.data in _PASS_THROUGH and len(node.children) == 1) or node.data in _WRAPPERS:
+        if len(node.children) != 1 or not isinstance(node.children[0], Tree):
+            break
+        node = node.children[0]
+    return node
+
+
+def _literal_token(tree: Tree[Token]) -> Token | None:
+    node = _unwrap(tree)
+    if node.data != "literal":
+        return None
+    token = node.children[0]
+    return token if isinstance(token, Token) else None
+
+
+def _segment(node: Tree[Token]) -> tuple[str, int] | None:
+    """The field a member_dot (`.name`) or member_index with a string (`["name"]`) reads."""
+    if node.data == "member_dot":
+        token = _token(node, 1)
+        return str(token), token.start_pos or 0
+    index = node.children[1]
+    assert isinstance(index, Tree)
+    literal = _literal_token(index)
+    if literal is None or not literal.type.endswith("STRING_LIT"):
+        return None
+    value = cel.evaluate(literal.value)
+    return (value, literal.start_pos or 0) if isinstance(value, str) else None
+
+
+def _arguments(node: Tree[Token]) -> list[Tree[Token]]:
+    lists = [
+        child for child in node.children if isinstance(child, Tree) and child.data == "exprlist"
+    ]
+    if not lists:
+        return []
+    return [child for child in lists[0].children if isinstance(child, Tree)]
+
+
+def _child(node: Tree[Token], index: int) -> Tree[Token]:
+    child = node.children[index]
+    assert isinstance(child, Tree)
+    return child
+
+
+def _token(node: Tree[Token], index: int) -> Token:
+    token = node.children[index]
+    assert isinstance(token, Token)
+    return token
+
+
+def _start(node: Tree[Token]) -> int | None:
+    return node.meta.start_pos if not node.meta.empty else None
+
+
+def _subtrees(tree: Tree[Token]) -> Iterator[Tree[Token]]:
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(child for child in node.children if isinstance(child, Tree))
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    lines = text.split("\n")
+    return sum(len(previous) + 1 for previous in lines[: line - 1]) + column - 1

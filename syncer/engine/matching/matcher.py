@@ -1,0 +1,85 @@
+"""Which live subscriptions of one sync subscription a change matches, in two phases.
+
+Phase 1: the pin index (`index.PinIndex`) gives the live subscriptions whose pinned
+value the change carries. Phase 2: CEL evaluates the filter of each of those candidates
+and of every unpinned live subscription (no pin: every change is a candidate, hence
+their own, smaller quota, `DEFAULT_UNPINNED_QUOTA`). Identical filter texts share one
+compiled `Filter`, evaluated once per change for all the live subscriptions holding it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from syncer.engine.matching.activation import Activation
+from syncer.engine.matching.filters import Filter
+from syncer.engine.matching.index import PinIndex
+
+K = TypeVar("K", bound=Hashable)
+
+DEFAULT_UNPINNED_QUOTA = 1_000
+"""Live subscriptions without a pinned conjunct a sync subscription may hold. Each one is
+evaluated on every change; bench/matching.py measured (docs/benchmarks.md, "Matching")
+what one costs per change, and this many keep the worst case above 2,000 changes/s on
+one core while 100,000 pinned ones are registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class MatchResult(Generic[K]):
+    ids: list[K]
+    """The live subscriptions whose filter holds for the change."""
+    candidates: int
+    """Filters evaluated: the index's candidates plus the unpinned live subscriptions."""
+    errors: int
+    """Of those, the ones that could not be evaluated on this change (no match)."""
+
+
+class Matcher(Generic[K]):
+    """The live subscriptions of one sync subscription, by id."""
+
+    def __init__(self) -> None:
+        self._filters: dict[K, Filter] = {}
+        self._index: PinIndex[K] = PinIndex()
+        self._unpinned: set[K] = set()
+
+    def __len__(self) -> int:
+        return len(self._filters)
+
+    @property
+    def unpinned(self) -> int:
+        """How many live subscriptions have no pinned conjunct (every change is theirs to
+        evaluate): the number `DEFAULT_UNPINNED_QUOTA` bounds."""
+        return len(self._unpinned)
+
+    def add(self, id: K, filter: Filter) -> None:
+        """Add a live subscription, or replace its filter."""
+        self.remove(id)
+        self._filters[id] = filter
+        if not self._index.add(id, filter.pins):
+            self._unpinned.add(id)
+
+    def remove(self, id: K) -> None:
+        if self._filters.pop(id, None) is not None:
+            self._index.remove(id)
+            self._unpinned.discard(id)
+
+    def match(self, activation: Activation) -> MatchResult[K]:
+        candidates = self._index.candidates(activation)
+        candidates.update(self._unpinned)
+        verdicts: dict[int, bool | None] = {}
+        matched: list[K] = []
+        errors = 0
+        for live_id in candidates:
+            filter = self._filters[live_id]
+            shared = id(filter)  # the compile cache hands identical texts one object
+            if shared in verdicts:
+                verdict = verdicts[shared]
+            else:
+                verdict = verdicts[shared] = filter.evaluate(activation)
+            if verdict:
+                matched.append(live_id)
+            elif verdict is None:
+                errors += 1
+        return MatchResult(matched, len(candidates), errors)
