@@ -34,7 +34,9 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from syncer import conf
+from syncer.engine.matching import filters
 from syncer.errors import (
+    FilterError,
     InvalidLiveSubscriptions,
     LiveSubscriptionProblem,
     NotPermitted,
@@ -197,12 +199,18 @@ def _problems(
 
 
 def filter_problems(text: str) -> list[tuple[int | None, str]]:
-    """What is wrong with a filter's text, as (character offset or None, message)."""
+    """What is wrong with a filter's text, as (character offset or None, message).
+
+    The field names are not checked (`fields=None`): a sync subscription's columns are
+    known only to its source, which registration does not ask.
+    """
     stored = text_problem(text)
     if stored:
         return [(None, stored)]
-    if not text.strip():
-        return [(None, 'required: a CEL expression over doc, e.g. doc.status == "paid"')]
+    try:
+        filters.compile_filter(text, fields=None)
+    except FilterError as exc:
+        return [(problem.position, problem.message) for problem in exc.problems]
     return []
 
 

@@ -126,7 +126,7 @@ def test_a_batch_is_registered_in_order_or_not_at_all(
     assert [(e["field"], e["position"]) for e in errors] == [
         ("subscriptions[1].subscription", None),
         ("subscriptions[2].gateway_id", None),
-        ("subscriptions[3].filter", None),
+        ("subscriptions[3].filter", 0),
     ]
     assert "no subscription named 'nope'" in errors[0]["message"]
     assert "letters, digits, _ and -" in errors[1]["message"]
@@ -147,6 +147,56 @@ def test_bodies_of_the_wrong_shape_name_the_field_as_sent(gateway: Client) -> No
     assert too_many.json()["errors"][0]["field"] == "subscriptions"
     assert post(gateway, {"subscriptions": []}).status_code == 422
     assert LiveSubscription.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "position", "says"),
+    [
+        ("doc.total >", 11, "ends too early"),
+        ("doc.a == 1 &&& doc.b == 2", 13, "'and' is &&"),
+        ('doc.region == "eu" && dc == "x"', 22, "unknown variable 'dc'"),
+        ("doc.items.exists(i, i.price > 10)", 10, "'exists' is a comprehension macro"),
+        ("doc.tags.map(t, t + 1) == []", 9, "'map' is a comprehension macro"),
+        ("(" * 13 + "doc.a == 1" + ")" * 13, None, "nests 14 levels deep; at most 12"),
+        ('doc.note == "' + "x" * 2100 + '"', 2000, "at most 2000"),
+        ("doc.a in [" + ",".join(str(i) for i in range(101)) + "]", 9, "100"),
+    ],
+    ids=["malformed", "bad-operator", "unknown-var", "exists", "map", "deep", "long", "big-list"],
+)
+def test_a_filter_that_cannot_be_used_is_422_with_where_and_what_to_fix(
+    gateway: Client, text: str, position: int | None, says: str
+) -> None:
+    response = post(gateway, one(filter=text))
+
+    assert response.status_code == 422, response.content
+    (error,) = response.json()["errors"]
+    assert error["field"] == "filter"
+    assert error["position"] == position
+    assert says in error["message"]
+    assert not LiveSubscription.objects.exists()
+
+
+def test_every_filter_problem_of_a_batch_is_reported_with_its_entry(gateway: Client) -> None:
+    response = post(
+        gateway,
+        {
+            "subscriptions": [
+                one(filter='doc.meta.region == "eu" || old.status != doc.status'),
+                one(filter="doc.a ==", gateway_id="gw.x"),
+                one(filter='doc.name.startsWith("a") && has(doc.b)'),
+                one(filter="doc.xs.all(x, x > 0)"),
+            ]
+        },
+    )
+    assert response.status_code == 422, response.content
+    found = [(e["field"], e["position"]) for e in response.json()["errors"]]
+    assert found == [
+        ("subscriptions[1].gateway_id", None),
+        ("subscriptions[1].filter", 8),
+        ("subscriptions[3].filter", 7),
+    ]
+    assert "subscriptions[1].filter: syntax error" in response.json()["detail"]
+    assert not LiveSubscription.objects.exists()
 
 
 # -- heartbeats and expiry ---------------------------------------------------------------
