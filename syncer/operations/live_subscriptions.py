@@ -23,7 +23,7 @@ bulk insert, and expiry and deletes, which only make room, do not take it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +44,7 @@ from syncer.errors import (
     UnknownLiveSubscription,
 )
 from syncer.models import LiveSubscription, Subscription
+from syncer.operations import source_fields
 from syncer.validators import gateway_id_problem, text_problem
 
 log = structlog.get_logger(__name__)
@@ -193,22 +194,23 @@ def _problems(
             f"{registration.delivery!r} is not a delivery; use one of "
             + ", ".join(sorted(DELIVERIES)),
         )
-    for position, message in filter_problems(registration.filter):
+    subscription = subscriptions.get(registration.subscription)
+    fields = None if subscription is None else source_fields.fields_of(subscription)
+    for position, message in filter_problems(registration.filter, fields):
         problem("filter", message, position)
     return problems
 
 
-def filter_problems(text: str) -> list[tuple[int | None, str]]:
-    """What is wrong with a filter's text, as (character offset or None, message).
-
-    The field names are not checked (`fields=None`): a sync subscription's columns are
-    known only to its source, which registration does not ask.
-    """
+def filter_problems(
+    text: str, fields: Mapping[str, str] | None = None
+) -> list[tuple[int | None, str]]:
+    """What is wrong with a filter's text, as (character offset or None, message); field
+    names are checked against `fields` (column -> source type) when they are known."""
     stored = text_problem(text)
     if stored:
         return [(None, stored)]
     try:
-        filters.compile_filter(text, fields=None)
+        filters.compile_filter(text, fields)
     except FilterError as exc:
         return [(problem.position, problem.message) for problem in exc.problems]
     return []

@@ -23,7 +23,7 @@ from django.utils import timezone
 from console.models import ApiToken
 from syncer.errors import NotPermitted
 from syncer.models import LiveSubscription, Subscription
-from syncer.operations import live_subscriptions
+from syncer.operations import live_subscriptions, source_fields
 from tests.support.factories import subscription
 from tests.support.users import bearer, operator, staff_with, token_client
 
@@ -197,6 +197,43 @@ def test_every_filter_problem_of_a_batch_is_reported_with_its_entry(gateway: Cli
     ]
     assert "subscriptions[1].filter: syntax error" in response.json()["detail"]
     assert not LiveSubscription.objects.exists()
+
+
+def test_a_filter_reads_only_fields_the_source_table_has(
+    source_conn: Any, source_dsn: str, table_name: str
+) -> None:
+    source_conn.execute(
+        f"CREATE TABLE {table_name} (id int PRIMARY KEY, total numeric, meta jsonb, status text)"
+    )
+    subscription("orders", source_dsn=source_dsn, relation=f"public.{table_name}")
+    client = token_client(operator("gateway"))
+
+    text = 'doc.total > 100.5 && doc.stauts == "paid"'
+    refused = post(client, one(filter=text))
+    assert refused.status_code == 422, refused.content
+    (error,) = refused.json()["errors"]
+    assert "unknown field 'stauts'" in error["message"]
+    assert "id, meta, status, total" in error["message"]
+    assert text.index("stauts") - 1 <= error["position"] <= text.index("stauts")
+
+    below_text = post(client, one(filter='doc.status.code == "x"'))
+    assert below_text.status_code == 422
+    assert "field 'status' is text, not json/jsonb" in below_text.json()["errors"][0]["message"]
+
+    fine = 'doc.meta.region == "eu" && old.status != doc.status && doc.total > 100.5'
+    assert post(client, one(filter=fine)).status_code == 201
+
+    # The columns are asked once a minute, not at every registration.
+    source_conn.execute(f"ALTER TABLE {table_name} ADD COLUMN region text")
+    assert post(client, one(filter='doc.region == "eu"')).status_code == 422
+    source_fields.forget()
+    assert post(client, one(filter='doc.region == "eu"')).status_code == 201
+
+
+def test_without_a_source_to_ask_the_field_names_are_not_checked(gateway: Client) -> None:
+    # orders' DSN names a host that does not resolve: its columns cannot be known.
+    response = post(gateway, one(filter="doc.whatever == 1"))
+    assert response.status_code == 201, response.content
 
 
 # -- heartbeats and expiry ---------------------------------------------------------------
