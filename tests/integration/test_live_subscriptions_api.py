@@ -24,6 +24,7 @@ from console.models import ApiToken
 from syncer.errors import NotPermitted
 from syncer.models import LiveSubscription, Subscription
 from syncer.operations import live_subscriptions, source_fields
+from syncer.sources.postgres.catalog import column_types
 from tests.support.factories import subscription
 from tests.support.users import bearer, operator, staff_with, token_client
 
@@ -228,6 +229,24 @@ def test_a_filter_reads_only_fields_the_source_table_has(
     assert post(client, one(filter='doc.region == "eu"')).status_code == 422
     source_fields.forget()
     assert post(client, one(filter='doc.region == "eu"')).status_code == 201
+
+
+def test_the_source_catalog_gives_base_types_and_nothing_for_a_missing_table(
+    source_conn: Any, source_dsn: str, table_name: str
+) -> None:
+    source_conn.execute(f"CREATE DOMAIN {table_name}_money AS numeric(12, 2)")
+    source_conn.execute(
+        f'CREATE TABLE {table_name} (id bigint PRIMARY KEY, "Price" {table_name}_money, '
+        "at timestamptz, tags text[])"
+    )
+    assert column_types(source_dsn, f"public.{table_name}") == {
+        "id": "int8",
+        "Price": "numeric",
+        "at": "timestamptz",
+        "tags": "_text",
+    }
+    assert column_types(source_dsn, "public.no_such_table") is None
+    assert column_types(source_dsn, "not a relation name!") is None
 
 
 def test_without_a_source_to_ask_the_field_names_are_not_checked(gateway: Client) -> None:
