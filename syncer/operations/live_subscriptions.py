@@ -29,7 +29,7 @@ from datetime import datetime
 
 import structlog
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -120,6 +120,33 @@ def register(owner: User, registrations: Sequence[Registration]) -> list[LiveSub
     if not registrations:
         return []
     limits = conf.live_subscriptions()
+    try:
+        created = _insert(owner, registrations, subscriptions, limits)
+    except IntegrityError:
+        # The foreign keys are checked at commit: a subscription (or the owner) deleted meanwhile.
+        raise InvalidLiveSubscriptions(
+            [
+                LiveSubscriptionProblem(
+                    None, "subscription", "a subscription was deleted meanwhile; check and retry"
+                )
+            ]
+        ) from None
+    log.info(
+        "live_subscriptions_registered",
+        owner=owner.get_username(),
+        gateways=sorted({r.gateway_id for r in registrations}),
+        count=len(created),
+    )
+    return created
+
+
+def _insert(
+    owner: User,
+    registrations: Sequence[Registration],
+    subscriptions: dict[str, Subscription],
+    limits: conf.LiveSubscriptionSettings,
+) -> list[LiveSubscription]:
+    """Check the quotas and insert, under the registrations' lock."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", LOCK_KEYS)
@@ -144,12 +171,6 @@ def register(owner: User, registrations: Sequence[Registration]) -> list[LiveSub
             )
             for r in registrations
         )
-    log.info(
-        "live_subscriptions_registered",
-        owner=owner.get_username(),
-        gateways=sorted({r.gateway_id for r in registrations}),
-        count=len(created),
-    )
     return created
 
 
@@ -185,8 +206,7 @@ def _problems(
     if registration.subscription not in subscriptions:
         problem(
             "subscription",
-            f"no subscription named {registration.subscription!r}; "
-            "GET /api/subscriptions lists them",
+            f"no subscription named {registration.subscription!r}; check the name",
         )
     if registration.delivery not in DELIVERIES:
         problem(
