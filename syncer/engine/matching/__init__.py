@@ -14,7 +14,7 @@ from syncer.engine.matching.analysis import (
     Pin,
 )
 from syncer.engine.matching.filters import Filter, compile_filter
-from syncer.engine.matching.index import PinIndex, index_key
+from syncer.engine.matching.index import PinIndex, exact_key, index_key
 from syncer.engine.matching.matcher import DEFAULT_UNPINNED_QUOTA, Matcher, MatchResult
 from syncer.errors import FilterError, FilterProblem
 
@@ -34,5 +34,6 @@ __all__ = [
     "PinIndex",
     "activation",
     "compile_filter",
+    "exact_key",
     "index_key",
 ]

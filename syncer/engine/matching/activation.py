@@ -12,6 +12,7 @@ no match.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -101,6 +102,7 @@ def typed(document: Mapping[str, Any] | None, fields: Mapping[str, str] | None) 
     return result
 
 
+@functools.lru_cache(maxsize=256)
 def converter_for(source_type: str) -> Converter | None:
     """How a value of `source_type` (PostgreSQL or Materialize name) becomes what a
     filter compares; None: as the document holds it."""

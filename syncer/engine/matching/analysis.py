@@ -11,7 +11,7 @@ literal's text), so a pinned value is exactly what the engine compares with.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import cel
@@ -61,7 +61,95 @@ class Pin:
     values: tuple[Scalar, ...]
 
 
-def parse(text: str) -> tuple[Tree[Token] | None, list[FilterProblem]]:
+@dataclass(frozen=True, slots=True)
+class FieldRead:
+    """A field read straight off doc or old (`doc.total`: `column` "total"), or one level
+    below such a field (`doc.meta.region`: `below` "region"). Kept, rather than the parse
+    tree, to check the fields of each sync subscription registering the same text."""
+
+    column: str
+    position: int
+    below: str | None = None
+    below_position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    problems: tuple[FilterProblem, ...]
+    """What refuses the text whatever the sync subscription."""
+    reads: tuple[FieldRead, ...]
+    pins: tuple[Pin, ...]
+    """The top-level conjuncts that pin a value, in the order of the text."""
+    pin_only: bool = False
+    """The filter is its one pin and nothing else (`doc.tenant == 7`)."""
+
+
+def analyse(text: str) -> Analysis:
+    """Parse the text and check every rule that does not depend on the fields."""
+    tree, found = _parse(text)
+    if tree is None:
+        return Analysis(tuple(found), (), ())
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        found.append(
+            FilterProblem(
+                None,
+                f"the filter nests {depth} levels deep; at most {MAX_DEPTH} are allowed: "
+                "remove parentheses or split it",
+            )
+        )
+    reads: list[FieldRead] = []
+    unknown: list[Token] = []
+    bound: set[str] = set()
+    for node in _subtrees(tree):
+        found.extend(_check(node, unknown, bound))
+        read = _read(node)
+        if read is not None:
+            reads.append(read)
+    found.extend(
+        FilterProblem(
+            name.start_pos,
+            f"unknown variable '{name}': a filter reads doc, old, op, key and position "
+            "(e.g. doc.status)",
+        )
+        for name in unknown
+        if name not in bound  # a refused comprehension's variable: its refusal says enough
+    )
+    if found:
+        return Analysis(_in_order(found), tuple(reads), ())
+    conjuncts = _conjuncts(tree)
+    pins = tuple(pin for pin in map(_pin, conjuncts) if pin is not None)
+    return Analysis((), tuple(reads), pins, pin_only=len(conjuncts) == len(pins) == 1)
+
+
+def field_problems(reads: Iterable[FieldRead], fields: Mapping[str, str]) -> list[FilterProblem]:
+    """The fields a filter reads that the sync subscription's documents do not have: a
+    field read off doc or old must be a column; below a json/jsonb column any path may
+    exist, below another none."""
+    found: dict[int, FilterProblem] = {}
+    for read in reads:
+        if read.column not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            found[read.position] = FilterProblem(
+                read.position,
+                f"unknown field '{read.column}': the sync subscription's documents have {known}",
+            )
+        elif read.below is not None and fields[read.column].lower() not in JSON_TYPES:
+            found[read.below_position] = FilterProblem(
+                read.below_position,
+                f"field '{read.column}' is {fields[read.column]}, not json/jsonb: it has no "
+                f"field '{read.below}'",
+            )
+    return list(found.values())
+
+
+def _in_order(problems: Iterable[FilterProblem]) -> tuple[FilterProblem, ...]:
+    return tuple(
+        sorted(problems, key=lambda problem: -1 if problem.position is None else problem.position)
+    )
+
+
+def _parse(text: str) -> tuple[Tree[Token] | None, list[FilterProblem]]:
     """The parse tree, or the syntax error's position and message."""
     if len(text) > MAX_LENGTH:
         return None, [
@@ -101,47 +189,17 @@ def _syntax_problem(text: str, error: CELParseError) -> FilterProblem:
     )
 
 
-def problems(tree: Tree[Token], fields: Mapping[str, str] | None) -> list[FilterProblem]:
-    """Every rule the parsed filter breaks, in the order of the text."""
-    found: list[FilterProblem] = []
-    depth = _depth(tree)
-    if depth > MAX_DEPTH:
-        found.append(
-            FilterProblem(
-                None,
-                f"the filter nests {depth} levels deep; at most {MAX_DEPTH} are allowed: "
-                "remove parentheses or split it",
-            )
-        )
-    bound = _comprehension_variables(tree)
-    for node in _subtrees(tree):
-        found.extend(problem for problem in _check(node, fields) if problem.position not in bound)
-    return sorted(found, key=lambda problem: -1 if problem.position is None else problem.position)
-
-
-def pins(tree: Tree[Token]) -> list[Pin]:
-    """The top-level conjuncts that pin a value, in the order of the text."""
-    found = []
-    for conjunct in _conjuncts(tree):
-        pin = _pin(conjunct)
-        if pin is not None:
-            found.append(pin)
-    return found
-
-
 # -- validation ---------------------------------------------------------------------------
 
 
-def _check(node: Tree[Token], fields: Mapping[str, str] | None) -> Iterator[FilterProblem]:
+def _check(node: Tree[Token], unknown: list[Token], bound: set[str]) -> Iterator[FilterProblem]:
+    """The rules one node breaks; names that are not variables go to `unknown`, the
+    variables comprehensions bind to `bound`."""
     kind = node.data
     if kind == "ident":
         name = _token(node, 0)
         if name not in VARIABLES:
-            yield FilterProblem(
-                name.start_pos,
-                f"unknown variable '{name}': a filter reads doc, old, op, key and position "
-                "(e.g. doc.status)",
-            )
+            unknown.append(name)
     elif kind in ("dot_ident", "dot_ident_arg"):
         yield FilterProblem(
             _start(node), "a leading '.' names a global; start with doc, old, op, key or position"
@@ -154,6 +212,8 @@ def _check(node: Tree[Token], fields: Mapping[str, str] | None) -> Iterator[Filt
             yield _function_problem(name)
     elif kind == "member_dot_arg":
         name = _token(node, 1)
+        if name in COMPREHENSIONS:
+            bound.update(_bound_variable(node))
         if name not in METHODS:
             yield _function_problem(name)
         elif name == "matches":
@@ -166,25 +226,13 @@ def _check(node: Tree[Token], fields: Mapping[str, str] | None) -> Iterator[Filt
                 f"this literal has {size} elements; at most {MAX_LIST_SIZE} are allowed: "
                 "split the filter into several live subscriptions",
             )
-    elif kind in ("member_dot", "member_index") and fields is not None:
-        yield from _check_field(node, fields)
 
 
-def _comprehension_variables(tree: Tree[Token]) -> set[int | None]:
-    """Where the names a (refused) comprehension binds appear: the refusal of the macro
-    says enough, without an 'unknown variable' for each use of its variable."""
-    names = set()
-    for node in _subtrees(tree):
-        if node.data == "member_dot_arg" and _token(node, 1) in COMPREHENSIONS:
-            arguments = _arguments(node)
-            variable = _unwrap(arguments[0]) if arguments else None
-            if variable is not None and variable.data == "ident":
-                names.add(str(_token(variable, 0)))
-    return {
-        _token(node, 0).start_pos
-        for node in _subtrees(tree)
-        if node.data == "ident" and _token(node, 0) in names
-    }
+def _bound_variable(node: Tree[Token]) -> Iterator[str]:
+    arguments = _arguments(node)
+    variable = _unwrap(arguments[0]) if arguments else None
+    if variable is not None and variable.data == "ident":
+        yield str(_token(variable, 0))
 
 
 def _function_problem(name: Token) -> FilterProblem:
@@ -222,42 +270,25 @@ def _check_pattern(node: Tree[Token], name: Token) -> Iterator[FilterProblem]:
         yield FilterProblem(literal.start_pos, f"invalid regular expression: {reason}")
 
 
-def _check_field(node: Tree[Token], fields: Mapping[str, str]) -> Iterator[FilterProblem]:
-    """A field read straight off doc or old must be a column of the source relation;
-    below a json/jsonb column any path may exist."""
-    parent = _unwrap(_child(node, 0))
-    if parent.data != "ident" or _token(parent, 0) not in DOCUMENT_VARIABLES:
-        if parent.data in ("member_dot", "member_index"):
-            yield from _check_nested(parent, node, fields)
-        return
+def _read(node: Tree[Token]) -> FieldRead | None:
+    """The field a member_dot or member_index reads off doc or old, or one level below."""
+    if node.data not in ("member_dot", "member_index"):
+        return None
     segment = _segment(node)
     if segment is None:
-        return
-    name, position = segment
-    if name not in fields:
-        known = ", ".join(sorted(fields)) or "none"
-        yield FilterProblem(
-            position,
-            f"unknown field '{name}': the sync subscription's documents have {known}",
-        )
+        return None
+    parent = _unwrap(_child(node, 0))
+    if _is_document(parent):
+        return FieldRead(segment[0], segment[1])
+    if parent.data in ("member_dot", "member_index") and _is_document(_unwrap(_child(parent, 0))):
+        column = _segment(parent)
+        if column is not None:
+            return FieldRead(column[0], column[1], segment[0], segment[1])
+    return None
 
 
-def _check_nested(
-    parent: Tree[Token], node: Tree[Token], fields: Mapping[str, str]
-) -> Iterator[FilterProblem]:
-    """`doc.total.x` reads below a column that is not JSON: say so once, at `.x`."""
-    grandparent = _unwrap(_child(parent, 0))
-    if grandparent.data != "ident" or _token(grandparent, 0) not in DOCUMENT_VARIABLES:
-        return
-    column, nested = _segment(parent), _segment(node)
-    if column is None or nested is None or column[0] not in fields:
-        return
-    source_type = fields[column[0]]
-    if source_type.lower() not in JSON_TYPES:
-        yield FilterProblem(
-            nested[1],
-            f"field '{column[0]}' is {source_type}, not json/jsonb: it has no field '{nested[0]}'",
-        )
+def _is_document(node: Tree[Token]) -> bool:
+    return node.data == "ident" and _token(node, 0) in DOCUMENT_VARIABLES
 
 
 def _depth(tree: Tree[Token]) -> int:

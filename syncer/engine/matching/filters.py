@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cel
-from lark import Token, Tree
 
 from syncer.engine.matching.activation import Activation
-from syncer.engine.matching.analysis import Pin, parse, pins, problems
+from syncer.engine.matching.analysis import Analysis, Pin, analyse, field_problems
 from syncer.errors import FilterError, FilterProblem
 
 PROGRAM_CACHE_SIZE = 65_536
@@ -29,6 +28,9 @@ class Filter:
     program: cel.Program
     pins: tuple[Pin, ...]
     """The top-level conjuncts that pin a value: the matcher's index reads them."""
+    pin_only: bool = False
+    """The filter is its one pin (`doc.tenant == 7`): the index decides it alone when the
+    change's value has a literal's own type and equals it."""
 
     def evaluate(self, activation: Activation) -> bool | None:
         """Whether the change matches; None when the filter cannot be evaluated on it (a
@@ -48,28 +50,25 @@ def compile_filter(text: str, fields: Mapping[str, str] | None = None) -> Filter
     (`{"total": "numeric", "meta": "jsonb"}`); None when the columns are not known, and
     then field names are not checked.
     """
-    tree, found = _parsed(text)
-    if tree is None:
-        raise FilterError(found)
-    found = problems(tree, fields)
+    analysis = _analysed(text)
+    found = list(analysis.problems)
+    if fields is not None:
+        found.extend(field_problems(analysis.reads, fields))
     if found:
-        raise FilterError(found)
-    return _compiled(text)
+        raise FilterError(sorted(found, key=lambda p: -1 if p.position is None else p.position))
+    return _compiled(text, analysis.pins, analysis.pin_only)
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
-def _parsed(text: str) -> tuple[Tree[Token] | None, list[FilterProblem]]:
-    return parse(text)
+def _analysed(text: str) -> Analysis:
+    return analyse(text)
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
-def _compiled(text: str) -> Filter:
-    tree, _ = _parsed(text)
-    assert tree is not None
-    pinned = tuple(pins(tree))
+def _compiled(text: str, pins: tuple[Pin, ...], pin_only: bool) -> Filter:
     try:
         program = cel.compile(text)
     except ValueError as error:  # what the analysing parser let through, the engine refused
         message = str(error).split("ERROR:")[-1].strip().splitlines()[0]
         raise FilterError([FilterProblem(None, f"the CEL engine refuses it: {message}")]) from None
-    return Filter(text, program, pinned)
+    return Filter(text, program, pins, pin_only)

@@ -9,11 +9,17 @@ Keys follow CEL's equality, coarsened where needed, never finer: values CEL hold
 (int 5, uint 5u, double 5.0) share a key, so a bucket may hold a filter that turns out
 not to match (the second phase evaluates it) but never misses one that does. A value
 that no scalar literal can equal (a list, a map, a timestamp, a missing field) has no key.
+
+A filter that is its pin and nothing else (`doc.tenant == 42`, `Filter.pin_only`) is
+also filed by its literals' exact values (type and value): a change carrying exactly
+such a value matches it without evaluating anything. Within a bucket, Python's equality
+of two values of one type is CEL's; values of different types (int 5 and double 5.0)
+are left to the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from syncer.engine.matching.activation import Activation
@@ -22,6 +28,9 @@ from syncer.engine.matching.analysis import Path, Pin
 K = TypeVar("K", bound=Hashable)
 
 IndexKey = tuple[str, Any]
+ExactKey = tuple[type, Any]
+
+_INT64 = range(-(2**63), 2**63)
 
 
 def index_key(value: Any) -> IndexKey | None:
@@ -42,12 +51,24 @@ def index_key(value: Any) -> IndexKey | None:
     return None
 
 
+def exact_key(value: Any) -> ExactKey | None:
+    """A value by its type and itself; None for an int past CEL's 64 bits (the engine
+    makes it a uint or a double) and for anything a literal cannot be."""
+    kind = type(value)
+    if kind is int and value not in _INT64:
+        return None
+    if kind in (int, float, str, bool, type(None)):
+        return (kind, value)
+    return None
+
+
 class PinIndex(Generic[K]):
     """Live subscription ids filed by one pin each."""
 
     def __init__(self) -> None:
         self._buckets: dict[Path, dict[IndexKey, set[K]]] = {}
-        self._filed: dict[K, tuple[Path, tuple[IndexKey, ...]]] = {}
+        self._exact: dict[Path, dict[ExactKey, set[K]]] = {}
+        self._filed: dict[K, tuple[Path, tuple[IndexKey, ...], tuple[ExactKey, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self._filed)
@@ -55,15 +76,26 @@ class PinIndex(Generic[K]):
     def __contains__(self, id: object) -> bool:
         return id in self._filed
 
-    def add(self, id: K, pins: Iterable[Pin]) -> bool:
-        """File `id` under the most selective of `pins` (not `op` if another, then the
-        fewest values, then the least crowded buckets); False when there is no pin. An
-        empty `in []` files it under no value: it can match nothing."""
-        best: tuple[tuple[int, int, int], Path, tuple[IndexKey, ...]] | None = None
+    def add(self, id: K, pins: Iterable[Pin], pin_only: bool = False) -> bool:
+        """File `id` under the pin that should make it a candidate least often; False
+        when there is no pin. An empty `in []` files it under no value: it can match
+        nothing.
+
+        Which pin: not `op` if there is another (two values: it excludes little); then
+        the fewest values per distinct value the index already holds on that path (a
+        tenant among thousands beats a region among four); then the least crowded
+        buckets. The first live subscriptions of a path choose with less to go on; a
+        live subscription keeps its pin until it is added again. `pin_only`: the filter
+        is its one pin, also filed by exact value.
+        """
+        best: tuple[tuple[int, float, int], Path, tuple[IndexKey, ...]] | None = None
         for pin in pins:
             # every literal a pin holds (bool, number, string, null) has a key
             keys = tuple({key for key in map(index_key, pin.values) if key is not None})
-            rank = (_weak(pin.path), len(keys), self._crowd(pin.path, keys))
+            buckets = self._buckets.get(pin.path, {})
+            share = len(keys) / max(1, len(buckets))
+            crowd = sum(len(buckets.get(key, ())) for key in keys)
+            rank = (_weak(pin.path), share, crowd)
             if best is None or rank < best[0]:
                 best = (rank, pin.path, keys)
         if best is None:
@@ -73,37 +105,57 @@ class PinIndex(Generic[K]):
         buckets = self._buckets.setdefault(path, {})
         for key in keys:
             buckets.setdefault(key, set()).add(id)
-        self._filed[id] = (path, keys)
+        exact: tuple[ExactKey, ...] = ()
+        if pin_only:
+            exact = tuple({value for value in map(exact_key, pin.values) if value is not None})
+            sure = self._exact.setdefault(path, {})
+            for value in exact:
+                sure.setdefault(value, set()).add(id)
+        self._filed[id] = (path, keys, exact)
         return True
 
     def remove(self, id: K) -> None:
         filed = self._filed.pop(id, None)
         if filed is None:
             return
-        path, keys = filed
-        buckets = self._buckets[path]
-        for key in keys:
-            bucket = buckets[key]
-            bucket.discard(id)
-            if not bucket:
-                del buckets[key]
-        if not buckets:
-            del self._buckets[path]
+        path, keys, exact = filed
+        _discard(self._buckets, path, keys, id)
+        if exact:
+            _discard(self._exact, path, exact, id)
+
+    def hits(self, activation: Activation) -> Iterator[tuple[set[K], set[K]]]:
+        """For each path a bucket of which the change meets: the ids filed under it, and
+        those of them that match for certain (pin-only, exactly this value). An id is
+        filed under one path, so appears in one bucket only."""
+        for path, buckets in self._buckets.items():
+            value = activation.lookup(path)
+            key = index_key(value)
+            bucket = buckets.get(key) if key is not None else None
+            if bucket:
+                exact = exact_key(value)
+                sure = self._exact.get(path, {}).get(exact) if exact is not None else None
+                yield bucket, sure or _NONE
 
     def candidates(self, activation: Activation) -> set[K]:
         """The ids whose pin the change meets (a superset of those whose filter holds)."""
         found: set[K] = set()
-        for path, buckets in self._buckets.items():
-            key = index_key(activation.lookup(path))
-            if key is not None:
-                bucket = buckets.get(key)
-                if bucket:
-                    found |= bucket
+        for bucket, _ in self.hits(activation):
+            found |= bucket
         return found
 
-    def _crowd(self, path: Path, keys: tuple[IndexKey, ...]) -> int:
-        buckets = self._buckets.get(path, {})
-        return sum(len(buckets.get(key, ())) for key in keys)
+
+_NONE: set[Any] = set()
+
+
+def _discard(table: dict[Path, dict[Any, set[K]]], path: Path, keys: Iterable[Any], id: K) -> None:
+    buckets = table[path]
+    for key in keys:
+        bucket = buckets[key]
+        bucket.discard(id)
+        if not bucket:
+            del buckets[key]
+    if not buckets:
+        del table[path]
 
 
 def _weak(path: Path) -> int:

@@ -2,6 +2,7 @@
 
 Phase 1: the pin index (`index.PinIndex`) gives the live subscriptions whose pinned
 value the change carries. Phase 2: CEL evaluates the filter of each of those candidates
+(but for the pin-only filters the index knows match: `doc.tenant == 7`, given 7)
 and of every unpinned live subscription (no pin: every change is a candidate, hence
 their own, smaller quota, `DEFAULT_UNPINNED_QUOTA`). Identical filter texts share one
 compiled `Filter`, evaluated once per change for all the live subscriptions holding it.
@@ -19,11 +20,12 @@ from syncer.engine.matching.index import PinIndex
 
 K = TypeVar("K", bound=Hashable)
 
-DEFAULT_UNPINNED_QUOTA = 1_000
+DEFAULT_UNPINNED_QUOTA = 350
 """Live subscriptions without a pinned conjunct a sync subscription may hold. Each one is
-evaluated on every change; bench/matching.py measured (docs/benchmarks.md, "Matching")
-what one costs per change, and this many keep the worst case above 2,000 changes/s on
-one core while 100,000 pinned ones are registered."""
+evaluated on every change: bench/matching.py measured 1.05 us per unpinned live
+subscription per change, over 65 to 80 us for the change itself with 100,000 pinned ones
+(docs/benchmarks.md, "Matching"), so 2,000 changes/s leave room for about 400; 350 keeps
+a margin for a shared machine's noise (runs computed 380 to 450; 350 measured 2,328/s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class Matcher(Generic[K]):
         """Add a live subscription, or replace its filter."""
         self.remove(id)
         self._filters[id] = filter
-        if not self._index.add(id, filter.pins):
+        if not self._index.add(id, filter.pins, filter.pin_only):
             self._unpinned.add(id)
 
     def remove(self, id: K) -> None:
@@ -66,20 +68,34 @@ class Matcher(Generic[K]):
             self._unpinned.discard(id)
 
     def match(self, activation: Activation) -> MatchResult[K]:
-        candidates = self._index.candidates(activation)
-        candidates.update(self._unpinned)
         verdicts: dict[int, bool | None] = {}
         matched: list[K] = []
-        errors = 0
-        for live_id in candidates:
-            filter = self._filters[live_id]
-            shared = id(filter)  # the compile cache hands identical texts one object
-            if shared in verdicts:
-                verdict = verdicts[shared]
-            else:
-                verdict = verdicts[shared] = filter.evaluate(activation)
+        candidates = errors = 0
+        for bucket, sure in self._index.hits(activation):
+            candidates += len(bucket)
+            matched.extend(sure)
+            for live_id in bucket - sure if sure else bucket:
+                verdict = self._verdict(self._filters[live_id], activation, verdicts)
+                if verdict:
+                    matched.append(live_id)
+                elif verdict is None:
+                    errors += 1
+        candidates += len(self._unpinned)
+        for live_id in self._unpinned:
+            verdict = self._verdict(self._filters[live_id], activation, verdicts)
             if verdict:
                 matched.append(live_id)
             elif verdict is None:
                 errors += 1
-        return MatchResult(matched, len(candidates), errors)
+        return MatchResult(matched, candidates, errors)
+
+    @staticmethod
+    def _verdict(
+        filter: Filter, activation: Activation, verdicts: dict[int, bool | None]
+    ) -> bool | None:
+        """The filter's verdict on the change, evaluated once for every live
+        subscription holding it (the compile cache hands identical texts one object)."""
+        shared = id(filter)
+        if shared not in verdicts:
+            verdicts[shared] = filter.evaluate(activation)
+        return verdicts[shared]
