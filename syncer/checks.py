@@ -81,6 +81,14 @@ def _live_subscription_problems() -> list[CheckMessage]:
                     id="syncer.E009",
                 )
             )
+    if int(getattr(settings, "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", 0)) < 0:
+        errors.append(
+            Error(
+                "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION must not be negative.",
+                hint="e.g. 350, or 0 to require a pinned value in every filter",
+                id="syncer.E010",
+            )
+        )
     return errors
 
 

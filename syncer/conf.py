@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from django.conf import settings
 
+from syncer.engine.matching import DEFAULT_UNPINNED_QUOTA
 from syncer.sinks.opensearch.connection import Connection
 
 LOCAL_SECRET_KEY = "searchsync-insecure-local-key-set-SECRET_KEY"
@@ -103,14 +104,19 @@ class LiveSubscriptionSettings:
     """Active (unexpired) live subscriptions one owner may have."""
     total: int
     """Active live subscriptions all owners together may have."""
+    unpinned_per_subscription: int
+    """Active live subscriptions of one subscription whose filter pins no value."""
 
 
 def live_subscriptions() -> LiveSubscriptionSettings:
-    """LIVE_SUBSCRIPTION_TTL_SECONDS, LIVE_SUBSCRIPTIONS_PER_OWNER, LIVE_SUBSCRIPTIONS_MAX."""
+    """LIVE_SUBSCRIPTION_TTL_SECONDS, LIVE_SUBSCRIPTIONS_PER_OWNER, LIVE_SUBSCRIPTIONS_MAX,
+    LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION."""
+    unpinned = getattr(settings, "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", None)
     return LiveSubscriptionSettings(
         ttl=timedelta(seconds=float(getattr(settings, "LIVE_SUBSCRIPTION_TTL_SECONDS", 300))),
         per_owner=int(getattr(settings, "LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000)),
         total=int(getattr(settings, "LIVE_SUBSCRIPTIONS_MAX", 200_000)),
+        unpinned_per_subscription=DEFAULT_UNPINNED_QUOTA if unpinned is None else int(unpinned),
     )
 
 

@@ -305,20 +305,40 @@ class NotPermitted(OperatorError, PermissionError):
 class QuotaExceeded(OperatorError):
     """Registering would take the live subscriptions past a quota; nothing was registered.
 
-    `scope` is `owner` (LIVE_SUBSCRIPTIONS_PER_OWNER) or `global` (LIVE_SUBSCRIPTIONS_MAX);
-    `active` counts the unexpired ones before this request, `requested` what it asked for.
+    `scope` is `owner` (LIVE_SUBSCRIPTIONS_PER_OWNER), `global` (LIVE_SUBSCRIPTIONS_MAX) or
+    `unpinned` (of one subscription, the filters that pin no value:
+    LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION); `active` counts the unexpired ones
+    before this request, `requested` what it asked for.
     """
 
-    SETTINGS = {"owner": "LIVE_SUBSCRIPTIONS_PER_OWNER", "global": "LIVE_SUBSCRIPTIONS_MAX"}
+    SETTINGS = {
+        "owner": "LIVE_SUBSCRIPTIONS_PER_OWNER",
+        "global": "LIVE_SUBSCRIPTIONS_MAX",
+        "unpinned": "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION",
+    }
 
-    def __init__(self, limit: int, scope: str, active: int, requested: int) -> None:
+    def __init__(
+        self, limit: int, scope: str, active: int, requested: int, subscription: str = ""
+    ) -> None:
         self.limit = limit
         self.scope = scope
         self.active = active
         self.requested = requested
+        self.subscription = subscription
+        """For `unpinned`: the sync subscription whose quota it is."""
+        setting = self.SETTINGS.get(scope, scope)
+        if scope == "unpinned":
+            super().__init__(
+                f"live subscription quota exceeded: subscription {subscription} has "
+                f"{active:,} live subscriptions whose filter pins no value, and may have at "
+                f"most {limit:,} ({setting}), so {requested:,} more cannot be registered; "
+                'pin a value at the top level of the filter (doc.tenant == "acme" && ..., '
+                "or doc.id in [...]) so that only the changes carrying it are compared"
+            )
+            return
         who = "this owner has" if scope == "owner" else "all owners together have"
         super().__init__(
             f"live subscription quota exceeded: {who} {active:,} and may have at most "
-            f"{limit:,} ({self.SETTINGS.get(scope, scope)}), so {requested:,} more cannot be "
-            "registered; delete some, or let unused ones expire, and try again"
+            f"{limit:,} ({setting}), so {requested:,} more cannot be registered; delete "
+            "some, or let unused ones expire, and try again"
         )

@@ -460,6 +460,13 @@ class LiveSubscription(models.Model):
         help_text="The sync subscription whose changes it watches.",
     )
     filter = models.TextField(help_text="The CEL expression a change must match.")
+    pinned = models.BooleanField(
+        default=True,
+        editable=False,
+        help_text="Whether the filter pins a value (a top-level `doc.field == literal` or "
+        "`in [...]`): an unpinned one is evaluated on every change, so a subscription may "
+        "hold only a few (LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION).",
+    )
     delivery = models.CharField(max_length=10, choices=Delivery.choices)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     expires_at = models.DateTimeField(
@@ -491,7 +498,8 @@ class LiveSubscription(models.Model):
                 fields=["owner", "gateway_id", "created_at", "id"],
                 name="livesubscription_gateway",
             ),
-            models.Index(fields=["subscription"], name="livesubscription_sub"),
+            # The unpinned quota counts (subscription, pinned=False).
+            models.Index(fields=["subscription", "pinned"], name="livesubscription_sub"),
         ]
 
     def __str__(self) -> str:

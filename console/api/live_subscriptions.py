@@ -101,6 +101,11 @@ class LiveSubscriptionOut(Schema):
     subscription: str = Field(description="The sync subscription's name.")
     filter: str
     delivery: Delivery
+    pinned: bool = Field(
+        description="Whether the filter pins a value at its top level (doc.f == literal, "
+        "doc.f in [...]). Unpinned filters are compared with every change and have a "
+        "smaller quota per subscription (LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION)."
+    )
     created_at: datetime
     expires_at: datetime = Field(description="Renew it with a heartbeat before this.")
 
@@ -133,6 +138,7 @@ def _out(live: LiveSubscription) -> dict[str, Any]:
         "subscription": live.subscription.name,
         "filter": live.filter,
         "delivery": live.delivery,
+        "pinned": live.pinned,
         "created_at": live.created_at,
         "expires_at": live.expires_at,
     }
@@ -164,7 +170,8 @@ def register(request: HttpRequest, payload: Body[RegisterIn]) -> Status[Any]:
     """One (`{gateway_id, subscription, filter, delivery}`) or a batch (`{"subscriptions":
     [...]}`, at most 1000): all are registered, or none. 422 lists every problem, a
     filter's with its character `position`; 429 when a quota would be passed (`limit`,
-    `scope`). Each expires LIVE_SUBSCRIPTION_TTL_SECONDS (300) after its last heartbeat."""
+    `scope`: owner, global, or unpinned for the filters of one subscription that pin no
+    value). Each expires LIVE_SUBSCRIPTION_TTL_SECONDS (300) after its last heartbeat."""
     batch = isinstance(payload, LiveSubscriptionBatchIn)
     entries = payload.subscriptions if isinstance(payload, LiveSubscriptionBatchIn) else [payload]
     registrations = [

@@ -60,6 +60,7 @@ class LiveSubscriptionAdmin(_AdminBase):
         "gateway_id",
         "subscription",
         "delivery",
+        "pinned",
         "short_filter",
         "created_at",
         "expires_in",
@@ -69,6 +70,7 @@ class LiveSubscriptionAdmin(_AdminBase):
         ("gateway_id", admin.AllValuesFieldListFilter),
         "subscription",
         "delivery",
+        "pinned",
         ExpiresFilter,
     )
     search_fields = ("=gateway_id", "filter")
@@ -82,6 +84,7 @@ class LiveSubscriptionAdmin(_AdminBase):
         "gateway_id",
         "subscription",
         "filter",
+        "pinned",
         "delivery",
         "created_at",
         "expires_at",

@@ -10,7 +10,9 @@ who may touch what are written once:
   deletes its row;
 - registering is all or nothing: every registration of a batch is checked first and
   all problems are reported together (`InvalidLiveSubscriptions`), then the quotas
-  (`QuotaExceeded`) are checked and the rows inserted in one transaction.
+  (`QuotaExceeded`) are checked and the rows inserted in one transaction. The quotas:
+  per owner, over all owners, and per sync subscription for the filters that pin no
+  value (the matcher evaluates those on every change; `pinned` records which).
 
 Quotas count unexpired rows. Two registrations counting at once could each see room
 for themselves and together pass a quota, so the count and the insert run under one
@@ -23,6 +25,7 @@ bulk insert, and expiry and deletes, which only make room, do not take it.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -110,18 +113,18 @@ def register(owner: User, registrations: Sequence[Registration]) -> list[LiveSub
             "watching a subscription's changes needs; an administrator can grant it"
         )
     subscriptions = _subscriptions_named({r.subscription for r in registrations})
-    problems = [
-        problem
-        for entry, registration in enumerate(registrations)
-        for problem in _problems(entry, registration, subscriptions)
-    ]
+    problems: list[LiveSubscriptionProblem] = []
+    pinned: list[bool] = []
+    for entry, registration in enumerate(registrations):
+        found, pins = _problems(entry, registration, subscriptions)
+        problems.extend(found)
+        pinned.append(pins)
     if problems:
         raise InvalidLiveSubscriptions(problems)
     if not registrations:
         return []
-    limits = conf.live_subscriptions()
     try:
-        created = _insert(owner, registrations, subscriptions, limits)
+        created = _insert(owner, registrations, pinned, subscriptions)
     except IntegrityError:
         # The foreign keys are checked at commit: a subscription (or the owner) deleted meanwhile.
         raise InvalidLiveSubscriptions(
@@ -143,10 +146,11 @@ def register(owner: User, registrations: Sequence[Registration]) -> list[LiveSub
 def _insert(
     owner: User,
     registrations: Sequence[Registration],
+    pinned: Sequence[bool],
     subscriptions: dict[str, Subscription],
-    limits: conf.LiveSubscriptionSettings,
 ) -> list[LiveSubscription]:
     """Check the quotas and insert, under the registrations' lock."""
+    limits = conf.live_subscriptions()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", LOCK_KEYS)
@@ -158,6 +162,14 @@ def _insert(
         everyone = active(now).count()
         if everyone + requested > limits.total:
             _refused(owner, QuotaExceeded(limits.total, "global", everyone, requested))
+        unpinned = Counter(
+            r.subscription for r, pins in zip(registrations, pinned, strict=True) if not pins
+        )
+        for name, count in sorted(unpinned.items()):
+            held = active(now).filter(subscription=subscriptions[name], pinned=False).count()
+            if held + count > limits.unpinned_per_subscription:
+                quota = limits.unpinned_per_subscription
+                _refused(owner, QuotaExceeded(quota, "unpinned", held, count, name))
         expires_at = now + limits.ttl
         created = LiveSubscription.objects.bulk_create(
             LiveSubscription(
@@ -165,11 +177,12 @@ def _insert(
                 gateway_id=r.gateway_id,
                 subscription=subscriptions[r.subscription],
                 filter=r.filter,
+                pinned=pins,
                 delivery=r.delivery,
                 created_at=now,
                 expires_at=expires_at,
             )
-            for r in registrations
+            for r, pins in zip(registrations, pinned, strict=True)
         )
     return created
 
@@ -194,7 +207,8 @@ def _subscriptions_named(names: Iterable[str]) -> dict[str, Subscription]:
 
 def _problems(
     entry: int, registration: Registration, subscriptions: dict[str, Subscription]
-) -> list[LiveSubscriptionProblem]:
+) -> tuple[list[LiveSubscriptionProblem], bool]:
+    """The entry's problems, and whether its filter pins a value."""
     problems = []
 
     def problem(field: str, message: str, position: int | None = None) -> None:
@@ -216,24 +230,25 @@ def _problems(
         )
     subscription = subscriptions.get(registration.subscription)
     fields = None if subscription is None else source_fields.fields_of(subscription)
-    for position, message in filter_problems(registration.filter, fields):
+    compiled, found = checked_filter(registration.filter, fields)
+    for position, message in found:
         problem("filter", message, position)
-    return problems
+    return problems, compiled is not None and bool(compiled.pins)
 
 
-def filter_problems(
+def checked_filter(
     text: str, fields: Mapping[str, str] | None = None
-) -> list[tuple[int | None, str]]:
-    """What is wrong with a filter's text, as (character offset or None, message); field
-    names are checked against `fields` (column -> source type) when they are known."""
+) -> tuple[filters.Filter | None, list[tuple[int | None, str]]]:
+    """A filter's text compiled, or None and what is wrong with it, as (character offset
+    or None, message); field names are checked against `fields` (column -> source type)
+    when they are known."""
     stored = text_problem(text)
     if stored:
-        return [(None, stored)]
+        return None, [(None, stored)]
     try:
-        filters.compile_filter(text, fields)
+        return filters.compile_filter(text, fields), []
     except FilterError as exc:
-        return [(problem.position, problem.message) for problem in exc.problems]
-    return []
+        return None, [(problem.position, problem.message) for problem in exc.problems]
 
 
 # -- heartbeat, delete, list -----------------------------------------------------------

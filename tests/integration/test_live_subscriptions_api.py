@@ -383,6 +383,49 @@ def test_the_global_quota_counts_every_owner(gateway: Client, settings: Any) -> 
     assert LiveSubscription.objects.count() == 4
 
 
+def test_filters_that_pin_no_value_have_a_smaller_quota_per_subscription(
+    gateway: Client, settings: Any
+) -> None:
+    settings.LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION = 2
+    subscription("customers")
+    pinned = post(gateway, one(filter='doc.tenant == "acme" && doc.total > 10'))
+    assert pinned.json()["pinned"] is True
+    unpinned = post(gateway, one(filter="doc.total > 10 || doc.vip"))
+    assert unpinned.json()["pinned"] is False
+
+    refused = post(
+        gateway,
+        {
+            "subscriptions": [
+                one(filter='doc.tenant in ["a", "b"]'),  # pinned: not counted
+                one(filter="doc.total > 20"),
+                one(filter='has(doc.vip) || doc.region == "eu"'),
+            ]
+        },
+    )
+    assert refused.status_code == 429, refused.content
+    body = refused.json()
+    assert (body["limit"], body["scope"], body["active"], body["requested"]) == (
+        2,
+        "unpinned",
+        1,
+        2,
+    )
+    assert (
+        "subscription orders has 1 live subscriptions whose filter pins no value"
+        in (body["detail"])
+    )
+    assert "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION" in body["detail"]
+    assert LiveSubscription.objects.count() == 2
+    # Pinned ones, and another subscription's unpinned ones, are not held back.
+    assert (
+        post(gateway, {"subscriptions": [one(filter="doc.id in [1, 2]")] * 50}).status_code == 201
+    )
+    assert post(gateway, one(subscription="customers", filter="true")).status_code == 201
+    assert post(gateway, one(filter="doc.total > 20")).status_code == 201
+    assert post(gateway, one(filter="doc.total > 30")).status_code == 429
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_registrations_never_pass_the_quota(settings: Any) -> None:
     settings.LIVE_SUBSCRIPTIONS_PER_OWNER = 5

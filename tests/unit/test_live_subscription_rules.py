@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from syncer import checks, conf
+from syncer.engine.matching import DEFAULT_UNPINNED_QUOTA
 from syncer.errors import InvalidLiveSubscriptions, LiveSubscriptionProblem, QuotaExceeded
 from syncer.validators import GATEWAY_ID_MAX, gateway_id_problem
 
@@ -44,6 +45,13 @@ def test_a_quota_refusal_names_the_limit_its_setting_and_what_to_do() -> None:
     )
     assert (owner.limit, owner.scope, owner.active, owner.requested) == (10_000, "owner", 9_990, 20)
     assert "all owners together have 5 " in str(QuotaExceeded(5, "global", 5, 1))
+    unpinned = QuotaExceeded(350, "unpinned", 350, 1, "orders")
+    assert str(unpinned).startswith(
+        "live subscription quota exceeded: subscription orders has 350 live subscriptions "
+        "whose filter pins no value, and may have at most 350 "
+        "(LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION)"
+    )
+    assert 'pin a value at the top level of the filter (doc.tenant == "acme"' in str(unpinned)
     assert "(LIVE_SUBSCRIPTIONS_MAX)" in str(QuotaExceeded(5, "global", 5, 1))
 
 
@@ -67,6 +75,8 @@ def test_the_settings_are_read_with_their_defaults(settings: Any) -> None:
     del settings.LIVE_SUBSCRIPTIONS_MAX
     read = conf.live_subscriptions()
     assert (read.ttl.total_seconds(), read.per_owner, read.total) == (300, 10_000, 200_000)
+    # The matcher's benchmark sets it: one number, in syncer.engine.matching.
+    assert read.unpinned_per_subscription == DEFAULT_UNPINNED_QUOTA == 350
 
 
 @pytest.mark.parametrize(
@@ -75,14 +85,14 @@ def test_the_settings_are_read_with_their_defaults(settings: Any) -> None:
         ("LIVE_SUBSCRIPTION_TTL_SECONDS", 0, "syncer.E008"),
         ("LIVE_SUBSCRIPTIONS_PER_OWNER", 0, "syncer.E009"),
         ("LIVE_SUBSCRIPTIONS_MAX", 0, "syncer.E009"),
+        ("LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", -1, "syncer.E010"),
     ],
 )
 def test_settings_that_would_refuse_every_registration_fail_the_checks(
     settings: Any, name: str, value: int, check_id: str
 ) -> None:
-    assert not [
-        e for e in checks.check_worker_settings(None) if e.id in {"syncer.E008", "syncer.E009"}
-    ]
+    ours = {"syncer.E008", "syncer.E009", "syncer.E010"}
+    assert not [e for e in checks.check_worker_settings(None) if e.id in ours]
     setattr(settings, name, value)
     found = [e for e in checks.check_worker_settings(None) if e.id == check_id]
     assert len(found) == 1 and name in found[0].msg
