@@ -161,6 +161,14 @@ def test_a_function_outside_the_allow_list_is_refused(text: str, position: int) 
     assert "is not allowed; use one of contains, double" in problem.message
 
 
+def test_a_method_called_as_a_function_says_how_to_call_it() -> None:
+    problem = only("startsWith(doc.status, 'eu')")
+    assert (problem.position, problem.message) == (
+        0,
+        "'startsWith' is a method: write value.startsWith(...)",
+    )
+
+
 def test_a_leading_dot_global_and_message_construction_are_refused() -> None:
     assert "leading '.'" in only(".doc.id == 1").message
     assert "message construction" in refused("Foo{a: 1} == doc.meta")[0].message
@@ -332,3 +340,11 @@ def test_an_integral_numeric_stays_exact_and_an_unparsable_value_stays_as_held()
     assert doc == {"n": 12345678901234567, "t": "infinity", "i": "x"}
     change = activation({"n": "12345678901234567"}, None, "upsert", "k", 1, fields)
     assert compile_filter("doc.n == 12345678901234567").evaluate(change) is True
+
+
+def test_a_long_chain_of_conjuncts_within_the_length_is_analysed() -> None:
+    text = " && ".join(["doc.id == 1"] * 130 + ["(doc.status == 'a' || doc.status == 'b')"])
+    assert len(text) <= MAX_LENGTH
+    assert compile_filter(text).pins[-1] == Pin(("doc", "status"), ("a", "b"))
+    short = "&&".join(["true"] * 333)
+    assert compile_filter(short).evaluate(activation(DOC, None, "upsert", "5", 9)) is True

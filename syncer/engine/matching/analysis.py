@@ -11,6 +11,7 @@ literal's text), so a pinned value is exactly what the engine compares with.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -49,7 +50,13 @@ _PASS_THROUGH = frozenset(
     {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication"}
 )
 _WRAPPERS = frozenset({"unary", "member", "primary", "paren_expr"})
-_PARSER = CELParser()
+
+
+@functools.cache
+def _parser() -> CELParser:
+    """cel-python's parser, built on first use: building its tables takes a fifth of a
+    second, which a process that never compiles a filter need not pay."""
+    return CELParser()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +169,7 @@ def _parse(text: str) -> tuple[Tree[Token] | None, list[FilterProblem]]:
     if not text.strip():
         return None, [FilterProblem(0, "the filter is empty; write a CEL expression")]
     try:
-        return _PARSER.parse(text), []
+        return _parser().parse(text), []
     except CELParseError as error:
         return None, [_syntax_problem(text, error)]
 
@@ -242,6 +249,8 @@ def _function_problem(name: Token) -> FilterProblem:
             f"'{name}' is a comprehension macro, not allowed: its cost grows with the data; "
             "compare the fields directly or use `in [...]`",
         )
+    if name in METHODS and name not in GLOBAL_FUNCTIONS:
+        return FilterProblem(name.start_pos, f"'{name}' is a method: write value.{name}(...)")
     allowed = ", ".join(sorted(GLOBAL_FUNCTIONS | METHODS))
     return FilterProblem(name.start_pos, f"function '{name}' is not allowed; use one of {allowed}")
 
@@ -316,12 +325,24 @@ def _size(node: Tree[Token]) -> int:
 
 
 def _conjuncts(tree: Tree[Token]) -> list[Tree[Token]]:
-    node = _unwrap(tree)
-    if node.data == "conditionaland" and len(node.children) == 2:
-        left, right = node.children
-        assert isinstance(left, Tree) and isinstance(right, Tree)
-        return _conjuncts(left) + _conjuncts(right)
-    return [node]
+    return _operands(tree, "conditionaland")
+
+
+def _operands(tree: Tree[Token], operator: str) -> list[Tree[Token]]:
+    """The operands of a chain of `&&` (conditionaland) or `||` (conditionalor), through
+    parentheses, in the order of the text. Iterative: a 2,000-character filter may chain
+    hundreds, deeper than Python's recursion allows."""
+    found: list[Tree[Token]] = []
+    stack = [tree]
+    while stack:
+        node = _unwrap(stack.pop())
+        if node.data == operator and len(node.children) == 2:
+            left, right = node.children
+            assert isinstance(left, Tree) and isinstance(right, Tree)
+            stack.extend((right, left))
+        else:
+            found.append(node)
+    return found
 
 
 def _pin(node: Tree[Token]) -> Pin | None:
@@ -359,12 +380,7 @@ def _pin_disjunction(node: Tree[Token]) -> Pin | None:
 
 
 def _disjuncts(tree: Tree[Token]) -> list[Tree[Token]]:
-    node = _unwrap(tree)
-    if node.data == "conditionalor" and len(node.children) == 2:
-        left, right = node.children
-        assert isinstance(left, Tree) and isinstance(right, Tree)
-        return _disjuncts(left) + _disjuncts(right)
-    return [node]
+    return _operands(tree, "conditionalor")
 
 
 def _path(tree: Tree[Token]) -> Path | None:
