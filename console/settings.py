@@ -202,6 +202,18 @@ LIVE_NATS_MAX_AGE_SECONDS = _env_number("LIVE_NATS_MAX_AGE_SECONDS", 3600)
 LIVE_NATS_DUPLICATE_WINDOW_SECONDS = _env_number("LIVE_NATS_DUPLICATE_WINDOW_SECONDS", 300)
 LIVE_NATS_BUFFER = int(_env_number("LIVE_NATS_BUFFER", 10000))
 LIVE_NATS_PUBLISH_TIMEOUT_SECONDS = _env_number("LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", 5)
+
+# Live subscriptions (clients' filtered feeds): seconds one lives without a heartbeat, and
+# how many may be active per owner (the API token's user) and over all owners.
+LIVE_SUBSCRIPTION_TTL_SECONDS = _env_number("LIVE_SUBSCRIPTION_TTL_SECONDS", 300)
+LIVE_SUBSCRIPTIONS_PER_OWNER = int(_env_number("LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000))
+LIVE_SUBSCRIPTIONS_MAX = int(_env_number("LIVE_SUBSCRIPTIONS_MAX", 200_000))
+# Of one subscription's, those whose filter pins no value (each is evaluated on every
+# change); the default is syncer.engine.matching's, set from bench/matching.py.
+if os.environ.get("LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", "").strip():
+    LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION = int(
+        _env_number("LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", 0)
+    )
 # Seconds between `: heartbeat` comments of an event stream (/api/.../events/stream).
 LIVE_SSE_HEARTBEAT = _env_number("LIVE_SSE_HEARTBEAT", 15)
 

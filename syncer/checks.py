@@ -58,6 +58,41 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         conf.nats()
     except ValueError as exc:  # the message names the setting and what JetStream wants
         errors.append(Error(str(exc), hint="See docs/nats.md.", id="syncer.E014"))
+    errors.extend(_live_subscription_problems())
+    return errors
+
+
+def _live_subscription_problems() -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if float(getattr(settings, "LIVE_SUBSCRIPTION_TTL_SECONDS", 300)) <= 0:
+        errors.append(
+            Error(
+                "LIVE_SUBSCRIPTION_TTL_SECONDS must be positive: a live subscription would "
+                "expire as it is registered.",
+                hint="e.g. 300",
+                id="syncer.E008",
+            )
+        )
+    for name, default, hint in (
+        ("LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000, "e.g. 10000"),
+        ("LIVE_SUBSCRIPTIONS_MAX", 200_000, "e.g. 200000"),
+    ):
+        if int(getattr(settings, name, default)) < 1:
+            errors.append(
+                Error(
+                    f"{name} must be at least 1: no live subscription could be registered.",
+                    hint=hint,
+                    id="syncer.E009",
+                )
+            )
+    if int(getattr(settings, "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", 0)) < 0:
+        errors.append(
+            Error(
+                "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION must not be negative.",
+                hint="e.g. 350, or 0 to require a pinned value in every filter",
+                id="syncer.E010",
+            )
+        )
     return errors
 
 

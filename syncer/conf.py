@@ -1,4 +1,5 @@
-"""Typed, lazily read settings of the worker (`SYNCER_*`, `OPENSEARCH_*`, `LIVE_NATS_*`).
+"""Typed, lazily read settings of the worker (`SYNCER_*`, `OPENSEARCH_*`, `LIVE_NATS_*`,
+`LIVE_SUBSCRIPTION*`).
 
 Read at call time, never at import, so `override_settings` and per-test
 environments work.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 
+from syncer.engine.matching import DEFAULT_UNPINNED_QUOTA
 from syncer.sinks.opensearch.connection import Connection
 
 LOCAL_SECRET_KEY = "searchsync-insecure-local-key-set-SECRET_KEY"
@@ -180,6 +183,30 @@ def nats() -> NatsConfig:
         publish_timeout=float(
             getattr(settings, "LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", defaults.publish_timeout)
         ),
+    )
+
+
+@dataclass(frozen=True)
+class LiveSubscriptionSettings:
+    ttl: timedelta
+    """How long a live subscription lives after its registration or last heartbeat."""
+    per_owner: int
+    """Active (unexpired) live subscriptions one owner may have."""
+    total: int
+    """Active live subscriptions all owners together may have."""
+    unpinned_per_subscription: int
+    """Active live subscriptions of one subscription whose filter pins no value."""
+
+
+def live_subscriptions() -> LiveSubscriptionSettings:
+    """LIVE_SUBSCRIPTION_TTL_SECONDS, LIVE_SUBSCRIPTIONS_PER_OWNER, LIVE_SUBSCRIPTIONS_MAX,
+    LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION."""
+    unpinned = getattr(settings, "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", None)
+    return LiveSubscriptionSettings(
+        ttl=timedelta(seconds=float(getattr(settings, "LIVE_SUBSCRIPTION_TTL_SECONDS", 300))),
+        per_owner=int(getattr(settings, "LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000)),
+        total=int(getattr(settings, "LIVE_SUBSCRIPTIONS_MAX", 200_000)),
+        unpinned_per_subscription=DEFAULT_UNPINNED_QUOTA if unpinned is None else int(unpinned),
     )
 
 

@@ -25,7 +25,12 @@ nothing above a source or a sink ever sees a psycopg or opensearch-py exception.
         ├── DeadLettersRemain   (also ValueError) a delete that would lose dead letters
         ├── IndexNameTaken      (also ValueError) declared index names clash with others'
         ├── TooManyForARequest  (also ValueError) more dead letters than one web request may touch
-        └── RetryAborted        OpenSearch refused a dead-letter retry as a whole
+        ├── RetryAborted        OpenSearch refused a dead-letter retry as a whole
+        ├── InvalidLiveSubscriptions  (also ValueError) live subscriptions refused whole;
+        │                       `problems` lists every reason (entry, field, message, position)
+        ├── UnknownLiveSubscription  (also LookupError) none with that id among the caller's own
+        ├── NotPermitted        (also PermissionError) the user may not view sync subscriptions
+        └── QuotaExceeded       more live subscriptions than an owner, or all, may have
 
 RequestTooLarge is handled by the pipeline: it splits the bulk, and a single document
 too large on its own becomes a dead letter. ConfigError and UnavailableError are retried
@@ -36,7 +41,7 @@ ForeignIndex) is not retried: the subscription stays in `error` until its row ch
 since waiting cannot make the index searchsync's. The other branches never reach a
 pipeline: the worker stops on a WorkerError (or, for OwnershipLost, stops every pipeline
 and reconnects); the admin, the commands and the API turn a DeclarationError or an
-OperatorError into their own refusal (a form error, a CommandError, a 404/409/422/503).
+OperatorError into their own refusal (a form error, a CommandError, a 403/404/409/422/429/503).
 `str(error)` is written for an operator: it says what is wrong and what to fix, and
 never holds a password.
 """
@@ -248,3 +253,92 @@ class RetryAborted(OperatorError):
         self.report = report
         """The dead-letter retry's RetryReport (syncer.operations.dead_letters), which
         this module, below everything, cannot name."""
+
+
+# -- live subscriptions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveSubscriptionProblem:
+    """One reason a live subscription cannot be registered, e.g. entry 2 / `filter` /
+    `unknown variable 'dc'` / position 4."""
+
+    entry: int | None
+    """Which of the registrations asked for (0-based); None when the request as a whole is
+    at fault (a query's gateway_id)."""
+    field: str
+    """`gateway_id`, `subscription`, `filter` or `delivery`."""
+    message: str
+    position: int | None = None
+    """For a filter: the 0-based character offset of the problem in its text, when known."""
+
+    def __str__(self) -> str:
+        where = self.field if self.position is None else f"{self.field} (at {self.position})"
+        prefix = "" if self.entry is None else f"[{self.entry}] "
+        return f"{prefix}{where}: {self.message}"
+
+
+class InvalidLiveSubscriptions(OperatorError, ValueError):
+    """Live subscriptions that cannot be registered; none of the batch was."""
+
+    def __init__(self, problems: Sequence[LiveSubscriptionProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(problem) for problem in self.problems))
+
+
+class UnknownLiveSubscription(OperatorError, LookupError):
+    """No live subscription of the caller's has that id: another owner's is unknown too,
+    so that ids never tell whether they exist."""
+
+    def __init__(self, live_id: object) -> None:
+        super().__init__(
+            f"no live subscription {live_id} of yours; it may have expired (heartbeat more "
+            "often than the TTL) or been deleted: register it again"
+        )
+        self.live_id = live_id
+
+
+class NotPermitted(OperatorError, PermissionError):
+    """The user lacks a permission the request needs; the message names it."""
+
+
+class QuotaExceeded(OperatorError):
+    """Registering would take the live subscriptions past a quota; nothing was registered.
+
+    `scope` is `owner` (LIVE_SUBSCRIPTIONS_PER_OWNER), `global` (LIVE_SUBSCRIPTIONS_MAX) or
+    `unpinned` (of one subscription, the filters that pin no value:
+    LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION); `active` counts the unexpired ones
+    before this request, `requested` what it asked for.
+    """
+
+    SETTINGS = {
+        "owner": "LIVE_SUBSCRIPTIONS_PER_OWNER",
+        "global": "LIVE_SUBSCRIPTIONS_MAX",
+        "unpinned": "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION",
+    }
+
+    def __init__(
+        self, limit: int, scope: str, active: int, requested: int, subscription: str = ""
+    ) -> None:
+        self.limit = limit
+        self.scope = scope
+        self.active = active
+        self.requested = requested
+        self.subscription = subscription
+        """For `unpinned`: the sync subscription whose quota it is."""
+        setting = self.SETTINGS.get(scope, scope)
+        if scope == "unpinned":
+            super().__init__(
+                f"live subscription quota exceeded: subscription {subscription} has "
+                f"{active:,} live subscriptions whose filter pins no value, and may have at "
+                f"most {limit:,} ({setting}), so {requested:,} more cannot be registered; "
+                'pin a value at the top level of the filter (doc.tenant == "acme" && ..., '
+                "or doc.id in [...]) so that only the changes carrying it are compared"
+            )
+            return
+        who = "this owner has" if scope == "owner" else "all owners together have"
+        super().__init__(
+            f"live subscription quota exceeded: {who} {active:,} and may have at most "
+            f"{limit:,} ({setting}), so {requested:,} more cannot be registered; delete "
+            "some, or let unused ones expire, and try again"
+        )

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 from syncer.engine.pipeline import Status as engine_status
 from syncer.sources import kinds
 from syncer.text import redact
 from syncer.validators import (
+    GATEWAY_ID_MAX,
     index_clash,
     validate_cluster,
     validate_dsn,
+    validate_gateway_id,
     validate_index_name,
     validate_json_object,
     validate_key_columns,
@@ -418,3 +423,84 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.worker_id
+
+
+class LiveSubscription(models.Model):
+    """A client's standing request for the changes of one subscription that match a filter.
+
+    Owned by the API user who registered it and the `gateway_id` the client keeps across
+    its restarts, so a gateway that comes back finds its subscriptions. It lives until
+    `expires_at`; each heartbeat moves that to now + LIVE_SUBSCRIPTION_TTL_SECONDS, and
+    the expiry (`manage.py livesubs expire`) deletes the rows past it. Registered, renewed
+    and deleted through `syncer.operations.live_subscriptions` only: the quotas are
+    checked there.
+    """
+
+    class Delivery(models.TextChoices):
+        WEBSOCKET = "websocket", "Websocket (/ws/live/)"
+        NATS = "nats", "NATS JetStream (events.{gateway_id}.{id})"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="live_subscriptions",
+        help_text="The user of the API token that registered it.",
+    )
+    gateway_id = models.CharField(
+        "gateway id",
+        max_length=GATEWAY_ID_MAX,
+        validators=[validate_gateway_id],
+        help_text="The caller's own name for itself, the same across its restarts.",
+    )
+    subscription = models.ForeignKey(
+        Subscription,
+        on_delete=models.CASCADE,
+        related_name="live_subscriptions",
+        help_text="The sync subscription whose changes it watches.",
+    )
+    filter = models.TextField(help_text="The CEL expression a change must match.")
+    pinned = models.BooleanField(
+        default=True,
+        editable=False,
+        help_text="Whether the filter pins a value (a top-level `doc.field == literal` or "
+        "`in [...]`): an unpinned one is evaluated on every change, so a subscription may "
+        "hold only a few (LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION).",
+    )
+    delivery = models.CharField(max_length=10, choices=Delivery.choices)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(
+        help_text="Removed after this unless a heartbeat renews it first."
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name = "live subscription"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(delivery__in=["websocket", "nats"]),
+                name="livesubscription_delivery_known",
+            ),
+            # validate_gateway_id's rule, kept by the database too: it is a NATS subject token.
+            models.CheckConstraint(
+                condition=models.Q(gateway_id__regex=r"^[A-Za-z0-9_-]+$"),
+                name="livesubscription_gateway_id_token",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")),
+                name="livesubscription_expires_after_created",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], name="livesubscription_expires"),
+            # Lists and heartbeats by gateway, in the order the cursor pages them.
+            models.Index(
+                fields=["owner", "gateway_id", "created_at", "id"],
+                name="livesubscription_gateway",
+            ),
+            # The unpinned quota counts (subscription, pinned=False).
+            models.Index(fields=["subscription", "pinned"], name="livesubscription_sub"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gateway_id}/{self.id}"

@@ -141,3 +141,31 @@ def _unstorable_json(value: Any) -> str | None:
         elif isinstance(current, float) and not math.isfinite(current):
             return f"{current} is not a JSON number; use a finite number"
     return None
+
+
+GATEWAY_ID_MAX = 128
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def gateway_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a live subscription's gateway_id, or None if it can.
+
+    It is one token of the NATS subject `events.{gateway_id}.{id}`, so it holds no `.`,
+    `*`, `>` or spaces; letters, digits, `_` and `-` keep it the same in a URL too.
+    """
+    if not value:
+        return "required: the caller's own stable name, e.g. gateway-eu-1"
+    if len(value) > GATEWAY_ID_MAX:
+        return f"is {len(value)} characters long; use at most {GATEWAY_ID_MAX}"
+    if not _GATEWAY_ID.fullmatch(value):
+        return (
+            f"{value[:GATEWAY_ID_MAX]!r} may hold only letters, digits, _ and - (it is a NATS "
+            "subject token), e.g. gateway-eu-1"
+        )
+    return None
+
+
+def validate_gateway_id(value: str) -> None:
+    problem = gateway_id_problem(value)
+    if problem:
+        raise ValidationError(f"gateway_id {problem}")

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from ninja import NinjaAPI
 
-from console.api import dead_letters, documents, errors, events, health, subscriptions
+from console.api import (
+    dead_letters,
+    documents,
+    errors,
+    events,
+    health,
+    live_subscriptions,
+    subscriptions,
+)
 from console.api.auth import authenticators
 from console.api.docs import docs_login_required
 
 api = NinjaAPI(
     title="searchsync",
     version="1",
-    description="Subscriptions, their control, the dead-letter queue, health and readiness. "
+    description="Subscriptions, their control, the dead-letter queue, live subscriptions "
+    "(filtered feeds of a subscription's changes), health and readiness. "
     "Authenticate with `Authorization: Bearer <API token>` (created in the admin or with "
     "`manage.py createapitoken`), or a staff session with its CSRF token. A subscription's "
     "live events are also served as server-sent events at "
@@ -30,6 +39,7 @@ errors.install(api)
 api.add_router("/subscriptions", subscriptions.router)
 api.add_router("/subscriptions", documents.router)
 api.add_router("/dlq", dead_letters.router)
+api.add_router("/live-subscriptions", live_subscriptions.router)
 api.add_router("", health.router)
 api.add_router("", events.router)
 api.add_router("", errors.unknown_endpoints)

@@ -4,7 +4,9 @@
 - 404 no such subscription or dead letter, 409 a name or an index already taken (with
   `errors` as for 422), or a delete that needs `force`,
 - 422 field errors: `errors` lists `{"field": "source.relation", "message": ...}`, with
-  the field named as in a subscriptions file (or the query parameter's name),
+  the field named as in a subscriptions file (or the query parameter's name); a filter's
+  errors add `"position"`, the character offset in its text (null when not known),
+- 429 over a live-subscription quota: `limit`, `scope` (owner | global), `active`, `requested`,
 - 503 OpenSearch refused a retry as a whole, 500 anything unexpected (logged with an id
   the response gives, so an operator can find it).
 """
@@ -21,7 +23,14 @@ from ninja import NinjaAPI, Router
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.responses import NinjaJSONEncoder
 
-from syncer.errors import IndexNameTaken, RetryAborted, UnknownSubscription
+from syncer.errors import (
+    IndexNameTaken,
+    NotPermitted,
+    QuotaExceeded,
+    RetryAborted,
+    UnknownLiveSubscription,
+    UnknownSubscription,
+)
 from syncer.operations import declarations
 from syncer.text import redact
 
@@ -45,10 +54,14 @@ class NotFound(HttpError):
 
 
 class FieldErrors(Exception):
-    """Request values that cannot be used; each error is (field path, message)."""
+    """Request values that cannot be used; each error is (field path, message), and for
+    text with a syntax (a filter) its `positions`: character offsets, None when unknown."""
 
-    def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self, errors: Sequence[tuple[str, str]], positions: Sequence[int | None] | None = None
+    ) -> None:
         self.errors = list(errors)
+        self.positions = None if positions is None else list(positions)
         super().__init__("; ".join(f"{field}: {message}" for field, message in self.errors))
 
 
@@ -72,6 +85,9 @@ def install(api: NinjaAPI) -> None:
     api.exception_handler(IndexNameTaken)(_index_taken)
     api.exception_handler(UnknownSubscription)(_unknown_subscription)
     api.exception_handler(RetryAborted)(_retry_aborted)
+    api.exception_handler(UnknownLiveSubscription)(_unknown_live_subscription)
+    api.exception_handler(NotPermitted)(_not_permitted)
+    api.exception_handler(QuotaExceeded)(_quota_exceeded)
     api.exception_handler(Exception)(_unexpected)
 
 
@@ -98,8 +114,27 @@ def _unknown_subscription(request: HttpRequest, exc: UnknownSubscription) -> Htt
     return respond(404, {"detail": _short(str(exc))})
 
 
+def _unknown_live_subscription(request: HttpRequest, exc: UnknownLiveSubscription) -> HttpResponse:
+    return respond(404, {"detail": str(exc)})
+
+
+def _not_permitted(request: HttpRequest, exc: NotPermitted) -> HttpResponse:
+    return respond(403, {"detail": _short(str(exc))})
+
+
+def _quota_exceeded(request: HttpRequest, exc: QuotaExceeded) -> HttpResponse:
+    body = {
+        "detail": str(exc),
+        "limit": exc.limit,
+        "scope": exc.scope,
+        "active": exc.active,
+        "requested": exc.requested,
+    }
+    return respond(429, body)
+
+
 def _field_errors(request: HttpRequest, exc: FieldErrors) -> HttpResponse:
-    return _unprocessable(exc.errors)
+    return _unprocessable(exc.errors, exc.positions)
 
 
 def _index_taken(request: HttpRequest, exc: IndexNameTaken) -> HttpResponse:
@@ -118,12 +153,27 @@ def _invalid_request(request: HttpRequest, exc: ValidationError) -> HttpResponse
             loc = loc[2:]  # ("body", <parameter name>, ...): the body is the parameter
         else:
             loc = loc[1:]  # ("query" | "path", name, ...)
+        # A body that takes one of several forms names the form first (pydantic's tag, as
+        # `<batch>`); the field is the same in every form, so the tag is left out.
+        loc = [part for part in loc if not _is_form_tag(part)]
         errors.append((field_path(loc) or "(body)", str(error.get("msg", "invalid"))))
     return _unprocessable(errors)
 
 
-def _unprocessable(errors: Sequence[tuple[str, str]]) -> HttpResponse:
-    listed = [{"field": field, "message": redact(message)} for field, message in errors]
+def _is_form_tag(part: Any) -> bool:
+    return isinstance(part, str) and part.startswith("<") and part.endswith(">")
+
+
+def _unprocessable(
+    errors: Sequence[tuple[str, str]], positions: Sequence[int | None] | None = None
+) -> HttpResponse:
+    """422 listing `errors` (field, message), each with its `positions` entry if given."""
+    listed: list[dict[str, Any]] = [
+        {"field": field, "message": redact(message)} for field, message in errors
+    ]
+    if positions is not None:
+        for error, position in zip(listed, positions, strict=True):
+            error["position"] = position
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in listed)
     return respond(422, {"detail": _short(detail), "errors": listed})
 

@@ -21,22 +21,30 @@ from ninja.utils import contribute_operation_callback
 
 from console.api.auth import authenticators
 from console.model_permissions import (
+    ADD_LIVE_SUBSCRIPTION,
     ADD_SUBSCRIPTION,
     CHANGE_DEAD_LETTER,
+    CHANGE_LIVE_SUBSCRIPTION,
     CHANGE_SUBSCRIPTION,
     DELETE_DEAD_LETTER,
+    DELETE_LIVE_SUBSCRIPTION,
     DELETE_SUBSCRIPTION,
     VIEW_DEAD_LETTER,
+    VIEW_LIVE_SUBSCRIPTION,
     VIEW_SUBSCRIPTION,
 )
 
 __all__ = [
+    "ADD_LIVE_SUBSCRIPTION",
     "ADD_SUBSCRIPTION",
     "CHANGE_DEAD_LETTER",
+    "CHANGE_LIVE_SUBSCRIPTION",
     "CHANGE_SUBSCRIPTION",
     "DELETE_DEAD_LETTER",
+    "DELETE_LIVE_SUBSCRIPTION",
     "DELETE_SUBSCRIPTION",
     "VIEW_DEAD_LETTER",
+    "VIEW_LIVE_SUBSCRIPTION",
     "VIEW_SUBSCRIPTION",
     "required_permissions",
     "requires",

@@ -4,4 +4,8 @@ Django's autodiscovery imports `syncer.admin`; importing the modules here regist
 Every action calls `syncer.operations`, as the API and the commands do.
 """
 
-from syncer.admin import dead_letters, subscriptions  # noqa: F401  (registers the admins)
+from syncer.admin import (  # noqa: F401  (registers the admins)
+    dead_letters,
+    live_subscriptions,
+    subscriptions,
+)

@@ -16,6 +16,7 @@ from syncer.engine.interfaces import Source
 from syncer.sources.dsn import DsnResolver, as_given
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.positions import format_lsn, format_mz_timestamp
+from syncer.sources.postgres.catalog import column_types
 from syncer.sources.postgres.replication import drop_replication
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.sources.relations import materialize_relation_problem, postgres_relation_problem
@@ -62,6 +63,10 @@ class Kind:
     cleanup: Callable[[str, str], None] | None
     """Drops what the source keeps for a subscription, given (conninfo, slot name), when
     it is deleted or its checkpoint reset; None when nothing is left on the source."""
+    column_types: Callable[[str, str], dict[str, str] | None] | None = None
+    """The relation's columns and their source type names, given (conninfo, relation), so
+    a live subscription's filter can be checked against them; None when this kind cannot
+    tell cheaply (then the filter's field names are not checked)."""
 
 
 def _build_postgres(values: SourceValues) -> Source:
@@ -101,6 +106,7 @@ POSTGRES = Kind(
     options=(),
     needs_key_columns=False,  # the table's primary key is the default
     cleanup=drop_replication,  # the slot and publication would keep WAL forever
+    column_types=column_types,
 )
 
 MATERIALIZE = Kind(

@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
 from console.models import ApiToken
-from syncer.models import DeadLetter, WorkerHeartbeat
+from syncer.models import DeadLetter, LiveSubscription, WorkerHeartbeat
 from tests.support.factories import entry, subscription
 from tests.support.users import operator
 
@@ -50,11 +50,23 @@ def token(opensearch_url: str) -> str:
         started_at=now,
         last_seen_at=now + dt.timedelta(hours=1),
     )
+    LiveSubscription.objects.create(
+        owner=staff,
+        gateway_id="gw-1",
+        subscription=orders,
+        filter="true",
+        delivery="nats",
+        expires_at=now + dt.timedelta(hours=1),
+    )
     return text
 
 
 def test_no_generated_request_gets_a_5xx(token: str) -> None:
-    existing = {"name": "orders", "entry_id": DeadLetter.objects.values_list("pk", flat=True)[0]}
+    existing = {
+        "name": "orders",
+        "entry_id": DeadLetter.objects.values_list("pk", flat=True)[0],
+        "live_subscription_id": str(LiveSubscription.objects.values_list("pk", flat=True)[0]),
+    }
     headers = {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_wsgi(
         "/api/openapi.json", get_wsgi_application(), headers=headers

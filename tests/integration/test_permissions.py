@@ -9,6 +9,7 @@ changed. The admin's actions are checked for a view-only staff user the same way
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,12 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from console.api import api
 from console.api.permissions import required_permissions
 from console.models import ApiToken
-from syncer.models import DeadLetter, Subscription
+from syncer.models import DeadLetter, LiveSubscription, Subscription
 from tests.support.factories import entry, subscription
 from tests.support.users import operator, staff_with, token_client, viewer
 
@@ -34,6 +36,16 @@ VIEW_S, ADD_S, CHANGE_S, DELETE_S = (
 VIEW_D, CHANGE_D, DELETE_D = (
     f"syncer.{action}_deadletter" for action in ("view", "change", "delete")
 )
+VIEW_L, ADD_L, CHANGE_L, DELETE_L = (
+    f"syncer.{action}_livesubscription" for action in ("view", "add", "change", "delete")
+)
+LIVE = "/api/live-subscriptions"
+NEW_LIVE_SUBSCRIPTION = {
+    "gateway_id": "gw-1",
+    "subscription": "orders",
+    "filter": "true",
+    "delivery": "nats",
+}
 NEW_SUBSCRIPTION = {
     "name": "customers",
     "source": {"kind": "postgres", "dsn": "postgresql://u@h/db", "relation": "customers"},
@@ -70,8 +82,15 @@ CALLS = [
     Call("get", "/api/dlq/{entry}", VIEW_D, 200),
     Call("post", "/api/dlq/retry", CHANGE_D, 200, {"subscription": "orders", "dry_run": True}),
     Call("post", "/api/dlq/purge", DELETE_D, 200, {"subscription": "orders"}),
+    # Each also needs VIEW_S (but delete), which every caller below holding these holds.
+    Call("get", LIVE, VIEW_L, 200),
+    Call("get", f"{LIVE}/{{live}}", VIEW_L, 200),
+    Call("post", LIVE, ADD_L, 201, NEW_LIVE_SUBSCRIPTION),
+    Call("put", f"{LIVE}/{{live}}/heartbeat", CHANGE_L, 200),
+    Call("put", f"{LIVE}/heartbeat?gateway_id=gw-1", CHANGE_L, 200),
+    Call("delete", f"{LIVE}/{{live}}", DELETE_L, 204),
 ]
-VIEWS = {VIEW_S, VIEW_D}
+VIEWS = {VIEW_S, VIEW_D, VIEW_L}
 
 
 def _session(user: User) -> Client:
@@ -101,20 +120,25 @@ def unreachable_opensearch(settings: Any) -> None:
 
 
 def state() -> tuple[Any, ...]:
-    """Everything a call could change: the subscriptions' rows and the dead letters."""
+    """Everything a call could change: the subscriptions' rows, the dead letters and the
+    live subscriptions."""
     return (
         list(Subscription.objects.order_by("pk").values()),
         list(DeadLetter.objects.order_by("pk").values_list("pk", flat=True)),
+        list(LiveSubscription.objects.order_by("pk").values()),
     )
 
 
 @pytest.mark.parametrize("caller", list(CALLERS))
 @pytest.mark.parametrize("call", CALLS, ids=lambda c: f"{c.method} {c.path}")
 def test_each_caller_gets_exactly_what_its_permissions_allow(call: Call, caller: str) -> None:
-    dead = entry(subscription("orders"), "o1")
+    orders = subscription("orders")
+    dead = entry(orders, "o1")
     make_client, held = CALLERS[caller]
     client = make_client()
-    path = call.path.replace("{entry}", str(dead.pk))
+    # The caller's own live subscription (each caller is the newest user).
+    live = _live_subscription(User.objects.latest("pk"), orders)
+    path = call.path.replace("{entry}", str(dead.pk)).replace("{live}", str(live.pk))
     before = state()
 
     if call.body is None:
@@ -128,6 +152,18 @@ def test_each_caller_gets_exactly_what_its_permissions_allow(call: Call, caller:
     assert response.status_code == 403, response.content
     assert call.permission in response.json()["detail"]
     assert state() == before
+
+
+def _live_subscription(owner: User, sub: Subscription) -> LiveSubscription:
+    now = timezone.now()
+    return LiveSubscription.objects.create(
+        owner=owner,
+        gateway_id="gw-1",
+        subscription=sub,
+        filter="true",
+        delivery="nats",
+        expires_at=now + dt.timedelta(minutes=5),
+    )
 
 
 def test_every_endpoint_states_its_permission_and_the_table_has_it() -> None:

@@ -1,7 +1,8 @@
 """Users and API clients of each role, for tests of what a caller may do.
 
-- `operator`: a staff user holding every permission on subscriptions and dead letters
-  (what the API and the admin need for each of their actions), not a superuser;
+- `operator`: a staff user holding every permission on subscriptions, dead letters and
+  live subscriptions (what the API and the admin need for each of their actions), not a
+  superuser;
 - `viewer`: a staff user holding only the view permissions;
 - `bearer` / `token_client`: a test client sending an API token of a user.
 """
@@ -15,12 +16,12 @@ from django.test import Client
 
 from console.models import ApiToken
 
-MODELS = ("subscription", "deadletter")
+MODELS = ("subscription", "deadletter", "livesubscription")
 ACTIONS = ("view", "add", "change", "delete")
 
 
 def permissions(*actions: str) -> list[Permission]:
-    """The syncer permissions of `actions` on subscriptions and dead letters."""
+    """The syncer permissions of `actions` on subscriptions, dead letters and live ones."""
     codenames = [f"{action}_{model}" for action in actions for model in MODELS]
     return list(Permission.objects.filter(content_type__app_label="syncer", codename__in=codenames))
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection, sql
 
 from syncer.errors import SourceConfigError
 from syncer.sources.identifiers import split_relation
 from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.sqlerrors import translated
 
 _TABLE_KINDS = {"r": "table", "p": "partitioned table"}
 _OTHER_KINDS = {"v": "view", "m": "materialized view", "f": "foreign table", "S": "sequence"}
@@ -100,3 +102,20 @@ async def _identity_columns(
 ) -> tuple[str, ...]:
     cursor = await conn.execute(QUERIES["identity_columns"], {"oid": oid, "kind": kind})
     return tuple(str(name) for (name,) in await cursor.fetchall())
+
+
+def column_types(conninfo: str, relation: str, timeout: int = 3) -> dict[str, str] | None:
+    """`relation`'s columns and their type names (`{"total": "numeric"}`), or None when
+    it is not a relation name or does not exist. At most about `timeout` seconds to
+    connect and as long to ask; driver errors come out as SourceConfigError or
+    SourceUnavailable."""
+    parts = split_relation(relation)
+    if parts is None:
+        return None
+    with translated(f"reading the columns of {relation}"):
+        # libpq's connect_timeout is whole seconds, at least 2.
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=max(2, timeout)) as conn:
+            conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(timeout * 1000)))
+            name = ".".join(sql.Identifier(p).as_string(conn) for p in parts if p)
+            rows = conn.execute(QUERIES["relation_column_types"], {"name": name}).fetchall()
+    return {str(column): str(type_name) for column, type_name in rows} or None

@@ -21,6 +21,16 @@ FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 
+-- name: relation_column_types
+-- Columns in table order with their type names (a domain's base type's), for checking
+-- a live subscription's filter; no rows when the relation does not exist.
+SELECT a.attname, bt.typname
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+WHERE a.attrelid = to_regclass(%(name)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+
 -- name: identity_columns
 -- Columns of the primary key (kind 'p') or of the replica identity index (kind 'i').
 SELECT a.attname
