@@ -21,8 +21,10 @@ import orjson
 Op = Literal["upsert", "delete"]
 OPS: tuple[Op, ...] = ("upsert", "delete")
 
-GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""What a `gateway_id` may be: one NATS subject token (no `.`, `*`, `>` or spaces), short."""
+GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a `gateway_id` may be: one NATS subject token (no `.`, `*`, `>` or spaces), short.
+The model's validator (syncer.validators.gateway_id_problem) says the same, with the words
+that tell a caller what to fix; a unit test keeps the two equal."""
 
 _KEY_DIGEST_BYTES = 16
 """Keys are hashed into the msg id: any length and any character, a bounded header."""
@@ -56,7 +58,7 @@ class MatchedEvent:
             raise ValueError(f"op must be one of {', '.join(OPS)}, not {self.op!r}")
         if not valid_gateway_id(self.gateway_id):
             raise ValueError(
-                f"gateway_id {self.gateway_id!r} is not one NATS subject token: use 1 to 64 "
+                f"gateway_id {self.gateway_id!r} is not one NATS subject token: use 1 to 128 "
                 "ASCII letters, digits, '-' or '_'"
             )
 
@@ -101,3 +103,14 @@ class MatchedEvent:
             )
         except KeyError as missing:
             raise ValueError(f"a matched event needs the field {missing}") from None
+
+
+LIVE_MESSAGE_TYPE = "live.matched"
+"""The Channels message type of a matched event on its way to a `/ws/live/` socket:
+`{"type": LIVE_MESSAGE_TYPE, "event": MatchedEvent.to_json() decoded as text}`."""
+
+
+def live_group(live_subscription_id: UUID) -> str:
+    """The Channels group a websocket-delivered live subscription's events are sent to;
+    the socket that registered it (or resumed it) is the group's member."""
+    return f"live.{live_subscription_id.hex}"

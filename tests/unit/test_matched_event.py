@@ -10,7 +10,8 @@ import pytest
 
 from syncer.checks import check_worker_settings
 from syncer.conf import NatsConfig
-from syncer.live.events import MatchedEvent
+from syncer.live.events import MatchedEvent, valid_gateway_id
+from syncer.validators import gateway_id_problem
 
 LIVE_ID = uuid.UUID("6f1c2a4e-8d4b-4c1e-9a57-3f0e2b7d9c10")
 
@@ -56,7 +57,7 @@ def test_a_long_or_odd_key_gives_a_short_header_safe_msg_id() -> None:
         ({"op": "insert"}, "op must be one of upsert, delete, not 'insert'"),
         ({"gateway_id": "a.b"}, "gateway_id 'a.b' is not one NATS subject token"),
         ({"gateway_id": ""}, "is not one NATS subject token"),
-        ({"gateway_id": "g" * 65}, "use 1 to 64"),
+        ({"gateway_id": "g" * 129}, "use 1 to 128"),
     ],
 )
 def test_an_event_that_cannot_be_addressed_is_refused(
@@ -111,3 +112,11 @@ def test_django_check_reports_nats_settings_jetstream_would_refuse(settings: Any
     ]
     settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = 30
     assert not [e for e in check_worker_settings(None) if e.id == "syncer.E014"]
+
+
+@pytest.mark.parametrize(
+    "gateway_id",
+    ["gw-1", "a", "A_b-9", "x" * 128, "x" * 129, "", "a.b", "a*", "a>", "a b", "é", "gw/1"],
+)
+def test_the_model_and_the_event_agree_on_what_a_gateway_id_may_be(gateway_id: str) -> None:
+    assert valid_gateway_id(gateway_id) is (gateway_id_problem(gateway_id) is None)
