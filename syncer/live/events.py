@@ -110,7 +110,7 @@ LIVE_MESSAGE_TYPE = "live.matched"
 `{"type": LIVE_MESSAGE_TYPE, "event": MatchedEvent.to_json() decoded as text}`."""
 
 
-def live_group(live_subscription_id: UUID) -> str:
+def live_group(live_subscription_id: uuid.UUID) -> str:
     """The Channels group a websocket-delivered live subscription's events are sent to;
     the socket that registered it (or resumed it) is the group's member."""
     return f"live.{live_subscription_id.hex}"
