@@ -7,9 +7,6 @@ paging stays stable while the worker adds entries: new ones sort before the firs
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +15,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja import Field, Query, Router, Schema
 
+from console.api import cursors
 from console.api.errors import FieldErrors, NotFound
 from console.api.permissions import (
     CHANGE_DEAD_LETTER,
@@ -70,22 +68,11 @@ def _age(field: str, text: str | None) -> timedelta | None:
 
 
 def _encode_cursor(entry: DeadLetter) -> str:
-    raw = json.dumps([entry.first_failed_at.isoformat(), entry.pk]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(entry.first_failed_at, entry.pk)
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        when, pk = json.loads(raw)
-        position = (datetime.fromisoformat(when), int(pk))
-    except (binascii.Error, ValueError, TypeError, OverflowError):
-        raise FieldErrors(
-            [("cursor", "not a cursor this API gave; pass next_cursor of the previous page")]
-        ) from None
-    if position[0].tzinfo is None:
-        raise FieldErrors([("cursor", "not a cursor this API gave")])
-    return position
+    return cursors.decode(cursor, int)
 
 
 def _selected(filters: ListFilters) -> QuerySet[DeadLetter]:

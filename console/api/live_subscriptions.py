@@ -9,9 +9,6 @@ changing, so a read-only token may list but not register, renew or delete.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +19,7 @@ from django.http import HttpRequest
 from ninja import Body, Field, Query, Router, Schema, Status
 from pydantic import ConfigDict, Discriminator, Tag
 
+from console.api import cursors
 from console.api.auth import caller
 from console.api.errors import FieldErrors
 from console.api.permissions import (
@@ -245,19 +243,8 @@ def list_live_subscriptions(request: HttpRequest, filters: Query[ListFilters]) -
 
 
 def _encode_cursor(live: LiveSubscription) -> str:
-    raw = json.dumps([live.created_at.isoformat(), str(live.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode(live.created_at, live.id)
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        when, last = json.loads(raw)
-        position = (datetime.fromisoformat(when), uuid.UUID(last))
-    except (binascii.Error, ValueError, TypeError, AttributeError, OverflowError):
-        raise FieldErrors(
-            [("cursor", "not a cursor this API gave; pass next_cursor of the previous page")]
-        ) from None
-    if position[0].tzinfo is None:
-        raise FieldErrors([("cursor", "not a cursor this API gave")])
-    return position
+    return cursors.decode(cursor, uuid.UUID)

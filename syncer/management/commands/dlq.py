@@ -7,7 +7,6 @@ batches. Bad arguments exit 2 before anything is touched.
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import datetime
 from typing import Any
@@ -16,20 +15,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from syncer import text
 from syncer.errors import RetryAborted, UnknownSubscription
+from syncer.management.arguments import positive_int
 from syncer.models import DeadLetter
 from syncer.operations import dead_letters
 
 LIST_LIMIT = 50
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
 
 
 class Command(BaseCommand):
@@ -54,7 +44,7 @@ class Command(BaseCommand):
         for sub, default in ((listing, LIST_LIMIT), (retry, None), (purge, None)):
             sub.add_argument(
                 "--limit",
-                type=_positive,
+                type=positive_int,
                 default=default,
                 metavar="N",
                 help=f"at most N entries (default: {default or 'all'})",

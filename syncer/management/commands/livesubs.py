@@ -6,22 +6,12 @@ cron (or let the worker's expiry loop do it). Prints how many were removed.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from syncer.management.arguments import positive_int
 from syncer.operations import live_subscriptions
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
 
 
 class Command(BaseCommand):
@@ -32,7 +22,7 @@ class Command(BaseCommand):
         expire = commands.add_parser("expire", help="delete the expired live subscriptions")
         expire.add_argument(
             "--batch-size",
-            type=_positive,
+            type=positive_int,
             default=live_subscriptions.EXPIRE_BATCH,
             metavar="N",
             help=f"rows per delete statement (default: {live_subscriptions.EXPIRE_BATCH})",
