@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ from django.db import connections
 from django.db.models import Count
 from django.utils import timezone
 
-from syncer.models import Subscription, WorkerHeartbeat
+from syncer.models import LiveSubscription, Subscription, WorkerHeartbeat
 
 
 def new_worker_id() -> str:
@@ -154,3 +155,26 @@ def clear_checkpoint(subscription_id: int, requested_at: datetime) -> bool:
 async def close_connections() -> None:
     """Close the worker's database thread's connection (`in_db` runs there), on stop."""
     await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSubscriptionRow:
+    """The part of a live subscription the worker's matching needs."""
+
+    filter: str
+    delivery: str
+    gateway_id: str
+
+
+def live_subscription_rows(
+    subscription_ids: Sequence[int],
+) -> dict[int, dict[uuid.UUID, LiveSubscriptionRow]]:
+    """The unexpired live subscriptions of these sync subscriptions, by sync subscription
+    and id: one query of five columns (what a refresh diffs)."""
+    rows = LiveSubscription.objects.filter(
+        subscription_id__in=subscription_ids, expires_at__gt=timezone.now()
+    ).values_list("subscription_id", "id", "filter", "delivery", "gateway_id")
+    found: dict[int, dict[uuid.UUID, LiveSubscriptionRow]] = {}
+    for sub_id, live_id, text, delivery, gateway_id in rows.iterator(chunk_size=10_000):
+        found.setdefault(sub_id, {})[live_id] = LiveSubscriptionRow(text, delivery, gateway_id)
+    return found
