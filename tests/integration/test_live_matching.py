@@ -12,6 +12,7 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from syncer.worker import metrics
 from tests.integration.test_live_publisher import Listener, layer_config
 from tests.integration.test_nats_delivery import Stream, make_config
 from tests.support.harness import WorkerThread, status_of, wait_for
+from tests.support.process import WorkerProcess
 from tests.support.users import operator
 
 PICKUP = 5.0
@@ -220,3 +222,52 @@ def test_the_worker_expires_live_subscriptions_and_counts_them(
         wait_for(lambda: worker.runner.matching.expired == 1, what="counted")  # type: ignore[union-attr]
         assert sample(worker, "searchsync_live_subscriptions_expired_total") == 1
         assert LiveSubscription.objects.filter(pk=kept).exists()
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_kill_9_then_restart_delivers_each_change_once(
+    orders: Subscription,
+    source_conn: Any,
+    table_name: str,
+    stream: Stream,
+    opensearch_url: str,
+    tmp_path: Path,
+) -> None:
+    owner = operator()
+    eu = register(owner, "gw-k", 'doc.region == "eu"')
+    config = stream.config
+    env = {
+        "LIVE_NATS_URL": config.url,
+        "LIVE_NATS_STREAM": config.stream,
+        "LIVE_NATS_SUBJECT_PREFIX": config.subject_prefix,
+        "LIVE_NATS_DUPLICATE_WINDOW_SECONDS": str(config.duplicate_window),
+    }
+    log = tmp_path / "worker.log"
+
+    def write(keys: range) -> None:
+        for key in keys:  # one transaction each: one event each
+            source_conn.execute(f"INSERT INTO {table_name} VALUES (%s, 'eu', %s, 'x')", (key, key))
+
+    worker = WorkerProcess(opensearch_url, log, "--subscription", "orders", **env)
+    try:
+        wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
+        write(range(0, 40))
+        wait_for(lambda: asyncio.run(stream.count()) >= 20, timeout=20, what="streaming")
+        worker.kill()  # mid stream: its buffers and unsaved checkpoint are gone
+        write(range(40, 60))  # while no worker runs
+        worker = WorkerProcess(opensearch_url, log, "--subscription", "orders", **env)
+        write(range(60, 80))
+        wait_for(
+            lambda: {b["key"] for _, b, _ in received(stream)} >= {str(k) for k in range(40, 80)},
+            timeout=30,
+            what=f"every change after the kill delivered: {worker.output()}",
+        )
+    finally:
+        assert worker.terminate() == 0
+    got = received(stream)
+    assert {s for s, _, _ in got} == {f"{config.subject_prefix}.gw-k.{eu}"}
+    changes = [(b["key"], b["position"]) for _, b, _ in got]
+    assert len(changes) == len(set(changes)), "no change delivered twice"
+    assert len({msg_id for _, _, msg_id in got}) == len(got)
+    positions = [b["position"] for _, b, _ in got]
+    assert positions == sorted(positions), "one key per transaction: in commit order"
