@@ -27,7 +27,7 @@ from syncer.worker import metrics
 from tests.integration.test_live_publisher import Listener, layer_config
 from tests.integration.test_nats_delivery import Stream, make_config
 from tests.support.harness import WorkerThread, status_of, wait_for
-from tests.support.process import WorkerProcess
+from tests.support.process import WorkerProcess, worker_env
 from tests.support.users import operator
 
 PICKUP = 5.0
@@ -248,14 +248,18 @@ def test_kill_9_then_restart_delivers_each_change_once(
         for key in keys:  # one transaction each: one event each
             source_conn.execute(f"INSERT INTO {table_name} VALUES (%s, 'eu', %s, 'x')", (key, key))
 
-    worker = WorkerProcess(opensearch_url, log, "--subscription", "orders", **env)
+    worker = WorkerProcess(
+        opensearch_url, log, "--subscription", "orders", base_env={**worker_env(), **env}
+    )
     try:
         wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
         write(range(0, 40))
         wait_for(lambda: asyncio.run(stream.count()) >= 20, timeout=20, what="streaming")
         worker.kill()  # mid stream: its buffers and unsaved checkpoint are gone
         write(range(40, 60))  # while no worker runs
-        worker = WorkerProcess(opensearch_url, log, "--subscription", "orders", **env)
+        worker = WorkerProcess(
+            opensearch_url, log, "--subscription", "orders", base_env={**worker_env(), **env}
+        )
         write(range(60, 80))
         wait_for(
             lambda: {b["key"] for _, b, _ in received(stream)} >= {str(k) for k in range(40, 80)},
