@@ -106,6 +106,8 @@ class LiveMatching:
         """Stored filters the worker could not compile (registration checks them first)."""
         self.expired = 0
         """Live subscriptions this worker's expiry loop removed."""
+        self.failures = 0
+        """Changes whose matching failed with an unexpected error (logged; a bug)."""
         self.deliveries: Counter[tuple[str, str]] = Counter()
         """Events by (channel, outcome): nats offered|dropped, websocket sent|dropped|failed."""
         self.candidates = Histogram(CANDIDATE_BUCKETS)
@@ -213,9 +215,13 @@ class LiveMatching:
                 if getting not in done:
                     getting.cancel()
                     break
-                self.match_once(*getting.result())
+                self._match_safely(*getting.result())
+                # What queued meanwhile, at once: one change per turn of the event loop
+                # would fall behind a busy pipeline's many callbacks.
+                for _ in range(min(self._changes.qsize(), _DRAIN)):
+                    self._match_safely(*self._changes.get_nowait())
             while not self._changes.empty():
-                self.match_once(*self._changes.get_nowait())
+                self._match_safely(*self._changes.get_nowait())
             if not self._websocket.empty():
                 await asyncio.wait(
                     {asyncio.ensure_future(self._websocket.join())}, timeout=self.send_timeout
@@ -227,6 +233,14 @@ class LiveMatching:
     async def stop_nats(self, timeout: float) -> None:
         if self.nats is not None:
             await self.nats.stop(timeout)
+
+    def _match_safely(self, subscription_id: int, change: Change) -> None:
+        """`match_once`, whose bug on one change must not end matching for all the others."""
+        try:
+            self.match_once(subscription_id, change)
+        except Exception:
+            self.failures += 1
+            log.exception("live_matching_failed", key=change.doc_id, position=change.version)
 
     def match_once(self, subscription_id: int, change: Change) -> None:
         watched = self._watched.get(subscription_id)
@@ -297,6 +311,8 @@ class LiveMatching:
         return "sent"
 
 
+_DRAIN = 1000
+"""Changes matched in one go before the task lets the pipelines run (about 25 ms at most)."""
 _FIELDS_EVERY = 60.0
 """Seconds between two questions about a sync subscription's field types."""
 

@@ -400,6 +400,12 @@ class LiveMatchingCollector(Collector):
         for name, count in sorted(matching.active().items()):
             active.add_metric([name], count)
         yield active
+        refresh = GaugeMetricFamily(
+            "searchsync_live_subscriptions_refresh_seconds",
+            "How long the last load of the owned subscriptions' live subscriptions took.",
+        )
+        refresh.add_metric([], matching.refresh_seconds)
+        yield refresh
         for name, help_text, value in (
             (
                 "searchsync_live_subscriptions_expired",
