@@ -6,9 +6,11 @@
                                                     └─ websocket ─▶ bounded queue ─▶ send task
                                                                      group_send(live_group(id))
 
-Per owned sync subscription, a `Matcher` holds its unexpired live subscriptions; `refresh`
-(every control interval) reads their (id, filter, delivery, gateway_id) and diffs the id
-sets, since deletes and expiry are hard deletes. Matching runs after OpenSearch
+Per owned sync subscription, a `Matcher` holds its unexpired live subscriptions. `refresh`
+(every control interval) reads one fingerprint per sync subscription (count and a sum of
+id hashes, aggregated in PostgreSQL); when it changed, it diffs the id sets (deletes and
+expiry are hard deletes) and reads only the new rows. A live subscription's filter,
+delivery and gateway never change after registration. Matching runs after OpenSearch
 acknowledged a batch and its checkpoint was saved: a client is told only what the index
 already shows. Changes found stale (a replay after a restart) are matched too: their
 events carry the same `Nats-Msg-Id`, so JetStream keeps one copy.
@@ -25,13 +27,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from syncer import conf
 from syncer.engine.changes import Change, Op, Transaction
-from syncer.engine.matching import FilterError, Matcher, activation, compile_filter
+from syncer.engine.matching import Filter, FilterError, Matcher, activation, compile_filter
 from syncer.engine.pipeline import BatchObserver, BatchReport, Observer
 from syncer.engine.telemetry import Histogram
 from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
@@ -66,6 +69,8 @@ class _Watched:
     fields: Mapping[str, str] | None = None
     """Its document fields' source types, once known (numeric compares as a number)."""
     fields_asked_at: float = float("-inf")
+    fingerprint: state.Fingerprint | None = None
+    """Of the live subscriptions loaded; None before the first load."""
 
 
 class LiveMatching:
@@ -122,10 +127,12 @@ class LiveMatching:
     # -- the live subscriptions ------------------------------------------------------------
 
     async def refresh(self, owned: Mapping[int, str]) -> None:
-        """Load the unexpired live subscriptions of the owned sync subscriptions (id to
-        name) and bring each matcher to them. Raises ConsoleDatabaseUnavailable."""
+        """Bring each owned sync subscription's matcher (id to name) to its unexpired live
+        subscriptions. One aggregate query tells which changed; only those are diffed by
+        id, only new rows are read, and their filters compile off the event loop.
+        Raises ConsoleDatabaseUnavailable."""
         started = time.perf_counter()
-        rows = await in_db(lambda: state.live_subscription_rows(list(owned)))
+        prints = await in_db(lambda: state.live_subscription_fingerprints(list(owned)))
         for gone in set(self._watched) - set(owned):
             del self._watched[gone]
         for sub_id, name in owned.items():
@@ -133,41 +140,42 @@ class LiveMatching:
             if watched is None:
                 watched = self._watched[sub_id] = _Watched(name)
             watched.name = name
-            self._apply(watched, rows.get(sub_id, {}))
+            fingerprint = prints.get(sub_id, _EMPTY)
+            if fingerprint != watched.fingerprint:
+                await self._diff(sub_id, watched)
+                # The one read before the diff: a change meanwhile shows at the next refresh.
+                watched.fingerprint = fingerprint
         self.refresh_seconds = time.perf_counter() - started
         if self.nats is None and any(
-            row.delivery == "nats" for r in rows.values() for row in r.values()
+            k.delivery == "nats" for w in self._watched.values() for k in w.known.values()
         ):
             self.nats = NatsDelivery(self._nats_config())
             await self.nats.start()
         await self._ask_fields(owned)
 
-    def _apply(
-        self, watched: _Watched, rows: Mapping[uuid.UUID, state.LiveSubscriptionRow]
-    ) -> None:
-        for live_id in set(watched.known) - set(rows):
+    async def _diff(self, sub_id: int, watched: _Watched) -> None:
+        ids = await in_db(lambda: state.live_subscription_ids(sub_id))
+        for live_id in set(watched.known) - ids:
             watched.matcher.remove(live_id)
             del watched.known[live_id]
-        for live_id, row in rows.items():
-            known = watched.known.get(live_id)
-            if known is not None and known.filter == row.filter:
-                known.delivery, known.gateway_id = row.delivery, row.gateway_id
-                continue
-            try:
-                compiled = compile_filter(row.filter)
-            except FilterError as exc:
-                self.invalid_filters += 1
-                log.warning(
-                    "live_subscription_filter_invalid",
-                    live_subscription=str(live_id),
-                    subscription=watched.name,
-                    error=str(exc),
-                )
-                watched.matcher.remove(live_id)
-                watched.known.pop(live_id, None)
-                continue
-            watched.matcher.add(live_id, compiled)
-            watched.known[live_id] = _Known(row.filter, row.delivery, row.gateway_id)
+        new = list(ids - set(watched.known))
+        for start in range(0, len(new), _CHUNK):
+            chunk = new[start : start + _CHUNK]
+            rows = await in_db(lambda: state.live_subscription_rows(chunk))  # noqa: B023
+            compiled = await asyncio.to_thread(_compile_all, rows)
+            for live_id, row in rows.items():
+                result = compiled[live_id]
+                if isinstance(result, FilterError):
+                    self.invalid_filters += 1
+                    log.warning(
+                        "live_subscription_filter_invalid",
+                        live_subscription=str(live_id),
+                        subscription=watched.name,
+                        error=str(result),
+                    )
+                    continue
+                watched.matcher.add(live_id, result)
+                watched.known[live_id] = _Known(row.filter, row.delivery, row.gateway_id)
 
     async def _ask_fields(self, owned: Mapping[int, str]) -> None:
         """Ask each watched sync subscription's field types, at most once a minute, off
@@ -311,10 +319,27 @@ class LiveMatching:
         return "sent"
 
 
+_EMPTY: state.Fingerprint = (0, Decimal(0))
+_CHUNK = 10_000
+"""Live subscriptions read and compiled at once: the event loop runs between two chunks."""
 _DRAIN = 1000
 """Changes matched in one go before the task lets the pipelines run (about 25 ms at most)."""
 _FIELDS_EVERY = 60.0
 """Seconds between two questions about a sync subscription's field types."""
+
+
+def _compile_all(
+    rows: Mapping[uuid.UUID, state.LiveSubscriptionRow],
+) -> dict[uuid.UUID, Filter | FilterError]:
+    """Each row's compiled filter, or its FilterError (registration checked them first;
+    this is the rare text a newer engine version refuses)."""
+    compiled: dict[uuid.UUID, Filter | FilterError] = {}
+    for live_id, row in rows.items():
+        try:
+            compiled[live_id] = compile_filter(row.filter)
+        except FilterError as exc:
+            compiled[live_id] = exc
+    return compiled
 
 
 class MatchingObserver:

@@ -443,6 +443,8 @@ class Runner:
             await self.matching.refresh(owned)
         except ConsoleDatabaseUnavailable as exc:
             log.warning("live_subscriptions_not_refreshed", error=str(exc))
+        except Exception:  # a bug in live matching must not take the sync down
+            log.exception("live_subscriptions_refresh_failed")
 
     async def _expire_live(self) -> None:
         """Remove expired live subscriptions; every worker may: the delete is idempotent."""
