@@ -26,23 +26,26 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from django.db import DatabaseError, close_old_connections, connections
 
 from syncer import conf
 from syncer.engine.changes import Change, Op, Transaction
 from syncer.engine.matching import Filter, FilterError, Matcher, activation, compile_filter
 from syncer.engine.pipeline import BatchObserver, BatchReport, Observer
 from syncer.engine.telemetry import Histogram
+from syncer.errors import ConsoleDatabaseUnavailable
 from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
 from syncer.live.nats import NatsDelivery
-from syncer.stores import in_db
 from syncer.worker import state
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 """Filters evaluated per change."""
@@ -98,6 +101,7 @@ class LiveMatching:
         self._nats_config = nats_config
         self._fields_of = fields_of
         self._watched: dict[int, _Watched] = {}
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="live-subscriptions-db")
         self._changes: asyncio.Queue[tuple[int, Change]] = asyncio.Queue(maxsize=queue_size)
         self._websocket: asyncio.Queue[MatchedEvent] = asyncio.Queue(maxsize=queue_size)
         self._quiet_until = float("-inf")
@@ -120,6 +124,25 @@ class LiveMatching:
         self.refresh_seconds = 0.0
         """How long the last refresh took (the query and the diff)."""
 
+    async def _in_db(self, function: Callable[[], T]) -> T:
+        """ORM work on this object's own database thread, not the worker's: the refresh
+        every control interval must never delay a pipeline's checkpoint save."""
+
+        def call() -> T:
+            close_old_connections()  # survives a console database restart
+            try:
+                return function()
+            except DatabaseError as exc:
+                close_old_connections()
+                raise ConsoleDatabaseUnavailable(f"console database: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._db, call)
+
+    async def close(self) -> None:
+        """Close the database thread's connection and the thread."""
+        await asyncio.get_running_loop().run_in_executor(self._db, connections.close_all)
+        self._db.shutdown(wait=False)
+
     def active(self) -> dict[str, int]:
         """Live subscriptions matched now, by sync subscription name."""
         return {watched.name: len(watched.matcher) for watched in self._watched.values()}
@@ -132,7 +155,7 @@ class LiveMatching:
         id, only new rows are read, and their filters compile off the event loop.
         Raises ConsoleDatabaseUnavailable."""
         started = time.perf_counter()
-        prints = await in_db(lambda: state.live_subscription_fingerprints(list(owned)))
+        prints = await self._in_db(lambda: state.live_subscription_fingerprints(list(owned)))
         for gone in set(self._watched) - set(owned):
             del self._watched[gone]
         for sub_id, name in owned.items():
@@ -154,14 +177,14 @@ class LiveMatching:
         await self._ask_fields(owned)
 
     async def _diff(self, sub_id: int, watched: _Watched) -> None:
-        ids = await in_db(lambda: state.live_subscription_ids(sub_id))
+        ids = await self._in_db(lambda: state.live_subscription_ids(sub_id))
         for live_id in set(watched.known) - ids:
             watched.matcher.remove(live_id)
             del watched.known[live_id]
         new = list(ids - set(watched.known))
         for start in range(0, len(new), _CHUNK):
             chunk = new[start : start + _CHUNK]
-            rows = await in_db(lambda: state.live_subscription_rows(chunk))  # noqa: B023
+            rows = await self._in_db(lambda: state.live_subscription_rows(chunk))  # noqa: B023
             compiled = await asyncio.to_thread(_compile_all, rows)
             for live_id, row in rows.items():
                 result = compiled[live_id]

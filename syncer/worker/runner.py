@@ -428,6 +428,7 @@ class Runner:
             late.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await self.matching.stop_nats(self.shutdown_timeout)
+        await self.matching.close()
 
     async def _refresh_live(self) -> None:
         interval = conf.worker().control_interval
