@@ -208,6 +208,8 @@ LIVE_NATS_PUBLISH_TIMEOUT_SECONDS = _env_number("LIVE_NATS_PUBLISH_TIMEOUT_SECON
 LIVE_SUBSCRIPTION_TTL_SECONDS = _env_number("LIVE_SUBSCRIPTION_TTL_SECONDS", 300)
 LIVE_SUBSCRIPTIONS_PER_OWNER = int(_env_number("LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000))
 LIVE_SUBSCRIPTIONS_MAX = int(_env_number("LIVE_SUBSCRIPTIONS_MAX", 200_000))
+# Seconds between two runs of each worker's expiry of live subscriptions (idempotent).
+LIVE_SUBSCRIPTION_EXPIRE_INTERVAL = _env_number("LIVE_SUBSCRIPTION_EXPIRE_INTERVAL", 10)
 # Of one subscription's, those whose filter pins no value (each is evaluated on every
 # change); the default is syncer.engine.matching's, set from bench/matching.py.
 if os.environ.get("LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", "").strip():

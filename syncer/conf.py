@@ -196,17 +196,20 @@ class LiveSubscriptionSettings:
     """Active live subscriptions all owners together may have."""
     unpinned_per_subscription: int
     """Active live subscriptions of one subscription whose filter pins no value."""
+    expire_interval: float
+    """Seconds between two runs of each worker's expiry loop (idempotent on every worker)."""
 
 
 def live_subscriptions() -> LiveSubscriptionSettings:
     """LIVE_SUBSCRIPTION_TTL_SECONDS, LIVE_SUBSCRIPTIONS_PER_OWNER, LIVE_SUBSCRIPTIONS_MAX,
-    LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION."""
+    LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION, LIVE_SUBSCRIPTION_EXPIRE_INTERVAL."""
     unpinned = getattr(settings, "LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION", None)
     return LiveSubscriptionSettings(
         ttl=timedelta(seconds=float(getattr(settings, "LIVE_SUBSCRIPTION_TTL_SECONDS", 300))),
         per_owner=int(getattr(settings, "LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000)),
         total=int(getattr(settings, "LIVE_SUBSCRIPTIONS_MAX", 200_000)),
         unpinned_per_subscription=DEFAULT_UNPINNED_QUOTA if unpinned is None else int(unpinned),
+        expire_interval=float(getattr(settings, "LIVE_SUBSCRIPTION_EXPIRE_INTERVAL", 10)),
     )
 
 

@@ -32,6 +32,7 @@ from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
 from syncer.live.nats import Breaker, DropReason, NatsDelivery
 from syncer.models import DeadLetter
 from syncer.worker import http
+from syncer.worker.live_subscriptions import LiveMatching
 
 log = structlog.get_logger(__name__)
 Pipelines = Callable[[], Mapping[str, Pipeline]]
@@ -381,11 +382,96 @@ class NatsDeliveryCollector(Collector):
             yield family
 
 
+class LiveMatchingCollector(Collector):
+    """Live subscriptions: how many are matched, what matching costs, what is delivered."""
+
+    def __init__(self, matching: Callable[[], LiveMatching | None]) -> None:
+        self._matching = matching
+
+    def collect(self) -> Iterator[Metric]:
+        matching = self._matching()
+        if matching is None:
+            return
+        active = GaugeMetricFamily(
+            "searchsync_live_subscriptions_active",
+            "Unexpired live subscriptions this worker matches, by sync subscription.",
+            labels=["subscription"],
+        )
+        for name, count in sorted(matching.active().items()):
+            active.add_metric([name], count)
+        yield active
+        refresh = GaugeMetricFamily(
+            "searchsync_live_subscriptions_refresh_seconds",
+            "How long the last load of the owned subscriptions' live subscriptions took.",
+        )
+        refresh.add_metric([], matching.refresh_seconds)
+        yield refresh
+        for name, help_text, value in (
+            (
+                "searchsync_live_subscriptions_expired",
+                "Live subscriptions this worker's expiry loop removed.",
+                matching.expired,
+            ),
+            (
+                "searchsync_live_evaluation_errors",
+                "Filters that could not be evaluated on a change (type mismatch, missing "
+                "field): counted as no match.",
+                matching.evaluation_errors,
+            ),
+            (
+                "searchsync_live_matching_dropped",
+                "Acknowledged changes not matched because the matching queue was full.",
+                matching.dropped,
+            ),
+            (
+                "searchsync_live_matched_changes",
+                "Acknowledged changes matched against their sync subscription's live "
+                "subscriptions.",
+                matching.matched,
+            ),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], float(value))
+            yield counter
+        deliveries = CounterMetricFamily(
+            "searchsync_live_deliveries",
+            "Matched events by channel and outcome: nats offered|dropped (to the NATS "
+            "buffer; searchsync_live_nats_* says what JetStream acknowledged), websocket "
+            "sent|dropped|failed (to the Channels group of the live subscription).",
+            labels=["channel", "outcome"],
+        )
+        counts = dict(matching.deliveries)
+        known = {("nats", "offered"), ("nats", "dropped"), ("websocket", "sent")}
+        known |= {("websocket", "dropped"), ("websocket", "failed")}
+        for channel, outcome in sorted(known | set(counts)):
+            deliveries.add_metric([channel, outcome], float(counts.get((channel, outcome), 0)))
+        yield deliveries
+        for name, help_text, histogram in (
+            (
+                "searchsync_live_match_candidates",
+                "Filters evaluated per change (index candidates plus unpinned live subscriptions).",
+                matching.candidates,
+            ),
+            (
+                "searchsync_live_match_seconds",
+                "Seconds one change's matching takes (activation, index and CEL).",
+                matching.match_seconds,
+            ),
+        ):
+            snapshot = histogram.snapshot()
+            family = HistogramMetricFamily(name, help_text)
+            family.add_metric(
+                [], [(_le(bound), count) for bound, count in snapshot.buckets], snapshot.sum
+            )
+            yield family
+
+
 def registry_for(
     pipelines: Pipelines,
     count_dead_letters: Callable[[Collection[str]], dict[str, int]] = dead_letter_counts,
     live: Callable[[], Any] | None = None,
     nats: Callable[[], NatsDelivery | None] | None = None,
+    matching: Callable[[], LiveMatching | None] | None = None,
 ) -> CollectorRegistry:
     """A registry of the pipelines' metrics, their dead-letter queues' sizes, the live
     publisher's counters, the NATS delivery's, and the worker process's own (CPU,
@@ -397,6 +483,8 @@ def registry_for(
         registry.register(LiveCollector(live))
     if nats is not None:
         registry.register(NatsDeliveryCollector(nats))
+    if matching is not None:
+        registry.register(LiveMatchingCollector(matching))
     ProcessCollector(registry=registry)
     return registry
 
@@ -410,6 +498,7 @@ def serve(
     worker_ready: Callable[[], str | None] | None = None,
     live: Callable[[], Any] | None = None,
     nats: Callable[[], NatsDelivery | None] | None = None,
+    matching: Callable[[], LiveMatching | None] | None = None,
 ) -> Callable[[], None]:
     """Serve /health, /ready and /metrics on `host:port` (127.0.0.1); return a stopper.
 
@@ -421,7 +510,7 @@ def serve(
     return http.serve(
         port,
         pipelines,
-        registry_for(pipelines, live=live, nats=nats),
+        registry_for(pipelines, live=live, nats=nats, matching=matching),
         host=host,
         stall_after=stall_after,
         worker_ready=worker_ready,

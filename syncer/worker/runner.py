@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
 import structlog
 from channels.layers import get_channel_layer
+from django.db import connections
 from django.utils import timezone
 
 from syncer import conf
-from syncer.engine.pipeline import Pipeline, sleep_unless_stopped
+from syncer.engine.pipeline import Observer, Pipeline, sleep_unless_stopped
 from syncer.errors import (
     ConsoleDatabaseUnavailable,
     MetricsPortUnavailable,
@@ -40,11 +41,13 @@ from syncer.errors import (
 from syncer.live.messages import SnapshotMessage
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
-from syncer.operations import dead_letters
+from syncer.operations import dead_letters, source_fields
+from syncer.operations import live_subscriptions as live_subscription_ops
 from syncer.sources.kinds import format_position
 from syncer.stores import in_db
 from syncer.wiring import build_pipeline
 from syncer.worker import http, metrics, state
+from syncer.worker.live_subscriptions import LiveMatching, Observers
 from syncer.worker.ownership import Ownership
 from syncer.worker.supervisor import Supervisor
 from syncer.worker.throughput import Throughput
@@ -80,6 +83,7 @@ class Runner:
         metrics_port: int | None = None,
         *,
         live: bool = True,
+        live_subscriptions: bool = True,
         metrics_host: str = http.DEFAULT_HOST,
     ) -> None:
         self.names = None if names is None else list(names)
@@ -91,6 +95,9 @@ class Runner:
         self.worker_id = state.new_worker_id()
         self.publisher: LivePublisher | None = None
         """The live monitor's feed, while the worker runs (None with live off)."""
+        self.matching: LiveMatching | None = None
+        """Live subscriptions' matching and delivery, while the worker runs (None if off)."""
+        self.live_subscriptions = live_subscriptions
         self.ownership = Ownership(self.worker_id)
         self.pipelines: dict[str, Pipeline] = {}
         """The pipelines running now, by subscription name (metrics read it)."""
@@ -123,6 +130,8 @@ class Runner:
                     stall_after=conf.worker().stall_after,
                     worker_ready=self._not_ready_reason,
                     live=lambda: self.publisher,
+                    nats=lambda: None if self.matching is None else self.matching.nats,
+                    matching=lambda: self.matching,
                 )
             except OSError as exc:
                 raise MetricsPortUnavailable(
@@ -144,7 +153,11 @@ class Runner:
         log.info("worker_started", worker=self.worker_id, only=self.names)
         live_stop = asyncio.Event()
         publishing = self._start_live(live_stop)
+        matching_stop = asyncio.Event()
+        matching = self._start_matching(matching_stop)
         await self._control_once()  # start what we can at once, not a second later
+        if self.matching is not None:
+            await self.refresh_live_subscriptions()  # before the first batch is written
         await self._settle()
         helpers = [
             asyncio.create_task(self._control(), name="control"),
@@ -155,6 +168,9 @@ class Runner:
             helpers.append(asyncio.create_task(self._retry_dead_letters(self.dlq_retry_every)))
         if self.publisher is not None:
             helpers.append(asyncio.create_task(self._feed_live(self.publisher), name="live"))
+        if self.matching is not None:
+            helpers.append(asyncio.create_task(self._refresh_live(), name="live refresh"))
+            helpers.append(asyncio.create_task(self._expire_live(), name="live expiry"))
         await stop.wait()
         for helper in helpers:
             helper.cancel()
@@ -162,6 +178,7 @@ class Runner:
         log.info("worker_stopping", timeout_s=self.shutdown_timeout)
         flushed = await self._stop_all()
         await self._stop_live(publishing, live_stop)
+        await self._stop_matching(matching, matching_stop)
         await self._quietly(lambda: state.remove_heartbeat(self.worker_id))
         if flushed:
             log.info("worker_stopped")
@@ -241,9 +258,14 @@ class Runner:
         on_resync_copied: Callable[[], Awaitable[None]] | None = None,
     ) -> Pipeline:
         """`build_pipeline`, observed by the live publisher when there is one."""
-        observer = None
+        observers: list[Observer] = []
         if self.publisher is not None:
-            observer = self.publisher.observer(sub.name, sub.source_kind)
+            observers.append(self.publisher.observer(sub.name, sub.source_kind))
+        if self.matching is not None:
+            observers.append(self.matching.observer(sub.pk))
+        observer = (
+            observers[0] if len(observers) == 1 else Observers(observers) if observers else None
+        )
         return build_pipeline(sub, observer, index=index, on_resync_copied=on_resync_copied)
 
     def _start(self, row: state.ControlRow) -> None:
@@ -381,6 +403,58 @@ class Runner:
             late.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
+    # -- live subscriptions ----------------------------------------------------------------
+
+    def _start_matching(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """Start matching changes against live subscriptions, unless it is off."""
+        if not self.live_subscriptions:
+            return None
+        settings = conf.live()
+        self.matching = LiveMatching(
+            queue_size=settings.queue_size,
+            send_timeout=settings.send_timeout,
+            layer=get_channel_layer(),
+            fields_of=_fields_of,
+        )
+        return asyncio.create_task(self.matching.run(stop), name="live matching")
+
+    async def _stop_matching(self, task: asyncio.Task[None] | None, stop: asyncio.Event) -> None:
+        """Match what the stopped pipelines left, then flush NATS within the shutdown timeout."""
+        if task is None or self.matching is None:
+            return
+        stop.set()
+        _, pending = await asyncio.wait({task}, timeout=2 * conf.live().send_timeout + 1)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await self.matching.stop_nats(self.shutdown_timeout)
+        await self.matching.close()
+
+    async def _refresh_live(self) -> None:
+        interval = conf.worker().control_interval
+        while not await sleep_unless_stopped(self._stop, interval):
+            await self.refresh_live_subscriptions()
+
+    async def refresh_live_subscriptions(self) -> None:
+        """Bring the matchers to the owned subscriptions' unexpired live subscriptions."""
+        if self.matching is None:
+            return
+        owned = {sub_id: sup.name for sub_id, sup in self.supervisors.items()}
+        try:
+            await self.matching.refresh(owned)
+        except ConsoleDatabaseUnavailable as exc:
+            log.warning("live_subscriptions_not_refreshed", error=str(exc))
+        except Exception:  # a bug in live matching must not take the sync down
+            log.exception("live_subscriptions_refresh_failed")
+
+    async def _expire_live(self) -> None:
+        """Remove expired live subscriptions; every worker may: the delete is idempotent."""
+        interval = conf.live_subscriptions().expire_interval
+        while not await sleep_unless_stopped(self._stop, interval):
+            removed = await self._quietly(live_subscription_ops.expire)
+            if removed and self.matching is not None:
+                self.matching.expired += removed
+
     async def _feed_live(self, publisher: LivePublisher) -> None:
         """Once a second: a snapshot per owned subscription, and the worker's heartbeat."""
         interval = _LIVE_INTERVAL
@@ -460,6 +534,15 @@ class Runner:
 
 
 _LIVE_INTERVAL = 1.0
+
+
+def _fields_of(subscription_id: int) -> Mapping[str, str] | None:
+    """A sync subscription's field types (from its source, cached), for the activation."""
+    try:
+        row = state.subscription_row(subscription_id)
+        return None if row is None else source_fields.fields_of(row)
+    finally:
+        connections.close_all()  # this thread's own: not the worker's database thread
 
 
 def _rounded(value: float | None) -> float | None:

@@ -12,16 +12,27 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.db import connections
-from django.db.models import Count
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    DecimalField,
+    Func,
+    Sum,
+    TextField,
+    Value,
+)
+from django.db.models.functions import Cast
 from django.utils import timezone
 
-from syncer.models import Subscription, WorkerHeartbeat
+from syncer.models import LiveSubscription, Subscription, WorkerHeartbeat
 
 
 def new_worker_id() -> str:
@@ -154,3 +165,55 @@ def clear_checkpoint(subscription_id: int, requested_at: datetime) -> bool:
 async def close_connections() -> None:
     """Close the worker's database thread's connection (`in_db` runs there), on stop."""
     await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSubscriptionRow:
+    """The part of a live subscription the worker's matching needs (none of it changes
+    after registration: a heartbeat moves only `expires_at`)."""
+
+    filter: str
+    delivery: str
+    gateway_id: str
+
+
+Fingerprint = tuple[int, Decimal]
+"""(count, sum of a hash of each id) of a sync subscription's unexpired live subscriptions:
+it changes when one is registered, deleted or expires."""
+
+
+def live_subscription_fingerprints(subscription_ids: Sequence[int]) -> dict[int, Fingerprint]:
+    """Each sync subscription's fingerprint, in one aggregate query (no row leaves the
+    database): what a refresh reads every control interval to learn whether to diff."""
+    digest = Func(
+        Cast("id", TextField()),
+        Value(0),
+        function="hashtextextended",
+        output_field=BigIntegerField(),
+    )
+    rows = (
+        LiveSubscription.objects.filter(
+            subscription_id__in=subscription_ids, expires_at__gt=timezone.now()
+        )
+        .values("subscription_id")
+        .annotate(count=Count("id"), digest=Sum(digest, output_field=DecimalField()))
+        .values_list("subscription_id", "count", "digest")
+    )
+    return {sub_id: (count, Decimal(digest)) for sub_id, count, digest in rows}
+
+
+def live_subscription_ids(subscription_id: int) -> set[uuid.UUID]:
+    """The ids of the sync subscription's unexpired live subscriptions."""
+    return set(
+        LiveSubscription.objects.filter(
+            subscription_id=subscription_id, expires_at__gt=timezone.now()
+        ).values_list("id", flat=True)
+    )
+
+
+def live_subscription_rows(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LiveSubscriptionRow]:
+    """What matching needs of these live subscriptions (those still there)."""
+    rows = LiveSubscription.objects.filter(pk__in=ids).values_list(
+        "id", "filter", "delivery", "gateway_id"
+    )
+    return {live_id: LiveSubscriptionRow(text, d, g) for live_id, text, d, g in rows}
