@@ -372,8 +372,11 @@ def test_a_missing_privilege_is_an_error_that_says_what_to_grant(
 
 
 def test_a_statement_that_does_not_plan_is_an_error_not_a_reconnect(mz, subscribe):
-    # A PlanError (here an unknown column of a SELECT relation) comes as XX000.
-    mz.fail_next("DECLARE", "XX000", 'column "nope" does not exist')
+    # A PlanError (here an unknown column of a SELECT relation) comes as XX000, and again
+    # on every retry until someone fixes the relation: queued for each retry the test may
+    # see (fast backoff), so the error status cannot pass between two looks at it.
+    for _ in range(30):
+        mz.fail_next("DECLARE", "XX000", 'column "nope" does not exist')
     with WorkerThread([subscribe(relation=f"SELECT nope FROM {VIEW}")]):
         current = error_status()
     assert 'cannot plan the SUBSCRIBE (column "nope" does not exist)' in current.last_error
