@@ -279,6 +279,27 @@ def heartbeat_gateway(owner: User, gateway_id: str) -> Renewed:
     return Renewed(count, expires_at)
 
 
+def heartbeat_ids(owner: User, live_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Renew those of `live_ids` that are still `owner`'s; return them (the others were
+    deleted or have expired: the caller stops waiting for their events)."""
+    ids = list(live_ids)
+    expires_at = timezone.now() + conf.live_subscriptions().ttl
+    alive: set[uuid.UUID] = set()
+    for start in range(0, len(ids), DELETE_BATCH):
+        chunk = owned(owner).filter(pk__in=ids[start : start + DELETE_BATCH])
+        alive.update(chunk.values_list("pk", flat=True))
+        chunk.update(expires_at=expires_at)
+    return alive
+
+
+def of_gateway(owner: User, gateway_id: str, delivery: str) -> list[LiveSubscription]:
+    """`owner`'s unexpired live subscriptions of gateway `gateway_id` delivered by
+    `delivery`, oldest first (what a reconnecting socket resumes)."""
+    _check_gateway_id(gateway_id)
+    found = owned(owner).select_related("subscription")
+    return list(found.filter(gateway_id=gateway_id, delivery=delivery).order_by("created_at", "pk"))
+
+
 def delete(owner: User, live_id: uuid.UUID) -> None:
     deleted, _ = owned(owner).filter(pk=live_id).delete()
     if not deleted:
