@@ -81,6 +81,8 @@ DEFAULT_SEND_BUFFER = 1000
 DEFAULT_BEHIND_SECONDS = 10.0
 _MAX_TOKEN_LENGTH = 200
 _MAX_REASON_BYTES = 123  # what a close frame can carry
+JOIN_AT_ONCE = 100
+"""Group joins (one Redis round trip each) sent together when a socket resumes many."""
 
 REQUIRES: dict[type, tuple[str, ...]] = {
     Register: (ADD_LIVE_SUBSCRIPTION, VIEW_SUBSCRIPTION),
@@ -191,10 +193,10 @@ def _perform(admitted: Admitted, request: Register | Resume | Heartbeat | Delete
         found = live_subscriptions.of_gateway(
             user, request.gateway_id, LiveSubscription.Delivery.WEBSOCKET
         )
-        alive = live_subscriptions.heartbeat_ids(user, [live.id for live in found])
-        kept = [live for live in found if live.id in alive]
+        renewed = live_subscriptions.heartbeat_ids(user, [live.id for live in found])
+        kept = [live for live in found if live.id in renewed.ids]
         for live in kept:
-            live.refresh_from_db(fields=["expires_at"])
+            live.expires_at = renewed.expires_at
         answer = {
             "type": "resumed",
             "ref": request.ref,
@@ -230,8 +232,9 @@ def _perform_answering_errors(
         return Outcome(answer)
 
 
-def _renew(admitted: Admitted, ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    return live_subscriptions.heartbeat_ids(User.objects.get(pk=admitted.caller.user_id), ids)
+def _renew(admitted: Admitted, ids: list[uuid.UUID]) -> frozenset[uuid.UUID]:
+    user = User.objects.get(pk=admitted.caller.user_id)
+    return live_subscriptions.heartbeat_ids(user, ids).ids
 
 
 class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -345,14 +348,25 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def hold(self, ids: list[uuid.UUID]) -> None:
         # Joined before the answer is sent: once the client reads it, events flow.
-        for live_id in ids:
-            await self.channel_layer.group_add(live_group(live_id), self.channel_name)
+        for start in range(0, len(ids), JOIN_AT_ONCE):
+            await asyncio.gather(
+                *(
+                    self.channel_layer.group_add(live_group(live_id), self.channel_name)
+                    for live_id in ids[start : start + JOIN_AT_ONCE]
+                )
+            )
         self.held.update(ids)
 
     async def let_go(self, ids: list[uuid.UUID] | set[uuid.UUID]) -> None:
-        for live_id in ids:
-            self.held.discard(live_id)
-            await self.channel_layer.group_discard(live_group(live_id), self.channel_name)
+        listed = list(ids)
+        self.held.difference_update(listed)
+        for start in range(0, len(listed), JOIN_AT_ONCE):
+            await asyncio.gather(
+                *(
+                    self.channel_layer.group_discard(live_group(live_id), self.channel_name)
+                    for live_id in listed[start : start + JOIN_AT_ONCE]
+                )
+            )
 
     async def keep(self) -> None:
         """Renew the socket's live subscriptions every TTL/3 while it is open; let go of
@@ -410,7 +424,14 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.ending:
             return
         self.ending = True
-        log.info("live_socket_closed", client=self.channel_name, code=code, reason=reason)
+        dropped = 0 if self.buffer is None else self.buffer.dropped_total
+        log.info(
+            "live_socket_closed",
+            client=self.channel_name,
+            code=code,
+            reason=reason,
+            dropped=dropped,
+        )
         await self.release()
         await self.send(text_data=dumps({"type": "closing", "code": code, "reason": reason}))
         short = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
@@ -432,6 +453,15 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.let_go(set(self.held))
 
     async def disconnect(self, code: int) -> None:
+        if not self.ending and self.admitted is not None:
+            dropped = 0 if self.buffer is None else self.buffer.dropped_total
+            log.info(
+                "live_socket_left",
+                user=self.admitted.caller.username,
+                client=self.channel_name,
+                held=len(self.held),
+                dropped=dropped,
+            )
         self.ending = True
         await self.release()
 

@@ -79,6 +79,8 @@ class Renewed:
 
     count: int
     expires_at: datetime
+    ids: frozenset[uuid.UUID] = frozenset()
+    """Which were renewed, when they were named (heartbeat_ids)."""
 
 
 @dataclass(frozen=True)
@@ -279,9 +281,10 @@ def heartbeat_gateway(owner: User, gateway_id: str) -> Renewed:
     return Renewed(count, expires_at)
 
 
-def heartbeat_ids(owner: User, live_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-    """Renew those of `live_ids` that are still `owner`'s; return them (the others were
-    deleted or have expired: the caller stops waiting for their events)."""
+def heartbeat_ids(owner: User, live_ids: Iterable[uuid.UUID]) -> Renewed:
+    """Renew those of `live_ids` that are still `owner`'s: they now expire at
+    `expires_at`; `ids` says which (the others were deleted or have expired, and the
+    caller stops waiting for their events)."""
     ids = list(live_ids)
     expires_at = timezone.now() + conf.live_subscriptions().ttl
     alive: set[uuid.UUID] = set()
@@ -289,7 +292,7 @@ def heartbeat_ids(owner: User, live_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
         chunk = owned(owner).filter(pk__in=ids[start : start + DELETE_BATCH])
         alive.update(chunk.values_list("pk", flat=True))
         chunk.update(expires_at=expires_at)
-    return alive
+    return Renewed(len(alive), expires_at, frozenset(alive))
 
 
 def of_gateway(owner: User, gateway_id: str, delivery: str) -> list[LiveSubscription]:
