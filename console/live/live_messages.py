@@ -3,9 +3,10 @@ server's answers built from the live-subscription operations' results and errors
 
 Client → server (JSON text frames; `ref`, optional, is echoed in the answer):
 `auth` {token}, `register` {subscriptions: [{gateway_id, subscription, filter}]},
-`resume` {gateway_id}, `heartbeat` {gateway_id}, `delete` {id}.
-Server → client: `ready`, `registered`, `resumed`, `heartbeat`, `deleted`, `event`,
-`dropped`, `error`, `closing`.
+`resume` {gateway_id}, `heartbeat` {gateway_id}, `delete` {id}, `flow` {window},
+`ack` {received} (no answer).
+Server → client: `ready`, `registered`, `resumed`, `heartbeat`, `deleted`, `flow`,
+`event`, `dropped`, `gone`, `error`, `closing`.
 """
 
 from __future__ import annotations
@@ -69,9 +70,27 @@ class Delete(_Message):
     id: uuid.UUID
 
 
-Request = Annotated[Auth | Register | Resume | Heartbeat | Delete, Field(discriminator="type")]
-_REQUEST: TypeAdapter[Auth | Register | Resume | Heartbeat | Delete] = TypeAdapter(Request)
-TYPES = ("auth", "register", "resume", "heartbeat", "delete")
+MAX_WINDOW = 100_000
+
+
+class Flow(_Message):
+    """Turn on flow control: at most `window` events unacknowledged."""
+
+    type: Literal["flow"]
+    window: int = Field(ge=1, le=MAX_WINDOW)
+
+
+class Ack(_Message):
+    """With flow control: how many events the client has received since it connected."""
+
+    type: Literal["ack"]
+    received: int = Field(ge=0)
+
+
+Any_ = Auth | Register | Resume | Heartbeat | Delete | Flow | Ack
+Request = Annotated[Any_, Field(discriminator="type")]
+_REQUEST: TypeAdapter[Any_] = TypeAdapter(Request)
+TYPES = ("auth", "register", "resume", "heartbeat", "delete", "flow", "ack")
 
 
 class BadMessage(ValueError):
@@ -83,7 +102,7 @@ class BadMessage(ValueError):
         super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
 
 
-def parse(text: str | None) -> Auth | Register | Resume | Heartbeat | Delete:
+def parse(text: str | None) -> Any_:
     """The client's message in `text`; BadMessage saying what to send instead."""
     if text is None:
         raise BadMessage([_error("(message)", "send text frames holding JSON, not binary")])

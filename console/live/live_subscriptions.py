@@ -14,6 +14,9 @@ heartbeat: change_; delete: delete_), errors and quotas, as JSON messages
 (console.live.live_messages). The socket joins the Channels group of each live
 subscription it registered or resumed, and forwards the worker's `live.matched`
 messages as `{"type": "event", ...}` through a bounded send buffer (console.live.send_buffer).
+Under daphne, whose send never waits for the client, only a client that turned on flow
+control (`flow` {window}, then `ack` {received}) can be found slow and told `dropped`;
+without it, daphne's own ping timeout ends a client that stopped reading.
 
 Tied to the socket's life: while it is open, the socket renews its live subscriptions
 every TTL/3 itself. When it closes they are *not* deleted: they expire a TTL later
@@ -44,9 +47,11 @@ from django.db import DatabaseError
 from console.live import access
 from console.live.access import NOT_AUTHENTICATED, Refusal, StreamCaller, StreamGuard
 from console.live.live_messages import (
+    Ack,
     Auth,
     BadMessage,
     Delete,
+    Flow,
     Heartbeat,
     Register,
     Resume,
@@ -332,10 +337,31 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 NOT_AUTHENTICATED, 'authenticate first: send {"type": "auth", "token": "..."}'
             )
             return
+        if isinstance(request, Ack | Flow):
+            self.flow(request)
+            return
         outcome = await database_sync_to_async(_perform_answering_errors)(self.admitted, request)
         await self.hold(outcome.hold)
         await self.let_go(outcome.let_go)
         self.reply(outcome.answer)
+
+    def flow(self, request: Ack | Flow) -> None:
+        if self.buffer is None:
+            return
+        if isinstance(request, Flow):
+            self.buffer.set_window(request.window)
+            self.reply({"type": "flow", "ref": request.ref, "window": request.window})
+        elif self.buffer.window is None:
+            self.reply(
+                error(
+                    "ack",
+                    request.ref,
+                    400,
+                    'no flow control: send {"type": "flow", "window": n} first',
+                )
+            )
+        else:
+            self.buffer.ack(request.received)
 
     def reply(self, message: dict[str, Any]) -> None:
         if self.buffer is not None:

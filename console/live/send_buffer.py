@@ -11,6 +11,11 @@ told than fed a trickle of gaps).
 Replies to the client's own requests go in a separate small queue that is sent first and
 never dropped: a client that sends more than `CONTROL_LIMIT` requests without reading
 their answers is behind too.
+
+Flow control, for servers whose send never waits (daphne hands every frame to Twisted,
+which buffers without bound): a client that set a `window` acknowledges the events it
+has received (`ack`), and the sender keeps at most `window` events unacknowledged, so
+the buffer fills, drops and gives up on that client as above.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ class SendBuffer:
         self.size = size
         self.behind = behind
         self._on_behind = on_behind
-        self._events: deque[str] = deque()
+        self._events: deque[tuple[str, bool]] = deque()
+        """(text, whether it is an event that counts against the window)."""
         self._control: deque[str] = deque()
         self._ready = asyncio.Event()
         self.dropped = 0
@@ -46,6 +52,11 @@ class SendBuffer:
         self.behind_since: float | None = None
         """When the current run of drops began (wall clock), None when not behind."""
         self._tasks: list[asyncio.Task[None]] = []
+        self.window: int | None = None
+        """Events the client may hold unacknowledged; None: no flow control."""
+        self.sent = 0
+        """Events sent (drop summaries are not events)."""
+        self.acked = 0
 
     def start(self, name: str) -> None:
         self._tasks = [
@@ -72,9 +83,20 @@ class SendBuffer:
             self.dropped += 1
             self.dropped_total += 1
             return False
-        self._events.append(text)
+        self._events.append((text, True))
         self._ready.set()
         return True
+
+    def set_window(self, window: int) -> None:
+        """From now on, keep at most `window` events unacknowledged (counted from now)."""
+        self.window = window
+        self.acked = self.sent
+        self._ready.set()
+
+    def ack(self, received: int) -> None:
+        """The client has received `received` events since the socket opened."""
+        self.acked = max(self.acked, min(received, self.sent))
+        self._ready.set()
 
     def reply(self, text: str) -> None:
         """Queue the answer to a request (sent before any event, never dropped)."""
@@ -85,7 +107,7 @@ class SendBuffer:
 
     def _summarize(self) -> None:
         summary = {"type": "dropped", "count": self.dropped, "since": self.behind_since}
-        self._events.append(json.dumps(summary))
+        self._events.append((json.dumps(summary), False))
         self.dropped = 0
         self.behind_since = None
         self._ready.set()
@@ -97,12 +119,17 @@ class SendBuffer:
                 await self._send(self._control.popleft())
                 if len(self._control) <= CONTROL_LIMIT and not self.dropped:
                     self.behind_since = None
-            elif self._events:
-                await self._send(self._events.popleft())
-            elif self.dropped:
+            elif self._events and self._may_send(self._events[0][1]):
+                text, counted = self._events.popleft()
+                self.sent += counted  # first: the client may ack it before the send returns
+                await self._send(text)
+            elif self.dropped and not self._events:
                 self._summarize()  # room again, and nothing else to send: say what was lost
             else:
                 self._ready.clear()
+
+    def _may_send(self, counted: bool) -> bool:
+        return not counted or self.window is None or self.sent - self.acked < self.window
 
     async def _watch(self) -> None:
         while True:

@@ -566,3 +566,11 @@ async def test_staff_without_the_view_permission_is_closed_with_4403(
     code, reason = await closed_with(await sockets(authorization(text)))
     assert code == 4403
     assert "syncer.view_subscription" in reason
+
+
+async def test_an_ack_without_flow_control_is_an_error(token: str, sockets: Any) -> None:
+    socket = await sockets(authorization(token))
+    await ready(socket)
+    answer = await ask(socket, {"type": "ack", "received": 3})
+    assert (answer["type"], answer["request"], answer["status"]) == ("error", "ack", 400)
+    assert '"flow"' in answer["detail"]

@@ -7,6 +7,7 @@ live subscription's group, as syncer.live.events says the worker does.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import uuid
@@ -36,6 +37,8 @@ from tests.support.users import operator
 pytestmark = pytest.mark.django_db(transaction=True)
 
 RECHECK = 0.3
+BUFFER = 5
+BEHIND = 1.0
 PREFIX = f"searchsync_test{DB_SUFFIX}_{uuid.uuid4().hex[:12]}"
 LAYERS: dict[str, Any] = copy.deepcopy(django_settings.CHANNEL_LAYERS)
 LAYERS["default"]["CONFIG"]["prefix"] = PREFIX
@@ -52,6 +55,8 @@ def daphne(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> I
         f"CHANNEL_LAYERS = {LAYERS!r}\n"
         f"LIVE_STREAM_RECHECK_SECONDS = {RECHECK!r}\n"
         "LIVE_WS_AUTH_SECONDS = 1\n"
+        f"LIVE_WS_SEND_BUFFER = {BUFFER}\n"
+        f"LIVE_WS_BEHIND_SECONDS = {BEHIND}\n"
     )
     port = free_port()
     env = {
@@ -233,3 +238,38 @@ async def test_wrong_token_missing_token_and_revoked_while_open_are_closed_with_
     assert (await receive(socket))["type"] == "ready"
     await sync_to_async(found.revoke)()
     assert await closed(socket) == (4401, "this API token has been revoked")
+
+
+async def test_a_slow_client_with_flow_control_gets_dropped_then_is_closed_with_4008(
+    daphne: str, layer: Any, http: Any, token: Any
+) -> None:
+    socket = await connect(http, daphne, bearer(token[1]))
+    assert (await receive(socket))["type"] == "ready"
+    await socket.send_json({"type": "flow", "window": 5})
+    assert await receive(socket) == {"type": "flow", "ref": None, "window": 5}
+    live_id = await register(socket)
+
+    async def burst(first: int) -> None:
+        for position in range(first, first + 20):
+            await send_event(layer, matched(live_id, f"k{position}", position))
+        await asyncio.sleep(0.5)  # all offered before the client reads on
+
+    async def events(count: int) -> list[int]:
+        got = [await receive(socket) for _ in range(count)]
+        assert {m["type"] for m in got} == {"event"}, got
+        return [m["position"] for m in got]
+
+    # 5 sent (the window), 5 buffered, 10 dropped while the client acknowledges nothing.
+    await burst(0)
+    assert await events(5) == [0, 1, 2, 3, 4]
+    await socket.send_json({"type": "ack", "received": 5})
+    assert await events(5) == [5, 6, 7, 8, 9]
+    summary = await receive(socket)
+    assert (summary["type"], summary["count"]) == ("dropped", 10)
+    await socket.send_json({"type": "ack", "received": 10})
+
+    await burst(100)  # behind again, and it stays behind for over BEHIND seconds
+    assert await events(5) == [100, 101, 102, 103, 104]
+    code, reason = await closed(socket)
+    assert code == 4008
+    assert "read too slowly" in reason

@@ -135,3 +135,31 @@ async def test_a_client_that_catches_up_in_time_is_kept() -> None:
     assert buffer.behind_since is None
     assert kinds(client.received)[-1] == "dropped"
     await buffer.stop()
+
+
+async def test_with_a_window_at_most_that_many_events_wait_for_an_ack() -> None:
+    sent: list[str] = []
+
+    async def server_that_never_waits(text: str) -> None:
+        sent.append(text)  # as daphne: the frame is buffered, the send returns at once
+
+    buffer = SendBuffer(server_that_never_waits, size=3, behind=60, on_behind=never_behind)
+    buffer.set_window(2)
+    for i in range(8):
+        buffer.offer(f"e{i}")  # 3 buffered, 5 dropped
+    buffer.reply("r0")
+    buffer.start("t")
+    await asyncio.sleep(0.05)
+    assert kinds(sent) == ["r0", "e0", "e1"]  # replies do not count against the window
+    buffer.ack(99)  # more than was sent: counts as all of it
+    await asyncio.sleep(0.05)
+    assert kinds(sent)[3:] == ["e2", "dropped"]  # the summary is not an event either
+    assert json.loads(sent[4])["count"] == 5
+    for i in range(8, 11):
+        buffer.offer(f"e{i}")
+    await asyncio.sleep(0.05)
+    assert kinds(sent)[5:] == ["e8"]  # e2 and e8 unacknowledged
+    buffer.ack(4)
+    await asyncio.sleep(0.05)
+    assert kinds(sent)[5:] == ["e8", "e9", "e10"]
+    await buffer.stop()
