@@ -574,3 +574,30 @@ async def test_an_ack_without_flow_control_is_an_error(token: str, sockets: Any)
     answer = await ask(socket, {"type": "ack", "received": 3})
     assert (answer["type"], answer["request"], answer["status"]) == ("error", "ack", 400)
     assert '"flow"' in answer["detail"]
+
+
+async def test_a_gateway_sends_no_origin_and_another_sites_page_is_refused(
+    token: str, staff_cookie: tuple[bytes, bytes]
+) -> None:
+    gateway = WebsocketCommunicator(application, PATH, headers=[authorization(token)])
+    accepted, _ = await gateway.connect()
+    assert accepted
+    assert (await ready(gateway))["user"] == "ops"
+    await gateway.disconnect()
+
+    evil = (b"origin", b"https://evil.example")
+    for path in (PATH, "/ws/monitor/"):
+        page = WebsocketCommunicator(application, path, headers=[evil, staff_cookie])
+        accepted, _ = await page.connect()
+        assert not accepted, path
+    # Only the live-subscription socket skips the check without an Origin.
+    monitor = WebsocketCommunicator(application, "/ws/monitor/", headers=[staff_cookie])
+    accepted, _ = await monitor.connect()
+    assert not accepted
+
+
+@pytest.fixture
+async def staff_cookie(token: str) -> tuple[bytes, bytes]:
+    client = Client()
+    await sync_to_async(client.force_login)(await User.objects.aget(username="ops"))
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())

@@ -112,8 +112,8 @@ async def token() -> tuple[ApiToken, str]:
 async def connect(
     http: aiohttp.ClientSession, base: str, headers: dict[str, str] | None = None
 ) -> aiohttp.ClientWebSocketResponse:
-    sent = {"Origin": base.replace("ws://", "http://"), **(headers or {})}
-    return await http.ws_connect(f"{base}/ws/live/", headers=sent)
+    """A gateway's socket: no Origin (it is no browser page)."""
+    return await http.ws_connect(f"{base}/ws/live/", headers=headers or {})
 
 
 def bearer(text: str) -> dict[str, str]:
@@ -216,7 +216,11 @@ async def test_token_as_first_message_then_resume_after_a_reconnect(
 async def test_a_staff_session_cookie_opens_it(daphne: str, http: Any, token: Any) -> None:
     client = Client()
     await sync_to_async(client.force_login)(await User.objects.aget(username="ops"))
-    cookie = {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
+    # A browser: its page's Origin, and the session cookie.
+    cookie = {
+        "Cookie": f"sessionid={client.cookies['sessionid'].value}",
+        "Origin": daphne.replace("ws://", "http://"),
+    }
     socket = await connect(http, daphne, cookie)
     assert (await receive(socket))["user"] == "ops"
     await socket.close()
