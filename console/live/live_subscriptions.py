@@ -86,8 +86,10 @@ DEFAULT_SEND_BUFFER = 1000
 DEFAULT_BEHIND_SECONDS = 10.0
 _MAX_TOKEN_LENGTH = 200
 _MAX_REASON_BYTES = 123  # what a close frame can carry
-JOIN_AT_ONCE = 100
-"""Group joins (one Redis round trip each) sent together when a socket resumes many."""
+JOIN_AT_ONCE = 8
+"""Group joins (two Redis commands each) one socket sends at once when it resumes many:
+more would take too many of the process's pooled Redis connections (100, shared by every
+socket of the process)."""
 
 REQUIRES: dict[type, tuple[str, ...]] = {
     Register: (ADD_LIVE_SUBSCRIPTION, VIEW_SUBSCRIPTION),
