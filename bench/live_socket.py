@@ -1,16 +1,17 @@
 """What `/ws/live/` costs: registering over the socket, resuming after a reconnect, and
 delivering matched events through the channel layer to many sockets.
 
-    .venv/bin/python bench/live_socket.py [--sockets 20] [--per-socket 100] [--events 20000]
-                                          [--resume 10000]
+    .venv/bin/python bench/live_socket.py [--sockets 20] [--per-socket 100] [--events 10000]
+                                          [--rate 500] [--resume 10000]
 
 A real daphne serves the console against its own database (`searchsync_bench_wslive`)
 and a source database with a real table, so each registration checks its filters as in
 production. Each of `--sockets` gateways (aiohttp websocket clients, one API token)
 registers `--per-socket` live subscriptions over its socket in one `register` message.
 The bench then plays the worker: `--events` `live.matched` messages sent with
-`group_send` to the groups of random live subscriptions, by 8 concurrent senders, each
-event's `commit_time` the moment it was sent; each socket times what it receives.
+`group_send` to the groups of random live subscriptions, by 8 concurrent senders paced
+to `--rate` events/s in all, each event's `commit_time` the moment it was sent; each
+socket times what it receives.
 Figures: delivered per second (wall time from the first send to the last receipt),
 send-to-receipt latency p50/p99, drops (`dropped` summaries). Last, one gateway
 registers `--resume` live subscriptions in batches of 1000, reconnects and resumes them
@@ -109,7 +110,12 @@ async def deliver(args: argparse.Namespace, url: str, token: str) -> dict[str, A
         chosen = [random.Random(7).choice(ids)[1] for _ in range(args.events)]
 
         async def send(share: list[str]) -> None:
+            loop = asyncio.get_running_loop()
+            begun = loop.time()
             for position, live_id in enumerate(share):
+                ahead = begun + position * SENDERS / args.rate - loop.time()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
                 event = MatchedEvent(
                     live_subscription_id=uuid.UUID(live_id),
                     gateway_id="gw",
@@ -143,6 +149,7 @@ async def deliver(args: argparse.Namespace, url: str, token: str) -> dict[str, A
         "per_socket": args.per_socket,
         "register_over_socket": timed(registering),
         "events": args.events,
+        "rate": args.rate,
         "received": len(latencies),
         "dropped": dropped[0],
         "sent_per_second": round(args.events / sent),
@@ -164,6 +171,7 @@ async def resume(args: argparse.Namespace, url: str, token: str) -> dict[str, An
         await socket.close()
         again = await http.ws_connect(url, headers=headers)
         assert (await again.receive_json(timeout=30))["type"] == "ready"
+        say("resuming")
         t0 = time.monotonic()
         answer = await ask(again, {"type": "resume", "gateway_id": "gw-big"})
         took = time.monotonic() - t0
@@ -244,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sockets", type=int, default=20)
     parser.add_argument("--per-socket", type=int, default=100)
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=500, help="events sent per second")
     parser.add_argument("--resume", type=int, default=10_000)
     results = run(parser.parse_args(argv))
     out = ARTIFACTS / f"live-socket-{int(time.time())}.json"

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +88,23 @@ DEFAULT_SEND_BUFFER = 1000
 DEFAULT_BEHIND_SECONDS = 10.0
 _MAX_TOKEN_LENGTH = 200
 _MAX_REASON_BYTES = 123  # what a close frame can carry
-JOIN_AT_ONCE = 8
-"""Group joins (two Redis commands each) one socket sends at once when it resumes many:
-more would take too many of the process's pooled Redis connections (100, shared by every
-socket of the process)."""
+JOINS_PER_PROCESS = 32
+"""Group joins and leaves (Redis commands) in flight at once over all the sockets of a
+process: the layer's Redis pool holds 100 connections and refuses (not waits) beyond, so
+20 sockets leaving 100 groups each at once would take them all."""
+_join_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def join_slots() -> asyncio.Semaphore:
+    """This event loop's bound on group joins and leaves in flight."""
+    loop = asyncio.get_running_loop()
+    slots = _join_slots.get(loop)
+    if slots is None:
+        slots = _join_slots[loop] = asyncio.Semaphore(JOINS_PER_PROCESS)
+    return slots
+
 
 REQUIRES: dict[type, tuple[str, ...]] = {
     Register: (ADD_LIVE_SUBSCRIPTION, VIEW_SUBSCRIPTION),
@@ -376,25 +391,25 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def hold(self, ids: list[uuid.UUID]) -> None:
         # Joined before the answer is sent: once the client reads it, events flow.
-        for start in range(0, len(ids), JOIN_AT_ONCE):
-            await asyncio.gather(
-                *(
-                    self.channel_layer.group_add(live_group(live_id), self.channel_name)
-                    for live_id in ids[start : start + JOIN_AT_ONCE]
-                )
-            )
+        await self._each_group(self.channel_layer.group_add, ids)
         self.held.update(ids)
 
     async def let_go(self, ids: list[uuid.UUID] | set[uuid.UUID]) -> None:
         listed = list(ids)
         self.held.difference_update(listed)
-        for start in range(0, len(listed), JOIN_AT_ONCE):
-            await asyncio.gather(
-                *(
-                    self.channel_layer.group_discard(live_group(live_id), self.channel_name)
-                    for live_id in listed[start : start + JOIN_AT_ONCE]
-                )
-            )
+        await self._each_group(self.channel_layer.group_discard, listed)
+
+    async def _each_group(
+        self, action: Callable[[str, str], Awaitable[None]], ids: list[uuid.UUID]
+    ) -> None:
+        slots = join_slots()
+
+        async def one(live_id: uuid.UUID) -> None:
+            async with slots:
+                await action(live_group(live_id), self.channel_name)
+
+        for start in range(0, len(ids), 4 * JOINS_PER_PROCESS):
+            await asyncio.gather(*(one(i) for i in ids[start : start + 4 * JOINS_PER_PROCESS]))
 
     async def keep(self) -> None:
         """Renew the socket's live subscriptions every TTL/3 while it is open; let go of
