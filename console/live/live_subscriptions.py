@@ -209,7 +209,11 @@ def _perform(admitted: Admitted, request: Register | Resume | Heartbeat | Delete
             for e in request.subscriptions
         ]
         created = live_subscriptions.register(user, registrations)
-        answer = {"type": "registered", "ref": request.ref, "items": [item(c) for c in created]}
+        answer: dict[str, Any] = {
+            "type": "registered",
+            "ref": request.ref,
+            "items": [item(c) for c in created],
+        }
         return Outcome(answer, hold=[c.id for c in created])
     if isinstance(request, Resume):
         found = live_subscriptions.of_gateway(
@@ -217,13 +221,15 @@ def _perform(admitted: Admitted, request: Register | Resume | Heartbeat | Delete
         )
         renewed = live_subscriptions.heartbeat_ids(user, [live.id for live in found])
         kept = [live for live in found if live.id in renewed.ids]
-        for live in kept:
-            live.expires_at = renewed.expires_at
+        # Ids only: a gateway may resume 10,000 (its quota); their filters it knows, or
+        # lists through the API.
         answer = {
             "type": "resumed",
             "ref": request.ref,
             "gateway_id": request.gateway_id,
-            "items": [item(live) for live in kept],
+            "count": len(kept),
+            "ids": [str(live.id) for live in kept],
+            "expires_at": renewed.expires_at.isoformat() if kept else None,
         }
         return Outcome(answer, hold=[live.id for live in kept])
     if isinstance(request, Heartbeat):

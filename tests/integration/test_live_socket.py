@@ -426,7 +426,10 @@ async def test_resume_after_a_reconnect_with_the_same_gateway_id(
     await send_event(layer, matched(ids[0], "lost"))  # while no socket is in the group
     answer = await ask(second, {"type": "resume", "gateway_id": "gw-1", "ref": "x"})
     assert (answer["type"], answer["gateway_id"], answer["ref"]) == ("resumed", "gw-1", "x")
-    assert sorted(item["id"] for item in answer["items"]) == sorted(ids[:2])
+    assert sorted(answer["ids"]) == sorted(ids[:2])
+    assert answer["count"] == 2
+    renewed = await sync_to_async(expires_at)(ids[0])
+    assert answer["expires_at"] == renewed.isoformat()
 
     for live_id in ids:
         await send_event(layer, matched(live_id, f"k-{live_id}"))
@@ -447,7 +450,8 @@ async def test_another_users_live_subscriptions_cannot_be_resumed_or_deleted(
     intruder = await sockets(authorization(text))
     await ready(intruder)
     answer = await ask(intruder, {"type": "resume", "gateway_id": "gw-1"})
-    assert (answer["type"], answer["items"]) == ("resumed", [])
+    assert (answer["type"], answer["count"], answer["ids"]) == ("resumed", 0, [])
+    assert answer["expires_at"] is None
     answer = await ask(intruder, {"type": "delete", "id": live_id})
     assert (answer["type"], answer["status"]) == ("error", 404)
 

@@ -206,7 +206,7 @@ async def test_token_as_first_message_then_resume_after_a_reconnect(
     assert (await receive(second))["type"] == "ready"
     await second.send_json({"type": "resume", "gateway_id": "gw-restarts"})
     resumed = await receive(second)
-    assert [item["id"] for item in resumed["items"]] == [live_id]
+    assert (resumed["type"], resumed["ids"]) == ("resumed", [live_id])
     await send_event(layer, matched(live_id, "after-restart", 902))
     event = await receive(second)
     assert (event["type"], event["key"], event["position"]) == ("event", "after-restart", 902)
