@@ -250,3 +250,9 @@ AXES_CLIENT_IP_CALLABLE = "console.login_limit.client_ip"
 LIVE_STREAM_RECHECK_SECONDS = _env_number("LIVE_STREAM_RECHECK_SECONDS", 10) or 10
 # Live streams one user may hold open at once, over all web processes (counted in Redis).
 LIVE_STREAMS_PER_USER = int(_env_number("LIVE_STREAMS_PER_USER", 10)) or 10
+# /ws/live/ (console.live.live_subscriptions): seconds a socket may take to send its token as
+# the first message; events one socket buffers for a slow client before dropping them; and
+# seconds it may keep dropping before it is closed (4008).
+LIVE_WS_AUTH_SECONDS = _env_number("LIVE_WS_AUTH_SECONDS", 5) or 5
+LIVE_WS_SEND_BUFFER = int(_env_number("LIVE_WS_SEND_BUFFER", 1000)) or 1000
+LIVE_WS_BEHIND_SECONDS = _env_number("LIVE_WS_BEHIND_SECONDS", 10) or 10

@@ -79,6 +79,8 @@ class Renewed:
 
     count: int
     expires_at: datetime
+    ids: frozenset[uuid.UUID] = frozenset()
+    """Which were renewed, when they were named (heartbeat_ids)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,28 @@ def heartbeat_gateway(owner: User, gateway_id: str) -> Renewed:
     expires_at = timezone.now() + conf.live_subscriptions().ttl
     count = owned(owner).filter(gateway_id=gateway_id).update(expires_at=expires_at)
     return Renewed(count, expires_at)
+
+
+def heartbeat_ids(owner: User, live_ids: Iterable[uuid.UUID]) -> Renewed:
+    """Renew those of `live_ids` that are still `owner`'s: they now expire at
+    `expires_at`; `ids` says which (the others were deleted or have expired, and the
+    caller stops waiting for their events)."""
+    ids = list(live_ids)
+    expires_at = timezone.now() + conf.live_subscriptions().ttl
+    alive: set[uuid.UUID] = set()
+    for start in range(0, len(ids), DELETE_BATCH):
+        chunk = owned(owner).filter(pk__in=ids[start : start + DELETE_BATCH])
+        alive.update(chunk.values_list("pk", flat=True))
+        chunk.update(expires_at=expires_at)
+    return Renewed(len(alive), expires_at, frozenset(alive))
+
+
+def of_gateway(owner: User, gateway_id: str, delivery: str) -> list[LiveSubscription]:
+    """`owner`'s unexpired live subscriptions of gateway `gateway_id` delivered by
+    `delivery`, oldest first (what a reconnecting socket resumes)."""
+    _check_gateway_id(gateway_id)
+    found = owned(owner).select_related("subscription")
+    return list(found.filter(gateway_id=gateway_id, delivery=delivery).order_by("created_at", "pk"))
 
 
 def delete(owner: User, live_id: uuid.UUID) -> None:
