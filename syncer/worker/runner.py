@@ -247,7 +247,12 @@ class Runner:
             else:
                 supervisor.notice(row.version, row.name)
         free = [sub_id for sub_id in wanted if sub_id not in self.supervisors]
-        for sub_id in await self.ownership.try_acquire(free):
+        acquired = await self.ownership.try_acquire(free)
+        if acquired:
+            # Its live subscriptions are loaded before its pipeline starts: a change
+            # acknowledged before its matcher existed would never be matched.
+            await self.refresh_live_subscriptions({i: wanted[i].name for i in acquired})
+        for sub_id in acquired:
             self._start(wanted[sub_id])
 
     def _build(
@@ -435,11 +440,13 @@ class Runner:
         while not await sleep_unless_stopped(self._stop, interval):
             await self.refresh_live_subscriptions()
 
-    async def refresh_live_subscriptions(self) -> None:
-        """Bring the matchers to the owned subscriptions' unexpired live subscriptions."""
+    async def refresh_live_subscriptions(self, starting: Mapping[int, str] | None = None) -> None:
+        """Bring the matchers to the owned subscriptions' unexpired live subscriptions, and
+        those of `starting` (id to name: acquired, their pipelines not started yet)."""
         if self.matching is None:
             return
         owned = {sub_id: sup.name for sub_id, sup in self.supervisors.items()}
+        owned.update(starting or {})
         try:
             await self.matching.refresh(owned)
         except ConsoleDatabaseUnavailable as exc:
