@@ -94,6 +94,7 @@ class SnapshotMessage(TypedDict):
     backpressure: bool
     throughput: float  # changes/s over the last minute
     dead_letters: int  # entries in the dead-letter queue
+    live_subscriptions: int  # matched by this worker now (as of its last refresh); 0 when none
     checkpoint: int | None
     checkpoint_shown: str
     at: float  # epoch seconds

@@ -477,14 +477,17 @@ class Runner:
             rows = await in_db(lambda: state.live_rows([sub_id for sub_id, _ in owned]))
         except ConsoleDatabaseUnavailable:
             rows = {}  # the pipelines' own figures still go out
+        live = self.matching.active() if self.matching is not None else {}
         for sub_id, supervisor in owned:
             row = rows.get(sub_id)
             if row is None:
                 continue  # deleted meanwhile, or the console database is down
-            publisher.offer_snapshot(self._snapshot(supervisor, row, now))
+            publisher.offer_snapshot(self._snapshot(supervisor, row, now, live))
         publisher.offer_heartbeat([sup.name for _, sup in owned], interval)
 
-    def _snapshot(self, supervisor: Supervisor, row: state.LiveRow, now: float) -> SnapshotMessage:
+    def _snapshot(
+        self, supervisor: Supervisor, row: state.LiveRow, now: float, live: Mapping[str, int]
+    ) -> SnapshotMessage:
         snapshot = SnapshotMessage(
             type="sync.snapshot",
             subscription=supervisor.name,
@@ -497,6 +500,7 @@ class Runner:
             backpressure=False,
             throughput=0.0,
             dead_letters=row.dead_letters,
+            live_subscriptions=live.get(supervisor.name, 0),
             checkpoint=row.checkpoint,
             checkpoint_shown=format_position(row.source_kind, row.checkpoint),
             at=now,

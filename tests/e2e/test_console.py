@@ -10,8 +10,10 @@ import psycopg
 import pytest
 from playwright.sync_api import expect
 
+from syncer.operations import live_subscriptions as live_ops
 from tests.e2e.conftest import ConsoleServer, screenshot, wait_until
 from tests.support.tcpproxy import TcpProxy
+from tests.support.users import operator
 
 NAME = "e2e-orders"
 LIVE = re.compile(r"^(streaming|caught_up)$")
@@ -46,6 +48,8 @@ def orders(
     sub = make_subscription(
         NAME, table_name, index_mappings={"properties": {"qty": {"type": "integer"}}}
     )
+    # A live subscription the worker matches: the table counts it.
+    live_ops.register(operator(), [live_ops.Registration("e2e-gw", NAME, "true", "websocket")])
     return table_name, sub.pk
 
 
@@ -69,6 +73,7 @@ def test_console_follows_events_lag_an_opensearch_outage_a_restart_and_the_worke
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "open")
     expect(page.get_by_test_id("worker")).to_have_attribute("data-state", "online", timeout=30_000)
     expect(badge).to_have_attribute("data-status", LIVE, timeout=30_000)
+    expect(row.locator('[data-field="live_subscriptions"]')).to_have_text("1")
     # The only subscription is tailed from the start; the server's answer to the page's
     # first filter message says the socket has joined the subscription's events.
     tail_state = page.get_by_test_id("tail-connection")

@@ -59,6 +59,8 @@ def test_the_monitor_renders_each_subscription_from_its_row_for_staff(
     assert "12.3 s" in html
     assert "45.6/s" in html
     assert "0/16B3748" in html
+    # Only the worker knows its live subscriptions: unknown until its first snapshot.
+    assert '<td class="num" data-field="live_subscriptions">\N{EN DASH}</td>' in html
     assert f"/admin/syncer/deadletter/?subscription__id__exact={sub.pk}" in html
     config: dict[str, Any] = response.context["monitor_config"]
     assert config["subscriptions"][0]["dead_letters"] == 1

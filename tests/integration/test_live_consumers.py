@@ -204,6 +204,7 @@ async def test_one_snapshot_and_heartbeat_reach_every_monitor_socket(
         "backpressure": False,
         "throughput": 150.0,
         "dead_letters": 2,
+        "live_subscriptions": 3,
         "checkpoint": 4096,
         "checkpoint_shown": "0/1000",
         "at": 1_700_000_000.0,

@@ -21,8 +21,10 @@ from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
 from syncer.live.messages import MONITOR_GROUP, events_group
+from syncer.operations import live_subscriptions as live_ops
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.tcpproxy import TcpProxy
+from tests.support.users import operator
 
 REDIS = django_settings.REDIS_URL  # each pytest-xdist worker has a database of its own
 # redis-py 8 reads with a 5 s socket timeout by default: exactly channels-redis's blocking
@@ -149,6 +151,39 @@ def test_each_applied_change_is_published_with_its_position_latency_and_batch(
         latest = max(e["position"] for e in events)
         wait_for(lambda: status_of("orders").checkpoint == latest, what="checkpoint")
     assert index_docs(search, "orders") == {"1": {"id": 1, "total": 11, "note": "a"}}
+
+
+def test_each_snapshot_counts_its_subscriptions_live_subscriptions(
+    source_conn, table_name, make_subscription, search, live
+):
+    create_table(source_conn, table_name)
+    create_table(source_conn, f"{table_name}_b")
+    watched = make_subscription("watched", table_name, snapshot_mode="discard")
+    unwatched = make_subscription("unwatched", f"{table_name}_b", snapshot_mode="discard")
+    owner = operator()
+    first, _ = live_ops.register(
+        owner,
+        [live_ops.Registration(f"gw-{i}", "watched", "doc.total > 1", "websocket") for i in (1, 2)],
+    )
+
+    def latest(name: str) -> dict[str, Any]:
+        return listener.of_type("sync.snapshot", subscription=name)[-1]
+
+    with Listener(live, MONITOR_GROUP) as listener, WorkerThread([watched, unwatched]):
+        wait_for(
+            lambda: (
+                len(listener.of_type("sync.snapshot", subscription="unwatched")) >= 1
+                and latest("watched")["live_subscriptions"] == 2
+            ),
+            what="a snapshot counting both live subscriptions",
+        )
+        assert latest("unwatched")["live_subscriptions"] == 0
+        live_ops.delete(owner, first.id)
+        # Seen at the worker's next refresh (every control interval).
+        wait_for(
+            lambda: latest("watched")["live_subscriptions"] == 1,
+            what="a snapshot counting the one left",
+        )
 
 
 def test_snapshots_and_heartbeats_go_to_the_monitor_group_once_a_second(

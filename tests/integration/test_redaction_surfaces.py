@@ -93,6 +93,7 @@ def snapshot(message: str) -> SnapshotMessage:
         backpressure=False,
         throughput=0.0,
         dead_letters=0,
+        live_subscriptions=0,
         checkpoint=None,
         checkpoint_shown="",
         at=time.time(),

@@ -154,7 +154,8 @@
       '<div class="sub msg" data-field="message"></div></td>' +
       '<td class="num" data-field="lag">–</td><td class="num" data-field="staleness">–</td>' +
       '<td class="num" data-field="throughput">–</td><td class="num" data-field="buffer">–</td>' +
-      '<td class="num" data-field="dead_letters"></td><td class="mono" data-field="checkpoint">–</td>' +
+      '<td class="num" data-field="dead_letters"></td>' +
+      '<td class="num" data-field="live_subscriptions">–</td><td class="mono" data-field="checkpoint">–</td>' +
       '<td class="chart" data-field="chart"></td><td class="num" data-field="age">–</td>';
     tr.querySelector(".name").appendChild(el("span", {}, name));
     var rows = Array.prototype.slice.call(tbody.querySelectorAll("tr[data-subscription]"));
@@ -216,6 +217,9 @@
     var dl = el("a", { href: deadLetterLink(sub.meta, "") }, String(s.dead_letters));
     if (s.dead_letters > 0) dl.className = "bad";
     c.dead_letters.appendChild(dl);
+    // Absent from an older worker's snapshot: unknown, not zero.
+    c.live_subscriptions.textContent =
+      s.live_subscriptions === undefined ? "–" : String(s.live_subscriptions);
     c.checkpoint.textContent = s.checkpoint_shown || "–";
     c.checkpoint.title = s.checkpoint === null ? "" : "position " + s.checkpoint;
     c.checkpoint.dataset.checkpoint = s.checkpoint === null ? "" : String(s.checkpoint);
