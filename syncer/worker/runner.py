@@ -427,11 +427,7 @@ class Runner:
         """Match what the stopped pipelines left, then flush NATS within the shutdown timeout."""
         if task is None or self.matching is None:
             return
-        stop.set()
-        _, pending = await asyncio.wait({task}, timeout=2 * conf.live().send_timeout + 1)
-        for late in pending:
-            late.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await self._stop_live(task, stop)  # the same bounded end as the monitor's sender
         await self.matching.stop_nats(self.shutdown_timeout)
         await self.matching.close()
 
