@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import http.client
 import json
-import os
 import threading
 import time
 import uuid
@@ -32,7 +31,7 @@ from syncer.live.messages import MONITOR_GROUP, events_group
 from tests.conftest import DB_SUFFIX
 from tests.support.factories import subscription
 from tests.support.harness import wait_for
-from tests.support.process import ROOT, free_port, start_daphne
+from tests.support.process import drop_redis_keys, serving_daphne
 from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,48 +51,17 @@ def daphne(
 ) -> Iterator[tuple[str, int]]:
     """`daphne console.asgi:application` on the test database; (host, port)."""
     folder = tmp_path_factory.mktemp("daphne")
-    db = django_settings.DATABASES["default"]
-    (folder / "live_test_settings.py").write_text(
-        "from console.settings import *  # noqa: F403\n"
-        f"DATABASES['default']['NAME'] = {db['NAME']!r}  # noqa: F405\n"
-        f"CHANNEL_LAYERS = {LAYERS!r}\n"
-        f"LIVE_SSE_HEARTBEAT = {HEARTBEAT!r}\n"
-        f"LIVE_STREAM_RECHECK_SECONDS = {RECHECK!r}\n"
-        f"LIVE_STREAMS_PER_USER = {STREAMS_PER_USER!r}\n"
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "live_test_settings",
-        "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
-        "LOG_LEVEL": "INFO",
+    extra = {
+        "CHANNEL_LAYERS": LAYERS,
+        "LIVE_SSE_HEARTBEAT": HEARTBEAT,
+        "LIVE_STREAM_RECHECK_SECONDS": RECHECK,
+        "LIVE_STREAMS_PER_USER": STREAMS_PER_USER,
     }
-    log = folder / "daphne.log"
-    process = start_daphne(port, env, log)
     try:
-        wait_for(
-            lambda: process.poll() is not None or _answers(port),
-            timeout=30,
-            what="daphne to answer /api/health",
-        )
-        assert process.poll() is None, log.read_text()[-3000:]
-        yield "127.0.0.1", port
-    finally:
-        process.terminate()
-        process.wait(15)
-        client = redis.Redis.from_url(django_settings.REDIS_URL)
-        try:  # the module's groups, messages and counts
-            for key in client.scan_iter(f"{PREFIX}*"):
-                client.delete(key)
-        finally:
-            client.close()
-
-
-def _answers(port: int) -> bool:
-    try:
-        return request(("127.0.0.1", port), "/api/health")[0] == 200
-    except OSError:
-        return False
+        with serving_daphne(folder, django_settings.DATABASES["default"]["NAME"], extra) as port:
+            yield "127.0.0.1", port
+    finally:  # the module's groups, messages and counts
+        drop_redis_keys(django_settings.REDIS_URL, PREFIX)
 
 
 @pytest.fixture(autouse=True)

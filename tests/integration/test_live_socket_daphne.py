@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
@@ -28,10 +26,8 @@ from console.models import ApiToken
 from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
 from syncer.models import LiveSubscription
 from tests.conftest import DB_SUFFIX
-from tests.integration.test_api_events import _answers
 from tests.support.factories import subscription
-from tests.support.harness import wait_for
-from tests.support.process import ROOT, free_port, start_daphne
+from tests.support.process import drop_redis_keys, serving_daphne
 from tests.support.users import operator
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -48,42 +44,18 @@ LAYERS["default"]["CONFIG"]["prefix"] = PREFIX
 def daphne(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`daphne console.asgi:application` on the test database; its ws:// base URL."""
     folder = tmp_path_factory.mktemp("daphne_live")
-    db = django_settings.DATABASES["default"]
-    (folder / "live_socket_settings.py").write_text(
-        "from console.settings import *  # noqa: F403\n"
-        f"DATABASES['default']['NAME'] = {db['NAME']!r}  # noqa: F405\n"
-        f"CHANNEL_LAYERS = {LAYERS!r}\n"
-        f"LIVE_STREAM_RECHECK_SECONDS = {RECHECK!r}\n"
-        "LIVE_WS_AUTH_SECONDS = 1\n"
-        f"LIVE_WS_SEND_BUFFER = {BUFFER}\n"
-        f"LIVE_WS_BEHIND_SECONDS = {BEHIND}\n"
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "live_socket_settings",
-        "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
-        "LOG_LEVEL": "INFO",
+    extra = {
+        "CHANNEL_LAYERS": LAYERS,
+        "LIVE_STREAM_RECHECK_SECONDS": RECHECK,
+        "LIVE_WS_AUTH_SECONDS": 1,
+        "LIVE_WS_SEND_BUFFER": BUFFER,
+        "LIVE_WS_BEHIND_SECONDS": BEHIND,
     }
-    log = folder / "daphne.log"
-    process = start_daphne(port, env, log)
     try:
-        wait_for(
-            lambda: process.poll() is not None or _answers(port),
-            timeout=30,
-            what="daphne to answer /api/health",
-        )
-        assert process.poll() is None, log.read_text()[-3000:]
-        yield f"ws://127.0.0.1:{port}"
+        with serving_daphne(folder, django_settings.DATABASES["default"]["NAME"], extra) as port:
+            yield f"ws://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(15)
-        client = redis.Redis.from_url(django_settings.REDIS_URL)
-        try:
-            for key in client.scan_iter(f"{PREFIX}*"):
-                client.delete(key)
-        finally:
-            client.close()
+        drop_redis_keys(django_settings.REDIS_URL, PREFIX)
 
 
 @pytest.fixture(autouse=True)

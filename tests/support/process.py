@@ -12,8 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+
+import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,3 +129,53 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
+
+
+@contextmanager
+def serving_daphne(folder: Path, database: str, settings: Mapping[str, object]) -> Iterator[int]:
+    """daphne on a settings module of its own in `folder`: console.settings, the test
+    database `database` and `settings` on top; yields its port once /api/health answers."""
+    module = f"daphne_settings_{folder.name}".replace("-", "_")
+    lines = [
+        "from console.settings import *  # noqa: F403",
+        f"DATABASES['default']['NAME'] = {database!r}  # noqa: F405",
+        *(f"{name} = {value!r}" for name, value in settings.items()),
+    ]
+    (folder / f"{module}.py").write_text("\n".join(lines) + "\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": module,
+        "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
+        "LOG_LEVEL": "INFO",
+    }
+    log = folder / "daphne.log"
+    process = start_daphne(port, env, log)
+    try:
+        deadline = time.monotonic() + 30
+        while process.poll() is None and not _healthy(port):
+            assert time.monotonic() < deadline, "daphne did not answer /api/health in 30 s"
+            time.sleep(0.2)
+        assert process.poll() is None, log.read_text()[-3000:]
+        yield port
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete a test module's Channels groups, messages and counts from Redis."""
+    client = redis.Redis.from_url(url)
+    try:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+    finally:
+        client.close()

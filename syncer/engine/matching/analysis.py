@@ -401,7 +401,8 @@ def _path(tree: Tree[Token]) -> Path | None:
 
 
 class _NotScalar:
-    pass
+    """The type of `_NOT_SCALAR`: a literal that is no scalar (a list, a map, a call),
+    told apart from the scalar `null`, which is None."""
 
 
 _NOT_SCALAR = _NotScalar()

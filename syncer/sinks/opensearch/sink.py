@@ -11,6 +11,7 @@ OpenSearch 2.x and 3.x.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,12 +171,10 @@ class OpenSearchSink:
                         removed += sum(1 for r in results if r.status < 300)
                     response = await client.scroll(scroll_id=scroll_id, scroll="2m")
             finally:
+                # Best effort: a scroll left open expires on its own after 2 minutes.
                 if scroll_id:
-                    try:
-                        with translated("clearing the scroll"):
-                            await client.clear_scroll(scroll_id=scroll_id)
-                    except SyncError:
-                        pass  # it expires on its own after 2 minutes
+                    with contextlib.suppress(SyncError), translated("clearing the scroll"):
+                        await client.clear_scroll(scroll_id=scroll_id)
         return removed
 
     def _require_client(self) -> AsyncOpenSearch:
