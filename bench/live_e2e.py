@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.run import ADMIN_DSN, ARTIFACTS, dsn_for, machine_note, percentile, say  # noqa: E402
+from bench.run import ARTIFACTS, dsn_for, machine_note, percentile, recreate, say  # noqa: E402
 from tests.support.process import WorkerProcess, free_port  # noqa: E402
 
 CONSOLE_DB = "searchsync_bench_live_e2e"
@@ -140,19 +140,8 @@ class Run:
 
     def setup(self) -> dict[str, str]:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
-            for (slot,) in conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT active",
-                (SOURCE_DB,),
-            ).fetchall():
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            for database in (CONSOLE_DB, SOURCE_DB):
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(database)
-                    )
-                )
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        recreate(CONSOLE_DB)
+        recreate(SOURCE_DB)
         from osmem_server import OsmemServer
 
         self.server = OsmemServer.start(japanese=False)

@@ -32,27 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.run import ADMIN_DSN, ARTIFACTS, dsn_for, machine_note, percentile, say  # noqa: E402
+from bench.run import ARTIFACTS, dsn_for, machine_note, percentile, recreate, say  # noqa: E402
 from tests.support.process import free_port, start_daphne  # noqa: E402
 
 CONSOLE_DB = "searchsync_bench_live"
 SOURCE_DB = "searchsync_bench_live_source"
 NAME = "bench-live"
 REDIS_DB = 8
-
-
-def recreate(database: str) -> None:
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
 def call(base: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

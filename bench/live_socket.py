@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.live_registration import recreate, timed  # noqa: E402
-from bench.run import ARTIFACTS, dsn_for, machine_note, say  # noqa: E402
+from bench.live_registration import timed  # noqa: E402
+from bench.run import ARTIFACTS, dsn_for, machine_note, recreate, say  # noqa: E402
 from tests.support.process import free_port, start_daphne  # noqa: E402
 
 CONSOLE_DB = "searchsync_bench_wslive"

@@ -47,6 +47,7 @@ from bench.run import (  # noqa: E402
     SOURCE_DB,
     dsn_for,
     machine_note,
+    recreate,
     say,
     wait_until,
 )
@@ -131,15 +132,7 @@ class Run:
                 "SELECT 1 FROM pg_database WHERE datname = %s", (CONSOLE_DB,)
             ).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(CONSOLE_DB)))
-            for (slot,) in conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT active",
-                (SOURCE_DB,),
-            ).fetchall():
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SOURCE_DB))
-            )
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SOURCE_DB)))
+        recreate(SOURCE_DB)
         from osmem_server import OsmemServer
 
         self.server = OsmemServer.start(japanese=False)

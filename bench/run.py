@@ -90,6 +90,21 @@ def dsn_for(database: str) -> str:
     return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
 
 
+def recreate(database: str) -> None:
+    """Drop `database`, with the replication slots an earlier run left on it, and create it
+    empty: every benchmark starts from nothing."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s AND NOT active",
+            (database,),
+        ).fetchall():
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
 # -- time budget -----------------------------------------------------------------------
 
 
