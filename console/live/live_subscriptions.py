@@ -16,7 +16,10 @@ subscription it registered or resumed, and forwards the worker's `live.matched`
 messages as `{"type": "event", ...}` through a bounded send buffer (console.live.send_buffer).
 Under daphne, whose send never waits for the client, only a client that turned on flow
 control (`flow` {window}, then `ack` {received}) can be found slow and told `dropped`;
-without it, daphne's own ping timeout ends a client that stopped reading.
+without it, daphne's own ping timeout ends a client that stopped reading. Events lost
+before they reached the socket (the Channels layer drops beyond its `capacity`) show as
+gaps in the worker's numbers (console.live.sequences), told as `dropped` with
+`"where": "upstream"`.
 
 Tied to the socket's life: while it is open, the socket renews its live subscriptions
 every TTL/3 itself. When it closes they are *not* deleted: they expire a TTL later
@@ -65,6 +68,7 @@ from console.live.live_messages import (
     parse,
 )
 from console.live.send_buffer import SendBuffer
+from console.live.sequences import Sequences
 from console.model_permissions import (
     ADD_LIVE_SUBSCRIPTION,
     CHANGE_LIVE_SUBSCRIPTION,
@@ -273,6 +277,8 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.buffer: SendBuffer | None = None
         self.held: set[uuid.UUID] = set()
         """The live subscriptions whose groups this socket is in."""
+        self.sequences = Sequences()
+        """The worker's last message number per live subscription: a gap is told."""
         self.tasks: list[asyncio.Task[None]] = []
         self.ending = False
 
@@ -403,6 +409,8 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def let_go(self, ids: list[uuid.UUID] | set[uuid.UUID]) -> None:
         listed = list(ids)
         self.held.difference_update(listed)
+        for live_id in listed:
+            self.sequences.forget(live_id.hex)
         await self._each_group(self.channel_layer.group_discard, listed)
 
     async def _each_group(
@@ -448,14 +456,18 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # -- delivery -------------------------------------------------------------------------
 
     async def live_matched(self, message: dict[str, Any]) -> None:
-        """A matched event from the worker (LIVE_MESSAGE_TYPE of syncer.live.events):
-        forward it, or drop it
-        when the client is behind. Never waits on the client."""
+        """A matched event from the worker (syncer.live.events.live_message): forward it,
+        after a `dropped` summary when its number shows that some were lost on the way,
+        or drop it when the client is behind. Never waits on the client."""
         event = message.get("event")
         if self.buffer is None or not isinstance(event, str) or not event.startswith('{"'):
             return
         # The event's own JSON with the type put first: no parse, no second encoding.
-        self.buffer.offer('{"type":"event",' + event[1:])
+        self.buffer.offer('{"type":"event",' + event[1:], self.sequences.gap(message))
+
+    def lost_upstream(self) -> int:
+        """Events lost before they reached this socket (told to the client as gaps)."""
+        return 0 if self.buffer is None else self.buffer.lost_upstream_total
 
     async def fell_behind(self) -> None:
         dropped = 0 if self.buffer is None else self.buffer.dropped_total
@@ -480,6 +492,7 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             code=code,
             reason=reason,
             dropped=dropped,
+            lost_upstream=self.lost_upstream(),
         )
         await self.release()
         await self.send(text_data=dumps({"type": "closing", "code": code, "reason": reason}))
@@ -510,6 +523,7 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 client=self.channel_name,
                 held=len(self.held),
                 dropped=dropped,
+                lost_upstream=self.lost_upstream(),
             )
         self.ending = True
         await self.release()

@@ -3,10 +3,15 @@
 Events wait in a buffer of `size` messages while the sender task is blocked on a slow
 client (the ASGI server's send waits while the client does not read, where the server
 applies backpressure). A full buffer drops the newest event and counts it; once there is
-room again, one `{"type": "dropped", "count": n, "since": t}` summary takes the dropped
-events' place in the stream. A buffer that has been dropping for longer than `behind`
-seconds calls `on_behind` (the socket closes: a client that cannot keep up is better
-told than fed a trickle of gaps).
+room again, one `{"type": "dropped", "count": n, "since": t, "where": "socket"}` summary
+takes the dropped events' place in the stream. A buffer that has been dropping for longer
+than `behind` seconds calls `on_behind` (the socket closes: a client that cannot keep up
+is better told than fed a trickle of gaps).
+
+Events lost before they reached the socket (a `Gap` of console.live.sequences) get a
+summary of their own (`"where": "upstream"`), queued just before the event that revealed
+them; when that event is dropped too, the gap's count joins the buffer's own summary, so
+the counts always add up.
 
 Replies to the client's own requests go in a separate small queue that is sent first and
 never dropped: a client that sends more than `CONTROL_LIMIT` requests without reading
@@ -25,6 +30,8 @@ import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+
+from console.live.sequences import Gap
 
 CONTROL_LIMIT = 100
 """Replies waiting to be sent before the client counts as behind."""
@@ -49,6 +56,8 @@ class SendBuffer:
         self.dropped = 0
         """Events dropped and not yet reported in a summary."""
         self.dropped_total = 0
+        self.lost_upstream_total = 0
+        """Events lost before they reached the socket (told in upstream summaries)."""
         self.behind_since: float | None = None
         """When the current run of drops began (wall clock), None when not behind."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,16 +82,21 @@ class SendBuffer:
                 task.cancel()
         await asyncio.gather(*(t for t in tasks if t is not current), return_exceptions=True)
 
-    def offer(self, text: str) -> bool:
-        """Queue an event; False when it was dropped (never waits)."""
+    def offer(self, text: str, gap: Gap | None = None) -> bool:
+        """Queue an event, after the summary of `gap` (what was lost upstream before it);
+        False when it was dropped (never waits)."""
+        if gap is not None:
+            self.lost_upstream_total += gap.count
         if self.dropped and len(self._events) < self.size - 1:
             self._summarize()
         if len(self._events) >= self.size:
             if not self.dropped:
                 self.behind_since = time.time()
-            self.dropped += 1
+            self.dropped += 1 + (0 if gap is None else gap.count)
             self.dropped_total += 1
             return False
+        if gap is not None:
+            self._events.append((gap.summary(), False))
         self._events.append((text, True))
         self._ready.set()
         return True
@@ -106,7 +120,12 @@ class SendBuffer:
             self.behind_since = time.time()
 
     def _summarize(self) -> None:
-        summary = {"type": "dropped", "count": self.dropped, "since": self.behind_since}
+        summary = {
+            "type": "dropped",
+            "count": self.dropped,
+            "since": self.behind_since,
+            "where": "socket",
+        }
         self._events.append((json.dumps(summary), False))
         self.dropped = 0
         self.behind_since = None

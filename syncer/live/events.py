@@ -106,8 +106,27 @@ class MatchedEvent:
 
 
 LIVE_MESSAGE_TYPE = "live.matched"
-"""The Channels message type of a matched event on its way to a `/ws/live/` socket:
-`{"type": LIVE_MESSAGE_TYPE, "event": MatchedEvent.to_json() decoded as text}`."""
+"""The Channels message type of a matched event on its way to a `/ws/live/` socket; its
+shape is `live_message`'s."""
+
+
+def live_message(event_json: str, live_hex: str, epoch: str, sequence: int) -> dict[str, Any]:
+    """The Channels message that carries one matched event to its live subscription's group.
+
+    `event` is `MatchedEvent.to_json()` as text (forwarded to the client unparsed);
+    `live` the live subscription's id in hex; `epoch` names the worker run that sent it
+    and `seq` counts that run's messages to this live subscription (1, 2, ...), so that a
+    socket that finds a number missing knows events were lost before they reached it (a
+    full worker queue, a failed send, the Channels layer's `capacity`) and says so. A new
+    epoch, or a number lower than the last, is a counter started again, not a gap.
+    """
+    return {
+        "type": LIVE_MESSAGE_TYPE,
+        "event": event_json,
+        "live": live_hex,
+        "epoch": epoch,
+        "seq": sequence,
+    }
 
 
 def live_group(live_subscription_id: uuid.UUID) -> str:

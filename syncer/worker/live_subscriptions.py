@@ -15,6 +15,10 @@ acknowledged a batch and its checkpoint was saved: a client is told only what th
 already shows. Changes found stale (a replay after a restart) are matched too: their
 events carry the same `Nats-Msg-Id`, so JetStream keeps one copy.
 
+Websocket messages are numbered per live subscription under this run's `epoch`
+(syncer.live.events.live_message): the socket turns a missing number into a `dropped`
+summary, so events lost on the way (this queue, the Channels layer) are never silent.
+
 NATS delivery starts on the first refresh that finds a live subscription delivered over
 NATS: a deployment without any never opens a connection (nor logs its absence).
 """
@@ -22,6 +26,7 @@ NATS: a deployment without any never opens a connection (nor logs its absence).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -40,7 +45,7 @@ from syncer.engine.matching import Filter, FilterError, Matcher, activation, com
 from syncer.engine.pipeline import BatchObserver, BatchReport, Observer
 from syncer.engine.telemetry import Histogram
 from syncer.errors import ConsoleDatabaseUnavailable
-from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
+from syncer.live.events import MatchedEvent, live_group, live_message
 from syncer.live.nats import NatsDelivery
 from syncer.worker import state
 
@@ -60,6 +65,8 @@ class _Known:
     filter: str
     delivery: str
     gateway_id: str
+    sent: int = 0
+    """Websocket events numbered so far (`seq` of syncer.live.events.live_message)."""
 
 
 @dataclass(slots=True)
@@ -103,7 +110,9 @@ class LiveMatching:
         self._watched: dict[int, _Watched] = {}
         self._db = ThreadPoolExecutor(1, thread_name_prefix="live-subscriptions-db")
         self._changes: asyncio.Queue[tuple[int, Change]] = asyncio.Queue(maxsize=queue_size)
-        self._websocket: asyncio.Queue[MatchedEvent] = asyncio.Queue(maxsize=queue_size)
+        self._websocket: asyncio.Queue[tuple[MatchedEvent, int]] = asyncio.Queue(maxsize=queue_size)
+        self.epoch = secrets.token_hex(8)
+        """This run's name on websocket messages: a restart's numbers are not a gap."""
         self._quiet_until = float("-inf")
         self.dropped = 0
         """Acknowledged changes not matched: the matching queue was full."""
@@ -300,33 +309,36 @@ class LiveMatching:
                 commit_time=change.commit_time,
                 document=dict(doc) if doc is not None else None,
             )
-            self._deliver(known.delivery, event)
+            self._deliver(known, event)
 
-    def _deliver(self, delivery: str, event: MatchedEvent) -> None:
-        if delivery == "nats":
+    def _deliver(self, known: _Known, event: MatchedEvent) -> None:
+        if known.delivery == "nats":
             offered = self.nats is not None and self.nats.offer(event)
             self.deliveries["nats", "offered" if offered else "dropped"] += 1
             return
+        # Numbered before the queue: a socket sees the ones dropped here as a gap too.
+        known.sent += 1
         try:
-            self._websocket.put_nowait(event)
+            self._websocket.put_nowait((event, known.sent))
         except asyncio.QueueFull:
             self.deliveries["websocket", "dropped"] += 1
 
     async def _send_websocket(self) -> None:
         while True:
-            event = await self._websocket.get()
+            event, sequence = await self._websocket.get()
             try:
-                self.deliveries["websocket", await self._send(event)] += 1
+                self.deliveries["websocket", await self._send(event, sequence)] += 1
             finally:
                 self._websocket.task_done()
 
-    async def _send(self, event: MatchedEvent) -> str:
+    async def _send(self, event: MatchedEvent, sequence: int) -> str:
         if self.layer is None or self.clock() < self._quiet_until:
             return "failed"
-        message = {"type": LIVE_MESSAGE_TYPE, "event": event.to_json().decode()}
+        live_id = event.live_subscription_id
+        message = live_message(event.to_json().decode(), live_id.hex, self.epoch, sequence)
         try:
             await asyncio.wait_for(
-                self.layer.group_send(live_group(event.live_subscription_id), message),
+                self.layer.group_send(live_group(live_id), message),
                 self.send_timeout,
             )
         except Exception as exc:  # Redis down or slow: these events are lost, counted
