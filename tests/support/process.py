@@ -131,10 +131,10 @@ class WorkerProcess:
         return self.process.wait(timeout)
 
 
-@contextmanager
-def serving_daphne(folder: Path, database: str, settings: Mapping[str, object]) -> Iterator[int]:
-    """daphne on a settings module of its own in `folder`: console.settings, the test
-    database `database` and `settings` on top; yields its port once /api/health answers."""
+def settings_module(folder: Path, database: str, settings: Mapping[str, object]) -> dict[str, str]:
+    """A settings module of its own in `folder`: console.settings, the test database
+    `database` and `settings` on top; the environment variables that select it (for
+    daphne, or a worker that must share daphne's channel layer)."""
     module = f"daphne_settings_{folder.name}".replace("-", "_")
     lines = [
         "from console.settings import *  # noqa: F403",
@@ -142,13 +142,27 @@ def serving_daphne(folder: Path, database: str, settings: Mapping[str, object]) 
         *(f"{name} = {value!r}" for name, value in settings.items()),
     ]
     (folder / f"{module}.py").write_text("\n".join(lines) + "\n")
-    port = free_port()
-    env = {
-        **os.environ,
+    return {
         "DJANGO_SETTINGS_MODULE": module,
         "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
-        "LOG_LEVEL": "INFO",
     }
+
+
+@contextmanager
+def serving_daphne(folder: Path, database: str, settings: Mapping[str, object]) -> Iterator[int]:
+    """daphne on a settings module of its own in `folder` (`settings_module`); yields its
+    port once /api/health answers."""
+    with daphne_process(folder, database, settings) as (port, _):
+        yield port
+
+
+@contextmanager
+def daphne_process(
+    folder: Path, database: str, settings: Mapping[str, object]
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`serving_daphne`, yielding the process too (a test that pauses it)."""
+    port = free_port()
+    env = {**os.environ, **settings_module(folder, database, settings), "LOG_LEVEL": "INFO"}
     log = folder / "daphne.log"
     process = start_daphne(port, env, log)
     try:
@@ -157,7 +171,7 @@ def serving_daphne(folder: Path, database: str, settings: Mapping[str, object]) 
             assert time.monotonic() < deadline, "daphne did not answer /api/health in 30 s"
             time.sleep(0.2)
         assert process.poll() is None, log.read_text()[-3000:]
-        yield port
+        yield port, process
     finally:
         process.terminate()
         process.wait(15)
