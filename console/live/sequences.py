@@ -49,7 +49,7 @@ class Sequences:
     """The last number seen of each live subscription a socket receives."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._last: dict[str, tuple[str, int, float]] = {}
+        self._last: dict[str, tuple[object, int, float]] = {}
         self._clock = clock
 
     def gap(self, message: dict[str, Any]) -> Gap | None:
