@@ -10,10 +10,13 @@ production. Each of `--sockets` gateways (aiohttp websocket clients, one API tok
 registers `--per-socket` live subscriptions over its socket in one `register` message.
 The bench then plays the worker: `--events` `live.matched` messages sent with
 `group_send` to the groups of random live subscriptions, by 8 concurrent senders paced
-to `--rate` events/s in all, each event's `commit_time` the moment it was sent; each
-socket times what it receives.
+to `--rate` events/s in all (each live subscription's events from one sender, numbered
+as the worker numbers them), each event's `commit_time` the moment it was sent; each
+socket times what it receives. Then one slow `end` event per live subscription reveals
+the losses at the tail of each one's stream.
 Figures: delivered per second (wall time from the first send to the last receipt),
-send-to-receipt latency p50/p99, drops (`dropped` summaries). Last, one gateway
+send-to-receipt latency p50/p99, losses told (`dropped` summaries, by `where`), and
+whether received + told = sent. Last, one gateway
 registers `--resume` live subscriptions in batches of 1000, reconnects and resumes them
 (`resume` answer time: renewing them all and joining their groups). Raw figures in
 artifacts/bench/live-socket-*.json.
@@ -32,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,8 @@ SOURCE_DB = "searchsync_bench_wslive_source"
 NAME = "bench-ws"
 REDIS_DB = 9
 SENDERS = 8
+END_RATE = 200
+"""End events per second: slow enough to be lost nowhere."""
 
 
 def entry(i: int, gateway: str) -> dict[str, Any]:
@@ -73,7 +79,7 @@ async def ask(socket: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) 
 async def deliver(args: argparse.Namespace, url: str, token: str) -> dict[str, Any]:
     from channels.layers import get_channel_layer
 
-    from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
+    from syncer.live.events import MatchedEvent, live_group, live_message
 
     layer = get_channel_layer()
     headers = {"Authorization": f"Bearer {token}"}
@@ -91,23 +97,49 @@ async def deliver(args: argparse.Namespace, url: str, token: str) -> dict[str, A
             ids += [(n, item["id"]) for item in answer["items"]]
 
         latencies: list[float] = []
-        dropped = [0]
+        dropped: Counter[str] = Counter()
+        ends = [0]
         last = [0.0]
         everything = asyncio.Event()
+        pick = random.Random(7)  # one generator: a new one per event chose the same id
+        chosen = [pick.choice(ids)[1] for _ in range(args.events)]
+        distinct = sorted(set(chosen))
 
         async def read(socket: aiohttp.ClientWebSocketResponse) -> None:
             while True:
                 message = await socket.receive_json()
-                if message["type"] == "event":
+                if message["type"] == "event" and message["key"] == "end":
+                    ends[0] += 1
+                elif message["type"] == "event":
                     latencies.append(time.time() - message["commit_time"])
+                    last[0] = time.monotonic()
                 elif message["type"] == "dropped":
-                    dropped[0] += message["count"]
-                last[0] = time.monotonic()
-                if len(latencies) + dropped[0] >= args.events:
+                    dropped[message.get("where", "socket")] += message["count"]
+                if ends[0] >= len(distinct):
                     everything.set()
 
         readers = [asyncio.create_task(read(s)) for s in sockets]
-        chosen = [random.Random(7).choice(ids)[1] for _ in range(args.events)]
+        epoch = uuid.uuid4().hex[:16]
+        numbers: Counter[str] = Counter()
+
+        async def send_one(live_id: str, key: str, position: int) -> None:
+            event = MatchedEvent(
+                live_subscription_id=uuid.UUID(live_id),
+                gateway_id="gw",
+                subscription=NAME,
+                op="upsert",
+                key=key,
+                position=position,
+                commit_time=time.time(),
+                document={"id": position, "tenant_id": "t1", "total": "100.5"},
+            )
+            numbers[live_id] += 1
+            await layer.group_send(
+                live_group(event.live_subscription_id),
+                live_message(
+                    event.to_json().decode(), uuid.UUID(live_id).hex, epoch, numbers[live_id]
+                ),
+            )
 
         async def send(share: list[str]) -> None:
             loop = asyncio.get_running_loop()
@@ -116,29 +148,24 @@ async def deliver(args: argparse.Namespace, url: str, token: str) -> dict[str, A
                 ahead = begun + position * SENDERS / args.rate - loop.time()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-                event = MatchedEvent(
-                    live_subscription_id=uuid.UUID(live_id),
-                    gateway_id="gw",
-                    subscription=NAME,
-                    op="upsert",
-                    key=str(position),
-                    position=position,
-                    commit_time=time.time(),
-                    document={"id": position, "tenant_id": "t1", "total": "100.5"},
-                )
-                await layer.group_send(
-                    live_group(event.live_subscription_id),
-                    {"type": LIVE_MESSAGE_TYPE, "event": event.to_json().decode()},
-                )
+                await send_one(live_id, str(position), position)
 
+        # One sender per live subscription, as the worker: its numbers arrive in order.
+        shares: list[list[str]] = [[] for _ in range(SENDERS)]
+        for live_id in chosen:
+            shares[int(live_id[:8], 16) % SENDERS].append(live_id)
         say(f"delivering {args.events:,} events to {args.sockets} sockets")
         started = time.monotonic()
-        await asyncio.gather(*(send(chosen[k::SENDERS]) for k in range(SENDERS)))
+        await asyncio.gather(*(send(share) for share in shares))
         sent = time.monotonic() - started
+        await asyncio.sleep(2)  # the sockets catch up before the end events
+        for live_id in distinct:
+            await send_one(live_id, "end", args.events)
+            await asyncio.sleep(1 / END_RATE)
         try:
             await asyncio.wait_for(everything.wait(), timeout=120)
         except TimeoutError:
-            say("not every event arrived within 120 s")
+            say(f"{len(distinct) - ends[0]} end events of {len(distinct)} missing after 120 s")
         wall = last[0] - started
         for reader in readers:
             reader.cancel()
@@ -151,7 +178,9 @@ async def deliver(args: argparse.Namespace, url: str, token: str) -> dict[str, A
         "events": args.events,
         "rate": args.rate,
         "received": len(latencies),
-        "dropped": dropped[0],
+        "dropped": dict(dropped),
+        "received_and_told": len(latencies) + sum(dropped.values()),
+        "end_events": f"{ends[0]} of {len(distinct)}",
         "sent_per_second": round(args.events / sent),
         "delivered_per_second": round(len(latencies) / wall),
         "latency": timed(latencies) if latencies else {},

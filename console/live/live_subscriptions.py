@@ -370,6 +370,9 @@ class LiveSubscriptionsConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.flow(request)
             return
         outcome = await database_sync_to_async(_perform_answering_errors)(self.admitted, request)
+        if isinstance(request, Register):
+            for live_id in outcome.hold:  # new: their first event is number 1
+                self.sequences.expect(live_id.hex)
         await self.hold(outcome.hold)
         await self.let_go(outcome.let_go)
         self.reply(outcome.answer)
