@@ -232,12 +232,18 @@ class Socket:
         self.socket = socket
 
     @classmethod
-    async def open(cls, http: aiohttp.ClientSession, stack: Stack) -> Socket:
+    async def open(
+        cls, http: aiohttp.ClientSession, stack: Stack, token_message: bool = False
+    ) -> Socket:
+        """Authenticated by the handshake's header, or (`token_message`) by an `auth`
+        first message, as a browser holding a token does."""
+        header = {} if token_message else {"Authorization": f"Bearer {stack.token}"}
         socket = await http.ws_connect(
-            stack.base.replace("http://", "ws://") + "/ws/live/",
-            headers={"Authorization": f"Bearer {stack.token}"},
+            stack.base.replace("http://", "ws://") + "/ws/live/", headers=header
         )
         opened = cls(socket)
+        if token_message:
+            await socket.send_json({"type": "auth", "token": stack.token})
         assert (await opened.receive())["type"] == "ready"
         return opened
 
@@ -469,9 +475,11 @@ async def test_a_gateway_reconnecting_with_its_gateway_id_finds_and_receives_its
         listed = await answer.json()
     assert [i["id"] for i in listed["items"]] == [live]
 
-    second = await Socket.open(http, stack)
+    second = await Socket.open(http, stack, token_message=True)
     resumed = await second.ask({"type": "resume", "gateway_id": "gw-comes-back"})
     assert (resumed["type"], resumed["count"], resumed["ids"]) == ("resumed", 1, [live])
+    renewed = await second.ask({"type": "heartbeat", "gateway_id": "gw-comes-back"})
+    assert (renewed["type"], renewed["renewed"]) == ("heartbeat", 1)
     stack.wait_picked_up()
     written = stack.execute("INSERT INTO {t} VALUES (20, 'sa', 7)")
     await next_round(second, stack, written, [(live, "upsert", "20", row(20, "sa", 7))])
