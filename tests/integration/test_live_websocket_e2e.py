@@ -525,9 +525,10 @@ async def test_events_the_channel_layer_drops_are_told_as_an_upstream_dropped_su
     summaries = [m for m in received if m["type"] == "dropped"]
     got = {int(e["key"]) for e in events}
     lost = set(range(101, 101 + flood)) - got
-    # The layer held CAPACITY; daphne's pending pop may have taken one before them.
-    assert len(events) - 1 in (CAPACITY, CAPACITY + 1), len(events)
-    assert len(lost) == flood - (len(events) - 1)
+    # The layer held CAPACITY (daphne's pending pop may have taken one more) and dropped
+    # the rest; the last event came after daphne went on.
+    assert len(events) - 1 <= CAPACITY + 1, len(events)
+    assert len(lost) == flood - (len(events) - 1) >= flood - CAPACITY - 1
     assert summaries == [
         {
             "type": "dropped",
