@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 from syncer.engine.matching import (
     MAX_DEPTH,
@@ -17,9 +18,11 @@ from syncer.engine.matching import (
     FilterProblem,
     Pin,
     activation,
+    analysis,
     compile_filter,
 )
 from syncer.engine.matching.activation import Activation
+from tests.unit.test_matching_index import LITERALS, PATHS, filters
 
 FIELDS = {
     "id": "int4",
@@ -348,3 +351,37 @@ def test_a_long_chain_of_conjuncts_within_the_length_is_analysed() -> None:
     assert compile_filter(text).pins[-1] == Pin(("doc", "status"), ("a", "b"))
     short = "&&".join(["true"] * 333)
     assert compile_filter(short).evaluate(activation(DOC, None, "upsert", "5", 9)) is True
+
+
+# -- the fast parse ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=filters([*PATHS, 'doc["tenant"]'], LITERALS))
+def test_the_unpositioned_parse_analyses_a_filter_exactly_as_the_positioned_one(
+    text: str,
+) -> None:
+    tree, found = analysis._parse(text)
+    assert tree is not None, text
+    assert analysis.analyse(text) == analysis._analysis(tree, found)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "doc.a == [1, 2" + ", 3" * 120 + "]",  # a node's position: the list literal's
+        "Name{a: 1}",
+        ".doc == 1",
+        "doc.a = 1",
+        "doc.a.exists(x, x > 1)",
+    ],
+)
+def test_a_filter_with_problems_is_analysed_with_the_nodes_positions(text: str) -> None:
+    tree, found = analysis._parse(text)
+    expected = analysis._analysis(tree, found) if tree is not None else None
+    result = analysis.analyse(text)
+    assert result.problems
+    if expected is not None:
+        assert result == expected
+    if text.startswith("doc.a == [1"):
+        assert [p.position for p in result.problems] == [9]  # where "[" is

@@ -88,31 +88,37 @@ class PinIndex(Generic[K]):
         live subscription keeps its pin until it is added again. `pin_only`: the filter
         is its one pin, also filed by exact value.
         """
-        best: tuple[tuple[int, float, int], Path, tuple[IndexKey, ...]] | None = None
-        for pin in pins:
-            # every literal a pin holds (bool, number, string, null) has a key
-            keys = tuple({key for key in map(index_key, pin.values) if key is not None})
-            buckets = self._buckets.get(pin.path, {})
-            share = len(keys) / max(1, len(buckets))
-            crowd = sum(len(buckets.get(key, ())) for key in keys)
-            rank = (_weak(pin.path), share, crowd)
-            if best is None or rank < best[0]:
-                best = (rank, pin.path, keys)
-        if best is None:
+        pins = tuple(pins)
+        if not pins:
             return False
-        self.remove(id)
-        _, path, keys = best
+        chosen = pins[0] if len(pins) == 1 else self._least_crowded(pins)
+        path = chosen.path
+        keys = _keys(chosen)
+        exact = _exact_keys(chosen) if pin_only else ()
+        if id in self._filed:
+            self.remove(id)
         buckets = self._buckets.setdefault(path, {})
         for key in keys:
             buckets.setdefault(key, set()).add(id)
-        exact: tuple[ExactKey, ...] = ()
-        if pin_only:
-            exact = tuple({value for value in map(exact_key, pin.values) if value is not None})
+        if exact:
             sure = self._exact.setdefault(path, {})
             for value in exact:
                 sure.setdefault(value, set()).add(id)
         self._filed[id] = (path, keys, exact)
         return True
+
+    def _least_crowded(self, pins: tuple[Pin, ...]) -> Pin:
+        best: tuple[tuple[int, float, int], Pin] | None = None
+        for pin in pins:
+            keys = _keys(pin)
+            buckets = self._buckets.get(pin.path, {})
+            share = len(keys) / max(1, len(buckets))
+            crowd = sum(len(buckets.get(key, ())) for key in keys)
+            rank = (_weak(pin.path), share, crowd)
+            if best is None or rank < best[0]:
+                best = (rank, pin)
+        assert best is not None
+        return best[1]
 
     def remove(self, id: K) -> None:
         filed = self._filed.pop(id, None)
@@ -145,6 +151,16 @@ class PinIndex(Generic[K]):
 
 
 _NONE: set[Any] = set()
+
+
+def _keys(pin: Pin) -> tuple[IndexKey, ...]:
+    """A pin's bucket keys (every literal a pin holds, bool, number, string or null, has
+    one). Not cached by pin: Python holds Pin(p, (1,)) and Pin(p, (True,)) equal."""
+    return tuple({key for key in map(index_key, pin.values) if key is not None})
+
+
+def _exact_keys(pin: Pin) -> tuple[ExactKey, ...]:
+    return tuple({value for value in map(exact_key, pin.values) if value is not None})
 
 
 def _discard(table: dict[Path, dict[Any, set[K]]], path: Path, keys: Iterable[Any], id: K) -> None:
