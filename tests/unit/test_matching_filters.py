@@ -385,3 +385,49 @@ def test_a_filter_with_problems_is_analysed_with_the_nodes_positions(text: str) 
         assert result == expected
     if text.startswith("doc.a == [1"):
         assert [p.position for p in result.problems] == [9]  # where "[" is
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "doc.tenant == 4711",
+        "doc.tenant == -4711 && doc.total > 50",
+        "-5 == doc.a || doc.a in [1, -2, 30000]",
+        'doc.a == 5 && doc.bb == 123456 && doc.meta.x == 7 && doc["c9"] == 8',
+        'doc.s == "12 and 13" && doc.n == 3',
+        "doc.n == 3 // 4 in a comment",
+        "doc.a == 007",
+        "doc.a == 5u && doc.b == 6",
+        "doc.a == 0x1F && doc.b == 6",
+        "doc.a == 1234567890123456789 && doc.b == 6",
+        "doc.a == 5. && doc.b == .5 && doc.c == 5e3 && doc.d == 6",
+        "doc.a1 == 2 && doc.b == 1000000000000000000",
+        "doc.a ==\n 5 &&\n doc.b == 6",
+        "doc.tenant == 4711 && doc.total.nope(3)",
+        "doc.a == 5 &&",
+        "doc.a == 5 && '7' == doc.b",
+        'doc.s == r"5" && doc.n == 5',
+    ],
+)
+def test_texts_of_one_shape_are_analysed_as_each_would_be_on_its_own(text: str) -> None:
+    tree, found = analysis._parse(text)
+    expected = (
+        analysis._analysis(tree, found)
+        if tree is not None
+        else analysis.Analysis(tuple(found), (), ())
+    )
+    assert analysis.analyse(text) == expected
+    assert analysis.analyse(text) == expected  # the shape cached
+
+
+def test_a_shape_serves_its_texts_with_their_own_values_and_positions() -> None:
+    first = analysis.analyse("doc.tenant == 7 && doc.total > 1")
+    second = analysis.analyse("doc.tenant == 123456 && doc.total > 99")
+    assert first.pins == (Pin(("doc", "tenant"), (7,)),)
+    assert second.pins == (Pin(("doc", "tenant"), (123456,)),)
+    assert sorted(r.position for r in second.reads) == [4, 28]
+
+
+def test_a_literal_the_grammar_allows_and_the_engine_refuses_is_a_filter_error() -> None:
+    with pytest.raises(FilterError, match="the CEL engine refuses it"):
+        compile_filter("doc.a == 5.")

@@ -122,6 +122,9 @@ class Analysis:
 
 def analyse(text: str) -> Analysis:
     """Parse the text and check every rule that does not depend on the fields."""
+    shaped = _by_shape(text)
+    if shaped is not None:
+        return shaped
     if 0 < len(text) <= MAX_LENGTH and text.strip():
         # The fast parse first: a text it finds nothing wrong with is analysed exactly as
         # the positioned parse would; any problem is looked at again with the positions.
@@ -173,6 +176,92 @@ def _analysis(tree: Tree[Token], found: list[FilterProblem]) -> Analysis:
     conjuncts = _conjuncts(tree)
     pins = tuple(pin for pin in map(_pin, conjuncts) if pin is not None)
     return Analysis((), tuple(reads), pins, pin_only=len(conjuncts) == len(pins) == 1)
+
+
+# -- one analysis per shape -----------------------------------------------------------------
+#
+# 100,000 live subscriptions often differ only in a number (`doc.tenant == 4711`), and a
+# worker starting analyses every distinct text. Texts that differ only in their decimal
+# integer literals have the same tokens but for those literals' values (each is one
+# INT_LIT token of the grammar: an LALR parse depends on the tokens' types only), so one
+# analysis serves them all: the shape's, with each literal replaced by a sentinel no
+# other literal can be (10**18 + its index), and a problem-free analysis refers to the
+# literals only in its pins' values (and, through positions, its reads'), which are
+# put back. Anything that could make the substitution inexact (a string that might hold
+# a literal's digits, hex, uint or 19-digit literals, a shape with problems) goes the
+# ordinary way.
+
+_SENTINEL = 10**18
+_SHAPE_TOKENS = re.compile(r'"[^"\n]*"|(?<![\w.])(0|[1-9][0-9]{0,17})(?![\w.])|(")')
+_NOT_SHAPED = re.compile(r"""[\\']|\"\"\"|0[xX]|[0-9][uU]|[0-9]{19}""")
+
+
+def _by_shape(text: str) -> Analysis | None:
+    """The analysis of the text from its shape's, or None to analyse it on its own."""
+    if len(text) > MAX_LENGTH or _NOT_SHAPED.search(text):
+        return None
+    parts: list[str] = []
+    literals: list[int] = []
+    starts: list[int] = []
+    """Where each literal starts in the text."""
+    last = 0
+    for match in _SHAPE_TOKENS.finditer(text):
+        if match.group(2) is not None:
+            return None  # a quote that opens no one-line string
+        digits = match.group(1)
+        if digits is None:
+            continue  # a string, kept as it is
+        parts.append(text[last : match.start()])
+        parts.append(str(_SENTINEL + len(literals)))
+        starts.append(match.start())
+        literals.append(int(digits))
+        last = match.end()
+    if not literals:
+        return None
+    parts.append(text[last:])
+    shape = _shape_analysis("".join(parts))
+    if shape is None:
+        return None
+    grown = [len(str(_SENTINEL + i)) - len(str(n)) for i, n in enumerate(literals)]
+
+    def value(v: Scalar) -> Scalar:
+        if type(v) is int and abs(v) >= _SENTINEL:
+            return literals[abs(v) - _SENTINEL] * (1 if v > 0 else -1)
+        return v
+
+    def position(at: int) -> int:
+        """A position in the shape's text as one in this text (never inside a literal)."""
+        shift = 0
+        for start, extra in zip(starts, grown, strict=True):
+            if start + shift >= at:
+                break
+            shift += extra
+        return at - shift
+
+    return Analysis(
+        (),
+        tuple(
+            FieldRead(r.column, position(r.position), r.below, position(r.below_position))
+            if r.below is not None
+            else FieldRead(r.column, position(r.position))
+            for r in shape.reads
+        ),
+        tuple(Pin(pin.path, tuple(map(value, pin.values))) for pin in shape.pins),
+        shape.pin_only,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_analysis(shape: str) -> Analysis | None:
+    """A shape's analysis; None when it has problems (its texts are analysed each on
+    its own: the problems' messages and positions are theirs)."""
+    if not shape.strip():
+        return None
+    try:
+        found = _analysis(_unpositioned_parser().parse(shape), [])
+    except LarkError:
+        return None
+    return None if found.problems else found
 
 
 def field_problems(reads: Iterable[FieldRead], fields: Mapping[str, str]) -> list[FilterProblem]:
@@ -466,7 +555,10 @@ def _literal(tree: Tree[Token]) -> Scalar | _NotScalar:
     token = _literal_token(tree)
     if token is None:
         return _NOT_SCALAR
-    value = cel.evaluate(token.value)
+    try:
+        value = cel.evaluate(token.value)
+    except ValueError:  # a literal the grammar allows and the engine does not (`5.`):
+        return _NOT_SCALAR  # no pin; compiling refuses the filter
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return _NOT_SCALAR  # bytes: not indexed
