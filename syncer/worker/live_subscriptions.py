@@ -179,10 +179,9 @@ class LiveMatching:
     async def _diff(self, sub_id: int, watched: _Watched) -> None:
         texts: dict[str, Filter | FilterError] = {}
         if not watched.known:  # the first load: every row is new, read in one query
-            everything = await self._in_db(lambda: state.live_subscription_rows_of(sub_id))
-            rows = list(everything.items())
+            rows = await self._in_db(lambda: state.live_subscription_rows_of(sub_id))
             for start in range(0, len(rows), _CHUNK):
-                await self._add(watched, dict(rows[start : start + _CHUNK]), texts)
+                await self._add(watched, rows[start : start + _CHUNK], texts)
             return
         ids = await self._in_db(lambda: state.live_subscription_ids(sub_id))
         for live_id in set(watched.known) - ids:
@@ -192,19 +191,18 @@ class LiveMatching:
         for start in range(0, len(new), _CHUNK):
             chunk = new[start : start + _CHUNK]
             rows_of = await self._in_db(lambda: state.live_subscription_rows(chunk))  # noqa: B023
-            await self._add(watched, rows_of, texts)
+            await self._add(watched, list(rows_of.items()), texts)
 
     async def _add(
         self,
         watched: _Watched,
-        rows: Mapping[uuid.UUID, state.LiveSubscriptionRow],
+        rows: Sequence[tuple[uuid.UUID, state.LiveSubscriptionRow]],
         texts: dict[str, Filter | FilterError],
     ) -> None:
         """Compile the rows' filters off the event loop and add them to the matcher;
         `texts`, shared by the chunks of one load, holds each distinct text's result."""
         compiled = await asyncio.to_thread(_compile_all, rows, texts)
-        for live_id, row in rows.items():
-            result = compiled[live_id]
+        for (live_id, row), result in zip(rows, compiled, strict=True):
             if isinstance(result, FilterError):
                 self.invalid_filters += 1
                 log.warning(
@@ -369,15 +367,15 @@ _FIELDS_EVERY = 60.0
 
 
 def _compile_all(
-    rows: Mapping[uuid.UUID, state.LiveSubscriptionRow],
+    rows: Sequence[tuple[uuid.UUID, state.LiveSubscriptionRow]],
     by_text: dict[str, Filter | FilterError],
-) -> dict[uuid.UUID, Filter | FilterError]:
+) -> list[Filter | FilterError]:
     """Each row's compiled filter, or its FilterError (registration checked them first;
-    this is the rare text a newer engine version refuses). Each distinct text is
-    compiled once (`by_text` holds them): many live subscriptions share a text, and even
-    a cache hit of `compile_filter` hashes the text and its pins."""
-    compiled: dict[uuid.UUID, Filter | FilterError] = {}
-    for live_id, row in rows.items():
+    this is the rare text a newer engine version refuses), in the rows' order. Each
+    distinct text is compiled once (`by_text` holds them): many live subscriptions share
+    a text, and even a cache hit of `compile_filter` hashes the text and its pins."""
+    compiled: list[Filter | FilterError] = []
+    for _, row in rows:
         result = by_text.get(row.filter)
         if result is None:
             try:
@@ -385,7 +383,7 @@ def _compile_all(
             except FilterError as exc:
                 result = exc
             by_text[row.filter] = result
-        compiled[live_id] = result
+        compiled.append(result)
     return compiled
 
 

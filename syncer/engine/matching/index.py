@@ -69,6 +69,9 @@ class PinIndex(Generic[K]):
         self._buckets: dict[Path, dict[IndexKey, set[K]]] = {}
         self._exact: dict[Path, dict[ExactKey, set[K]]] = {}
         self._filed: dict[K, tuple[Path, tuple[IndexKey, ...], tuple[ExactKey, ...]]] = {}
+        self._keys_of: dict[int, tuple[Pin, tuple[IndexKey, ...], tuple[ExactKey, ...]]] = {}
+        """A pin's keys by the pin object: live subscriptions of one filter text share
+        its pins. The entry holds the pin, so its id is not reused while cached."""
 
     def __len__(self) -> int:
         return len(self._filed)
@@ -93,8 +96,9 @@ class PinIndex(Generic[K]):
             return False
         chosen = pins[0] if len(pins) == 1 else self._least_crowded(pins)
         path = chosen.path
-        keys = _keys(chosen)
-        exact = _exact_keys(chosen) if pin_only else ()
+        keys, exact = self._keys(chosen)
+        if not pin_only:
+            exact = ()
         if id in self._filed:
             self.remove(id)
         buckets = self._buckets.setdefault(path, {})
@@ -107,10 +111,20 @@ class PinIndex(Generic[K]):
         self._filed[id] = (path, keys, exact)
         return True
 
+    def _keys(self, pin: Pin) -> tuple[tuple[IndexKey, ...], tuple[ExactKey, ...]]:
+        cached = self._keys_of.get(id(pin))
+        if cached is not None and cached[0] is pin:
+            return cached[1], cached[2]
+        if len(self._keys_of) >= _KEYS_CACHED:
+            self._keys_of.clear()
+        keys, exact = _keys(pin), _exact_keys(pin)
+        self._keys_of[id(pin)] = (pin, keys, exact)
+        return keys, exact
+
     def _least_crowded(self, pins: tuple[Pin, ...]) -> Pin:
         best: tuple[tuple[int, float, int], Pin] | None = None
         for pin in pins:
-            keys = _keys(pin)
+            keys = self._keys(pin)[0]
             buckets = self._buckets.get(pin.path, {})
             share = len(keys) / max(1, len(buckets))
             crowd = sum(len(buckets.get(key, ())) for key in keys)
@@ -151,11 +165,14 @@ class PinIndex(Generic[K]):
 
 
 _NONE: set[Any] = set()
+_KEYS_CACHED = 65_536
+"""Pins whose keys an index keeps (as many as the compile cache keeps filters)."""
 
 
 def _keys(pin: Pin) -> tuple[IndexKey, ...]:
     """A pin's bucket keys (every literal a pin holds, bool, number, string or null, has
-    one). Not cached by pin: Python holds Pin(p, (1,)) and Pin(p, (True,)) equal."""
+    one). Cached by the pin object, never by its value: Python holds Pin(p, (1,)) and
+    Pin(p, (True,)) equal."""
     return tuple({key for key in map(index_key, pin.values) if key is not None})
 
 
