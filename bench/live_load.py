@@ -7,7 +7,8 @@ subscription and `--live` live subscriptions with bench/live_e2e.py's filters (a
 among 10,000, one in ten with a range too: 10,000 distinct texts). Each run is a fresh
 process (empty compile caches, as a starting worker has) that times
 `LiveMatching.refresh` of that sync subscription: what runner.py awaits before the
-pipeline starts. `--profile` writes the first run's cProfile statistics to FILE.
+pipeline starts, in wall time and in the process's CPU time (all its threads: steadier
+than wall time on a shared machine). `--profile` writes the first run's cProfile statistics to FILE.
 Raw figures in artifacts/bench/live-load-*.json.
 """
 
@@ -96,23 +97,23 @@ def load_once(profile: str | None) -> dict[str, float]:
 
     sub = Subscription.objects.get(name=NAME)
 
-    async def load() -> tuple[float, int]:
+    async def load() -> tuple[float, float, int]:
         matching = LiveMatching(queue_size=1000, send_timeout=1.0)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await matching.refresh({sub.pk: sub.name})
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         await matching.close()
-        return seconds, matching.active()[sub.name]
+        return seconds, cpu, matching.active()[sub.name]
 
     if profile:
         import cProfile
 
         profiler = cProfile.Profile()
-        seconds, active = profiler.runcall(asyncio.run, load())
+        seconds, cpu, active = profiler.runcall(asyncio.run, load())
         profiler.dump_stats(profile)
     else:
-        seconds, active = asyncio.run(load())
-    return {"seconds": seconds, "active": active}
+        seconds, cpu, active = asyncio.run(load())
+    return {"seconds": seconds, "cpu_seconds": cpu, "active": active}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,10 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             command += ["--profile", args.profile]
         out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        say(f"run {run + 1}: {result['active']:,} loaded in {result['seconds']:.2f} s")
+        say(
+            f"run {run + 1}: {result['active']:,} loaded in {result['seconds']:.2f} s "
+            f"({result['cpu_seconds']:.2f} s of the worker process's CPU)"
+        )
         runs.append(result)
     seconds = [r["seconds"] for r in runs]
-    say(f"first load: median {statistics.median(seconds):.2f} s, min {min(seconds):.2f} s")
+    cpu = [r["cpu_seconds"] for r in runs]
+    say(
+        f"first load: median {statistics.median(seconds):.2f} s, min {min(seconds):.2f} s; "
+        f"CPU median {statistics.median(cpu):.2f} s"
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     out_file = ARTIFACTS / f"live-load-{int(time.time())}.json"
     out_file.write_text(json.dumps({"runs": runs, "machine": machine_note()}, indent=2))
