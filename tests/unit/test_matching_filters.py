@@ -407,6 +407,18 @@ def test_a_filter_with_problems_is_analysed_with_the_nodes_positions(text: str) 
         "doc.a == 5 &&",
         "doc.a == 5 && '7' == doc.b",
         'doc.s == r"5" && doc.n == 5',
+        'doc.region == "eu-7" && doc.total > 5',
+        'doc.region in ["eu", "us", ""] || doc.region == "x y"',
+        '"a" == doc.b && doc.c.startsWith("d") && {"k": 1} == doc.m',
+        'doc.a == b"x" && doc.b == "x"',
+        'doc.a == "x" && doc["b"] == "y"',
+        'doc.a == "x" && doc.b.matches("^y")',
+        'doc.a == "x" && doc.tags[0] == "y"',
+        'doc.a == "x\\"y"',
+        'doc.a == """x""" && doc.b == "y"',
+        'doc.a == "unclosed',
+        'doc.a == "" && doc.b == ""',
+        'doc.a == "x" // "a comment" 5',
     ],
 )
 def test_texts_of_one_shape_are_analysed_as_each_would_be_on_its_own(text: str) -> None:
@@ -426,6 +438,11 @@ def test_a_shape_serves_its_texts_with_their_own_values_and_positions() -> None:
     assert first.pins == (Pin(("doc", "tenant"), (7,)),)
     assert second.pins == (Pin(("doc", "tenant"), (123456,)),)
     assert sorted(r.position for r in second.reads) == [4, 28]
+    third = analysis.analyse('doc.region == "eu" && doc.total > 1')
+    fourth = analysis.analyse('doc.region == "north-america" && doc.total > 1')
+    assert third.pins == (Pin(("doc", "region"), ("eu",)),)
+    assert fourth.pins == (Pin(("doc", "region"), ("north-america",)),)
+    assert sorted(r.position for r in fourth.reads) == [4, 37]
 
 
 def test_a_literal_the_grammar_allows_and_the_engine_refuses_is_a_filter_error() -> None:

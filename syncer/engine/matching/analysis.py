@@ -180,20 +180,27 @@ def _analysis(tree: Tree[Token], found: list[FilterProblem]) -> Analysis:
 
 # -- one analysis per shape -----------------------------------------------------------------
 #
-# 100,000 live subscriptions often differ only in a number (`doc.tenant == 4711`), and a
-# worker starting analyses every distinct text. Texts that differ only in their decimal
-# integer literals have the same tokens but for those literals' values (each is one
-# INT_LIT token of the grammar: an LALR parse depends on the tokens' types only), so one
-# analysis serves them all: the shape's, with each literal replaced by a sentinel no
-# other literal can be (10**18 + its index), and a problem-free analysis refers to the
-# literals only in its pins' values (and, through positions, its reads'), which are
-# put back. Anything that could make the substitution inexact (a string that might hold
-# a literal's digits, hex, uint or 19-digit literals, a shape with problems) goes the
-# ordinary way.
+# 100,000 live subscriptions often differ only in a value (`doc.tenant == 4711`,
+# `doc.region == "eu-7"`), and a worker starting analyses every distinct text. Texts
+# that differ only in their literals' values (decimal integers, plain double-quoted
+# strings) have the same tokens but for those values (each literal is one INT_LIT or
+# STRING_LIT token: an LALR parse depends on the tokens' types only), so one analysis
+# serves them all: the shape's, with each literal replaced by a sentinel no other
+# literal can be (10**18 + its index; "\ue000" and its index). A problem-free analysis
+# refers to literals only in its pins' values and, through positions, its reads' (when
+# nothing is indexed with `[...]` and nothing `matches()`: there a string's value is a
+# field name or a pattern), which are put back. Anything that could make this inexact
+# (escapes, single quotes, triple quotes, hex, uint or 19-digit literals, a shape with
+# problems) goes the ordinary way.
 
 _SENTINEL = 10**18
-_SHAPE_TOKENS = re.compile(r'"[^"\n]*"|(?<![\w.])(0|[1-9][0-9]{0,17})(?![\w.])|(")')
-_NOT_SHAPED = re.compile(r"""[\\']|\"\"\"|0[xX]|[0-9][uU]|[0-9]{19}""")
+_TEXT_SENTINEL = "\ue000"
+_SHAPE_TOKENS = re.compile(
+    r'(?<!\w)"([^"\n]*)"|"[^"\n]*"|(?<![\w.])(0|[1-9][0-9]{0,17})(?![\w.])|(")'
+)
+"""A plain string (its value), a prefixed string (r"...", b"...": kept), a decimal
+integer, or a quote that opens no one-line string."""
+_NOT_SHAPED = re.compile(r"""[\\']|\"\"\"|0[xX]|[0-9][uU]|[0-9]{19}|[\w\])]\s*\[|matches|\ue000""")
 
 
 def _by_shape(text: str) -> Analysis | None:
@@ -201,20 +208,26 @@ def _by_shape(text: str) -> Analysis | None:
     if len(text) > MAX_LENGTH or _NOT_SHAPED.search(text):
         return None
     parts: list[str] = []
-    literals: list[int] = []
-    starts: list[int] = []
-    """Where each literal starts in the text."""
+    literals: list[int | str] = []
+    moved: list[tuple[int, int]] = []
+    """(where, by how many characters the sentinel is longer) of each literal replaced."""
     last = 0
     for match in _SHAPE_TOKENS.finditer(text):
-        if match.group(2) is not None:
-            return None  # a quote that opens no one-line string
-        digits = match.group(1)
-        if digits is None:
-            continue  # a string, kept as it is
+        string, digits, stray = match.groups()
+        if stray is not None:
+            return None
+        if string is None and digits is None:
+            continue  # a prefixed string, kept as it is
+        index = len(literals)
+        if string is not None:
+            sentinel = f'"{_TEXT_SENTINEL}{index}"'
+            literals.append(string)
+        else:
+            sentinel = str(_SENTINEL + index)
+            literals.append(int(digits))
         parts.append(text[last : match.start()])
-        parts.append(str(_SENTINEL + len(literals)))
-        starts.append(match.start())
-        literals.append(int(digits))
+        parts.append(sentinel)
+        moved.append((match.start(), len(sentinel) - (match.end() - match.start())))
         last = match.end()
     if not literals:
         return None
@@ -222,17 +235,20 @@ def _by_shape(text: str) -> Analysis | None:
     shape = _shape_analysis("".join(parts))
     if shape is None:
         return None
-    grown = [len(str(_SENTINEL + i)) - len(str(n)) for i, n in enumerate(literals)]
 
     def value(v: Scalar) -> Scalar:
         if type(v) is int and abs(v) >= _SENTINEL:
-            return literals[abs(v) - _SENTINEL] * (1 if v > 0 else -1)
+            number = literals[abs(v) - _SENTINEL]
+            assert isinstance(number, int)
+            return number if v > 0 else -number
+        if type(v) is str and v.startswith(_TEXT_SENTINEL):
+            return literals[int(v[1:])]
         return v
 
     def position(at: int) -> int:
         """A position in the shape's text as one in this text (never inside a literal)."""
         shift = 0
-        for start, extra in zip(starts, grown, strict=True):
+        for start, extra in moved:
             if start + shift >= at:
                 break
             shift += extra
