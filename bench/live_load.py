@@ -1,14 +1,16 @@
 """How long a worker's first load of 100,000 live subscriptions takes.
 
-    .venv/bin/python bench/live_load.py [--live 100000] [--runs 3] [--profile FILE]
+    .venv/bin/python bench/live_load.py [--live 100000] [--runs 3] [--texts tenants|distinct]
+                                        [--no-setup] [--profile FILE]
 
 The console database (`searchsync_bench_live_load`, created afresh) gets one sync
 subscription and `--live` live subscriptions with bench/live_e2e.py's filters (a tenant
-among 10,000, one in ten with a range too: 10,000 distinct texts). Each run is a fresh
-process (empty compile caches, as a starting worker has) that times
-`LiveMatching.refresh` of that sync subscription: what runner.py awaits before the
-pipeline starts, in wall time and in the process's CPU time (all its threads: steadier
-than wall time on a shared machine). `--profile` writes the first run's cProfile statistics to FILE.
+among 10,000, one in ten with a range too: 10,000 distinct texts; `--texts distinct`:
+each its own text). Each run is a fresh process (empty compile caches, as a starting
+worker has) that times `LiveMatching.refresh` of that sync subscription, what
+runner.py awaits before the pipeline starts, in wall time and in the process's CPU time
+(all its threads: steadier than wall time on a shared machine). `--profile` writes the
+first run's cProfile statistics to FILE (the event loop's thread only).
 Raw figures in artifacts/bench/live-load-*.json.
 """
 
@@ -44,7 +46,16 @@ def _django() -> None:
     django.setup()
 
 
-def setup(live: int) -> None:
+def filter_text(i: int, texts: str) -> str:
+    """bench/live_e2e.py's filters (10,000 distinct texts), or one text per live
+    subscription (`distinct`)."""
+    if texts == "distinct":
+        return f'doc.user_id == {i} && doc.region == "r-{i % 100}"'
+    text = f"doc.tenant == {i % TENANTS}"
+    return text + " && doc.total > 50" if i % 10 == 9 else text
+
+
+def setup(live: int, texts: str) -> None:
     import datetime as dt
 
     recreate(CONSOLE_DB)
@@ -67,9 +78,7 @@ def setup(live: int) -> None:
     now = timezone.now()
     rows = []
     for i in range(live):
-        text = f"doc.tenant == {i % TENANTS}"
-        if i % 10 == 9:
-            text += " && doc.total > 50"
+        text = filter_text(i, texts)
         rows.append(
             LiveSubscription(
                 owner=owner,
@@ -120,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--live", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--texts", choices=["tenants", "distinct"], default="tenants")
     parser.add_argument("--profile", help="write the first run's cProfile statistics here")
     parser.add_argument("--no-setup", action="store_true", help="reuse the last run's rows")
     parser.add_argument("--load-once", action="store_true", help=argparse.SUPPRESS)
@@ -128,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(load_once(args.profile)))
         return 0
     if not args.no_setup:
-        setup(args.live)
+        setup(args.live, args.texts)
     runs = []
     for run in range(args.runs):
         command = [sys.executable, __file__, "--load-once"]
@@ -141,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({result['cpu_seconds']:.2f} s of the worker process's CPU)"
         )
         runs.append(result)
+    if not runs:
+        return 0
     seconds = [r["seconds"] for r in runs]
     cpu = [r["cpu_seconds"] for r in runs]
     say(
