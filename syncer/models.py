@@ -504,3 +504,34 @@ class LiveSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gateway_id}/{self.id}"
+
+
+class LiveSubscriptionCount(models.Model):
+    """A console-wide running total of live-subscription registrations, by event.
+
+    Registrations happen in the console's processes (API, websocket), several of them,
+    while the worker serves /metrics: the totals are kept here, one row per (event,
+    quota), each added to with one UPDATE per request, and the worker exports them as
+    Prometheus counters. Written through `syncer.operations.live_subscriptions` only.
+    """
+
+    class Event(models.TextChoices):
+        REGISTERED = "registered", "Registered"
+        REFUSED = "refused", "Refused by a quota"
+
+    event = models.CharField(max_length=16, choices=Event.choices)
+    quota = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="For refused: the quota that refused (owner, global, unpinned); else empty.",
+    )
+    total = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "live subscription count"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "quota"], name="livesubscriptioncount_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event}{'/' + self.quota if self.quota else ''}: {self.total}"

@@ -20,6 +20,10 @@ transaction-scoped advisory lock (`pg_advisory_xact_lock`). The global quota nee
 every registration serialized anyway (a lock on the owner's row would let two owners
 pass it together), so one lock serves both; it is held for one count per quota and one
 bulk insert, and expiry and deletes, which only make room, do not take it.
+
+Every registration request adds to console-wide totals (`LiveSubscriptionCount`: how
+many were registered, how many requests each quota refused), one UPDATE per request
+whatever its size, which the worker exports at /metrics.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from datetime import datetime
 import structlog
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from syncer import conf
@@ -46,7 +50,7 @@ from syncer.errors import (
     QuotaExceeded,
     UnknownLiveSubscription,
 )
-from syncer.models import LiveSubscription, Subscription
+from syncer.models import LiveSubscription, LiveSubscriptionCount, Subscription
 from syncer.operations import source_fields
 from syncer.validators import gateway_id_problem, text_problem
 
@@ -127,6 +131,10 @@ def register(owner: User, registrations: Sequence[Registration]) -> list[LiveSub
         return []
     try:
         created = _insert(owner, registrations, pinned, subscriptions)
+    except QuotaExceeded as exc:
+        # After the insert's transaction rolled back, so the refusal stays counted.
+        add_to_count(LiveSubscriptionCount.Event.REFUSED, 1, exc.scope)
+        raise
     except IntegrityError:
         # The foreign keys are checked at commit: a subscription (or the owner) deleted meanwhile.
         raise InvalidLiveSubscriptions(
@@ -186,7 +194,32 @@ def _insert(
             )
             for r, pins in zip(registrations, pinned, strict=True)
         )
+        add_to_count(LiveSubscriptionCount.Event.REGISTERED, len(created))
     return created
+
+
+def add_to_count(event: LiveSubscriptionCount.Event, n: int, quota: str = "") -> None:
+    """Add `n` to the running total of `event` (refused: by `quota`), in one statement
+    once its row exists; the first request of a database creates the row."""
+    row = LiveSubscriptionCount.objects.filter(event=event, quota=quota)
+    if row.update(total=F("total") + n):
+        return
+    # get_or_create survives a concurrent creation (it reads the winner's row back).
+    _, created = LiveSubscriptionCount.objects.get_or_create(
+        event=event, quota=quota, defaults={"total": n}
+    )
+    if not created:
+        row.update(total=F("total") + n)
+
+
+def counts() -> dict[tuple[str, str], int]:
+    """The running totals, as (event, quota) -> total."""
+    return {
+        (event, quota): total
+        for event, quota, total in LiveSubscriptionCount.objects.values_list(
+            "event", "quota", "total"
+        )
+    }
 
 
 def _refused(owner: User, error: QuotaExceeded) -> None:

@@ -186,6 +186,12 @@ class LiveMatching:
         await self._ask_fields(owned)
 
     async def _diff(self, sub_id: int, watched: _Watched) -> None:
+        texts: dict[str, Filter | FilterError] = {}
+        if not watched.known:  # the first load: every row is new, read in one query
+            rows = await self._in_db(lambda: state.live_subscription_rows_of(sub_id))
+            for start in range(0, len(rows), _CHUNK):
+                await self._add(watched, rows[start : start + _CHUNK], texts)
+            return
         ids = await self._in_db(lambda: state.live_subscription_ids(sub_id))
         for live_id in set(watched.known) - ids:
             watched.matcher.remove(live_id)
@@ -193,21 +199,30 @@ class LiveMatching:
         new = list(ids - set(watched.known))
         for start in range(0, len(new), _CHUNK):
             chunk = new[start : start + _CHUNK]
-            rows = await self._in_db(lambda: state.live_subscription_rows(chunk))  # noqa: B023
-            compiled = await asyncio.to_thread(_compile_all, rows)
-            for live_id, row in rows.items():
-                result = compiled[live_id]
-                if isinstance(result, FilterError):
-                    self.invalid_filters += 1
-                    log.warning(
-                        "live_subscription_filter_invalid",
-                        live_subscription=str(live_id),
-                        subscription=watched.name,
-                        error=str(result),
-                    )
-                    continue
-                watched.matcher.add(live_id, result)
-                watched.known[live_id] = _Known(row.filter, row.delivery, row.gateway_id)
+            rows_of = await self._in_db(lambda: state.live_subscription_rows(chunk))  # noqa: B023
+            await self._add(watched, list(rows_of.items()), texts)
+
+    async def _add(
+        self,
+        watched: _Watched,
+        rows: Sequence[tuple[uuid.UUID, state.LiveSubscriptionRow]],
+        texts: dict[str, Filter | FilterError],
+    ) -> None:
+        """Compile the rows' filters off the event loop and add them to the matcher;
+        `texts`, shared by the chunks of one load, holds each distinct text's result."""
+        compiled = await asyncio.to_thread(_compile_all, rows, texts)
+        for (live_id, row), result in zip(rows, compiled, strict=True):
+            if isinstance(result, FilterError):
+                self.invalid_filters += 1
+                log.warning(
+                    "live_subscription_filter_invalid",
+                    live_subscription=str(live_id),
+                    subscription=watched.name,
+                    error=str(result),
+                )
+                continue
+            watched.matcher.add(live_id, result)
+            watched.known[live_id] = _Known(row.filter, row.delivery, row.gateway_id)
 
     async def _ask_fields(self, owned: Mapping[int, str]) -> None:
         """Ask each watched sync subscription's field types, at most once a minute, off
@@ -364,16 +379,23 @@ _FIELDS_EVERY = 60.0
 
 
 def _compile_all(
-    rows: Mapping[uuid.UUID, state.LiveSubscriptionRow],
-) -> dict[uuid.UUID, Filter | FilterError]:
+    rows: Sequence[tuple[uuid.UUID, state.LiveSubscriptionRow]],
+    by_text: dict[str, Filter | FilterError],
+) -> list[Filter | FilterError]:
     """Each row's compiled filter, or its FilterError (registration checked them first;
-    this is the rare text a newer engine version refuses)."""
-    compiled: dict[uuid.UUID, Filter | FilterError] = {}
-    for live_id, row in rows.items():
-        try:
-            compiled[live_id] = compile_filter(row.filter)
-        except FilterError as exc:
-            compiled[live_id] = exc
+    this is the rare text a newer engine version refuses), in the rows' order. Each
+    distinct text is compiled once (`by_text` holds them): many live subscriptions share
+    a text, and even a cache hit of `compile_filter` hashes the text and its pins."""
+    compiled: list[Filter | FilterError] = []
+    for _, row in rows:
+        result = by_text.get(row.filter)
+        if result is None:
+            try:
+                result = compile_filter(row.filter)
+            except FilterError as exc:
+                result = exc
+            by_text[row.filter] = result
+        compiled.append(result)
     return compiled
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from django.db import DatabaseError, connection
@@ -29,8 +29,10 @@ from prometheus_client.registry import Collector
 from syncer.engine.changes import Op
 from syncer.engine.pipeline import Pipeline, PipelineStats
 from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
+from syncer.errors import QuotaExceeded
 from syncer.live.nats import Breaker, DropReason, NatsDelivery
-from syncer.models import DeadLetter
+from syncer.models import DeadLetter, LiveSubscriptionCount
+from syncer.operations import live_subscriptions
 from syncer.worker import http
 from syncer.worker.live_subscriptions import LiveMatching
 
@@ -234,8 +236,49 @@ def dead_letter_counts(names: Collection[str]) -> dict[str, int]:
         )
         return {row["subscription__name"]: row["n"] for row in rows}
     finally:
-        if not connection.in_atomic_block:
-            connection.close()  # scrapes come on short-lived threads: leave no connection
+        _leave_no_connection()
+
+
+def live_subscription_counts() -> dict[tuple[str, str], int]:
+    """The console's running totals of registrations, as (event, quota) -> total."""
+    try:
+        return live_subscriptions.counts()
+    finally:
+        _leave_no_connection()
+
+
+def _leave_no_connection() -> None:
+    if not connection.in_atomic_block:
+        connection.close()  # scrapes come on short-lived threads: leave no connection
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Throttled(Generic[K, V]):
+    """A database read done at most every `every` seconds for the same `key`: frequent
+    scrapes cost one query. None, logged as `event`, when the database cannot be read."""
+
+    def __init__(self, read: Callable[[K], V], every: float, event: str) -> None:
+        self._read = read
+        self._every = every
+        self._event = event
+        self._lock = threading.Lock()
+        self._done: tuple[float, K, V] | None = None
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            now = time.monotonic()
+            if self._done and self._done[1] == key and now - self._done[0] < self._every:
+                return self._done[2]
+            try:
+                value = self._read(key)
+            except DatabaseError as exc:
+                log.warning(self._event, error=str(exc))
+                return None
+            self._done = (now, key, value)
+            return value
 
 
 class DeadLetterQueueCollector(Collector):
@@ -252,10 +295,9 @@ class DeadLetterQueueCollector(Collector):
         every: float = 15.0,
     ) -> None:
         self._pipelines = pipelines
-        self._count = count
-        self._every = every
-        self._lock = threading.Lock()
-        self._counted: tuple[float, tuple[str, ...], dict[str, int]] | None = None
+        self._counts = _Throttled[tuple[str, ...], dict[str, int]](
+            count, every, "dead_letter_count_failed"
+        )
 
     def collect(self) -> Iterator[Metric]:
         names = tuple(sorted(self._pipelines()))
@@ -264,24 +306,11 @@ class DeadLetterQueueCollector(Collector):
             "Entries waiting in the dead-letter queue (retry or purge them).",
             labels=["subscription"],
         )
-        counts = self._counts(names) if names else {}
+        counts = self._counts.get(names) if names else {}
         if counts is not None:
             for name in names:
                 gauge.add_metric([name], counts.get(name, 0))
         yield gauge
-
-    def _counts(self, names: tuple[str, ...]) -> dict[str, int] | None:
-        with self._lock:
-            now = time.monotonic()
-            if self._counted and self._counted[1] == names and now - self._counted[0] < self._every:
-                return self._counted[2]
-            try:
-                counts = self._count(names)
-            except DatabaseError as exc:
-                log.warning("dead_letter_count_failed", error=str(exc))
-                return None
-            self._counted = (now, names, counts)
-            return counts
 
 
 def _le(bound: float) -> str:
@@ -466,16 +495,69 @@ class LiveMatchingCollector(Collector):
             yield family
 
 
+class LiveRegistrationsCollector(Collector):
+    """Live subscriptions registered and refused by a quota, console-wide.
+
+    Registrations happen in the console's processes, so the totals are the database's
+    (`LiveSubscriptionCount`), read at most every `every` seconds; every worker that
+    matches live subscriptions exports the same totals (aggregate them with max, not
+    sum). Left out when the database cannot be read.
+    """
+
+    _QUOTAS = tuple(QuotaExceeded.SETTINGS)
+
+    def __init__(
+        self,
+        matching: Callable[[], LiveMatching | None],
+        count: Callable[[], dict[tuple[str, str], int]] = live_subscription_counts,
+        every: float = 5.0,
+    ) -> None:
+        self._matching = matching
+        self._counts = _Throttled[None, dict[tuple[str, str], int]](
+            lambda _: count(), every, "live_subscription_count_failed"
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        if self._matching() is None:
+            return
+        counts = self._counts.get(None)
+        if counts is None:
+            return
+        registered = CounterMetricFamily(
+            "searchsync_live_subscriptions_registered",
+            "Live subscriptions registered (REST API and websocket), over all console processes.",
+        )
+        registered.add_metric(
+            [], float(counts.get((LiveSubscriptionCount.Event.REGISTERED, ""), 0))
+        )
+        yield registered
+        refused = CounterMetricFamily(
+            "searchsync_live_subscriptions_refused",
+            "Registration requests refused (429) by a quota: owner (per owner), global (all "
+            "owners), unpinned (a sync subscription's filters that pin no value).",
+            labels=["limit"],
+        )
+        found = {
+            quota: total
+            for (event, quota), total in counts.items()
+            if event == LiveSubscriptionCount.Event.REFUSED
+        }
+        for quota in sorted({*self._QUOTAS, *found}):
+            refused.add_metric([quota], float(found.get(quota, 0)))
+        yield refused
+
+
 def registry_for(
     pipelines: Pipelines,
     count_dead_letters: Callable[[Collection[str]], dict[str, int]] = dead_letter_counts,
     live: Callable[[], Any] | None = None,
     nats: Callable[[], NatsDelivery | None] | None = None,
     matching: Callable[[], LiveMatching | None] | None = None,
+    count_live_subscriptions: Callable[[], dict[tuple[str, str], int]] = live_subscription_counts,
 ) -> CollectorRegistry:
     """A registry of the pipelines' metrics, their dead-letter queues' sizes, the live
-    publisher's counters, the NATS delivery's, and the worker process's own (CPU,
-    memory, start time)."""
+    publisher's counters, the NATS delivery's, live subscriptions' matching and
+    registrations, and the worker process's own (CPU, memory, start time)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipelines))
     registry.register(DeadLetterQueueCollector(pipelines, count_dead_letters))
@@ -485,6 +567,7 @@ def registry_for(
         registry.register(NatsDeliveryCollector(nats))
     if matching is not None:
         registry.register(LiveMatchingCollector(matching))
+        registry.register(LiveRegistrationsCollector(matching, count_live_subscriptions))
     ProcessCollector(registry=registry)
     return registry
 

@@ -211,6 +211,18 @@ def live_subscription_ids(subscription_id: int) -> set[uuid.UUID]:
     )
 
 
+def live_subscription_rows_of(
+    subscription_id: int,
+) -> list[tuple[uuid.UUID, LiveSubscriptionRow]]:
+    """What matching needs of every unexpired live subscription of the sync subscription,
+    in one query: a first load, where reading the ids and then the rows by id costs
+    several times as much (10,000 ids to a statement)."""
+    rows = LiveSubscription.objects.filter(
+        subscription_id=subscription_id, expires_at__gt=timezone.now()
+    ).values_list("id", "filter", "delivery", "gateway_id")
+    return [(live_id, LiveSubscriptionRow(text, d, g)) for live_id, text, d, g in rows]
+
+
 def live_subscription_rows(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LiveSubscriptionRow]:
     """What matching needs of these live subscriptions (those still there)."""
     rows = LiveSubscription.objects.filter(pk__in=ids).values_list(

@@ -28,6 +28,7 @@ from console.live import slots
 from console.models import ApiToken
 from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
 from syncer.models import LiveSubscription
+from syncer.operations import live_subscriptions
 from tests.integration.test_live_consumers import isolated_layer_settings
 from tests.support.factories import subscription
 from tests.support.users import operator, staff_with, viewer
@@ -279,6 +280,7 @@ async def test_registered_over_the_socket_it_is_a_websocket_live_subscription(
     rows = [row async for row in LiveSubscription.objects.order_by("created_at", "pk")]
     assert {str(row.id) for row in rows} == {first["id"], second["id"]}
     assert {row.delivery for row in rows} == {"websocket"}
+    assert await sync_to_async(live_subscriptions.counts)() == {("registered", ""): 2}
 
 
 async def test_a_bad_filter_is_an_error_with_its_position_and_nothing_is_registered(
@@ -344,6 +346,8 @@ async def test_over_quota_is_a_429_equivalent_with_the_limit(
     assert (answer["limit"], answer["active"], answer["requested"]) == (2, 1, 2)
     assert "LIVE_SUBSCRIPTIONS_PER_OWNER" in answer["detail"]
     assert await LiveSubscription.objects.acount() == 1
+    counted = await sync_to_async(live_subscriptions.counts)()
+    assert counted == {("registered", ""): 1, ("refused", "owner"): 1}
 
 
 async def test_a_read_only_token_may_not_register(orders: str, sockets: Any) -> None:

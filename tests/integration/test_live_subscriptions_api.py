@@ -18,6 +18,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from console.models import ApiToken
@@ -451,6 +452,52 @@ def test_concurrent_registrations_never_pass_the_quota(settings: Any) -> None:
 
     assert sorted(statuses) == [201] * 5 + [429] * 7
     assert LiveSubscription.objects.count() == 5
+    # Counted from twelve connections at once, the first of each creating its row.
+    assert live_subscriptions.counts() == {("registered", ""): 5, ("refused", "owner"): 7}
+
+
+# -- counted for /metrics ------------------------------------------------------------------
+
+
+def test_registrations_are_counted_by_how_many_were_created_in_one_update_per_request(
+    gateway: Client,
+) -> None:
+    assert live_subscriptions.counts() == {}
+    assert post(gateway, one()).status_code == 201
+    assert live_subscriptions.counts() == {("registered", ""): 1}
+
+    with CaptureQueriesContext(connection) as queries:
+        batch = post(
+            gateway, {"subscriptions": [one(filter=f"doc.id == {n}") for n in range(1000)]}
+        )
+    assert batch.status_code == 201, batch.content
+    assert live_subscriptions.counts() == {("registered", ""): 1001}
+    counted = [q["sql"] for q in queries if "syncer_livesubscriptioncount" in q["sql"]]
+    assert len(counted) == 1 and counted[0].startswith("UPDATE"), counted
+
+    # Neither a 422 nor an empty listing counts.
+    assert post(gateway, {"subscriptions": [one(), one(filter="doc.a ==")]}).status_code == 422
+    assert live_subscriptions.counts() == {("registered", ""): 1001}
+
+
+def test_each_quotas_refusals_are_counted_by_request_and_none_registered(
+    gateway: Client, settings: Any
+) -> None:
+    settings.LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION = 1
+    assert post(gateway, one(filter="doc.total > 1")).status_code == 201
+    assert post(gateway, {"subscriptions": [one(filter="true")] * 3}).status_code == 429
+    settings.LIVE_SUBSCRIPTIONS_PER_OWNER = 1
+    assert post(gateway, {"subscriptions": [one(), one()]}).status_code == 429
+    assert post(gateway, one()).status_code == 429
+    settings.LIVE_SUBSCRIPTIONS_MAX = 1
+    assert post(token_client(operator("other")), one()).status_code == 429
+
+    assert live_subscriptions.counts() == {
+        ("registered", ""): 1,
+        ("refused", "unpinned"): 1,
+        ("refused", "owner"): 2,
+        ("refused", "global"): 1,
+    }
 
 
 # -- who sees what -----------------------------------------------------------------------

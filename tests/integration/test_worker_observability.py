@@ -29,8 +29,11 @@ from syncer.worker.metrics import DeadLetterQueueCollector
 from tests.support import factories
 from tests.support.harness import index_docs, status_of, wait_for
 from tests.support.process import WorkerProcess, free_port
+from tests.support.users import operator, token_client
 
 SECRET = "Sup3r-Secret-Pw"
+URL = "/api/live-subscriptions"
+JSON = "application/json"
 
 
 class MeteredWorker(WorkerProcess):
@@ -268,3 +271,38 @@ def test_dead_letter_queue_entries_are_counted_per_subscription_from_the_databas
     assert entries() == {"orders": 3, "billing": 0}  # counted at most once a minute here
     fresh = DeadLetterQueueCollector(lambda: pipelines, every=0)
     assert {s.value for s in next(iter(fresh.collect())).samples} == {4, 0}
+
+
+def test_metrics_count_registrations_and_refusals_made_by_the_console(
+    source_conn, table_name, make_subscription, opensearch_url, search, tmp_path, settings
+):
+    """The console (this process, through the REST API) registers; the worker, another
+    process, exports the database's totals."""
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v text)")
+    make_subscription("observed", table_name, snapshot_mode="discard")
+    gateway = token_client(operator("gateway"))
+    worker = MeteredWorker(opensearch_url, tmp_path / "w.log")
+
+    def entry(text: str) -> dict[str, str]:
+        return {"gateway_id": "gw", "subscription": "observed", "filter": text, "delivery": "nats"}
+
+    def registered_and_refused() -> tuple[float, ...]:
+        scraped = worker.scrape()
+        return (
+            metric(scraped, "searchsync_live_subscriptions_registered_total"),
+            *(
+                metric(scraped, "searchsync_live_subscriptions_refused_total", limit=limit)
+                for limit in ("owner", "global", "unpinned")
+            ),
+        )
+
+    try:
+        assert registered_and_refused() == (0, 0, 0, 0)
+        batch = {"subscriptions": [entry(f"doc.id == {n}") for n in range(3)]}
+        assert gateway.post(URL, batch, content_type=JSON).status_code == 201
+        settings.LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION = 0
+        assert gateway.post(URL, entry("true"), content_type=JSON).status_code == 429
+        # Scrapes read the database at most every 5 s: wait for the next read.
+        wait_for(lambda: registered_and_refused() == (3, 0, 0, 1), timeout=15, what="counted")
+    finally:
+        worker.stop()

@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
 
 from syncer.engine.matching import (
     MAX_DEPTH,
@@ -17,9 +18,11 @@ from syncer.engine.matching import (
     FilterProblem,
     Pin,
     activation,
+    analysis,
     compile_filter,
 )
 from syncer.engine.matching.activation import Activation
+from tests.unit.test_matching_index import LITERALS, PATHS, filters
 
 FIELDS = {
     "id": "int4",
@@ -348,3 +351,100 @@ def test_a_long_chain_of_conjuncts_within_the_length_is_analysed() -> None:
     assert compile_filter(text).pins[-1] == Pin(("doc", "status"), ("a", "b"))
     short = "&&".join(["true"] * 333)
     assert compile_filter(short).evaluate(activation(DOC, None, "upsert", "5", 9)) is True
+
+
+# -- the fast parse ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=filters([*PATHS, 'doc["tenant"]'], LITERALS))
+def test_the_unpositioned_parse_analyses_a_filter_exactly_as_the_positioned_one(
+    text: str,
+) -> None:
+    tree, found = analysis._parse(text)
+    assert tree is not None, text
+    assert analysis.analyse(text) == analysis._analysis(tree, found)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "doc.a == [1, 2" + ", 3" * 120 + "]",  # a node's position: the list literal's
+        "Name{a: 1}",
+        ".doc == 1",
+        "doc.a = 1",
+        "doc.a.exists(x, x > 1)",
+    ],
+)
+def test_a_filter_with_problems_is_analysed_with_the_nodes_positions(text: str) -> None:
+    tree, found = analysis._parse(text)
+    expected = analysis._analysis(tree, found) if tree is not None else None
+    result = analysis.analyse(text)
+    assert result.problems
+    if expected is not None:
+        assert result == expected
+    if text.startswith("doc.a == [1"):
+        assert [p.position for p in result.problems] == [9]  # where "[" is
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "doc.tenant == 4711",
+        "doc.tenant == -4711 && doc.total > 50",
+        "-5 == doc.a || doc.a in [1, -2, 30000]",
+        'doc.a == 5 && doc.bb == 123456 && doc.meta.x == 7 && doc["c9"] == 8',
+        'doc.s == "12 and 13" && doc.n == 3',
+        "doc.n == 3 // 4 in a comment",
+        "doc.a == 007",
+        "doc.a == 5u && doc.b == 6",
+        "doc.a == 0x1F && doc.b == 6",
+        "doc.a == 1234567890123456789 && doc.b == 6",
+        "doc.a == 5. && doc.b == .5 && doc.c == 5e3 && doc.d == 6",
+        "doc.a1 == 2 && doc.b == 1000000000000000000",
+        "doc.a ==\n 5 &&\n doc.b == 6",
+        "doc.tenant == 4711 && doc.total.nope(3)",
+        "doc.a == 5 &&",
+        "doc.a == 5 && '7' == doc.b",
+        'doc.s == r"5" && doc.n == 5',
+        'doc.region == "eu-7" && doc.total > 5',
+        'doc.region in ["eu", "us", ""] || doc.region == "x y"',
+        '"a" == doc.b && doc.c.startsWith("d") && {"k": 1} == doc.m',
+        'doc.a == b"x" && doc.b == "x"',
+        'doc.a == "x" && doc["b"] == "y"',
+        'doc.a == "x" && doc.b.matches("^y")',
+        'doc.a == "x" && doc.tags[0] == "y"',
+        'doc.a == "x\\"y"',
+        'doc.a == """x""" && doc.b == "y"',
+        'doc.a == "unclosed',
+        'doc.a == "" && doc.b == ""',
+        'doc.a == "x" // "a comment" 5',
+    ],
+)
+def test_texts_of_one_shape_are_analysed_as_each_would_be_on_its_own(text: str) -> None:
+    tree, found = analysis._parse(text)
+    expected = (
+        analysis._analysis(tree, found)
+        if tree is not None
+        else analysis.Analysis(tuple(found), (), ())
+    )
+    assert analysis.analyse(text) == expected
+    assert analysis.analyse(text) == expected  # the shape cached
+
+
+def test_a_shape_serves_its_texts_with_their_own_values_and_positions() -> None:
+    first = analysis.analyse("doc.tenant == 7 && doc.total > 1")
+    second = analysis.analyse("doc.tenant == 123456 && doc.total > 99")
+    assert first.pins == (Pin(("doc", "tenant"), (7,)),)
+    assert second.pins == (Pin(("doc", "tenant"), (123456,)),)
+    assert sorted(r.position for r in second.reads) == [4, 28]
+    third = analysis.analyse('doc.region == "eu" && doc.total > 1')
+    fourth = analysis.analyse('doc.region == "north-america" && doc.total > 1')
+    assert third.pins == (Pin(("doc", "region"), ("eu",)),)
+    assert fourth.pins == (Pin(("doc", "region"), ("north-america",)),)
+    assert sorted(r.position for r in fourth.reads) == [4, 37]
+
+
+def test_a_literal_the_grammar_allows_and_the_engine_refuses_is_a_filter_error() -> None:
+    with pytest.raises(FilterError, match="the CEL engine refuses it"):
+        compile_filter("doc.a == 5.")

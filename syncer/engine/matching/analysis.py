@@ -12,13 +12,16 @@ literal's text), so a pinned value is exactly what the engine compares with.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path as FilePath
 
 import cel
+import celpy.celparser
 from celpy.celparser import CELParseError, CELParser
-from lark import Token, Tree
-from lark.exceptions import UnexpectedToken
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError, UnexpectedToken
 
 from syncer.errors import FilterProblem
 
@@ -50,6 +53,13 @@ _PASS_THROUGH = frozenset(
     {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication"}
 )
 _WRAPPERS = frozenset({"unary", "member", "primary", "paren_expr"})
+_CHECKED = frozenset(
+    {"ident", "dot_ident", "dot_ident_arg", "member_object", "ident_arg", "member_dot_arg"}
+    | {"list_lit", "map_lit"}
+)
+"""The nodes `_check` looks at."""
+_READS = frozenset({"member_dot", "member_index"})
+"""The nodes `_read` looks at."""
 
 
 @functools.cache
@@ -57,6 +67,25 @@ def _parser() -> CELParser:
     """cel-python's parser, built on first use: building its tables takes a fifth of a
     second, which a process that never compiles a filter need not pay."""
     return CELParser()
+
+
+@functools.cache
+def _unpositioned_parser() -> Lark:
+    """The same grammar and options as cel-python's parser but for the nodes' positions
+    (`propagate_positions`), which only a problem's message needs: it parses twice as
+    fast, and a worker loading 100,000 live subscriptions parses thousands of texts.
+    The tokens keep their positions either way."""
+    grammar = (FilePath(celpy.celparser.__file__).parent / "cel.lark").read_text()
+    return Lark(
+        grammar,
+        parser="lalr",
+        start="expr",
+        g_regex_flags=re.M,
+        lexer_callbacks={"IDENT": CELParser.ambiguous_literals},
+        propagate_positions=False,
+        maybe_placeholders=False,
+        priority="invert",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +122,27 @@ class Analysis:
 
 def analyse(text: str) -> Analysis:
     """Parse the text and check every rule that does not depend on the fields."""
+    shaped = _by_shape(text)
+    if shaped is not None:
+        return shaped
+    if 0 < len(text) <= MAX_LENGTH and text.strip():
+        # The fast parse first: a text it finds nothing wrong with is analysed exactly as
+        # the positioned parse would; any problem is looked at again with the positions.
+        try:
+            fast = _analysis(_unpositioned_parser().parse(text), [])
+        except LarkError:
+            pass
+        else:
+            if not fast.problems:
+                return fast
     tree, found = _parse(text)
     if tree is None:
         return Analysis(tuple(found), (), ())
-    depth = _depth(tree)
+    return _analysis(tree, found)
+
+
+def _analysis(tree: Tree[Token], found: list[FilterProblem]) -> Analysis:
+    nodes, depth = _nodes(tree)
     if depth > MAX_DEPTH:
         found.append(
             FilterProblem(
@@ -108,11 +154,14 @@ def analyse(text: str) -> Analysis:
     reads: list[FieldRead] = []
     unknown: list[Token] = []
     bound: set[str] = set()
-    for node in _subtrees(tree):
-        found.extend(_check(node, unknown, bound))
-        read = _read(node)
-        if read is not None:
-            reads.append(read)
+    for node in nodes:
+        kind = node.data
+        if kind in _CHECKED:
+            found.extend(_check(node, unknown, bound))
+        elif kind in _READS:
+            read = _read(node)
+            if read is not None:
+                reads.append(read)
     found.extend(
         FilterProblem(
             name.start_pos,
@@ -127,6 +176,108 @@ def analyse(text: str) -> Analysis:
     conjuncts = _conjuncts(tree)
     pins = tuple(pin for pin in map(_pin, conjuncts) if pin is not None)
     return Analysis((), tuple(reads), pins, pin_only=len(conjuncts) == len(pins) == 1)
+
+
+# -- one analysis per shape -----------------------------------------------------------------
+#
+# 100,000 live subscriptions often differ only in a value (`doc.tenant == 4711`,
+# `doc.region == "eu-7"`), and a worker starting analyses every distinct text. Texts
+# that differ only in their literals' values (decimal integers, plain double-quoted
+# strings) have the same tokens but for those values (each literal is one INT_LIT or
+# STRING_LIT token: an LALR parse depends on the tokens' types only), so one analysis
+# serves them all: the shape's, with each literal replaced by a sentinel no other
+# literal can be (10**18 + its index; "\ue000" and its index). A problem-free analysis
+# refers to literals only in its pins' values and, through positions, its reads' (when
+# nothing is indexed with `[...]` and nothing `matches()`: there a string's value is a
+# field name or a pattern), which are put back. Anything that could make this inexact
+# (escapes, single quotes, triple quotes, hex, uint or 19-digit literals, a shape with
+# problems) goes the ordinary way.
+
+_SENTINEL = 10**18
+_TEXT_SENTINEL = "\ue000"
+_SHAPE_TOKENS = re.compile(
+    r'(?<!\w)"([^"\n]*)"|"[^"\n]*"|(?<![\w.])(0|[1-9][0-9]{0,17})(?![\w.])|(")'
+)
+"""A plain string (its value), a prefixed string (r"...", b"...": kept), a decimal
+integer, or a quote that opens no one-line string."""
+_NOT_SHAPED = re.compile(r"""[\\']|\"\"\"|0[xX]|[0-9][uU]|[0-9]{19}|[\w\])]\s*\[|matches|\ue000""")
+
+
+def _by_shape(text: str) -> Analysis | None:
+    """The analysis of the text from its shape's, or None to analyse it on its own."""
+    if len(text) > MAX_LENGTH or _NOT_SHAPED.search(text):
+        return None
+    parts: list[str] = []
+    literals: list[int | str] = []
+    moved: list[tuple[int, int]] = []
+    """(where, by how many characters the sentinel is longer) of each literal replaced."""
+    last = 0
+    for match in _SHAPE_TOKENS.finditer(text):
+        string, digits, stray = match.groups()
+        if stray is not None:
+            return None
+        if string is None and digits is None:
+            continue  # a prefixed string, kept as it is
+        index = len(literals)
+        if string is not None:
+            sentinel = f'"{_TEXT_SENTINEL}{index}"'
+            literals.append(string)
+        else:
+            sentinel = str(_SENTINEL + index)
+            literals.append(int(digits))
+        parts.append(text[last : match.start()])
+        parts.append(sentinel)
+        moved.append((match.start(), len(sentinel) - (match.end() - match.start())))
+        last = match.end()
+    if not literals:
+        return None
+    parts.append(text[last:])
+    shape = _shape_analysis("".join(parts))
+    if shape is None:
+        return None
+
+    def value(v: Scalar) -> Scalar:
+        if type(v) is int and abs(v) >= _SENTINEL:
+            number = literals[abs(v) - _SENTINEL]
+            assert isinstance(number, int)
+            return number if v > 0 else -number
+        if type(v) is str and v.startswith(_TEXT_SENTINEL):
+            return literals[int(v[1:])]
+        return v
+
+    def position(at: int) -> int:
+        """A position in the shape's text as one in this text (never inside a literal)."""
+        shift = 0
+        for start, extra in moved:
+            if start + shift >= at:
+                break
+            shift += extra
+        return at - shift
+
+    return Analysis(
+        (),
+        tuple(
+            FieldRead(r.column, position(r.position), r.below, position(r.below_position))
+            if r.below is not None
+            else FieldRead(r.column, position(r.position))
+            for r in shape.reads
+        ),
+        tuple(Pin(pin.path, tuple(map(value, pin.values))) for pin in shape.pins),
+        shape.pin_only,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_analysis(shape: str) -> Analysis | None:
+    """A shape's analysis; None when it has problems (its texts are analysed each on
+    its own: the problems' messages and positions are theirs)."""
+    if not shape.strip():
+        return None
+    try:
+        found = _analysis(_unpositioned_parser().parse(shape), [])
+    except LarkError:
+        return None
+    return None if found.problems else found
 
 
 def field_problems(reads: Iterable[FieldRead], fields: Mapping[str, str]) -> list[FilterProblem]:
@@ -300,16 +451,24 @@ def _is_document(node: Tree[Token]) -> bool:
     return node.data == "ident" and _token(node, 0) in DOCUMENT_VARIABLES
 
 
-def _depth(tree: Tree[Token]) -> int:
+def _nodes(tree: Tree[Token]) -> tuple[list[Tree[Token]], int]:
+    """Every node, parents before children, and how deep expressions nest. Each rule
+    name becomes a plain str on the way: lark's Token compares in Python, and the
+    analysis compares rule names hundreds of times per filter."""
+    nodes: list[Tree[Token]] = []
     deepest = 0
     stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
     while stack:
         node, depth = stack.pop()
-        if node.data == "expr":
+        node.data = kind = str(node.data)
+        if kind == "expr":
             depth += 1
             deepest = max(deepest, depth)
-        stack.extend((child, depth) for child in node.children if isinstance(child, Tree))
-    return deepest
+        nodes.append(node)
+        for child in node.children:
+            if isinstance(child, Tree):
+                stack.append((child, depth))
+    return nodes, deepest
 
 
 def _size(node: Tree[Token]) -> int:
@@ -412,7 +571,10 @@ def _literal(tree: Tree[Token]) -> Scalar | _NotScalar:
     token = _literal_token(tree)
     if token is None:
         return _NOT_SCALAR
-    value = cel.evaluate(token.value)
+    try:
+        value = cel.evaluate(token.value)
+    except ValueError:  # a literal the grammar allows and the engine does not (`5.`):
+        return _NOT_SCALAR  # no pin; compiling refuses the filter
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return _NOT_SCALAR  # bytes: not indexed
@@ -494,14 +656,6 @@ def _token(node: Tree[Token], index: int) -> Token:
 
 def _start(node: Tree[Token]) -> int | None:
     return node.meta.start_pos if not node.meta.empty else None
-
-
-def _subtrees(tree: Tree[Token]) -> Iterator[Tree[Token]]:
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(child for child in node.children if isinstance(child, Tree))
 
 
 def _offset(text: str, line: int, column: int) -> int:

@@ -69,6 +69,9 @@ class PinIndex(Generic[K]):
         self._buckets: dict[Path, dict[IndexKey, set[K]]] = {}
         self._exact: dict[Path, dict[ExactKey, set[K]]] = {}
         self._filed: dict[K, tuple[Path, tuple[IndexKey, ...], tuple[ExactKey, ...]]] = {}
+        self._keys_of: dict[int, tuple[Pin, tuple[IndexKey, ...], tuple[ExactKey, ...]]] = {}
+        """A pin's keys by the pin object: live subscriptions of one filter text share
+        its pins. The entry holds the pin, so its id is not reused while cached."""
 
     def __len__(self) -> int:
         return len(self._filed)
@@ -88,31 +91,48 @@ class PinIndex(Generic[K]):
         live subscription keeps its pin until it is added again. `pin_only`: the filter
         is its one pin, also filed by exact value.
         """
-        best: tuple[tuple[int, float, int], Path, tuple[IndexKey, ...]] | None = None
-        for pin in pins:
-            # every literal a pin holds (bool, number, string, null) has a key
-            keys = tuple({key for key in map(index_key, pin.values) if key is not None})
-            buckets = self._buckets.get(pin.path, {})
-            share = len(keys) / max(1, len(buckets))
-            crowd = sum(len(buckets.get(key, ())) for key in keys)
-            rank = (_weak(pin.path), share, crowd)
-            if best is None or rank < best[0]:
-                best = (rank, pin.path, keys)
-        if best is None:
+        pins = tuple(pins)
+        if not pins:
             return False
-        self.remove(id)
-        _, path, keys = best
+        chosen = pins[0] if len(pins) == 1 else self._least_crowded(pins)
+        path = chosen.path
+        keys, exact = self._keys(chosen)
+        if not pin_only:
+            exact = ()
+        if id in self._filed:
+            self.remove(id)
         buckets = self._buckets.setdefault(path, {})
         for key in keys:
             buckets.setdefault(key, set()).add(id)
-        exact: tuple[ExactKey, ...] = ()
-        if pin_only:
-            exact = tuple({value for value in map(exact_key, pin.values) if value is not None})
+        if exact:
             sure = self._exact.setdefault(path, {})
             for value in exact:
                 sure.setdefault(value, set()).add(id)
         self._filed[id] = (path, keys, exact)
         return True
+
+    def _keys(self, pin: Pin) -> tuple[tuple[IndexKey, ...], tuple[ExactKey, ...]]:
+        cached = self._keys_of.get(id(pin))
+        if cached is not None and cached[0] is pin:
+            return cached[1], cached[2]
+        if len(self._keys_of) >= _KEYS_CACHED:
+            self._keys_of.clear()
+        keys, exact = _keys(pin), _exact_keys(pin)
+        self._keys_of[id(pin)] = (pin, keys, exact)
+        return keys, exact
+
+    def _least_crowded(self, pins: tuple[Pin, ...]) -> Pin:
+        best: tuple[tuple[int, float, int], Pin] | None = None
+        for pin in pins:
+            keys = self._keys(pin)[0]
+            buckets = self._buckets.get(pin.path, {})
+            share = len(keys) / max(1, len(buckets))
+            crowd = sum(len(buckets.get(key, ())) for key in keys)
+            rank = (_weak(pin.path), share, crowd)
+            if best is None or rank < best[0]:
+                best = (rank, pin)
+        assert best is not None
+        return best[1]
 
     def remove(self, id: K) -> None:
         filed = self._filed.pop(id, None)
@@ -145,6 +165,19 @@ class PinIndex(Generic[K]):
 
 
 _NONE: set[Any] = set()
+_KEYS_CACHED = 65_536
+"""Pins whose keys an index keeps (as many as the compile cache keeps filters)."""
+
+
+def _keys(pin: Pin) -> tuple[IndexKey, ...]:
+    """A pin's bucket keys (every literal a pin holds, bool, number, string or null, has
+    one). Cached by the pin object, never by its value: Python holds Pin(p, (1,)) and
+    Pin(p, (True,)) equal."""
+    return tuple({key for key in map(index_key, pin.values) if key is not None})
+
+
+def _exact_keys(pin: Pin) -> tuple[ExactKey, ...]:
+    return tuple({value for value in map(exact_key, pin.values) if value is not None})
 
 
 def _discard(table: dict[Path, dict[Any, set[K]]], path: Path, keys: Iterable[Any], id: K) -> None:

@@ -57,7 +57,8 @@ class Matcher(Generic[K]):
 
     def add(self, id: K, filter: Filter) -> None:
         """Add a live subscription, or replace its filter."""
-        self.remove(id)
+        if id in self._filters:
+            self.remove(id)
         self._filters[id] = filter
         if not self._index.add(id, filter.pins, filter.pin_only):
             self._unpinned.add(id)
