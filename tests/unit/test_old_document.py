@@ -59,9 +59,7 @@ def test_a_delete_carries_the_deleted_row_and_a_reinsert_the_row_before_the_batc
     deleted = RowChange(RowOp.DELETE, (1,), old=row(1, "open"))
     assert consolidate([tx(10, deleted)])[0].old == row(1, "open")
     changes = consolidate([tx(10, deleted), tx(11, RowChange(RowOp.INSERT, (1,), row(1, "new")))])
-    assert [(c.op, c.doc, c.old) for c in changes] == [
-        (Op.UPSERT, row(1, "new"), row(1, "open"))
-    ]
+    assert [(c.op, c.doc, c.old) for c in changes] == [(Op.UPSERT, row(1, "new"), row(1, "open"))]
 
 
 def test_a_key_change_gives_the_old_row_to_the_old_key_s_delete_only():
