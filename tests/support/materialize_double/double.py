@@ -52,6 +52,9 @@ class MaterializeDouble:
     Errors carry Materialize's SQLSTATE and wording (cited where each is raised):
     most are XX000, as Materialize sends them.
 
+    `SHOW COLUMNS FROM <relation>` answers (name, nullable, type, comment) with
+    Materialize's type names (`collection.SHOWN_TYPES`); nullable is always true.
+
     Simplifications: `SUBSCRIBE (SELECT ...)` streams the relation as it is (no
     projection or filter) when the query names it; only text result formats; ENVELOPE
     DEBEZIUM, WITHIN TIMESTAMP ORDER BY and UP TO are refused with SQLSTATE 0A000. No
