@@ -424,10 +424,10 @@ def test_show_columns_lists_name_nullable_type_comment_in_column_order(protocol:
     columns = (("order_id", "int8"), ("paid", "bool"), ("total", "numeric"), ("at", "timestamptz"))
     with MaterializeDouble(VIEW, columns) as mz, psycopg.connect(mz.dsn) as conn:
         statement = f"SHOW COLUMNS FROM materialize.public.{VIEW}"
-        if protocol == "simple":
-            cursor = psycopg.ClientCursor(conn).execute(statement)
-        else:
-            cursor = conn.execute(statement)
+        cursor: psycopg.Cursor[Any] = (
+            psycopg.ClientCursor(conn) if protocol == "simple" else conn.cursor()
+        )
+        cursor.execute(statement)
         assert [d.name for d in cursor.description or ()] == ["name", "nullable", "type", "comment"]
         assert cursor.fetchall() == [
             ("order_id", True, "bigint", ""),
