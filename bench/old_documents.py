@@ -14,9 +14,11 @@ No server. Three steps of the pipeline, each timed without and with old rows:
 - the Materialize assembler settling `--rows` retraction+insertion pairs (the
   retracted row becomes old) against the same number of plain insertions.
 
-Each figure is the best of `--rounds` rounds, the variants interleaved, since a shared
-machine's noise would otherwise decide. Memory: bytes Python allocates for the batch
-and its consolidated changes, without and with old rows (tracemalloc).
+Each figure is this process's CPU time (`time.process_time`: time spent descheduled
+by other work on a shared machine is left out), the best of `--rounds` rounds, the
+variants interleaved, since a shared machine's noise would otherwise decide. Memory:
+bytes Python allocates for the batch and its consolidated changes, without and with
+old rows (tracemalloc).
 """
 
 from __future__ import annotations
@@ -70,9 +72,9 @@ def best(variants: list[tuple[Callable[[Any], object], Any]], rounds: int) -> li
     times = [float("inf")] * len(variants)
     for _ in range(rounds):
         for i, (function, argument) in enumerate(variants):
-            started = time.perf_counter()
+            started = time.process_time()
             function(argument)
-            times[i] = min(times[i], time.perf_counter() - started)
+            times[i] = min(times[i], time.process_time() - started)
     return times
 
 

@@ -61,6 +61,11 @@ class _Stream:
     columns: tuple[str, ...]
     decoders: tuple[Decoder, ...]
     key_index: tuple[int, ...]
+    no_old: tuple[pgoutput.Value, ...] = ()
+    """One UNCHANGED per column: the old row of a message that has none."""
+
+    def __post_init__(self) -> None:
+        self.no_old = (pgoutput.UNCHANGED,) * len(self.columns)
 
 
 @dataclass
@@ -256,25 +261,28 @@ class PostgresSource:
         )
         row: Document = {}
         unchanged: set[str] = set()
-        for i, (name, decode, value) in enumerate(
-            zip(stream.columns, stream.decoders, message.new, strict=True)
+        for name, decode, value, before in zip(
+            stream.columns, stream.decoders, message.new, full_old or stream.no_old, strict=True
         ):
             if value is pgoutput.UNCHANGED:
-                if full_old is None or full_old[i] is pgoutput.UNCHANGED:
+                if before is pgoutput.UNCHANGED:
                     unchanged.add(name)
                     continue
-                value = full_old[i]  # unchanged: the old row holds the very value
+                value = before  # unchanged: the old row holds the very value
             row[name] = None if value is None else decode(value)  # type: ignore[arg-type]
         key = tuple(row.get(stream.columns[i]) for i in stream.key_index)
         if isinstance(message, pgoutput.Insert):
             return RowChange(RowOp.INSERT, key, row)
-        old_key = self._key(stream, message.old) if message.old is not None else None
+        before = _old_document(stream, full_old, message.new, row) if full_old else None
+        if before is not None:  # the old key, already decoded
+            old_key: DocKey | None = tuple(before[stream.columns[i]] for i in stream.key_index)
+        else:
+            old_key = self._key(stream, message.old) if message.old is not None else None
         if any(stream.columns[i] in unchanged for i in stream.key_index):
             if old_key is None:
                 self._log.error("update_without_key", relation=self._require_table().qualified)
                 return None
             key = old_key
-        before = _old_document(stream, full_old, message.new, row) if full_old else None
         return RowChange(RowOp.UPDATE, key, row, old_key, frozenset(unchanged), before)
 
     @staticmethod
