@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import struct
 
+from psycopg.adapt import Transformer
+
 from syncer.engine.changes import Op, RowChange, RowOp, Transaction
 from syncer.engine.consolidate import consolidate
 from syncer.engine.matching import Matcher, activation, compile_filter
 from syncer.engine.timestamps import Envelope, TimestampAssembler, Update, UpsertState
 from syncer.sources.postgres import pgoutput
+from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig, _Stream
+from syncer.sources.values import make_decoder
 
 
 def tx(position: int, *changes: RowChange) -> Transaction:
@@ -184,3 +188,57 @@ def test_old_fields_are_typed_like_doc_fields():
     assert numeric.evaluate(
         activation({"total": "120.50"}, {"total": "99.9"}, "upsert", "1", 5, {"total": "numeric"})
     )
+
+
+# -- PostgreSQL: the old document decoded like the new row --------------------------------
+
+U = pgoutput.UNCHANGED
+
+
+def postgres() -> tuple[PostgresSource, _Stream]:
+    oids = (23, 25, 1700, 25)  # id int4, status text, total numeric, body text
+    decoders = tuple(make_decoder(Transformer(), oid) for oid in oids)
+    stream = _Stream(("id", "status", "total", "body"), decoders, (0,))
+    return PostgresSource(PostgresSourceConfig("t", "", "public.t", ("id",), "slot")), stream
+
+
+def test_identity_full_gives_the_old_document_and_fills_unchanged_toast_from_it():
+    source, stream = postgres()
+    old = (b"1", b"open", b"10.50", b"big body")
+    change = source._row_change(stream, pgoutput.Update(1, (b"1", b"paid", b"10.50", U), old, True))
+    assert change is not None
+    assert change.row == {"id": 1, "status": "paid", "total": "10.50", "body": "big body"}
+    assert change.unchanged == frozenset(), "the old row holds the unchanged value"
+    assert change.old == {"id": 1, "status": "open", "total": "10.50", "body": "big body"}
+    assert change.old_key == (1,)
+
+
+def test_identity_full_on_a_key_change_names_the_old_key_and_a_delete_carries_the_row():
+    source, stream = postgres()
+    old = (b"1", b"open", None, b"x")
+    change = source._row_change(stream, pgoutput.Update(1, (b"2", b"open", None, b"x"), old, True))
+    assert change is not None and (change.key, change.old_key) == ((2,), (1,))
+    assert change.old == {"id": 1, "status": "open", "total": None, "body": "x"}
+    deleted = source._row_change(stream, pgoutput.Delete(1, old, True))
+    assert deleted is not None and deleted.op is RowOp.DELETE and deleted.key == (1,)
+    assert deleted.old == change.old
+
+
+def test_an_old_key_or_no_old_tuple_gives_no_old_document():
+    source, stream = postgres()
+    new = (b"2", b"paid", b"1", U)
+    key_only = source._row_change(stream, pgoutput.Update(1, new, (b"1", None, None, None), False))
+    assert key_only is not None and key_only.old is None and key_only.old_key == (1,)
+    assert key_only.unchanged == {"body"}, "left for the sink to fill, as before"
+    plain = source._row_change(stream, pgoutput.Update(1, new, None, False))
+    assert plain is not None and plain.old is None
+    deleted = source._row_change(stream, pgoutput.Delete(1, (b"1", None, None, None), False))
+    assert deleted is not None and deleted.old is None
+
+
+def test_an_old_value_neither_tuple_holds_makes_old_unknown_not_partial():
+    source, stream = postgres()
+    change = source._row_change(
+        stream, pgoutput.Update(1, (b"1", b"paid", b"1", U), (b"1", b"open", b"1", U), True)
+    )
+    assert change is not None and change.old is None and change.unchanged == {"body"}
