@@ -261,14 +261,14 @@ class PostgresSource:
         )
         row: Document = {}
         unchanged: set[str] = set()
-        for name, decode, value, before in zip(
+        for name, decode, value, prior in zip(
             stream.columns, stream.decoders, message.new, full_old or stream.no_old, strict=True
         ):
             if value is pgoutput.UNCHANGED:
-                if before is pgoutput.UNCHANGED:
+                if prior is pgoutput.UNCHANGED:
                     unchanged.add(name)
                     continue
-                value = before  # unchanged: the old row holds the very value
+                value = prior  # unchanged: the old row holds the very value
             row[name] = None if value is None else decode(value)  # type: ignore[arg-type]
         key = tuple(row.get(stream.columns[i]) for i in stream.key_index)
         if isinstance(message, pgoutput.Insert):
