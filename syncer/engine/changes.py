@@ -52,6 +52,10 @@ class RowChange:
     """Set on an update that changed the key: the document to delete."""
     unchanged: frozenset[str] = frozenset()
     """Columns whose (TOASTed) value did not change and was not sent by the source."""
+    old: Document | None = None
+    """The whole row before this update or delete, when the source sent it (PostgreSQL
+    with REPLICA IDENTITY FULL, a Materialize retraction); None otherwise (an insert, or
+    a source that sent only the key). Shared, never copied: nothing may change it."""
 
 
 @dataclass(slots=True)
@@ -82,6 +86,9 @@ class Change:
     fill_from: str | None = None
     """The document holding those values when it is not `doc_id` (the key changed)."""
     fill_key: DocKey | None = None
+    old: Document | None = None
+    """The document before the batch, when the source sent it with the batch's first
+    event of this key (live subscriptions' `old`); None: unknown, or there was none."""
 
 
 def doc_id(key: DocKey) -> str:

@@ -6,23 +6,42 @@ with its position: the final state and version are what a replay of every event
 would leave. Unchanged TOAST values are carried over from an earlier full image in
 the same batch where one exists; the rest is left for the sink to fill from the
 previous document (`Change.missing`, `Change.fill_from`).
+
+A change's `old` is the document before the batch: the old row the source sent with
+the batch's first event of that key, None when that first event was an insert or
+came without one. Later events' old rows are states inside the batch, not kept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from syncer.engine.changes import Change, DocKey, Op, RowOp, Transaction, TxKind, doc_id
+from syncer.engine.changes import (
+    Change,
+    DocKey,
+    Document,
+    Op,
+    RowChange,
+    RowOp,
+    Transaction,
+    TxKind,
+    doc_id,
+)
 
 
 def consolidate(transactions: Iterable[Transaction]) -> list[Change]:
     """Return one `Change` per document, in order of each document's last event."""
     latest: dict[str, Change] = {}
+    # Only keys whose first event carried an old row: nothing is kept (nor looked up
+    # beyond one attribute test) for a source that never sends one.
+    olds: dict[str, Document] = {}
     for tx in transactions:
         if tx.kind is TxKind.SNAPSHOT_END:
             continue
         for row in tx.changes:
             new_id = doc_id(row.key)
+            if row.old is not None:
+                _first_old(olds, latest, row, new_id)
             if row.op is RowOp.DELETE:
                 _put(latest, Change(Op.DELETE, new_id, row.key, tx.position, tx.commit_time))
                 continue
@@ -38,7 +57,24 @@ def consolidate(transactions: Iterable[Transaction]) -> list[Change]:
             if key_changed:
                 _put(latest, Change(Op.DELETE, source_id, source_key, tx.position, tx.commit_time))
             _put(latest, change)
+    if olds:
+        for doc, old in olds.items():
+            latest[doc].old = old
     return list(latest.values())
+
+
+def _first_old(
+    olds: dict[str, Document], latest: dict[str, Change], row: RowChange, new_id: str
+) -> None:
+    """Keep `row.old` as the document before the batch if this is its key's first event.
+
+    On an update that changed the key, the old row is the document of the old key
+    (deleted by this event); the new key's document did not exist before."""
+    assert row.old is not None
+    key_changed = row.old_key is not None and row.old_key != row.key
+    doc = doc_id(row.old_key) if key_changed and row.old_key is not None else new_id
+    if doc not in latest and doc not in olds:
+        olds[doc] = row.old
 
 
 def _put(latest: dict[str, Change], change: Change) -> None:

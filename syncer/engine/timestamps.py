@@ -28,6 +28,11 @@ checkpoint, and a resumed assembler starts from them.
 With `ENVELOPE UPSERT`, Materialize does the per-key work itself: each update is
 already `upsert`, `delete` or `key_violation` for its key and timestamp.
 
+The old row: with the diff envelope an update is a retraction of the old row and an
+insertion of the new one, so the row retracted at a timestamp is the change's `old`
+(for a key already tracked, the one row it held before, when it held one). ENVELOPE
+UPSERT sends only the new value: no old row.
+
 Snapshots: the first progress message of a SUBSCRIBE is its AS OF time, and a
 snapshot's rows all carry that time. They are only insertions, so they are handed
 out in chunks as they arrive (SNAPSHOT_CHUNK) instead of being held whole; the
@@ -303,8 +308,9 @@ class TimestampAssembler:
         if len(live) > 1 or any(c.count != 1 for c in live.values()):
             self._tracked[key] = live
             self._state_changed = True
+        old = _old_row(prior, rows)
         if not live:
-            return RowChange(RowOp.DELETE, key)
+            return RowChange(RowOp.DELETE, key, old=old)
         if len(live) > 1:
             self._errors.append(
                 f"key {_show(key)} of {self.relation} has {len(live)} distinct rows at "
@@ -315,7 +321,7 @@ class TimestampAssembler:
         if prior is not None and newest not in live and len(live) == len(prior):
             if all(identity in prior for identity in live):
                 return None  # only counts changed: the document is the same
-        return RowChange(RowOp.UPDATE, key, dict(chosen.row))
+        return RowChange(RowOp.UPDATE, key, dict(chosen.row), old=old)
 
     def _settle_upsert(
         self, timestamp: Position, key: DocKey, updates: list[Update]
@@ -331,6 +337,21 @@ class TimestampAssembler:
             "the document keeps its previous value"
         )
         return None
+
+
+def _old_row(
+    prior: dict[Hashable, _Counted] | None, rows: dict[Hashable, _Counted]
+) -> Document | None:
+    """The row a key held before this timestamp, given its counts after it (`rows`).
+
+    An untracked key held exactly what its retractions removed: the row whose count
+    went below zero. A tracked key held its rows of `prior`: the single one, or the
+    first whose count went down."""
+    if prior is None:
+        return next((c.row for c in rows.values() if c.count < 0), None)
+    if len(prior) == 1:
+        return next(iter(prior.values())).row
+    return next((c.row for i, c in prior.items() if rows[i].count < c.count), None)
 
 
 def _freeze(value: Any) -> Hashable:

@@ -3,7 +3,8 @@
 A live subscription's filter may only read fields the documents have (`doc.totl` is a
 typo, refused at registration). The fields are the source relation's columns, which
 only the source knows: the kind's `column_types` asks it within a few seconds
-(PostgreSQL: the catalog; a kind that cannot tell cheaply has none). The answer is
+(PostgreSQL: the catalog; Materialize: SHOW COLUMNS; a Materialize query, which only
+planning could describe, answers None). The answer is
 kept for `CACHE_SECONDS` per subscription, so registering 100,000 live subscriptions
 asks once, and a source that cannot be asked now is not asked again for as long: its
 filters are then accepted without the field check (None), since the worker, not

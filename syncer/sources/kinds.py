@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from syncer.engine.interfaces import Source
 from syncer.sources.dsn import DsnResolver, as_given
+from syncer.sources.materialize import catalog as materialize_catalog
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.positions import format_lsn, format_mz_timestamp
-from syncer.sources.postgres.catalog import column_types
+from syncer.sources.postgres import catalog as postgres_catalog
 from syncer.sources.postgres.replication import drop_replication
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.sources.relations import materialize_relation_problem, postgres_relation_problem
@@ -106,7 +107,7 @@ POSTGRES = Kind(
     options=(),
     needs_key_columns=False,  # the table's primary key is the default
     cleanup=drop_replication,  # the slot and publication would keep WAL forever
-    column_types=column_types,
+    column_types=postgres_catalog.column_types,
 )
 
 MATERIALIZE = Kind(
@@ -118,6 +119,7 @@ MATERIALIZE = Kind(
     options=OPTIONS,
     needs_key_columns=True,  # a view has no primary key
     cleanup=None,  # SUBSCRIBE leaves nothing on the source
+    column_types=materialize_catalog.column_types,  # None for a query
 )
 
 KINDS: dict[str, Kind] = {k.name: k for k in (POSTGRES, MATERIALIZE)}

@@ -306,7 +306,7 @@ class LiveMatching:
         op = "upsert" if upsert else "delete"
         doc = change.doc if upsert else None
         result = watched.matcher.match(
-            activation(doc, None, op, change.doc_id, change.version, watched.fields)
+            activation(doc, change.old, op, change.doc_id, change.version, watched.fields)
         )
         self.match_seconds.observe(time.perf_counter() - started)
         self.candidates.observe(result.candidates)

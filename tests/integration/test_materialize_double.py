@@ -419,6 +419,42 @@ def test_unknown_relation_fails_at_declare(mz: MaterializeDouble, target: str, n
         assert raised.value.diag.message_primary == name
 
 
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_show_columns_lists_name_nullable_type_comment_in_column_order(protocol: str) -> None:
+    columns = (("order_id", "int8"), ("paid", "bool"), ("total", "numeric"), ("at", "timestamptz"))
+    with MaterializeDouble(VIEW, columns) as mz, psycopg.connect(mz.dsn) as conn:
+        statement = f"SHOW COLUMNS FROM materialize.public.{VIEW}"
+        cursor: psycopg.Cursor[Any] = (
+            psycopg.ClientCursor(conn) if protocol == "simple" else conn.cursor()
+        )
+        cursor.execute(statement)
+        assert [d.name for d in cursor.description or ()] == ["name", "nullable", "type", "comment"]
+        assert cursor.fetchall() == [
+            ("order_id", True, "bigint", ""),
+            ("paid", True, "boolean", ""),
+            ("total", True, "numeric", ""),
+            ("at", True, "timestamp with time zone", ""),
+        ]
+
+
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [
+        ("nope", "unknown catalog item 'nope'"),
+        (f"other.{VIEW}", "unknown schema 'other'"),
+        (f"db.public.{VIEW}", "unknown database 'db'"),
+    ],
+)
+def test_show_columns_of_an_unknown_relation_is_a_catalog_error(
+    mz: MaterializeDouble, target: str, name: str
+) -> None:
+    with psycopg.connect(mz.dsn, autocommit=True) as conn:
+        with pytest.raises(errors.InternalError_) as raised:
+            conn.execute(f"SHOW COLUMNS FROM {target}")
+        assert raised.value.sqlstate == "XX000"
+        assert raised.value.diag.message_primary == name
+
+
 def test_subscribe_options(mz: MaterializeDouble) -> None:
     mz.insert(ANN)
     with psycopg.connect(mz.dsn) as conn:

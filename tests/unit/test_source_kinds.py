@@ -8,6 +8,7 @@ import pytest
 
 from syncer.sources import kinds
 from syncer.sources.kinds import KINDS, MATERIALIZE, POSTGRES, SourceValues, kind
+from syncer.sources.materialize import catalog as materialize_catalog
 from syncer.sources.materialize.source import MaterializeSource
 from syncer.sources.postgres.replication import drop_replication
 from syncer.sources.postgres.source import PostgresSource
@@ -164,3 +165,26 @@ def test_the_apis_source_kinds_are_the_registrys() -> None:
     from console.api.schemas import SourceKind
 
     assert get_args(SourceKind) == tuple(KINDS)
+
+
+def test_both_kinds_tell_their_columns_and_a_materialize_query_has_no_cheap_answer() -> None:
+    assert POSTGRES.column_types is not None and MATERIALIZE.column_types is not None
+    # Answered before any connection is tried: the DSN is never used.
+    assert MATERIALIZE.column_types("postgresql://nowhere.invalid/x", "SELECT 1 AS a") is None
+    assert MATERIALIZE.column_types("postgresql://nowhere.invalid/x", "not a name!") is None
+
+
+@pytest.mark.parametrize(
+    ("shown", "source_type"),
+    [
+        ("numeric(10,2)", "numeric"),
+        ("timestamp(3) with time zone", "timestamp with time zone"),
+        ("Double Precision", "double precision"),
+        ("integer list", "integer list"),
+        ("text[]", "text[]"),
+    ],
+)
+def test_materialize_type_names_are_read_without_their_modifiers(
+    shown: str, source_type: str
+) -> None:
+    assert materialize_catalog._type_name(shown) == source_type

@@ -59,6 +59,12 @@ _FIX_UNKNOWN = {
 }
 
 
+def unknown_relation(error: BaseException) -> bool:
+    """Whether Materialize refused a relation's name: no such item, schema or database."""
+    match = _UNKNOWN.search(str(error.__cause__ or error))
+    return match is not None and match.group(1) != "cluster"
+
+
 def compacted(error: BaseException) -> bool:
     """Whether Materialize refused an AS OF because it no longer holds that time."""
     text = str(error.__cause__ or error).lower()

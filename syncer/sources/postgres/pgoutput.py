@@ -72,12 +72,16 @@ class Update:
     new: tuple[Value, ...]
     old: tuple[Value, ...] | None
     """The old key ('K': only the identity columns are set) or old row ('O', identity FULL)."""
+    old_is_row: bool = False
+    """Whether `old` is the whole old row ('O'), not only its key ('K')."""
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     relation_oid: int
     old: tuple[Value, ...]
+    old_is_row: bool = False
+    """Whether `old` is the whole deleted row ('O', identity FULL), not only its key ('K')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +184,15 @@ def decode(data: bytes) -> Message:
         oid = reader.uint32()
         kind = reader.byte()
         old = None
+        old_is_row = kind == "O"
         if kind in ("K", "O"):
             old = reader.tuple_data()
             kind = reader.byte()
         if kind != "N":
             raise ValueError(f"pgoutput: update without new tuple ({kind!r})")
-        return Update(oid, reader.tuple_data(), old)
+        return Update(oid, reader.tuple_data(), old, old_is_row)
     if tag == "D":
         oid = reader.uint32()
-        reader.byte()  # 'K' or 'O'
-        return Delete(oid, reader.tuple_data())
+        old_is_row = reader.byte() == "O"  # else 'K'
+        return Delete(oid, reader.tuple_data(), old_is_row)
     return Other(tag)

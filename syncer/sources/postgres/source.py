@@ -61,6 +61,11 @@ class _Stream:
     columns: tuple[str, ...]
     decoders: tuple[Decoder, ...]
     key_index: tuple[int, ...]
+    no_old: tuple[pgoutput.Value, ...] = ()
+    """One UNCHANGED per column: the old row of a message that has none."""
+
+    def __post_init__(self) -> None:
+        self.no_old = (pgoutput.UNCHANGED,) * len(self.columns)
 
 
 @dataclass
@@ -248,24 +253,37 @@ class PostgresSource:
         message: pgoutput.Insert | pgoutput.Update | pgoutput.Delete,
     ) -> RowChange | None:
         if isinstance(message, pgoutput.Delete):
-            return RowChange(RowOp.DELETE, self._key(stream, message.old))
+            deleted = _old_document(stream, message.old, None, {}) if message.old_is_row else None
+            return RowChange(RowOp.DELETE, self._key(stream, message.old), old=deleted)
+        # REPLICA IDENTITY FULL: the old row comes whole (TOASTed values inlined).
+        full_old = (
+            message.old if isinstance(message, pgoutput.Update) and message.old_is_row else None
+        )
         row: Document = {}
         unchanged: set[str] = set()
-        for name, decode, value in zip(stream.columns, stream.decoders, message.new, strict=True):
+        for name, decode, value, prior in zip(
+            stream.columns, stream.decoders, message.new, full_old or stream.no_old, strict=True
+        ):
             if value is pgoutput.UNCHANGED:
-                unchanged.add(name)
-            else:
-                row[name] = None if value is None else decode(value)  # type: ignore[arg-type]
+                if prior is pgoutput.UNCHANGED:
+                    unchanged.add(name)
+                    continue
+                value = prior  # unchanged: the old row holds the very value
+            row[name] = None if value is None else decode(value)  # type: ignore[arg-type]
         key = tuple(row.get(stream.columns[i]) for i in stream.key_index)
         if isinstance(message, pgoutput.Insert):
             return RowChange(RowOp.INSERT, key, row)
-        old_key = self._key(stream, message.old) if message.old is not None else None
+        before = _old_document(stream, full_old, message.new, row) if full_old else None
+        if before is not None:  # the old key, already decoded
+            old_key: DocKey | None = tuple(before[stream.columns[i]] for i in stream.key_index)
+        else:
+            old_key = self._key(stream, message.old) if message.old is not None else None
         if any(stream.columns[i] in unchanged for i in stream.key_index):
             if old_key is None:
                 self._log.error("update_without_key", relation=self._require_table().qualified)
                 return None
             key = old_key
-        return RowChange(RowOp.UPDATE, key, row, old_key, frozenset(unchanged))
+        return RowChange(RowOp.UPDATE, key, row, old_key, frozenset(unchanged), before)
 
     @staticmethod
     def _key(stream: _Stream, values: tuple[pgoutput.Value, ...]) -> DocKey:
@@ -512,6 +530,36 @@ class PostgresSource:
         if self._table is None:
             raise RuntimeError("source is not open")
         return self._table
+
+
+def _old_document(
+    stream: _Stream,
+    old: tuple[pgoutput.Value, ...],
+    new: tuple[pgoutput.Value, ...] | None,
+    row: Document,
+) -> Document | None:
+    """The old row ('O' tuple) decoded as the new row is, so `old` has `doc`'s shape.
+
+    A value the update did not change is taken from `row` (already decoded, the same
+    value), so identity FULL costs a decode only for the columns that changed. An old
+    value marked unchanged ('u', which PostgreSQL does not send in an old row since it
+    inlines TOASTed values there) is the new row's; if the new row lacks it too, the old
+    document is unknown (None) rather than partial."""
+    document: Document = {}
+    for i, (name, decode, value) in enumerate(
+        zip(stream.columns, stream.decoders, old, strict=True)
+    ):
+        if new is not None and (new[i] is pgoutput.UNCHANGED or new[i] == value):
+            if name not in row:
+                return None
+            document[name] = row[name]
+        elif value is pgoutput.UNCHANGED:
+            if name not in row:
+                return None
+            document[name] = row[name]
+        else:
+            document[name] = None if value is None else decode(value)  # type: ignore[arg-type]
+    return document
 
 
 def _key_text(value: Any) -> str:

@@ -61,6 +61,20 @@ COLUMN_TYPES: dict[str, tuple[int, int]] = {
 }
 
 
+# type name -> how Materialize names it in SHOW COLUMNS (mz_columns.type: the humanized
+# SQL name, e.g. "boolean", "smallint" in test/testdrive; not pg_type's "bool", "int2")
+SHOWN_TYPES: dict[str, str] = {
+    "int8": "bigint",
+    "int4": "integer",
+    "text": "text",
+    "numeric": "numeric",
+    "bool": "boolean",
+    "float8": "double precision",
+    "jsonb": "jsonb",
+    "timestamptz": "timestamp with time zone",
+}
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

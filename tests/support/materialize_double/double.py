@@ -52,6 +52,9 @@ class MaterializeDouble:
     Errors carry Materialize's SQLSTATE and wording (cited where each is raised):
     most are XX000, as Materialize sends them.
 
+    `SHOW COLUMNS FROM <relation>` answers (name, nullable, type, comment) with
+    Materialize's type names (`collection.SHOWN_TYPES`); nullable is always true.
+
     Simplifications: `SUBSCRIBE (SELECT ...)` streams the relation as it is (no
     projection or filter) when the query names it; only text result formats; ENVELOPE
     DEBEZIUM, WITHIN TIMESTAMP ORDER BY and UP TO are refused with SQLSTATE 0A000. No
@@ -414,22 +417,27 @@ class MaterializeDouble:
     def _resolve(self, subscribe: Subscribe) -> None:
         """Raise "unknown catalog item" unless the SUBSCRIBE names this double's relation.
         A catalog error is XX000 (AdapterError::PlanError, src/adapter/src/error.rs)."""
+        if subscribe.name is not None:
+            self._resolve_name(subscribe.name)
+            return
         if self._dropped:
-            missing = ".".join(subscribe.name) if subscribe.name else subscribe.query_from
-        elif subscribe.name is not None:
-            parts = subscribe.name
+            missing = subscribe.query_from
+        elif self._relation_parts[-1] in subscribe.query_identifiers:
+            return
+        else:
+            missing = subscribe.query_from or "?"
+        raise SqlError("XX000", f"unknown catalog item '{missing or '?'}'")
+
+    def _resolve_name(self, parts: tuple[str, ...]) -> None:
+        """Raise Materialize's catalog error unless `parts` name this double's relation."""
+        if not self._dropped:
             if len(parts) <= 3 and parts == self._relation_parts[-len(parts) :]:
                 return
             if len(parts) == 3 and parts[0] != self._relation_parts[0]:
                 raise SqlError("XX000", f"unknown database '{parts[0]}'")
             if len(parts) >= 2 and parts[-2] != self._relation_parts[1]:
                 raise SqlError("XX000", f"unknown schema '{parts[-2]}'")
-            missing = ".".join(parts)
-        else:
-            if self._relation_parts[-1] in subscribe.query_identifiers:
-                return
-            missing = subscribe.query_from or "?"
-        raise SqlError("XX000", f"unknown catalog item '{missing or '?'}'")
+        raise SqlError("XX000", f"unknown catalog item '{'.'.join(parts) or '?'}'")
 
     def _compaction_error(self, as_of: int, since: int) -> SqlError:
         """Materialize's answer to an AS OF below the since (see `compact`)."""

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .collection import Column, Subscription, TextRow
+from .collection import SHOWN_TYPES, Column, Subscription, TextRow
 from .sql import (
     Begin,
     Close,
@@ -20,6 +20,7 @@ from .sql import (
     Select,
     SetVar,
     Show,
+    ShowColumns,
     SqlError,
     Statement,
     Token,
@@ -53,6 +54,12 @@ SESSION_VARS = frozenset(
         "transaction",
         "transaction_isolation",
     }
+)
+_SHOW_COLUMNS = (
+    Column("name", "text"),
+    Column("nullable", "bool"),
+    Column("type", "text"),
+    Column("comment", "text"),
 )
 _POLL = 0.2  # how often a waiting FETCH looks whether its client went away
 _ENDS_TRANSACTION = ("COMMIT", "END", "ROLLBACK", "ABORT")
@@ -106,6 +113,8 @@ class Session:
                 return subscription.columns if subscription is not None else None
             case Show(name=name):
                 return [Column(name, "text")]
+            case ShowColumns():
+                return list(_SHOW_COLUMNS)
             case Select():
                 return self._select(statement).columns
         return None
@@ -169,6 +178,8 @@ class Session:
                 return Result("SET")
             case Show(name=name):
                 return Result("SHOW", [Column(name, "text")], [(self._show(name),)])
+            case ShowColumns(name=name):
+                return self._show_columns(name)
             case Select():
                 return self._select(statement)
             case Declare():
@@ -216,6 +227,17 @@ class Session:
             "search_path": "public",
         }
         return self.settings.get(name, known.get(name, ""))
+
+    def _show_columns(self, name: tuple[str, ...]) -> Result:
+        """As Materialize: (name, nullable, type, comment) in column order
+        (src/sql/src/plan/statement/show.rs, `show_columns`); an unknown name is the
+        same XX000 "unknown catalog item" as a SUBSCRIBE's."""
+        double = self.double
+        double._resolve_name(name)
+        rows: list[TextRow] = [
+            (column.name, "t", SHOWN_TYPES[column.type], "") for column in double.columns
+        ]
+        return Result(f"SELECT {len(rows)}", list(_SHOW_COLUMNS), rows)
 
     def _select(self, statement: Select) -> Result:
         if statement.function is not None:

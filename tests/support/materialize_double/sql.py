@@ -115,6 +115,13 @@ class Show:
 
 
 @dataclass(frozen=True)
+class ShowColumns:
+    """`SHOW COLUMNS FROM <relation>` (no LIKE or WHERE)."""
+
+    name: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Select:
     """`SELECT <number>`, `SELECT mz_version()` or `SELECT version()`."""
 
@@ -159,7 +166,17 @@ class Deallocate:
 
 
 Statement = (
-    Begin | Commit | Rollback | SetVar | Show | Select | Declare | Fetch | Close | Deallocate
+    Begin
+    | Commit
+    | Rollback
+    | SetVar
+    | Show
+    | ShowColumns
+    | Select
+    | Declare
+    | Fetch
+    | Close
+    | Deallocate
 )
 
 
@@ -370,6 +387,15 @@ class _Parser:
 
     def show(self) -> Statement:
         self.expect_kw("show")
+        if self.at_kw("columns", "from") or self.at_kw("columns", "in"):
+            self.i += 2
+            parts = [self.identifier()]
+            while self.accept_op("."):
+                parts.append(self.identifier())
+            if self.at_kw("like") or self.at_kw("where"):
+                raise self.unsupported()
+            self.expect_end()
+            return ShowColumns(tuple(parts))
         words: list[str] = []
         while (token := self.peek()) is not None:
             if token.kind == "op" and token.value == ".":
