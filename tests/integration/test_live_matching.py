@@ -361,6 +361,8 @@ def test_a_nats_outage_holds_the_checkpoint_and_it_catches_up_after_delivery(
         assert matching is not None and matching.nats is not None
         write(range(0, 5))
         wait_for(lambda: asyncio.run(stream.count()) >= 5, timeout=20, what="delivered")
+        delivered = search.get(index="orders", id="4")["_version"]
+        wait_for(lambda: (checkpoint_of("orders") or 0) >= delivered, what="checkpoint moved")
         before = checkpoint_of("orders")
         with nats_proxy.down():
             write(range(5, 25))
