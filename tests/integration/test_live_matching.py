@@ -386,6 +386,51 @@ def test_a_nats_outage_holds_the_checkpoint_and_it_catches_up_after_delivery(
     assert worker.result is True
 
 
+@pytest.mark.usefixtures("fast_retries")
+def test_past_the_hold_bound_the_checkpoint_moves_on_counted_and_events_still_arrive(
+    orders: Subscription,
+    source_conn: Any,
+    table_name: str,
+    stream: Stream,
+    nats_proxy: TcpProxy,
+    search: Any,
+    settings: Any,
+) -> None:
+    settings.LIVE_NATS_URL = f"nats://{nats_proxy.host}:{nats_proxy.port}"
+    settings.LIVE_CHECKPOINT_HOLD_SECONDS = 1
+    settings.LIVE_MATCH_QUEUE_SIZE = 1234  # its own, not the monitor's
+    settings.LIVE_WEBSOCKET_SEND_TIMEOUT = 0.7
+    owner = operator()
+    register(owner, "gw-b", 'doc.region == "eu"')
+    with WorkerThread([orders]) as worker:
+        wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
+        matching = worker.runner.matching
+        assert matching is not None and matching.nats is not None
+        assert matching._changes.maxsize == 1234 and matching.send_timeout == 0.7
+        source_conn.execute(f"INSERT INTO {table_name} VALUES (0, 'eu', 0, 'x')")
+        wait_for(lambda: asyncio.run(stream.count()) == 1, timeout=20, what="delivered")
+        expired = "searchsync_checkpoint_hold_expired_total"
+        with nats_proxy.down():
+            source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 'eu', 1, 'x')")
+            wait_for(lambda: matching.nats.buffered == 1, what="buffered")  # type: ignore[union-attr]
+            position = search.get(index="orders", id="1")["_version"]
+            started = time.monotonic()
+            wait_for(
+                lambda: (checkpoint_of("orders") or 0) >= position,
+                timeout=10,
+                what="the checkpoint moved on past the bound",
+            )
+            assert time.monotonic() - started >= 0.5, "held first"
+            assert matching.nats.buffered == 1, "still unacknowledged"
+            assert sample(worker, expired, subscription="orders") == 1
+            changes = "searchsync_checkpoint_hold_expired_changes_total"
+            assert sample(worker, changes, subscription="orders") == 1
+        got = wait_received(stream, 2, "delivered once NATS is back")
+        assert [b["key"] for _, b, _ in got] == ["0", "1"]
+        assert sample(worker, expired, subscription="orders") == 1
+    assert worker.result is True
+
+
 def test_nats_down_never_stops_the_sync(
     orders: Subscription, source_conn: Any, table_name: str, search: Any, settings: Any
 ) -> None:
