@@ -300,7 +300,7 @@ def test_kill_9_while_nats_holds_events_then_restart_delivers_each_change_once(
         with nats_proxy.down():
             write(range(10, 30))  # matched and buffered, never acknowledged by JetStream
             wait_for(lambda: len(index_docs(search, "orders")) == 30, what="all indexed")
-            buffered = ("searchsync_live_nats_buffered_events", frozenset())
+            buffered = ("searchsync_live_nats_buffered_events", frozenset[tuple[str, str]]())
             wait_for(
                 lambda: scrape(port).get(buffered, 0) >= 20, timeout=20, what="events buffered"
             )
