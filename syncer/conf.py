@@ -214,7 +214,7 @@ def live_matching() -> LiveMatchingSettings:
         raise ValueError(
             f"LIVE_WEBSOCKET_SEND_TIMEOUT must be a positive number of seconds, not {timeout:g}"
         )
-    hold = float(getattr(settings, "LIVE_CHECKPOINT_HOLD_SECONDS", 60.0))
+    hold = float(getattr(settings, "LIVE_CHECKPOINT_HOLD_SECONDS", 30.0))
     window = nats().duplicate_window
     if not 0 <= hold < window:
         raise ValueError(

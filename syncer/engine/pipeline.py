@@ -25,9 +25,10 @@ the checkpoint then moves only to the highest batch end below the lowest positio
 delivery is unsettled. Held batches are released by later acknowledgements and by a
 re-check every `hold_recheck` seconds, so the checkpoint catches up without new changes.
 A batch held longer than `hold_seconds` is released anyway (counted, logged once per
-episode): a long NATS outage must not keep the source's WAL forever. Snapshot completion
-is never held: `snapshot_completed` saves its position at once (the copied rows are
-documents, not events a client waits for in order).
+episode), and so is every later one until all deliveries have settled: a long NATS
+outage must neither keep the source's WAL forever nor slow the sync for all its length.
+Snapshot completion is never held: `snapshot_completed` saves its position at once (the
+copied rows are documents, not events a client waits for in order).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class PipelineConfig:
     warnings_every: float = 30.0
     progress_log_every: float = 60.0
     """Seconds between `sync_progress` log lines (the first comes with the first flush)."""
-    hold_seconds: float = 60.0
+    hold_seconds: float = 30.0
     """Longest a batch's checkpoint waits for the hold's deliveries; past it, the
     checkpoint moves on anyway (0: it never waits)."""
     hold_recheck: float = 0.2
@@ -736,10 +737,15 @@ class Pipeline:
                 self._hold_recovered(now)
             count = at_risk = 0
             source_state = None
+            # Once the bound ran out, nothing is held until every delivery settles: a
+            # checkpoint trailing the outage would make a PostgreSQL source decode the
+            # held WAL again on every read, for as long as the outage lasts.
+            expired = self._hold_ran_out_at is not None
             for entry in held:
                 if floor is not None and entry.position >= floor:
-                    if now - entry.since < self.config.hold_seconds:
+                    if not expired and now - entry.since < self.config.hold_seconds:
                         break
+                    expired = True
                     at_risk += entry.changes
                 count += 1
                 if entry.source_state is not None:
@@ -766,7 +772,8 @@ class Pipeline:
             next=f"the checkpoint moves on after {self.config.hold_seconds:g} s "
             "(LIVE_CHECKPOINT_HOLD_SECONDS) although these changes' NATS events are not "
             "acknowledged yet: they are still delivered, but lost if the worker crashes "
-            "first; newer changes are held as before",
+            "first; until NATS has acknowledged everything, newer changes are not held "
+            "either",
         )
 
     def _hold_recovered(self, now: float) -> None:
