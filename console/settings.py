@@ -202,6 +202,12 @@ LIVE_NATS_MAX_AGE_SECONDS = _env_number("LIVE_NATS_MAX_AGE_SECONDS", 3600)
 LIVE_NATS_DUPLICATE_WINDOW_SECONDS = _env_number("LIVE_NATS_DUPLICATE_WINDOW_SECONDS", 300)
 LIVE_NATS_BUFFER = int(_env_number("LIVE_NATS_BUFFER", 10000))
 LIVE_NATS_PUBLISH_TIMEOUT_SECONDS = _env_number("LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", 5)
+# Matching live subscriptions in the worker (syncer.conf.live_matching): the queue between
+# the pipelines and matching (and of websocket events), one websocket send's timeout, and
+# how long a checkpoint waits for JetStream's acknowledgements (below the duplicate window).
+LIVE_MATCH_QUEUE_SIZE = _env_number("LIVE_MATCH_QUEUE_SIZE", 10_000)
+LIVE_WEBSOCKET_SEND_TIMEOUT = _env_number("LIVE_WEBSOCKET_SEND_TIMEOUT", 1)
+LIVE_CHECKPOINT_HOLD_SECONDS = _env_number("LIVE_CHECKPOINT_HOLD_SECONDS", 30)
 
 # Live subscriptions (clients' filtered feeds): seconds one lives without a heartbeat, and
 # how many may be active per owner (the API token's user) and over all owners.

@@ -58,6 +58,11 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         conf.nats()
     except ValueError as exc:  # the message names the setting and what JetStream wants
         errors.append(Error(str(exc), hint="See docs/nats.md.", id="syncer.E014"))
+    else:
+        try:
+            conf.live_matching()
+        except ValueError as exc:  # the message names the setting and what it must be
+            errors.append(Error(str(exc), hint="See the README's settings.", id="syncer.E015"))
     errors.extend(_live_subscription_problems())
     return errors
 

@@ -1,5 +1,5 @@
 """Typed, lazily read settings of the worker (`SYNCER_*`, `OPENSEARCH_*`, `LIVE_NATS_*`,
-`LIVE_SUBSCRIPTION*`).
+`LIVE_SUBSCRIPTION*`, `LIVE_MATCH_*`).
 
 Read at call time, never at import, so `override_settings` and per-test
 environments work.
@@ -184,6 +184,45 @@ def nats() -> NatsConfig:
             getattr(settings, "LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", defaults.publish_timeout)
         ),
     )
+
+
+@dataclass(frozen=True)
+class LiveMatchingSettings:
+    queue_size: int
+    """Acknowledged changes waiting to be matched, and matched websocket events waiting to
+    be sent; beyond, new ones are dropped (counted) instead of slowing the sync."""
+    websocket_send_timeout: float
+    """Seconds one websocket event's send to the channel layer (Redis) may take."""
+    checkpoint_hold: float
+    """Seconds at most a checkpoint waits for NATS to acknowledge its changes' events
+    (0: it does not wait); below the duplicate window, so that a replay after a crash
+    is stored once."""
+
+
+def live_matching() -> LiveMatchingSettings:
+    """LIVE_MATCH_QUEUE_SIZE, LIVE_WEBSOCKET_SEND_TIMEOUT, LIVE_CHECKPOINT_HOLD_SECONDS;
+    raises ValueError, naming the setting, for a value that cannot work."""
+    size = getattr(settings, "LIVE_MATCH_QUEUE_SIZE", 10_000)
+    if isinstance(size, float) and size.is_integer():
+        size = int(size)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(
+            f"LIVE_MATCH_QUEUE_SIZE must be a whole number of at least 1, not {size!r}"
+        )
+    timeout = float(getattr(settings, "LIVE_WEBSOCKET_SEND_TIMEOUT", 1.0))
+    if timeout <= 0:
+        raise ValueError(
+            f"LIVE_WEBSOCKET_SEND_TIMEOUT must be a positive number of seconds, not {timeout:g}"
+        )
+    hold = float(getattr(settings, "LIVE_CHECKPOINT_HOLD_SECONDS", 30.0))
+    window = nats().duplicate_window
+    if not 0 <= hold < window:
+        raise ValueError(
+            f"LIVE_CHECKPOINT_HOLD_SECONDS ({hold:g}) must be at least 0 and below "
+            f"LIVE_NATS_DUPLICATE_WINDOW_SECONDS ({window:g}): a change replayed after a crash "
+            "must reach JetStream inside the duplicate window to be stored once"
+        )
+    return LiveMatchingSettings(size, timeout, hold)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from syncer import conf, dsn
-from syncer.engine.interfaces import Source
+from syncer.engine.interfaces import CheckpointHold, Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
 from syncer.models import Subscription
 from syncer.sinks.opensearch.sink import OpenSearchSink, OpenSearchSinkConfig
@@ -59,11 +59,14 @@ def build_pipeline(
     *,
     index: str | None = None,
     on_resync_copied: Callable[[], Awaitable[None]] | None = None,
+    hold: CheckpointHold | None = None,
+    hold_seconds: float = 0.0,
 ) -> Pipeline:
     """Wire one subscription's source, sink and store into a pipeline.
 
     `index` writes into another index than the subscription's (a new-index resync);
-    `on_resync_copied` runs when an operator's resync has copied everything.
+    `on_resync_copied` runs when an operator's resync has copied everything; `hold`
+    keeps the checkpoint below undelivered live-subscription events, `hold_seconds` at most.
     """
     worker = conf.worker()
     source = build_source(sub)
@@ -79,6 +82,7 @@ def build_pipeline(
         backoff_base=worker.backoff_base,
         backoff_cap=worker.backoff_cap,
         warnings_every=worker.slot_check_interval,
+        hold_seconds=hold_seconds,
     )
     return Pipeline(
         config,
@@ -87,4 +91,5 @@ def build_pipeline(
         DjangoStateStore(sub.pk, sub.name, on_resync_copied=on_resync_copied),
         DjangoDeadLetters(sub.pk, sub.name),
         observer=observer,
+        hold=hold,
     )

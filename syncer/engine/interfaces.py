@@ -1,4 +1,4 @@
-"""The seams of the engine: a source, a sink and a state store.
+"""The seams of the engine: a source, a sink, a state store and a checkpoint hold.
 
 Adapters implement these for real systems (`syncer.sources`, `syncer.sinks`,
 `syncer.stores`); `syncer.engine.testing` implements them in memory.
@@ -128,3 +128,19 @@ class StateStore(Protocol):
 
     async def set_status(self, status: str, message: str = "", error: str | None = None) -> None:
         """Record the status; `error`, when given, becomes the last error."""
+
+
+class CheckpointHold(Protocol):
+    """Deliveries the checkpoint must wait for (live subscriptions' NATS events).
+
+    A change handed to an observer (`BatchObserver.batch_written`) may still be on its
+    way to a durable consumer when OpenSearch has acknowledged it. Saving a checkpoint at
+    or past it would make a crash lose it: the source resumes after the checkpoint. So
+    the pipeline saves only positions below `lowest_unsettled`, up to a time bound.
+    """
+
+    def lowest_unsettled(self) -> Position | None:
+        """The lowest position among the changes handed over whose delivery is not
+        settled (delivered or given up, counted); None when none is pending.
+
+        Called on every acknowledged batch and every re-check: it must be cheap."""

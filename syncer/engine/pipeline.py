@@ -4,7 +4,8 @@
                                      │
     writer:      take a batch ◀──────┘ ─▶ consolidate ─▶ fill unchanged values
                  ─▶ sink.write ─▶ per document: done | retry | dead letter
-                 ─▶ dead letters saved ─▶ source.acknowledge + store.save_checkpoint
+                 ─▶ dead letters saved ─▶ observers (the live monitor, live subscriptions)
+                 ─▶ source.acknowledge + store.save_checkpoint (below the hold's floor)
 
 Reading and writing overlap: the next chunk is read while a bulk request is in
 flight, and the buffer between them is what backpressure bounds.
@@ -17,11 +18,23 @@ reader stops, the batch is held and retried until OpenSearch is back, and nothin
 is dead-lettered for it. Any failure of the source ends the session: the pipeline
 reconnects with backoff and the source replays from the checkpoint, which versioned
 writes make harmless.
+
+A `CheckpointHold` (live subscriptions delivered over NATS) extends "acknowledged" to
+deliveries that start after OpenSearch: each batch is handed to the observers first, and
+the checkpoint then moves only to the highest batch end below the lowest position whose
+delivery is unsettled. Held batches are released by later acknowledgements and by a
+re-check every `hold_recheck` seconds, so the checkpoint catches up without new changes.
+A batch held longer than `hold_seconds` is released anyway (counted, logged once per
+episode), and so is every later one until all deliveries have settled: a long NATS
+outage must neither keep the source's WAL forever nor slow the sync for all its length.
+Snapshot completion is never held: `snapshot_completed` saves its position at once (the
+copied rows are documents, not events a client waits for in order).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -32,9 +45,10 @@ import structlog
 
 from syncer.engine.backoff import Backoff
 from syncer.engine.buffer import BufferClosed, ChangeBuffer
-from syncer.engine.changes import Change, Op, Transaction, TxKind
+from syncer.engine.changes import Change, Op, Position, Transaction, TxKind
 from syncer.engine.consolidate import consolidate
 from syncer.engine.interfaces import (
+    CheckpointHold,
     DeadLetterQueue,
     NoticeKind,
     Rejected,
@@ -80,6 +94,11 @@ class PipelineConfig:
     warnings_every: float = 30.0
     progress_log_every: float = 60.0
     """Seconds between `sync_progress` log lines (the first comes with the first flush)."""
+    hold_seconds: float = 30.0
+    """Longest a batch's checkpoint waits for the hold's deliveries; past it, the
+    checkpoint moves on anyway (0: it never waits)."""
+    hold_recheck: float = 0.2
+    """Seconds between looks at a held checkpoint when no new batch comes to move it."""
 
 
 @dataclass
@@ -100,6 +119,11 @@ class PipelineStats:
     """The position saved last (or resumed from): where a restart would go on."""
     last_ack_at: float | None = None
     oldest_unacked_commit: float | None = None
+    hold_expired: int = 0
+    """Times the checkpoint moved past unsettled deliveries: the hold bound ran out."""
+    hold_expired_changes: int = 0
+    """Changes the checkpoint moved past while their delivery was unsettled (lost if the
+    worker crashes before they are delivered)."""
 
     def lag(self, now: float) -> float:
         """Seconds since the commit of the oldest change not yet acknowledged."""
@@ -119,12 +143,13 @@ class BatchReport:
     dead_lettered: Sequence[Rejected]
     """Changes rejected for good, now in the dead-letter queue."""
     at: float
-    """When the batch was acknowledged (its checkpoint saved)."""
+    """When OpenSearch acknowledged the batch (its checkpoint is saved or held next)."""
 
 
 class Observer(Protocol):
     def acknowledged(self, batch: Sequence[Transaction], at: float) -> None:
-        """Called once a batch's checkpoint has been saved."""
+        """Called once OpenSearch acknowledged a batch, just before its checkpoint is
+        saved (or held, see `CheckpointHold`)."""
 
 
 @runtime_checkable
@@ -148,12 +173,21 @@ class Pipeline:
         *,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
+        hold: CheckpointHold | None = None,
     ) -> None:
         self.config = config
         self.source, self.sink, self.store = source, sink, store
         self.dead_letters = dead_letters
         self.clock = clock
         self.observer = observer
+        self.hold = hold
+        """Deliveries the checkpoint waits for (None: it moves as soon as OpenSearch acks)."""
+        self._held: collections.deque[_Held] = collections.deque()
+        """Batches acknowledged by OpenSearch whose checkpoint the hold keeps, in order."""
+        self._saving = asyncio.Lock()
+        """One checkpoint decision at a time: a batch's and the re-check's."""
+        self._hold_ran_out_at: float | None = None
+        """When the current episode of releases past the hold began; None: none."""
         # Only a BatchObserver makes the writer keep what each batch did.
         self._reporter = observer if isinstance(observer, BatchObserver) else None
         self._batches = 0
@@ -195,6 +229,12 @@ class Pipeline:
     def backpressure(self) -> bool:
         """Reading is paused until the writer drains the buffer to resume_at."""
         return self._buffer.paused
+
+    def checkpoint_held_seconds(self, now: float) -> float:
+        """How long the oldest batch acknowledged by OpenSearch has waited for its
+        checkpoint (the hold's deliveries); 0 when none waits."""
+        held = self._held
+        return max(0.0, now - held[0].since) if held else 0.0
 
     def staleness(self, now: float) -> float | None:
         """Seconds since the source last said it is complete; None before it has."""
@@ -262,6 +302,7 @@ class Pipeline:
     async def _session(self, stop: asyncio.Event) -> None:
         # What was buffered is replayed by the source from the checkpoint.
         self._buffer = ChangeBuffer(self.config.pause_at, self.config.resume_at)
+        self._held.clear()  # replayed too, and acknowledged again
         await self.sink.open()
         resume = await self.store.load()
         self.stats.checkpoint = resume.checkpoint
@@ -273,9 +314,16 @@ class Pipeline:
         else:
             await self._set_status(Status.STREAMING, "streaming changes")
         reader = asyncio.create_task(self._read(stop), name=f"read {self.config.name}")
+        recheck = None
+        if self.hold is not None:
+            recheck = asyncio.create_task(self._recheck_hold(), name=f"hold {self.config.name}")
         try:
             await self._write_all()
         finally:
+            if recheck is not None:
+                recheck.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recheck
             if not reader.done():
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, BufferClosed):
@@ -290,6 +338,10 @@ class Pipeline:
                     await self._update_running_status()
                     await _until(stop, buffer.wait_for_room())
                     continue
+                if self._held:
+                    # The source reads again from its acknowledged position (a PostgreSQL
+                    # slot decodes it all again): let go first of what was delivered.
+                    await self._release_held(self.clock())
                 transactions = await self.source.read(self.config.batch_max_size)
                 read = sum(len(tx.changes) for tx in transactions)
                 now = self.clock()
@@ -608,6 +660,7 @@ class Pipeline:
     async def _acknowledge(self, batch: Sequence[Transaction]) -> None:
         position = None
         source_state = None  # the latest in the batch goes with its highest position
+        changes = 0
         for tx in batch:
             if tx.source_state is not None:
                 source_state = tx.source_state
@@ -620,25 +673,28 @@ class Pipeline:
                 position = tx.position if position is None else max(position, tx.position)
             else:
                 self.stats.transactions += 1
+                changes += len(tx.changes)
                 position = tx.position if position is None else max(position, tx.position)
-        if position is not None:
-            await self.source.acknowledge(position)
-            await self.store.save_checkpoint(position, source_state)
-            self.stats.checkpoint = position
         now = self.clock()
-        if position is not None:
-            self.telemetry.last_checkpoint_at = now
         for tx in batch:
             if tx.kind is TxKind.CHANGES:
                 self.telemetry.commit_latency_seconds.observe(max(0.0, now - tx.commit_time))
         self.stats.last_ack_at = now
         self.stats.oldest_unacked_commit = self._buffer.oldest_commit
+        # The observers first: the hold must know of this batch's changes (queued for
+        # matching) before the checkpoint is decided.
         if self.observer is not None:
             self.observer.acknowledged(batch, now)
         if self._reporter is not None:
             report = BatchReport(self._batches, self._applied, self._rejected, now)
             self._applied, self._rejected = [], []
             self._reporter.batch_written(report)
+        if position is not None:
+            if self.hold is None:
+                await self._save_checkpoint(position, source_state, now)
+            else:
+                self._held.append(_Held(position, source_state, changes, now))
+                await self._release_held(now)
         if self._snapshotting and now - self._progress_at >= 1.0:
             self._progress_at = now
             await self._set_status(
@@ -652,12 +708,98 @@ class Pipeline:
             self.stats.swept = await self.sink.sweep(end.sweep_below)
             self._log.info("snapshot_swept", removed=self.stats.swept)
         await self.store.snapshot_completed(end.position)
+        self.stats.checkpoint = end.position  # saved with it, never held
+        while self._held and self._held[0].position <= end.position:
+            self._held.popleft()
         self._snapshotting = False
         self._log.info("snapshot_completed", rows=self.stats.snapshot_rows, position=end.position)
         await self._set_status(
             Status.STREAMING,
             f"snapshot complete ({self.stats.snapshot_rows:,} rows); streaming changes",
         )
+
+    # -- the checkpoint ------------------------------------------------------------------
+
+    async def _save_checkpoint(self, position: Position, source_state: Any, now: float) -> None:
+        await self.source.acknowledge(position)
+        await self.store.save_checkpoint(position, source_state)
+        self.stats.checkpoint = position
+        self.telemetry.last_checkpoint_at = now
+
+    async def _release_held(self, now: float) -> None:
+        """Save the last held batch end below the hold's floor, or past it once held
+        longer than `hold_seconds`. Cheap when nothing moves: one call to the hold."""
+        assert self.hold is not None
+        async with self._saving:
+            held = self._held
+            floor = self.hold.lowest_unsettled() if held or self._hold_ran_out_at else None
+            if floor is None and self._hold_ran_out_at is not None:
+                self._hold_recovered(now)
+            count = at_risk = 0
+            source_state = None
+            # Once the bound ran out, nothing is held until every delivery settles: a
+            # checkpoint trailing the outage would make a PostgreSQL source decode the
+            # held WAL again on every read, for as long as the outage lasts.
+            expired = self._hold_ran_out_at is not None
+            for entry in held:
+                if floor is not None and entry.position >= floor:
+                    if not expired and now - entry.since < self.config.hold_seconds:
+                        break
+                    expired = True
+                    at_risk += entry.changes
+                count += 1
+                if entry.source_state is not None:
+                    source_state = entry.source_state
+            if not count:
+                return
+            if at_risk:
+                self._hold_ran_out(at_risk, held[0].since, floor, now)
+            await self._save_checkpoint(held[count - 1].position, source_state, now)
+            for _ in range(count):  # after the save: a failed one keeps their source state
+                held.popleft()
+
+    def _hold_ran_out(self, at_risk: int, since: float, floor: Position | None, now: float) -> None:
+        self.stats.hold_expired_changes += at_risk
+        if self._hold_ran_out_at is not None:
+            return
+        self._hold_ran_out_at = now
+        self.stats.hold_expired += 1
+        self._log.warning(
+            "live_checkpoint_released",
+            changes_at_risk=at_risk,
+            held_s=round(now - since, 1),
+            unsettled_from=floor,
+            next=f"the checkpoint moves on after {self.config.hold_seconds:g} s "
+            "(LIVE_CHECKPOINT_HOLD_SECONDS) although these changes' NATS events are not "
+            "acknowledged yet: they are still delivered, but lost if the worker crashes "
+            "first; until NATS has acknowledged everything, newer changes are not held "
+            "either",
+        )
+
+    def _hold_recovered(self, now: float) -> None:
+        assert self._hold_ran_out_at is not None
+        self._log.info(
+            "live_checkpoint_hold_recovered",
+            released_s=round(now - self._hold_ran_out_at, 1),
+            next="every delivery is settled: the checkpoint waits for them again",
+        )
+        self._hold_ran_out_at = None
+
+    async def _recheck_hold(self) -> None:
+        """Release held checkpoints as deliveries settle, when no batch comes to do it."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.config.hold_recheck)
+            if not self._held and self._hold_ran_out_at is None:
+                continue
+            try:
+                await self._release_held(self.clock())
+            except Exception as exc:  # the next batch saves it, or its failure ends the session
+                if not failing:
+                    self._log.warning("checkpoint_recheck_failed", error=str(exc))
+                failing = True
+            else:
+                failing = False
 
     # -- status ------------------------------------------------------------------------
 
@@ -706,6 +848,17 @@ class Pipeline:
                 await closer()
             except Exception:
                 self._log.exception("close_failed")
+
+
+@dataclass(slots=True)
+class _Held:
+    """A batch OpenSearch acknowledged, its checkpoint kept back by the hold."""
+
+    position: Position
+    source_state: Any
+    """The batch's latest source state (None: unchanged), saved with `position`."""
+    changes: int
+    since: float
 
 
 def _fill(change: Change, previous: dict[str, object] | None) -> None:

@@ -17,7 +17,7 @@ from syncer.engine.outcomes import ItemResult, Outcome, classify
 from syncer.errors import SinkUnavailable, SourceUnavailable
 
 if TYPE_CHECKING:
-    from syncer.engine.pipeline import Pipeline
+    from syncer.engine.pipeline import BatchReport, Pipeline
 
 
 class InMemorySource:
@@ -194,6 +194,32 @@ class InMemoryStore:
     @property
     def status(self) -> str:
         return self.statuses[-1][0] if self.statuses else ""
+
+
+class InMemoryHold:
+    """An observer and `CheckpointHold` like live subscriptions' matching: every change
+    handed over is unsettled until the test settles it (NATS acknowledged its events)."""
+
+    def __init__(self) -> None:
+        self.unsettled: list[Position] = []
+        self.checkpoints_seen: list[Position | None] = []
+        """The store's checkpoint as each batch was handed over."""
+        self.store: InMemoryStore | None = None
+
+    def acknowledged(self, batch: Sequence[Transaction], at: float) -> None:
+        pass
+
+    def batch_written(self, report: BatchReport) -> None:
+        self.unsettled.extend(change.version for change, _ in report.applied)
+        if self.store is not None:
+            self.checkpoints_seen.append(self.store.checkpoint)
+
+    def lowest_unsettled(self) -> Position | None:
+        return min(self.unsettled) if self.unsettled else None
+
+    def settle(self, upto: Position | None = None) -> None:
+        """Settle every delivery, or those at or below `upto`."""
+        self.unsettled = [p for p in self.unsettled if upto is not None and p > upto]
 
 
 def permanent(error_type: str = "mapper_parsing_exception", reason: str = "bad") -> ItemResult:

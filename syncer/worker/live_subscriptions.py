@@ -11,9 +11,9 @@ Per owned sync subscription, a `Matcher` holds its unexpired live subscriptions.
 id hashes, aggregated in PostgreSQL); when it changed, it diffs the id sets (deletes and
 expiry are hard deletes) and reads only the new rows. A live subscription's filter,
 delivery and gateway never change after registration. Matching runs after OpenSearch
-acknowledged a batch and its checkpoint was saved: a client is told only what the index
-already shows. Changes found stale (a replay after a restart) are matched too: their
-events carry the same `Nats-Msg-Id`, so JetStream keeps one copy.
+acknowledged a batch: a client is told only what the index already shows. Changes found
+stale (a replay after a restart) are matched too: their events carry the same
+`Nats-Msg-Id`, so JetStream keeps one copy.
 
 Websocket messages are numbered per live subscription under this run's `epoch`
 (syncer.live.events.live_message): the socket turns a missing number into a `dropped`
@@ -21,6 +21,13 @@ summary, so events lost on the way (this queue, the Channels layer) are never si
 
 NATS delivery starts on the first refresh that finds a live subscription delivered over
 NATS: a deployment without any never opens a connection (nor logs its absence).
+
+The checkpoint waits for NATS (`MatchingObserver.lowest_unsettled`, the pipeline's
+`CheckpointHold`): a change still queued for matching, or whose events JetStream has not
+acknowledged, keeps its sync subscription's checkpoint below it, so a kill -9 loses none;
+the restarted worker matches them again. Websocket deliveries hold nothing: the Channels
+layer keeps no message for a client that is not connected, so waiting would buy nothing.
+A sync subscription without NATS live subscriptions is never held.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +88,8 @@ class _Watched:
     fields_asked_at: float = float("-inf")
     fingerprint: state.Fingerprint | None = None
     """Of the live subscriptions loaded; None before the first load."""
+    holds: bool = False
+    """Whether one of them is delivered over NATS: only those hold the checkpoint."""
 
 
 class LiveMatching:
@@ -110,6 +119,9 @@ class LiveMatching:
         self._watched: dict[int, _Watched] = {}
         self._db = ThreadPoolExecutor(1, thread_name_prefix="live-subscriptions-db")
         self._changes: asyncio.Queue[tuple[int, Change]] = asyncio.Queue(maxsize=queue_size)
+        self._unmatched: dict[int, deque[list[int]]] = {}
+        """Per sync subscription, the changes queued and not matched yet: one [lowest
+        position, count] per batch, in queue order (the queue is FIFO)."""
         self._websocket: asyncio.Queue[tuple[MatchedEvent, int]] = asyncio.Queue(maxsize=queue_size)
         self.epoch = secrets.token_hex(8)
         """This run's name on websocket messages: a restart's numbers are not a gap."""
@@ -175,6 +187,7 @@ class LiveMatching:
             fingerprint = prints.get(sub_id, _EMPTY)
             if fingerprint != watched.fingerprint:
                 await self._diff(sub_id, watched)
+                watched.holds = any(k.delivery == "nats" for k in watched.known.values())
                 # The one read before the diff: a change meanwhile shows at the next refresh.
                 watched.fingerprint = fingerprint
         self.refresh_seconds = time.perf_counter() - started
@@ -248,11 +261,33 @@ class LiveMatching:
         watched = self._watched.get(subscription_id)
         if watched is None or not len(watched.matcher):
             return
+        queued, lowest = 0, None
         for change, _ in report.applied:
             try:
                 self._changes.put_nowait((subscription_id, change))
             except asyncio.QueueFull:
-                self.dropped += 1
+                self.dropped += 1  # settled: counted, never matched
+            else:
+                queued += 1
+                if lowest is None or change.version < lowest:
+                    lowest = change.version
+        if lowest is not None:
+            self._unmatched.setdefault(subscription_id, deque()).append([lowest, queued])
+
+    def lowest_unsettled(self, subscription_id: int) -> int | None:
+        """The lowest position of the sync subscription's changes queued for matching (if
+        it has NATS live subscriptions) or of its events NATS has not acknowledged."""
+        watched = self._watched.get(subscription_id)
+        if watched is None:
+            return None
+        lowest = None
+        if watched.holds and (batches := self._unmatched.get(subscription_id)):
+            lowest = min(position for position, _ in batches)  # a replay may go lower
+        if self.nats is not None:
+            sent = self.nats.unsettled_since(watched.name)
+            if sent is not None and (lowest is None or sent < lowest):
+                lowest = sent
+        return lowest
 
     # -- the matching and websocket tasks ---------------------------------------------------
 
@@ -296,6 +331,11 @@ class LiveMatching:
         except Exception:
             self.failures += 1
             log.exception("live_matching_failed", key=change.doc_id, position=change.version)
+        finally:  # its events, if any, are NATS's to settle now
+            batches = self._unmatched[subscription_id]
+            batches[0][1] -= 1
+            if not batches[0][1]:
+                batches.popleft()
 
     def match_once(self, subscription_id: int, change: Change) -> None:
         watched = self._watched.get(subscription_id)
@@ -400,7 +440,8 @@ def _compile_all(
 
 
 class MatchingObserver:
-    """One pipeline's observer for live subscriptions: queues each acknowledged change."""
+    """One pipeline's observer for live subscriptions: queues each acknowledged change,
+    and holds the checkpoint below what is not delivered yet (a `CheckpointHold`)."""
 
     def __init__(self, matching: LiveMatching, subscription_id: int) -> None:
         self.matching = matching
@@ -411,6 +452,9 @@ class MatchingObserver:
 
     def batch_written(self, report: BatchReport) -> None:
         self.matching.offer(self.subscription_id, report)
+
+    def lowest_unsettled(self) -> int | None:
+        return self.matching.lowest_unsettled(self.subscription_id)
 
 
 class Observers:

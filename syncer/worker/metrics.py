@@ -58,6 +58,17 @@ _COUNTERS: list[tuple[str, str, Callable[[PipelineStats], float]]] = [
         "Source data the sync cannot map cleanly (e.g. a key that is not unique).",
         lambda s: s.data_errors,
     ),
+    (
+        "checkpoint_hold_expired",
+        "Times the checkpoint moved past live-subscription events NATS had not acknowledged "
+        "(LIVE_CHECKPOINT_HOLD_SECONDS ran out): a crash then loses them.",
+        lambda s: s.hold_expired,
+    ),
+    (
+        "checkpoint_hold_expired_changes",
+        "Changes the checkpoint moved past before their NATS events were acknowledged.",
+        lambda s: s.hold_expired_changes,
+    ),
 ]
 
 _GAUGES: list[tuple[str, str, Callable[[Pipeline, float], float]]] = [
@@ -82,6 +93,12 @@ _GAUGES: list[tuple[str, str, Callable[[Pipeline, float], float]]] = [
         "lag_seconds",
         "Now minus the commit of the oldest unacknowledged change.",
         lambda p, now: p.stats.lag(now),
+    ),
+    (
+        "checkpoint_held_seconds",
+        "How long the oldest batch OpenSearch acknowledged has waited for its checkpoint, "
+        "held until NATS acknowledges its live-subscription events (0: none waits).",
+        lambda p, now: p.checkpoint_held_seconds(now),
     ),
 ]
 

@@ -47,7 +47,7 @@ from syncer.sources.kinds import format_position
 from syncer.stores import in_db
 from syncer.wiring import build_pipeline
 from syncer.worker import http, metrics, state
-from syncer.worker.live_subscriptions import LiveMatching, Observers
+from syncer.worker.live_subscriptions import LiveMatching, MatchingObserver, Observers
 from syncer.worker.ownership import Ownership
 from syncer.worker.supervisor import Supervisor
 from syncer.worker.throughput import Throughput
@@ -262,16 +262,27 @@ class Runner:
         index: str | None = None,
         on_resync_copied: Callable[[], Awaitable[None]] | None = None,
     ) -> Pipeline:
-        """`build_pipeline`, observed by the live publisher when there is one."""
+        """`build_pipeline`, observed by the live publisher when there is one, and by live
+        subscriptions' matching, which also holds its checkpoint for NATS."""
         observers: list[Observer] = []
+        hold: MatchingObserver | None = None
         if self.publisher is not None:
             observers.append(self.publisher.observer(sub.name, sub.source_kind))
         if self.matching is not None:
-            observers.append(self.matching.observer(sub.pk))
+            hold = self.matching.observer(sub.pk)
+            observers.append(hold)
         observer = (
             observers[0] if len(observers) == 1 else Observers(observers) if observers else None
         )
-        return build_pipeline(sub, observer, index=index, on_resync_copied=on_resync_copied)
+        hold_seconds = conf.live_matching().checkpoint_hold if hold is not None else 0.0
+        return build_pipeline(
+            sub,
+            observer,
+            index=index,
+            on_resync_copied=on_resync_copied,
+            hold=hold if hold_seconds > 0 else None,
+            hold_seconds=hold_seconds,
+        )
 
     def _start(self, row: state.ControlRow) -> None:
         supervisor = Supervisor(
@@ -398,12 +409,18 @@ class Runner:
         )
         return asyncio.create_task(self.publisher.run(stop), name="live publisher")
 
-    async def _stop_live(self, task: asyncio.Task[None] | None, stop: asyncio.Event) -> None:
+    async def _stop_live(
+        self,
+        task: asyncio.Task[None] | None,
+        stop: asyncio.Event,
+        send_timeout: float | None = None,
+    ) -> None:
         """Send what the stopped pipelines left (bounded), then end the send task."""
         if task is None:
             return
         stop.set()
-        _, pending = await asyncio.wait({task}, timeout=2 * conf.live().send_timeout + 1)
+        timeout = conf.live().send_timeout if send_timeout is None else send_timeout
+        _, pending = await asyncio.wait({task}, timeout=2 * timeout + 1)
         for late in pending:
             late.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -414,10 +431,10 @@ class Runner:
         """Start matching changes against live subscriptions, unless it is off."""
         if not self.live_subscriptions:
             return None
-        settings = conf.live()
+        settings = conf.live_matching()
         self.matching = LiveMatching(
             queue_size=settings.queue_size,
-            send_timeout=settings.send_timeout,
+            send_timeout=settings.websocket_send_timeout,
             layer=get_channel_layer(),
             fields_of=_fields_of,
         )
@@ -427,7 +444,8 @@ class Runner:
         """Match what the stopped pipelines left, then flush NATS within the shutdown timeout."""
         if task is None or self.matching is None:
             return
-        await self._stop_live(task, stop)  # the same bounded end as the monitor's sender
+        # The same bounded end as the monitor's sender, with the matching's own timeout.
+        await self._stop_live(task, stop, self.matching.send_timeout)
         await self.matching.stop_nats(self.shutdown_timeout)
         await self.matching.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,15 +20,17 @@ import orjson
 import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
 
 from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
 from syncer.models import LiveSubscription, Subscription
 from syncer.operations import live_subscriptions as ops
 from syncer.worker import metrics
 from tests.integration.test_live_publisher import Listener, layer_config
-from tests.integration.test_nats_delivery import Stream, make_config
+from tests.integration.test_nats_delivery import NATS_HOST, NATS_PORT, Stream, make_config
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.process import WorkerProcess, free_port, worker_env
+from tests.support.tcpproxy import TcpProxy
 from tests.support.users import operator
 
 PICKUP = 5.0
@@ -44,6 +47,7 @@ def stream(settings: Any) -> Iterator[Stream]:
     settings.LIVE_NATS_SUBJECT_PREFIX = config.subject_prefix
     settings.LIVE_NATS_MAX_AGE_SECONDS = config.max_age
     settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = config.duplicate_window
+    settings.LIVE_CHECKPOINT_HOLD_SECONDS = config.duplicate_window / 2  # must be below it
     stream = Stream(config)
     yield stream
     asyncio.run(stream.delete())
@@ -224,23 +228,56 @@ def test_the_worker_expires_live_subscriptions_and_counts_them(
         assert LiveSubscription.objects.filter(pk=kept).exists()
 
 
+@pytest.fixture
+def nats_proxy() -> Iterator[TcpProxy]:
+    """A proxy in front of the real NATS server, to take it away from the worker."""
+    proxy = TcpProxy(NATS_HOST, NATS_PORT)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The worker process's /metrics, by sample name and labels; {} while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def checkpoint_of(name: str) -> int | None:
+    """The checkpoint saved in the console database: where a restarted worker goes on."""
+    checkpoint: int | None = Subscription.objects.get(name=name).checkpoint
+    return checkpoint
+
+
 @pytest.mark.usefixtures("fast_retries")
-def test_kill_9_then_restart_delivers_each_change_once(
+def test_kill_9_while_nats_holds_events_then_restart_delivers_each_change_once(
     orders: Subscription,
     source_conn: Any,
     table_name: str,
     stream: Stream,
+    nats_proxy: TcpProxy,
     opensearch_url: str,
+    search: Any,
     tmp_path: Path,
 ) -> None:
     owner = operator()
     eu = register(owner, "gw-k", 'doc.region == "eu"')
     config = stream.config
     env = {
-        "LIVE_NATS_URL": config.url,
+        **worker_env(),
+        "LIVE_NATS_URL": f"nats://{nats_proxy.host}:{nats_proxy.port}",
         "LIVE_NATS_STREAM": config.stream,
         "LIVE_NATS_SUBJECT_PREFIX": config.subject_prefix,
         "LIVE_NATS_DUPLICATE_WINDOW_SECONDS": str(config.duplicate_window),
+        "LIVE_CHECKPOINT_HOLD_SECONDS": "30",
     }
     log = tmp_path / "worker.log"
 
@@ -248,35 +285,150 @@ def test_kill_9_then_restart_delivers_each_change_once(
         for key in keys:  # one transaction each: one event each
             source_conn.execute(f"INSERT INTO {table_name} VALUES (%s, 'eu', %s, 'x')", (key, key))
 
-    worker = WorkerProcess(
-        opensearch_url, log, "--subscription", "orders", base_env={**worker_env(), **env}
-    )
+    def start() -> tuple[WorkerProcess, int]:
+        port = free_port()
+        worker = WorkerProcess(
+            opensearch_url, log, "--subscription", "orders", base_env=env, metrics_port=port
+        )
+        return worker, port
+
+    worker, port = start()
     try:
         wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
-        write(range(0, 40))
-        wait_for(lambda: asyncio.run(stream.count()) >= 20, timeout=20, what="streaming")
-        worker.kill()  # mid stream: its buffers and unsaved checkpoint are gone
-        write(range(40, 60))  # while no worker runs
-        worker = WorkerProcess(
-            opensearch_url, log, "--subscription", "orders", base_env={**worker_env(), **env}
-        )
-        write(range(60, 80))
-        after = {str(k) for k in range(40, 80)}
+        write(range(0, 10))
+        wait_for(lambda: asyncio.run(stream.count()) >= 10, timeout=20, what="delivered")
+        with nats_proxy.down():
+            write(range(10, 30))  # matched and buffered, never acknowledged by JetStream
+            wait_for(lambda: len(index_docs(search, "orders")) == 30, what="all indexed")
+            buffered = ("searchsync_live_nats_buffered_events", frozenset[tuple[str, str]]())
+            wait_for(
+                lambda: scrape(port).get(buffered, 0) >= 20, timeout=20, what="events buffered"
+            )
+            # The checkpoint waits below the first event JetStream has not acknowledged
+            # (a document's version is its change's position).
+            first_buffered = search.get(index="orders", id="10")["_version"]
+            time.sleep(0.6)  # the hold is re-checked meanwhile
+            held = checkpoint_of("orders")
+            assert held is not None and held < first_buffered
+            worker.kill()  # its NATS buffer is gone with it
+            write(range(30, 40))  # while no worker runs
+        assert asyncio.run(stream.count()) == 10, "nothing got through the proxy"
+        worker, port = start()
+        write(range(40, 50))
+        keys = {str(k) for k in range(50)}
         deadline = time.monotonic() + 60
-        while missing := after - {b["key"] for _, b, _ in received(stream)}:
+        while missing := keys - {b["key"] for _, b, _ in received(stream)}:
             assert time.monotonic() < deadline, (
                 f"not delivered after the kill: {sorted(missing, key=int)}; {worker.output()}"
             )
             time.sleep(0.2)
+        time.sleep(1)  # nothing more arrives
     finally:
         assert worker.terminate() == 0
     got = received(stream)
     assert {s for s, _, _ in got} == {f"{config.subject_prefix}.gw-k.{eu}"}
+    assert sorted(int(b["key"]) for _, b, _ in got) == list(range(50)), "each key exactly once"
     changes = [(b["key"], b["position"]) for _, b, _ in got]
     assert len(changes) == len(set(changes)), "no change delivered twice"
     assert len({msg_id for _, _, msg_id in got}) == len(got)
     positions = [b["position"] for _, b, _ in got]
     assert positions == sorted(positions), "one key per transaction: in commit order"
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_a_nats_outage_holds_the_checkpoint_and_it_catches_up_after_delivery(
+    orders: Subscription,
+    source_conn: Any,
+    table_name: str,
+    stream: Stream,
+    nats_proxy: TcpProxy,
+    search: Any,
+    settings: Any,
+) -> None:
+    settings.LIVE_NATS_URL = f"nats://{nats_proxy.host}:{nats_proxy.port}"
+    owner = operator()
+    register(owner, "gw-o", 'doc.region == "eu"')
+
+    def write(keys: range, region: str = "eu") -> None:
+        for key in keys:
+            source_conn.execute(
+                f"INSERT INTO {table_name} VALUES (%s, %s, %s, 'x')", (key, region, key)
+            )
+
+    with WorkerThread([orders]) as worker:
+        wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
+        matching = worker.runner.matching
+        assert matching is not None and matching.nats is not None
+        write(range(0, 5))
+        wait_for(lambda: asyncio.run(stream.count()) >= 5, timeout=20, what="delivered")
+        delivered = search.get(index="orders", id="4")["_version"]
+        wait_for(lambda: (checkpoint_of("orders") or 0) >= delivered, what="checkpoint moved")
+        before = checkpoint_of("orders")
+        with nats_proxy.down():
+            write(range(5, 25))
+            write(range(100, 110), region="us")  # matches nothing: holds nothing by itself
+            wait_for(lambda: len(index_docs(search, "orders")) == 35, what="all indexed")
+            wait_for(lambda: matching.nats.buffered == 20, what="events buffered")  # type: ignore[union-attr]
+            first_buffered = search.get(index="orders", id="5")["_version"]
+            time.sleep(0.6)  # the hold is re-checked meanwhile
+            held = checkpoint_of("orders")
+            assert held is not None and before is not None
+            assert before <= held < first_buffered, "held below the first unacknowledged event"
+            assert worker.runner.pipelines["orders"].stats.checkpoint == held
+        got = wait_received(stream, 25, "delivered after the outage")
+        assert sorted(int(b["key"]) for _, b, _ in got) == list(range(25)), "each key once"
+        last = search.get(index="orders", id="109")["_version"]
+        # No new change arrives: the periodic re-check moves the checkpoint on.
+        wait_for(
+            lambda: (checkpoint_of("orders") or 0) >= last, timeout=10, what="checkpoint caught up"
+        )
+        assert matching.nats.dropped.total() == 0
+    assert worker.result is True
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_past_the_hold_bound_the_checkpoint_moves_on_counted_and_events_still_arrive(
+    orders: Subscription,
+    source_conn: Any,
+    table_name: str,
+    stream: Stream,
+    nats_proxy: TcpProxy,
+    search: Any,
+    settings: Any,
+) -> None:
+    settings.LIVE_NATS_URL = f"nats://{nats_proxy.host}:{nats_proxy.port}"
+    settings.LIVE_CHECKPOINT_HOLD_SECONDS = 1
+    settings.LIVE_MATCH_QUEUE_SIZE = 1234  # its own, not the monitor's
+    settings.LIVE_WEBSOCKET_SEND_TIMEOUT = 0.7
+    owner = operator()
+    register(owner, "gw-b", 'doc.region == "eu"')
+    with WorkerThread([orders]) as worker:
+        wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
+        matching = worker.runner.matching
+        assert matching is not None and matching.nats is not None
+        assert matching._changes.maxsize == 1234 and matching.send_timeout == 0.7
+        source_conn.execute(f"INSERT INTO {table_name} VALUES (0, 'eu', 0, 'x')")
+        wait_for(lambda: asyncio.run(stream.count()) == 1, timeout=20, what="delivered")
+        expired = "searchsync_checkpoint_hold_expired_total"
+        with nats_proxy.down():
+            source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 'eu', 1, 'x')")
+            wait_for(lambda: matching.nats.buffered == 1, what="buffered")  # type: ignore[union-attr]
+            position = search.get(index="orders", id="1")["_version"]
+            started = time.monotonic()
+            wait_for(
+                lambda: (checkpoint_of("orders") or 0) >= position,
+                timeout=10,
+                what="the checkpoint moved on past the bound",
+            )
+            assert time.monotonic() - started >= 0.5, "held first"
+            assert matching.nats.buffered == 1, "still unacknowledged"
+            assert sample(worker, expired, subscription="orders") == 1
+            changes = "searchsync_checkpoint_hold_expired_changes_total"
+            assert sample(worker, changes, subscription="orders") == 1
+        got = wait_received(stream, 2, "delivered once NATS is back")
+        assert [b["key"] for _, b, _ in got] == ["0", "1"]
+        assert sample(worker, expired, subscription="orders") == 1
+    assert worker.result is True
 
 
 def test_nats_down_never_stops_the_sync(

@@ -48,3 +48,46 @@ def test_an_unknown_log_format_fails_the_system_check():
 def test_defaults_pass_the_system_check():
     result = check()
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"LIVE_MATCH_QUEUE_SIZE": "0"},
+            "LIVE_MATCH_QUEUE_SIZE must be a whole number of at least 1, not 0",
+        ),
+        (
+            {"LIVE_MATCH_QUEUE_SIZE": "10.5"},
+            "LIVE_MATCH_QUEUE_SIZE must be a whole number of at least 1, not 10.5",
+        ),
+        (
+            {"LIVE_WEBSOCKET_SEND_TIMEOUT": "0"},
+            "LIVE_WEBSOCKET_SEND_TIMEOUT must be a positive number of seconds, not 0",
+        ),
+        (
+            {"LIVE_CHECKPOINT_HOLD_SECONDS": "300"},
+            "LIVE_CHECKPOINT_HOLD_SECONDS (300) must be at least 0 and below "
+            "LIVE_NATS_DUPLICATE_WINDOW_SECONDS (300)",
+        ),
+        (
+            {"LIVE_CHECKPOINT_HOLD_SECONDS": "90", "LIVE_NATS_DUPLICATE_WINDOW_SECONDS": "60"},
+            "LIVE_CHECKPOINT_HOLD_SECONDS (90) must be at least 0 and below "
+            "LIVE_NATS_DUPLICATE_WINDOW_SECONDS (60)",
+        ),
+    ],
+)
+def test_live_matching_settings_that_cannot_work_fail_the_system_check(env, says):
+    result = check(**env)
+    assert result.returncode != 0
+    assert "syncer.E015" in result.stderr and says in result.stderr
+
+
+def test_live_matching_settings_of_their_own_pass_the_system_check():
+    result = check(
+        LIVE_MATCH_QUEUE_SIZE="500",
+        LIVE_WEBSOCKET_SEND_TIMEOUT="0.5",
+        LIVE_CHECKPOINT_HOLD_SECONDS="0",
+        SYNCER_LIVE_QUEUE_SIZE="7",
+    )
+    assert result.returncode == 0, result.stderr

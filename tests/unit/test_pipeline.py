@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
 
 import pytest
+import structlog
 
 from syncer.engine.changes import Change, Op, RowChange, RowOp, Transaction, TxKind
 from syncer.engine.interfaces import NoticeKind, Rejected, SourceNotice
@@ -13,6 +16,7 @@ from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.pipeline import Pipeline, PipelineConfig, Status
 from syncer.engine.testing import (
     InMemoryDeadLetters,
+    InMemoryHold,
     InMemorySink,
     InMemorySource,
     InMemoryStore,
@@ -440,3 +444,122 @@ async def test_source_state_is_saved_with_the_checkpoint_it_belongs_to():
         if position < 30:
             assert state in (None, {"n": 1})
     assert (await store.load()).source_state == {"n": 2}
+
+
+# -- the checkpoint hold (live subscriptions' NATS deliveries) ---------------------------
+
+HELD = dataclasses.replace(FAST, hold_recheck=0.01)
+
+
+def held_pipeline(
+    source: InMemorySource, store: InMemoryStore, config: PipelineConfig = HELD
+) -> tuple[Pipeline, InMemoryHold]:
+    hold = InMemoryHold()
+    hold.store = store
+    pipeline = Pipeline(
+        config, source, InMemorySink(), store, InMemoryDeadLetters(), observer=hold, hold=hold
+    )
+    return pipeline, hold
+
+
+async def until(done: Callable[[], object], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not done():
+            await asyncio.sleep(0.002)
+
+
+async def test_the_checkpoint_stays_below_an_unsettled_delivery_and_follows_it():
+    source, store = InMemorySource([tx(10, ins(1))]), InMemoryStore(snapshot_done=True)
+    pipeline, hold = held_pipeline(source, store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    await until(lambda: hold.unsettled == [10])
+    await asyncio.sleep(0.1)  # ten re-checks
+    assert store.checkpoint is None and source.acknowledged is None, "the source keeps it too"
+    assert hold.checkpoints_seen == [None], "handed over before the checkpoint is decided"
+    assert pipeline.checkpoint_held_seconds(time.time()) > 0.05
+    hold.settle()
+    # No new change comes: the re-check moves it.
+    await until(lambda: store.checkpoint == 10 and source.acknowledged == 10)
+    assert pipeline.checkpoint_held_seconds(time.time()) == 0.0
+    source.push(tx(20, ins(2)))
+    await until(lambda: 20 in hold.unsettled)
+    hold.settle(20)
+    await until(lambda: store.checkpoint == 20)
+    source.push(tx(30, ins(3)))
+    await until(lambda: 30 in hold.unsettled)
+    source.push(tx(40, ins(4)))
+    await until(lambda: 40 in hold.unsettled)
+    hold.settle(40)  # but 30, delivered before it, is not
+    hold.unsettled.append(30)
+    await asyncio.sleep(0.1)
+    assert store.checkpoint == 20, "never at or past an unsettled position"
+    hold.settle()
+    await until(lambda: store.checkpoint == 40 and source.acknowledged == 40)
+    assert pipeline.stats.checkpoint == 40 and pipeline.stats.hold_expired == 0
+    stop.set()
+    await task
+
+
+async def test_a_held_checkpoint_saves_the_source_state_of_its_own_position():
+    source = InMemorySource([Transaction(10, 0.0, [ins(1)], source_state={"at": 10})])
+    store = InMemoryStore(snapshot_done=True)
+    pipeline, hold = held_pipeline(source, store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    await until(lambda: hold.unsettled == [10])
+    source.push(tx(20, ins(2)))  # no state of its own: the one at 10 still holds
+    await until(lambda: 20 in hold.unsettled)
+    hold.settle()
+    await until(lambda: store.checkpoint == 20)
+    assert store.source_state == {"at": 10}
+    stop.set()
+    await task
+
+
+async def test_past_the_hold_bound_the_checkpoint_moves_on_counted_once_per_episode():
+    source, store = InMemorySource([tx(10, ins(1))]), InMemoryStore(snapshot_done=True)
+    config = dataclasses.replace(HELD, hold_seconds=0.15)
+    pipeline, hold = held_pipeline(source, store, config)
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(pipeline.run(stop))
+        await until(lambda: hold.unsettled == [10])
+        started = time.monotonic()
+        await until(lambda: store.checkpoint == 10)  # NATS never acknowledged it
+        assert time.monotonic() - started >= 0.1
+        assert source.acknowledged == 10, "the source's WAL is let go too"
+        assert pipeline.stats.hold_expired == 1 and pipeline.stats.hold_expired_changes == 1
+        source.push(tx(20, ins(2), ins(3)))
+        started = time.monotonic()
+        await until(lambda: store.checkpoint == 20)
+        assert time.monotonic() - started < 0.1, "not held again until all is settled"
+        assert pipeline.stats.hold_expired == 1, "the same episode"
+        assert pipeline.stats.hold_expired_changes == 3
+        hold.settle()  # NATS is back: every delivery settled, the episode ends
+        await asyncio.sleep(0.05)
+        source.push(tx(30, ins(4)))
+        await until(lambda: 30 in hold.unsettled)
+        await asyncio.sleep(0.05)
+        assert store.checkpoint == 20, "held again, within the bound"
+        await until(lambda: store.checkpoint == 30)
+        assert pipeline.stats.hold_expired == 2
+        stop.set()
+        await task
+    released = [e for e in logs if e["event"] == "live_checkpoint_released"]
+    assert [e["changes_at_risk"] for e in released] == [1, 1]
+    assert all("LIVE_CHECKPOINT_HOLD_SECONDS" in e["next"] for e in released)
+    assert [e["event"] for e in logs].count("live_checkpoint_hold_recovered") == 1
+
+
+async def test_snapshot_completion_is_not_held():
+    source = InMemorySource(
+        [
+            tx(50, ins(1), ins(2), kind=TxKind.SNAPSHOT_CHUNK),
+            Transaction(50, 0.0, [], TxKind.SNAPSHOT_END),
+        ]
+    )
+    store = InMemoryStore()
+    pipeline, hold = held_pipeline(source, store)
+    await run_until(pipeline, lambda: store.snapshot_done)
+    assert store.checkpoint == 50 and hold.unsettled == [50, 50]
