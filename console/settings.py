@@ -202,6 +202,8 @@ LIVE_NATS_MAX_AGE_SECONDS = _env_number("LIVE_NATS_MAX_AGE_SECONDS", 3600)
 LIVE_NATS_DUPLICATE_WINDOW_SECONDS = _env_number("LIVE_NATS_DUPLICATE_WINDOW_SECONDS", 300)
 LIVE_NATS_BUFFER = int(_env_number("LIVE_NATS_BUFFER", 10000))
 LIVE_NATS_PUBLISH_TIMEOUT_SECONDS = _env_number("LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", 5)
+# Publish from a child process of the worker (default), or in the worker's own event loop.
+LIVE_NATS_PROCESS = _env_bool("LIVE_NATS_PROCESS", True)
 
 # Live subscriptions (clients' filtered feeds): seconds one lives without a heartbeat, and
 # how many may be active per owner (the API token's user) and over all owners.

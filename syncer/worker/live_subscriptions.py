@@ -41,7 +41,8 @@ from syncer.engine.pipeline import BatchObserver, BatchReport, Observer
 from syncer.engine.telemetry import Histogram
 from syncer.errors import ConsoleDatabaseUnavailable
 from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
-from syncer.live.nats import NatsDelivery
+from syncer.live.nats import Delivery
+from syncer.live.nats_process import nats_delivery
 from syncer.worker import state
 
 log = structlog.get_logger(__name__)
@@ -96,7 +97,7 @@ class LiveMatching:
         """The Channels layer for websocket delivery; None: websocket events fail, counted."""
         self.send_timeout = send_timeout
         self.clock = clock
-        self.nats: NatsDelivery | None = None
+        self.nats: Delivery | None = None
         """Started on the first refresh that finds a live subscription delivered over NATS."""
         self._nats_config = nats_config
         self._fields_of = fields_of
@@ -172,7 +173,7 @@ class LiveMatching:
         if self.nats is None and any(
             k.delivery == "nats" for w in self._watched.values() for k in w.known.values()
         ):
-            self.nats = NatsDelivery(self._nats_config())
+            self.nats = nats_delivery(self._nats_config())
             await self.nats.start()
         await self._ask_fields(owned)
 
