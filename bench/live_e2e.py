@@ -3,6 +3,7 @@ live subscriptions registered, and what they cost the sync's throughput.
 
     .venv/bin/python bench/live_e2e.py [--live 100000] [--rate 300] [--seconds 20]
                                        [--rows 10000] [--per-tx 100] [--rounds 2]
+                                       [--nats-in-process]
 
 A real `runsyncer` runs two subscriptions against their own console and source
 databases, osmem-server and the NATS server on 127.0.0.1:4222 (a stream of this run's
@@ -22,7 +23,11 @@ measures the API's registration), and `bench-e2e-plain` with none.
   `--per-tx` per transaction, as fast as PostgreSQL takes them; rows / (last
   acknowledgement - first commit), read from the worker's `searchsync_changes_total`.
   Ratio of the medians, live / plain (target >= 0.95). The live rounds' events go to
-  NATS too (counted).
+  NATS too (counted). Each round also reports the CPU it cost, in microseconds per row:
+  the worker's (`process_cpu_seconds_total`) and its NATS publisher process's (from
+  /proc), which a shared machine's load disturbs far less than the rows per second.
+- `--nats-in-process`: the worker publishes in its own event loop (LIVE_NATS_PROCESS
+  off) instead of from its publisher process, to compare the two.
 
 Also read from the worker's /metrics: how long loading the 100,000 live subscriptions
 takes (`searchsync_live_subscriptions_refresh_seconds`, every control interval).
@@ -78,7 +83,7 @@ def scrape(port: int) -> dict[str, float]:
             for name in (LIVE, PLAIN):
                 if f'subscription="{name}"' in line:
                     found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        elif line.startswith(("searchsync_live_subscriptions_refresh_seconds ", "searchsync_live")):
+        elif line.startswith(("process_cpu_seconds_total ", "searchsync_live")):
             key, _, value = line.rpartition(" ")
             found[key] = float(value)
     return found
@@ -90,6 +95,26 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the running children of process `pid` (its NATS publisher)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:  # fields[1] is the parent; utime and stime are 11 and 12
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class Round:
+    """One throughput round: rows per second, and the CPU it took per row."""
+
+    def __init__(self, rate: float, worker_us: float, publisher_us: float) -> None:
+        self.rate, self.worker_us, self.publisher_us = rate, worker_us, publisher_us
 
 
 class Receiver(threading.Thread):
@@ -137,6 +162,7 @@ class Run:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.server: Any = None
         self.next_id = 1
+        self.worker_pid = 0
 
     def setup(self) -> dict[str, str]:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -155,6 +181,7 @@ class Run:
             "LIVE_NATS_URL": NATS_URL,
             "LIVE_NATS_STREAM": self.stream,
             "LIVE_NATS_SUBJECT_PREFIX": self.prefix,
+            "LIVE_NATS_PROCESS": "false" if self.args.nats_in_process else "true",
         }
         os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "OPENSEARCH_URL")})
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
@@ -228,6 +255,7 @@ class Run:
         log.unlink(missing_ok=True)
         worker = WorkerProcess(None, log, base_env=env, metrics_port=port)
         self.procs.append(worker.process)
+        self.worker_pid = worker.process.pid
         wait_until(
             lambda: all(
                 s.status == "caught_up" for s in Subscription.objects.filter(name__in=[LIVE, PLAIN])
@@ -274,10 +302,13 @@ class Run:
             "max_ms": round(max(lat) * 1000, 1),
         }
 
-    def round(self, port: int, name: str) -> float:
+    def round(self, port: int, name: str) -> Round:
         rows, per_tx = int(self.args.rows), int(self.args.per_tx)
         rng = random.Random(self.next_id)
-        before = scrape(port).get(name, 0.0)
+        scraped = scrape(port)
+        before = scraped.get(name, 0.0)
+        cpu_before = scraped.get("process_cpu_seconds_total", 0.0)
+        children_before = children_cpu(self.worker_pid)
         insert = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, 'x')").format(
             sql.Identifier(name.replace("-", "_"))
         )
@@ -295,7 +326,11 @@ class Run:
                 conn.commit()
         self.next_id += rows
         wait_until(lambda: scrape(port).get(name, 0.0) - before >= rows, 300, f"{name} rows")
-        return rows / (time.monotonic() - started)
+        rate = rows / (time.monotonic() - started)
+        time.sleep(0.3)  # the events of the last rows reach NATS: their CPU counts too
+        cpu = scrape(port).get("process_cpu_seconds_total", 0.0) - cpu_before
+        children = children_cpu(self.worker_pid) - children_before
+        return Round(rate, cpu / rows * 1e6, children / rows * 1e6)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -328,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-tx", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each table")
     parser.add_argument(
+        "--nats-in-process",
+        action="store_true",
+        help="publish to NATS in the worker's event loop (LIVE_NATS_PROCESS=false)",
+    )
+    parser.add_argument(
         "--tenant-space",
         type=int,
         default=100_000,
@@ -339,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     receiver = Receiver(f"{run.prefix}.>")
     receiver.start()
     receiver.ready.wait(10)
-    rounds: dict[str, list[float]] = {LIVE: [], PLAIN: []}
+    rounds: dict[str, list[Round]] = {LIVE: [], PLAIN: []}
     try:
         env = run.setup()
         run.subscriptions()
@@ -364,9 +404,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.rounds):
             order = [PLAIN, LIVE] if i % 2 == 0 else [LIVE, PLAIN]
             for name in order:
-                rate = run.round(port, name)
-                rounds[name].append(rate)
-                say(f"round {i + 1} {name}: {rate:,.0f} rows/s")
+                measured = run.round(port, name)
+                rounds[name].append(measured)
+                say(
+                    f"round {i + 1} {name}: {measured.rate:,.0f} rows/s; CPU per row: worker "
+                    f"{measured.worker_us:.0f} us, publisher {measured.publisher_us:.0f} us"
+                )
         refreshes = []
         for _ in range(5):  # the refreshes that only diff (every control interval)
             time.sleep(1.1)
@@ -375,17 +418,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         run.stop()
         receiver.stop()
-    plain, live = statistics.median(rounds[PLAIN]), statistics.median(rounds[LIVE])
+    plain = statistics.median(r.rate for r in rounds[PLAIN])
+    live = statistics.median(r.rate for r in rounds[LIVE])
     ratio = live / plain
+    cpu = {
+        name: {
+            "worker_us_per_row": round(statistics.median(r.worker_us for r in measured), 1),
+            "publisher_us_per_row": round(statistics.median(r.publisher_us for r in measured), 1),
+        }
+        for name, measured in rounds.items()
+    }
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "live_subscriptions": args.live,
+        "nats": "in the worker's event loop" if args.nats_in_process else "publisher process",
         "tenant_space": args.tenant_space,
         "refresh_seconds": [round(refresh or 0.0, 3), *(round(r, 3) for r in refreshes)],
         "latency": latency,
         "latency_target": f"p99 <= {TARGET_P99 * 1000:.0f} ms",
         "latency_verdict": "met" if latency["p99_ms"] <= TARGET_P99 * 1000 else "MISSED",
-        "throughput_rounds": rounds,
+        "throughput_rounds": {name: [r.rate for r in done] for name, done in rounds.items()},
+        "cpu_per_row_median": cpu,
         "median_plain": round(plain),
         "median_live": round(live),
         "ratio": round(ratio, 3),
@@ -396,6 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_note(),
     }
     (ARTIFACTS / "live-e2e.json").write_text(json.dumps(summary, indent=2))
+    say(
+        f"worker CPU per row (median): {cpu[PLAIN]['worker_us_per_row']:.0f} us plain, "
+        f"{cpu[LIVE]['worker_us_per_row']:.0f} us live (+ publisher process "
+        f"{cpu[LIVE]['publisher_us_per_row']:.0f} us)"
+    )
     say(
         f"throughput: median {plain:,.0f} rows/s plain, {live:,.0f} with {args.live:,} live "
         f"subscriptions ({ratio:.3f}; target >= {TARGET_RATIO}: {summary['ratio_verdict']})"

@@ -171,6 +171,8 @@ class NatsDelivery:
         self.settled = 0
         """Events acknowledged or dropped once offered, in offer order (not those dropped by
         `offer` itself, nor by `stop`)."""
+        self.gave_up = False
+        """Whether the sender ended for good (a bad setting: `nats_delivery_failed`)."""
         self.restarts = 0
         """Always 0: this delivery runs in the caller's process (the process-backed one
         counts its publisher's restarts)."""
@@ -280,6 +282,7 @@ class NatsDelivery:
             await self._connect()
         except Exception as exc:  # the client retries every outage: this is a bad setting
             self._stopping = True
+            self.gave_up = True
             log.error(
                 "nats_delivery_failed",
                 error=_describe(exc),

@@ -244,6 +244,9 @@ class NatsProcessDelivery:
                     code = await self._run(process)
                     if self._stopping:
                         return
+                    if code == wire.GAVE_UP:
+                        self._give_up()
+                        return
                     self.restarts += 1
                     log.warning(
                         "nats_publisher_exited",
@@ -292,6 +295,17 @@ class NatsProcessDelivery:
             raise
         finally:
             self._detach()
+
+    def _give_up(self) -> None:
+        """As `NatsDelivery` does after a bad setting: drop what is held and what comes."""
+        self._stopping = True
+        self.dropped[DropReason.STOPPED] += len(self._unsettled)
+        self._unsettled.clear()
+        self._positions.clear()
+        log.error(
+            "nats_publisher_gave_up",
+            next="fix LIVE_NATS_URL and restart the worker; matched events are dropped",
+        )
 
     def _detach(self) -> None:
         stdin, self._stdin, self._process = self._stdin, None, None

@@ -80,13 +80,17 @@ async def serve(reader: asyncio.StreamReader, reports: Reports, parent: int) -> 
     delivery = NatsDelivery(NatsConfig(**setup["config"]), on_settled=reports.settled_changed)
     reports.delivery = delivery
     await delivery.start()
-    ticker = asyncio.create_task(_tick(reports, parent), name="nats-publisher-stats")
+    ticker = asyncio.create_task(_tick(reports, delivery, parent), name="nats-publisher-stats")
     reading = asyncio.create_task(_read(reader, delivery), name="nats-publisher-read")
-    done, _ = await asyncio.wait({ticker, reading}, return_when=asyncio.FIRST_COMPLETED)
-    timeout = reading.result() if reading in done else None
-    for task in (ticker, reading):
-        task.cancel()
-    await asyncio.gather(ticker, reading, return_exceptions=True)
+    try:
+        done, _ = await asyncio.wait({ticker, reading}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # raises CannotDeliver
+        timeout = reading.result() if reading in done else None
+    finally:
+        for task in (ticker, reading):
+            task.cancel()
+        await asyncio.gather(ticker, reading, return_exceptions=True)
     if timeout is None:
         log.warning(
             "nats_publisher_orphaned",
@@ -110,15 +114,23 @@ async def _read(reader: asyncio.StreamReader, delivery: NatsDelivery) -> float |
         if kind != wire.EVENTS:
             raise ValueError(f"unknown frame kind {kind!r}")
         for record in wire.records(body):
-            # The worker holds at most `buffer` unsettled events: this one always fits.
+            # The worker holds at most `buffer` unsettled events, so this one fits, unless
+            # the delivery gave up (`nats_delivery_failed`, a bad LIVE_NATS_URL).
             if not delivery.offer_encoded(*record):
-                log.error("nats_publisher_refused", position=record.position)
+                raise CannotDeliver("the delivery gave up: see nats_delivery_failed")
     return None
 
 
-async def _tick(reports: Reports, parent: int) -> None:
+class CannotDeliver(Exception):
+    """The delivery refuses events: exit, and let the worker start another (after a
+    backoff), as it would after any other failure."""
+
+
+async def _tick(reports: Reports, delivery: NatsDelivery, parent: int) -> None:
     """Stats every STATS_EVERY seconds; returns when the parent is no longer ours."""
     while os.getppid() == parent:
+        if delivery.gave_up:
+            raise CannotDeliver("the delivery gave up: see nats_delivery_failed")
         reports.stats()
         await asyncio.sleep(wire.STATS_EVERY)
 
@@ -151,6 +163,9 @@ async def main() -> int:
     code = 0
     try:
         await serve(reader, Reports(transport), parent)
+    except CannotDeliver as exc:
+        log.error("nats_publisher_failed", error=str(exc))
+        code = wire.GAVE_UP
     except Exception:  # a bug: the worker logs the exit and starts another process
         log.exception("nats_publisher_failed")
         code = 1

@@ -28,6 +28,9 @@ from syncer.live.nats import NatsDelivery
 HELLO, EVENTS, STOP = b"H", b"E", b"S"
 STATS_EVERY = 0.5
 """Seconds between two stats reports: how stale the worker's /metrics may be."""
+GAVE_UP = 2
+"""The publisher's exit code when its delivery gave up for good (a bad LIVE_NATS_URL):
+starting another would give up the same way."""
 
 _FRAME = struct.Struct("<cI")
 _RECORD = struct.Struct("<dQHHHI")

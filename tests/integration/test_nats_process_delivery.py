@@ -303,3 +303,18 @@ async def test_the_publisher_exits_when_the_worker_is_killed(proxied: NatsConfig
 async def test_the_setting_chooses_the_process_or_the_worker_loop(direct: NatsConfig):
     assert isinstance(nats_delivery(direct), NatsProcessDelivery)
     assert isinstance(nats_delivery(dataclasses.replace(direct, process=False)), NatsDelivery)
+
+
+async def test_a_url_the_client_cannot_use_drops_events_as_the_in_process_delivery_does():
+    config = make_config(f"t{uuid.uuid4().hex[:12]}", url="nats://127.0.0.1:not-a-port")
+    delivery = NatsProcessDelivery(config)
+    await delivery.start()
+    try:
+        assert delivery.offer(events(1)[0])
+        await wait_until(lambda: delivery.dropped[DropReason.STOPPED] == 1)
+        assert delivery.restarts == 0, "not started again: it would give up the same way"
+        assert delivery.unsettled_since("orders") is None and delivery.buffered == 0
+        assert not delivery.offer(events(1)[0])
+        assert delivery.dropped == {DropReason.STOPPED: 2}
+    finally:
+        await delivery.stop(timeout=1)
