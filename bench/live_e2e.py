@@ -47,7 +47,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,24 +97,77 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
         time.sleep(interval)
 
 
-def children_cpu(pid: int) -> float:
-    """CPU seconds of the running children of process `pid` (its NATS publisher)."""
-    total = 0.0
+def _stats() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, command name, the fields after it) of every process, from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            text = stat.read_text()
         except OSError:  # ended meanwhile
             continue
-        if int(fields[1]) == pid:  # fields[1] is the parent; utime and stime are 11 and 12
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        head, _, rest = text.rpartition(")")
+        yield int(stat.parent.name), head.split("(", 1)[1], rest.split()
+
+
+def _cpu(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the running children of process `pid` (its NATS publisher)."""
+    return sum(_cpu(fields) for _, _, fields in _stats() if int(fields[1]) == pid)
+
+
+def pid_cpu(pid: int) -> float:
+    """CPU seconds of process `pid` so far."""
+    try:
+        return _cpu(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split())
+    except OSError:
+        return 0.0
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of the PostgreSQL backends of this run's databases (its walsenders, the
+    writer's, the worker's), known by their process titles."""
+    total = 0.0
+    for pid, name, fields in _stats():
+        if name != "postgres":
+            continue
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if CONSOLE_DB.encode() in title:  # the source database's name starts with it
+            total += _cpu(fields)
     return total
+
+
+def nats_server_cpu() -> float:
+    """CPU seconds of the NATS server (shared with other sessions: a rough figure)."""
+    return sum(_cpu(fields) for _, name, fields in _stats() if name == "nats-server")
 
 
 class Round:
     """One throughput round: rows per second, and the CPU it took per row."""
 
-    def __init__(self, rate: float, worker_us: float, publisher_us: float) -> None:
+    def __init__(
+        self,
+        rate: float,
+        worker_us: float,
+        publisher_us: float,
+        *,
+        writer_rate: float = 0.0,
+        nats_server_us: float = 0.0,
+        bench_us: float = 0.0,
+        osmem_us: float = 0.0,
+        postgres_us: float = 0.0,
+    ) -> None:
+        self.osmem_us, self.postgres_us = osmem_us, postgres_us
         self.rate, self.worker_us, self.publisher_us = rate, worker_us, publisher_us
+        self.writer_rate = writer_rate
+        """Rows per second PostgreSQL took from the writer (the sync's rate is below)."""
+        self.nats_server_us = nats_server_us
+        self.bench_us = bench_us
+        """This process: the writer and the NATS receiver thread (every event arrives)."""
 
 
 class Receiver(threading.Thread):
@@ -309,6 +362,8 @@ class Run:
         before = scraped.get(name, 0.0)
         cpu_before = scraped.get("process_cpu_seconds_total", 0.0)
         children_before = children_cpu(self.worker_pid)
+        nats_before, bench_before = nats_server_cpu(), time.process_time()
+        osmem_before, postgres_before = pid_cpu(self.server.pid), postgres_cpu()
         insert = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, 'x')").format(
             sql.Identifier(name.replace("-", "_"))
         )
@@ -324,13 +379,23 @@ class Run:
                         ],
                     )
                 conn.commit()
+            written = time.monotonic() - started
         self.next_id += rows
         wait_until(lambda: scrape(port).get(name, 0.0) - before >= rows, 300, f"{name} rows")
         rate = rows / (time.monotonic() - started)
         time.sleep(0.3)  # the events of the last rows reach NATS: their CPU counts too
         cpu = scrape(port).get("process_cpu_seconds_total", 0.0) - cpu_before
         children = children_cpu(self.worker_pid) - children_before
-        return Round(rate, cpu / rows * 1e6, children / rows * 1e6)
+        return Round(
+            rate,
+            cpu / rows * 1e6,
+            children / rows * 1e6,
+            writer_rate=rows / written,
+            nats_server_us=(nats_server_cpu() - nats_before) / rows * 1e6,
+            bench_us=(time.process_time() - bench_before) / rows * 1e6,
+            osmem_us=(pid_cpu(self.server.pid) - osmem_before) / rows * 1e6,
+            postgres_us=(postgres_cpu() - postgres_before) / rows * 1e6,
+        )
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -407,8 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 measured = run.round(port, name)
                 rounds[name].append(measured)
                 say(
-                    f"round {i + 1} {name}: {measured.rate:,.0f} rows/s; CPU per row: worker "
-                    f"{measured.worker_us:.0f} us, publisher {measured.publisher_us:.0f} us"
+                    f"round {i + 1} {name}: {measured.rate:,.0f} rows/s (written at "
+                    f"{measured.writer_rate:,.0f}); CPU per row: worker "
+                    f"{measured.worker_us:.0f} us, publisher {measured.publisher_us:.0f} us, "
+                    f"nats-server {measured.nats_server_us:.0f} us, bench "
+                    f"{measured.bench_us:.0f} us, osmem {measured.osmem_us:.0f} us, "
+                    f"postgres {measured.postgres_us:.0f} us"
                 )
         refreshes = []
         for _ in range(5):  # the refreshes that only diff (every control interval)
@@ -425,6 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: {
             "worker_us_per_row": round(statistics.median(r.worker_us for r in measured), 1),
             "publisher_us_per_row": round(statistics.median(r.publisher_us for r in measured), 1),
+            "nats_server_us_per_row": round(
+                statistics.median(r.nats_server_us for r in measured), 1
+            ),
+            "bench_us_per_row": round(statistics.median(r.bench_us for r in measured), 1),
+            "osmem_us_per_row": round(statistics.median(r.osmem_us for r in measured), 1),
+            "postgres_us_per_row": round(statistics.median(r.postgres_us for r in measured), 1),
+            "writer_rows_per_s": round(statistics.median(r.writer_rate for r in measured)),
         }
         for name, measured in rounds.items()
     }
