@@ -3,6 +3,7 @@ live subscriptions registered, and what they cost the sync's throughput.
 
     .venv/bin/python bench/live_e2e.py [--live 100000] [--rate 300] [--seconds 20]
                                        [--rows 10000] [--per-tx 100] [--rounds 2]
+                                       [--nats-in-process]
 
 A real `runsyncer` runs two subscriptions against their own console and source
 databases, osmem-server and the NATS server on 127.0.0.1:4222 (a stream of this run's
@@ -22,7 +23,11 @@ measures the API's registration), and `bench-e2e-plain` with none.
   `--per-tx` per transaction, as fast as PostgreSQL takes them; rows / (last
   acknowledgement - first commit), read from the worker's `searchsync_changes_total`.
   Ratio of the medians, live / plain (target >= 0.95). The live rounds' events go to
-  NATS too (counted).
+  NATS too (counted). Each round also reports the CPU it cost, in microseconds per row:
+  the worker's (`process_cpu_seconds_total`) and its NATS publisher process's (from
+  /proc), which a shared machine's load disturbs far less than the rows per second.
+- `--nats-in-process`: the worker publishes in its own event loop (LIVE_NATS_PROCESS
+  off) instead of from its publisher process, to compare the two.
 
 Also read from the worker's /metrics: how long loading the 100,000 live subscriptions
 takes (`searchsync_live_subscriptions_refresh_seconds`, every control interval).
@@ -42,7 +47,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +83,7 @@ def scrape(port: int) -> dict[str, float]:
             for name in (LIVE, PLAIN):
                 if f'subscription="{name}"' in line:
                     found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-        elif line.startswith(("searchsync_live_subscriptions_refresh_seconds ", "searchsync_live")):
+        elif line.startswith(("process_cpu_seconds_total ", "searchsync_live")):
             key, _, value = line.rpartition(" ")
             found[key] = float(value)
     return found
@@ -90,6 +95,79 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def _stats() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, command name, the fields after it) of every process, from /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        head, _, rest = text.rpartition(")")
+        yield int(stat.parent.name), head.split("(", 1)[1], rest.split()
+
+
+def _cpu(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the running children of process `pid` (its NATS publisher)."""
+    return sum(_cpu(fields) for _, _, fields in _stats() if int(fields[1]) == pid)
+
+
+def pid_cpu(pid: int) -> float:
+    """CPU seconds of process `pid` so far."""
+    try:
+        return _cpu(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split())
+    except OSError:
+        return 0.0
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of the PostgreSQL backends of this run's databases (its walsenders, the
+    writer's, the worker's), known by their process titles."""
+    total = 0.0
+    for pid, name, fields in _stats():
+        if name != "postgres":
+            continue
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if CONSOLE_DB.encode() in title:  # the source database's name starts with it
+            total += _cpu(fields)
+    return total
+
+
+def nats_server_cpu() -> float:
+    """CPU seconds of the NATS server (shared with other sessions: a rough figure)."""
+    return sum(_cpu(fields) for _, name, fields in _stats() if name == "nats-server")
+
+
+class Round:
+    """One throughput round: rows per second, and the CPU it took per row."""
+
+    def __init__(
+        self,
+        rate: float,
+        worker_us: float,
+        publisher_us: float,
+        *,
+        writer_rate: float = 0.0,
+        nats_server_us: float = 0.0,
+        bench_us: float = 0.0,
+        osmem_us: float = 0.0,
+        postgres_us: float = 0.0,
+    ) -> None:
+        self.osmem_us, self.postgres_us = osmem_us, postgres_us
+        self.rate, self.worker_us, self.publisher_us = rate, worker_us, publisher_us
+        self.writer_rate = writer_rate
+        """Rows per second PostgreSQL took from the writer (the sync's rate is below)."""
+        self.nats_server_us = nats_server_us
+        self.bench_us = bench_us
+        """This process: the writer and the NATS receiver thread (every event arrives)."""
 
 
 class Receiver(threading.Thread):
@@ -137,6 +215,7 @@ class Run:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.server: Any = None
         self.next_id = 1
+        self.worker_pid = 0
 
     def setup(self) -> dict[str, str]:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -155,6 +234,7 @@ class Run:
             "LIVE_NATS_URL": NATS_URL,
             "LIVE_NATS_STREAM": self.stream,
             "LIVE_NATS_SUBJECT_PREFIX": self.prefix,
+            "LIVE_NATS_PROCESS": "false" if self.args.nats_in_process else "true",
         }
         os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "OPENSEARCH_URL")})
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
@@ -228,6 +308,7 @@ class Run:
         log.unlink(missing_ok=True)
         worker = WorkerProcess(None, log, base_env=env, metrics_port=port)
         self.procs.append(worker.process)
+        self.worker_pid = worker.process.pid
         wait_until(
             lambda: all(
                 s.status == "caught_up" for s in Subscription.objects.filter(name__in=[LIVE, PLAIN])
@@ -274,10 +355,15 @@ class Run:
             "max_ms": round(max(lat) * 1000, 1),
         }
 
-    def round(self, port: int, name: str) -> float:
+    def round(self, port: int, name: str) -> Round:
         rows, per_tx = int(self.args.rows), int(self.args.per_tx)
         rng = random.Random(self.next_id)
-        before = scrape(port).get(name, 0.0)
+        scraped = scrape(port)
+        before = scraped.get(name, 0.0)
+        cpu_before = scraped.get("process_cpu_seconds_total", 0.0)
+        children_before = children_cpu(self.worker_pid)
+        nats_before, bench_before = nats_server_cpu(), time.process_time()
+        osmem_before, postgres_before = pid_cpu(self.server.pid), postgres_cpu()
         insert = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, 'x')").format(
             sql.Identifier(name.replace("-", "_"))
         )
@@ -293,9 +379,23 @@ class Run:
                         ],
                     )
                 conn.commit()
+            written = time.monotonic() - started
         self.next_id += rows
         wait_until(lambda: scrape(port).get(name, 0.0) - before >= rows, 300, f"{name} rows")
-        return rows / (time.monotonic() - started)
+        rate = rows / (time.monotonic() - started)
+        time.sleep(0.3)  # the events of the last rows reach NATS: their CPU counts too
+        cpu = scrape(port).get("process_cpu_seconds_total", 0.0) - cpu_before
+        children = children_cpu(self.worker_pid) - children_before
+        return Round(
+            rate,
+            cpu / rows * 1e6,
+            children / rows * 1e6,
+            writer_rate=rows / written,
+            nats_server_us=(nats_server_cpu() - nats_before) / rows * 1e6,
+            bench_us=(time.process_time() - bench_before) / rows * 1e6,
+            osmem_us=(pid_cpu(self.server.pid) - osmem_before) / rows * 1e6,
+            postgres_us=(postgres_cpu() - postgres_before) / rows * 1e6,
+        )
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -328,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-tx", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each table")
     parser.add_argument(
+        "--nats-in-process",
+        action="store_true",
+        help="publish to NATS in the worker's event loop (LIVE_NATS_PROCESS=false)",
+    )
+    parser.add_argument(
         "--tenant-space",
         type=int,
         default=100_000,
@@ -339,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     receiver = Receiver(f"{run.prefix}.>")
     receiver.start()
     receiver.ready.wait(10)
-    rounds: dict[str, list[float]] = {LIVE: [], PLAIN: []}
+    rounds: dict[str, list[Round]] = {LIVE: [], PLAIN: []}
     try:
         env = run.setup()
         run.subscriptions()
@@ -364,9 +469,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.rounds):
             order = [PLAIN, LIVE] if i % 2 == 0 else [LIVE, PLAIN]
             for name in order:
-                rate = run.round(port, name)
-                rounds[name].append(rate)
-                say(f"round {i + 1} {name}: {rate:,.0f} rows/s")
+                measured = run.round(port, name)
+                rounds[name].append(measured)
+                say(
+                    f"round {i + 1} {name}: {measured.rate:,.0f} rows/s (written at "
+                    f"{measured.writer_rate:,.0f}); CPU per row: worker "
+                    f"{measured.worker_us:.0f} us, publisher {measured.publisher_us:.0f} us, "
+                    f"nats-server {measured.nats_server_us:.0f} us, bench "
+                    f"{measured.bench_us:.0f} us, osmem {measured.osmem_us:.0f} us, "
+                    f"postgres {measured.postgres_us:.0f} us"
+                )
         refreshes = []
         for _ in range(5):  # the refreshes that only diff (every control interval)
             time.sleep(1.1)
@@ -375,17 +487,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         run.stop()
         receiver.stop()
-    plain, live = statistics.median(rounds[PLAIN]), statistics.median(rounds[LIVE])
+    plain = statistics.median(r.rate for r in rounds[PLAIN])
+    live = statistics.median(r.rate for r in rounds[LIVE])
     ratio = live / plain
+    cpu = {
+        name: {
+            "worker_us_per_row": round(statistics.median(r.worker_us for r in measured), 1),
+            "publisher_us_per_row": round(statistics.median(r.publisher_us for r in measured), 1),
+            "nats_server_us_per_row": round(
+                statistics.median(r.nats_server_us for r in measured), 1
+            ),
+            "bench_us_per_row": round(statistics.median(r.bench_us for r in measured), 1),
+            "osmem_us_per_row": round(statistics.median(r.osmem_us for r in measured), 1),
+            "postgres_us_per_row": round(statistics.median(r.postgres_us for r in measured), 1),
+            "writer_rows_per_s": round(statistics.median(r.writer_rate for r in measured)),
+        }
+        for name, measured in rounds.items()
+    }
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "live_subscriptions": args.live,
+        "nats": "in the worker's event loop" if args.nats_in_process else "publisher process",
         "tenant_space": args.tenant_space,
         "refresh_seconds": [round(refresh or 0.0, 3), *(round(r, 3) for r in refreshes)],
         "latency": latency,
         "latency_target": f"p99 <= {TARGET_P99 * 1000:.0f} ms",
         "latency_verdict": "met" if latency["p99_ms"] <= TARGET_P99 * 1000 else "MISSED",
-        "throughput_rounds": rounds,
+        "throughput_rounds": {name: [r.rate for r in done] for name, done in rounds.items()},
+        "cpu_per_row_median": cpu,
         "median_plain": round(plain),
         "median_live": round(live),
         "ratio": round(ratio, 3),
@@ -396,6 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_note(),
     }
     (ARTIFACTS / "live-e2e.json").write_text(json.dumps(summary, indent=2))
+    say(
+        f"worker CPU per row (median): {cpu[PLAIN]['worker_us_per_row']:.0f} us plain, "
+        f"{cpu[LIVE]['worker_us_per_row']:.0f} us live (+ publisher process "
+        f"{cpu[LIVE]['publisher_us_per_row']:.0f} us)"
+    )
     say(
         f"throughput: median {plain:,.0f} rows/s plain, {live:,.0f} with {args.live:,} live "
         f"subscriptions ({ratio:.3f}; target >= {TARGET_RATIO}: {summary['ratio_verdict']})"

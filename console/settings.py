@@ -208,6 +208,8 @@ LIVE_NATS_PUBLISH_TIMEOUT_SECONDS = _env_number("LIVE_NATS_PUBLISH_TIMEOUT_SECON
 LIVE_MATCH_QUEUE_SIZE = _env_number("LIVE_MATCH_QUEUE_SIZE", 10_000)
 LIVE_WEBSOCKET_SEND_TIMEOUT = _env_number("LIVE_WEBSOCKET_SEND_TIMEOUT", 1)
 LIVE_CHECKPOINT_HOLD_SECONDS = _env_number("LIVE_CHECKPOINT_HOLD_SECONDS", 30)
+# Publish from a child process of the worker (default), or in the worker's own event loop.
+LIVE_NATS_PROCESS = _env_bool("LIVE_NATS_PROCESS", True)
 
 # Live subscriptions (clients' filtered feeds): seconds one lives without a heartbeat, and
 # how many may be active per owner (the API token's user) and over all owners.

@@ -133,6 +133,10 @@ class NatsConfig:
     retry_cap: float = 10.0
     name: str = "searchsync"
     """The client name NATS monitoring shows."""
+    process: bool = True
+    """Publish from a child process of the worker (`syncer.live.nats_process`), so that
+    publishing and its acknowledgements do not share the worker's interpreter (its GIL)
+    with the sync; False: in the worker's own event loop."""
 
     def __post_init__(self) -> None:
         if not _STREAM_NAME.fullmatch(self.stream):
@@ -183,6 +187,22 @@ def nats() -> NatsConfig:
         publish_timeout=float(
             getattr(settings, "LIVE_NATS_PUBLISH_TIMEOUT_SECONDS", defaults.publish_timeout)
         ),
+        process=bool(getattr(settings, "LIVE_NATS_PROCESS", defaults.process)),
+    )
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str
+    """`json` (one object per line) or `console` (readable lines)."""
+    level: str
+
+
+def logs() -> LogSettings:
+    """How the worker logs (LOG_FORMAT, LOG_LEVEL): its child processes log the same way."""
+    return LogSettings(
+        format=str(getattr(settings, "LOG_FORMAT", "json")),
+        level=str(getattr(settings, "LOG_LEVEL", "INFO")).upper(),
     )
 
 

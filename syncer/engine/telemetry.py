@@ -75,6 +75,20 @@ class Histogram:
             self._counts[index] += 1
             self._sum += value
 
+    def counts(self) -> tuple[list[int], float]:
+        """The count per bucket (not cumulative, +Inf last) and the sum: what `add` takes."""
+        with self._lock:
+            return list(self._counts), self._sum
+
+    def add(self, counts: Sequence[int], total: float) -> None:
+        """Add another histogram's `counts()` (of the same bounds), e.g. another process's."""
+        if len(counts) != len(self._counts):
+            raise ValueError(f"{len(counts)} bucket counts for {len(self._counts)} buckets")
+        with self._lock:
+            for index, count in enumerate(counts):
+                self._counts[index] += count
+            self._sum += total
+
     def snapshot(self) -> HistogramSnapshot:
         with self._lock:
             counts, total = list(self._counts), self._sum

@@ -21,6 +21,11 @@ dropped once it is full. The first acknowledged probe closes the breaker and the
 backlog goes out. The client reconnects forever, from the very first connection on: a
 worker started while NATS is down starts anyway and delivers once NATS is back. The
 stream is created if missing (again, if someone deletes it while the worker runs).
+
+Events settle (acknowledged, or dropped as undeliverable) in the order they were offered:
+`settled` counts them, which is all `syncer.live.nats_process` needs to run this class in
+a child process and keep the worker's `unsettled_since` exact. `Delivery` is what the
+worker and its metrics use of either.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import nats
 import nats.errors
@@ -85,11 +91,46 @@ class DropReason(enum.StrEnum):
 _NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
+class Delivery(Protocol):
+    """A NATS delivery as the worker and its metrics see it: `NatsDelivery` in the worker's
+    own event loop, or `syncer.live.nats_process.NatsProcessDelivery`, which runs one in a
+    child process. Counters are plain attributes, read at scrape time."""
+
+    published: int
+    duplicates: int
+    retried: int
+    dropped: Counter[str]
+    outages: int
+    restarts: int
+    breaker: Breaker
+    connected: bool
+    publish_seconds: Histogram
+    delivery_seconds: Histogram
+    buffer_peak: int
+
+    @property
+    def buffered(self) -> int: ...
+
+    def unsettled_since(self, subscription: str) -> int | None: ...
+
+    def offer(self, event: MatchedEvent) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+
 @dataclass(slots=True)
 class _Pending:
-    event: MatchedEvent
+    subscription: str
+    position: int
     offered_at: float
+    event: MatchedEvent | None = None
+    """As offered in this process; None when it came encoded (`offer_encoded`)."""
+    subject: str = ""
+    msg_id: str = ""
     payload: bytes = b""
+    """Empty until encoded (`_take`), unless it came encoded."""
 
 
 class NatsDelivery:
@@ -99,9 +140,17 @@ class NatsDelivery:
     read by the worker's metrics at scrape time.
     """
 
-    def __init__(self, config: NatsConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: NatsConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.on_settled = on_settled
+        """Called each time an event settles (so a child process can report it)."""
         self.published = 0
         """Events JetStream acknowledged (once each, duplicates included)."""
         self.duplicates = 0
@@ -119,6 +168,14 @@ class NatsDelivery:
         self.publish_seconds = Histogram(PUBLISH_BUCKETS)
         self.delivery_seconds = Histogram(DELIVERY_BUCKETS)
         self.buffer_peak = 0
+        self.settled = 0
+        """Events acknowledged or dropped once offered, in offer order (not those dropped by
+        `offer` itself, nor by `stop`)."""
+        self.gave_up = False
+        """Whether the sender ended for good (a bad setting: `nats_delivery_failed`)."""
+        self.restarts = 0
+        """Always 0: this delivery runs in the caller's process (the process-backed one
+        counts its publisher's restarts)."""
         self._buffer: collections.deque[_Pending] = collections.deque()
         self._positions: dict[str, collections.deque[int]] = {}
         """Positions of the events not yet settled (acknowledged or dropped), per sync
@@ -155,6 +212,24 @@ class NatsDelivery:
 
     def offer(self, event: MatchedEvent) -> bool:
         """Queue `event` for delivery; False (and counted) when it is dropped. Never waits."""
+        return self._enqueue(_Pending(event.subscription, event.position, self.clock(), event))
+
+    def offer_encoded(
+        self,
+        subscription: str,
+        position: int,
+        subject: str,
+        msg_id: str,
+        payload: bytes,
+        offered_at: float,
+    ) -> bool:
+        """`offer` for an event another process encoded (`payload` is `MatchedEvent.to_json`),
+        offered there at `offered_at` (`time.monotonic`, the same clock for every process)."""
+        return self._enqueue(
+            _Pending(subscription, position, offered_at, None, subject, msg_id, payload)
+        )
+
+    def _enqueue(self, item: _Pending) -> bool:
         if self._stopping:
             self.dropped[DropReason.STOPPED] += 1
             return False
@@ -164,8 +239,8 @@ class NatsDelivery:
             )
             self.dropped[reason] += 1
             return False
-        self._buffer.append(_Pending(event, self.clock()))
-        self._positions.setdefault(event.subscription, collections.deque()).append(event.position)
+        self._buffer.append(item)
+        self._positions.setdefault(item.subscription, collections.deque()).append(item.position)
         self.buffer_peak = max(self.buffer_peak, self.buffered)
         self._wake.set()
         return True
@@ -207,6 +282,7 @@ class NatsDelivery:
             await self._connect()
         except Exception as exc:  # the client retries every outage: this is a bad setting
             self._stopping = True
+            self.gave_up = True
             log.error(
                 "nats_delivery_failed",
                 error=_describe(exc),
@@ -226,42 +302,53 @@ class NatsDelivery:
                 await self._deliver(batch)
 
     def _take(self) -> list[_Pending]:
-        """Up to `window` events off the buffer, encoded; those that cannot go are dropped."""
+        """Up to `window` events off the buffer, encoded; those that cannot go are dropped.
+
+        A batch ends before an event that cannot go, which is dropped first thing in the
+        next one: events settle in offer order, so `settled` says exactly which."""
         assert self._nc is not None
         limit = (self._nc.max_payload or _UNSET_MAX_PAYLOAD) - _HEADER_ROOM
         batch: list[_Pending] = []
         while self._buffer and len(batch) < self.config.window:
-            item = self._buffer.popleft()
-            try:
-                item.payload = item.event.to_json()
-            except orjson.JSONEncodeError as exc:
-                self._drop(item, DropReason.UNENCODABLE, str(exc))
-                continue
-            if len(item.payload) > limit:
-                self._drop(item, DropReason.TOO_LARGE, f"{len(item.payload):,} bytes > {limit:,}")
-                continue
-            batch.append(item)
+            item = self._buffer[0]
+            problem = self._unsendable(item, limit)
+            if problem is None:
+                batch.append(self._buffer.popleft())
+            elif batch:
+                break
+            else:
+                self._buffer.popleft()
+                self._drop(item, *problem)
         self._in_flight = len(batch)
         return batch
 
+    def _unsendable(self, item: _Pending, limit: int) -> tuple[DropReason, str] | None:
+        """Why `item` cannot be published (encoding it first if it came as an event), or None."""
+        event = item.event
+        if event is not None and not item.payload:
+            try:
+                item.payload = event.to_json()
+            except orjson.JSONEncodeError as exc:
+                return DropReason.UNENCODABLE, str(exc)
+            item.subject = self.config.subject(event.gateway_id, str(event.live_subscription_id))
+            item.msg_id = event.msg_id
+        if len(item.payload) > limit:
+            return DropReason.TOO_LARGE, f"{len(item.payload):,} bytes > {limit:,}"
+        return None
+
     def _settle(self, item: _Pending) -> None:
-        positions = self._positions[item.event.subscription]
+        positions = self._positions[item.subscription]
         positions.popleft()
         if not positions:
-            del self._positions[item.event.subscription]
+            del self._positions[item.subscription]
+        self.settled += 1
+        if self.on_settled is not None:
+            self.on_settled()
 
     def _drop(self, item: _Pending, reason: DropReason, detail: str) -> None:
         self._settle(item)
         self.dropped[reason] += 1
-        log.warning(
-            "nats_event_dropped",
-            reason=str(reason),
-            detail=detail,
-            live_subscription=str(item.event.live_subscription_id),
-            subscription=item.event.subscription,
-            key=item.event.key,
-            position=item.event.position,
-        )
+        log.warning("nats_event_dropped", reason=str(reason), detail=detail, **_fields(item))
 
     async def _deliver(self, batch: list[_Pending]) -> None:
         """Publish `batch` until all of it is acknowledged, in order (the sender's only
@@ -297,13 +384,12 @@ class NatsDelivery:
         sent: list[tuple[_Pending, asyncio.Future[PubAck], float]] = []
         failure: BaseException | None = None
         for item in items:
-            event = item.event
             try:
                 future = await self._js.publish_async(
-                    self.config.subject(event.gateway_id, str(event.live_subscription_id)),
+                    item.subject,
                     item.payload,
                     stream=self.config.stream,
-                    headers={"Nats-Msg-Id": event.msg_id},
+                    headers={"Nats-Msg-Id": item.msg_id},
                 )
             except _NATS_ERRORS as exc:
                 failure = exc
@@ -471,6 +557,23 @@ class NatsDelivery:
         except _NATS_ERRORS as exc:
             log.info("nats_close_failed", error=_describe(exc))
         self.connected = False
+
+
+def _fields(item: _Pending) -> dict[str, Any]:
+    """What a log line says about a dropped event; read back from its JSON when it came
+    encoded (a rare line: the cost does not matter)."""
+    event = item.event
+    if event is None:
+        try:
+            event = MatchedEvent.from_json(item.payload)
+        except ValueError:  # orjson.JSONDecodeError is one
+            return {"subscription": item.subscription, "position": item.position}
+    return {
+        "live_subscription": str(event.live_subscription_id),
+        "subscription": event.subscription,
+        "key": event.key,
+        "position": event.position,
+    }
 
 
 def _same_seconds(have: float | None, want: float) -> bool:

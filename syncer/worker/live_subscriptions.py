@@ -53,7 +53,8 @@ from syncer.engine.pipeline import BatchObserver, BatchReport, Observer
 from syncer.engine.telemetry import Histogram
 from syncer.errors import ConsoleDatabaseUnavailable
 from syncer.live.events import MatchedEvent, live_group, live_message
-from syncer.live.nats import NatsDelivery
+from syncer.live.nats import Delivery
+from syncer.live.nats_process import nats_delivery
 from syncer.worker import state
 
 log = structlog.get_logger(__name__)
@@ -112,7 +113,7 @@ class LiveMatching:
         """The Channels layer for websocket delivery; None: websocket events fail, counted."""
         self.send_timeout = send_timeout
         self.clock = clock
-        self.nats: NatsDelivery | None = None
+        self.nats: Delivery | None = None
         """Started on the first refresh that finds a live subscription delivered over NATS."""
         self._nats_config = nats_config
         self._fields_of = fields_of
@@ -194,7 +195,7 @@ class LiveMatching:
         if self.nats is None and any(
             k.delivery == "nats" for w in self._watched.values() for k in w.known.values()
         ):
-            self.nats = NatsDelivery(self._nats_config())
+            self.nats = nats_delivery(self._nats_config())
             await self.nats.start()
         await self._ask_fields(owned)
 

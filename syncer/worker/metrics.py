@@ -30,7 +30,7 @@ from syncer.engine.changes import Op
 from syncer.engine.pipeline import Pipeline, PipelineStats
 from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
 from syncer.errors import QuotaExceeded
-from syncer.live.nats import Breaker, DropReason, NatsDelivery
+from syncer.live.nats import Breaker, Delivery, DropReason
 from syncer.models import DeadLetter, LiveSubscriptionCount
 from syncer.operations import live_subscriptions
 from syncer.worker import http
@@ -359,9 +359,10 @@ class LiveCollector(Collector):
 
 
 class NatsDeliveryCollector(Collector):
-    """NATS JetStream delivery of matched live-subscription events (`NatsDelivery`)."""
+    """NATS JetStream delivery of matched live-subscription events (a `Delivery`: in the
+    worker's process or from its publisher process)."""
 
-    _COUNTERS: tuple[tuple[str, str, Callable[[NatsDelivery], float]], ...] = (
+    _COUNTERS: tuple[tuple[str, str, Callable[[Delivery], float]], ...] = (
         ("published", "Matched events JetStream acknowledged.", lambda d: d.published),
         (
             "duplicates",
@@ -370,8 +371,14 @@ class NatsDeliveryCollector(Collector):
         ),
         ("retried", "Events sent again after a failed publish.", lambda d: d.retried),
         ("outages", "Times the NATS circuit breaker opened.", lambda d: d.outages),
+        (
+            "publisher_restarts",
+            "Times the NATS publisher process ended unasked and was started again (its "
+            "unsettled events sent again, stored once).",
+            lambda d: d.restarts,
+        ),
     )
-    _GAUGES: tuple[tuple[str, str, Callable[[NatsDelivery], float]], ...] = (
+    _GAUGES: tuple[tuple[str, str, Callable[[Delivery], float]], ...] = (
         (
             "breaker_open",
             "1 while NATS does not acknowledge (events wait in the buffer, then drop).",
@@ -380,7 +387,7 @@ class NatsDeliveryCollector(Collector):
         ("connected", "1 while connected to a NATS server.", lambda d: float(d.connected)),
         ("buffered_events", "Events offered and not yet acknowledged.", lambda d: d.buffered),
     )
-    _HISTOGRAMS: tuple[tuple[str, str, Callable[[NatsDelivery], Histogram]], ...] = (
+    _HISTOGRAMS: tuple[tuple[str, str, Callable[[Delivery], Histogram]], ...] = (
         (
             "publish_seconds",
             "Seconds from a publish to JetStream's acknowledgement.",
@@ -393,7 +400,7 @@ class NatsDeliveryCollector(Collector):
         ),
     )
 
-    def __init__(self, delivery: Callable[[], NatsDelivery | None]) -> None:
+    def __init__(self, delivery: Callable[[], Delivery | None]) -> None:
         self._delivery = delivery
 
     def collect(self) -> Iterator[Metric]:
@@ -568,7 +575,7 @@ def registry_for(
     pipelines: Pipelines,
     count_dead_letters: Callable[[Collection[str]], dict[str, int]] = dead_letter_counts,
     live: Callable[[], Any] | None = None,
-    nats: Callable[[], NatsDelivery | None] | None = None,
+    nats: Callable[[], Delivery | None] | None = None,
     matching: Callable[[], LiveMatching | None] | None = None,
     count_live_subscriptions: Callable[[], dict[tuple[str, str], int]] = live_subscription_counts,
 ) -> CollectorRegistry:
@@ -597,7 +604,7 @@ def serve(
     stall_after: float | None = None,
     worker_ready: Callable[[], str | None] | None = None,
     live: Callable[[], Any] | None = None,
-    nats: Callable[[], NatsDelivery | None] | None = None,
+    nats: Callable[[], Delivery | None] | None = None,
     matching: Callable[[], LiveMatching | None] | None = None,
 ) -> Callable[[], None]:
     """Serve /health, /ready and /metrics on `host:port` (127.0.0.1); return a stopper.

@@ -481,3 +481,26 @@ async def test_a_publisher_killed_midway_and_started_again_stores_each_event_onc
     assert [m.headers and m.headers["Nats-Msg-Id"] for m in received] == [
         e.msg_id for e in expected
     ]
+
+
+async def test_an_undeliverable_event_settles_after_the_events_offered_before_it(
+    proxied: NatsConfig, proxy: TcpProxy, start: Start
+):
+    delivery = await start(proxied)
+    first, waiting, huge, after = events(4)
+    huge = dataclasses.replace(huge, document={"blob": "x" * 2_000_000})
+    delivery.offer(first)
+    await wait_until(lambda: delivery.published == 1)  # connected: max payload known
+    with proxy.down():
+        for event in (waiting, huge, after):
+            assert delivery.offer(event)
+        await wait_until(lambda: breaker_of(delivery) is Breaker.OPEN, timeout=10)
+        # `waiting` is in flight, unacknowledged: the checkpoint must stay below it, even
+        # though the event behind it cannot go (dropped once `waiting` is acknowledged).
+        assert delivery.unsettled_since("orders") == waiting.position
+        assert delivery.settled == 1 and not delivery.dropped
+    await wait_until(lambda: delivery.published == 3, timeout=20)
+    assert delivery.dropped == {DropReason.TOO_LARGE: 1} and delivery.settled == 4
+    assert delivery.unsettled_since("orders") is None
+    await delivery.stop(timeout=5)
+    assert stored_keys(await Stream(proxied).messages()) == [first.key, waiting.key, after.key]

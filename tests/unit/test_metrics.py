@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -147,6 +148,18 @@ def test_a_histogram_counts_cumulatively_up_to_inf():
     snapshot = histogram.snapshot()
     assert snapshot.buckets == [(0.1, 2), (1.0, 3), (float("inf"), 4)]
     assert snapshot.count == 4 and snapshot.sum == 3.65
+
+
+def test_a_histogram_adds_another_processes_counts_of_the_same_buckets():
+    theirs, ours = Histogram([0.1, 1.0]), Histogram([0.1, 1.0])
+    for seconds in (0.05, 3.0):
+        theirs.observe(seconds)
+    ours.observe(0.5)
+    ours.add(*theirs.counts())
+    assert ours.snapshot().buckets == [(0.1, 1), (1.0, 2), (float("inf"), 3)]
+    assert ours.snapshot().sum == 3.55
+    with pytest.raises(ValueError, match="2 bucket counts for 3 buckets"):
+        ours.add([1, 2], 1.0)
 
 
 def idle_pipeline(name: str = "orders") -> tuple[Pipeline, InMemorySource, InMemoryStore]:
