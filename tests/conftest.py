@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -15,6 +17,7 @@ from osmem_server import OsmemServer
 
 from syncer.models import Subscription
 from tests.support.httpfaults import FaultProxy
+from tests.support.jetstream import Stream, make_config
 from tests.support.tcpproxy import TcpProxy
 
 ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -154,3 +157,19 @@ def make_subscription(transactional_db: None, source_dsn: str) -> Callable[..., 
         return sub
 
     return make
+
+
+@pytest.fixture
+def nats_stream(settings: Any) -> Iterator[Stream]:
+    """The worker's NATS settings: the real server, a stream and prefix of this test's own
+    (deleted at the end)."""
+    config = make_config(f"t{uuid.uuid4().hex[:12]}")
+    settings.LIVE_NATS_URL = config.url
+    settings.LIVE_NATS_STREAM = config.stream
+    settings.LIVE_NATS_SUBJECT_PREFIX = config.subject_prefix
+    settings.LIVE_NATS_MAX_AGE_SECONDS = config.max_age
+    settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = config.duplicate_window
+    settings.LIVE_CHECKPOINT_HOLD_SECONDS = config.duplicate_window / 2  # must be below it
+    stream = Stream(config)
+    yield stream
+    asyncio.run(stream.delete())

@@ -27,8 +27,8 @@ from syncer.models import LiveSubscription, Subscription
 from syncer.operations import live_subscriptions as ops
 from syncer.worker import metrics
 from tests.integration.test_live_publisher import Listener, layer_config
-from tests.integration.test_nats_delivery import NATS_HOST, NATS_PORT, Stream, make_config
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
+from tests.support.jetstream import NATS_HOST, NATS_PORT, Stream
 from tests.support.process import WorkerProcess, free_port, worker_env
 from tests.support.tcpproxy import TcpProxy
 from tests.support.users import operator
@@ -36,21 +36,6 @@ from tests.support.users import operator
 PICKUP = 5.0
 """Seconds a registration may take to reach the worker: the refresh runs every control
 interval (1 s); loose for a busy machine."""
-
-
-@pytest.fixture
-def stream(settings: Any) -> Iterator[Stream]:
-    """The worker's NATS settings: the real server, a stream and prefix of this test's own."""
-    config = make_config(f"t{uuid.uuid4().hex[:12]}")
-    settings.LIVE_NATS_URL = config.url
-    settings.LIVE_NATS_STREAM = config.stream
-    settings.LIVE_NATS_SUBJECT_PREFIX = config.subject_prefix
-    settings.LIVE_NATS_MAX_AGE_SECONDS = config.max_age
-    settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = config.duplicate_window
-    settings.LIVE_CHECKPOINT_HOLD_SECONDS = config.duplicate_window / 2  # must be below it
-    stream = Stream(config)
-    yield stream
-    asyncio.run(stream.delete())
 
 
 @pytest.fixture
@@ -87,14 +72,14 @@ def sample(worker: WorkerThread, name: str, **labels: str) -> float:
 
 
 def test_matching_changes_reach_jetstream_once_in_order_and_nothing_else(
-    orders: Subscription, source_conn: Any, table_name: str, stream: Stream
+    orders: Subscription, source_conn: Any, table_name: str, nats_stream: Stream
 ) -> None:
     owner = operator()
     eu = register(owner, "gw-a", 'doc.region == "eu"')
     big_us = register(owner, "gw-b", 'doc.region == "us" && doc.total > 100')
     # Unpinned: evaluated on every change; `null > 1000` is an evaluation error.
     large = register(owner, "gw-c", "doc.total > 1000")
-    prefix = stream.config.subject_prefix
+    prefix = nats_stream.config.subject_prefix
     with WorkerThread([orders]) as worker:
         wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
         assert worker.runner.matching is not None
@@ -105,13 +90,13 @@ def test_matching_changes_reach_jetstream_once_in_order_and_nothing_else(
             " (3, 'us', 500, 'new')"
         )
         # One batch holds one change per document: the update waits for the insert's event.
-        wait_received(stream, 2, "the inserts' events")
+        wait_received(nats_stream, 2, "the inserts' events")
         source_conn.execute(f"UPDATE {table_name} SET total = 20 WHERE id = 1")
         source_conn.execute(f"INSERT INTO {table_name} VALUES (4, 'ap', NULL, 'new')")
-        wait_received(stream, 3, "the update's event")
+        wait_received(nats_stream, 3, "the update's event")
         wait_for(lambda: worker.runner.matching.matched >= 5, what="every change matched")  # type: ignore[union-attr]
         time.sleep(0.5)  # nothing else arrives
-        got = received(stream)
+        got = received(nats_stream)
         assert [(subject, body["key"], body["document"]["total"]) for subject, body, _ in got] == [
             (f"{prefix}.gw-a.{eu}", "1", 10),
             (f"{prefix}.gw-b.{big_us}", "3", 500),
@@ -161,9 +146,9 @@ def test_matching_changes_reach_jetstream_once_in_order_and_nothing_else(
             f"INSERT INTO {table_name} VALUES (5, 'eu', 1, 'x'), (6, 'us', 900, 'x'),"
             " (7, 'sa', 2, 'x')"
         )
-        got = wait_received(stream, 4, "the new live subscription's event")
+        got = wait_received(nats_stream, 4, "the new live subscription's event")
         time.sleep(0.5)
-        got = received(stream)
+        got = received(nats_stream)
         assert [(s, b["key"]) for s, b, _ in got[3:]] == [(f"{prefix}.gw-d.{ap}", "7")]
     assert worker.result is True
 
@@ -171,7 +156,7 @@ def test_matching_changes_reach_jetstream_once_in_order_and_nothing_else(
     with WorkerThread([orders]) as again:
         wait_for(lambda: status_of("orders").status == "caught_up", what="caught up again")
         source_conn.execute(f"INSERT INTO {table_name} VALUES (8, 'ap', 3, 'x')")
-        got = wait_received(stream, 5, "delivered after the restart")
+        got = wait_received(nats_stream, 5, "delivered after the restart")
         assert [(s, b["key"]) for s, b, _ in got[4:]] == [(f"{prefix}.gw-d.{ap}", "8")]
         assert len({msg_id for _, _, msg_id in got}) == len(got), "no Nats-Msg-Id twice"
         assert again.runner.matching is not None
@@ -262,7 +247,7 @@ def test_kill_9_while_nats_holds_events_then_restart_delivers_each_change_once(
     orders: Subscription,
     source_conn: Any,
     table_name: str,
-    stream: Stream,
+    nats_stream: Stream,
     nats_proxy: TcpProxy,
     opensearch_url: str,
     search: Any,
@@ -270,7 +255,7 @@ def test_kill_9_while_nats_holds_events_then_restart_delivers_each_change_once(
 ) -> None:
     owner = operator()
     eu = register(owner, "gw-k", 'doc.region == "eu"')
-    config = stream.config
+    config = nats_stream.config
     env = {
         **worker_env(),
         "LIVE_NATS_URL": f"nats://{nats_proxy.host}:{nats_proxy.port}",
@@ -296,7 +281,7 @@ def test_kill_9_while_nats_holds_events_then_restart_delivers_each_change_once(
     try:
         wait_for(lambda: status_of("orders").status == "caught_up", what="caught up")
         write(range(0, 10))
-        wait_for(lambda: asyncio.run(stream.count()) >= 10, timeout=20, what="delivered")
+        wait_for(lambda: asyncio.run(nats_stream.count()) >= 10, timeout=20, what="delivered")
         with nats_proxy.down():
             write(range(10, 30))  # matched and buffered, never acknowledged by JetStream
             wait_for(lambda: len(index_docs(search, "orders")) == 30, what="all indexed")
@@ -312,12 +297,12 @@ def test_kill_9_while_nats_holds_events_then_restart_delivers_each_change_once(
             assert held is not None and held < first_buffered
             worker.kill()  # its NATS buffer is gone with it
             write(range(30, 40))  # while no worker runs
-        assert asyncio.run(stream.count()) == 10, "nothing got through the proxy"
+        assert asyncio.run(nats_stream.count()) == 10, "nothing got through the proxy"
         worker, port = start()
         write(range(40, 50))
         keys = {str(k) for k in range(50)}
         deadline = time.monotonic() + 60
-        while missing := keys - {b["key"] for _, b, _ in received(stream)}:
+        while missing := keys - {b["key"] for _, b, _ in received(nats_stream)}:
             assert time.monotonic() < deadline, (
                 f"not delivered after the kill: {sorted(missing, key=int)}; {worker.output()}"
             )
@@ -325,7 +310,7 @@ def test_kill_9_while_nats_holds_events_then_restart_delivers_each_change_once(
         time.sleep(1)  # nothing more arrives
     finally:
         assert worker.terminate() == 0
-    got = received(stream)
+    got = received(nats_stream)
     assert {s for s, _, _ in got} == {f"{config.subject_prefix}.gw-k.{eu}"}
     assert sorted(int(b["key"]) for _, b, _ in got) == list(range(50)), "each key exactly once"
     changes = [(b["key"], b["position"]) for _, b, _ in got]
@@ -340,7 +325,7 @@ def test_a_nats_outage_holds_the_checkpoint_and_it_catches_up_after_delivery(
     orders: Subscription,
     source_conn: Any,
     table_name: str,
-    stream: Stream,
+    nats_stream: Stream,
     nats_proxy: TcpProxy,
     search: Any,
     settings: Any,
@@ -360,7 +345,7 @@ def test_a_nats_outage_holds_the_checkpoint_and_it_catches_up_after_delivery(
         matching = worker.runner.matching
         assert matching is not None and matching.nats is not None
         write(range(0, 5))
-        wait_for(lambda: asyncio.run(stream.count()) >= 5, timeout=20, what="delivered")
+        wait_for(lambda: asyncio.run(nats_stream.count()) >= 5, timeout=20, what="delivered")
         delivered = search.get(index="orders", id="4")["_version"]
         wait_for(lambda: (checkpoint_of("orders") or 0) >= delivered, what="checkpoint moved")
         before = checkpoint_of("orders")
@@ -375,7 +360,7 @@ def test_a_nats_outage_holds_the_checkpoint_and_it_catches_up_after_delivery(
             assert held is not None and before is not None
             assert before <= held < first_buffered, "held below the first unacknowledged event"
             assert worker.runner.pipelines["orders"].stats.checkpoint == held
-        got = wait_received(stream, 25, "delivered after the outage")
+        got = wait_received(nats_stream, 25, "delivered after the outage")
         assert sorted(int(b["key"]) for _, b, _ in got) == list(range(25)), "each key once"
         last = search.get(index="orders", id="109")["_version"]
         # No new change arrives: the periodic re-check moves the checkpoint on.
@@ -391,7 +376,7 @@ def test_past_the_hold_bound_the_checkpoint_moves_on_counted_and_events_still_ar
     orders: Subscription,
     source_conn: Any,
     table_name: str,
-    stream: Stream,
+    nats_stream: Stream,
     nats_proxy: TcpProxy,
     search: Any,
     settings: Any,
@@ -408,7 +393,7 @@ def test_past_the_hold_bound_the_checkpoint_moves_on_counted_and_events_still_ar
         assert matching is not None and matching.nats is not None
         assert matching._changes.maxsize == 1234 and matching.send_timeout == 0.7
         source_conn.execute(f"INSERT INTO {table_name} VALUES (0, 'eu', 0, 'x')")
-        wait_for(lambda: asyncio.run(stream.count()) == 1, timeout=20, what="delivered")
+        wait_for(lambda: asyncio.run(nats_stream.count()) == 1, timeout=20, what="delivered")
         expired = "searchsync_checkpoint_hold_expired_total"
         with nats_proxy.down():
             source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 'eu', 1, 'x')")
@@ -425,7 +410,7 @@ def test_past_the_hold_bound_the_checkpoint_moves_on_counted_and_events_still_ar
             assert sample(worker, expired, subscription="orders") == 1
             changes = "searchsync_checkpoint_hold_expired_changes_total"
             assert sample(worker, changes, subscription="orders") == 1
-        got = wait_received(stream, 2, "delivered once NATS is back")
+        got = wait_received(nats_stream, 2, "delivered once NATS is back")
         assert [b["key"] for _, b, _ in got] == ["0", "1"]
         assert sample(worker, expired, subscription="orders") == 1
     assert worker.result is True

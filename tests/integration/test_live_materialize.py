@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +17,9 @@ from opensearchpy import OpenSearch
 from syncer.models import Subscription
 from syncer.operations import live_subscriptions as ops
 from syncer.operations import source_fields
-from tests.integration.test_nats_delivery import Stream, make_config
 from tests.support.factories import subscription
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
+from tests.support.jetstream import Stream
 from tests.support.materialize_double import MaterializeDouble
 from tests.support.users import operator, token_client
 
@@ -35,19 +34,6 @@ def mz() -> Iterator[MaterializeDouble]:
     with MaterializeDouble(VIEW, COLUMNS) as double:
         yield double
     source_fields.forget()
-
-
-@pytest.fixture
-def nats_stream(settings: Any) -> Iterator[Stream]:
-    config = make_config(f"t{uuid.uuid4().hex[:12]}")
-    settings.LIVE_NATS_URL = config.url
-    settings.LIVE_NATS_STREAM = config.stream
-    settings.LIVE_NATS_SUBJECT_PREFIX = config.subject_prefix
-    settings.LIVE_NATS_MAX_AGE_SECONDS = config.max_age
-    settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = config.duplicate_window
-    stream = Stream(config)
-    yield stream
-    asyncio.run(stream.delete())
 
 
 def post(client: Any, subscription_name: str, text: str) -> Any:

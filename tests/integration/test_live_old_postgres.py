@@ -8,31 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 from opensearchpy import OpenSearch
 
 from syncer.models import Subscription
 from syncer.operations import live_subscriptions as ops
-from tests.integration.test_nats_delivery import Stream, make_config
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
+from tests.support.jetstream import Stream
 from tests.support.users import operator
-
-
-@pytest.fixture
-def nats_stream(settings: Any) -> Iterator[Stream]:
-    config = make_config(f"t{uuid.uuid4().hex[:12]}")
-    settings.LIVE_NATS_URL = config.url
-    settings.LIVE_NATS_STREAM = config.stream
-    settings.LIVE_NATS_SUBJECT_PREFIX = config.subject_prefix
-    settings.LIVE_NATS_MAX_AGE_SECONDS = config.max_age
-    settings.LIVE_NATS_DUPLICATE_WINDOW_SECONDS = config.duplicate_window
-    stream = Stream(config)
-    yield stream
-    asyncio.run(stream.delete())
 
 
 def events(stream: Stream, count: int, what: str) -> list[tuple[str, dict[str, Any]]]:
