@@ -3,6 +3,8 @@ force would match is ever missed (the property test at the end)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -149,8 +151,10 @@ def test_the_range_index_finds_the_bounds_a_number_meets_and_only_numbers() -> N
     assert found(-2.5) == {"lt-2", "le1.5"}
     assert found(2**70) == {"gt5", "ge5.0", "gt-1"}
     assert found(float("inf")) == {"gt5", "ge5.0", "gt-1"}
-    for no_number in (float("nan"), "abc", None, True, [5], {"x": 5}):
+    for no_number in (float("nan"), "abc", None, True, [5], {"x": 5}, dt.datetime.now(dt.UTC)):
         assert found(no_number) == set(), no_number
+    # a type the index does not order, which the engine compares: every bound, CEL decides
+    assert found(decimal.Decimal("-9")) == {"gt5", "ge5.0", "lt-2", "le1.5", "gt-1"}
     assert {id for ids in index.hits(change({"status": "x"})) for id in ids} == set()
     index.remove("gt5")
     index.remove("lt-2")
@@ -171,6 +175,9 @@ def test_a_filter_with_only_a_range_is_indexed_and_not_unpinned() -> None:
     result = matcher.match(change({"tenant": 3, "total": "7"}))
     assert result.ids == ["small"] and result.candidates == 1
     assert matcher.match(change({"tenant": 3})).candidates == 0  # no total: no candidate
+    held = {"tenant": 3, "total": decimal.Decimal("600"), "status": "y"}
+    result = matcher.match(activation(held, None, "upsert", "k", 1))
+    assert result.ids == ["big"] and result.candidates == 2  # a Decimal: CEL decides
 
     baseline: Matcher[str] = Matcher(index_ranges=False)
     baseline.add("big", compile_filter('doc.total > 500 && doc.status != "x"'))

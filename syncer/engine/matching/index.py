@@ -21,11 +21,12 @@ are left to the engine.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import math
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from syncer.engine.matching.activation import Activation
+from syncer.engine.matching.activation import MISSING, Activation
 from syncer.engine.matching.analysis import Path, Pin, RangePin
 
 K = TypeVar("K", bound=Hashable)
@@ -215,7 +216,8 @@ class RangeIndex(Generic[K]):
     the index holds true too, and an equal value only costs an evaluation. A value that
     is no number (a string, null, a bool, a list, a map, a timestamp, a missing field)
     or a NaN meets no bound: the engine has no ordering of them with a number and fails
-    the conjunct, so the filter cannot hold.
+    the conjunct, so the filter cannot hold. A value of any other type (a Decimal, which
+    the engine does compare) meets every bound, and CEL decides.
     """
 
     def __init__(self) -> None:
@@ -259,14 +261,24 @@ class RangeIndex(Generic[K]):
         (a superset of those whose range conjunct holds)."""
         for (path, upper), bounds in self._sides.items():
             value = activation.lookup(path)
-            if type(value) not in (int, float):  # bool is an int to Python, not to CEL
+            kind = type(value)
+            if kind is int or kind is float:  # not bool: an int to Python, not to CEL
+                number = _double(value)
+                if number != number:  # NaN
+                    continue
+                found = bounds.at_most(-number if upper else number)
+            elif kind in _NO_NUMBERS:
                 continue
-            number = _double(value)
-            if number != number:  # NaN
-                continue
-            found = bounds.at_most(-number if upper else number)
+            else:  # a type the index does not order (the engine reads a Decimal): CEL decides
+                found = bounds.ids[:]
             if found:
                 yield found
+
+
+_NO_NUMBERS = frozenset(
+    {str, bytes, bool, type(None), list, tuple, dict, dt.datetime, dt.date, type(MISSING)}
+)
+"""The types of values the engine never orders with a number (no such overload)."""
 
 
 class _Bounds(Generic[K]):
