@@ -1,7 +1,8 @@
 """Matching alone: 100,000 live subscriptions on one sync subscription, on one core.
 
     .venv/bin/python bench/matching.py [--subscriptions 100000] [--changes 100000]
-        [--unpinned-changes 20000] [--seed 14] [--json artifacts/bench/matching.json]
+        [--unpinned-changes 20000] [--ranges 5000] [--range-changes 5000]
+        [--only all|ranges] [--seed 14] [--json artifacts/bench/matching.json]
 
 No server: the engine's `Matcher` in this process, as `runsyncer` holds it.
 
@@ -20,6 +21,13 @@ No server: the engine's `Matcher` in this process, as `runsyncer` holds it.
     worst case); the cost of one unpinned live subscription per change is the slope
     between 0 and 1,000, and the quota the number that keeps the worst case at 2,000
     changes/s or more (the round at the default quota shows it does).
+(d) Ranges. The filters of (a) plus `--ranges` live subscriptions whose only selective
+    conjunct bounds the total (`doc.total > X`, `doc.total >= X && doc.status !=
+    "draft"`, distinct texts), the bounds drawn over the totals' whole range, then in
+    their top tenth; each matched by a `Matcher(index_ranges=False)` (the range filters
+    unpinned, as before the range index) and by the default one (indexed), twice
+    alternated on the same changes, the better round of each reported. Ids are UUIDs,
+    as the worker's.
 (c) Engines. Compile and evaluate per call of common-expression-language (`cel`,
     the engine used) and cel-expr-python (Google's cel-cpp) on the same filters and
     documents (without timestamps: cel-expr-python takes no datetime in a map).
@@ -37,6 +45,7 @@ import random
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,8 +109,8 @@ def pinned_filter(rng: random.Random) -> str:
 def unpinned_filter(rng: random.Random, number: int) -> str:
     """Distinct texts (the number is in each), so no two share a compiled program."""
     shapes = [
-        f"doc.total > {number}.5",
-        f'doc.status != "draft" && doc.total < {number}',
+        f"!(doc.total <= {number}.5)",  # negated: a top-level `>` would be indexed
+        f'doc.status != "draft" && !(doc.total >= {number})',
         f'doc.meta.region.startsWith("e") && doc.id % 1000 == {number % 1000}',
         f"has(doc.meta.vip) || doc.user_id < {number}",
     ]
@@ -134,7 +143,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run_changes(matcher: Matcher[int], docs: list[dict[str, Any]]) -> dict[str, float]:
+def run_changes(matcher: Matcher[Any], docs: list[dict[str, Any]]) -> dict[str, float]:
     """Activation and match per change, timed one by one."""
     timings: list[float] = []
     candidates = matched = errors = 0
@@ -193,6 +202,7 @@ def unpinned(matcher: Matcher[int], args: argparse.Namespace) -> dict[str, Any]:
         while added < total:
             matcher.add(10_000_000 + added, compile_filter(unpinned_filter(rng, added), FIELDS))
             added += 1
+        assert matcher.unpinned == total, "every filter of (b) is unpinned"
         rounds[total] = run_changes(matcher, docs)
     base, most = rounds[0]["mean_ms"], rounds[1_000]["mean_ms"]
     per_unpinned_us = (most - base) / 1_000 * 1e3
@@ -203,6 +213,55 @@ def unpinned(matcher: Matcher[int], args: argparse.Namespace) -> dict[str, Any]:
         "cost_per_unpinned_per_change_us": per_unpinned_us,
         "quota_for_target": int(budget_us / per_unpinned_us),
     }
+
+
+def range_filter(rng: random.Random, spread: str) -> str:
+    """A filter whose only selective conjunct bounds the total (distinct texts). Totals
+    are uniform in [0, 1000): `uniform` bounds too (a change meets half of them),
+    `high` bounds in the top tenth (an alert on large orders: one in twenty met)."""
+    low = 0 if spread == "uniform" else 90_000
+    cents = rng.randrange(low, 100_000)
+    bound = f"{cents // 100}.{cents % 100:02d}"
+    if rng.random() < 0.5:
+        return f"doc.total > {bound}"
+    return f'doc.total >= {bound} && doc.status != "draft"'
+
+
+def ranges(args: argparse.Namespace) -> dict[str, Any]:
+    """(d) The pinned filters of (a) plus `--ranges` filters with only a range conjunct,
+    matched by a matcher that indexes the ranges and by one that leaves them unpinned
+    (as before the range index), on the same changes, alternated."""
+    rng = random.Random(args.seed)
+    texts = [pinned_filter(rng) for _ in range(args.subscriptions)]
+    pinned = [compile_filter(text, FIELDS) for text in texts]
+    rng = random.Random(args.seed + 3)
+    docs = [document(rng, number) for number in range(args.range_changes)]
+    results: dict[str, Any] = {"ranges": args.ranges, "changes_per_round": args.range_changes}
+    for spread in ("uniform", "high"):
+        extra = [compile_filter(range_filter(rng, spread), FIELDS) for _ in range(args.ranges)]
+        # UUIDs, as the worker's: ints in allocation order would let the unindexed
+        # matcher walk the compiled programs in memory order (30% faster per evaluation
+        # here), which the worker's set of UUIDs does not
+        ids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(len(pinned) + len(extra))]
+        matchers: dict[str, Matcher[uuid.UUID]] = {}
+        for name, indexed in (("unindexed", False), ("indexed", True)):
+            matcher: Matcher[uuid.UUID] = Matcher(index_ranges=indexed)
+            for live_id, filter in zip(ids, [*pinned, *extra], strict=True):
+                matcher.add(live_id, filter)
+            assert matcher.unpinned == (0 if indexed else args.ranges)
+            matchers[name] = matcher
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in matchers}
+        for _ in range(2):
+            for name, matcher in matchers.items():
+                rounds[name].append(run_changes(matcher, docs))
+        verdicts = {runs[0]["matches_per_change"] for runs in rounds.values()}
+        assert len(verdicts) == 1, "both matchers find the same live subscriptions"
+        results[spread] = {
+            name: max(runs, key=lambda figures: figures["changes_per_s"])
+            for name, runs in rounds.items()
+        }
+        results[spread]["all_rounds"] = rounds
+    return results
 
 
 def engines(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,17 +327,30 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--unpinned-changes", type=int, default=20_000)
+    parser.add_argument("--ranges", type=int, default=5_000)
+    parser.add_argument("--range-changes", type=int, default=5_000)
+    parser.add_argument("--only", choices=["all", "ranges"], default="all")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--json", type=Path, default=ROOT / "artifacts" / "bench" / "matching.json")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    if args.only == "ranges":
+        results["ranges"] = ranges(args)
+        print(json.dumps({"ranges": results["ranges"]}, indent=2), flush=True)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"raw figures: {args.json}")
+        return
     results["engines"] = engines(args)
     print(json.dumps({"engines": results["engines"]}, indent=2), flush=True)
     matcher, results["pinned"] = pinned(args)
     print(json.dumps({"pinned": results["pinned"]}, indent=2), flush=True)
     results["unpinned"] = unpinned(matcher, args)
     print(json.dumps({"unpinned": results["unpinned"]}, indent=2), flush=True)
+    del matcher
+    results["ranges"] = ranges(args)
+    print(json.dumps({"ranges": results["ranges"]}, indent=2), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"raw figures: {args.json}")

@@ -254,7 +254,8 @@ class LiveSubscriptionSettings:
     total: int
     """Active live subscriptions all owners together may have."""
     unpinned_per_subscription: int
-    """Active live subscriptions of one subscription whose filter pins no value."""
+    """Active live subscriptions of one subscription whose filter pins no value and
+    bounds no number (`doc.total > 500` at the top level is indexed: not counted)."""
     expire_interval: float
     """Seconds between two runs of each worker's expiry loop (idempotent on every worker)."""
 

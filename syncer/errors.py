@@ -306,7 +306,7 @@ class QuotaExceeded(OperatorError):
     """Registering would take the live subscriptions past a quota; nothing was registered.
 
     `scope` is `owner` (LIVE_SUBSCRIPTIONS_PER_OWNER), `global` (LIVE_SUBSCRIPTIONS_MAX) or
-    `unpinned` (of one subscription, the filters that pin no value:
+    `unpinned` (of one subscription, the filters that pin no value nor bound a number:
     LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION); `active` counts the unexpired ones
     before this request, `requested` what it asked for.
     """
@@ -333,7 +333,8 @@ class QuotaExceeded(OperatorError):
                 f"{active:,} live subscriptions whose filter pins no value, and may have at "
                 f"most {limit:,} ({setting}), so {requested:,} more cannot be registered; "
                 'pin a value at the top level of the filter (doc.tenant == "acme" && ..., '
-                "or doc.id in [...]) so that only the changes carrying it are compared"
+                "or doc.id in [...]) or bound a number there (doc.total > 500 && ...) so "
+                "that only the changes carrying it are compared"
             )
             return
         who = "this owner has" if scope == "owner" else "all owners together have"

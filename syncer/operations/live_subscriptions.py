@@ -268,7 +268,7 @@ def _problems(
     compiled, found = checked_filter(registration.filter, fields)
     for position, message in found:
         problem("filter", message, position)
-    return problems, compiled is not None and bool(compiled.pins)
+    return problems, compiled is not None and bool(compiled.pins or compiled.ranges)
 
 
 def checked_filter(

@@ -267,7 +267,8 @@ async def test_registered_over_the_socket_it_is_a_websocket_live_subscription(
     socket = await sockets(authorization(token))
     await ready(socket)
     answer = await ask(
-        socket, {"type": "register", "subscriptions": [entry(), entry("gw-2", "doc.total > 1")]}
+        socket,
+        {"type": "register", "subscriptions": [entry(), entry("gw-2", "!(doc.total > 1)")]},
     )
     assert answer["type"] == "registered"
     first, second = answer["items"]

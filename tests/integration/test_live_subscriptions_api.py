@@ -399,7 +399,7 @@ def test_filters_that_pin_no_value_have_a_smaller_quota_per_subscription(
         {
             "subscriptions": [
                 one(filter='doc.tenant in ["a", "b"]'),  # pinned: not counted
-                one(filter="doc.total > 20"),
+                one(filter="!(doc.total > 20)"),
                 one(filter='has(doc.vip) || doc.region == "eu"'),
             ]
         },
@@ -423,8 +423,11 @@ def test_filters_that_pin_no_value_have_a_smaller_quota_per_subscription(
         post(gateway, {"subscriptions": [one(filter="doc.id in [1, 2]")] * 50}).status_code == 201
     )
     assert post(gateway, one(subscription="customers", filter="true")).status_code == 201
-    assert post(gateway, one(filter="doc.total > 20")).status_code == 201
-    assert post(gateway, one(filter="doc.total > 30")).status_code == 429
+    assert post(gateway, one(filter="!(doc.total > 20)")).status_code == 201
+    assert post(gateway, one(filter="!(doc.total > 30)")).status_code == 429
+    # A filter bounding a number at the top level is indexed by it: not counted.
+    ranged = post(gateway, one(filter='doc.total > 30 && doc.region != "eu"'))
+    assert ranged.status_code == 201 and ranged.json()["pinned"] is True
 
 
 @pytest.mark.django_db(transaction=True)

@@ -17,6 +17,7 @@ from syncer.engine.matching import (
     FilterError,
     FilterProblem,
     Pin,
+    RangePin,
     activation,
     analysis,
     compile_filter,
@@ -237,6 +238,36 @@ def test_pinned_conjuncts_are_the_top_level_equalities_and_ins(text: str, pins: 
     assert list(compile_filter(text).pins) == pins
 
 
+@pytest.mark.parametrize(
+    ("text", "ranges"),
+    [
+        ("doc.total > 500", [RangePin(("doc", "total"), ">", 500)]),
+        ("doc.total >= -2.5", [RangePin(("doc", "total"), ">=", -2.5)]),
+        ("500 < doc.total", [RangePin(("doc", "total"), ">", 500)]),  # read path-first
+        ("1.5 >= doc.meta.x", [RangePin(("doc", "meta", "x"), "<=", 1.5)]),
+        ("position < 10u", [RangePin(("position",), "<", 10)]),
+        ("doc.total > 1e3", [RangePin(("doc", "total"), ">", 1000.0)]),
+        (
+            'doc.total > 5 && doc.status != "x" && doc.total <= 9',
+            [RangePin(("doc", "total"), ">", 5), RangePin(("doc", "total"), "<=", 9)],
+        ),
+        ("doc.tenant == 7 && doc.total > 3", [RangePin(("doc", "total"), ">", 3)]),
+        ("doc.total > 5 || doc.vip", []),  # not a top-level conjunct
+        ("!(doc.total > 5)", []),
+        ('doc.status > "m"', []),  # strings: not indexed
+        ("doc.total > doc.limit", []),
+        ('doc.at > timestamp("2026-01-01T00:00:00Z")', []),  # timestamps: not indexed
+        ("doc.total + 1 > 5", []),
+        ("doc.total > -(5)", []),
+        ("doc.total != 5", []),
+    ],
+)
+def test_range_conjuncts_are_the_top_level_comparisons_with_a_number(
+    text: str, ranges: list[RangePin]
+) -> None:
+    assert list(compile_filter(text).ranges) == ranges
+
+
 # -- evaluation ---------------------------------------------------------------------------
 
 DOC: dict[str, Any] = {
@@ -408,6 +439,8 @@ def test_a_filter_with_problems_is_analysed_with_the_nodes_positions(text: str) 
         "doc.a == 5 && '7' == doc.b",
         'doc.s == r"5" && doc.n == 5',
         'doc.region == "eu-7" && doc.total > 5',
+        "doc.total > 5 && doc.b <= -7 && 12 < doc.c && doc.d >= 2.5",
+        "-3 >= doc.total && doc.total < 1000000000000000000",
         'doc.region in ["eu", "us", ""] || doc.region == "x y"',
         '"a" == doc.b && doc.c.startsWith("d") && {"k": 1} == doc.m',
         'doc.a == b"x" && doc.b == "x"',
@@ -443,6 +476,9 @@ def test_a_shape_serves_its_texts_with_their_own_values_and_positions() -> None:
     assert third.pins == (Pin(("doc", "region"), ("eu",)),)
     assert fourth.pins == (Pin(("doc", "region"), ("north-america",)),)
     assert sorted(r.position for r in fourth.reads) == [4, 37]
+    assert first.ranges == (RangePin(("doc", "total"), ">", 1),)
+    assert second.ranges == (RangePin(("doc", "total"), ">", 99),)
+    assert analysis.analyse("-40 < doc.total").ranges == (RangePin(("doc", "total"), ">", -40),)
 
 
 def test_a_literal_the_grammar_allows_and_the_engine_refuses_is_a_filter_error() -> None:

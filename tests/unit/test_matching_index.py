@@ -3,6 +3,8 @@ force would match is ever missed (the property test at the end)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 from syncer.engine.matching import (
     Matcher,
     PinIndex,
+    RangeIndex,
     activation,
     compile_filter,
     exact_key,
@@ -68,7 +71,7 @@ def test_the_matcher_evaluates_candidates_and_unpinned_and_counts_errors() -> No
     matcher: Matcher[str] = Matcher()
     matcher.add("pinned", compile_filter("doc.tenant == 1 && doc.total > 10"))
     matcher.add("other-tenant", compile_filter("doc.tenant == 2"))
-    matcher.add("unpinned", compile_filter("doc.total > 100"))
+    matcher.add("unpinned", compile_filter("doc.total > 100 || doc.tenant == 9"))
     matcher.add("broken", compile_filter("doc.meta.region.startsWith('eu')"))
     assert matcher.unpinned == 2 and len(matcher) == 4
 
@@ -122,6 +125,64 @@ def test_a_numeric_string_finds_a_filter_pinned_on_the_number() -> None:
         result = matcher.match(change({"total": held}))
         assert sorted(result.ids) == ["double", "int", "uint"], held
     assert matcher.match(change({"total": "6.5"})).ids == ["double"]
+
+
+def test_the_range_index_finds_the_bounds_a_number_meets_and_only_numbers() -> None:
+    index: RangeIndex[str] = RangeIndex()
+    for id, text in {
+        "gt5": "doc.total > 5",
+        "ge5.0": "doc.total >= 5.0",
+        "lt-2": "doc.total < -2",
+        "le1.5": "1.5 >= doc.total",  # the literal on the left reads as doc.total <= 1.5
+        "gt-1": "-1 < doc.total && doc.status != 'x'",
+    }.items():
+        assert index.add(id, compile_filter(text).ranges)
+    assert not index.add("none", compile_filter("doc.status != 'x'").ranges)
+    assert len(index) == 5
+
+    def found(total: Any) -> set[str]:
+        return {id for ids in index.hits(change({"total": total})) for id in ids}
+
+    # a strict bound is filed as a non-strict one: an equal value is a candidate
+    assert found(5) == found(5.0) == found("5.000") == {"gt5", "ge5.0", "gt-1"}
+    assert found(4.99) == {"gt-1"}
+    assert found(1.5) == {"le1.5", "gt-1"}
+    assert found(-1) == {"le1.5", "gt-1"}
+    assert found(-2.5) == {"lt-2", "le1.5"}
+    assert found(2**70) == {"gt5", "ge5.0", "gt-1"}
+    assert found(float("inf")) == {"gt5", "ge5.0", "gt-1"}
+    for no_number in (float("nan"), "abc", None, True, [5], {"x": 5}, dt.datetime.now(dt.UTC)):
+        assert found(no_number) == set(), no_number
+    # a type the index does not order, which the engine compares: every bound, CEL decides
+    assert found(decimal.Decimal("-9")) == {"gt5", "ge5.0", "lt-2", "le1.5", "gt-1"}
+    assert {id for ids in index.hits(change({"status": "x"})) for id in ids} == set()
+    index.remove("gt5")
+    index.remove("lt-2")
+    assert found(6) == {"ge5.0", "gt-1"} and found(-3) == {"le1.5"}
+    assert len(index) == 3
+
+
+def test_a_filter_with_only_a_range_is_indexed_and_not_unpinned() -> None:
+    matcher: Matcher[str] = Matcher()
+    matcher.add("big", compile_filter('doc.total > 500 && doc.status != "x"'))
+    matcher.add("small", compile_filter("doc.total <= 10"))
+    matcher.add("tenant", compile_filter("doc.tenant == 1 && doc.total > 500"))
+    assert matcher.unpinned == 0
+    result = matcher.match(change({"tenant": 2, "total": "600.5", "status": "y"}))
+    assert result.ids == ["big"] and result.candidates == 1
+    result = matcher.match(change({"tenant": 1, "total": "600.5", "status": "x"}))
+    assert result.ids == ["tenant"] and result.candidates == 2  # the pin, then "big"
+    result = matcher.match(change({"tenant": 3, "total": "7"}))
+    assert result.ids == ["small"] and result.candidates == 1
+    assert matcher.match(change({"tenant": 3})).candidates == 0  # no total: no candidate
+    held = {"tenant": 3, "total": decimal.Decimal("600"), "status": "y"}
+    result = matcher.match(activation(held, None, "upsert", "k", 1))
+    assert result.ids == ["big"] and result.candidates == 2  # a Decimal: CEL decides
+
+    baseline: Matcher[str] = Matcher(index_ranges=False)
+    baseline.add("big", compile_filter('doc.total > 500 && doc.status != "x"'))
+    assert baseline.unpinned == 1
+    assert baseline.match(change({"tenant": 3})).candidates == 1
 
 
 # -- the property: the index never loses a match -------------------------------------------
@@ -179,6 +240,23 @@ VALUES: list[Any] = [
     [5],
     {"x": 5},
 ]
+BOUNDS = [
+    "0",
+    "0.0",
+    "-0.0",
+    "1.5",
+    "5",
+    "5.0",
+    "5u",
+    "-1",
+    "-2.5",
+    "1e3",
+    "9007199254740992.0",
+    "9007199254740993",
+    "9223372036854775807",
+]
+"""Range conjuncts' literals: int and double, equal to the values below, negative, past
+a double's exact integers."""
 # Literals CEL holds equal or that Python confuses (True == 1), with the values a
 # change may carry for them: an example draws one group, so they meet often.
 CONFUSABLE: list[tuple[list[str], list[Any]]] = [
@@ -187,6 +265,15 @@ CONFUSABLE: list[tuple[list[str], list[Any]]] = [
     (["5", "5.0", "5u", '"5"', "5.5"], [5, 5.0, "5", "5.000", 5.5, "5.5"]),
     (BIG, [2**53 + 1, 2**53, float(2**53), 2**63 + 5, "9007199254740993"]),
     (['"a"', '"k1"', '"upsert"', '"delete"'], ["a", "k1", "upsert", "delete", ["a"], {"x": "a"}]),
+    # values for the range conjuncts: at the bounds, between, past them, not numbers
+    (
+        ["5", "-1"],
+        [5, 5.0, "5", "4.999", -1, -1.0, "-2.5", -2.5, 1000, "1e3", 0, -0.0, "abc", None],
+    ),
+    (
+        ["9007199254740993", "1.5"],
+        [2**53 + 1, 2**63 - 1, 2**63 + 5, -(2**70), float("inf"), float("nan"), "NaN", True],
+    ),
 ]
 
 
@@ -194,7 +281,8 @@ CONFUSABLE: list[tuple[list[str], list[Any]]] = [
 def atoms(draw: st.DrawFn, paths: list[str], literals: list[str]) -> str:
     path = draw(st.sampled_from(paths))
     literal = st.sampled_from(literals)
-    kind = draw(st.sampled_from(["eq", "eq", "in", "or", "range", "ne", "has", "not", "flip"]))
+    kinds = ["eq", "eq", "in", "or", "range", "range", "range_flip", "ne", "has", "not", "flip"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "eq":
         return f"{path} == {draw(literal)}"
     if kind == "flip":
@@ -204,9 +292,10 @@ def atoms(draw: st.DrawFn, paths: list[str], literals: list[str]) -> str:
     if kind == "or":
         equalities = [f"{path} == {lit}" for lit in draw(st.lists(literal, min_size=2, max_size=3))]
         return "(" + " || ".join(equalities) + ")"
-    if kind == "range":
+    if kind in ("range", "range_flip"):
         operator = draw(st.sampled_from(["<", "<=", ">", ">="]))
-        return f"{path} {operator} {draw(st.sampled_from(['0', '1.5', '5']))}"
+        bound = draw(st.sampled_from(BOUNDS))
+        return f"{path} {operator} {bound}" if kind == "range" else f"{bound} {operator} {path}"
     if kind == "ne":
         return f"{path} != {draw(literal)}"
     if kind == "has":

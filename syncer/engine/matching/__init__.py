@@ -12,9 +12,10 @@ from syncer.engine.matching.analysis import (
     MAX_LIST_SIZE,
     MAX_REGEX_LENGTH,
     Pin,
+    RangePin,
 )
 from syncer.engine.matching.filters import Filter, compile_filter
-from syncer.engine.matching.index import PinIndex, exact_key, index_key
+from syncer.engine.matching.index import PinIndex, RangeIndex, exact_key, index_key
 from syncer.engine.matching.matcher import DEFAULT_UNPINNED_QUOTA, Matcher, MatchResult
 from syncer.errors import FilterError, FilterProblem
 
@@ -32,6 +33,8 @@ __all__ = [
     "Matcher",
     "Pin",
     "PinIndex",
+    "RangeIndex",
+    "RangePin",
     "activation",
     "compile_filter",
     "exact_key",

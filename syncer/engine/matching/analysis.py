@@ -1,5 +1,5 @@
 """What a filter's text says, read from its parse tree: the problems that refuse it and
-the conjuncts that pin a value.
+the conjuncts that pin a value or bound a number.
 
 The evaluating engine (`cel`, common-expression-language) exposes no syntax tree, so the
 text is also parsed by cel-python's grammar (`celpy.celparser`, lark, with positions).
@@ -98,6 +98,18 @@ class Pin:
 
 
 @dataclass(frozen=True, slots=True)
+class RangePin:
+    """A top-level conjunct `path > number` (`<`, `<=`, `>=`; or the literal on the left,
+    read here as `path <operator> bound`): the filter can only match a change whose value
+    at `path` is a number on that side of `bound`."""
+
+    path: Path
+    operator: str
+    """One of "<", "<=", ">", ">=", as in `path <operator> bound`."""
+    bound: int | float
+
+
+@dataclass(frozen=True, slots=True)
 class FieldRead:
     """A field read straight off doc or old (`doc.total`: `column` "total"), or one level
     below such a field (`doc.meta.region`: `below` "region"). Kept, rather than the parse
@@ -118,6 +130,8 @@ class Analysis:
     """The top-level conjuncts that pin a value, in the order of the text."""
     pin_only: bool = False
     """The filter is its one pin and nothing else (`doc.tenant == 7`)."""
+    ranges: tuple[RangePin, ...] = ()
+    """The top-level conjuncts that bound a number, in the order of the text."""
 
 
 def analyse(text: str) -> Analysis:
@@ -175,7 +189,10 @@ def _analysis(tree: Tree[Token], found: list[FilterProblem]) -> Analysis:
         return Analysis(_in_order(found), tuple(reads), ())
     conjuncts = _conjuncts(tree)
     pins = tuple(pin for pin in map(_pin, conjuncts) if pin is not None)
-    return Analysis((), tuple(reads), pins, pin_only=len(conjuncts) == len(pins) == 1)
+    ranges = tuple(bound for bound in map(_range, conjuncts) if bound is not None)
+    return Analysis(
+        (), tuple(reads), pins, pin_only=len(conjuncts) == len(pins) == 1, ranges=ranges
+    )
 
 
 # -- one analysis per shape -----------------------------------------------------------------
@@ -264,6 +281,10 @@ def _by_shape(text: str) -> Analysis | None:
         ),
         tuple(Pin(pin.path, tuple(map(value, pin.values))) for pin in shape.pins),
         shape.pin_only,
+        tuple(
+            RangePin(r.path, r.operator, value(r.bound))  # type: ignore[arg-type]
+            for r in shape.ranges
+        ),
     )
 
 
@@ -522,6 +543,36 @@ def _pin(node: Tree[Token]) -> Pin | None:
     if operator.data == "relation_in":
         path, values = _path(left), _list(right)
         return Pin(path, values) if path is not None and values is not None else None
+    return None
+
+
+_RANGE_OPERATORS = {
+    "relation_lt": "<",
+    "relation_le": "<=",
+    "relation_gt": ">",
+    "relation_ge": ">=",
+}
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _range(node: Tree[Token]) -> RangePin | None:
+    """`doc.total > 500` or `500 < doc.total`, with an int or double literal."""
+    if node.data != "relation" or len(node.children) != 2:
+        return None
+    operator, right = node.children
+    assert isinstance(operator, Tree) and isinstance(right, Tree)
+    symbol = _RANGE_OPERATORS.get(str(operator.data))
+    if symbol is None:
+        return None
+    left = operator.children[0]
+    assert isinstance(left, Tree)
+    for path_side, literal_side, reads_as in (
+        (left, right, symbol),
+        (right, left, _FLIPPED[symbol]),
+    ):
+        path, value = _path(path_side), _literal(literal_side)
+        if path is not None and type(value) in (int, float):
+            return RangePin(path, reads_as, value)  # type: ignore[arg-type]
     return None
 
 

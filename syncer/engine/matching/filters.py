@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cel
 
 from syncer.engine.matching.activation import Activation
-from syncer.engine.matching.analysis import Analysis, Pin, analyse, field_problems
+from syncer.engine.matching.analysis import Analysis, Pin, RangePin, analyse, field_problems
 from syncer.errors import FilterError, FilterProblem
 
 PROGRAM_CACHE_SIZE = 65_536
@@ -31,6 +31,8 @@ class Filter:
     pin_only: bool = False
     """The filter is its one pin (`doc.tenant == 7`): the index decides it alone when the
     change's value has a literal's own type and equals it."""
+    ranges: tuple[RangePin, ...] = ()
+    """The top-level conjuncts that bound a number: indexed when no conjunct pins a value."""
 
     def evaluate(self, activation: Activation) -> bool | None:
         """Whether the change matches; None when the filter cannot be evaluated on it (a
@@ -56,7 +58,7 @@ def compile_filter(text: str, fields: Mapping[str, str] | None = None) -> Filter
         found.extend(field_problems(analysis.reads, fields))
     if found:
         raise FilterError(sorted(found, key=lambda p: -1 if p.position is None else p.position))
-    return _compiled(text, analysis.pins, analysis.pin_only)
+    return _compiled(text, analysis.pins, analysis.pin_only, analysis.ranges)
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
@@ -65,10 +67,12 @@ def _analysed(text: str) -> Analysis:
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
-def _compiled(text: str, pins: tuple[Pin, ...], pin_only: bool) -> Filter:
+def _compiled(
+    text: str, pins: tuple[Pin, ...], pin_only: bool, ranges: tuple[RangePin, ...]
+) -> Filter:
     try:
         program = cel.compile(text)
     except ValueError as error:  # what the analysing parser let through, the engine refused
         message = str(error).split("ERROR:")[-1].strip().splitlines()[0]
         raise FilterError([FilterProblem(None, f"the CEL engine refuses it: {message}")]) from None
-    return Filter(text, program, pins, pin_only)
+    return Filter(text, program, pins, pin_only, ranges)

@@ -1,4 +1,5 @@
-"""The matcher's first phase: live subscriptions by the value one of their conjuncts pins.
+"""The matcher's first phase: live subscriptions by the value one of their conjuncts pins
+(`PinIndex`), or, for those that pin none, by the number one bounds (`RangeIndex`).
 
 A filter `doc.tenant == 42 && ...` can only match a change whose `doc.tenant` equals 42,
 so it is filed under (("doc", "tenant"), 42), and a change looks up, for each path any
@@ -19,11 +20,14 @@ are left to the engine.
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
+import math
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from syncer.engine.matching.activation import Activation
-from syncer.engine.matching.analysis import Path, Pin
+from syncer.engine.matching.activation import MISSING, Activation
+from syncer.engine.matching.analysis import Path, Pin, RangePin
 
 K = TypeVar("K", bound=Hashable)
 
@@ -194,3 +198,118 @@ def _discard(table: dict[Path, dict[Any, set[K]]], path: Path, keys: Iterable[An
 def _weak(path: Path) -> int:
     """`op` has two values: pinning it excludes little, so any other pin goes first."""
     return 1 if path == ("op",) else 0
+
+
+class RangeIndex(Generic[K]):
+    """Live subscriptions filed by one range conjunct each (`doc.total > 500`), for the
+    filters that pin no value.
+
+    Per path, two sorted arrays of bounds: lower bounds (`>`, `>=`) and upper bounds
+    (`<`, `<=`, kept negated so that both are read the same way). A change's number
+    at the path meets a prefix of each, found by bisection: O(log n + k).
+
+    Conservative, never finer than CEL: every bound and value is compared as a double,
+    and a strict bound as a non-strict one (`> 5` files under "at least 5.0"). The
+    engine compares int with int exactly and a number with a double by the double
+    (`9007199254740993 > 9007199254740992.0` is false); rounding to the nearest double
+    keeps order (a < b gives double(a) <= double(b)), so whatever the engine holds true
+    the index holds true too, and an equal value only costs an evaluation. A value that
+    is no number (a string, null, a bool, a list, a map, a timestamp, a missing field)
+    or a NaN meets no bound: the engine has no ordering of them with a number and fails
+    the conjunct, so the filter cannot hold. A value of any other type (a Decimal, which
+    the engine does compare) meets every bound, and CEL decides.
+    """
+
+    def __init__(self) -> None:
+        self._sides: dict[tuple[Path, bool], _Bounds[K]] = {}
+        self._filed: dict[K, tuple[tuple[Path, bool], float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._filed)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._filed
+
+    def add(self, id: K, ranges: Iterable[RangePin]) -> bool:
+        """File `id` under its first range conjunct (the text's order: which of two is
+        the more selective depends on the data); False when there is none."""
+        chosen = next(iter(ranges), None)
+        if chosen is None:
+            return False
+        if id in self._filed:
+            self.remove(id)
+        upper = chosen.operator in ("<", "<=")
+        bound = _double(chosen.bound)
+        side = (chosen.path, upper)
+        key = -bound if upper else bound
+        self._sides.setdefault(side, _Bounds()).add(key, id)
+        self._filed[id] = (side, key)
+        return True
+
+    def remove(self, id: K) -> None:
+        filed = self._filed.pop(id, None)
+        if filed is None:
+            return
+        side, key = filed
+        bounds = self._sides[side]
+        bounds.remove(key, id)
+        if not bounds.keys:
+            del self._sides[side]
+
+    def hits(self, activation: Activation) -> Iterator[list[K]]:
+        """For each side of a path whose bounds the change's number meets: their ids
+        (a superset of those whose range conjunct holds)."""
+        for (path, upper), bounds in self._sides.items():
+            value = activation.lookup(path)
+            kind = type(value)
+            if kind is int or kind is float:  # not bool: an int to Python, not to CEL
+                number = _double(value)
+                if number != number:  # NaN
+                    continue
+                found = bounds.at_most(-number if upper else number)
+            elif kind in _NO_NUMBERS:
+                continue
+            else:  # a type the index does not order (the engine reads a Decimal): CEL decides
+                found = bounds.ids[:]
+            if found:
+                yield found
+
+
+_NO_NUMBERS = frozenset(
+    {str, bytes, bool, type(None), list, tuple, dict, dt.datetime, dt.date, type(MISSING)}
+)
+"""The types of values the engine never orders with a number (no such overload)."""
+
+
+class _Bounds(Generic[K]):
+    """Keys in ascending order with their ids, side by side."""
+
+    __slots__ = ("ids", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[float] = []
+        self.ids: list[K] = []
+
+    def add(self, key: float, id: K) -> None:
+        at = bisect.bisect_right(self.keys, key)
+        self.keys.insert(at, key)
+        self.ids.insert(at, id)
+
+    def remove(self, key: float, id: K) -> None:
+        at = bisect.bisect_left(self.keys, key)
+        while self.ids[at] != id:  # among the equal keys
+            at += 1
+        del self.keys[at]
+        del self.ids[at]
+
+    def at_most(self, key: float) -> list[K]:
+        """The ids whose key is at most `key`."""
+        return self.ids[: bisect.bisect_right(self.keys, key)]
+
+
+def _double(number: int | float) -> float:
+    """A number as the nearest double; an int past a double's range as an infinity."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
