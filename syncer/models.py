@@ -463,9 +463,10 @@ class LiveSubscription(models.Model):
     pinned = models.BooleanField(
         default=True,
         editable=False,
-        help_text="Whether the filter pins a value (a top-level `doc.field == literal` or "
-        "`in [...]`): an unpinned one is evaluated on every change, so a subscription may "
-        "hold only a few (LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION).",
+        help_text="Whether the filter is indexed: it pins a value (a top-level "
+        "`doc.field == literal` or `in [...]`) or bounds a number (`doc.field > 5`). An "
+        "unpinned one is evaluated on every change, so a subscription may hold only a few "
+        "(LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION).",
     )
     delivery = models.CharField(max_length=10, choices=Delivery.choices)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
