@@ -202,12 +202,17 @@ def live_subscription_fingerprints(subscription_ids: Sequence[int]) -> dict[int,
     return {sub_id: (count, Decimal(digest)) for sub_id, count, digest in rows}
 
 
-def live_subscription_ids(subscription_id: int) -> set[uuid.UUID]:
-    """The ids of the sync subscription's unexpired live subscriptions."""
+def live_subscription_ids(subscription_id: int) -> set[str]:
+    """The ids of the sync subscription's unexpired live subscriptions, as text, in no
+    order: at 100,000 rows, the model's ordering (a sort) and UUID objects made this
+    five times as long (a refresh reads them whenever one was added or removed)."""
     return set(
         LiveSubscription.objects.filter(
             subscription_id=subscription_id, expires_at__gt=timezone.now()
-        ).values_list("id", flat=True)
+        )
+        .order_by()
+        .annotate(text=Cast("id", TextField()))
+        .values_list("text", flat=True)
     )
 
 
