@@ -230,7 +230,9 @@ def live_subscription_rows_of(
 
 def live_subscription_rows(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LiveSubscriptionRow]:
     """What matching needs of these live subscriptions (those still there)."""
-    rows = LiveSubscription.objects.filter(pk__in=ids).values_list(
-        "id", "filter", "delivery", "gateway_id"
+    rows = (
+        LiveSubscription.objects.filter(pk__in=ids)
+        .order_by()  # a mapping: the model's ordering would only sort
+        .values_list("id", "filter", "delivery", "gateway_id")
     )
     return {live_id: LiveSubscriptionRow(text, d, g) for live_id, text, d, g in rows}
