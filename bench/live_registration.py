@@ -162,8 +162,8 @@ def pickup(
     assert done is not None
     during = [s for s in watcher.samples if started <= s[0] <= done]
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(during)]
-    seen = refreshes(during)
-    times = [seconds for _, seconds in seen]
+    each = refreshes(during)
+    times = [seconds for _, seconds in each]
     cpu = during[-1][3] - during[0][3]
     wall = during[-1][0] - during[0][0]
     return {
@@ -175,7 +175,7 @@ def pickup(
             "p50_ms": round(statistics.median(times) * 1000, 1),
             "p99_ms": round(percentile(sorted(times), 99) * 1000, 1),
             "max_ms": round(max(times) * 1000, 1),
-            "each": [[round(at - started, 1), round(seconds * 1000)] for at, seconds in seen],
+            "each": [[round(at - started, 1), round(seconds * 1000)] for at, seconds in each],
         },
         "metrics_poll_gap_max_ms": round(max(gaps) * 1000, 1),
         "worker_cpu_seconds": round(cpu, 2),
