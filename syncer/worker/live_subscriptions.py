@@ -84,6 +84,8 @@ class _Watched:
     name: str
     matcher: Matcher[uuid.UUID] = field(default_factory=Matcher)
     known: dict[uuid.UUID, _Known] = field(default_factory=dict)
+    ids: set[str] = field(default_factory=set)
+    """known's keys as text, which the diff compares with the ids it reads as text."""
     fields: Mapping[str, str] | None = None
     """Its document fields' source types, once known (numeric compares as a number)."""
     fields_asked_at: float = float("-inf")
@@ -207,10 +209,12 @@ class LiveMatching:
                 await self._add(watched, rows[start : start + _CHUNK], texts)
             return
         ids = await self._in_db(lambda: state.live_subscription_ids(sub_id))
-        for live_id in set(watched.known) - ids:
+        for text in watched.ids - ids:
+            live_id = uuid.UUID(text)
             watched.matcher.remove(live_id)
             del watched.known[live_id]
-        new = list(ids - set(watched.known))
+            watched.ids.discard(text)
+        new = [uuid.UUID(text) for text in ids - watched.ids]
         for start in range(0, len(new), _CHUNK):
             chunk = new[start : start + _CHUNK]
             rows_of = await self._in_db(lambda: state.live_subscription_rows(chunk))  # noqa: B023
@@ -237,6 +241,7 @@ class LiveMatching:
                 continue
             watched.matcher.add(live_id, result)
             watched.known[live_id] = _Known(row.filter, row.delivery, row.gateway_id)
+            watched.ids.add(str(live_id))
 
     async def _ask_fields(self, owned: Mapping[int, str]) -> None:
         """Ask each watched sync subscription's field types, at most once a minute, off

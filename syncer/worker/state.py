@@ -202,12 +202,17 @@ def live_subscription_fingerprints(subscription_ids: Sequence[int]) -> dict[int,
     return {sub_id: (count, Decimal(digest)) for sub_id, count, digest in rows}
 
 
-def live_subscription_ids(subscription_id: int) -> set[uuid.UUID]:
-    """The ids of the sync subscription's unexpired live subscriptions."""
+def live_subscription_ids(subscription_id: int) -> set[str]:
+    """The ids of the sync subscription's unexpired live subscriptions, as text, in no
+    order: at 100,000 rows, the model's ordering (a sort) and UUID objects made this
+    five times as long (a refresh reads them whenever one was added or removed)."""
     return set(
         LiveSubscription.objects.filter(
             subscription_id=subscription_id, expires_at__gt=timezone.now()
-        ).values_list("id", flat=True)
+        )
+        .order_by()
+        .annotate(text=Cast("id", TextField()))
+        .values_list("text", flat=True)
     )
 
 
@@ -225,7 +230,9 @@ def live_subscription_rows_of(
 
 def live_subscription_rows(ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, LiveSubscriptionRow]:
     """What matching needs of these live subscriptions (those still there)."""
-    rows = LiveSubscription.objects.filter(pk__in=ids).values_list(
-        "id", "filter", "delivery", "gateway_id"
+    rows = (
+        LiveSubscription.objects.filter(pk__in=ids)
+        .order_by()  # a mapping: the model's ordering would only sort
+        .values_list("id", "filter", "delivery", "gateway_id")
     )
     return {live_id: LiveSubscriptionRow(text, d, g) for live_id, text, d, g in rows}
