@@ -73,6 +73,20 @@ TARGET_P99 = 0.250
 TARGET_RATIO = 0.95
 
 
+def delete_stream(stream: str) -> None:
+    """Delete the run's JetStream stream (a note, not a failure, if it is not there)."""
+
+    async def delete() -> None:
+        nc = await nats.connect(NATS_URL)
+        try:
+            await nc.jetstream().delete_stream(stream)
+        except Exception as exc:  # never created, or already gone
+            say(f"stream {stream} not deleted: {exc}")
+        await nc.close()
+
+    asyncio.run(delete())
+
+
 def scrape(port: int) -> dict[str, float]:
     """The worker's /metrics: changes per subscription, and the refresh time."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
@@ -408,15 +422,7 @@ class Run:
         if self.server is not None:
             self.server.close()
 
-        async def delete() -> None:
-            nc = await nats.connect(NATS_URL)
-            try:
-                await nc.jetstream().delete_stream(self.stream)
-            except Exception as exc:  # never created, or already gone
-                say(f"stream {self.stream} not deleted: {exc}")
-            await nc.close()
-
-        asyncio.run(delete())
+        delete_stream(self.stream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

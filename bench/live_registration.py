@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.live_e2e import NATS_URL, pid_cpu, wait_until  # noqa: E402
+from bench.live_e2e import NATS_URL, delete_stream, pid_cpu, wait_until  # noqa: E402
 from bench.run import ARTIFACTS, dsn_for, machine_note, percentile, recreate, say  # noqa: E402
 from tests.support.process import WorkerProcess, free_port, start_daphne  # noqa: E402
 
@@ -212,9 +212,6 @@ class Workers:
         return worker, port
 
     def close(self) -> None:
-        import asyncio
-
-        import nats
 
         for worker in self.started:
             try:
@@ -223,15 +220,7 @@ class Workers:
                 worker.kill()
         self.server.close()
 
-        async def delete() -> None:
-            nc = await nats.connect(NATS_URL)
-            try:
-                await nc.jetstream().delete_stream(self.stream)
-            except Exception as exc:  # never created, or already gone
-                say(f"stream {self.stream} not deleted: {exc}")
-            await nc.close()
-
-        asyncio.run(delete())
+        delete_stream(self.stream)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
