@@ -30,6 +30,7 @@ worker and its metrics use of either.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import contextlib
@@ -38,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import nats
 import nats.errors
@@ -91,33 +92,58 @@ class DropReason(enum.StrEnum):
 _NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 
 
-class Delivery(Protocol):
+class Delivery(abc.ABC):
     """A NATS delivery as the worker and its metrics see it: `NatsDelivery` in the worker's
     own event loop, or `syncer.live.nats_process.NatsProcessDelivery`, which runs one in a
-    child process. Counters are plain attributes, read at scrape time."""
+    child process. The counters are plain attributes, read at scrape time."""
 
-    published: int
-    duplicates: int
-    retried: int
-    dropped: Counter[str]
-    outages: int
-    restarts: int
-    breaker: Breaker
-    connected: bool
-    publish_seconds: Histogram
-    delivery_seconds: Histogram
-    buffer_peak: int
+    def __init__(self) -> None:
+        self.published = 0
+        """Events JetStream acknowledged (once each, duplicates included)."""
+        self.duplicates = 0
+        """Of those, events JetStream already held (same Nats-Msg-Id): a retry after a lost
+        acknowledgement, or a replay after a restart. Stored once."""
+        self.retried = 0
+        """Events sent again after a failed or unacknowledged publish."""
+        self.dropped: Counter[str] = Counter()
+        """Events never delivered, by `DropReason`."""
+        self.outages = 0
+        """Times the breaker opened."""
+        self.restarts = 0
+        """Times a publisher process ended without being asked and was started again
+        (always 0 in process)."""
+        self.breaker = Breaker.CLOSED
+        self.connected = False
+        """Whether the client holds a connection to a server right now."""
+        self.publish_seconds = Histogram(PUBLISH_BUCKETS)
+        self.delivery_seconds = Histogram(DELIVERY_BUCKETS)
+        self.buffer_peak = 0
 
     @property
-    def buffered(self) -> int: ...
+    @abc.abstractmethod
+    def buffered(self) -> int:
+        """Events offered and not yet settled (acknowledged or dropped)."""
 
-    def unsettled_since(self, subscription: str) -> int | None: ...
+    @abc.abstractmethod
+    def unsettled_since(self, subscription: str) -> int | None:
+        """The lowest position of sync subscription `subscription` whose events are neither
+        acknowledged by JetStream nor dropped; None when there is none.
 
-    def offer(self, event: MatchedEvent) -> bool: ...
+        A checkpoint kept below it loses no event to a crash: the replay after a restart
+        matches those changes again, and JetStream drops what it already had.
+        """
 
-    async def start(self) -> None: ...
+    @abc.abstractmethod
+    def offer(self, event: MatchedEvent) -> bool:
+        """Queue `event` for delivery; False (and counted) when it is dropped. Never waits."""
 
-    async def stop(self, timeout: float) -> None: ...
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start delivering; returns at once, whether NATS is reachable or not."""
+
+    @abc.abstractmethod
+    async def stop(self, timeout: float) -> None:
+        """Deliver what can be within `timeout` seconds, count the rest as dropped, close."""
 
 
 @dataclass(slots=True)
@@ -133,7 +159,7 @@ class _Pending:
     """Empty until encoded (`_take`), unless it came encoded."""
 
 
-class NatsDelivery:
+class NatsDelivery(Delivery):
     """Publishes `MatchedEvent`s on `<prefix>.<gateway_id>.<live subscription id>`.
 
     Call `offer` from the event loop `start` ran on. The counters are plain attributes,
@@ -147,35 +173,16 @@ class NatsDelivery:
         clock: Callable[[], float] = time.monotonic,
         on_settled: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__()
         self.config = config
         self.clock = clock
         self.on_settled = on_settled
         """Called each time an event settles (so a child process can report it)."""
-        self.published = 0
-        """Events JetStream acknowledged (once each, duplicates included)."""
-        self.duplicates = 0
-        """Of those, events JetStream already held (same Nats-Msg-Id): a retry after a lost
-        acknowledgement, or a replay after a restart. Stored once."""
-        self.retried = 0
-        """Events sent again after a failed or unacknowledged publish."""
-        self.dropped: Counter[str] = Counter()
-        """Events never delivered, by `DropReason`."""
-        self.outages = 0
-        """Times the breaker opened."""
-        self.breaker = Breaker.CLOSED
-        self.connected = False
-        """Whether the client holds a connection to a server right now."""
-        self.publish_seconds = Histogram(PUBLISH_BUCKETS)
-        self.delivery_seconds = Histogram(DELIVERY_BUCKETS)
-        self.buffer_peak = 0
         self.settled = 0
         """Events acknowledged or dropped once offered, in offer order (not those dropped by
         `offer` itself, nor by `stop`)."""
         self.gave_up = False
         """Whether the sender ended for good (a bad setting: `nats_delivery_failed`)."""
-        self.restarts = 0
-        """Always 0: this delivery runs in the caller's process (the process-backed one
-        counts its publisher's restarts)."""
         self._buffer: collections.deque[_Pending] = collections.deque()
         self._positions: dict[str, collections.deque[int]] = {}
         """Positions of the events not yet settled (acknowledged or dropped), per sync

@@ -28,7 +28,6 @@ import dataclasses
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,9 @@ import structlog
 from syncer import conf
 from syncer.conf import LogSettings, NatsConfig
 from syncer.engine.backoff import Backoff
-from syncer.engine.telemetry import Histogram
 from syncer.live import nats_wire as wire
 from syncer.live.events import MatchedEvent
 from syncer.live.nats import (
-    DELIVERY_BUCKETS,
-    PUBLISH_BUCKETS,
     Breaker,
     Delivery,
     DropReason,
@@ -67,7 +63,7 @@ def nats_delivery(config: NatsConfig) -> Delivery:
     return NatsDelivery(config)
 
 
-class NatsProcessDelivery:
+class NatsProcessDelivery(Delivery):
     """`NatsDelivery`'s interface, delivering through a publisher process.
 
     Call `offer` from the event loop `start` ran on. The counters are plain attributes,
@@ -82,22 +78,11 @@ class NatsProcessDelivery:
         clock: Callable[[], float] = time.monotonic,
         python: str = sys.executable,
     ) -> None:
+        super().__init__()
         self.config = config
         self.logs = logs or LogSettings(format="json", level="INFO")
         self.clock = clock
         self.python = python
-        self.published = 0
-        self.duplicates = 0
-        self.retried = 0
-        self.dropped: Counter[str] = Counter()
-        self.outages = 0
-        self.restarts = 0
-        """Times the publisher process ended without being asked and was started again."""
-        self.breaker = Breaker.CLOSED
-        self.connected = False
-        self.publish_seconds = Histogram(PUBLISH_BUCKETS)
-        self.delivery_seconds = Histogram(DELIVERY_BUCKETS)
-        self.buffer_peak = 0
         self._unsettled: collections.deque[tuple[str, int, bytes]] = collections.deque()
         """(sync subscription, position, record) of each event offered and not settled."""
         self._positions: dict[str, collections.deque[int]] = {}
