@@ -119,6 +119,16 @@ class Delivery(abc.ABC):
         self.delivery_seconds = Histogram(DELIVERY_BUCKETS)
         self.buffer_peak = 0
 
+    def _stopped_with(self, lost: int, why: str) -> None:
+        """Count and log the events `stop` could not deliver."""
+        if lost:
+            self.dropped[DropReason.STOPPED] += lost
+            log.warning(
+                "nats_delivery_stopped_with_events",
+                dropped=lost,
+                next=f"these events were not delivered; {why}",
+            )
+
     @property
     @abc.abstractmethod
     def buffered(self) -> int:
@@ -269,14 +279,7 @@ class NatsDelivery(Delivery):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        lost = self.buffered
-        if lost:
-            self.dropped[DropReason.STOPPED] += lost
-            log.warning(
-                "nats_delivery_stopped_with_events",
-                dropped=lost,
-                next="these events were not delivered; NATS was unreachable or slow",
-            )
+        self._stopped_with(self.buffered, "NATS was unreachable or slow")
         self._buffer.clear()
         self._positions.clear()
         self._in_flight = 0

@@ -194,14 +194,9 @@ class NatsProcessDelivery(Delivery):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        lost = 0 if self._final else len(self._unsettled)
-        if lost:
-            self.dropped[DropReason.STOPPED] += lost
-            log.warning(
-                "nats_delivery_stopped_with_events",
-                dropped=lost,
-                next="these events were not delivered; the NATS publisher process was gone",
-            )
+        self._stopped_with(
+            0 if self._final else len(self._unsettled), "the NATS publisher process was gone"
+        )
         self._unsettled.clear()
         self._positions.clear()
         self.connected = False
