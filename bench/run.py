@@ -426,6 +426,10 @@ class Bench:
         from syncer.models import Subscription
 
         Subscription.objects.filter(name__startswith=PREFIX).delete()
+        self.start_sink()
+
+    def start_sink(self) -> None:
+        """Start the OpenSearch the workers write to (bench/ceiling.py starts another)."""
         from osmem_server import OsmemServer
 
         self.server = OsmemServer.start(japanese=False)

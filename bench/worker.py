@@ -9,7 +9,8 @@ its commit on the source to its acknowledgement (checkpoint saved), and a timer
 records how long each read, bulk write, slot advance, checkpoint save and dead-letter
 save or supersede took. While running it rewrites `<out>.progress` twice a second; on
 exit it writes `<out>`: the latencies, counters and the process's own peak RSS (VmHWM;
-ru_maxrss too, see below).
+ru_maxrss too, see below), and its process CPU clock (utime + stime, as /proc/<pid>/stat)
+at the pipeline's start, the snapshot's end and the first and last acknowledged changes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class Recorder:
         self.batches = 0
         self.snapshot_rows = 0
         self.snapshot_done_at: float | None = None
+        # Process CPU (utime + stime of all threads, the clock /proc/<pid>/stat sums) at
+        # the first and last acknowledgement of changes, and at the snapshot's end.
+        self.cpu_first_ack: float | None = None
+        self.changes_first_ack = 0
+        self.cpu_last_ack: float | None = None
+        self.cpu_snapshot_done: float | None = None
 
     def acknowledged(self, batch: Sequence[Transaction], at: float) -> None:
         self.batches += 1
@@ -68,7 +75,10 @@ class Recorder:
                 self.changes += len(tx.changes)
                 if self.first_ack_at is None:
                     self.first_ack_at = at
+                    self.cpu_first_ack = time.process_time()
+                    self.changes_first_ack = self.changes
                 self.last_ack_at = at
+                self.cpu_last_ack = time.process_time()
                 if self.first_commit is None or tx.commit_time < self.first_commit:
                     self.first_commit = tx.commit_time
                 if self.last_commit is None or tx.commit_time > self.last_commit:
@@ -77,6 +87,7 @@ class Recorder:
                 self.snapshot_rows += len(tx.changes)
             else:
                 self.snapshot_done_at = at
+                self.cpu_snapshot_done = time.process_time()
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -89,6 +100,10 @@ class Recorder:
             "last_ack_at": self.last_ack_at,
             "first_commit": self.first_commit,
             "last_commit": self.last_commit,
+            "cpu_first_ack": self.cpu_first_ack,
+            "changes_first_ack": self.changes_first_ack,
+            "cpu_last_ack": self.cpu_last_ack,
+            "cpu_snapshot_done": self.cpu_snapshot_done,
         }
 
 
@@ -194,6 +209,7 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
         report_progress(recorder, progress_path, stop, os.getppid(), time.monotonic() + max_seconds)
     )
     run_started = time.time()
+    cpu_started = time.process_time()
     try:
         await pipeline.run(stop)
     finally:
@@ -209,6 +225,8 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
                 "calls": timer.calls,
                 "process_started": started,
                 "pipeline_started": run_started,
+                "cpu_pipeline_started": cpu_started,
+                "cpu_total": time.process_time(),
                 "stopped": time.time(),
                 "peak_rss_bytes": peak_rss_bytes(),
                 "ru_maxrss_bytes": ru_maxrss_bytes(),

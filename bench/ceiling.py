@@ -1,0 +1,240 @@
+"""The worker's own ceiling (issue 15, first step): bench/run.py's backfill and live
+workloads against osmem and against a bulk endpoint that is never the bottleneck.
+
+    .venv/bin/python bench/ceiling.py [--sink osmem] [--sink fast] [--rows 100000]
+                                      [--inserts 20000 --updates 10000 --deletes 5000]
+                                      [--rate 100000]
+
+For each `--sink` (default osmem alone; repeat it to run several in one run, in order),
+on fresh source and console databases: one backfill of `--rows` realistic rows (snapshot
+mode `index`, as bench/run.py's product backfill), then the live stream (bench/run.py's
+live phase; `--rate` per second, by default as fast as its one writer commits, so its
+rate is the writer's when the worker keeps up). `fast` is bench/fastsink.py, in its own
+process: it parses every `_bulk` body and answers every item as done, so what is measured
+is the worker (never a test of OpenSearch).
+
+Per workload: changes/s (backfill: rows over the pipeline's run to the snapshot's end,
+without the process start-up; live: acknowledged changes over first commit to last
+acknowledgement), the worker's CPU per 1,000 changes (its process CPU clock, utime + stime
+of all its threads as in /proc/<pid>/stat, read by bench/worker.py at the pipeline's start,
+the snapshot's end and the first and last acknowledgement of live changes), and its peak
+RSS (VmHWM). Not measured yet: PostgreSQL's own decoding rate, commit → acknowledged at
+fixed rates, the idle cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.run import (  # noqa: E402
+    ARTIFACTS,
+    PREFIX,
+    Bench,
+    BenchTimeout,
+    Budget,
+    machine_note,
+    mb,
+    say,
+    wait_until,
+)
+
+SINKS = ("osmem", "fast")
+
+
+@dataclass
+class FastSink:
+    """bench/fastsink.py in a process of its own (the shape Bench.teardown closes)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    version: str = "fastsink"
+
+    @classmethod
+    def start(cls) -> FastSink:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log = (ARTIFACTS / "fastsink.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "fastsink.py"), "--port", str(port)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+        sink = cls(process, f"http://127.0.0.1:{port}")
+        wait_until(sink.answers, timeout=15, what="bench/fastsink.py to listen")
+        return sink
+
+    def answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError("bench/fastsink.py exited; see artifacts/bench/fastsink.log")
+        try:
+            with socket.create_connection(("127.0.0.1", int(self.url.rsplit(":", 1)[1])), 1):
+                return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+class CeilingBench(Bench):
+    sink: str = "osmem"
+
+    def start_sink(self) -> None:
+        if self.sink == "osmem":
+            super().start_sink()
+            return
+        self.server = FastSink.start()
+        self.opensearch_url = self.server.url
+        say(f"bench/fastsink.py at {self.opensearch_url}")
+
+    def backfill_once(self) -> dict[str, Any]:
+        self.prepare_backfill()
+        figures = self.product_backfill(1)
+        result = self.workers[-1].result
+        held = self.count(figures["index"])
+        if held != self.args.rows:
+            raise RuntimeError(f"{figures['index']} holds {held:,} documents")
+        self.delete_index(figures["index"])
+        rows = figures["rows"]
+        cpu = result["cpu_snapshot_done"] - result["cpu_pipeline_started"]
+        return {
+            "changes": rows,
+            "changes_per_s": rows / figures["pipeline_seconds"],
+            "docs_per_s_from_process_start": figures["docs_per_s"],
+            "cpu_s": cpu,
+            "cpu_ms_per_1000": cpu / rows * 1e6,
+            "cpu_total_s": result.get("cpu_total"),
+            "peak_rss_bytes": figures["peak_rss_bytes"],
+        }
+
+    def live_once(self) -> dict[str, Any]:
+        figures = self.live()
+        result = self.workers[-1].result
+        changes = int(result["changes"]) - int(result["changes_first_ack"])
+        cpu = result["cpu_last_ack"] - result["cpu_first_ack"]
+        return {
+            "changes": figures["changes"],
+            "changes_per_s": figures["ack_rate"],
+            "write_rate": figures["write_rate"],
+            "cpu_s": cpu,
+            "cpu_ms_per_1000": cpu / changes * 1e6,
+            "cpu_total_s": result.get("cpu_total"),
+            "peak_rss_bytes": figures["peak_rss_bytes"],
+            "batches": figures["batches"],
+            "p50_ms": figures["p50_ms"],
+            "p99_ms": figures["p99_ms"],
+        }
+
+
+def run_sink(sink: str, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
+    bench = CeilingBench(args, budget)
+    bench.sink = sink
+    figures: dict[str, Any] = {"load_average_start": os.getloadavg()}
+    try:
+        bench.setup()
+        figures["backfill"] = bench.backfill_once()
+        figures["live"] = bench.live_once()
+    finally:
+        bench.teardown()
+    figures["load_average_end"] = os.getloadavg()
+    return figures
+
+
+def report(results: dict[str, Any]) -> None:
+    print()
+    print("sink    workload  changes  changes/s  worker CPU ms / 1,000 changes  peak RSS")
+    for sink, figures in results["sinks"].items():
+        for workload in ("backfill", "live"):
+            w = figures[workload]
+            print(
+                f"{sink:<7} {workload:<9} {w['changes']:>7,} {w['changes_per_s']:>10,.0f}  "
+                f"{w['cpu_ms_per_1000']:>29.1f}  {mb(w['peak_rss_bytes']):>5.0f} MB"
+            )
+        live = figures["live"]
+        print(
+            f"{sink:<7} live: writer {live['write_rate']:,.0f}/s, {live['batches']} batches, "
+            f"commit→ack p50 {live['p50_ms']:.0f} ms, p99 {live['p99_ms']:.0f} ms; "
+            f"load average {figures['load_average_start']} → {figures['load_average_end']}"
+        )
+    m = results["machine"]
+    print(
+        f"machine: {m['cores']} cores, {m['cpu']}; Python {m['python']}; "
+        f"PostgreSQL {m['postgres']}; osmem-server {m['osmem_server']}"
+    )
+    print(f"details: {results['results_file']}", flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--sink",
+        action="append",
+        choices=SINKS,
+        help="osmem or fast (bench/fastsink.py); repeat to run both in one run",
+    )
+    parser.add_argument("--rows", type=int, default=100_000, help="backfill rows")
+    parser.add_argument("--inserts", type=int, default=20_000)
+    parser.add_argument("--updates", type=int, default=10_000)
+    parser.add_argument("--deletes", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=100_000.0, help="live writes per second")
+    parser.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
+    args = parser.parse_args(argv)
+    args.sink = args.sink or ["osmem"]
+    if args.rows < 1 or args.rate <= 0:
+        parser.error("--rows and --rate must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.budget)
+    results: dict[str, Any] = {"args": vars(args), "machine": machine_note(), "sinks": {}}
+    code = 0
+    try:
+        for sink in args.sink:
+            say(f"sink {sink}")
+            results["sinks"][sink] = run_sink(sink, args, budget)
+    except KeyboardInterrupt:
+        say("interrupted")
+        code = 130
+    except (BenchTimeout, RuntimeError, psycopg.Error) as exc:
+        say(f"failed: {exc}")
+        code = 1
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = ARTIFACTS / f"ceiling-{stamp}.json"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+    results["results_file"] = str(path.relative_to(ROOT))
+    if code == 0:
+        report(results)
+    say(f"results in {path.relative_to(ROOT)} (subscriptions named {PREFIX}*)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
