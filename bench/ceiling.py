@@ -165,6 +165,10 @@ def run_sink(sink: str, args: argparse.Namespace, budget: Budget) -> dict[str, A
     return figures
 
 
+def loads(average: Sequence[float]) -> str:
+    return " ".join(f"{x:.2f}" for x in average)
+
+
 def report(results: dict[str, Any]) -> None:
     print()
     print("sink    workload  changes  changes/s  worker CPU ms / 1,000 changes  peak RSS")
@@ -179,7 +183,8 @@ def report(results: dict[str, Any]) -> None:
         print(
             f"{sink:<7} live: writer {live['write_rate']:,.0f}/s, {live['batches']} batches, "
             f"commit→ack p50 {live['p50_ms']:.0f} ms, p99 {live['p99_ms']:.0f} ms; "
-            f"load average {figures['load_average_start']} → {figures['load_average_end']}"
+            f"load average {loads(figures['load_average_start'])} → "
+            f"{loads(figures['load_average_end'])}"
         )
     m = results["machine"]
     print(
