@@ -9,17 +9,20 @@ For each `--sink` (default osmem alone; repeat it to run several in one run, in 
 on fresh source and console databases: one backfill of `--rows` realistic rows (snapshot
 mode `index`, as bench/run.py's product backfill), then the live stream (bench/run.py's
 live phase; `--rate` per second, by default as fast as its one writer commits, so its
-rate is the writer's when the worker keeps up). `fast` is bench/fastsink.py, in its own
+rate is the writer's when the worker keeps up), then the same live workload as a backlog
+(written while the worker is stopped, then drained by a new one: the worker's own rate).
+`fast` is bench/fastsink.py, in its own
 process: it parses every `_bulk` body and answers every item as done, so what is measured
 is the worker (never a test of OpenSearch).
 
 Per workload: changes/s (backfill: rows over the pipeline's run to the snapshot's end,
 without the process start-up; live: acknowledged changes over first commit to last
-acknowledgement), the worker's CPU per 1,000 changes (its process CPU clock, utime + stime
-of all its threads as in /proc/<pid>/stat, read by bench/worker.py at the pipeline's start,
-the snapshot's end and the first and last acknowledgement of live changes), and its peak
-RSS (VmHWM). Not measured yet: PostgreSQL's own decoding rate, commit → acknowledged at
-fixed rates, the idle cost.
+acknowledgement; backlog: from the first to the last acknowledgement), the worker's CPU
+per 1,000 changes (its process CPU clock, utime + stime of all its threads as in
+/proc/<pid>/stat, read by bench/worker.py at the pipeline's start, the snapshot's end and
+the first and last acknowledgement of live changes), and its peak RSS (VmHWM).
+Not measured yet: PostgreSQL's own decoding rate, commit → acknowledged at fixed rates,
+the idle cost.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,11 +50,14 @@ if str(ROOT) not in sys.path:
 from bench.run import (  # noqa: E402
     ARTIFACTS,
     PREFIX,
+    TABLE_DDL,
     Bench,
     BenchTimeout,
     Budget,
+    Writer,
     machine_note,
     mb,
+    plan_ops,
     say,
     wait_until,
 )
@@ -150,6 +158,58 @@ class CeilingBench(Bench):
             "p99_ms": figures["p99_ms"],
         }
 
+    def backlog_once(self) -> dict[str, Any]:
+        """The live workload written while the worker is stopped, then drained by a new
+        one: its rate is the worker's own, not the writer's."""
+        a = self.args
+        with psycopg.connect(self.source_dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL(TABLE_DDL).format(table=sql.Identifier("bench_backlog")))
+        name = f"{PREFIX}backlog"
+        sub = self.subscription(name, "public.bench_backlog", "discard")
+        worker = self.start_worker(name)
+        wait_until(
+            self.watch(worker, sub, lambda s: s.status == "caught_up"),
+            timeout=self.budget.cap(60),
+            what=f"{name} to be caught up",
+        )
+        worker.stop()
+        ops = plan_ops(a.inserts, a.updates, a.deletes, random.Random(11))
+        total = len(ops)
+        writer = Writer(self.source_dsn, "bench_backlog", ops, a.rate)
+        writer.run()  # in this thread: the worker is stopped meanwhile
+        if writer.error is not None:
+            raise RuntimeError(f"writer failed: {writer.error!r}")
+        say(f"backlog: {total:,} changes written with the worker stopped; draining them")
+        worker = self.start_worker(name)
+        try:
+            wait_until(
+                self.watch(
+                    worker, sub, lambda _: worker.progress().get("transactions", 0) >= total
+                ),
+                timeout=self.budget.cap(240),
+                what=f"{name} to acknowledge {total:,} transactions",
+            )
+        finally:
+            result = worker.stop()
+            self.retire(sub)
+        changes = int(result["changes"]) - int(result["changes_first_ack"])
+        cpu = result["cpu_last_ack"] - result["cpu_first_ack"]
+        seconds = result["last_ack_at"] - result["first_ack_at"]
+        figures = {
+            "changes": total,
+            "changes_per_s": changes / seconds,
+            "cpu_s": cpu,
+            "cpu_ms_per_1000": cpu / changes * 1e6,
+            "cpu_total_s": result.get("cpu_total"),
+            "peak_rss_bytes": result.get("peak_rss_bytes"),
+            "batches": result.get("batches"),
+        }
+        say(
+            f"backlog: drained {figures['changes_per_s']:,.0f} changes/s in "
+            f"{figures['batches']} batches, {figures['cpu_ms_per_1000']:.1f} ms CPU per 1,000"
+        )
+        return figures
+
 
 def run_sink(sink: str, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
     bench = CeilingBench(args, budget)
@@ -159,6 +219,7 @@ def run_sink(sink: str, args: argparse.Namespace, budget: Budget) -> dict[str, A
         bench.setup()
         figures["backfill"] = bench.backfill_once()
         figures["live"] = bench.live_once()
+        figures["backlog"] = bench.backlog_once()
     finally:
         bench.teardown()
     figures["load_average_end"] = os.getloadavg()
@@ -173,7 +234,7 @@ def report(results: dict[str, Any]) -> None:
     print()
     print("sink    workload  changes  changes/s  worker CPU ms / 1,000 changes  peak RSS")
     for sink, figures in results["sinks"].items():
-        for workload in ("backfill", "live"):
+        for workload in ("backfill", "live", "backlog"):
             w = figures[workload]
             print(
                 f"{sink:<7} {workload:<9} {w['changes']:>7,} {w['changes_per_s']:>10,.0f}  "
