@@ -19,6 +19,7 @@ It runs in its own process (bench/ceiling.py starts it), so its CPU is not the w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -157,7 +158,7 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = answer
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per request would cost more than the answer
+        """Silent: one line per request would cost more than the answer."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,10 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     print(f"fastsink: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

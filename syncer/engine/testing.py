@@ -207,7 +207,7 @@ class InMemoryHold:
         self.store: InMemoryStore | None = None
 
     def acknowledged(self, batch: Sequence[Transaction], at: float) -> None:
-        pass
+        """Nothing: `batch_written` carries the changes."""
 
     def batch_written(self, report: BatchReport) -> None:
         self.unsettled.extend(change.version for change, _ in report.applied)

@@ -97,7 +97,9 @@ class Delivery(abc.ABC):
     own event loop, or `syncer.live.nats_process.NatsProcessDelivery`, which runs one in a
     child process. The counters are plain attributes, read at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: NatsConfig) -> None:
+        self.config = config
+        self._stopping = False
         self.published = 0
         """Events JetStream acknowledged (once each, duplicates included)."""
         self.duplicates = 0
@@ -118,6 +120,25 @@ class Delivery(abc.ABC):
         self.publish_seconds = Histogram(PUBLISH_BUCKETS)
         self.delivery_seconds = Histogram(DELIVERY_BUCKETS)
         self.buffer_peak = 0
+
+    def _refuses(self) -> bool:
+        """Whether an offer must be dropped now (counted): the delivery is stopping, or
+        its buffer is full (in flight included, so memory stays bounded)."""
+        if self._stopping:
+            self.dropped[DropReason.STOPPED] += 1
+            return True
+        if self.buffered >= self.config.buffer:
+            reason = (
+                DropReason.BREAKER_OPEN if self.breaker is Breaker.OPEN else DropReason.BUFFER_FULL
+            )
+            self.dropped[reason] += 1
+            return True
+        return False
+
+    def _dropped(self, reason: DropReason, detail: str, **event: Any) -> None:
+        """Count and log one event that will never be delivered."""
+        self.dropped[reason] += 1
+        log.warning("nats_event_dropped", reason=str(reason), detail=detail, **event)
 
     def _stopped_with(self, lost: int, why: str) -> None:
         """Count and log the events `stop` could not deliver."""
@@ -183,8 +204,7 @@ class NatsDelivery(Delivery):
         clock: Callable[[], float] = time.monotonic,
         on_settled: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.clock = clock
         self.on_settled = on_settled
         """Called each time an event settles (so a child process can report it)."""
@@ -204,7 +224,6 @@ class NatsDelivery(Delivery):
         self._js: JetStreamContext | None = None
         self._stream_ready = False
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self._down_since: float | None = None
         self._in_flight = 0
         self._last_client_error = ""
@@ -247,14 +266,7 @@ class NatsDelivery(Delivery):
         )
 
     def _enqueue(self, item: _Pending) -> bool:
-        if self._stopping:
-            self.dropped[DropReason.STOPPED] += 1
-            return False
-        if self.buffered >= self.config.buffer:  # in flight included: memory stays bounded
-            reason = (
-                DropReason.BREAKER_OPEN if self.breaker is Breaker.OPEN else DropReason.BUFFER_FULL
-            )
-            self.dropped[reason] += 1
+        if self._refuses():
             return False
         self._buffer.append(item)
         self._positions.setdefault(item.subscription, collections.deque()).append(item.position)
@@ -357,8 +369,7 @@ class NatsDelivery(Delivery):
 
     def _drop(self, item: _Pending, reason: DropReason, detail: str) -> None:
         self._settle(item)
-        self.dropped[reason] += 1
-        log.warning("nats_event_dropped", reason=str(reason), detail=detail, **_fields(item))
+        self._dropped(reason, detail, **_fields(item))
 
     async def _deliver(self, batch: list[_Pending]) -> None:
         """Publish `batch` until all of it is acknowledged, in order (the sender's only
@@ -578,6 +589,11 @@ def _fields(item: _Pending) -> dict[str, Any]:
             event = MatchedEvent.from_json(item.payload)
         except ValueError:  # orjson.JSONDecodeError is one
             return {"subscription": item.subscription, "position": item.position}
+    return event_fields(event)
+
+
+def event_fields(event: MatchedEvent) -> dict[str, Any]:
+    """What a log line says about one event."""
     return {
         "live_subscription": str(event.live_subscription_id),
         "subscription": event.subscription,

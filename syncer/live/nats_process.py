@@ -45,6 +45,7 @@ from syncer.live.nats import (
     Delivery,
     DropReason,
     NatsDelivery,
+    event_fields,
 )
 
 log = structlog.get_logger(__name__)
@@ -78,8 +79,7 @@ class NatsProcessDelivery(Delivery):
         clock: Callable[[], float] = time.monotonic,
         python: str = sys.executable,
     ) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.logs = logs or LogSettings(format="json", level="INFO")
         self.clock = clock
         self.python = python
@@ -96,7 +96,6 @@ class NatsProcessDelivery(Delivery):
         self._backoff = Backoff(config.retry_base, config.retry_cap)
         self._waiting = False
         """Whether the supervisor sleeps between a publisher's exit and the next one."""
-        self._stopping = False
         self._stop_timeout = 0.0
         self._stop_sent = False
         self._final = False
@@ -126,28 +125,12 @@ class NatsProcessDelivery(Delivery):
     def offer(self, event: MatchedEvent) -> bool:
         """Queue `event` for the publisher; False (and counted) when it is dropped. Never
         waits: encodes the event and appends it; the frame goes at the end of the turn."""
-        if self._stopping:
-            self.dropped[DropReason.STOPPED] += 1
-            return False
-        if len(self._unsettled) >= self.config.buffer:
-            reason = (
-                DropReason.BREAKER_OPEN if self.breaker is Breaker.OPEN else DropReason.BUFFER_FULL
-            )
-            self.dropped[reason] += 1
+        if self._refuses():
             return False
         try:
             payload = event.to_json()
         except orjson.JSONEncodeError as exc:
-            self.dropped[DropReason.UNENCODABLE] += 1
-            log.warning(
-                "nats_event_dropped",
-                reason=str(DropReason.UNENCODABLE),
-                detail=str(exc),
-                live_subscription=str(event.live_subscription_id),
-                subscription=event.subscription,
-                key=event.key,
-                position=event.position,
-            )
+            self._dropped(DropReason.UNENCODABLE, str(exc), **event_fields(event))
             return False
         record = wire.record(
             event.subscription,

@@ -143,12 +143,11 @@ def analyse(text: str) -> Analysis:
         # The fast parse first: a text it finds nothing wrong with is analysed exactly as
         # the positioned parse would; any problem is looked at again with the positions.
         try:
-            fast = _analysis(_unpositioned_parser().parse(text), [])
+            fast: Analysis | None = _analysis(_unpositioned_parser().parse(text), [])
         except LarkError:
-            pass
-        else:
-            if not fast.problems:
-                return fast
+            fast = None  # the positioned parse below says where and why
+        if fast is not None and not fast.problems:
+            return fast
     tree, found = _parse(text)
     if tree is None:
         return Analysis(tuple(found), (), ())
