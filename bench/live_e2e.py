@@ -60,7 +60,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.run import ARTIFACTS, dsn_for, machine_note, percentile, recreate, say  # noqa: E402
+from bench.run import (  # noqa: E402
+    ARTIFACTS,
+    console_env,
+    dsn_for,
+    machine_note,
+    percentile,
+    recreate,
+    say,
+    setup_django,
+)
 from tests.support.process import WorkerProcess, free_port  # noqa: E402
 
 CONSOLE_DB = "searchsync_bench_live_e2e"
@@ -238,26 +247,16 @@ class Run:
         from osmem_server import OsmemServer
 
         self.server = OsmemServer.start(japanese=False)
-        env = {
-            **os.environ,
-            "DATABASE_URL": dsn_for(CONSOLE_DB),
-            "OPENSEARCH_URL": str(self.server.url),
-            "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "LOG_LEVEL": "WARNING",
-            "LIVE_NATS_URL": NATS_URL,
-            "LIVE_NATS_STREAM": self.stream,
-            "LIVE_NATS_SUBJECT_PREFIX": self.prefix,
-            "LIVE_NATS_PROCESS": "false" if self.args.nats_in_process else "true",
-        }
-        os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "OPENSEARCH_URL")})
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        env = console_env(
+            CONSOLE_DB,
+            f"redis://127.0.0.1:6379/{REDIS_DB}",
+            OPENSEARCH_URL=str(self.server.url),
+            LIVE_NATS_URL=NATS_URL,
+            LIVE_NATS_STREAM=self.stream,
+            LIVE_NATS_SUBJECT_PREFIX=self.prefix,
+            LIVE_NATS_PROCESS="false" if self.args.nats_in_process else "true",
+        )
+        setup_django(env)
         return env
 
     def subscriptions(self) -> None:

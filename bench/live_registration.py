@@ -50,7 +50,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.live_e2e import NATS_URL, delete_stream, pid_cpu, wait_until  # noqa: E402
-from bench.run import ARTIFACTS, dsn_for, machine_note, percentile, recreate, say  # noqa: E402
+from bench.run import (  # noqa: E402
+    ARTIFACTS,
+    console_env,
+    dsn_for,
+    machine_note,
+    percentile,
+    recreate,
+    say,
+    setup_django,
+)
 from tests.support.process import WorkerProcess, free_port, start_daphne  # noqa: E402
 
 CONSOLE_DB = "searchsync_bench_live"
@@ -231,31 +240,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         conn.execute(
             "CREATE TABLE orders (id bigint PRIMARY KEY, tenant_id text, total numeric, meta jsonb)"
         )
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn_for(CONSOLE_DB),
+    env = console_env(
+        CONSOLE_DB,
         # Another session's benchmarks may use Redis DB 8: REDIS_URL picks this run's.
-        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/8"),
-        "DJANGO_SETTINGS_MODULE": "console.settings",
-        "LOG_LEVEL": "WARNING",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECRET_KEY": "bench-live-registration-" + "k" * 40,
-        "LIVE_SUBSCRIPTIONS_PER_OWNER": str(args.count),
-        "LIVE_SUBSCRIPTIONS_MAX": str(args.count),
-    }
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    import django
-
-    django.setup()
+        os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/8"),
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECRET_KEY="bench-live-registration-" + "k" * 40,
+        LIVE_SUBSCRIPTIONS_PER_OWNER=str(args.count),
+        LIVE_SUBSCRIPTIONS_MAX=str(args.count),
+    )
+    setup_django(env)
     from django.contrib.auth.models import User
-    from django.core.management import call_command
 
     from console.models import ApiToken
     from syncer.models import LiveSubscription, Subscription
     from syncer.operations import live_subscriptions
 
-    call_command("migrate", verbosity=0)
     sub = Subscription(
         name=NAME,
         source_dsn=dsn_for(SOURCE_DB),

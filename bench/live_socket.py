@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import random
 import sys
 import time
@@ -48,7 +47,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.live_registration import timed  # noqa: E402
-from bench.run import ARTIFACTS, dsn_for, machine_note, recreate, say  # noqa: E402
+from bench.run import (  # noqa: E402
+    ARTIFACTS,
+    console_env,
+    dsn_for,
+    machine_note,
+    recreate,
+    say,
+    setup_django,
+)
 from tests.support.process import free_port, start_daphne  # noqa: E402
 
 CONSOLE_DB = "searchsync_bench_wslive"
@@ -217,32 +224,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "CREATE TABLE orders (id bigint PRIMARY KEY, tenant_id text, total numeric, meta jsonb)"
         )
     total = args.sockets * args.per_socket + args.resume
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn_for(CONSOLE_DB),
-        "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-        "DJANGO_SETTINGS_MODULE": "console.settings",
-        "LOG_LEVEL": "WARNING",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECRET_KEY": "bench-live-socket-" + "k" * 40,
-        "LIVE_SUBSCRIPTIONS_PER_OWNER": str(total),
-        "LIVE_SUBSCRIPTIONS_MAX": str(total),
-        "LIVE_STREAMS_PER_USER": str(args.sockets + 2),
-    }
-    os.environ.update(
-        {k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "LIVE_STREAMS_PER_USER")}
+    env = console_env(
+        CONSOLE_DB,
+        f"redis://127.0.0.1:6379/{REDIS_DB}",
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        SECRET_KEY="bench-live-socket-" + "k" * 40,
+        LIVE_SUBSCRIPTIONS_PER_OWNER=str(total),
+        LIVE_SUBSCRIPTIONS_MAX=str(total),
+        LIVE_STREAMS_PER_USER=str(args.sockets + 2),
     )
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-    import django
-
-    django.setup()
+    setup_django(env)
     from django.contrib.auth.models import User
-    from django.core.management import call_command
 
     from console.models import ApiToken
     from syncer.models import Subscription
 
-    call_command("migrate", verbosity=0)
     Subscription.objects.create(
         name=NAME, source_dsn=dsn_for(SOURCE_DB), relation="public.orders", index_name=NAME
     )

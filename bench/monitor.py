@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -45,10 +44,12 @@ from bench.run import (  # noqa: E402
     ARTIFACTS,
     CONSOLE_DB,
     SOURCE_DB,
+    console_env,
     dsn_for,
     machine_note,
     recreate,
     say,
+    setup_django,
     wait_until,
 )
 from tests.support.process import WorkerProcess, free_port, start_daphne  # noqa: E402
@@ -136,23 +137,13 @@ class Run:
         from osmem_server import OsmemServer
 
         self.server = OsmemServer.start(japanese=False)
-        env = {
-            **os.environ,
-            "DATABASE_URL": dsn_for(CONSOLE_DB),
-            "OPENSEARCH_URL": str(self.server.url),
-            "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-            "DJANGO_SETTINGS_MODULE": "console.settings",
-            "LOG_LEVEL": "WARNING",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        }
-        os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "OPENSEARCH_URL")})
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        env = console_env(
+            CONSOLE_DB,
+            f"redis://127.0.0.1:6379/{REDIS_DB}",
+            OPENSEARCH_URL=str(self.server.url),
+            ALLOWED_HOSTS="127.0.0.1,localhost",
+        )
+        setup_django(env)
         return env
 
     def start(self, env: dict[str, str]) -> tuple[int, str, str]:

@@ -105,6 +105,31 @@ def recreate(database: str) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
+def console_env(console_db: str, redis_url: str, **settings: str) -> dict[str, str]:
+    """The environment a bench's daphne, worker and own process share: this run's console
+    database and Redis, the console's settings module, quiet logs, and `settings`."""
+    return {
+        **os.environ,
+        "DATABASE_URL": dsn_for(console_db),
+        "REDIS_URL": redis_url,
+        "DJANGO_SETTINGS_MODULE": "console.settings",
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+
+
+def setup_django(env: dict[str, str]) -> None:
+    """Set this process up with `env` (what the console's settings read) and migrate its
+    console database, so the bench itself reads and writes what its servers do."""
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
 # -- time budget -----------------------------------------------------------------------
 
 
