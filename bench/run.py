@@ -68,8 +68,10 @@ from bench import failures  # noqa: E402
 os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 
 ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-CONSOLE_DB = "searchsync_bench"
-SOURCE_DB = "searchsync_bench_source"
+# BENCH_DB_SUFFIX keeps benches run side by side (e.g. from two checkouts) apart.
+DB_SUFFIX = os.environ.get("BENCH_DB_SUFFIX", "")
+CONSOLE_DB = f"searchsync_bench{DB_SUFFIX}"
+SOURCE_DB = f"searchsync_bench_source{DB_SUFFIX}"
 ARTIFACTS = ROOT / "artifacts" / "bench"
 PREFIX = "bench-"
 
