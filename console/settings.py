@@ -179,6 +179,8 @@ SYNCER_BACKOFF_BASE = _env_number("SYNCER_BACKOFF_BASE", 1)
 SYNCER_BACKOFF_CAP = _env_number("SYNCER_BACKOFF_CAP", 30)
 SYNCER_SLOT_CHECK_INTERVAL = _env_number("SYNCER_SLOT_CHECK_INTERVAL", 30)
 SYNCER_MAX_ATTEMPTS = int(_env_number("SYNCER_MAX_ATTEMPTS", 3))
+# Bulk requests one subscription keeps in flight (1: one at a time, right for osmem).
+SYNCER_BULK_CONCURRENCY = int(_env_number("SYNCER_BULK_CONCURRENCY", 1))
 SYNCER_DLQ_RETRY_LIMIT = int(_env_number("SYNCER_DLQ_RETRY_LIMIT", 1000))
 # Dead letters one API call or admin action may retry or purge; more: `manage.py dlq`.
 SYNCER_API_DLQ_MAX = int(_env_number("SYNCER_API_DLQ_MAX", 1000))

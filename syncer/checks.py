@@ -50,6 +50,15 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
         errors.append(
             Error("SYNCER_MAX_ATTEMPTS must be at least 1.", hint="e.g. 3", id="syncer.E005")
         )
+    if int(getattr(settings, "SYNCER_BULK_CONCURRENCY", 1)) < 1:
+        errors.append(
+            Error(
+                "SYNCER_BULK_CONCURRENCY must be at least 1: it is how many bulk requests "
+                "one subscription keeps in flight.",
+                hint="e.g. 1 (osmem applies one bulk at a time), 2-4 for an OpenSearch cluster",
+                id="syncer.E016",
+            )
+        )
     if int(getattr(settings, "SYNCER_API_DLQ_MAX", 1000)) < 1:
         errors.append(
             Error("SYNCER_API_DLQ_MAX must be at least 1.", hint="e.g. 1000", id="syncer.E007")

@@ -40,6 +40,8 @@ class WorkerSettings:
     """Seconds between checks of the replication slot's retained WAL."""
     max_attempts: int
     """Transient failures of one document before it goes to the dead-letter queue."""
+    bulk_concurrency: int
+    """Bulk requests one subscription keeps in flight at once (1: one at a time)."""
     dlq_retry_batch: int
     """Dead letters retried per round by `runsyncer --dlq-retry-every`."""
     control_interval: float
@@ -72,6 +74,7 @@ def worker() -> WorkerSettings:
         backoff_cap=float(getattr(settings, "SYNCER_BACKOFF_CAP", 30.0)),
         slot_check_interval=float(getattr(settings, "SYNCER_SLOT_CHECK_INTERVAL", 30.0)),
         max_attempts=int(getattr(settings, "SYNCER_MAX_ATTEMPTS", 3)),
+        bulk_concurrency=int(getattr(settings, "SYNCER_BULK_CONCURRENCY", 1)),
         dlq_retry_batch=int(getattr(settings, "SYNCER_DLQ_RETRY_LIMIT", 1000)),
         control_interval=float(getattr(settings, "SYNCER_CONTROL_INTERVAL", 1.0)),
         heartbeat_interval=float(getattr(settings, "SYNCER_HEARTBEAT_INTERVAL", 2.0)),

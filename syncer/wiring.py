@@ -78,6 +78,7 @@ def build_pipeline(
         pause_at=sub.backpressure_pause_at,
         resume_at=sub.backpressure_resume_at,
         max_attempts=worker.max_attempts,
+        bulk_concurrency=worker.bulk_concurrency,
         poll_interval=worker.poll_interval,
         backoff_base=worker.backoff_base,
         backoff_cap=worker.backoff_cap,

@@ -35,8 +35,9 @@ class ChangeBuffer:
         self.source_idle = False
         """The reader's last read found nothing more pending at the source."""
         self.peak = 0
-        self.in_flight = False
-        """The writer holds a batch it has not acknowledged yet."""
+        self.flights = 0
+        """Batches the writer took and has not acknowledged yet (several with
+        SYNCER_BULK_CONCURRENCY above 1)."""
         self._transactions: deque[Transaction] = deque()
         self._first_put_at: float | None = None
         self._closed: BaseException | None = None
@@ -44,6 +45,11 @@ class ChangeBuffer:
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def in_flight(self) -> bool:
+        """The writer holds a batch it has not acknowledged yet."""
+        return self.flights > 0
 
     @property
     def oldest_commit(self) -> float | None:
@@ -136,7 +142,8 @@ class ChangeBuffer:
             batch.append(tx)
             count += len(tx.changes)
         self.size -= count
-        self.in_flight = bool(batch)
+        if batch:
+            self.flights += 1
         self._first_put_at = None if not self._transactions else self._first_put_at
         if self.paused and self.size <= self.resume_at:
             self.paused = False
@@ -146,7 +153,7 @@ class ChangeBuffer:
     async def acknowledged(self) -> None:
         """The writer is done with the batch it took."""
         async with self._changed:
-            self.in_flight = False
+            self.flights = max(0, self.flights - 1)
             self._changed.notify_all()
 
     async def hold(self, held: bool) -> None:

@@ -8,7 +8,11 @@
                  ─▶ source.acknowledge + store.save_checkpoint (below the hold's floor)
 
 Reading and writing overlap: the next chunk is read while a bulk request is in
-flight, and the buffer between them is what backpressure bounds.
+flight, and the buffer between them is what backpressure bounds. With
+`bulk_concurrency` N > 1, up to N batches are written at once (`_write_concurrently`):
+a batch touching a document of one still in flight waits for it, so two writes of one
+document never race, and batches are acknowledged strictly in the order they were
+taken, so a later bulk finishing first never moves the checkpoint past an earlier one.
 
 Invariant: a position is acknowledged only after the sink has accepted (or found
 stale) every change at or before it, or the change is safely in the dead-letter
@@ -36,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -88,6 +93,9 @@ class PipelineConfig:
     resume_at: int = 2500
     max_attempts: int = 3
     """Transient failures of one document before it is dead-lettered."""
+    bulk_concurrency: int = 1
+    """Batches written at once. Above 1, a batch touching a document of one still in
+    flight waits for it, and batches are acknowledged in order (see `_write_concurrently`)."""
     poll_interval: float = 0.1
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
@@ -395,6 +403,9 @@ class Pipeline:
 
     async def _write_all(self) -> None:
         """Take batches from the buffer and flush them until the reader closes it."""
+        if self.config.bulk_concurrency > 1:
+            await self._write_concurrently(self.config.bulk_concurrency)
+            return
         while True:
             try:
                 batch = await self._buffer.take(
@@ -404,6 +415,91 @@ class Pipeline:
                 return  # stopped, and everything read is written
             await self._flush(batch)
             await self._buffer.acknowledged()
+
+    async def _write_concurrently(self, limit: int) -> None:
+        """Keep up to `limit` batches writing; acknowledge them in the order taken.
+
+        A finished batch waits at the head of the line behind any earlier one still
+        writing (or retrying, or waiting out an outage): its position is only
+        acknowledged once all before it are. A batch whose documents overlap a batch in
+        flight starts writing only after that one has finished writing.
+        """
+        flights: collections.deque[_Flight] = collections.deque()
+        taking: asyncio.Future[list[Transaction]] | None = None
+        closed = False
+        try:
+            while flights or not closed:
+                if taking is None and not closed and len(flights) < limit:
+                    taking = asyncio.ensure_future(
+                        self._buffer.take(
+                            self.config.batch_max_size, self.config.batch_max_age, self.clock
+                        )
+                    )
+                waiting: set[asyncio.Future[Any]] = {flights[0].task} if flights else set()
+                if taking is not None:
+                    waiting.add(taking)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                while flights and flights[0].task.done():
+                    flight = flights.popleft()
+                    await self._acknowledge_flight(flight)
+                if taking is not None and taking.done():
+                    took, taking = taking, None
+                    try:
+                        batch = took.result()
+                    except BufferClosed:
+                        closed = True  # stopped: what is in flight is written, then we end
+                        continue
+                    flights.append(self._launch(batch, flights))
+        finally:
+            pending = [f.task for f in flights] + ([taking] if taking is not None else [])
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, BufferClosed, Exception):
+                    await task
+
+    def _launch(self, batch: list[Transaction], flights: Sequence[_Flight]) -> _Flight:
+        changes = consolidate(batch)
+        documents = {c.doc_id for c in changes} | {c.fill_from for c in changes if c.fill_from}
+        after = [f.task for f in flights if not f.documents.isdisjoint(documents)]
+        flight = _Flight(batch, documents, self.clock())
+        context = contextvars.copy_context()
+        context.run(_batch_report.set, flight)  # what this batch applied and dead-lettered
+        flight.task = asyncio.get_running_loop().create_task(
+            self._write_batch(changes, after), context=context
+        )
+        return flight
+
+    async def _write_batch(
+        self, changes: list[Change], after: Sequence[asyncio.Future[Any]]
+    ) -> int:
+        """One batch's writes, once the batches in flight with its documents are done."""
+        if after:
+            await asyncio.wait(after)
+        await self._fill_missing(changes)
+        changes = await self._refuse_unwritable(changes)
+        size = self.config.batch_max_size
+        for offset in range(0, len(changes), size):
+            await self._write_sized(changes[offset : offset + size])
+        return len(changes)
+
+    async def _acknowledge_flight(self, flight: _Flight) -> None:
+        written = flight.task.result()  # a failure ends the session, as with one at a time
+        self._batches += 1
+        self._applied, self._rejected = flight.applied, flight.rejected
+        await self._acknowledge(flight.batch)
+        await self._buffer.acknowledged()
+        self._backoff.reset()
+        now = self.clock()
+        seconds = max(0.0, now - flight.started)
+        self.telemetry.flush_seconds.observe(seconds)
+        self._log.debug(
+            "batch_flushed",
+            transactions=len(flight.batch),
+            changes=written,
+            ms=round(seconds * 1000, 1),
+        )
+        self._log_progress(len(flight.batch), written, seconds, now)
 
     # -- writing one batch -------------------------------------------------------------
 
@@ -499,7 +595,7 @@ class Pipeline:
                 if decision is Decision.DONE:
                     written.append(change)
                     if self._reporter is not None:
-                        self._applied.append((change, result.outcome))
+                        self._report().applied.append((change, result.outcome))
                     self.telemetry.changes[str(change.op)] += 1
                     if result.outcome is Outcome.OK:
                         self.stats.written += 1
@@ -527,6 +623,11 @@ class Pipeline:
                     error=_first_reason([r for r in results if r.outcome is Outcome.TRANSIENT]),
                 )
                 await asyncio.sleep(delay)
+
+    def _report(self) -> _Report:
+        """Where the batch being written keeps what it did: its own when several are in
+        flight (set per task), else the pipeline's lists."""
+        return _batch_report.get(None) or _Report(self._applied, self._rejected)
 
     def _count_bulk(self, outcome: str) -> None:
         self.telemetry.bulk_requests[outcome] += 1
@@ -594,7 +695,7 @@ class Pipeline:
         await self.dead_letters.put(rejected)
         self.stats.dead_lettered += len(rejected)
         if self._reporter is not None:
-            self._rejected.extend(rejected)
+            self._report().rejected.extend(rejected)
         self.telemetry.errors[ErrorKind.DOCUMENT_REJECTED] += len(rejected)
         for item in rejected:
             self._log.error(
@@ -848,6 +949,29 @@ class Pipeline:
                 await closer()
             except Exception:
                 self._log.exception("close_failed")
+
+
+@dataclass(slots=True)
+class _Report:
+    """What one batch applied and dead-lettered, for its `BatchReport`."""
+
+    applied: list[tuple[Change, Outcome]]
+    rejected: list[Rejected]
+
+
+class _Flight(_Report):
+    """A batch being written while others are (bulk_concurrency > 1)."""
+
+    task: asyncio.Task[int]
+
+    def __init__(self, batch: list[Transaction], documents: set[str], started: float) -> None:
+        super().__init__([], [])
+        self.batch, self.started = batch, started
+        self.documents = documents
+        """Its documents' ids: a later batch touching one waits for this one's writes."""
+
+
+_batch_report: contextvars.ContextVar[_Report] = contextvars.ContextVar("batch_report")
 
 
 @dataclass(slots=True)

@@ -93,3 +93,19 @@ async def test_a_batch_takes_whole_transactions_and_may_overshoot_its_size():
     batch = await buffer.take(10, max_age=5, clock=lambda: 0)
     assert [t.position for t in batch] == [1, 2]  # 11 changes: the second is not split
     assert buffer.size == 1
+
+
+async def test_several_batches_taken_are_in_flight_until_each_is_acknowledged():
+    buffer = ChangeBuffer(pause_at=100, resume_at=50)
+    await buffer.put([tx(1), tx(2)], source_idle=True, now=0)
+    await buffer.take(1, max_age=5, clock=lambda: 0)
+    await buffer.take(1, max_age=5, clock=lambda: 0)
+    assert buffer.flights == 2
+    await buffer.acknowledged()
+    assert buffer.in_flight
+    settled = asyncio.create_task(buffer.wait_settled(5))
+    await asyncio.sleep(0.01)
+    assert not settled.done()
+    await buffer.acknowledged()
+    await asyncio.wait_for(settled, 1)
+    assert not buffer.in_flight
