@@ -3,7 +3,7 @@ workloads against osmem and against a bulk endpoint that is never the bottleneck
 
     .venv/bin/python bench/ceiling.py [--sink osmem] [--sink fast] [--rows 100000]
                                       [--inserts 20000 --updates 10000 --deletes 5000]
-                                      [--rate 100000]
+                                      [--rate 100000] [--bulk-concurrency 1 ...]
 
 For each `--sink` (default osmem alone; repeat it to run several in one run, in order),
 on fresh source and console databases: one backfill of `--rows` realistic rows (snapshot
@@ -13,7 +13,8 @@ rate is the writer's when the worker keeps up), then the same live workload as a
 (written while the worker is stopped, then drained by a new one: the worker's own rate).
 `fast` is bench/fastsink.py, in its own
 process: it parses every `_bulk` body and answers every item as done, so what is measured
-is the worker (never a test of OpenSearch).
+is the worker (never a test of OpenSearch). `--bulk-concurrency N` (repeatable) runs
+each sink once per N with SYNCER_BULK_CONCURRENCY=N, in order, named `sink xN`.
 
 Per workload: changes/s (backfill: rows over the pipeline's run to the snapshot's end,
 without the process start-up; live: acknowledged changes over first commit to last
@@ -111,6 +112,10 @@ class FastSink:
 
 class CeilingBench(Bench):
     sink: str = "osmem"
+    bulk_concurrency: int = 1
+
+    def worker_env(self) -> dict[str, str]:
+        return {**super().worker_env(), "SYNCER_BULK_CONCURRENCY": str(self.bulk_concurrency)}
 
     def start_sink(self) -> None:
         if self.sink == "osmem":
@@ -211,9 +216,12 @@ class CeilingBench(Bench):
         return figures
 
 
-def run_sink(sink: str, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
+def run_sink(
+    sink: str, args: argparse.Namespace, budget: Budget, bulk_concurrency: int = 1
+) -> dict[str, Any]:
     bench = CeilingBench(args, budget)
     bench.sink = sink
+    bench.bulk_concurrency = bulk_concurrency
     figures: dict[str, Any] = {"load_average_start": os.getloadavg()}
     try:
         bench.setup()
@@ -232,17 +240,17 @@ def loads(average: Sequence[float]) -> str:
 
 def report(results: dict[str, Any]) -> None:
     print()
-    print("sink    workload  changes  changes/s  worker CPU ms / 1,000 changes  peak RSS")
+    print("sink       workload  changes  changes/s  worker CPU ms / 1,000 changes  peak RSS")
     for sink, figures in results["sinks"].items():
         for workload in ("backfill", "live", "backlog"):
             w = figures[workload]
             print(
-                f"{sink:<7} {workload:<9} {w['changes']:>7,} {w['changes_per_s']:>10,.0f}  "
+                f"{sink:<10} {workload:<9} {w['changes']:>7,} {w['changes_per_s']:>10,.0f}  "
                 f"{w['cpu_ms_per_1000']:>29.1f}  {mb(w['peak_rss_bytes']):>5.0f} MB"
             )
         live = figures["live"]
         print(
-            f"{sink:<7} live: writer {live['write_rate']:,.0f}/s, {live['batches']} batches, "
+            f"{sink:<10} live: writer {live['write_rate']:,.0f}/s, {live['batches']} batches, "
             f"commit→ack p50 {live['p50_ms']:.0f} ms, p99 {live['p99_ms']:.0f} ms; "
             f"load average {loads(figures['load_average_start'])} → "
             f"{loads(figures['load_average_end'])}"
@@ -269,10 +277,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deletes", type=int, default=5_000)
     parser.add_argument("--rate", type=float, default=100_000.0, help="live writes per second")
     parser.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
+    parser.add_argument(
+        "--bulk-concurrency",
+        action="append",
+        type=int,
+        help="SYNCER_BULK_CONCURRENCY for the worker; repeat to run each sink once per value",
+    )
     args = parser.parse_args(argv)
     args.sink = args.sink or ["osmem"]
+    args.bulk_concurrency = args.bulk_concurrency or [1]
     if args.rows < 1 or args.rate <= 0:
         parser.error("--rows and --rate must be positive")
+    if min(args.bulk_concurrency) < 1:
+        parser.error("--bulk-concurrency must be at least 1")
     return args
 
 
@@ -283,8 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         for sink in args.sink:
-            say(f"sink {sink}")
-            results["sinks"][sink] = run_sink(sink, args, budget)
+            for concurrency in args.bulk_concurrency:
+                # One concurrency keeps the old names, so older results compare directly.
+                run = sink if len(args.bulk_concurrency) == 1 else f"{sink} x{concurrency}"
+                say(f"sink {run}")
+                results["sinks"][run] = run_sink(sink, args, budget, concurrency)
     except KeyboardInterrupt:
         say("interrupted")
         code = 130
