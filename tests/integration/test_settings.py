@@ -45,6 +45,14 @@ def test_an_unknown_log_format_fails_the_system_check():
     assert "syncer.E004" in result.stderr
 
 
+def test_no_bulk_in_flight_fails_the_system_check_and_says_what_it_is():
+    result = check(SYNCER_BULK_CONCURRENCY="0")
+    assert result.returncode != 0
+    assert "syncer.E016" in result.stderr
+    assert "SYNCER_BULK_CONCURRENCY must be at least 1" in result.stderr
+    assert check(SYNCER_BULK_CONCURRENCY="4").returncode == 0
+
+
 def test_defaults_pass_the_system_check():
     result = check()
     assert result.returncode == 0, result.stderr

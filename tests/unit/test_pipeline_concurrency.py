@@ -14,6 +14,7 @@ from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.pipeline import BatchReport, Pipeline, PipelineConfig
 from syncer.engine.testing import (
     InMemoryDeadLetters,
+    InMemoryHold,
     InMemorySink,
     InMemorySource,
     InMemoryStore,
@@ -171,3 +172,32 @@ async def test_an_outage_under_several_bulks_is_one_outage_and_no_dead_letters()
     assert set(sink.live) == {"1", "2", "3"}
     assert pipeline.stats.sink_available
     assert sum(pipeline.telemetry.flush_seconds.counts()[0]) == 3
+
+
+async def test_the_checkpoint_hold_keeps_the_checkpoint_below_an_unsettled_delivery():
+    source = InMemorySource([tx(10, 1), tx(20, 2), tx(30, 3)])
+    sink = SlowSink({"1": 0.05})
+    store = store_for(sink)
+    hold = InMemoryHold()
+    hold.store = store
+    config = dataclasses.replace(CONCURRENT, hold_seconds=30.0, hold_recheck=0.01)
+    pipeline = Pipeline(
+        config, source, sink, store, InMemoryDeadLetters(), observer=hold, hold=hold
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    async with asyncio.timeout(5):
+        while sorted(hold.unsettled) != [10, 20, 30]:
+            await asyncio.sleep(0.002)
+        hold.settle(10)  # 20's delivery is not settled, 30's is
+        hold.unsettled = [20]
+        while store.checkpoint != 10:
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)
+        assert store.checkpoint == 10, "never at or past an unsettled position"
+        hold.settle()
+        while store.checkpoint != 30:
+            await asyncio.sleep(0.002)
+    assert hold.checkpoints_seen[0] is None  # handed over before any checkpoint was saved
+    stop.set()
+    await task
