@@ -14,7 +14,9 @@ rate is the writer's when the worker keeps up), then the same live workload as a
 `fast` is bench/fastsink.py, in its own
 process: it parses every `_bulk` body and answers every item as done, so what is measured
 is the worker (never a test of OpenSearch). `--bulk-concurrency N` (repeatable) runs
-each sink once per N with SYNCER_BULK_CONCURRENCY=N, in order, named `sink xN`.
+each sink once per N with SYNCER_BULK_CONCURRENCY=N, in order, named `sink xN`;
+`--fast-bulk-delay-ms` makes the fast sink answer each bulk that much later (a cluster's
+latency, which bulks in flight overlap).
 
 Per workload: changes/s (backfill: rows over the pipeline's run to the snapshot's end,
 without the process start-up; live: acknowledged changes over first commit to last
@@ -75,13 +77,20 @@ class FastSink:
     version: str = "fastsink"
 
     @classmethod
-    def start(cls) -> FastSink:
+    def start(cls, bulk_delay_ms: float = 0.0) -> FastSink:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         log = (ARTIFACTS / "fastsink.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "fastsink.py"), "--port", str(port)],
+            [
+                sys.executable,
+                str(ROOT / "bench" / "fastsink.py"),
+                "--port",
+                str(port),
+                "--bulk-delay-ms",
+                str(bulk_delay_ms),
+            ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -121,7 +130,7 @@ class CeilingBench(Bench):
         if self.sink == "osmem":
             super().start_sink()
             return
-        self.server = FastSink.start()
+        self.server = FastSink.start(self.args.fast_bulk_delay_ms)
         self.opensearch_url = self.server.url
         say(f"bench/fastsink.py at {self.opensearch_url}")
 
@@ -277,6 +286,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deletes", type=int, default=5_000)
     parser.add_argument("--rate", type=float, default=100_000.0, help="live writes per second")
     parser.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
+    parser.add_argument(
+        "--fast-bulk-delay-ms",
+        type=float,
+        default=0.0,
+        help="latency of each fast-sink bulk answer, as a cluster's (bulks in flight overlap it)",
+    )
     parser.add_argument(
         "--bulk-concurrency",
         action="append",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -138,11 +139,15 @@ class Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes: with Nagle on, the second waits for the
     # client's delayed ACK (40 ms), which would make every bulk look slow.
     disable_nagle_algorithm = True
+    bulk_delay = 0.0
+    """Seconds each `_bulk` answer waits: a cluster's latency, for bulks in flight to overlap."""
 
     def answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         routed = route(self.command, self.path, body)
+        if self.bulk_delay and self.path.split("?")[0].endswith("/_bulk"):
+            time.sleep(self.bulk_delay)  # this request's thread only
         if routed is None:
             print(f"fastsink: unknown request {self.command} {self.path}", file=sys.stderr)
             routed = 404, {"error": f"fastsink does not answer {self.command} {self.path}"}
@@ -165,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A bulk endpoint that is never the bottleneck.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--bulk-delay-ms", type=float, default=0.0, help="latency per _bulk")
     args = parser.parse_args(argv)
+    Handler.bulk_delay = args.bulk_delay_ms / 1000
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     print(f"fastsink: listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
