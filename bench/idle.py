@@ -1,0 +1,295 @@
+"""The worker's idle cost (issue 15): `runsyncer` with 1, 20 and 100 caught-up
+subscriptions and no changes.
+
+    .venv/bin/python bench/idle.py [--counts 1,20,100] [--seconds 30] [--sink fast|osmem]
+                                   [--py-spy]
+
+For each count, on fresh source and console databases: that many tables (one per
+subscription, snapshot mode `discard`), a fresh `manage.py runsyncer` (the product's
+worker, not bench/worker.py), a wait until every subscription is caught up and a few
+seconds of settling, then `--seconds` with no change written. Measured from /proc: the
+worker's CPU (utime + stime of all its threads) as % of one core, its RSS (VmRSS) at the
+window's end and its peak (VmHWM); and the CPU of the PostgreSQL backends connected to
+the source database over the same window (the peek queries' cost on the server side).
+`--py-spy` also records the worker with `py-spy record --format raw` over the window
+and prints the share of samples in each top-level cost (the source's peek loop, the
+checkpoint-hold recheck, status/heartbeat saves, stats publishing, the control loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.ceiling import CeilingBench  # noqa: E402
+from bench.run import (  # noqa: E402
+    ARTIFACTS,
+    PREFIX,
+    SOURCE_DB,
+    TABLE_DDL,
+    Budget,
+    machine_note,
+    mb,
+    say,
+    wait_until,
+)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Frames that name a periodic cost in a py-spy stack, most specific first: the first
+# one a stack holds is the part its sample is counted to.
+PARTS = (
+    ("peek loop (source read)", ("sources/postgres/",)),
+    ("checkpoint-hold recheck", ("_recheck_hold",)),
+    ("stats publishing", ("publish_stats", "_publish_stats")),
+    ("heartbeat", ("_heartbeat",)),
+    ("control loop", ("_control", "_refresh_live")),
+    ("live feed", ("_feed_live", "offer_live_once", "syncer/live/")),
+    ("status/checkpoint saves", ("set_status", "save_checkpoint", "syncer/stores.py")),
+    ("pipeline read loop", ("_read",)),
+    ("event loop", ("_run_once",)),
+)
+# Leaves py-spy samples though the thread waits (an idle pool thread, the loop's epoll):
+# not CPU, so left out of the shares.
+WAITING = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of all threads of `pid` (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of `pid`, in bytes."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+def source_backends() -> list[int]:
+    from bench.run import ADMIN_DSN
+
+    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (SOURCE_DB,),
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
+
+
+def backends_cpu(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue  # a backend that ended meanwhile
+    return total
+
+
+class IdleBench(CeilingBench):
+    def tables(self, count: int) -> list[str]:
+        names = [f"bench_idle_{n}" for n in range(count)]
+        with psycopg.connect(self.source_dsn, autocommit=True, connect_timeout=10) as conn:
+            for table in names:
+                conn.execute(sql.SQL(TABLE_DDL).format(table=sql.Identifier(table)))
+        return names
+
+    def runsyncer(self, label: str) -> subprocess.Popen[bytes]:
+        log = (ARTIFACTS / f"idle-{label}.log").open("wb")
+        env = {**self.worker_env(), "LOG_LEVEL": "WARNING", "SECRET_KEY": "bench-idle-" * 4}
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "runsyncer"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+        return process
+
+    def idle_once(self, count: int, seconds: float, profile: bool) -> dict[str, Any]:
+        from syncer.models import Subscription
+
+        Subscription.objects.filter(name__startswith=PREFIX).delete()
+        self.drop_source()
+        with psycopg.connect(self.source_dsn.rsplit("/", 1)[0] + "/postgres") as conn:
+            conn.autocommit = True
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SOURCE_DB)))
+        names = []
+        for table in self.tables(count):
+            name = f"{PREFIX}{table.replace('_', '-')}"
+            self.subscription(name, f"public.{table}", "discard")
+            names.append(name)
+        process = self.runsyncer(str(count))
+        started = time.monotonic()
+        try:
+
+            def caught_up() -> bool:
+                if process.poll() is not None:
+                    raise RuntimeError(f"runsyncer exited; see artifacts/bench/idle-{count}.log")
+                ready = Subscription.objects.filter(name__in=names, status="caught_up").count()
+                return ready == count
+
+            wait_until(caught_up, timeout=self.budget.cap(300), what=f"{count} caught up")
+            ready_s = time.monotonic() - started
+            time.sleep(5)  # the first saves and the slots' first advances settle
+            after_start = memory(process.pid)
+            pids = source_backends()
+            spy: subprocess.Popen[bytes] | None = None
+            raw = ARTIFACTS / f"idle-{count}.pyspy.txt"
+            if profile:
+                spy = subprocess.Popen(
+                    [
+                        shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(process.pid),
+                        "--duration",
+                        str(int(seconds)),
+                        "--rate",
+                        "200",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(raw),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            cpu0, pg0, t0 = cpu_seconds(process.pid), backends_cpu(pids), time.monotonic()
+            time.sleep(seconds)
+            cpu1, pg1, t1 = cpu_seconds(process.pid), backends_cpu(pids), time.monotonic()
+            end = memory(process.pid)
+            if spy is not None:
+                spy.wait(seconds + 30)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+        window = t1 - t0
+        figures: dict[str, Any] = {
+            "subscriptions": count,
+            "ready_s": ready_s,
+            "window_s": window,
+            "cpu_pct": (cpu1 - cpu0) / window * 100,
+            "cpu_pct_per_subscription": (cpu1 - cpu0) / window * 100 / count,
+            "postgres_backends": len(pids),
+            "postgres_cpu_pct": (pg1 - pg0) / window * 100,
+            "rss_after_start_bytes": after_start.get("VmRSS"),
+            "rss_end_bytes": end.get("VmRSS"),
+            "peak_rss_bytes": end.get("VmHWM"),
+        }
+        if profile and raw.exists():
+            figures["py_spy"] = shares(raw)
+        say(
+            f"idle {count}: worker {figures['cpu_pct']:.1f} % of a core "
+            f"({figures['cpu_pct_per_subscription']:.2f} % per subscription), "
+            f"PostgreSQL {len(pids)} backends {figures['postgres_cpu_pct']:.1f} %, "
+            f"RSS {mb(figures['rss_end_bytes']):.0f} MB (peak {mb(figures['peak_rss_bytes']):.0f})"
+        )
+        return figures
+
+
+def shares(raw: Path) -> dict[str, float]:
+    """Share of py-spy's samples per part (PARTS), from its raw (collapsed) output."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(frames[-1].startswith(leaf) for leaf in WAITING):
+            continue
+        total += int(n)
+        part = "other"
+        for label, needles in PARTS:
+            if any(needle in frame for frame in frames for needle in needles):
+                part = label
+                break
+        counts[part] += int(n)
+    return {part: n / total for part, n in counts.most_common()} if total else {}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--counts", default="1,20,100", help="subscription counts, in order")
+    parser.add_argument("--seconds", type=float, default=30.0, help="the idle window")
+    parser.add_argument("--sink", choices=("fast", "osmem"), default="fast")
+    parser.add_argument("--py-spy", action="store_true", help="profile each window")
+    parser.add_argument("--budget", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    args.counts = [int(c) for c in args.counts.split(",")]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = Budget(args.budget)
+    bench = IdleBench(args, budget)
+    bench.sink = args.sink
+    results: dict[str, Any] = {"args": vars(args), "machine": machine_note(), "runs": []}
+    results["load_average_start"] = os.getloadavg()
+    code = 0
+    try:
+        bench.setup()
+        for count in args.counts:
+            results["runs"].append(bench.idle_once(count, args.seconds, args.py_spy))
+    except KeyboardInterrupt:
+        code = 130
+    except (RuntimeError, psycopg.Error) as exc:
+        say(f"failed: {exc}")
+        code = 1
+    finally:
+        bench.teardown()
+    results["load_average_end"] = os.getloadavg()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = ARTIFACTS / f"idle-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print()
+    print("subs  worker CPU %  per sub %  PG backends  PG CPU %  RSS MB  peak MB  ready s")
+    for r in results["runs"]:
+        print(
+            f"{r['subscriptions']:>4}  {r['cpu_pct']:>11.1f}  {r['cpu_pct_per_subscription']:>9.2f}"
+            f"  {r['postgres_backends']:>11}  {r['postgres_cpu_pct']:>8.1f}"
+            f"  {mb(r['rss_end_bytes']):>6.0f}  {mb(r['peak_rss_bytes']):>7.0f}"
+            f"  {r['ready_s']:>7.1f}"
+        )
+        if "py_spy" in r:
+            top = ", ".join(f"{k} {v:.0%}" for k, v in r["py_spy"].items())
+            print(f"      py-spy: {top}")
+    m = results["machine"]
+    print(f"machine: {m['cores']} cores, {m['cpu']}; load {results['load_average_start']}")
+    print(f"details: {path.relative_to(ROOT)}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
