@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ceiling import CeilingBench  # noqa: E402
+from bench.procfs import memory, pid_cpu  # noqa: E402
 from bench.run import (  # noqa: E402
     ARTIFACTS,
     PREFIX,
@@ -50,8 +51,6 @@ from bench.run import (  # noqa: E402
     say,
     wait_until,
 )
-
-TICKS = os.sysconf("SC_CLK_TCK")
 
 # Frames that name a periodic cost in a py-spy stack, most specific first: the first
 # one a stack holds is the part its sample is counted to.
@@ -71,23 +70,6 @@ PARTS = (
 WAITING = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of all threads of `pid` (fields 14 and 15 of /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def memory(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of `pid`, in bytes."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1]) * 1024
-    return out
-
-
 def source_backends() -> list[int]:
     from bench.run import ADMIN_DSN
 
@@ -100,13 +82,7 @@ def source_backends() -> list[int]:
 
 
 def backends_cpu(pids: Sequence[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            total += cpu_seconds(pid)
-        except OSError:
-            continue  # a backend that ended meanwhile
-    return total
+    return sum(pid_cpu(pid) for pid in pids)  # a backend that ended counts 0
 
 
 class IdleBench(CeilingBench):
@@ -179,9 +155,9 @@ class IdleBench(CeilingBench):
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            cpu0, pg0, t0 = cpu_seconds(process.pid), backends_cpu(pids), time.monotonic()
+            cpu0, pg0, t0 = pid_cpu(process.pid), backends_cpu(pids), time.monotonic()
             time.sleep(seconds)
-            cpu1, pg1, t1 = cpu_seconds(process.pid), backends_cpu(pids), time.monotonic()
+            cpu1, pg1, t1 = pid_cpu(process.pid), backends_cpu(pids), time.monotonic()
             end = memory(process.pid)
             if spy is not None:
                 spy.wait(seconds + 30)

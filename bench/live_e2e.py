@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -47,7 +46,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.procfs import children_cpu, pid_cpu, process_stats, stat_cpu  # noqa: E402
 from bench.run import (  # noqa: E402
     ARTIFACTS,
     console_env,
@@ -120,39 +120,11 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
         time.sleep(interval)
 
 
-def _stats() -> Iterator[tuple[int, str, list[str]]]:
-    """(pid, command name, the fields after it) of every process, from /proc."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # ended meanwhile
-            continue
-        head, _, rest = text.rpartition(")")
-        yield int(stat.parent.name), head.split("(", 1)[1], rest.split()
-
-
-def _cpu(fields: list[str]) -> float:
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def children_cpu(pid: int) -> float:
-    """CPU seconds of the running children of process `pid` (its NATS publisher)."""
-    return sum(_cpu(fields) for _, _, fields in _stats() if int(fields[1]) == pid)
-
-
-def pid_cpu(pid: int) -> float:
-    """CPU seconds of process `pid` so far."""
-    try:
-        return _cpu(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split())
-    except OSError:
-        return 0.0
-
-
 def postgres_cpu() -> float:
     """CPU seconds of the PostgreSQL backends of this run's databases (its walsenders, the
     writer's, the worker's), known by their process titles."""
     total = 0.0
-    for pid, name, fields in _stats():
+    for pid, name, fields in process_stats():
         if name != "postgres":
             continue
         try:
@@ -160,13 +132,13 @@ def postgres_cpu() -> float:
         except OSError:
             continue
         if CONSOLE_DB.encode() in title:  # the source database's name starts with it
-            total += _cpu(fields)
+            total += stat_cpu(fields)
     return total
 
 
 def nats_server_cpu() -> float:
     """CPU seconds of the NATS server (shared with other sessions: a rough figure)."""
-    return sum(_cpu(fields) for _, name, fields in _stats() if name == "nats-server")
+    return sum(stat_cpu(fields) for _, name, fields in process_stats() if name == "nats-server")
 
 
 class Round:

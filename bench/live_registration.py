@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.live_e2e import NATS_URL, delete_stream, pid_cpu, wait_until  # noqa: E402
+from bench.live_e2e import NATS_URL, delete_stream, wait_until  # noqa: E402
+from bench.procfs import pid_cpu  # noqa: E402
 from bench.run import (  # noqa: E402
     ARTIFACTS,
     console_env,

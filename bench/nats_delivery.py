@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.procfs import pid_cpu  # noqa: E402
 from syncer.conf import NatsConfig  # noqa: E402
 from syncer.live.events import MatchedEvent  # noqa: E402
 from syncer.live.nats import Delivery, NatsDelivery  # noqa: E402
@@ -74,8 +75,7 @@ def publisher_cpu(delivery: Delivery) -> float:
     pid = delivery.pid if isinstance(delivery, NatsProcessDelivery) else None
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return pid_cpu(pid)
 
 
 def quantile(values: list[float], q: float) -> float:

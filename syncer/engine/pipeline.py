@@ -485,35 +485,22 @@ class Pipeline:
 
     async def _acknowledge_flight(self, flight: _Flight) -> None:
         written = flight.task.result()  # a failure ends the session, as with one at a time
-        self._batches += 1
         self._applied, self._rejected = flight.applied, flight.rejected
-        await self._acknowledge(flight.batch)
+        await self._finish(flight.batch, written, flight.started)
         await self._buffer.acknowledged()
-        self._backoff.reset()
-        now = self.clock()
-        seconds = max(0.0, now - flight.started)
-        self.telemetry.flush_seconds.observe(seconds)
-        self._log.debug(
-            "batch_flushed",
-            transactions=len(flight.batch),
-            changes=written,
-            ms=round(seconds * 1000, 1),
-        )
-        self._log_progress(len(flight.batch), written, seconds, now)
 
     # -- writing one batch -------------------------------------------------------------
 
     async def _flush(self, batch: list[Transaction]) -> None:
         started = self.clock()
-        self._batches += 1
         if self._reporter is not None:
             self._applied, self._rejected = [], []
-        changes = consolidate(batch)
-        await self._fill_missing(changes)
-        changes = await self._refuse_unwritable(changes)
-        size = self.config.batch_max_size
-        for offset in range(0, len(changes), size):
-            await self._write_sized(changes[offset : offset + size])
+        written = await self._write_batch(consolidate(batch), ())
+        await self._finish(batch, written, started)
+
+    async def _finish(self, batch: list[Transaction], written: int, started: float) -> None:
+        """A batch is written: acknowledge it, then count, time and log it."""
+        self._batches += 1
         await self._acknowledge(batch)
         self._backoff.reset()
         now = self.clock()
@@ -522,10 +509,10 @@ class Pipeline:
         self._log.debug(
             "batch_flushed",
             transactions=len(batch),
-            changes=len(changes),
+            changes=written,
             ms=round(seconds * 1000, 1),
         )
-        self._log_progress(len(batch), len(changes), seconds, now)
+        self._log_progress(len(batch), written, seconds, now)
 
     def _log_progress(self, transactions: int, changes: int, seconds: float, now: float) -> None:
         """Log what was flushed lately, once per `progress_log_every` seconds."""
@@ -590,12 +577,13 @@ class Pipeline:
             retry_attempts: list[int] = []
             rejected: list[Rejected] = []
             written: list[Change] = []
+            applied = self._report().applied if self._reporter is not None else None
             for change, result, tries in zip(pending, results, attempts, strict=True):
                 decision = self.policy.decide(result.outcome, tries + 1)
                 if decision is Decision.DONE:
                     written.append(change)
-                    if self._reporter is not None:
-                        self._report().applied.append((change, result.outcome))
+                    if applied is not None:
+                        applied.append((change, result.outcome))
                     self.telemetry.changes[str(change.op)] += 1
                     if result.outcome is Outcome.OK:
                         self.stats.written += 1

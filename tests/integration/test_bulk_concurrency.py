@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from syncer.wiring import build_pipeline
-from tests.support.harness import WorkerThread, checksum, index_docs, status_of, wait_for
+from tests.support.harness import WorkerThread, index_rows, status_of, table_rows, wait_for
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
 
@@ -54,12 +54,9 @@ def test_three_bulks_in_flight_converge_exactly_under_a_concurrent_writer(
         stop.set()
         for t in threads:
             t.join()
-        expected = checksum(source_conn.execute(f"SELECT id, v FROM {table_name}").fetchall())
+        expected = table_rows(source_conn, table_name)
         wait_for(
-            lambda: (
-                checksum((int(d["id"]), d["v"]) for d in index_docs(search, "bulks").values())
-                == expected
-            ),
+            lambda: index_rows(search, "bulks") == expected,
             timeout=90,
             interval=1,
             what="index equal to table",

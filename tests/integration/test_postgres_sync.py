@@ -8,7 +8,14 @@ import time
 import psycopg
 import pytest
 
-from tests.support.harness import WorkerThread, checksum, index_docs, status_of, wait_for
+from tests.support.harness import (
+    WorkerThread,
+    index_docs,
+    index_rows,
+    status_of,
+    table_rows,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
 
@@ -183,12 +190,9 @@ def test_snapshot_with_concurrent_writers_converges_exactly(
         stop.set()
         for t in threads:
             t.join()
-        expected = checksum(source_conn.execute(f"SELECT id, v FROM {table_name}").fetchall())
+        expected = table_rows(source_conn, table_name)
         wait_for(
-            lambda: (
-                checksum((int(d["id"]), d["v"]) for d in index_docs(search, "snap").values())
-                == expected
-            ),
+            lambda: index_rows(search, "snap") == expected,
             timeout=90,
             interval=2,
             what="index equal to table",
