@@ -29,8 +29,10 @@ if [ "$(setting wal_level)" != "logical" ]; then
   psql_ -c "ALTER SYSTEM SET wal_level = 'logical'"
   changed=1
 fi
-# Every subscription holds a slot, and a first snapshot briefly holds a walsender.
-for pair in max_replication_slots:64 max_wal_senders:32; do
+# Every subscription holds a slot and, while its worker streams, a walsender; the
+# test suite and bench/idle.py run a hundred or more at once, each beside a normal
+# connection (docs/capacity.md has the arithmetic for a deployment).
+for pair in max_replication_slots:200 max_wal_senders:160 max_connections:400; do
   name=${pair%%:*} want=${pair##*:}
   if [ "$(setting "$name")" -lt "$want" ]; then
     psql_ -c "ALTER SYSTEM SET $name = $want"
