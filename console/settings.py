@@ -173,7 +173,7 @@ CHANNEL_LAYERS = {
 
 # Worker tuning; syncer.conf reads these lazily, with the defaults documented there.
 SYNCER_SHUTDOWN_TIMEOUT = _env_number("SYNCER_SHUTDOWN_TIMEOUT", 30)
-SYNCER_POLL_INTERVAL = _env_number("SYNCER_POLL_INTERVAL", 0.1)
+SYNCER_POLL_INTERVAL = _env_number("SYNCER_POLL_INTERVAL", 1.0)
 SYNCER_SLOT_WAL_WARN_BYTES = int(_env_number("SYNCER_SLOT_WAL_WARN_BYTES", 1 << 30))
 SYNCER_BACKOFF_BASE = _env_number("SYNCER_BACKOFF_BASE", 1)
 SYNCER_BACKOFF_CAP = _env_number("SYNCER_BACKOFF_CAP", 30)

@@ -34,9 +34,9 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
                 id="syncer.E001",
             )
         )
-    if float(getattr(settings, "SYNCER_POLL_INTERVAL", 0.1)) <= 0:
+    if float(getattr(settings, "SYNCER_POLL_INTERVAL", 1.0)) <= 0:
         errors.append(
-            Error("SYNCER_POLL_INTERVAL must be positive.", hint="e.g. 0.1", id="syncer.E002")
+            Error("SYNCER_POLL_INTERVAL must be positive.", hint="e.g. 1", id="syncer.E002")
         )
     if float(getattr(settings, "SYNCER_SHUTDOWN_TIMEOUT", 30)) <= 0:
         errors.append(

@@ -68,7 +68,7 @@ def opensearch() -> Connection:
 def worker() -> WorkerSettings:
     return WorkerSettings(
         shutdown_timeout=float(getattr(settings, "SYNCER_SHUTDOWN_TIMEOUT", 30.0)),
-        poll_interval=float(getattr(settings, "SYNCER_POLL_INTERVAL", 0.1)),
+        poll_interval=float(getattr(settings, "SYNCER_POLL_INTERVAL", 1.0)),
         slot_wal_warn_bytes=int(getattr(settings, "SYNCER_SLOT_WAL_WARN_BYTES", 1 << 30)),
         backoff_base=float(getattr(settings, "SYNCER_BACKOFF_BASE", 1.0)),
         backoff_cap=float(getattr(settings, "SYNCER_BACKOFF_CAP", 30.0)),

@@ -16,6 +16,7 @@ from opensearchpy import OpenSearch
 from osmem_server import OsmemServer
 
 from syncer.models import Subscription
+from syncer.sources.postgres.replication import drop_replication
 from tests.support.httpfaults import FaultProxy
 from tests.support.jetstream import Stream, make_config
 from tests.support.tcpproxy import TcpProxy
@@ -69,10 +70,7 @@ def source_conn(source_dsn: str) -> Iterator[psycopg.Connection]:
         for (slot,) in conn.execute(
             "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
         ).fetchall():
-            try:
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            except psycopg.errors.ObjectInUse:
-                pass  # a worker of this test is still stopping; the session end drops it
+            drop_replication(source_dsn, slot)  # ends a walsender still stopping
         for (pub,) in conn.execute("SELECT pubname FROM pg_publication").fetchall():
             conn.execute(f'DROP PUBLICATION IF EXISTS "{pub}"')
 

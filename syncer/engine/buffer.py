@@ -78,22 +78,6 @@ class ChangeBuffer:
                 lambda: (not self.paused and not self.held) or self._closed is not None
             )
 
-    async def wait_settled(self, timeout: float) -> None:
-        """Wait up to `timeout` for the writer to have acknowledged everything buffered."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(
-                        lambda: (
-                            (not self._transactions and not self.in_flight)
-                            or self._closed is not None
-                        )
-                    ),
-                    timeout,
-                )
-            except TimeoutError:
-                pass
-
     async def close(self, error: BaseException | None = None) -> None:
         """No more input: the writer drains what is left, then gets `error` (or ends)."""
         async with self._changed:

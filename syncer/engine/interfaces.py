@@ -52,6 +52,11 @@ class Source(Protocol):
         again before `acknowledge` returns the transactions after those already read.
         """
 
+    async def wait(self, timeout: float) -> None:
+        """Return when `read` may have something new, or after `timeout` seconds.
+
+        A source that is pushed changes returns as they arrive; one that polls sleeps."""
+
     async def acknowledge(self, position: Position) -> None:
         """Everything at or before `position` is in the sink: the source may forget it."""
 

@@ -96,7 +96,9 @@ class PipelineConfig:
     bulk_concurrency: int = 1
     """Batches written at once. Above 1, a batch touching a document of one still in
     flight waits for it, and batches are acknowledged in order (see `_write_concurrently`)."""
-    poll_interval: float = 0.1
+    poll_interval: float = 1.0
+    """The longest the reader waits on an idle source before looking again (a streaming
+    source wakes it as soon as a change arrives)."""
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
     warnings_every: float = 30.0
@@ -372,14 +374,9 @@ class Pipeline:
                 if not transactions:
                     if not buffer:
                         await self._idle(now)
-                    await sleep_unless_stopped(stop, self.config.poll_interval)
-                elif read < self.config.batch_max_size:
-                    # Caught up: read again once this is acknowledged. Reading ahead
-                    # without a backlog re-decodes what is not yet acknowledged and
-                    # holds the slot the acknowledgement needs; but behind a slow bulk,
-                    # a read after a short wait has the next batch ready when it ends.
-                    # (bench: p99 306 ms waiting a full poll, 93-163 ms a quarter.)
-                    await buffer.wait_settled(self.config.poll_interval / 4)
+                    # A streaming source wakes this as a change arrives; the interval
+                    # bounds how long the loop stays away (warnings, status).
+                    await _until(stop, self.source.wait(self.config.poll_interval))
         except BaseException as exc:
             await buffer.close(exc)
             raise

@@ -33,6 +33,7 @@ class InMemorySource:
         self.notices: list[SourceNotice] = []
         self.progressed: float | None = None
         self._read_upto = 0
+        self._pushed = asyncio.Event()
 
     async def open(self, resume: ResumeState) -> None:
         self.opened += 1
@@ -56,6 +57,14 @@ class InMemorySource:
             self._read_upto += 1
         return out
 
+    async def wait(self, timeout: float) -> None:
+        # Like a replication stream: wake as soon as something is pushed.
+        try:
+            await asyncio.wait_for(self._pushed.wait(), timeout)
+        except TimeoutError:
+            return
+        self._pushed.clear()
+
     async def acknowledge(self, position: Position) -> None:
         self.acknowledged = position
 
@@ -77,6 +86,7 @@ class InMemorySource:
 
     def push(self, *transactions: Transaction) -> None:
         self.queue.extend(transactions)
+        self._pushed.set()
 
 
 @dataclass

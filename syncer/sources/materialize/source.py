@@ -33,6 +33,7 @@ keeps Materialize's text instead of failing every FETCH. Errors are classified b
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,6 +296,10 @@ class MaterializeSource:
             )
 
     # -- the rest of the Source interface --------------------------------------------
+
+    async def wait(self, timeout: float) -> None:
+        # `read` already waits (FETCH ... WITH (timeout)); between reads, a pause.
+        await asyncio.sleep(timeout)
 
     async def acknowledge(self, position: Position) -> None:
         """Nothing to release: Materialize keeps no per-reader state for us."""

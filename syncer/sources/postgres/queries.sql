@@ -54,25 +54,14 @@ SELECT 1 FROM pg_publication WHERE pubname = %(publication)s
 SELECT 1 FROM pg_publication_rel WHERE prpubid =
     (SELECT oid FROM pg_publication WHERE pubname = %(publication)s) AND prrelid = %(oid)s
 
+-- name: end_slot_reader
+-- The walsender streaming from the slot, if any (a slot in use cannot be dropped).
+SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+WHERE slot_name = %(slot)s AND database = current_database() AND active_pid IS NOT NULL
+
 -- name: drop_slot
 SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
 WHERE slot_name = %(slot)s AND database = current_database()
-
--- name: flushed_wal_lsn
--- Peeking up to this point and getting fewer rows than asked means every
--- transaction committed before it has been read.
-SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint
-
--- name: peek_changes
--- Decode without consuming: the slot moves only in advance_slot, after OpenSearch
--- has acknowledged. pgoutput protocol 1 sends every value as text.
-SELECT pg_wal_lsn_diff(lsn, '0/0')::bigint AS lsn, xid::text::bigint AS xid, data
-FROM pg_logical_slot_peek_binary_changes(
-    %(slot)s, %(upto)s::pg_lsn, %(max_changes)s,
-    'proto_version', '1', 'publication_names', %(publication)s)
-
--- name: advance_slot
-SELECT pg_replication_slot_advance(%(slot)s, %(lsn)s::pg_lsn)
 
 -- name: export_snapshot_slot
 -- Run on a `replication=database` connection: the exported snapshot shows exactly

@@ -16,9 +16,12 @@ def drop_replication(conninfo: str, slot_name: str) -> None:
     """
     with translated(f"dropping replication slot {slot_name}"):
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-            # The worker holds the slot only during a peek: a few tries get past it.
+            # A worker streaming from the slot holds it: end its walsender (the row is
+            # deleted first, so the worker does not come back for it), then drop. The
+            # walsender takes a moment to let go: a few tries get past it.
             for attempt in range(20):
                 try:
+                    conn.execute(QUERIES["end_slot_reader"], {"slot": slot_name})
                     conn.execute(QUERIES["drop_slot"], {"slot": slot_name})
                     break
                 except psycopg.errors.ObjectInUse:

@@ -1,8 +1,10 @@
-"""PostgreSQL source: a publication and a logical slot per subscription, read through SQL.
+"""PostgreSQL source: a publication and a logical slot per subscription.
 
-psycopg 3 has no replication-protocol streaming, so changes are decoded with
-`pg_logical_slot_peek_binary_changes` (which does not consume) and the slot is moved
-with `pg_replication_slot_advance` only once OpenSearch has acknowledged them.
+Changes arrive over the streaming replication protocol (`stream.ReplicationStream`):
+the server pushes each transaction as it commits, and a position is confirmed to the
+slot only once OpenSearch has acknowledged it and its checkpoint is saved, so the slot
+replays from there after any failure. Catalog queries, the first copy and `fetch_rows`
+run on an ordinary psycopg 3 connection.
 
 The first copy is exact under concurrent writes: the slot is created on a
 `replication=database` connection with an exported snapshot, and the table is read
@@ -13,7 +15,6 @@ version; every streamed transaction commits after it, so it always wins.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from syncer.sources.positions import format_lsn, parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
 from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.postgres.stream import ReplicationStream
 from syncer.sources.sqlerrors import translated
 from syncer.sources.values import Decoder, make_decoder
 
@@ -89,16 +91,11 @@ class PostgresSource:
         self._table: Table | None = None
         self._streams: dict[int, _Stream] = {}
         self._snapshot: _Snapshot | None = None
+        self._stream: ReplicationStream | None = None
+        self._current: Transaction | None = None  # begun in the stream, not yet committed
         self._read_upto: Position = 0  # end of the last transaction handed out
         self._acked: Position = 0
-        self._complete_upto: Position | None = None  # decoded everything up to here
-        # Transactions handed out but not acknowledged: (commit end, slot rows from the
-        # confirmed point through its commit). A peek always starts at the confirmed
-        # point, so reading ahead of the acknowledgement must skip that many rows.
-        self._handed: deque[tuple[Position, int]] = deque()
-        self._last_seen_wal: Position | None = None
-        self._advanced_at = 0.0
-        self._progressed_at: float | None = None  # when a read last reached the flush point
+        self._progressed_at: float | None = None  # when a read last drained the stream
         self._notices: list[SourceNotice] = []
         self._log = log.bind(subscription=config.name)
         self._conninfo = ""
@@ -112,8 +109,7 @@ class PostgresSource:
     async def open(self, resume: ResumeState) -> None:
         self._conninfo = self.config.resolve_dsn(self.config.dsn)
         self._read_upto = self._acked = 0
-        self._complete_upto = self._last_seen_wal = None
-        self._handed.clear()
+        self._current = None
         self._streams.clear()
         with translated("connecting to the source"):
             self._conn = await AsyncConnection.connect(
@@ -159,9 +155,16 @@ class PostgresSource:
             self._acked = self._read_upto = int(row[0])
             self._log.info("replication_slot_created", slot=self.config.slot_name)
         else:
-            self._acked = self._read_upto = int(slot["confirmed_flush"])
+            # The checkpoint may be past the slot: the worker stopped before its status
+            # update confirmed it. The server skips what commits before the start.
+            self._acked = self._read_upto = max(
+                int(slot["confirmed_flush"]), resume.checkpoint or 0
+            )
 
     async def close(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()
         if self._snapshot is not None:
             snapshot, self._snapshot = self._snapshot, None
             try:
@@ -177,60 +180,62 @@ class PostgresSource:
     async def read(self, max_changes: int) -> list[Transaction]:
         if self._snapshot is not None:
             return await self._read_snapshot(max_changes)
-        conn = self._require_conn()
-        with translated("reading changes"):
-            flushed = await self._scalar(conn, QUERIES["flushed_wal_lsn"])
-            if flushed == self._last_seen_wal and (
-                self._read_upto == self._acked or self._complete_upto == flushed
-            ):
-                self._progressed_at = time.time()
-                return []  # nothing was written anywhere since the last complete read
-            limit = max_changes + (self._handed[-1][1] if self._handed else 0)
-            cursor = await conn.execute(
-                QUERIES["peek_changes"],
-                {
-                    "slot": self.config.slot_name,
-                    "upto": format_lsn(flushed),
-                    "max_changes": limit,
-                    "publication": self.publication,
-                },
-            )
-            rows = await cursor.fetchall()
-        transactions = self._decode(rows)
-        if len(rows) < limit:
-            self._complete_upto = flushed
-            self._last_seen_wal = flushed
-            self._progressed_at = time.time()
-        else:
-            self._complete_upto = None
-        if not transactions:
-            await self._advance_idle()
+        stream = self._stream or await self._start_stream()
+        transactions: list[Transaction] = []
+        count = 0
+        # Whole transactions, as many as are already received, up to about max_changes.
+        while count < max_changes:
+            payload = stream.read_message()
+            if payload is None:
+                if self._current is None:
+                    self._progressed_at = stream.heard_at
+                break
+            transaction = self._take(pgoutput.decode(payload))
+            if transaction is not None:
+                transactions.append(transaction)
+                count += len(transaction.changes)
+        if transactions:
+            self._read_upto = stream.received = transactions[-1].position
         return transactions
 
-    def _decode(self, rows: Sequence[tuple[Any, ...]]) -> list[Transaction]:
-        transactions: list[Transaction] = []
-        current: Transaction | None = None
-        for row_number, (_lsn, _xid, data) in enumerate(rows, start=1):
-            message = pgoutput.decode(bytes(data))
-            if isinstance(message, pgoutput.Begin):
-                current = Transaction(0, message.commit_time)
-            elif isinstance(message, pgoutput.Commit):
-                if current is not None and message.end_lsn > self._read_upto:
-                    current.position = message.end_lsn
-                    transactions.append(current)
-                    self._handed.append((message.end_lsn, row_number))
-                current = None
-            elif isinstance(message, pgoutput.Relation):
-                self._streams[message.oid] = self._stream_for(message)
-            elif isinstance(message, (pgoutput.Insert, pgoutput.Update, pgoutput.Delete)):
-                stream = self._streams.get(message.relation_oid)
-                if current is not None and stream is not None:
-                    change = self._row_change(stream, message)
-                    if change is not None:
-                        current.changes.append(change)
-        if transactions:
-            self._read_upto = transactions[-1].position
-        return transactions
+    async def wait(self, timeout: float) -> None:
+        if self._stream is not None:
+            await self._stream.wait(timeout)
+
+    async def _start_stream(self) -> ReplicationStream:
+        stream = ReplicationStream(
+            self._conninfo,
+            self.config.slot_name,
+            self.publication,
+            connect_timeout=self.config.connect_timeout,
+        )
+        await stream.start(self._acked)
+        self._stream = stream
+        self._log.info(
+            "replication_started", slot=self.config.slot_name, position=format_lsn(self._acked)
+        )
+        return stream
+
+    def _take(self, message: pgoutput.Message) -> Transaction | None:
+        """Add one pgoutput message to the transaction it belongs to; return that
+        transaction when the message commits it."""
+        if isinstance(message, pgoutput.Begin):
+            self._current = Transaction(0, message.commit_time)
+        elif isinstance(message, pgoutput.Commit):
+            current, self._current = self._current, None
+            # After a reconnect the server may send again what was read before.
+            if current is not None and message.end_lsn > self._read_upto:
+                current.position = message.end_lsn
+                return current
+        elif isinstance(message, pgoutput.Relation):
+            self._streams[message.oid] = self._stream_for(message)
+        elif isinstance(message, (pgoutput.Insert, pgoutput.Update, pgoutput.Delete)):
+            stream = self._streams.get(message.relation_oid)
+            if self._current is not None and stream is not None:
+                change = self._row_change(stream, message)
+                if change is not None:
+                    self._current.changes.append(change)
+        return None
 
     def _stream_for(self, relation: pgoutput.Relation) -> _Stream:
         table = self._require_table()
@@ -296,36 +301,11 @@ class PostgresSource:
     # -- acknowledging ---------------------------------------------------------------
 
     async def acknowledge(self, position: Position) -> None:
-        if self._complete_upto is not None and position == self._read_upto:
-            # Everything up to the flush point was read: move past transactions of
-            # other tables too, so the slot does not hold their WAL.
-            position = max(position, self._complete_upto)
         if position <= self._acked:
             return
-        await self._advance(position)
-
-    async def _advance_idle(self) -> None:
-        """Advance over WAL of other tables while idle, at most once a second."""
-        if self._complete_upto is None or self._read_upto != self._acked:
-            return
-        if self._complete_upto > self._acked and time.monotonic() - self._advanced_at >= 1.0:
-            await self._advance(self._complete_upto)
-
-    async def _advance(self, position: Position) -> None:
-        conn = self._require_conn()
-        with translated("advancing the replication slot"):
-            await conn.execute(
-                QUERIES["advance_slot"],
-                {"slot": self.config.slot_name, "lsn": format_lsn(position)},
-            )
-        self._acked = max(self._acked, position)
-        self._read_upto = max(self._read_upto, position)
-        self._advanced_at = time.monotonic()
-        # The next peek starts here: count the rows still handed out from here on.
-        skipped = 0
-        while self._handed and self._handed[0][0] <= position:
-            skipped = self._handed.popleft()[1]
-        self._handed = deque((end, rows - skipped) for end, rows in self._handed)
+        self._acked = position
+        if self._stream is not None:
+            self._stream.confirm(position)
 
     # -- snapshot --------------------------------------------------------------------
 

@@ -1,0 +1,213 @@
+"""One slot's changes over the streaming replication protocol (psycopg2's ReplicationCursor).
+
+psycopg 3 can start `START_REPLICATION` but has no API to read the stream or send
+standby status updates (psycopg issue #71), so this module alone uses psycopg2's
+`LogicalReplicationConnection` (docs/replication.md has the choice and its measurements).
+The server pushes each transaction as it commits; the client confirms positions with
+standby status updates, and the slot keeps everything after the last confirmed one.
+
+Connecting and `START_REPLICATION` block, so they run in a thread; reading runs on the
+event loop, without blocking: `read_message` returns what libpq has buffered or None,
+and `wait` sleeps until the socket is readable. psycopg2 answers the server's keepalives
+itself, sends the status update at most every `status_interval` from `read_message`, and
+moves the confirmed position to a keepalive's WAL end once every message received has
+been confirmed (so WAL of other tables is not held while idle). A timer sends the status
+update when the worker does not read (backpressure), so the server never times it out.
+
+psycopg2's errors leave this module as psycopg 3's classes of the same SQLSTATE, so
+`syncer.sources.sqlerrors.translated` words them as it does every other source error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from syncer.engine.changes import Position
+from syncer.sources.sqlerrors import translated
+
+
+class ReplicationStream:
+    """A `replication=database` session streaming one slot's pgoutput messages."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        slot_name: str,
+        publication: str,
+        connect_timeout: int = 10,
+        status_interval: int = 1,
+    ) -> None:
+        self.slot_name = slot_name
+        self.publication = publication
+        self.status_interval = status_interval
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg2.extensions.connection | None = None
+        self._cursor: Any = None  # psycopg2.extras.ReplicationCursor (untyped)
+        self._fileno = -1
+        self._timer: asyncio.TimerHandle | None = None
+        self._failure: BaseException | None = None
+        self.heard_at: float | None = None
+        """Wall-clock time the server last sent anything (data or keepalive)."""
+        self.received: Position = 0
+        """The end of the last transaction read from the stream."""
+
+    async def start(self, start_lsn: Position) -> None:
+        """Connect and start streaming the transactions that commit after `start_lsn`.
+
+        The server starts at the slot's confirmed position when that is later."""
+        with _translated(f"starting replication from slot {self.slot_name}"):
+            await asyncio.to_thread(self._connect_and_start, start_lsn)
+        self._fileno = self._require_cursor().fileno()
+        self.heard_at = time.time()
+        self._schedule_status()
+
+    def _connect_and_start(self, start_lsn: Position) -> None:
+        conn = psycopg2.connect(
+            self._conninfo,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            connect_timeout=self._connect_timeout,
+        )
+        try:
+            cursor = conn.cursor()
+            cursor.start_replication(
+                slot_name=self.slot_name,
+                decode=False,
+                start_lsn=start_lsn,
+                # Protocol 1 sends every value as text, as `syncer.sources.values` decodes.
+                options={"proto_version": "1", "publication_names": self.publication},
+                status_interval=self.status_interval,
+            )
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._cursor = conn, cursor
+
+    def read_message(self) -> bytes | None:
+        """The next pgoutput message already received, or None (never blocks)."""
+        self._raise_failure()
+        with _translated("reading changes"):
+            message = self._require_cursor().read_message()
+        if message is None:
+            return None
+        self.heard_at = time.time()
+        payload: bytes = message.payload
+        return payload
+
+    async def wait(self, timeout: float) -> None:
+        """Return once the server has sent something, or after `timeout` seconds."""
+        self._raise_failure()
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+
+        def readable() -> None:
+            self.heard_at = time.time()
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(self._fileno, readable)
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(self._fileno)
+
+    def confirm(self, position: Position) -> None:
+        """Everything up to `position` is in the sink: the slot may release its WAL.
+
+        Sent with the next status update (within `status_interval`)."""
+        self._raise_failure()
+        with _translated("confirming a position to the replication slot"):
+            self._require_cursor().send_feedback(write_lsn=self.received, flush_lsn=position)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._conn is not None:
+            conn, self._conn, self._cursor = self._conn, None, None
+            conn.close()  # the walsender ends; the slot keeps the confirmed position
+
+    # -- the status update while the worker does not read ----------------------------
+
+    def _schedule_status(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.status_interval, self._send_status)
+
+    def _send_status(self) -> None:
+        """Send the status update if `read_message` has not lately; ask for a keepalive
+        back when the server has been quiet, so `heard_at` shows it is alive."""
+        cursor = self._cursor
+        if cursor is None:
+            return
+        now = time.time()
+        last = cursor.feedback_timestamp.timestamp()
+        try:
+            if now - last >= self.status_interval:
+                quiet = self.heard_at is None or now - self.heard_at >= self.status_interval
+                with _translated("sending a status update to the replication slot"):
+                    cursor.send_feedback(reply=quiet, force=True)
+        except Exception as exc:  # raised by the next read, which reconnects
+            self._failure = exc
+            return
+        self._schedule_status()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _require_cursor(self) -> Any:
+        if self._cursor is None:
+            raise RuntimeError("replication is not started")
+        return self._cursor
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    with translated(action), _as_psycopg():
+        yield
+
+
+@contextmanager
+def _as_psycopg() -> Iterator[None]:
+    """Re-raise a psycopg2 error as psycopg 3's class of the same SQLSTATE (or DBAPI
+    class when it has none, as for a refused connection)."""
+    try:
+        yield
+    except psycopg2.Error as exc:
+        message = str(exc).strip() or type(exc).__name__
+        if "no message from the libpq" in message:
+            # What libpq says when the server closes a COPY BOTH session without a word.
+            message = (
+                "the server ended the replication connection (its log says why: e.g. "
+                "wal_sender_timeout, or the walsender was terminated)"
+            )
+        cls: type[psycopg.Error]
+        if exc.pgcode:
+            try:
+                cls = psycopg.errors.lookup(exc.pgcode)
+            except KeyError:
+                cls = psycopg.DatabaseError
+        else:
+            cls = next(
+                (
+                    getattr(psycopg, base.__name__)
+                    for base in type(exc).__mro__
+                    if isinstance(getattr(psycopg, base.__name__, None), type)
+                    and issubclass(getattr(psycopg, base.__name__), psycopg.Error)
+                ),
+                psycopg.OperationalError,
+            )
+        raise cls(message) from exc
