@@ -183,17 +183,20 @@ class PostgresSource:
         stream = self._stream or await self._start_stream()
         transactions: list[Transaction] = []
         count = 0
-        # Whole transactions, as many as are already received, up to about max_changes.
+        # Whole transactions, as many as are already received, up to about max_changes
+        # (a transaction left open is finished by the next read).
         while count < max_changes:
-            payload = stream.read_message()
-            if payload is None:
+            limit = max_changes - count
+            payloads = stream.read(limit)
+            for payload in payloads:
+                transaction = self._take(pgoutput.decode(payload))
+                if transaction is not None:
+                    transactions.append(transaction)
+                    count += len(transaction.changes)
+            if len(payloads) < limit:  # all that was received
                 if self._current is None:
                     self._progressed_at = stream.heard_at
                 break
-            transaction = self._take(pgoutput.decode(payload))
-            if transaction is not None:
-                transactions.append(transaction)
-                count += len(transaction.changes)
         if transactions:
             self._read_upto = stream.received = transactions[-1].position
         return transactions

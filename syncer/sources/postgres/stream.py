@@ -7,7 +7,7 @@ The server pushes each transaction as it commits; the client confirms positions 
 standby status updates, and the slot keeps everything after the last confirmed one.
 
 Connecting and `START_REPLICATION` block, so they run in a thread; reading runs on the
-event loop, without blocking: `read_message` returns what libpq has buffered or None,
+event loop, without blocking: `read` returns what libpq has buffered,
 and `wait` sleeps until the socket is readable. psycopg2 answers the server's keepalives
 itself, sends the status update at most every `status_interval` from `read_message`, and
 moves the confirmed position to a keepalive's WAL end once every message received has
@@ -93,16 +93,20 @@ class ReplicationStream:
             raise
         self._conn, self._cursor = conn, cursor
 
-    def read_message(self) -> bytes | None:
-        """The next pgoutput message already received, or None (never blocks)."""
+    def read(self, limit: int) -> list[bytes]:
+        """Up to `limit` pgoutput messages already received (never blocks)."""
         self._raise_failure()
-        with _translated("reading changes"):
-            message = self._require_cursor().read_message()
-        if message is None:
-            return None
-        self.heard_at = time.time()
-        payload: bytes = message.payload
-        return payload
+        cursor = self._require_cursor()
+        payloads: list[bytes] = []
+        with _translated("reading changes"):  # once a call: it costs more than a message
+            while len(payloads) < limit:
+                message = cursor.read_message()
+                if message is None:
+                    break
+                payloads.append(message.payload)
+        if payloads:
+            self.heard_at = time.time()
+        return payloads
 
     async def wait(self, timeout: float) -> None:
         """Return once the server has sent something, or after `timeout` seconds."""
