@@ -349,8 +349,8 @@ class Pipeline:
                     await _until(stop, buffer.wait_for_room())
                     continue
                 if self._held:
-                    # The source reads again from its acknowledged position (a PostgreSQL
-                    # slot decodes it all again): let go first of what was delivered.
+                    # Let go first of what was delivered, so the source may release it
+                    # before it reads on.
                     await self._release_held(self.clock())
                 transactions = await self.source.read(self.config.batch_max_size)
                 read = sum(len(tx.changes) for tx in transactions)

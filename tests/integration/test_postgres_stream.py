@@ -136,6 +136,8 @@ async def test_a_source_that_stops_reading_still_keeps_its_walsender(
         await read_until(source, 1)
         pid = walsender_pid(source_conn, source)
         assert pid is not None
+        named = "SELECT application_name FROM pg_stat_replication WHERE pid = %s"
+        assert source_conn.execute(named, (pid,)).fetchone() == (f"searchsync s_{table}",)
         await asyncio.sleep(7)  # the event loop runs; the source is not read
         source_conn.execute(f"INSERT INTO {table} VALUES (2, 'b')")
         [second] = await read_until(source, 1)

@@ -1,4 +1,4 @@
-"""Load the named blocks of queries.sql into a dict: QUERIES["peek_changes"]."""
+"""Load the named blocks of queries.sql into a dict: QUERIES["slot_info"]."""
 
 from __future__ import annotations
 

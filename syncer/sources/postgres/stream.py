@@ -77,6 +77,8 @@ class ReplicationStream:
             self._conninfo,
             connection_factory=psycopg2.extras.LogicalReplicationConnection,
             connect_timeout=self._connect_timeout,
+            # What an operator sees in pg_stat_replication for this walsender.
+            application_name=f"searchsync {self.slot_name}",
         )
         try:
             cursor = conn.cursor()
