@@ -563,3 +563,25 @@ async def test_snapshot_completion_is_not_held():
     pipeline, hold = held_pipeline(source, store)
     await run_until(pipeline, lambda: store.snapshot_done)
     assert store.checkpoint == 50 and hold.unsettled == [50, 50]
+
+
+async def test_an_idle_reader_wakes_when_the_source_has_something_not_after_its_interval():
+    # A streaming source says when a change arrives: the interval only bounds the sleep.
+    config = dataclasses.replace(FAST, poll_interval=30.0)
+    source, sink, store = InMemorySource(), InMemorySink(), InMemoryStore(snapshot_done=True)
+    pipeline = Pipeline(config, source, sink, store, InMemoryDeadLetters())
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    async with asyncio.timeout(5):
+        while store.status != Status.CAUGHT_UP:
+            await asyncio.sleep(0.002)
+    await asyncio.sleep(0.05)  # the reader is asleep on the source now
+    source.push(tx(10, ins(1)))
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        while store.checkpoint != 10:
+            await asyncio.sleep(0.002)
+    assert time.monotonic() - started < 1.0
+    stop.set()
+    async with asyncio.timeout(5):  # and a stop does not wait out the interval either
+        await task
