@@ -358,7 +358,7 @@ class Runner:
     async def publish_stats_once(self) -> None:
         """Write each running subscription's lag, staleness and throughput on its row."""
         now = time.time()
-        figures = []
+        figures: list[state.Figures] = []
         for sub_id, supervisor in list(self.supervisors.items()):
             pipeline = supervisor.pipeline
             if pipeline is None:
@@ -368,12 +368,8 @@ class Runner:
         for gone in set(self._throughput) - set(self.pipelines):
             del self._throughput[gone]
 
-        def publish() -> None:
-            for figure in figures:
-                state.publish_stats(*figure)
-
         if figures:
-            await self._quietly(publish)
+            await self._quietly(lambda: state.publish_stats(figures))
 
     def _rate(self, supervisor: Supervisor, pipeline: Pipeline, now: float) -> float | None:
         """Changes/s over the last minute of the subscription's running pipeline."""

@@ -119,14 +119,26 @@ def clear_stats(subscription_id: int) -> None:
     )
 
 
-def publish_stats(
-    subscription_id: int, lag: float, staleness: float | None, throughput: float | None
-) -> None:
-    Subscription.objects.filter(pk=subscription_id).update(
-        lag_seconds=round(lag, 3),
-        staleness_seconds=None if staleness is None else round(staleness, 3),
-        throughput=None if throughput is None else round(throughput, 3),
-        stats_at=timezone.now(),
+Figures = tuple[int, float, float | None, float | None]
+"""A subscription's id, lag, staleness and throughput, as `publish_stats` writes them."""
+
+
+def publish_stats(figures: Sequence[Figures]) -> None:
+    """Write every running subscription's figures in one statement (a worker with a
+    hundred subscriptions would otherwise send fifty UPDATEs a second)."""
+    now = timezone.now()
+    rows = [
+        Subscription(
+            pk=subscription_id,
+            lag_seconds=round(lag, 3),
+            staleness_seconds=None if staleness is None else round(staleness, 3),
+            throughput=None if throughput is None else round(throughput, 3),
+            stats_at=now,
+        )
+        for subscription_id, lag, staleness, throughput in figures
+    ]
+    Subscription.objects.bulk_update(
+        rows, ["lag_seconds", "staleness_seconds", "throughput", "stats_at"], batch_size=500
     )
 
 
