@@ -220,6 +220,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30.0, help="the idle window")
     parser.add_argument("--sink", choices=("fast", "osmem"), default="fast")
     parser.add_argument("--py-spy", action="store_true", help="profile each window")
+    parser.add_argument(
+        "--fast-bulk-delay-ms", type=float, default=0.0, help="the fast sink's delay per bulk"
+    )
     parser.add_argument("--budget", type=float, default=900.0)
     args = parser.parse_args(argv)
     args.counts = [int(c) for c in args.counts.split(",")]

@@ -19,7 +19,11 @@ For each: changes/s over the wall time, this process's CPU and the server backen
 (the SQL session's for `peek`, the walsender's for `stream`) per 1,000 changes.
 Then latency: `--latency-commits` single-row commits, 20 a second, each timed from its
 commit to its arrival in the reader: `peek` polling every 100 ms (the old
-SYNCER_POLL_INTERVAL) against `stream` waking on the socket.
+SYNCER_POLL_INTERVAL) against `stream` waking on the socket. Last, the fan-out:
+`--fanout` subscriptions on empty tables, streamed and idle as a caught-up pipeline
+reads, their walsenders' CPU over 10 idle seconds and then while another table takes
+`--changes` rows (every walsender decodes all of a database's WAL, whatever its
+publication holds), until each slot has moved past it.
 """
 
 from __future__ import annotations
@@ -232,6 +236,64 @@ def latency(dsn: str, commits: int, reader: str) -> list[float]:
     return [(a - c) * 1000 for a, c in zip(arrived, commit_times, strict=True)]
 
 
+async def fanout(dsn: str, count: int, changes: int) -> dict[str, float]:
+    """What `count` idle subscriptions' walsenders cost the server: idle, and while
+    another table takes `changes` rows (every walsender decodes all the WAL)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(count):
+            conn.execute(f"CREATE TABLE fan_{i} (id int PRIMARY KEY)")
+            conn.execute(f"CREATE PUBLICATION fan_pub_{i} FOR TABLE fan_{i}")
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (f"fan_{i}",))
+        streams = [ReplicationStream(dsn, f"fan_{i}", f"fan_pub_{i}") for i in range(count)]
+        for stream in streams:
+            await stream.start(0)
+        stop = asyncio.Event()
+
+        async def idle(stream: ReplicationStream) -> None:  # as an idle pipeline reads
+            while not stop.is_set():
+                assert stream.read(PAGE) == []
+                await stream.wait(0.5)
+
+        readers = [asyncio.create_task(idle(stream)) for stream in streams]
+        try:
+            pids = [
+                int(pid)
+                for (pid,) in conn.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE 'fan_%'"
+                )
+            ]
+            assert len(pids) == count
+            await asyncio.sleep(2)
+            cpu, started = sum(map(pid_cpu, pids)), time.perf_counter()
+            await asyncio.sleep(10)
+            idle_share = (sum(map(pid_cpu, pids)) - cpu) / (time.perf_counter() - started)
+            cpu = sum(map(pid_cpu, pids))
+            with psycopg.connect(dsn, autocommit=True) as writer:
+                await asyncio.to_thread(write, writer, changes, 100, 5_000_000)
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint"
+            ).fetchone()
+            assert row is not None
+            deadline = time.monotonic() + 300
+            query = (
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'fan_%%' "
+                "AND pg_wal_lsn_diff(confirmed_flush_lsn, '0/0') >= %s"
+            )
+            while conn.execute(query, (row[0],)).fetchone() != (count,):
+                assert time.monotonic() < deadline, "the idle slots did not move past the WAL"
+                await asyncio.sleep(0.5)
+            decoded = sum(map(pid_cpu, pids)) - cpu
+        finally:
+            stop.set()
+            await asyncio.gather(*readers, return_exceptions=True)
+            for stream in streams:
+                stream.close()
+    return {
+        "idle_cpu_pct_per_walsender": idle_share / count * 100,
+        "other_table_cpu_ms_per_1000_per_walsender": decoded * 1e6 / changes / count,
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -242,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=100_000)
     parser.add_argument("--per-commit", type=int, default=100)
     parser.add_argument("--latency-commits", type=int, default=100)
+    parser.add_argument(
+        "--fanout", type=int, default=20, help="idle subscriptions whose walsenders are timed"
+    )
     args = parser.parse_args(argv)
     dsn = dsn_for(DATABASE)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
@@ -276,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 "p99_ms": percentile(ms, 0.99),
                 "max_ms": max(ms),
             }
+        say(f"{args.fanout} idle walsenders while another table takes {args.changes:,} rows")
+        results["fanout"] = asyncio.run(fanout(dsn, args.fanout, args.changes))
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             admin.execute(
@@ -300,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             f"commit → arrival, {reader:<7} p50 {row['p50_ms']:6.1f} ms  "
             f"p99 {row['p99_ms']:6.1f} ms  max {row['max_ms']:6.1f} ms"
         )
+    fan = results["fanout"]
+    print(
+        f"\n{args.fanout} idle subscriptions: each walsender takes "
+        f"{fan['idle_cpu_pct_per_walsender']:.2f}% of a core idle and "
+        f"{fan['other_table_cpu_ms_per_1000_per_walsender']:.1f} ms CPU per 1,000 changes "
+        "of a table it does not publish"
+    )
     return 0
 
 

@@ -56,7 +56,8 @@ class ReplicationStream:
         self._cursor: Any = None  # psycopg2.extras.ReplicationCursor (untyped)
         self._fileno = -1
         self._timer: asyncio.TimerHandle | None = None
-        self._failure: BaseException | None = None
+        self._failure: psycopg2.Error | None = None
+        self._pending: list[bytes] = []  # read while waiting, not yet handed out
         self.heard_at: float | None = None
         """Wall-clock time the server last sent anything (data or keepalive)."""
         self.received: Position = 0
@@ -66,13 +67,20 @@ class ReplicationStream:
         """Connect and start streaming the transactions that commit after `start_lsn`.
 
         The server starts at the slot's confirmed position when that is later."""
-        with _translated(f"starting replication from slot {self.slot_name}"):
-            await asyncio.to_thread(self._connect_and_start, start_lsn)
-        self._fileno = self._require_cursor().fileno()
+        started = asyncio.ensure_future(asyncio.to_thread(self._connect, start_lsn))
+        try:
+            with _translated(f"starting replication from slot {self.slot_name}"):
+                self._conn, self._cursor = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: close what it opens, or the walsender
+            # would hold the slot until the process ends.
+            started.add_done_callback(_close_when_started)
+            raise
+        self._fileno = self._cursor.fileno()
         self.heard_at = time.time()
         self._schedule_status()
 
-    def _connect_and_start(self, start_lsn: Position) -> None:
+    def _connect(self, start_lsn: Position) -> tuple[psycopg2.extensions.connection, Any]:
         conn = psycopg2.connect(
             self._conninfo,
             connection_factory=psycopg2.extras.LogicalReplicationConnection,
@@ -93,13 +101,13 @@ class ReplicationStream:
         except BaseException:
             conn.close()
             raise
-        self._conn, self._cursor = conn, cursor
+        return conn, cursor
 
     def read(self, limit: int) -> list[bytes]:
         """Up to `limit` pgoutput messages already received (never blocks)."""
         self._raise_failure()
         cursor = self._require_cursor()
-        payloads: list[bytes] = []
+        payloads, self._pending = self._pending, []
         with _translated("reading changes"):  # once a call: it costs more than a message
             while len(payloads) < limit:
                 message = cursor.read_message()
@@ -111,14 +119,28 @@ class ReplicationStream:
         return payloads
 
     async def wait(self, timeout: float) -> None:
-        """Return once the server has sent something, or after `timeout` seconds."""
+        """Return once a message has arrived, or after `timeout` seconds.
+
+        Keepalives are answered here without waking the caller: the server sends one
+        each time the WAL moves while the slot is behind it (any table's, any
+        database's), hundreds a second on a busy server."""
         self._raise_failure()
+        if self._pending:
+            return
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
+        cursor = self._require_cursor()
 
         def readable() -> None:
             self.heard_at = time.time()
-            if not ready.done():
+            try:
+                message = cursor.read_message()  # consumes the keepalives before it
+            except psycopg2.Error as exc:
+                self._failure = exc
+                message = None
+            if message is not None:  # kept even if this runs again before `wait` resumes
+                self._pending.append(message.payload)
+            if (message is not None or self._failure is not None) and not ready.done():
                 ready.set_result(None)
 
         loop.add_reader(self._fileno, readable)
@@ -128,6 +150,7 @@ class ReplicationStream:
             pass
         finally:
             loop.remove_reader(self._fileno)
+        self._raise_failure()
 
     def confirm(self, position: Position) -> None:
         """Everything up to `position` is in the sink: the slot may release its WAL.
@@ -162,22 +185,28 @@ class ReplicationStream:
         try:
             if now - last >= self.status_interval:
                 quiet = self.heard_at is None or now - self.heard_at >= self.status_interval
-                with _translated("sending a status update to the replication slot"):
-                    cursor.send_feedback(reply=quiet, force=True)
-        except Exception as exc:  # raised by the next read, which reconnects
+                cursor.send_feedback(reply=quiet, force=True)
+        except psycopg2.Error as exc:  # raised by the next read, which reconnects
             self._failure = exc
             return
         self._schedule_status()
 
     def _raise_failure(self) -> None:
+        """Raise, translated, what failed where no caller could see it (a callback)."""
         if self._failure is not None:
             failure, self._failure = self._failure, None
-            raise failure
+            with _translated("reading changes"):
+                raise failure
 
     def _require_cursor(self) -> Any:
         if self._cursor is None:
             raise RuntimeError("replication is not started")
         return self._cursor
+
+
+def _close_when_started(started: asyncio.Future[tuple[Any, Any]]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        started.result()[0].close()
 
 
 @contextmanager
