@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import connections
@@ -24,6 +25,7 @@ from django.db.models import (
     BigIntegerField,
     Count,
     DecimalField,
+    Field,
     Func,
     Sum,
     TextField,
@@ -124,22 +126,41 @@ Figures = tuple[int, float, float | None, float | None]
 
 
 def publish_stats(figures: Sequence[Figures]) -> None:
-    """Write every running subscription's figures in one statement (a worker with a
-    hundred subscriptions would otherwise send fifty UPDATEs a second)."""
-    now = timezone.now()
-    rows = [
-        Subscription(
-            pk=subscription_id,
-            lag_seconds=round(lag, 3),
-            staleness_seconds=None if staleness is None else round(staleness, 3),
-            throughput=None if throughput is None else round(throughput, 3),
-            stats_at=now,
-        )
-        for subscription_id, lag, staleness, throughput in figures
-    ]
-    Subscription.objects.bulk_update(
-        rows, ["lag_seconds", "staleness_seconds", "throughput", "stats_at"], batch_size=500
+    """Write every running subscription's figures in one UPDATE … FROM (VALUES …).
+
+    A worker with a hundred subscriptions would otherwise send fifty UPDATEs a second;
+    and `bulk_update`'s CASE expressions cost more to build than the rows they set."""
+    if not figures:
+        return
+    meta = Subscription._meta
+    quote = connections["default"].ops.quote_name
+    column = {name: quote(_column(name)) for name in _STATS}
+    rows = ", ".join(["(%s::bigint, %s::float8, %s::float8, %s::float8)"] * len(figures))
+    query = (
+        f"UPDATE {quote(meta.db_table)} AS s SET {column['lag_seconds']} = v.lag, "
+        f"{column['staleness_seconds']} = v.staleness, {column['throughput']} = v.throughput, "
+        f"{column['stats_at']} = %s FROM (VALUES {rows}) AS v(id, lag, staleness, throughput) "
+        f"WHERE s.{quote(meta.pk.column)} = v.id"
     )
+    params: list[Any] = [timezone.now()]
+    for subscription_id, lag, staleness, throughput in figures:
+        params += [
+            subscription_id,
+            round(lag, 3),
+            None if staleness is None else round(staleness, 3),
+            None if throughput is None else round(throughput, 3),
+        ]
+    with connections["default"].cursor() as cursor:
+        cursor.execute(query, params)
+
+
+_STATS = ("lag_seconds", "staleness_seconds", "throughput", "stats_at")
+
+
+def _column(name: str) -> str:
+    field = Subscription._meta.get_field(name)
+    assert isinstance(field, Field)
+    return field.column
 
 
 def beat(worker_id: str, started_at: datetime, names: Sequence[str]) -> None:

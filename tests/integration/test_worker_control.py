@@ -343,3 +343,20 @@ def test_losing_the_lock_connection_stops_everything_then_takes_it_back(
         timed(taken_back, "reacquired after the lock connection dropped", timeout=5)
         insert(source_conn, table, 1)
         wait_for(lambda: "1" in index_docs(search, "orders"), what="sync going on")
+
+
+def test_published_figures_go_to_each_subscription_in_one_statement(table, make_subscription):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from syncer.worker import state
+
+    a, b, c = (make_subscription(name, table) for name in ("fig_a", "fig_b", "fig_c"))
+    with CaptureQueriesContext(connection) as queries:
+        state.publish_stats([(a.pk, 1.23456, None, 10.0), (b.pk, 0.5, 2.25, None)])
+    assert len(queries) == 1
+    a, b, c = (Subscription.objects.get(pk=s.pk) for s in (a, b, c))
+    assert (a.lag_seconds, a.staleness_seconds, a.throughput) == (1.235, None, 10.0)
+    assert (b.lag_seconds, b.staleness_seconds, b.throughput) == (0.5, 2.25, None)
+    assert a.stats_at is not None and a.stats_at == b.stats_at
+    assert c.stats_at is None and c.lag_seconds is None
