@@ -160,7 +160,7 @@ async def test_a_terminated_walsender_resumes_from_the_checkpoint_without_loss(
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
         (source.config.slot_name,),
     )
-    with pytest.raises(SourceUnavailable, match="terminating connection|closed the connection"):
+    with pytest.raises(SourceUnavailable, match=r"terminating connection|closed the connection"):
         await read_until(source, 1)
     await source.close()
     source_conn.execute(f"INSERT INTO {table} VALUES (3, 'v')")
