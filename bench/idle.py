@@ -226,6 +226,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=900.0)
     args = parser.parse_args(argv)
     args.counts = [int(c) for c in args.counts.split(",")]
+    args.fast_bulk_delay_ms = 0.0  # CeilingBench's fast sink reads it; an idle worker sends none
     return args
 
 

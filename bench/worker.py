@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+os.environ.setdefault("SEARCHSYNC_WORKER_PROCESS", "1")  # the apps runsyncer loads, no more
 
 import django  # noqa: E402
 

@@ -6,6 +6,7 @@ Every variable is optional and has a local default; the README lists them.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -266,3 +267,22 @@ LIVE_STREAMS_PER_USER = int(_env_number("LIVE_STREAMS_PER_USER", 10)) or 10
 LIVE_WS_AUTH_SECONDS = _env_number("LIVE_WS_AUTH_SECONDS", 5) or 5
 LIVE_WS_SEND_BUFFER = int(_env_number("LIVE_WS_SEND_BUFFER", 1000)) or 1000
 LIVE_WS_BEHIND_SECONDS = _env_number("LIVE_WS_BEHIND_SECONDS", 10) or 10
+
+# --- The worker process ----------------------------------------------------------------------
+# The streaming worker (`runsyncer`) serves no page, API or websocket, so it installs only the
+# apps it runs: without daphne (Twisted), the admin, django-ninja, axes, sessions, messages and
+# static files it starts about 30 MB smaller (docs/benchmarks.md, "Worker memory"). On for
+# `manage.py runsyncer`; SEARCHSYNC_WORKER_PROCESS=1 says the same for another entry point
+# that runs pipelines (bench/worker.py), =0 turns it off.
+WORKER_PROCESS = _env_bool("SEARCHSYNC_WORKER_PROCESS", sys.argv[1:2] == ["runsyncer"])
+WEB_ONLY_APPS = {
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "ninja",
+    "axes",
+}
+if WORKER_PROCESS:
+    INSTALLED_APPS = [app for app in INSTALLED_APPS if app not in WEB_ONLY_APPS]

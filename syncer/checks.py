@@ -4,6 +4,10 @@ syncer.E006 (no SECRET_KEY with DEBUG off) is a deployment check: `manage.py mig
 `check` run without a key, but `check --deploy` fails, and the processes that serve
 (the ASGI and WSGI applications, `runsyncer`) refuse to start through
 `require_secret_key`.
+
+The worker's checks carry the tag `syncer` (`manage.py check --tag syncer`): `runsyncer`
+runs them and Django's model checks, not the web's (the URL checks would import the
+console's URL conf: the admin, the API and django-ninja, which the worker never loads).
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ SECRET_KEY_HINT = (
     "for a local try on your own machine, set DEBUG=1 instead."
 )
 
+WORKER_TAG = "syncer"
+"""The tag of the worker's own settings checks."""
 
-@register()
+
+@register(WORKER_TAG)
 def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     if not str(getattr(settings, "OPENSEARCH_URL", "")).startswith(("http://", "https://")):

@@ -13,7 +13,6 @@ from datetime import timedelta
 
 from django.conf import settings
 
-from syncer.engine.matching import DEFAULT_UNPINNED_QUOTA
 from syncer.sinks.opensearch.connection import Connection
 
 LOCAL_SECRET_KEY = "searchsync-insecure-local-key-set-SECRET_KEY"
@@ -256,11 +255,22 @@ class LiveSubscriptionSettings:
     """Active (unexpired) live subscriptions one owner may have."""
     total: int
     """Active live subscriptions all owners together may have."""
-    unpinned_per_subscription: int
-    """Active live subscriptions of one subscription whose filter pins no value and
-    bounds no number (`doc.total > 500` at the top level is indexed: not counted)."""
+    unpinned_setting: int | None
+    """LIVE_SUBSCRIPTIONS_UNPINNED_PER_SUBSCRIPTION, or None for the matcher's default."""
     expire_interval: float
     """Seconds between two runs of each worker's expiry loop (idempotent on every worker)."""
+
+    @property
+    def unpinned_per_subscription(self) -> int:
+        """Active live subscriptions of one subscription whose filter pins no value and
+        bounds no number (`doc.total > 500` at the top level is indexed: not counted)."""
+        if self.unpinned_setting is not None:
+            return self.unpinned_setting
+        # Imported here: the matching package loads CEL (about 40 MB), which a worker
+        # reading only `expire_interval` never needs.
+        from syncer.engine.matching import DEFAULT_UNPINNED_QUOTA
+
+        return DEFAULT_UNPINNED_QUOTA
 
 
 def live_subscriptions() -> LiveSubscriptionSettings:
@@ -271,7 +281,7 @@ def live_subscriptions() -> LiveSubscriptionSettings:
         ttl=timedelta(seconds=float(getattr(settings, "LIVE_SUBSCRIPTION_TTL_SECONDS", 300))),
         per_owner=int(getattr(settings, "LIVE_SUBSCRIPTIONS_PER_OWNER", 10_000)),
         total=int(getattr(settings, "LIVE_SUBSCRIPTIONS_MAX", 200_000)),
-        unpinned_per_subscription=DEFAULT_UNPINNED_QUOTA if unpinned is None else int(unpinned),
+        unpinned_setting=None if unpinned is None else int(unpinned),
         expire_interval=float(getattr(settings, "LIVE_SUBSCRIPTION_EXPIRE_INTERVAL", 10)),
     )
 

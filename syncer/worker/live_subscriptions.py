@@ -41,21 +41,23 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from django.db import DatabaseError, close_old_connections, connections
 
 from syncer import conf
 from syncer.engine.changes import Change, Op, Transaction
-from syncer.engine.matching import Filter, FilterError, Matcher, activation, compile_filter
 from syncer.engine.pipeline import BatchObserver, BatchReport, Observer
 from syncer.engine.telemetry import Histogram
-from syncer.errors import ConsoleDatabaseUnavailable
+from syncer.errors import ConsoleDatabaseUnavailable, FilterError
 from syncer.live.events import MatchedEvent, live_group, live_message
 from syncer.live.nats import Delivery
 from syncer.live.nats_process import nats_delivery
 from syncer.worker import state
+
+if TYPE_CHECKING:
+    from syncer.engine.matching import Filter, Matcher
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -82,7 +84,8 @@ class _Watched:
     """One owned sync subscription's live subscriptions."""
 
     name: str
-    matcher: Matcher[uuid.UUID] = field(default_factory=Matcher)
+    matcher: Matcher[uuid.UUID] | None = None
+    """Made with the first live subscription: a worker without any never loads CEL."""
     known: dict[uuid.UUID, _Known] = field(default_factory=dict)
     ids: set[str] = field(default_factory=set)
     """known's keys as text, which the diff compares with the ids it reads as text."""
@@ -93,6 +96,10 @@ class _Watched:
     """Of the live subscriptions loaded; None before the first load."""
     holds: bool = False
     """Whether one of them is delivered over NATS: only those hold the checkpoint."""
+
+    def count(self) -> int:
+        """Live subscriptions matched."""
+        return 0 if self.matcher is None else len(self.matcher)
 
 
 class LiveMatching:
@@ -169,7 +176,7 @@ class LiveMatching:
 
     def active(self) -> dict[str, int]:
         """Live subscriptions matched now, by sync subscription name."""
-        return {watched.name: len(watched.matcher) for watched in self._watched.values()}
+        return {watched.name: watched.count() for watched in self._watched.values()}
 
     # -- the live subscriptions ------------------------------------------------------------
 
@@ -211,6 +218,7 @@ class LiveMatching:
         ids = await self._in_db(lambda: state.live_subscription_ids(sub_id))
         for text in watched.ids - ids:
             live_id = uuid.UUID(text)
+            assert watched.matcher is not None  # it holds every known id
             watched.matcher.remove(live_id)
             del watched.known[live_id]
             watched.ids.discard(text)
@@ -239,6 +247,10 @@ class LiveMatching:
                     error=str(result),
                 )
                 continue
+            if watched.matcher is None:
+                from syncer.engine.matching.matcher import Matcher
+
+                watched.matcher = Matcher()
             watched.matcher.add(live_id, result)
             watched.known[live_id] = _Known(row.filter, row.delivery, row.gateway_id)
             watched.ids.add(str(live_id))
@@ -265,7 +277,7 @@ class LiveMatching:
 
     def offer(self, subscription_id: int, report: BatchReport) -> None:
         watched = self._watched.get(subscription_id)
-        if watched is None or not len(watched.matcher):
+        if watched is None or not watched.count():
             return
         queued, lowest = 0, None
         for change, _ in report.applied:
@@ -345,8 +357,11 @@ class LiveMatching:
 
     def match_once(self, subscription_id: int, change: Change) -> None:
         watched = self._watched.get(subscription_id)
-        if watched is None:
+        if watched is None or watched.matcher is None:
             return  # released meanwhile
+        # Loaded with the first live subscription (`_add`): this import only looks it up.
+        from syncer.engine.matching.activation import activation
+
         started = time.perf_counter()
         upsert = change.op is Op.UPSERT
         op = "upsert" if upsert else "delete"
@@ -432,6 +447,8 @@ def _compile_all(
     this is the rare text a newer engine version refuses), in the rows' order. Each
     distinct text is compiled once (`by_text` holds them): many live subscriptions share
     a text, and even a cache hit of `compile_filter` hashes the text and its pins."""
+    from syncer.engine.matching.filters import compile_filter  # CEL loads here, off the loop
+
     compiled: list[Filter | FilterError] = []
     for _, row in rows:
         result = by_text.get(row.filter)

@@ -15,7 +15,6 @@ import asyncio
 import copy
 import signal
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ from django.core.management import call_command
 from django.db import connections
 from opensearchpy import OpenSearch
 from osmem_server import OsmemServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from console.models import ApiToken
 from syncer.models import LiveSubscription, Subscription
@@ -44,6 +42,7 @@ from tests.support.process import (
     free_port,
     settings_module,
     worker_env,
+    worker_metric,
 )
 from tests.support.users import operator
 
@@ -96,19 +95,7 @@ class Stack:
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample of the worker's /metrics (0 when it is not there yet)."""
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                text = answer.read().decode()
-        except OSError:
-            return 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
-        return 0.0
+        return worker_metric(self.metrics_port, name, **labels)
 
     def orm(self, function: Callable[[], T]) -> T:
         """Run `function` on the test database, outside any test's transaction, in a

@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
+MODULES_AT_EXIT = str(ROOT / "tests" / "support" / "modules_at_exit.py")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -83,7 +84,8 @@ class WorkerProcess:
 
     `opensearch_url` (unless None) is its OPENSEARCH_URL; `base_env` replaces the test
     environment (`worker_env`); `metrics_port` serves /health, /ready and /metrics
-    there; `env` is set on top of it all.
+    there; `modules_to` receives, at its exit, the modules it imported
+    (tests/support/modules_at_exit.py); `env` is set on top of it all.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class WorkerProcess:
         *args: str,
         base_env: Mapping[str, str] | None = None,
         metrics_port: int | None = None,
+        modules_to: Path | None = None,
         **env: str,
     ) -> None:
         self.log = log
@@ -104,9 +107,10 @@ class WorkerProcess:
         }
         if metrics_port is not None:
             args = ("--metrics-port", str(metrics_port), *args)
+        entry = ["manage.py"] if modules_to is None else [MODULES_AT_EXIT, str(modules_to)]
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "runsyncer", *args],
+                [sys.executable, *entry, "runsyncer", *args],
                 cwd=ROOT,
                 env=environment,
                 stdout=subprocess.DEVNULL,
@@ -129,6 +133,22 @@ class WorkerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
+
+
+def worker_metric(port: int, name: str, **labels: str) -> float:
+    """A sample of the /metrics a worker serves on `port` (0 when it is not there yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
 
 
 def settings_module(folder: Path, database: str, settings: Mapping[str, object]) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 from channels.layers import InMemoryChannelLayer
 
 from syncer.engine.changes import Change, Op
-from syncer.engine.matching import compile_filter
+from syncer.engine.matching import Matcher, compile_filter
 from syncer.live.events import LIVE_MESSAGE_TYPE, MatchedEvent, live_group
 from syncer.worker.live_subscriptions import LiveMatching, _Known, _Watched
 
@@ -22,9 +22,10 @@ SUB = 1
 def matching_with(layer: Any, queue_size: int, *live_ids: uuid.UUID) -> LiveMatching:
     """A worker's matching whose sync subscription SUB has `live_ids`, all websocket."""
     matching = LiveMatching(queue_size=queue_size, send_timeout=1.0, layer=layer)
-    watched = matching._watched[SUB] = _Watched("orders")
+    matcher: Matcher[uuid.UUID] = Matcher()
+    watched = matching._watched[SUB] = _Watched("orders", matcher=matcher)
     for live_id in live_ids:
-        watched.matcher.add(live_id, compile_filter('doc.region == "eu"'))
+        matcher.add(live_id, compile_filter('doc.region == "eu"'))
         watched.known[live_id] = _Known('doc.region == "eu"', "websocket", "gw-1")
     return matching
 

@@ -7,12 +7,13 @@ import signal
 from typing import Any
 
 import structlog
+from django.core.checks import Tags
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, ProgrammingError
 
 from syncer import conf
-from syncer.checks import require_secret_key
+from syncer.checks import WORKER_TAG, require_secret_key
 from syncer.errors import MetricsPortUnavailable, UnknownSubscription
 from syncer.operations.dead_letters import age_argument
 from syncer.text import redact
@@ -28,6 +29,9 @@ class Command(BaseCommand):
         "until SIGTERM or Ctrl-C; subscriptions created, changed, paused or deleted "
         "meanwhile are picked up within SYNCER_CONTROL_INTERVAL (1 s)."
     )
+    # The worker's settings and the models, not the web's checks: the URL checks alone
+    # would import the admin, the API and django-ninja (docs/benchmarks.md, "Worker memory").
+    requires_system_checks = [WORKER_TAG, Tags.models, Tags.compatibility, Tags.translation]
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(

@@ -1,0 +1,29 @@
+"""`manage.py ARGS` in this interpreter; at exit, the names of the modules it imported.
+
+    python tests/support/modules_at_exit.py OUT runsyncer [...]
+
+Runs `manage.py` as its own `__main__` (so `runsyncer` sees the argv it always sees) and
+writes `sorted(sys.modules)`, one a line, to OUT when the process exits, whatever the
+command's outcome: what a real worker process loaded, for the tests of its footprint.
+"""
+
+from __future__ import annotations
+
+import atexit
+import runpy
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    atexit.register(lambda: out.write_text("\n".join(sorted(sys.modules)) + "\n"))
+    sys.argv = [str(ROOT / "manage.py"), *sys.argv[2:]]
+    sys.path[0] = str(ROOT)  # the checkout, not this folder, as manage.py would have it
+    runpy.run_path(str(ROOT / "manage.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
