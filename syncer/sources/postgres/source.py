@@ -498,12 +498,6 @@ class PostgresSource:
                 QUERIES["drop_slot"], {"slot": self.config.slot_name}
             )
 
-    @staticmethod
-    async def _scalar(conn: Conn, query: str) -> int:
-        row = await (await conn.execute(query)).fetchone()
-        assert row is not None
-        return int(row[0])
-
     def _require_conn(self) -> Conn:
         if self._conn is None:
             raise RuntimeError("source is not open")
