@@ -60,9 +60,11 @@ def read_raw(path: Path) -> list[tuple[list[str], int]]:
 
 
 def shares(stacks: list[tuple[list[str], int]]) -> dict[str, float]:
-    """Share of the busy samples per part of PARTS ("other": none of them)."""
+    """Share of the busy samples with a Python stack per part of PARTS ("other": none)."""
     counts: collections.Counter[str] = collections.Counter()
     for frames, count in stacks:
+        if frames == [""]:
+            continue
         part = next(
             (
                 label
@@ -80,14 +82,19 @@ def own(stacks: list[tuple[list[str], int]], top: int) -> list[tuple[str, float]
     """The functions with the most samples of their own (leaf frames, lines merged)."""
     counts: collections.Counter[str] = collections.Counter()
     for frames, count in stacks:
-        counts[re.sub(r":\d+\)$", ")", frames[-1]) or "(no Python frame)"] += count
+        if frames != [""]:
+            counts[re.sub(r":\d+\)$", ")", frames[-1])] += count
     total = sum(counts.values())
     return [(name, n / total) for name, n in counts.most_common(top)] if total else []
 
 
 def report(path: Path, top: int = 12) -> None:
     stacks = read_raw(path)
-    print(f"{path.name}: {sum(n for _, n in stacks):,} busy samples")
+    total = sum(n for _, n in stacks)
+    bare = sum(n for frames, n in stacks if frames == [""])
+    # Samples of a thread with no Python frame at all: py-spy names no function for
+    # them (run it with --native to see which), so they are left out of the shares.
+    print(f"{path.name}: {total:,} busy samples, {bare / max(total, 1):.0%} with no Python frame")
     for part, share in shares(stacks).items():
         print(f"  {share:6.1%}  {part}")
     print("  own samples:")
