@@ -11,6 +11,8 @@ save or supersede took. While running it rewrites `<out>.progress` twice a secon
 exit it writes `<out>`: the latencies, counters and the process's own peak RSS (VmHWM;
 ru_maxrss too, see below), and its process CPU clock (utime + stime, as /proc/<pid>/stat)
 at the pipeline's start, the snapshot's end and the first and last acknowledged changes.
+With BENCH_PY_SPY=1 in its environment (bench/profile.py sets it), it also has py-spy
+record it from the pipeline's start to its exit, `--format raw`, into `<out>.pyspy.txt`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -194,8 +198,23 @@ async def report_progress(
             break
 
 
+def start_py_spy(out: Path) -> None:
+    """With BENCH_PY_SPY=1, have py-spy record this process into `<out>.pyspy.txt`:
+    it samples until this process exits, then writes its file."""
+    if os.environ.get("BENCH_PY_SPY") != "1":
+        return
+    raw = out.with_name(out.name + ".pyspy.txt")
+    raw.unlink(missing_ok=True)
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [py_spy, "record", "--pid", str(os.getpid()), "--rate", "250", "--format", "raw"]
+    subprocess.Popen(
+        [*command, "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 async def main(name: str, out: Path, max_seconds: float) -> int:
     started = time.time()
+    start_py_spy(out)
     sub = await sync_to_async(Subscription.objects.get, thread_sensitive=True)(name=name)
     recorder = Recorder()
     pipeline = build_pipeline(sub, observer=recorder)

@@ -48,9 +48,16 @@ def consolidate(transactions: Iterable[Transaction]) -> list[Change]:
             assert row.row is not None, "inserts and updates carry a row"
             key_changed = row.old_key is not None and row.old_key != row.key
             source_key: DocKey = row.old_key if key_changed and row.old_key else row.key
-            source_id = doc_id(source_key)
+            source_id = doc_id(source_key) if key_changed else new_id
+            # The row is copied only when carrying values over will change the document:
+            # nothing else alters a change's doc, and most rows have nothing to carry.
             change = Change(
-                Op.UPSERT, new_id, row.key, tx.position, tx.commit_time, doc=dict(row.row)
+                Op.UPSERT,
+                new_id,
+                row.key,
+                tx.position,
+                tx.commit_time,
+                doc=dict(row.row) if row.unchanged else row.row,
             )
             if row.unchanged:
                 _carry_over(change, row.unchanged, source_id, source_key, latest.get(source_id))

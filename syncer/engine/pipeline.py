@@ -747,24 +747,25 @@ class Pipeline:
         position = None
         source_state = None  # the latest in the batch goes with its highest position
         changes = 0
+        commits: list[float] = []  # of the source transactions: one per change, often
         for tx in batch:
             if tx.source_state is not None:
                 source_state = tx.source_state
-            if tx.kind is TxKind.SNAPSHOT_CHUNK:
-                self.stats.snapshot_rows += len(tx.changes)
-            elif tx.kind is TxKind.SNAPSHOT_END:
-                await self._finish_snapshot(tx)
-                position = tx.position
-            elif tx.kind is TxKind.PROGRESS:
-                position = tx.position if position is None else max(position, tx.position)
-            else:
-                self.stats.transactions += 1
+            kind = tx.kind
+            if kind is TxKind.CHANGES:
+                commits.append(tx.commit_time)
                 changes += len(tx.changes)
                 position = tx.position if position is None else max(position, tx.position)
+            elif kind is TxKind.SNAPSHOT_CHUNK:
+                self.stats.snapshot_rows += len(tx.changes)
+            elif kind is TxKind.SNAPSHOT_END:
+                await self._finish_snapshot(tx)
+                position = tx.position
+            else:
+                position = tx.position if position is None else max(position, tx.position)
+        self.stats.transactions += len(commits)
         now = self.clock()
-        for tx in batch:
-            if tx.kind is TxKind.CHANGES:
-                self.telemetry.commit_latency_seconds.observe(max(0.0, now - tx.commit_time))
+        self.telemetry.commit_latency_seconds.observe_all([max(0.0, now - c) for c in commits])
         self.stats.last_ack_at = now
         self.stats.oldest_unacked_commit = self._buffer.oldest_commit
         # The observers first: the hold must know of this batch's changes (queued for

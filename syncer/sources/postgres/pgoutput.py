@@ -9,7 +9,7 @@ without an object per column.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01 UTC).
 _PG_EPOCH_OFFSET_S = 946_684_800
@@ -31,29 +31,30 @@ UNCHANGED = Unchanged()
 Value = bytes | Unchanged | None
 
 
-@dataclass(frozen=True, slots=True)
-class Begin:
+# The messages are NamedTuples rather than frozen dataclasses: as immutable, and built
+# 2-5x faster (a frozen dataclass sets each field through object.__setattr__); three are
+# built per change (Begin, the row, Commit), which is a tenth of the decoding cost.
+
+
+class Begin(NamedTuple):
     final_lsn: int
     commit_time: float
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(NamedTuple):
     commit_lsn: int
     end_lsn: int
     commit_time: float
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
+class Column(NamedTuple):
     name: str
     type_oid: int
     is_key: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Relation:
+class Relation(NamedTuple):
     oid: int
     namespace: str
     name: str
@@ -61,14 +62,12 @@ class Relation:
     columns: tuple[Column, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Insert:
+class Insert(NamedTuple):
     relation_oid: int
     new: tuple[Value, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
+class Update(NamedTuple):
     relation_oid: int
     new: tuple[Value, ...]
     old: tuple[Value, ...] | None
@@ -77,16 +76,14 @@ class Update:
     """Whether `old` is the whole old row ('O'), not only its key ('K')."""
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     relation_oid: int
     old: tuple[Value, ...]
     old_is_row: bool = False
     """Whether `old` is the whole deleted row ('O', identity FULL), not only its key ('K')."""
 
 
-@dataclass(frozen=True, slots=True)
-class Other:
+class Other(NamedTuple):
     """Origin, Type, Truncate and Message: nothing a subscription acts on."""
 
     tag: str
@@ -94,106 +91,92 @@ class Other:
 
 Message = Begin | Commit | Relation | Insert | Update | Delete | Other
 
-
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def byte(self) -> str:
-        value = self.data[self.pos : self.pos + 1].decode("ascii")
-        self.pos += 1
-        return value
-
-    def int8(self) -> int:
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def int16(self) -> int:
-        (value,) = struct.unpack_from("!h", self.data, self.pos)
-        self.pos += 2
-        return int(value)
-
-    def int32(self) -> int:
-        (value,) = struct.unpack_from("!i", self.data, self.pos)
-        self.pos += 4
-        return int(value)
-
-    def uint32(self) -> int:
-        (value,) = struct.unpack_from("!I", self.data, self.pos)
-        self.pos += 4
-        return int(value)
-
-    def int64(self) -> int:
-        (value,) = struct.unpack_from("!q", self.data, self.pos)
-        self.pos += 8
-        return int(value)
-
-    def string(self) -> str:
-        end = self.data.index(b"\x00", self.pos)
-        value = self.data[self.pos : end].decode()
-        self.pos = end + 1
-        return value
-
-    def timestamp(self) -> float:
-        return self.int64() / 1_000_000 + _PG_EPOCH_OFFSET_S
-
-    def tuple_data(self) -> tuple[Value, ...]:
-        values: list[Value] = []
-        for _ in range(self.int16()):
-            kind = self.byte()
-            if kind == "n":
-                values.append(NULL)
-            elif kind == "u":
-                values.append(UNCHANGED)
-            elif kind in ("t", "b"):
-                length = self.int32()
-                values.append(self.data[self.pos : self.pos + length])
-                self.pos += length
-            else:
-                raise ValueError(f"pgoutput: unknown tuple value kind {kind!r}")
-        return tuple(values)
+# Decoding runs once per message of every change: it reads with precompiled structs at
+# offsets rather than through a reader object's method per field.
+_BEGIN = struct.Struct("!qqI")  # final LSN, commit time, xid
+_COMMIT = struct.Struct("!xqqq")  # flags, commit LSN, end LSN, commit time
+_OID = struct.Struct("!I")
+_OID_KIND = struct.Struct("!Ic")  # relation OID, then 'N', 'K' or 'O'
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
+_COLUMN_TAIL = struct.Struct("!Ii")  # type OID, type modifier
+_N, _K, _O = b"N", b"K", b"O"
+_NULL, _UNCHANGED_VALUE, _TEXT, _BINARY = ord("n"), ord("u"), ord("t"), ord("b")
 
 
 def decode(data: bytes) -> Message:
     """Decode one pgoutput message."""
-    reader = _Reader(data)
-    tag = reader.byte()
-    if tag == "B":
-        return Begin(reader.int64(), reader.timestamp(), reader.uint32())
-    if tag == "C":
-        reader.int8()  # flags, unused
-        return Commit(reader.int64(), reader.int64(), reader.timestamp())
-    if tag == "R":
-        oid, namespace, name = reader.uint32(), reader.string(), reader.string()
-        identity = chr(reader.int8())
-        columns = []
-        for _ in range(reader.int16()):
-            flags = reader.int8()
-            column_name = reader.string()
-            type_oid = reader.uint32()
-            reader.int32()  # type modifier
-            columns.append(Column(column_name, type_oid, bool(flags & 1)))
-        return Relation(oid, namespace, name, identity, tuple(columns))
-    if tag == "I":
-        oid = reader.uint32()
-        reader.byte()  # 'N'
-        return Insert(oid, reader.tuple_data())
-    if tag == "U":
-        oid = reader.uint32()
-        kind = reader.byte()
+    tag = data[0]
+    if tag == 73:  # 'I'
+        oid, _ = _OID_KIND.unpack_from(data, 1)  # the kind is always 'N'
+        return Insert(oid, _tuple_data(data, 6)[0])
+    if tag == 66:  # 'B'
+        final_lsn, micros, xid = _BEGIN.unpack_from(data, 1)
+        return Begin(final_lsn, micros / 1_000_000 + _PG_EPOCH_OFFSET_S, xid)
+    if tag == 67:  # 'C'
+        commit_lsn, end_lsn, micros = _COMMIT.unpack_from(data, 1)
+        return Commit(commit_lsn, end_lsn, micros / 1_000_000 + _PG_EPOCH_OFFSET_S)
+    if tag == 85:  # 'U'
+        oid, kind = _OID_KIND.unpack_from(data, 1)
+        pos = 6
         old = None
-        old_is_row = kind == "O"
-        if kind in ("K", "O"):
-            old = reader.tuple_data()
-            kind = reader.byte()
-        if kind != "N":
-            raise ValueError(f"pgoutput: update without new tuple ({kind!r})")
-        return Update(oid, reader.tuple_data(), old, old_is_row)
-    if tag == "D":
-        oid = reader.uint32()
-        old_is_row = reader.byte() == "O"  # else 'K'
-        return Delete(oid, reader.tuple_data(), old_is_row)
-    return Other(tag)
+        old_is_row = kind == _O
+        if kind == _K or old_is_row:
+            old, pos = _tuple_data(data, pos)
+            kind = data[pos : pos + 1]
+            pos += 1
+        if kind != _N:
+            raise ValueError(f"pgoutput: update without new tuple ({kind.decode()!r})")
+        return Update(oid, _tuple_data(data, pos)[0], old, old_is_row)
+    if tag == 68:  # 'D'
+        oid, kind = _OID_KIND.unpack_from(data, 1)  # 'K', or 'O' for identity FULL
+        return Delete(oid, _tuple_data(data, 6)[0], kind == _O)
+    if tag == 82:  # 'R'
+        return _relation(data)
+    return Other(chr(tag))
+
+
+def _tuple_data(data: bytes, pos: int) -> tuple[tuple[Value, ...], int]:
+    """The values of a TupleData at `pos`, and the offset after it."""
+    (count,) = _INT16.unpack_from(data, pos)
+    pos += 2
+    values: list[Value] = []
+    append = values.append
+    unpack_length = _INT32.unpack_from
+    for _ in range(count):
+        kind = data[pos]
+        pos += 1
+        if kind == _TEXT or kind == _BINARY:
+            (length,) = unpack_length(data, pos)
+            pos += 4
+            append(data[pos : pos + length])
+            pos += length
+        elif kind == _NULL:
+            append(NULL)
+        elif kind == _UNCHANGED_VALUE:
+            append(UNCHANGED)
+        else:
+            raise ValueError(f"pgoutput: unknown tuple value kind {chr(kind)!r}")
+    return tuple(values), pos
+
+
+def _relation(data: bytes) -> Relation:
+    (oid,) = _OID.unpack_from(data, 1)
+    namespace, pos = _string(data, 5)
+    name, pos = _string(data, pos)
+    identity = chr(data[pos])
+    (count,) = _INT16.unpack_from(data, pos + 1)
+    pos += 3
+    columns = []
+    for _ in range(count):
+        flags = data[pos]
+        column_name, pos = _string(data, pos + 1)
+        type_oid, _modifier = _COLUMN_TAIL.unpack_from(data, pos)
+        pos += 8
+        columns.append(Column(column_name, type_oid, bool(flags & 1)))
+    return Relation(oid, namespace, name, identity, tuple(columns))
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    end = data.index(b"\x00", pos)
+    return data[pos:end].decode(), end + 1

@@ -39,6 +39,8 @@ from syncer.sources.values import Decoder, make_decoder
 
 log = structlog.get_logger(__name__)
 
+_NOTHING_UNCHANGED: frozenset[str] = frozenset()
+
 Conn = AsyncConnection[tuple[Any, ...]]
 
 
@@ -65,9 +67,16 @@ class _Stream:
     key_index: tuple[int, ...]
     no_old: tuple[pgoutput.Value, ...] = ()
     """One UNCHANGED per column: the old row of a message that has none."""
+    key_names: tuple[str, ...] = ()
+    """The key columns' names, in key order."""
 
     def __post_init__(self) -> None:
         self.no_old = (pgoutput.UNCHANGED,) * len(self.columns)
+        self.key_names = tuple(self.columns[i] for i in self.key_index)
+
+    def key_of(self, row: Document) -> DocKey:
+        """The key of a decoded row (None for a key column it lacks)."""
+        return tuple([row.get(name) for name in self.key_names])
 
 
 @dataclass
@@ -263,14 +272,24 @@ class PostgresSource:
         if isinstance(message, pgoutput.Delete):
             deleted = _old_document(stream, message.old, None, {}) if message.old_is_row else None
             return RowChange(RowOp.DELETE, self._key(stream, message.old), old=deleted)
+        new = message.new
+        if pgoutput.UNCHANGED not in new:
+            # Every value sent (no TOASTed value left out): the common case, in one pass.
+            row: Document = {
+                name: None if value is None else decode(value)  # type: ignore[arg-type]
+                for name, decode, value in zip(stream.columns, stream.decoders, new, strict=True)
+            }
+            if isinstance(message, pgoutput.Insert):
+                return RowChange(RowOp.INSERT, stream.key_of(row), row)
+            return self._update(stream, message, row, _NOTHING_UNCHANGED)
         # REPLICA IDENTITY FULL: the old row comes whole (TOASTed values inlined).
         full_old = (
             message.old if isinstance(message, pgoutput.Update) and message.old_is_row else None
         )
-        row: Document = {}
+        row = {}
         unchanged: set[str] = set()
         for name, decode, value, prior in zip(
-            stream.columns, stream.decoders, message.new, full_old or stream.no_old, strict=True
+            stream.columns, stream.decoders, new, full_old or stream.no_old, strict=True
         ):
             if value is pgoutput.UNCHANGED:
                 if prior is pgoutput.UNCHANGED:
@@ -278,20 +297,27 @@ class PostgresSource:
                     continue
                 value = prior  # unchanged: the old row holds the very value
             row[name] = None if value is None else decode(value)  # type: ignore[arg-type]
-        key = tuple(row.get(stream.columns[i]) for i in stream.key_index)
         if isinstance(message, pgoutput.Insert):
-            return RowChange(RowOp.INSERT, key, row)
+            return RowChange(RowOp.INSERT, stream.key_of(row), row)
+        return self._update(stream, message, row, frozenset(unchanged))
+
+    def _update(
+        self, stream: _Stream, message: pgoutput.Update, row: Document, unchanged: frozenset[str]
+    ) -> RowChange | None:
+        """The update of `message`, whose new row (without `unchanged`) is `row`."""
+        key = stream.key_of(row)
+        full_old = message.old if message.old_is_row else None
         before = _old_document(stream, full_old, message.new, row) if full_old else None
         if before is not None:  # the old key, already decoded
-            old_key: DocKey | None = tuple(before[stream.columns[i]] for i in stream.key_index)
+            old_key: DocKey | None = stream.key_of(before)
         else:
             old_key = self._key(stream, message.old) if message.old is not None else None
-        if any(stream.columns[i] in unchanged for i in stream.key_index):
+        if unchanged and not unchanged.isdisjoint(stream.key_names):
             if old_key is None:
                 self._log.error("update_without_key", relation=self._require_table().qualified)
                 return None
             key = old_key
-        return RowChange(RowOp.UPDATE, key, row, old_key, frozenset(unchanged), before)
+        return RowChange(RowOp.UPDATE, key, row, old_key, unchanged, before)
 
     @staticmethod
     def _key(stream: _Stream, values: tuple[pgoutput.Value, ...]) -> DocKey:
