@@ -271,7 +271,7 @@ LIVE_WS_BEHIND_SECONDS = _env_number("LIVE_WS_BEHIND_SECONDS", 10) or 10
 # --- The worker process ----------------------------------------------------------------------
 # The streaming worker (`runsyncer`) serves no page, API or websocket, so it installs only the
 # apps it runs: without daphne (Twisted), the admin, django-ninja, axes, sessions, messages and
-# static files it starts about 30 MB smaller (docs/benchmarks.md, "Worker memory"). On for
+# static files it starts about 30 MB smaller (docs/benchmarks.md, "worker memory"). On for
 # `manage.py runsyncer`; SEARCHSYNC_WORKER_PROCESS=1 says the same for another entry point
 # that runs pipelines (bench/worker.py), =0 turns it off.
 WORKER_PROCESS = _env_bool("SEARCHSYNC_WORKER_PROCESS", sys.argv[1:2] == ["runsyncer"])
@@ -286,3 +286,9 @@ WEB_ONLY_APPS = {
 }
 if WORKER_PROCESS:
     INSTALLED_APPS = [app for app in INSTALLED_APPS if app not in WEB_ONLY_APPS]
+    # channels_redis imports cryptography's Fernet whenever cryptography is installed (it
+    # is, for daphne), though it encrypts only with `symmetric_encryption_keys`, which these
+    # layers do not set: declined (an import of it fails as if it were missing, which
+    # channels_redis expects), the worker loads 6.7 MB less. A layer with keys keeps it.
+    if not any("symmetric_encryption_keys" in layer["CONFIG"] for layer in CHANNEL_LAYERS.values()):
+        sys.modules.setdefault("cryptography.fernet", None)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from tests.support.users import operator
 
 WEB_ONLY = (
     "daphne",
-    "twisted.internet",
+    "twisted",
     "autobahn",
     "ninja",
     "django.contrib.admin",
@@ -33,6 +33,8 @@ WEB_ONLY = (
     "console.urls",
 )
 CEL = ("cel", "celpy", "lark", "syncer.engine.matching")
+DECLINED = ("structlog.twisted", "cryptography.fernet")
+"""Optional imports of libraries, never used here (syncer.logconfig, console.settings)."""
 
 
 def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
@@ -83,6 +85,7 @@ def test_a_worker_loads_no_web_app_and_no_cel_without_live_subscriptions(
     ), "it ran the sync and the live monitor's publisher"
     assert loaded(modules, WEB_ONLY) == []
     assert loaded(modules, CEL) == []
+    assert loaded(modules, DECLINED) == []
 
 
 def test_a_live_subscription_loads_cel_and_its_changes_are_matched(

@@ -90,6 +90,9 @@ def test_sigterm_mid_stream_exits_zero_with_checkpoint_matching_the_index(
     worker = WorkerProcess(opensearch_url, log, "--subscription", "term").process
     try:
         wait_for(lambda: len(index_docs(search, "term")) == 5000, what="the rest after restart")
+        # The index may have been whole already: stop the new worker once it runs, not
+        # while it starts (before its SIGTERM handler exists).
+        wait_for(lambda: status_of("term").status == "caught_up", what="the restart caught up")
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(40) == 0

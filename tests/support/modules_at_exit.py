@@ -3,8 +3,8 @@
     python tests/support/modules_at_exit.py OUT runsyncer [...]
 
 Runs `manage.py` as its own `__main__` (so `runsyncer` sees the argv it always sees) and
-writes `sorted(sys.modules)`, one a line, to OUT when the process exits, whatever the
-command's outcome: what a real worker process loaded, for the tests of its footprint.
+writes the names of the modules imported, one a line, to OUT when the process exits,
+whatever the command's outcome: what a real worker loaded, for the tests of its footprint.
 """
 
 from __future__ import annotations
@@ -17,9 +17,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def imported() -> list[str]:
+    """The modules imported, in order of name; not those declined (None in sys.modules)."""
+    return sorted(name for name, module in sys.modules.items() if module is not None)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
-    atexit.register(lambda: out.write_text("\n".join(sorted(sys.modules)) + "\n"))
+    atexit.register(lambda: out.write_text("".join(f"{name}\n" for name in imported())))
     sys.argv = [str(ROOT / "manage.py"), *sys.argv[2:]]
     sys.path[0] = str(ROOT)  # the checkout, not this folder, as manage.py would have it
     runpy.run_path(str(ROOT / "manage.py"), run_name="__main__")

@@ -30,7 +30,7 @@ class Command(BaseCommand):
         "meanwhile are picked up within SYNCER_CONTROL_INTERVAL (1 s)."
     )
     # The worker's settings and the models, not the web's checks: the URL checks alone
-    # would import the admin, the API and django-ninja (docs/benchmarks.md, "Worker memory").
+    # would import the admin, the API and django-ninja (docs/benchmarks.md, "worker memory").
     requires_system_checks = [WORKER_TAG, Tags.models, Tags.compatibility, Tags.translation]
 
     def add_arguments(self, parser: CommandParser) -> None:
