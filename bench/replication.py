@@ -294,6 +294,17 @@ async def fanout(dsn: str, count: int, changes: int) -> dict[str, float]:
     }
 
 
+def drop_database() -> None:
+    """The bench's database and its slots (which would keep WAL), if left."""
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s",
+            (DATABASE,),
+        )
+        admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -309,13 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     dsn = dsn_for(DATABASE)
+    drop_database()
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE database = %s",
-            (DATABASE,),
-        )
-        admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
         admin.execute(f'CREATE DATABASE "{DATABASE}"')
     results: dict[str, Any] = {"machine": machine_note()}
     try:
@@ -344,13 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{args.fanout} idle walsenders while another table takes {args.changes:,} rows")
         results["fanout"] = asyncio.run(fanout(dsn, args.fanout, args.changes))
     finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE database = %s",
-                (DATABASE,),
-            )
-            admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
+        drop_database()
     ceiling = results["pg_recvlogical"]["changes_per_s"]
     print(f"\n{'reader':<16}{'changes/s':>12}{'of PG':>8}{'client CPU':>12}{'server CPU':>12}")
     for name in ("pg_recvlogical", "peek", "stream"):
