@@ -306,6 +306,22 @@ class Writer(threading.Thread):
                 self.done += 1
 
 
+@dataclass(frozen=True)
+class LiveLoad:
+    """What Bench.live writes: `plan_ops` of these counts into `table`, paced at `rate`."""
+
+    table: str
+    rate: float
+    inserts: int
+    updates: int
+    deletes: int
+
+    @property
+    def subscription(self) -> str:
+        """bench_live → bench-live: the subscription (and index) that follows `table`."""
+        return PREFIX + self.table.removeprefix("bench_").replace("_", "-")
+
+
 # -- processes -------------------------------------------------------------------------
 
 
@@ -791,25 +807,37 @@ class Bench:
 
     # 2. live stream
 
-    def live(self) -> dict[str, Any]:
+    def live(
+        self,
+        load: LiveLoad | None = None,
+        before_writes: Callable[[], None] | None = None,
+        after_writes: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """`load` (by default --inserts/--updates/--deletes at --rate into bench_live)
+        through a caught-up subscription. `before_writes` runs once it is caught up,
+        `after_writes` as soon as the writer is done (bench/ceiling.py opens and marks a
+        second slot there)."""
         a = self.args
+        load = load or LiveLoad("bench_live", a.rate, a.inserts, a.updates, a.deletes)
         with psycopg.connect(self.source_dsn, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL(TABLE_DDL).format(table=sql.Identifier("bench_live")))
-        name = f"{PREFIX}live"
-        sub = self.subscription(name, "public.bench_live", "discard")
+            conn.execute(sql.SQL(TABLE_DDL).format(table=sql.Identifier(load.table)))
+        name = load.subscription
+        sub = self.subscription(name, f"public.{load.table}", "discard")
         worker = self.start_worker(name)
         wait_until(
             self.watch(worker, sub, lambda s: s.status == "caught_up"),
             timeout=self.budget.cap(60),
             what=f"{name} to be caught up",
         )
-        ops = plan_ops(a.inserts, a.updates, a.deletes, random.Random(11))
+        if before_writes is not None:
+            before_writes()
+        ops = plan_ops(load.inserts, load.updates, load.deletes, random.Random(11))
         total = len(ops)
-        writer = Writer(self.source_dsn, "bench_live", ops, a.rate)
+        writer = Writer(self.source_dsn, load.table, ops, load.rate)
         self.writers.append(writer)
-        say(f"live: writing {total:,} changes at {a.rate:,.0f}/s into bench_live")
+        say(f"{name}: writing {total:,} changes at {load.rate:,.0f}/s into {load.table}")
         writer.start()
-        writer.join(self.budget.cap(total / a.rate * 3 + 30))
+        writer.join(self.budget.cap(total / load.rate * 3 + 30))
         if writer.is_alive():
             writer.stopping.set()
             writer.join(10)
@@ -817,6 +845,8 @@ class Bench:
         if writer.error is not None:
             raise RuntimeError(f"writer failed: {writer.error!r}")
         wrote_at = time.time()
+        if after_writes is not None:
+            after_writes()
         try:
             wait_until(
                 lambda: worker.alive() and worker.progress().get("transactions", 0) >= total,
@@ -833,12 +863,12 @@ class Bench:
         acked = len(latencies)
         first_commit, last_ack = result.get("first_commit"), result.get("last_ack_at")
         ack_s = (last_ack - first_commit) if first_commit and last_ack else float("nan")
-        figures = {
+        figures: dict[str, Any] = {
             "changes": total,
-            "inserts": a.inserts,
-            "updates": a.updates,
-            "deletes": a.deletes,
-            "target_rate": a.rate,
+            "inserts": load.inserts,
+            "updates": load.updates,
+            "deletes": load.deletes,
+            "target_rate": load.rate,
             "write_rate": total / write_s,
             "write_seconds": write_s,
             "acked_transactions": acked,
@@ -859,7 +889,7 @@ class Bench:
             "time": breakdown(result.get("calls", []), writer.first_at, last_ack or wrote_at),
         }
         say(
-            f"live: wrote {figures['write_rate']:,.0f}/s, acknowledged "
+            f"{name}: wrote {figures['write_rate']:,.0f}/s, acknowledged "
             f"{figures['ack_rate']:,.0f}/s in {figures['batches']} batches; commit→ack "
             f"p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "
             f"p99 {figures['p99_ms']:.0f} ms"

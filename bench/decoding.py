@@ -1,0 +1,170 @@
+"""PostgreSQL's own decoding rate of a workload's WAL with pgoutput, for bench/ceiling.py.
+
+A `DecodingProbe` is a logical slot (pgoutput) and a publication of the workload's table,
+both its own, created before the workload's writes: the slot then holds exactly the WAL
+the worker's slot decodes, with the same plugin and options (proto_version 1, one
+publication of that one table). After the writes, `mark_end` records the WAL position
+the writer reached, and `measure` decodes up to it twice, with nothing done to the rows:
+
+- peek: `SELECT count(*) ... FROM pg_logical_slot_peek_binary_changes(slot, end, NULL,
+  'proto_version', '1', 'publication_names', pub)` in one backend (work_mem 256MB, so
+  the function's tuplestore stays in memory): decoding alone, in one SQL call. Timed
+  from the client, with the backend's CPU (utime + stime from /proc) around the call.
+- pg_recvlogical: `pg_recvlogical --start -o proto_version=1 -o publication_names=pub
+  -f /dev/null --endpos end --no-loop`: the decoded stream sent over the replication
+  protocol (a walsender, one message per change, as a streaming worker receives it) to
+  a client that drops it. It consumes the slot, so it runs after the peek. Its time is
+  the process's wall time less that of the same command run again once the slot is at
+  `end` (nothing left to decode: the start-up, connection and START_REPLICATION).
+
+The rate is changes (insert, update and delete messages, counted by the peek) per
+second. Both readers also read the WAL other databases on the cluster wrote meanwhile,
+as the worker's reader does. `close` drops the slot and the publication.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from bench.procfs import pid_cpu
+
+RECVLOGICAL = os.environ.get("BENCH_PG_RECVLOGICAL", "/usr/bin/pg_recvlogical")
+CHANGE_MESSAGES = (ord("I"), ord("U"), ord("D"))
+"""The first byte of pgoutput's insert, update and delete messages."""
+
+
+@dataclass
+class DecodingProbe:
+    dsn: str
+    table: str
+    name: str
+    """The slot's and the publication's name (at most 63 characters)."""
+    end_lsn: str | None = None
+    opened: bool = False
+
+    def open(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                    sql.Identifier(self.name), sql.Identifier(self.table)
+                )
+            )
+            self.opened = True
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.name,))
+
+    def mark_end(self) -> None:
+        """Record where the writes end: every change of the workload is before it."""
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        self.end_lsn = str(row[0])
+
+    def measure(self) -> dict[str, Any]:
+        if self.end_lsn is None:
+            raise RuntimeError("DecodingProbe.measure before mark_end")
+        peek = self.peek()
+        recv = self.recvlogical()
+        changes = peek["changes"]
+        return {
+            "changes": changes,
+            "messages": peek["messages"],
+            "end_lsn": self.end_lsn,
+            "peek_s": peek["seconds"],
+            "peek_changes_per_s": changes / peek["seconds"],
+            "peek_backend_cpu_s": peek["backend_cpu_s"],
+            "peek_backend_cpu_ms_per_1000": peek["backend_cpu_s"] / changes * 1e6,
+            "recvlogical_s": recv["seconds"],
+            "recvlogical_startup_s": recv["startup_s"],
+            "recvlogical_changes_per_s": changes / recv["seconds"],
+            "recvlogical_client_cpu_s": recv["client_cpu_s"],
+        }
+
+    def peek(self) -> dict[str, Any]:
+        query = """
+            SELECT count(*), count(*) FILTER (WHERE get_byte(data, 0) = ANY(%s))
+            FROM pg_logical_slot_peek_binary_changes(
+                %s, %s::pg_lsn, NULL,
+                'proto_version', '1', 'publication_names', %s)
+        """
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SET work_mem = '256MB'")
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            backend = int(row[0])
+            cpu = pid_cpu(backend)
+            started = time.perf_counter()
+            counts = conn.execute(
+                query, (list(CHANGE_MESSAGES), self.name, self.end_lsn, self.name)
+            ).fetchone()
+            seconds = time.perf_counter() - started
+            cpu = pid_cpu(backend) - cpu
+        assert counts is not None
+        return {
+            "messages": int(counts[0]),
+            "changes": int(counts[1]),
+            "seconds": seconds,
+            "backend_cpu_s": cpu,
+        }
+
+    def recvlogical(self) -> dict[str, Any]:
+        decoded = self.run_recvlogical()
+        idle = self.run_recvlogical()  # the slot is at end_lsn now: start-up alone
+        return {
+            "seconds": max(decoded[0] - idle[0], 1e-9),
+            "startup_s": idle[0],
+            "client_cpu_s": decoded[1],
+        }
+
+    def run_recvlogical(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) of one pg_recvlogical up to end_lsn."""
+        assert self.end_lsn is not None
+        command = [
+            RECVLOGICAL,
+            "--dbname",
+            self.dsn,
+            "--slot",
+            self.name,
+            "--start",
+            "--no-loop",
+            "-o",
+            "proto_version=1",
+            "-o",
+            f"publication_names={self.name}",
+            "--file",
+            "/dev/null",
+            "--endpos",
+            self.end_lsn,
+        ]
+        # The bench's other children (workers, sinks) are not reaped meanwhile, so the
+        # children's clock moves by this process's CPU alone.
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            error = done.stderr.decode(errors="replace").strip()
+            raise RuntimeError(f"pg_recvlogical exited {done.returncode}: {error}")
+        used = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+        return seconds, used
+
+    def close(self) -> None:
+        """Drop the slot and the publication, if they were made."""
+        if not self.opened:
+            return
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (self.name,),
+            )
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(self.name)))
+        self.opened = False
