@@ -837,11 +837,7 @@ class Bench:
         self.writers.append(writer)
         say(f"{name}: writing {total:,} changes at {load.rate:,.0f}/s into {load.table}")
         writer.start()
-        writer.join(self.budget.cap(total / load.rate * 3 + 30))
-        if writer.is_alive():
-            writer.stopping.set()
-            writer.join(10)
-            raise BenchTimeout(f"the writer wrote only {writer.done:,} of {total:,} changes")
+        self.await_writer(writer, total)
         if writer.error is not None:
             raise RuntimeError(f"writer failed: {writer.error!r}")
         wrote_at = time.time()
@@ -898,6 +894,19 @@ class Bench:
         if acked != total:
             raise RuntimeError(f"the worker acknowledged {acked:,} of {total:,} transactions")
         return figures
+
+    def await_writer(self, writer: Writer, total: int, stall: float = 30) -> None:
+        """Wait for `writer` as long as it commits: on a busy machine one writer may take
+        far longer than its rate says. BenchTimeout if `stall` seconds pass without a
+        commit, or the budget ends."""
+        done = -1
+        while writer.is_alive():
+            if writer.done == done:
+                writer.stopping.set()
+                writer.join(10)
+                raise BenchTimeout(f"the writer wrote only {writer.done:,} of {total:,} changes")
+            done = writer.done
+            writer.join(self.budget.cap(stall))
 
     # 3. failures
 
