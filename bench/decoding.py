@@ -168,3 +168,14 @@ class DecodingProbe:
             )
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(self.name)))
         self.opened = False
+
+
+def describe(d: dict[str, Any], ours: float) -> str:
+    """`measure`'s figures, and the worker's rate `ours` as a share of each."""
+    peek, recv = d["peek_changes_per_s"], d["recvlogical_changes_per_s"]
+    return (
+        f"PostgreSQL decodes {d['changes']:,} changes at {peek:,.0f}/s (peek; backend CPU "
+        f"{d['peek_backend_cpu_ms_per_1000']:.1f} ms / 1,000), {recv:,.0f}/s (pg_recvlogical); "
+        f"the worker's {ours:,.0f}/s is {ours / recv:.0%} of pg_recvlogical, "
+        f"{ours / peek:.0%} of peek"
+    )

@@ -254,11 +254,24 @@ def plan_ops(inserts: int, updates: int, deletes: int, rng: random.Random) -> li
 
 
 class Writer(threading.Thread):
-    """Commits `ops` one per transaction, paced at `rate` per second."""
+    """Commits `ops` one per transaction, paced at `rate` per second.
 
-    def __init__(self, dsn: str, table: str, ops: Sequence[tuple[str, int]], rate: float):
+    `synchronous_commit=False` commits without waiting for the WAL flush: the writer is
+    then not bound by the disk's fsyncs, but a change becomes decodable only when the WAL
+    writer flushes it (every wal_writer_delay, 200 ms by default), which latency shows.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        ops: Sequence[tuple[str, int]],
+        rate: float,
+        synchronous_commit: bool = True,
+    ):
         super().__init__(name="bench-writer", daemon=True)
         self.dsn, self.ops, self.rate = dsn, ops, rate
+        self.synchronous_commit = synchronous_commit
         self.stopping = threading.Event()
         self.done = 0
         self.first_at: float | None = None
@@ -284,6 +297,8 @@ class Writer(threading.Thread):
     def _run(self) -> None:
         rng = random.Random(7)
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            if not self.synchronous_commit:
+                conn.execute("SET synchronous_commit = off")
             start = time.monotonic()
             for n, (kind, row_id) in enumerate(self.ops):
                 if self.stopping.is_set():
@@ -308,13 +323,15 @@ class Writer(threading.Thread):
 
 @dataclass(frozen=True)
 class LiveLoad:
-    """What Bench.live writes: `plan_ops` of these counts into `table`, paced at `rate`."""
+    """What Bench.live writes: `plan_ops` of these counts into `table`, paced at `rate`
+    (Writer's `synchronous_commit`)."""
 
     table: str
     rate: float
     inserts: int
     updates: int
     deletes: int
+    synchronous_commit: bool = True
 
     @property
     def subscription(self) -> str:
@@ -833,7 +850,7 @@ class Bench:
             before_writes()
         ops = plan_ops(load.inserts, load.updates, load.deletes, random.Random(11))
         total = len(ops)
-        writer = Writer(self.source_dsn, load.table, ops, load.rate)
+        writer = Writer(self.source_dsn, load.table, ops, load.rate, load.synchronous_commit)
         self.writers.append(writer)
         say(f"{name}: writing {total:,} changes at {load.rate:,.0f}/s into {load.table}")
         writer.start()
