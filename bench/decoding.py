@@ -11,11 +11,15 @@ the writer reached, and `measure` decodes up to it twice, with nothing done to t
   the function's tuplestore stays in memory): decoding alone, in one SQL call. Timed
   from the client, with the backend's CPU (utime + stime from /proc) around the call.
 - pg_recvlogical: `pg_recvlogical --start -o proto_version=1 -o publication_names=pub
-  -f /dev/null --endpos end --no-loop`: the decoded stream sent over the replication
-  protocol (a walsender, one message per change, as a streaming worker receives it) to
-  a client that drops it. It consumes the slot, so it runs after the peek. Its time is
-  the process's wall time less that of the same command run again once the slot is at
-  `end` (nothing left to decode: the start-up, connection and START_REPLICATION).
+  -f - --endpos end --no-loop`: the decoded stream sent over the replication protocol
+  (a walsender, one message per change, as a streaming worker receives it) to a client
+  that writes it to a pipe, which the bench reads in 64 KiB chunks and drops. It
+  consumes the slot, so it runs after the peek. Timed from the pipe's first byte to its
+  end (the process's exit at `end`): not the start-up, connection and START_REPLICATION,
+  which are recorded apart. Its CPU (utime + stime, from getrusage) is recorded, and
+  the walsender's (from /proc, its pid from pg_replication_slots.active_pid at the first
+  byte, read again at each chunk: the last reading before it exits, so the last chunk's
+  work is missing).
 
 The rate is changes (insert, update and delete messages, counted by the peek) per
 second. Both readers also read the WAL other databases on the cluster wrote meanwhile,
@@ -83,8 +87,13 @@ class DecodingProbe:
             "peek_backend_cpu_ms_per_1000": peek["backend_cpu_s"] / changes * 1e6,
             "recvlogical_s": recv["seconds"],
             "recvlogical_startup_s": recv["startup_s"],
+            "recvlogical_bytes": recv["bytes"],
             "recvlogical_changes_per_s": changes / recv["seconds"],
             "recvlogical_client_cpu_s": recv["client_cpu_s"],
+            "recvlogical_walsender_cpu_s": recv["walsender_cpu_s"],
+            "recvlogical_walsender_cpu_ms_per_1000": recv["walsender_cpu_s"] / changes * 1e6
+            if recv["walsender_cpu_s"] is not None
+            else None,
         }
 
     def peek(self) -> dict[str, Any]:
@@ -115,16 +124,9 @@ class DecodingProbe:
         }
 
     def recvlogical(self) -> dict[str, Any]:
-        decoded = self.run_recvlogical()
-        idle = self.run_recvlogical()  # the slot is at end_lsn now: start-up alone
-        return {
-            "seconds": max(decoded[0] - idle[0], 1e-9),
-            "startup_s": idle[0],
-            "client_cpu_s": decoded[1],
-        }
-
-    def run_recvlogical(self) -> tuple[float, float]:
-        """(wall seconds, CPU seconds) of one pg_recvlogical up to end_lsn."""
+        """One pg_recvlogical up to end_lsn, its stream read from a pipe and dropped: timed
+        from its first byte to its end, so that neither the start-up nor the connection
+        counts (on a busy machine they vary more than the decoding takes)."""
         assert self.end_lsn is not None
         command = [
             RECVLOGICAL,
@@ -139,22 +141,50 @@ class DecodingProbe:
             "-o",
             f"publication_names={self.name}",
             "--file",
-            "/dev/null",
+            "-",
             "--endpos",
             self.end_lsn,
         ]
         # The bench's other children (workers, sinks) are not reaped meanwhile, so the
-        # children's clock moves by this process's CPU alone.
+        # children's clock moves by pg_recvlogical's CPU alone.
         cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
-        seconds = time.perf_counter() - started
+        first: float | None = None
+        size = 0
+        walsender, sender_cpu, sender_last = 0, 0.0, 0.0
+        with (
+            psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn,
+            subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ) as process,
+        ):
+            assert process.stdout is not None and process.stderr is not None
+            while chunk := os.read(process.stdout.fileno(), 1 << 16):
+                if first is None:
+                    first = time.perf_counter()
+                    row = conn.execute(
+                        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                        (self.name,),
+                    ).fetchone()
+                    walsender = int(row[0]) if row and row[0] else 0
+                    sender_cpu = sender_last = pid_cpu(walsender) if walsender else 0.0
+                elif walsender:
+                    # The walsender exits with the stream: its last reading before the end.
+                    sender_last = max(sender_last, pid_cpu(walsender))
+                size += len(chunk)
+            ended = time.perf_counter()
+            error = process.stderr.read().decode(errors="replace").strip()
+            code = process.wait(60)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if done.returncode != 0:
-            error = done.stderr.decode(errors="replace").strip()
-            raise RuntimeError(f"pg_recvlogical exited {done.returncode}: {error}")
-        used = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
-        return seconds, used
+        if code != 0 or first is None:
+            raise RuntimeError(f"pg_recvlogical exited {code} after {size:,} bytes: {error}")
+        return {
+            "seconds": max(ended - first, 1e-9),
+            "startup_s": first - started,
+            "bytes": size,
+            "client_cpu_s": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
+            "walsender_cpu_s": sender_last - sender_cpu if walsender else None,
+        }
 
     def close(self) -> None:
         """Drop the slot and the publication, if they were made."""
@@ -173,9 +203,10 @@ class DecodingProbe:
 def describe(d: dict[str, Any], ours: float) -> str:
     """`measure`'s figures, and the worker's rate `ours` as a share of each."""
     peek, recv = d["peek_changes_per_s"], d["recvlogical_changes_per_s"]
+    sender = d.get("recvlogical_walsender_cpu_ms_per_1000")
     return (
         f"PostgreSQL decodes {d['changes']:,} changes at {peek:,.0f}/s (peek; backend CPU "
-        f"{d['peek_backend_cpu_ms_per_1000']:.1f} ms / 1,000), {recv:,.0f}/s (pg_recvlogical); "
-        f"the worker's {ours:,.0f}/s is {ours / recv:.0%} of pg_recvlogical, "
-        f"{ours / peek:.0%} of peek"
+        f"{d['peek_backend_cpu_ms_per_1000']:.1f} ms / 1,000), {recv:,.0f}/s (pg_recvlogical; "
+        f"walsender CPU {'?' if sender is None else f'{sender:.1f}'} ms / 1,000); the worker's "
+        f"{ours:,.0f}/s is {ours / recv:.0%} of pg_recvlogical, {ours / peek:.0%} of peek"
     )
