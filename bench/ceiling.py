@@ -196,7 +196,7 @@ class CeilingBench(Bench):
                 before_writes=probe.open if probe else None,
                 after_writes=probe.mark_end if probe else None,
             )
-            decoding = probe.measure() if probe else None
+            decoding = probe.measure(figures["changes"]) if probe else None
         finally:
             if probe:
                 probe.close()
@@ -260,7 +260,7 @@ class CeilingBench(Bench):
                 raise RuntimeError(f"writer failed: {writer.error!r}")
             probe.mark_end()
             # Before the drain, so that PostgreSQL and the worker never share the cores.
-            decoding = probe.measure()
+            decoding = probe.measure(total)
         finally:
             probe.close()
         say(

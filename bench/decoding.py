@@ -65,18 +65,26 @@ class DecodingProbe:
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.name,))
 
     def mark_end(self) -> None:
-        """Record where the writes end: every change of the workload is before it."""
+        """Record where the writes end: a logical message committed after them (which
+        pgoutput does not send). Its commit waits for the WAL flush, so the writes'
+        commits, flushed or not (synchronous_commit off), are decodable up to it."""
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
-            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            conn.execute("SET synchronous_commit = on")
+            row = conn.execute(
+                "SELECT pg_logical_emit_message(true, 'searchsync-bench', 'end')::text"
+            ).fetchone()
         assert row is not None
         self.end_lsn = str(row[0])
 
-    def measure(self) -> dict[str, Any]:
+    def measure(self, expected: int) -> dict[str, Any]:
+        """Decode up to end_lsn; RuntimeError unless that is the `expected` changes."""
         if self.end_lsn is None:
             raise RuntimeError("DecodingProbe.measure before mark_end")
         peek = self.peek()
-        recv = self.recvlogical()
         changes = peek["changes"]
+        if changes != expected:
+            raise RuntimeError(f"the second slot decoded {changes:,} changes, not {expected:,}")
+        recv = self.recvlogical()
         return {
             "changes": changes,
             "messages": peek["messages"],
