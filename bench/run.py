@@ -254,11 +254,24 @@ def plan_ops(inserts: int, updates: int, deletes: int, rng: random.Random) -> li
 
 
 class Writer(threading.Thread):
-    """Commits `ops` one per transaction, paced at `rate` per second."""
+    """Commits `ops` one per transaction, paced at `rate` per second.
 
-    def __init__(self, dsn: str, table: str, ops: Sequence[tuple[str, int]], rate: float):
+    `synchronous_commit=False` commits without waiting for the WAL flush: the writer is
+    then not bound by the disk's fsyncs, but a change becomes decodable only when the WAL
+    writer flushes it (every wal_writer_delay, 200 ms by default), which latency shows.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        table: str,
+        ops: Sequence[tuple[str, int]],
+        rate: float,
+        synchronous_commit: bool = True,
+    ):
         super().__init__(name="bench-writer", daemon=True)
         self.dsn, self.ops, self.rate = dsn, ops, rate
+        self.synchronous_commit = synchronous_commit
         self.stopping = threading.Event()
         self.done = 0
         self.first_at: float | None = None
@@ -284,6 +297,8 @@ class Writer(threading.Thread):
     def _run(self) -> None:
         rng = random.Random(7)
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+            if not self.synchronous_commit:
+                conn.execute("SET synchronous_commit = off")
             start = time.monotonic()
             for n, (kind, row_id) in enumerate(self.ops):
                 if self.stopping.is_set():
@@ -304,6 +319,24 @@ class Writer(threading.Thread):
                     self.first_at = now
                 self.last_at = now
                 self.done += 1
+
+
+@dataclass(frozen=True)
+class LiveLoad:
+    """What Bench.live writes: `plan_ops` of these counts into `table`, paced at `rate`
+    (Writer's `synchronous_commit`)."""
+
+    table: str
+    rate: float
+    inserts: int
+    updates: int
+    deletes: int
+    synchronous_commit: bool = True
+
+    @property
+    def subscription(self) -> str:
+        """bench_live → bench-live: the subscription (and index) that follows `table`."""
+        return PREFIX + self.table.removeprefix("bench_").replace("_", "-")
 
 
 # -- processes -------------------------------------------------------------------------
@@ -791,32 +824,42 @@ class Bench:
 
     # 2. live stream
 
-    def live(self) -> dict[str, Any]:
+    def live(
+        self,
+        load: LiveLoad | None = None,
+        before_writes: Callable[[], None] | None = None,
+        after_writes: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """`load` (by default --inserts/--updates/--deletes at --rate into bench_live)
+        through a caught-up subscription. `before_writes` runs once it is caught up,
+        `after_writes` as soon as the writer is done (bench/ceiling.py opens and marks a
+        second slot there)."""
         a = self.args
+        load = load or LiveLoad("bench_live", a.rate, a.inserts, a.updates, a.deletes)
         with psycopg.connect(self.source_dsn, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL(TABLE_DDL).format(table=sql.Identifier("bench_live")))
-        name = f"{PREFIX}live"
-        sub = self.subscription(name, "public.bench_live", "discard")
+            conn.execute(sql.SQL(TABLE_DDL).format(table=sql.Identifier(load.table)))
+        name = load.subscription
+        sub = self.subscription(name, f"public.{load.table}", "discard")
         worker = self.start_worker(name)
         wait_until(
             self.watch(worker, sub, lambda s: s.status == "caught_up"),
             timeout=self.budget.cap(60),
             what=f"{name} to be caught up",
         )
-        ops = plan_ops(a.inserts, a.updates, a.deletes, random.Random(11))
+        if before_writes is not None:
+            before_writes()
+        ops = plan_ops(load.inserts, load.updates, load.deletes, random.Random(11))
         total = len(ops)
-        writer = Writer(self.source_dsn, "bench_live", ops, a.rate)
+        writer = Writer(self.source_dsn, load.table, ops, load.rate, load.synchronous_commit)
         self.writers.append(writer)
-        say(f"live: writing {total:,} changes at {a.rate:,.0f}/s into bench_live")
+        say(f"{name}: writing {total:,} changes at {load.rate:,.0f}/s into {load.table}")
         writer.start()
-        writer.join(self.budget.cap(total / a.rate * 3 + 30))
-        if writer.is_alive():
-            writer.stopping.set()
-            writer.join(10)
-            raise BenchTimeout(f"the writer wrote only {writer.done:,} of {total:,} changes")
+        self.await_writer(writer, total)
         if writer.error is not None:
             raise RuntimeError(f"writer failed: {writer.error!r}")
         wrote_at = time.time()
+        if after_writes is not None:
+            after_writes()
         try:
             wait_until(
                 lambda: worker.alive() and worker.progress().get("transactions", 0) >= total,
@@ -833,12 +876,12 @@ class Bench:
         acked = len(latencies)
         first_commit, last_ack = result.get("first_commit"), result.get("last_ack_at")
         ack_s = (last_ack - first_commit) if first_commit and last_ack else float("nan")
-        figures = {
+        figures: dict[str, Any] = {
             "changes": total,
-            "inserts": a.inserts,
-            "updates": a.updates,
-            "deletes": a.deletes,
-            "target_rate": a.rate,
+            "inserts": load.inserts,
+            "updates": load.updates,
+            "deletes": load.deletes,
+            "target_rate": load.rate,
             "write_rate": total / write_s,
             "write_seconds": write_s,
             "acked_transactions": acked,
@@ -859,7 +902,7 @@ class Bench:
             "time": breakdown(result.get("calls", []), writer.first_at, last_ack or wrote_at),
         }
         say(
-            f"live: wrote {figures['write_rate']:,.0f}/s, acknowledged "
+            f"{name}: wrote {figures['write_rate']:,.0f}/s, acknowledged "
             f"{figures['ack_rate']:,.0f}/s in {figures['batches']} batches; commit→ack "
             f"p50 {figures['p50_ms']:.0f} ms, p95 {figures['p95_ms']:.0f} ms, "
             f"p99 {figures['p99_ms']:.0f} ms"
@@ -868,6 +911,19 @@ class Bench:
         if acked != total:
             raise RuntimeError(f"the worker acknowledged {acked:,} of {total:,} transactions")
         return figures
+
+    def await_writer(self, writer: Writer, total: int, stall: float = 30) -> None:
+        """Wait for `writer` as long as it commits: on a busy machine one writer may take
+        far longer than its rate says. BenchTimeout if `stall` seconds pass without a
+        commit, or the budget ends."""
+        done = -1
+        while writer.is_alive():
+            if writer.done == done:
+                writer.stopping.set()
+                writer.join(10)
+                raise BenchTimeout(f"the writer wrote only {writer.done:,} of {total:,} changes")
+            done = writer.done
+            writer.join(self.budget.cap(stall))
 
     # 3. failures
 
