@@ -192,3 +192,19 @@ def test_deleting_a_streaming_subscription_ends_its_walsender_and_drops_the_slot
         assert source_conn.execute(exists, (sub.slot_name,)).fetchone() == (0,)
         time.sleep(3)  # the worker lost its stream: it must not make the slot again
         assert source_conn.execute(exists, (sub.slot_name,)).fetchone() == (0,)
+
+
+async def test_an_idle_stream_stays_fresh_while_the_pipeline_sleeps(source_conn, source_dsn, table):
+    # Staleness is now minus progressed_at: the server's keepalives, answered while the
+    # reader waits, must keep it current without waking the pipeline.
+    source = make_source(source_dsn, table)
+    await source.open(STREAMING)
+    try:
+        source_conn.execute(f"INSERT INTO {table} VALUES (1, 'a')")
+        await read_until(source, 1)
+        assert await source.read(1000) == []
+        await source.wait(4.0)  # one long sleep: nothing but keepalives arrives
+        progressed = source.progressed_at()
+        assert progressed is not None and time.time() - progressed < 2.0
+    finally:
+        await source.close()

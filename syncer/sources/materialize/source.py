@@ -62,6 +62,8 @@ from syncer.sources.values import Decoder, make_decoder
 
 log = structlog.get_logger(__name__)
 
+_BETWEEN_FETCHES = 0.1  # seconds
+
 Conn = AsyncConnection[tuple[Any, ...]]
 
 CURSOR = "searchsync_subscribe"
@@ -298,8 +300,9 @@ class MaterializeSource:
     # -- the rest of the Source interface --------------------------------------------
 
     async def wait(self, timeout: float) -> None:
-        # `read` already waits (FETCH ... WITH (timeout)); between reads, a pause.
-        await asyncio.sleep(timeout)
+        # `read` already waits for rows (FETCH ... WITH (timeout)): between two reads only
+        # a short pause, so that answers of progress alone do not spin the loop.
+        await asyncio.sleep(min(timeout, _BETWEEN_FETCHES))
 
     async def acknowledge(self, position: Position) -> None:
         """Nothing to release: Materialize keeps no per-reader state for us."""

@@ -480,6 +480,11 @@ class PostgresSource:
         return notices
 
     def progressed_at(self) -> float | None:
+        stream = self._stream
+        if stream is not None and self._current is None and not stream.pending:
+            # Caught up with whatever the server last said, keepalives included: an
+            # idle pipeline need not wake for its staleness to stay current.
+            return max(self._progressed_at or 0.0, stream.heard_at or 0.0) or None
         return self._progressed_at
 
     # -- helpers ---------------------------------------------------------------------

@@ -152,6 +152,11 @@ class ReplicationStream:
             loop.remove_reader(self._fileno)
         self._raise_failure()
 
+    @property
+    def pending(self) -> bool:
+        """Messages were received while waiting and not read yet."""
+        return bool(self._pending)
+
     def confirm(self, position: Position) -> None:
         """Everything up to `position` is in the sink: the slot may release its WAL.
 
