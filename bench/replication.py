@@ -3,13 +3,16 @@
     .venv/bin/python bench/replication.py [--changes 100000] [--per-commit 100]
                                           [--latency-commits 100]
 
-On a fresh database, one table in one publication, three slots made before any write
-(so each has the same WAL to decode), then `--changes` inserted rows in transactions of
-`--per-commit`. Each reader takes every change from its own slot, decoding each pgoutput
-message with `syncer.sources.postgres.pgoutput.decode` as the source does:
+On a fresh database, one table, three slots made before any write (so each has the
+same WAL to decode), then `--changes` inserted rows in transactions of `--per-commit`:
 
-- `pg_recvlogical`: PostgreSQL's own decoding rate (to /dev/null; nothing is decoded in
-  Python), the ceiling;
+- PostgreSQL alone (`bench/decoding.py`'s probe, as bench/ceiling.py uses it): one
+  `pg_logical_slot_peek_binary_changes` of it all (`peek_once`), then `pg_recvlogical`
+  timed from its first byte, nothing decoded in Python: the ceiling.
+
+Then each reader takes every change from its own slot, decoding each pgoutput message
+with `syncer.sources.postgres.pgoutput.decode` as the source does:
+
 - `peek`: the PostgreSQL source as it was until issue 15: `pg_logical_slot_peek_binary_changes`
   in pages of 1,000 changes, each page acknowledged (`pg_replication_slot_advance`) before
   the next peek, which is the peek loop's best case (it re-decodes nothing);
@@ -32,7 +35,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -46,8 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.decoding import DecodingProbe  # noqa: E402
 from bench.procfs import pid_cpu  # noqa: E402
-from bench.run import ADMIN_DSN, dsn_for, machine_note, say  # noqa: E402
+from bench.run import ADMIN_DSN, dsn_for, machine_note, percentile, say  # noqa: E402
+from syncer.sources.positions import format_lsn  # noqa: E402
 from syncer.sources.postgres import pgoutput  # noqa: E402
 from syncer.sources.postgres.stream import ReplicationStream  # noqa: E402
 
@@ -60,21 +64,16 @@ PEEK = (
 )
 
 
-def lsn(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def pg_lsn(position: int) -> str:
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
-
-
 def setup(conn: psycopg.Connection, slots: list[str]) -> None:
     conn.execute("CREATE TABLE bench (id int PRIMARY KEY, name text, price numeric, tags text[])")
     conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR TABLE bench")
     for slot in slots:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+
+
+def advance(conn: psycopg.Connection, slot: str, end: int) -> None:
+    """Acknowledge to a peeked slot, as the peek loop did."""
+    conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, format_lsn(end)))
 
 
 def write(conn: psycopg.Connection, changes: int, per_commit: int, start: int = 0) -> None:
@@ -102,7 +101,7 @@ def peek_all(dsn: str, slot: str, changes: int) -> tuple[int, float]:
                     taken += 1
                 elif isinstance(message, pgoutput.Commit):
                     end = message.end_lsn
-            conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, pg_lsn(end)))
+            advance(conn, slot, end)
         return taken, pid_cpu(int(row[0])) - server_started
 
 
@@ -128,36 +127,11 @@ async def stream_all(dsn: str, slot: str, changes: int) -> tuple[int, float]:
                     taken += 1
                     since += 1
                 elif isinstance(message, pgoutput.Commit) and since >= PAGE:
-                    stream.confirm(message.end_lsn)
+                    stream.confirm(message.end_lsn, message.end_lsn)
                     since = 0
         return taken, pid_cpu(walsender)  # it started with this stream
     finally:
         stream.close()
-
-
-def recvlogical(dsn: str, slot: str, endpos: int) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            "/usr/bin/pg_recvlogical",
-            "--dbname",
-            dsn,
-            "--slot",
-            slot,
-            "--start",
-            "--no-loop",
-            "-o",
-            "proto_version=1",
-            "-o",
-            f"publication_names={PUBLICATION}",
-            "--endpos",
-            pg_lsn(endpos),
-            "-f",
-            "/dev/null",
-        ],
-        check=True,
-    )
-    return time.perf_counter() - started
 
 
 def measure(run: Callable[[], tuple[int, float]], changes: int) -> dict[str, float]:
@@ -205,9 +179,7 @@ def latency(dsn: str, commits: int, reader: str) -> list[float]:
                     if isinstance(message, pgoutput.Commit):
                         end = message.end_lsn
                 if end:
-                    conn.execute(
-                        "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, pg_lsn(end))
-                    )
+                    advance(conn, slot, end)
                 time.sleep(0.1)
         else:
 
@@ -224,7 +196,7 @@ def latency(dsn: str, commits: int, reader: str) -> list[float]:
                             message = pgoutput.decode(payload)
                             note(message)
                             if isinstance(message, pgoutput.Commit):
-                                stream.confirm(message.end_lsn)
+                                stream.confirm(message.end_lsn, message.end_lsn)
                 finally:
                     stream.close()
 
@@ -305,11 +277,6 @@ def drop_database() -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}"')
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=100_000)
@@ -325,14 +292,18 @@ def main(argv: list[str] | None = None) -> int:
         admin.execute(f'CREATE DATABASE "{DATABASE}"')
     results: dict[str, Any] = {"machine": machine_note()}
     try:
+        probe = DecodingProbe(dsn, "bench", "bench_recv")  # PostgreSQL's own decoding
         with psycopg.connect(dsn, autocommit=True) as conn:
-            setup(conn, ["bench_recv", "bench_peek", "bench_stream"])
+            setup(conn, ["bench_peek", "bench_stream"])
+            probe.open()
             say(f"writing {args.changes:,} rows in commits of {args.per_commit}")
             write(conn, args.changes, args.per_commit)
-            end = lsn(conn)
-        say("pg_recvlogical to /dev/null")
-        wall = recvlogical(dsn, "bench_recv", end)
-        results["pg_recvlogical"] = {"changes_per_s": args.changes / wall}
+        probe.mark_end()
+        say("PostgreSQL alone: one peek of it all, then pg_recvlogical from its first byte")
+        decoded = probe.measure(args.changes)
+        probe.close()
+        results["pg_recvlogical"] = {"changes_per_s": decoded["recvlogical_changes_per_s"]}
+        results["peek_once"] = {"changes_per_s": decoded["peek_changes_per_s"]}
         say("peek, in pages of 1,000")
         results["peek"] = measure(lambda: peek_all(dsn, "bench_peek", args.changes), args.changes)
         say("stream")
@@ -344,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             ms = latency(dsn, args.latency_commits, reader)
             results[f"latency_{reader}"] = {
                 "p50_ms": statistics.median(ms),
-                "p99_ms": percentile(ms, 0.99),
+                "p99_ms": percentile(sorted(ms), 99),
                 "max_ms": max(ms),
             }
         say(f"{args.fanout} idle walsenders while another table takes {args.changes:,} rows")
@@ -353,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         drop_database()
     ceiling = results["pg_recvlogical"]["changes_per_s"]
     print(f"\n{'reader':<16}{'changes/s':>12}{'of PG':>8}{'client CPU':>12}{'server CPU':>12}")
-    for name in ("pg_recvlogical", "peek", "stream"):
+    for name in ("peek_once", "pg_recvlogical", "peek", "stream"):
         row = results[name]
         print(
             f"{name:<16}{row['changes_per_s']:>12,.0f}{row['changes_per_s'] / ceiling:>8.0%}"

@@ -8,6 +8,7 @@ Used where the worker parses JSON per change: json/jsonb column values and bulk 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -26,8 +27,6 @@ def loads(data: bytes | str) -> Any:
     except UnicodeEncodeError:  # a lone surrogate in the text itself
         return json.loads(data)
     if raw.translate(_DIGITS_AS_ZEROS).find(_LONG_NUMBER) < 0:
-        try:
+        with contextlib.suppress(orjson.JSONDecodeError):  # the standard library decides
             return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
     return json.loads(data)

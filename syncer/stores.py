@@ -128,6 +128,13 @@ class DjangoStateStore:
             log.warning("status_not_saved", subscription=self.name, status=status, error=str(exc))
 
 
+def subscription_field(name: str) -> models.Field[Any, Any]:
+    """A concrete field of Subscription, for the UPDATEs written as SQL on hot paths."""
+    field = Subscription._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
+
+
 def _save_fields(subscription_id: int, fields: dict[str, Any]) -> None:
     """`_update(**fields)` as the UPDATE the ORM would send, written here: it runs after
     every batch, and the ORM compiles the query anew each time, which doubles its CPU
@@ -136,8 +143,7 @@ def _save_fields(subscription_id: int, fields: dict[str, Any]) -> None:
     quote = connection.ops.quote_name
     columns, params = [], []
     for name, value in fields.items():
-        field = meta.get_field(name)
-        assert isinstance(field, models.Field)
+        field = subscription_field(name)
         columns.append(f"{quote(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection))
     where = f"{quote(meta.pk.column)} = %s"

@@ -70,10 +70,7 @@ class Histogram:
         self._lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        index = bisect.bisect_left(self.bounds, value)
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
+        self.observe_all((value,))
 
     def observe_all(self, values: Sequence[float]) -> None:
         """`observe` each of `values` under one lock (a batch's commit latencies)."""

@@ -207,7 +207,7 @@ class PostgresSource:
                     self._progressed_at = stream.heard_at
                 break
         if transactions:
-            self._read_upto = stream.received = transactions[-1].position
+            self._read_upto = transactions[-1].position
         return transactions
 
     async def wait(self, timeout: float) -> None:
@@ -334,7 +334,7 @@ class PostgresSource:
             return
         self._acked = position
         if self._stream is not None:
-            self._stream.confirm(position)
+            self._stream.confirm(position, self._read_upto)
 
     # -- snapshot --------------------------------------------------------------------
 
@@ -484,7 +484,7 @@ class PostgresSource:
         if stream is not None and self._current is None and not stream.pending:
             # Caught up with whatever the server last said, keepalives included: an
             # idle pipeline need not wake for its staleness to stay current.
-            return max(self._progressed_at or 0.0, stream.heard_at or 0.0) or None
+            return stream.heard_at
         return self._progressed_at
 
     # -- helpers ---------------------------------------------------------------------

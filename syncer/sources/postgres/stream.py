@@ -21,6 +21,7 @@ psycopg2's errors leave this module as psycopg 3's classes of the same SQLSTATE,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,8 +61,6 @@ class ReplicationStream:
         self._pending: list[bytes] = []  # read while waiting, not yet handed out
         self.heard_at: float | None = None
         """Wall-clock time the server last sent anything (data or keepalive)."""
-        self.received: Position = 0
-        """The end of the last transaction read from the stream."""
 
     async def start(self, start_lsn: Position) -> None:
         """Connect and start streaming the transactions that commit after `start_lsn`.
@@ -145,9 +144,8 @@ class ReplicationStream:
 
         loop.add_reader(self._fileno, readable)
         try:
-            await asyncio.wait_for(ready, timeout)
-        except TimeoutError:
-            pass
+            with contextlib.suppress(TimeoutError):  # a quiet server: the caller looks again
+                await asyncio.wait_for(ready, timeout)
         finally:
             loop.remove_reader(self._fileno)
         self._raise_failure()
@@ -157,13 +155,15 @@ class ReplicationStream:
         """Messages were received while waiting and not read yet."""
         return bool(self._pending)
 
-    def confirm(self, position: Position) -> None:
+    def confirm(self, position: Position, received: Position) -> None:
         """Everything up to `position` is in the sink: the slot may release its WAL.
 
-        Sent with the next status update (within `status_interval`)."""
+        Sent with the next status update (within `status_interval`), with `received`,
+        the end of the last transaction read, as the write position (pg_stat_replication
+        shows the two lags apart)."""
         self._raise_failure()
         with _translated("confirming a position to the replication slot"):
-            self._require_cursor().send_feedback(write_lsn=self.received, flush_lsn=position)
+            self._require_cursor().send_feedback(write_lsn=received, flush_lsn=position)
 
     def close(self) -> None:
         if self._timer is not None:
@@ -234,20 +234,19 @@ def _as_psycopg() -> Iterator[None]:
                 "the server ended the replication connection (its log says why: e.g. "
                 "wal_sender_timeout, or the walsender was terminated)"
             )
-        cls: type[psycopg.Error]
-        if exc.pgcode:
-            try:
-                cls = psycopg.errors.lookup(exc.pgcode)
-            except KeyError:
-                cls = psycopg.DatabaseError
-        else:
-            cls = next(
-                (
-                    getattr(psycopg, base.__name__)
-                    for base in type(exc).__mro__
-                    if isinstance(getattr(psycopg, base.__name__, None), type)
-                    and issubclass(getattr(psycopg, base.__name__), psycopg.Error)
-                ),
-                psycopg.OperationalError,
-            )
-        raise cls(message) from exc
+        raise _psycopg_class(exc)(message) from exc
+
+
+def _psycopg_class(exc: psycopg2.Error) -> type[psycopg.Error]:
+    """psycopg 3's class for the SQLSTATE, else for the DBAPI class of the same name
+    (psycopg2 and psycopg name them alike: OperationalError, ProgrammingError, ...)."""
+    if exc.pgcode:
+        try:
+            return psycopg.errors.lookup(exc.pgcode)
+        except KeyError:
+            return psycopg.DatabaseError
+    for base in type(exc).__mro__:
+        cls = getattr(psycopg, base.__name__, None)
+        if isinstance(cls, type) and issubclass(cls, psycopg.Error):
+            return cls
+    return psycopg.OperationalError
