@@ -236,12 +236,17 @@ def permanent(error_type: str = "mapper_parsing_exception", reason: str = "bad")
     return ItemResult(Outcome.PERMANENT, 400, error_type, reason)
 
 
+async def eventually(done: Callable[[], object], timeout: float = 5.0) -> None:
+    """Return once `done()` is true; TimeoutError after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not done():
+            await asyncio.sleep(0.002)
+
+
 async def run_until(pipeline: Pipeline, done: Callable[[], object], timeout: float = 5.0) -> None:
     """Run `pipeline` until `done()` is true, then stop it and wait for it to end."""
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
-    async with asyncio.timeout(timeout):
-        while not done():
-            await asyncio.sleep(0.002)
+    await eventually(done, timeout)
     stop.set()
     await task

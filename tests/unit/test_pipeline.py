@@ -21,6 +21,7 @@ from syncer.engine.testing import (
     InMemorySource,
     InMemoryStore,
     StoredDoc,
+    eventually,
     permanent,
     run_until,
 )
@@ -328,13 +329,10 @@ async def test_a_trickle_of_changes_stays_caught_up_without_flapping():
     pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
-    async with asyncio.timeout(5):
-        while store.status != Status.CAUGHT_UP:
-            await asyncio.sleep(0.002)
-        for position in range(10, 60, 10):
-            source.push(tx(position, ins(position)))
-            while store.checkpoint != position:
-                await asyncio.sleep(0.002)
+    await eventually(lambda: store.status == Status.CAUGHT_UP)
+    for position in range(10, 60, 10):
+        source.push(tx(position, ins(position)))
+        await eventually(lambda: store.checkpoint == position)  # noqa: B023
     stop.set()
     await task
     after_start = [s for s, _ in store.statuses][
@@ -572,15 +570,11 @@ async def test_an_idle_reader_wakes_when_the_source_has_something_not_after_its_
     pipeline = Pipeline(config, source, sink, store, InMemoryDeadLetters())
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
-    async with asyncio.timeout(5):
-        while store.status != Status.CAUGHT_UP:
-            await asyncio.sleep(0.002)
+    await eventually(lambda: store.status == Status.CAUGHT_UP)
     await asyncio.sleep(0.05)  # the reader is asleep on the source now
     source.push(tx(10, ins(1)))
     started = time.monotonic()
-    async with asyncio.timeout(5):
-        while store.checkpoint != 10:
-            await asyncio.sleep(0.002)
+    await eventually(lambda: store.checkpoint == 10)
     assert time.monotonic() - started < 1.0
     stop.set()
     async with asyncio.timeout(5):  # and a stop does not wait out the interval either

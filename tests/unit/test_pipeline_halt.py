@@ -6,7 +6,13 @@ import asyncio
 
 from syncer.engine.changes import Position, RowChange, RowOp, Transaction, TxKind
 from syncer.engine.pipeline import Pipeline, PipelineConfig, Status
-from syncer.engine.testing import InMemoryDeadLetters, InMemorySink, InMemorySource, InMemoryStore
+from syncer.engine.testing import (
+    InMemoryDeadLetters,
+    InMemorySink,
+    InMemorySource,
+    InMemoryStore,
+    eventually,
+)
 from syncer.errors import ForeignIndex
 
 FAST = PipelineConfig(name="t", poll_interval=0.005, backoff_base=0.001, backoff_cap=0.01)
@@ -39,9 +45,7 @@ async def test_a_refused_sweep_halts_with_the_source_closed_until_stopped() -> N
     pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
-    async with asyncio.timeout(5):
-        while store.status != Status.ERROR:
-            await asyncio.sleep(0.002)
+    await eventually(lambda: store.status == Status.ERROR)
 
     await asyncio.sleep(0.2)  # a retry would come after 1 to 10 ms
 
