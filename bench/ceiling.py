@@ -6,6 +6,7 @@ PostgreSQL's own decoding rate of the same WAL measured in the same run.
                                       [--inserts 20000 --updates 10000 --deletes 5000]
                                       [--rate 100000] [--fixed-rate 300 --fixed-rate 1000]
                                       [--fixed-seconds 20] [--bulk-concurrency 1 ...]
+                                      [--only backfill,live,backlog,fixed]
 
 For each `--sink` (default osmem alone; repeat it to run several in one run, in order),
 on fresh source and console databases, in this order:
@@ -300,6 +301,9 @@ class CeilingBench(Bench):
         return figures
 
 
+WORKLOADS = ("backfill", "live", "backlog", "fixed")
+
+
 def run_sink(
     sink: str, args: argparse.Namespace, budget: Budget, bulk_concurrency: int = 1
 ) -> dict[str, Any]:
@@ -309,10 +313,14 @@ def run_sink(
     figures: dict[str, Any] = {"load_average_start": os.getloadavg()}
     try:
         bench.setup()
-        figures["backfill"] = bench.backfill_once()
-        figures["live"] = bench.live_once(bench.unthrottled(), decode=True)
-        figures["backlog"] = bench.backlog_once()
-        figures["fixed"] = [bench.fixed_once(rate) for rate in args.fixed_rate]
+        if "backfill" in args.only:
+            figures["backfill"] = bench.backfill_once()
+        if "live" in args.only:
+            figures["live"] = bench.live_once(bench.unthrottled(), decode=True)
+        if "backlog" in args.only:
+            figures["backlog"] = bench.backlog_once()
+        if "fixed" in args.only:
+            figures["fixed"] = [bench.fixed_once(rate) for rate in args.fixed_rate]
     finally:
         bench.teardown()
     figures["load_average_end"] = os.getloadavg()
@@ -326,7 +334,7 @@ def loads(average: Sequence[float]) -> str:
 def workloads(figures: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, figures) of one sink's workloads, in the order they ran."""
     fixed = [(f"{w['target_rate']:g}/s", w) for w in figures.get("fixed", [])]
-    return [(w, figures[w]) for w in ("backfill", "live", "backlog")] + fixed
+    return [(w, figures[w]) for w in ("backfill", "live", "backlog") if w in figures] + fixed
 
 
 def report(results: dict[str, Any]) -> None:
@@ -345,9 +353,12 @@ def report(results: dict[str, Any]) -> None:
     print()
     for sink, figures in results["sinks"].items():
         for workload in ("live", "backlog"):
-            w = figures[workload]
-            print(f"{sink:<10} {workload:<8} {describe(w['decoding'], w['changes_per_s'])}")
-        live = figures["live"]
+            if workload in figures:
+                w = figures[workload]
+                print(f"{sink:<10} {workload:<8} {describe(w['decoding'], w['changes_per_s'])}")
+        live = figures.get("live")
+        if live is None:
+            continue
         print(
             f"{sink:<10} live: writer {live['write_rate']:,.0f}/s, {live['batches']} batches; "
             f"load average {loads(figures['load_average_start'])} → "
@@ -389,6 +400,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--budget", type=float, default=1500.0, help="seconds for the whole run")
     parser.add_argument(
+        "--only",
+        default=",".join(WORKLOADS),
+        help=f"the workloads to run, comma-separated, of {', '.join(WORKLOADS)}",
+    )
+    parser.add_argument(
         "--fast-bulk-delay-ms",
         type=float,
         default=0.0,
@@ -402,6 +418,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.sink = args.sink or ["osmem"]
+    args.only = args.only.split(",")
+    if not set(args.only) <= set(WORKLOADS):
+        parser.error(f"--only takes {', '.join(WORKLOADS)}")
     args.bulk_concurrency = args.bulk_concurrency or [1]
     args.fixed_rate = args.fixed_rate or [300.0, 1000.0]
     if args.rows < 1 or args.rate <= 0 or min(args.fixed_rate) <= 0 or args.fixed_seconds <= 0:

@@ -2,7 +2,14 @@
 subscriptions and no changes.
 
     .venv/bin/python bench/idle.py [--counts 1,20,100] [--seconds 30] [--sink fast|osmem]
-                                   [--py-spy]
+                                   [--background 0,200] [--shared-cluster] [--py-spy]
+
+The source runs on a PostgreSQL cluster of the bench's own (bench/cluster.py): each
+walsender sends a keepalive whenever the cluster's WAL moves, so other checkouts' tests
+and benches writing to the machine's cluster would be measured as the worker's idle
+cost. `--background R` (comma-separated, each a run of every count) commits R one-row
+transactions a second into another database of that cluster during the window, as a
+production source's other applications do; `--shared-cluster` uses the machine's.
 
 For each count, on fresh source and console databases: that many tables (one per
 subscription, snapshot mode `discard`), a fresh `manage.py runsyncer` (the product's
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ceiling import CeilingBench  # noqa: E402
+from bench.cluster import Background, PrivateCluster  # noqa: E402
 from bench.procfs import memory, pid_cpu  # noqa: E402
 from bench.run import (  # noqa: E402
     ARTIFACTS,
@@ -70,10 +79,8 @@ PARTS = (
 WAITING = ("_worker (concurrent/futures/thread.py:81)", "EpollSelector.select")
 
 
-def source_backends() -> list[int]:
-    from bench.run import ADMIN_DSN
-
-    with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+def source_backends(admin_dsn: str) -> list[int]:
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (SOURCE_DB,),
@@ -106,7 +113,9 @@ class IdleBench(CeilingBench):
         log.close()
         return process
 
-    def idle_once(self, count: int, seconds: float, profile: bool) -> dict[str, Any]:
+    def idle_once(
+        self, count: int, seconds: float, profile: bool, background: float
+    ) -> dict[str, Any]:
         from syncer.models import Subscription
 
         Subscription.objects.filter(name__startswith=PREFIX).delete()
@@ -121,6 +130,7 @@ class IdleBench(CeilingBench):
             names.append(name)
         process = self.runsyncer(str(count))
         started = time.monotonic()
+        load = Background(self.source_admin_dsn, background)
         try:
 
             def caught_up() -> bool:
@@ -131,11 +141,12 @@ class IdleBench(CeilingBench):
 
             wait_until(caught_up, timeout=self.budget.cap(300), what=f"{count} caught up")
             ready_s = time.monotonic() - started
+            load.start()
             time.sleep(5)  # the first saves and the slots' first advances settle
             after_start = memory(process.pid)
-            pids = source_backends()
+            pids = source_backends(self.source_admin_dsn)
             spy: subprocess.Popen[bytes] | None = None
-            raw = ARTIFACTS / f"idle-{count}.pyspy.txt"
+            raw = ARTIFACTS / f"idle-{count}-{background:g}.pyspy.txt"
             if profile:
                 spy = subprocess.Popen(
                     [
@@ -162,6 +173,7 @@ class IdleBench(CeilingBench):
             if spy is not None:
                 spy.wait(seconds + 30)
         finally:
+            load.stop()
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -172,6 +184,7 @@ class IdleBench(CeilingBench):
         window = t1 - t0
         figures: dict[str, Any] = {
             "subscriptions": count,
+            "background_commits_per_s": background,
             "ready_s": ready_s,
             "window_s": window,
             "cpu_pct": (cpu1 - cpu0) / window * 100,
@@ -185,7 +198,8 @@ class IdleBench(CeilingBench):
         if profile and raw.exists():
             figures["py_spy"] = shares(raw)
         say(
-            f"idle {count}: worker {figures['cpu_pct']:.1f} % of a core "
+            f"idle {count}, background {background:g}/s: "
+            f"worker {figures['cpu_pct']:.1f} % of a core "
             f"({figures['cpu_pct_per_subscription']:.2f} % per subscription), "
             f"PostgreSQL {len(pids)} backends {figures['postgres_cpu_pct']:.1f} %, "
             f"RSS {mb(figures['rss_end_bytes']):.0f} MB (peak {mb(figures['peak_rss_bytes']):.0f})"
@@ -221,11 +235,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sink", choices=("fast", "osmem"), default="fast")
     parser.add_argument("--py-spy", action="store_true", help="profile each window")
     parser.add_argument(
+        "--background",
+        default="0",
+        help="commits/s into another database of the source cluster (comma-separated)",
+    )
+    parser.add_argument(
+        "--shared-cluster",
+        action="store_true",
+        help="the source on the machine's PostgreSQL, not a cluster of the bench's own",
+    )
+    parser.add_argument(
         "--fast-bulk-delay-ms", type=float, default=0.0, help="the fast sink's delay per bulk"
     )
     parser.add_argument("--budget", type=float, default=900.0)
     args = parser.parse_args(argv)
     args.counts = [int(c) for c in args.counts.split(",")]
+    args.background = [float(r) for r in args.background.split(",")]
     args.fast_bulk_delay_ms = 0.0  # CeilingBench's fast sink reads it; an idle worker sends none
     return args
 
@@ -238,26 +263,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"args": vars(args), "machine": machine_note(), "runs": []}
     results["load_average_start"] = os.getloadavg()
     code = 0
-    try:
-        bench.setup()
-        for count in args.counts:
-            results["runs"].append(bench.idle_once(count, args.seconds, args.py_spy))
-    except KeyboardInterrupt:
-        code = 130
-    except (RuntimeError, psycopg.Error) as exc:
-        say(f"failed: {exc}")
-        code = 1
-    finally:
-        bench.teardown()
+    with contextlib.ExitStack() as stack:
+        if not args.shared_cluster:
+            cluster = stack.enter_context(PrivateCluster())
+            bench.source_admin_dsn = cluster.dsn()
+            bench.source_dsn = cluster.dsn(SOURCE_DB)
+            say(f"source: a PostgreSQL cluster of the bench's own on port {cluster.port}")
+        try:
+            bench.setup()
+            for background in args.background:
+                for count in args.counts:
+                    results["runs"].append(
+                        bench.idle_once(count, args.seconds, args.py_spy, background)
+                    )
+        except KeyboardInterrupt:
+            code = 130
+        except (RuntimeError, psycopg.Error, subprocess.CalledProcessError) as exc:
+            say(f"failed: {exc}")
+            code = 1
+        finally:
+            bench.teardown()
     results["load_average_end"] = os.getloadavg()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = ARTIFACTS / f"idle-{stamp}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
     print()
-    print("subs  worker CPU %  per sub %  PG backends  PG CPU %  RSS MB  peak MB  ready s")
+    print("subs  bg/s  worker CPU %  per sub %  PG backends  PG CPU %  RSS MB  peak MB  ready s")
     for r in results["runs"]:
         print(
-            f"{r['subscriptions']:>4}  {r['cpu_pct']:>11.1f}  {r['cpu_pct_per_subscription']:>9.2f}"
+            f"{r['subscriptions']:>4}  {r['background_commits_per_s']:>4g}"
+            f"  {r['cpu_pct']:>11.1f}  {r['cpu_pct_per_subscription']:>9.2f}"
             f"  {r['postgres_backends']:>11}  {r['postgres_cpu_pct']:>8.1f}"
             f"  {mb(r['rss_end_bytes']):>6.0f}  {mb(r['peak_rss_bytes']):>7.0f}"
             f"  {r['ready_s']:>7.1f}"

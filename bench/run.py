@@ -455,6 +455,8 @@ class Bench:
     args: argparse.Namespace
     budget: Budget
     source_dsn: str = dsn_for(SOURCE_DB)
+    source_admin_dsn: str = ADMIN_DSN
+    """A superuser connection to the source's cluster (bench/idle.py may run its own)."""
     console_dsn: str = dsn_for(CONSOLE_DB)
     opensearch_url: str = ""
     server: Any = None
@@ -481,7 +483,7 @@ class Bench:
 
         call_command("migrate", verbosity=0)
         self.drop_source()
-        with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self.source_admin_dsn, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SOURCE_DB)))
         from syncer.models import Subscription
 
@@ -498,7 +500,7 @@ class Bench:
 
     def drop_source(self) -> None:
         """Drop the source database and its replication slots (publications go with it)."""
-        with psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self.source_admin_dsn, autocommit=True, connect_timeout=10) as conn:
             deadline = time.monotonic() + 15
             while True:
                 slots = conn.execute(
