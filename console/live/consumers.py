@@ -148,8 +148,14 @@ class MonitorConsumer(StaffConsumer):
     async def groups_to_join(self) -> list[str] | None:
         return [MONITOR_GROUP]
 
+    async def sync_snapshots(self, message: dict[str, Any]) -> None:
+        """Send each subscription's lag snapshot to the browser, one message each."""
+        for snapshot in message.get("snapshots", []):
+            await self.sync_snapshot(snapshot)
+
     async def sync_snapshot(self, message: dict[str, Any]) -> None:
-        """Send a subscription's lag snapshot to the browser."""
+        """Send a subscription's lag snapshot to the browser (also what a worker of the
+        previous release sends, one per layer message)."""
         await self.send_json(browser_message(message, "snapshot"))
 
     async def worker_heartbeat(self, message: dict[str, Any]) -> None:

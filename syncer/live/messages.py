@@ -6,7 +6,8 @@ never blocking the sync (see DESIGN.md, invariant 5).
 
 Groups (Channels group names: ASCII letters, digits, `-`, `_`, `.`; under 100 chars):
 
-- `MONITOR_GROUP` ("monitor"): a `sync.snapshot` per subscription once a second, and a
+- `MONITOR_GROUP` ("monitor"): a `sync.snapshot` per subscription once a second, sent
+  in `sync.snapshots` messages that carry many (the consumer relays each), and a
   `worker.heartbeat` per worker once a second.
 - `events_group(name)` ("events.<subscription name>"): `sync.events` batches of one
   subscription's applied and dead-lettered changes.
@@ -98,6 +99,13 @@ class SnapshotMessage(TypedDict):
     checkpoint: int | None
     checkpoint_shown: str
     at: float  # epoch seconds
+
+
+class SnapshotsMessage(TypedDict):
+    """Many subscriptions' snapshots in one layer message; browsers get each alone."""
+
+    type: Literal["sync.snapshots"]
+    snapshots: list[SnapshotMessage]
 
 
 class HeartbeatMessage(TypedDict):

@@ -5,7 +5,8 @@
     runner ─ snapshot / heartbeat (latest kept) ─┐                     │ full = dropped
                                                  ▼                     ▼
                           send task: one `sync.events` per subscription per round,
-                          the drop summaries owed, snapshots, heartbeat ─▶ group_send
+                          the drop summaries owed, the snapshots (in `sync.snapshots`
+                          of up to SNAPSHOTS_PER_MESSAGE), heartbeat ─▶ group_send
 
 The observer only counts, slices and puts; all I/O is in the send task. A send that
 fails or takes longer than `send_timeout` (Redis down) counts as a failure, and the
@@ -38,6 +39,7 @@ from syncer.live.messages import (
     EventsMessage,
     HeartbeatMessage,
     SnapshotMessage,
+    SnapshotsMessage,
     events_group,
 )
 from syncer.sources.kinds import format_position
@@ -50,6 +52,10 @@ RETRY_AFTER = 1.0
 _IDLE_WAKE = 0.25
 """Seconds between rounds when nothing arrives: owed drop summaries still go out."""
 _ERROR_LIMIT = 500
+SNAPSHOTS_PER_MESSAGE = 100
+"""Snapshots sent in one layer message: one send a round, not one per subscription (a
+worker with 100 idle subscriptions spent a tenth of its CPU on those sends), and a
+message of tens of kilobytes at most."""
 
 
 class LivePublisher:
@@ -80,6 +86,8 @@ class LivePublisher:
         self._budget = EventBudget(events_per_second)
         self._queue: asyncio.Queue[tuple[str, Event]] = asyncio.Queue(maxsize=queue_size)
         self._snapshots: dict[str, SnapshotMessage] = {}
+        self._redacted: dict[str, tuple[str, str]] = {}
+        """Per subscription, its last status message and that message redacted."""
         self._heartbeat: HeartbeatMessage | None = None
         self._wake = asyncio.Event()
         self._quiet_until = 0.0
@@ -123,10 +131,12 @@ class LivePublisher:
     def offer_snapshot(self, snapshot: SnapshotMessage) -> None:
         """The subscription's latest state; one not yet sent is replaced."""
         # The status message may quote a driver's error, DSN included: browsers see it.
-        self._snapshots[snapshot["subscription"]] = {
-            **snapshot,
-            "message": redact(snapshot["message"]),
-        }
+        # It seldom changes, and redacting reads the environment: done once per message.
+        name, message = snapshot["subscription"], snapshot["message"]
+        known = self._redacted.get(name)
+        if known is None or known[0] != message:
+            known = self._redacted[name] = (message, redact(message))
+        self._snapshots[name] = {**snapshot, "message": known[1]}
         self._wake.set()
 
     def offer_heartbeat(self, subscriptions: Sequence[str], interval: float) -> None:
@@ -145,6 +155,7 @@ class LivePublisher:
         """The subscription stopped running here."""
         self._budget.forget(subscription)
         self._snapshots.pop(subscription, None)
+        self._redacted.pop(subscription, None)
 
     def _enqueue(self, subscription: str, events: list[Event]) -> None:
         for queued, event in enumerate(events):
@@ -188,8 +199,12 @@ class LivePublisher:
             message = EventsMessage(type="sync.events", subscription=subscription, events=events)
             individual = sum(1 for event in events if event["kind"] != "dropped")
             sends.append((events_group(subscription), message, individual))
-        sends.extend((MONITOR_GROUP, s, 0) for s in self._snapshots.values())
+        snapshots = list(self._snapshots.values())
         self._snapshots = {}
+        for start in range(0, len(snapshots), SNAPSHOTS_PER_MESSAGE):
+            chunk = snapshots[start : start + SNAPSHOTS_PER_MESSAGE]
+            together = SnapshotsMessage(type="sync.snapshots", snapshots=chunk)
+            sends.append((MONITOR_GROUP, together, 0))
         if self._heartbeat is not None:
             sends.append((MONITOR_GROUP, self._heartbeat, 0))
             self._heartbeat = None

@@ -58,7 +58,9 @@ class Listener:
             self._joined.set()
             try:
                 while True:
-                    self.messages.append(await self.layer.receive(channel))
+                    message = await self.layer.receive(channel)
+                    # Snapshots travel many to a layer message; the tests read them one by one.
+                    self.messages.extend(message.get("snapshots", [message]))
             finally:
                 for group in self.groups:
                     await self.layer.group_discard(group, channel)
