@@ -182,6 +182,8 @@ SYNCER_SLOT_CHECK_INTERVAL = _env_number("SYNCER_SLOT_CHECK_INTERVAL", 30)
 SYNCER_MAX_ATTEMPTS = int(_env_number("SYNCER_MAX_ATTEMPTS", 3))
 # Bulk requests one subscription keeps in flight (1: one at a time, right for osmem).
 SYNCER_BULK_CONCURRENCY = int(_env_number("SYNCER_BULK_CONCURRENCY", 1))
+# A subscription's checkpoint is saved at most this often (0: after every batch).
+SYNCER_CHECKPOINT_INTERVAL = _env_number("SYNCER_CHECKPOINT_INTERVAL", 0.2)
 SYNCER_DLQ_RETRY_LIMIT = int(_env_number("SYNCER_DLQ_RETRY_LIMIT", 1000))
 # Dead letters one API call or admin action may retry or purge; more: `manage.py dlq`.
 SYNCER_API_DLQ_MAX = int(_env_number("SYNCER_API_DLQ_MAX", 1000))

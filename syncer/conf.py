@@ -41,6 +41,8 @@ class WorkerSettings:
     """Transient failures of one document before it goes to the dead-letter queue."""
     bulk_concurrency: int
     """Bulk requests one subscription keeps in flight at once (1: one at a time)."""
+    checkpoint_interval: float
+    """Seconds at most between a subscription's checkpoint saves (0: after every batch)."""
     dlq_retry_batch: int
     """Dead letters retried per round by `runsyncer --dlq-retry-every`."""
     control_interval: float
@@ -74,6 +76,7 @@ def worker() -> WorkerSettings:
         slot_check_interval=float(getattr(settings, "SYNCER_SLOT_CHECK_INTERVAL", 30.0)),
         max_attempts=int(getattr(settings, "SYNCER_MAX_ATTEMPTS", 3)),
         bulk_concurrency=int(getattr(settings, "SYNCER_BULK_CONCURRENCY", 1)),
+        checkpoint_interval=float(getattr(settings, "SYNCER_CHECKPOINT_INTERVAL", 0.2)),
         dlq_retry_batch=int(getattr(settings, "SYNCER_DLQ_RETRY_LIMIT", 1000)),
         control_interval=float(getattr(settings, "SYNCER_CONTROL_INTERVAL", 1.0)),
         heartbeat_interval=float(getattr(settings, "SYNCER_HEARTBEAT_INTERVAL", 2.0)),

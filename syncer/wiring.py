@@ -79,6 +79,7 @@ def build_pipeline(
         resume_at=sub.backpressure_resume_at,
         max_attempts=worker.max_attempts,
         bulk_concurrency=worker.bulk_concurrency,
+        checkpoint_interval=worker.checkpoint_interval,
         poll_interval=worker.poll_interval,
         backoff_base=worker.backoff_base,
         backoff_cap=worker.backoff_cap,

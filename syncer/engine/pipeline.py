@@ -51,6 +51,7 @@ import structlog
 from syncer.engine.backoff import Backoff
 from syncer.engine.buffer import BufferClosed, ChangeBuffer
 from syncer.engine.changes import Change, Op, Position, Transaction, TxKind
+from syncer.engine.checkpoints import CheckpointSaver
 from syncer.engine.consolidate import consolidate
 from syncer.engine.interfaces import (
     CheckpointHold,
@@ -84,6 +85,10 @@ class Status:
     PAUSED = "paused"
 
 
+CAUGHT_UP_LAG = 1.0
+"""Seconds of lag a caught-up subscription may gather before it shows as streaming."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str
@@ -109,6 +114,9 @@ class PipelineConfig:
     checkpoint moves on anyway (0: it never waits)."""
     hold_recheck: float = 0.2
     """Seconds between looks at a held checkpoint when no new batch comes to move it."""
+    checkpoint_interval: float = 0.0
+    """Seconds at most between checkpoint saves; batches in between move it in memory
+    and the latest is saved (0: every batch's; see syncer.engine.checkpoints)."""
 
 
 @dataclass
@@ -195,9 +203,9 @@ class Pipeline:
         self._held: collections.deque[_Held] = collections.deque()
         """Batches acknowledged by OpenSearch whose checkpoint the hold keeps, in order."""
         self._saving = asyncio.Lock()
+        """One checkpoint decision at a time: a batch's and the re-check's."""
         self._holding = asyncio.Event()
         """Set when a checkpoint is held: the recheck sleeps on it while none is."""
-        """One checkpoint decision at a time: a batch's and the re-check's."""
         self._hold_ran_out_at: float | None = None
         """When the current episode of releases past the hold began; None: none."""
         # Only a BatchObserver makes the writer keep what each batch did.
@@ -213,6 +221,9 @@ class Pipeline:
         self._buffer = ChangeBuffer(config.pause_at, config.resume_at)
         self._backoff = Backoff(config.backoff_base, config.backoff_cap)
         self._log = log.bind(subscription=config.name)
+        self._checkpoints = CheckpointSaver(
+            store, config.checkpoint_interval, clock, self._checkpoint_saved, self._log
+        )
         self._snapshotting = False
         self._down_since = 0.0
         """When OpenSearch last became unavailable (the clock's time)."""
@@ -318,6 +329,7 @@ class Pipeline:
         await self.sink.open()
         resume = await self.store.load()
         self.stats.checkpoint = resume.checkpoint
+        self._checkpoints.resumed(resume.checkpoint)
         await self.source.open(resume)
         self.telemetry.connected_at = self.clock()
         self._snapshotting = not resume.snapshot_done and resume.snapshot_mode == "index"
@@ -331,7 +343,9 @@ class Pipeline:
             recheck = asyncio.create_task(self._recheck_hold(), name=f"hold {self.config.name}")
         try:
             await self._write_all()
+            await self._checkpoints.flush()  # stopping: the last positions written
         finally:
+            self._checkpoints.cancel()
             if recheck is not None:
                 recheck.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -798,6 +812,7 @@ class Pipeline:
             self.stats.swept = await self.sink.sweep(end.sweep_below)
             self._log.info("snapshot_swept", removed=self.stats.swept)
         await self.store.snapshot_completed(end.position)
+        self._checkpoints.saved_elsewhere(end.position)
         self.stats.checkpoint = end.position  # saved with it, never held
         while self._held and self._held[0].position <= end.position:
             self._held.popleft()
@@ -812,7 +827,9 @@ class Pipeline:
 
     async def _save_checkpoint(self, position: Position, source_state: Any, now: float) -> None:
         await self.source.acknowledge(position)
-        await self.store.save_checkpoint(position, source_state)
+        await self._checkpoints.save(position, source_state, now)
+
+    def _checkpoint_saved(self, position: Position, now: float) -> None:
         self.stats.checkpoint = position
         self.telemetry.last_checkpoint_at = now
 
@@ -906,8 +923,12 @@ class Pipeline:
             return Status.BACKPRESSURE
         # Caught up: the source had nothing more pending and all of it is written.
         # Deciding it from the backlog keeps a trickle of changes from flipping the
-        # status (and a log line, and a database write) on every batch.
+        # status (and a log line, and a database write) on every batch; so does staying
+        # caught up while what waits is younger than CAUGHT_UP_LAG: at 300 changes/s,
+        # one arrives while the last is written (44 status writes a second, else).
         if self._buffer.source_idle and not self._buffer:
+            return Status.CAUGHT_UP
+        if self.status == Status.CAUGHT_UP and self.stats.lag(self.clock()) < CAUGHT_UP_LAG:
             return Status.CAUGHT_UP
         return Status.STREAMING
 

@@ -341,6 +341,41 @@ async def test_a_trickle_of_changes_stays_caught_up_without_flapping():
     assert after_start == [Status.CAUGHT_UP, Status.STOPPED]
 
 
+class ArrivingWhileWriting(InMemorySink):
+    """Each write lets the next change commit: a trickle that never leaves the buffer
+    empty when a batch is done (300 changes/s against a sink that takes 3 ms)."""
+
+    def __init__(self, source: InMemorySource, positions: list[int]) -> None:
+        super().__init__()
+        self.source, self.upcoming = source, positions
+
+    async def write(self, changes: Sequence[Change]) -> list[ItemResult]:
+        if self.upcoming:
+            position = self.upcoming.pop(0)
+            self.source.push(Transaction(position, time.time(), [ins(position)]))
+            await asyncio.sleep(0.002)  # the request's time: the reader buffers it
+        return await super().write(changes)
+
+
+async def test_a_trickle_arriving_during_writes_stays_caught_up():
+    source = InMemorySource()
+    sink = ArrivingWhileWriting(source, list(range(20, 200, 10)))
+    store = InMemoryStore(snapshot_done=True)
+    pipeline = Pipeline(FAST, source, sink, store, InMemoryDeadLetters())
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    await eventually(lambda: store.status == Status.CAUGHT_UP)
+    source.push(Transaction(10, time.time(), [ins(10)]))
+    await eventually(lambda: store.checkpoint == 190)
+    stop.set()
+    await task
+    assert sink.requests >= 10  # one change at a time, each written while the next waited
+    after_start = [s for s, _ in store.statuses][
+        store.statuses.index((Status.CAUGHT_UP, "caught up")) :
+    ]
+    assert after_start == [Status.CAUGHT_UP, Status.STOPPED]
+
+
 async def test_a_backlog_is_streaming_until_the_source_runs_dry():
     config = PipelineConfig(name="t", batch_max_size=2, poll_interval=0.005)
     source = InMemorySource([tx(p, ins(p)) for p in range(1, 7)])
