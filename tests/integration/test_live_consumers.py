@@ -24,10 +24,10 @@ from django.test import Client
 
 from console.asgi import application
 from console.live import slots, stats
-from syncer.live.messages import MONITOR_GROUP, SnapshotMessage, events_group
+from syncer.live.messages import MONITOR_GROUP, events_group
 from syncer.live.publisher import SNAPSHOTS_PER_MESSAGE, LivePublisher
 from tests.conftest import DB_SUFFIX
-from tests.support.factories import subscription
+from tests.support.factories import snapshot_message, subscription
 from tests.support.users import operator, staff_with, viewer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -239,7 +239,7 @@ async def test_snapshots_of_many_subscriptions_travel_together_and_arrive_one_by
     publisher = LivePublisher("host:1", events_per_second=100, queue_size=100, layer=layer)
     count = SNAPSHOTS_PER_MESSAGE + 20
     for n in range(count):
-        publisher.offer_snapshot(snapshot_of(f"sub-{n}", f"status {n}"))
+        publisher.offer_snapshot(snapshot_message(f"sub-{n}", f"status {n}"))
     await publisher.send_once()
 
     shown = [await monitor.receive_json_from(timeout=2) for _ in range(count)]
@@ -258,31 +258,11 @@ async def test_a_status_message_that_changes_is_redacted_each_time(
     monitor = await connected(sockets, "/ws/monitor/", staff)
     publisher = LivePublisher("host:1", events_per_second=100, queue_size=100, layer=layer)
     for secret in ("postgresql://app:hunter22@db/x", "password=letmein99 host=db"):
-        publisher.offer_snapshot(snapshot_of("orders", f"cannot connect: {secret}"))
+        publisher.offer_snapshot(snapshot_message("orders", f"cannot connect: {secret}"))
         await publisher.send_once()
         shown = (await monitor.receive_json_from(timeout=2))["message"]
         assert "hunter22" not in shown and "letmein99" not in shown and "***" in shown
     await monitor.disconnect()
-
-
-def snapshot_of(name: str, message: str) -> SnapshotMessage:
-    return SnapshotMessage(
-        type="sync.snapshot",
-        subscription=name,
-        worker="host:1",
-        status="caught_up",
-        message=message,
-        lag=0.0,
-        staleness=0.1,
-        buffer=0,
-        backpressure=False,
-        throughput=0.0,
-        dead_letters=0,
-        live_subscriptions=0,
-        checkpoint=None,
-        checkpoint_shown="",
-        at=1_700_000_000.0,
-    )
 
 
 async def test_events_reach_every_socket_of_their_subscription_only(

@@ -35,12 +35,12 @@ from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.pipeline import BatchReport, Pipeline, PipelineConfig, Status
 from syncer.engine.testing import InMemoryDeadLetters, InMemorySink, InMemorySource, InMemoryStore
 from syncer.errors import SourceConfigError
-from syncer.live.messages import MONITOR_GROUP, SnapshotMessage, events_group
+from syncer.live.messages import MONITOR_GROUP, events_group
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
 from syncer.worker import http
 from tests.conftest import DB_SUFFIX
-from tests.support.factories import entry, subscription
+from tests.support.factories import entry, snapshot_message, subscription
 from tests.support.process import ROOT, free_port
 from tests.support.users import operator, token_client
 
@@ -80,26 +80,6 @@ async def opened(path: str, cookie: tuple[bytes, bytes]) -> WebsocketCommunicato
     return ws
 
 
-def snapshot(message: str) -> SnapshotMessage:
-    return SnapshotMessage(
-        type="sync.snapshot",
-        subscription="orders",
-        worker="host:1",
-        status="reconnecting",
-        message=message,
-        lag=None,
-        staleness=None,
-        buffer=0,
-        backpressure=False,
-        throughput=0.0,
-        dead_letters=0,
-        live_subscriptions=0,
-        checkpoint=None,
-        checkpoint_shown="",
-        at=time.time(),
-    )
-
-
 def rejected() -> Rejected:
     change = Change(Op.UPSERT, "order-1", ("order-1",), 100, time.time(), {"id": 1})
     return Rejected(change, ItemResult(Outcome.PERMANENT, 400, "mapper_exception", LEAKY), 1)
@@ -113,7 +93,7 @@ async def test_the_monitor_socket_shows_snapshots_and_dead_letters_redacted(laye
     events = await opened(f"/ws/subscriptions/{'orders'}/events/", cookie)
     publisher = LivePublisher("host:1", events_per_second=100, queue_size=100, layer=layer)
 
-    publisher.offer_snapshot(snapshot(LEAKY))
+    publisher.offer_snapshot(snapshot_message(message=LEAKY, status="reconnecting"))
     publisher.offer_batch("orders", "postgres", BatchReport(1, [], [rejected()], time.time()))
     await publisher.send_once()
 

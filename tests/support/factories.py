@@ -1,4 +1,5 @@
-"""Rows for tests: a subscription and its dead letters, and what the admin's form posts."""
+"""Rows for tests: a subscription and its dead letters, what the admin's form posts, and
+the worker's live-monitor snapshot of a subscription."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, NamedTuple
 from django.utils import timezone
 from opensearchpy import OpenSearch
 
+from syncer.live.messages import SnapshotMessage
 from syncer.models import DeadLetter, Subscription
 
 TOTAL_IS_INTEGER = {"mappings": {"properties": {"total": {"type": "integer"}}}}
@@ -95,3 +97,26 @@ def retry_case(search: OpenSearch, sub: Subscription) -> RetryCase:
         broken=entry(sub, "3", payload={"total": "not a number"}, version=100, attempts=2),
         untouched=entry(sub, "4", payload={"total": 7}),
     )
+
+
+def snapshot_message(name: str = "orders", message: str = "", **fields: Any) -> SnapshotMessage:
+    """A `sync.snapshot` of subscription `name` as the worker publishes it."""
+    snapshot = SnapshotMessage(
+        type="sync.snapshot",
+        subscription=name,
+        worker="host:1",
+        status="caught_up",
+        message=message,
+        lag=0.0,
+        staleness=0.1,
+        buffer=0,
+        backpressure=False,
+        throughput=0.0,
+        dead_letters=0,
+        live_subscriptions=0,
+        checkpoint=None,
+        checkpoint_shown="",
+        at=1_700_000_000.0,
+    )
+    snapshot.update(fields)  # type: ignore[typeddict-item]
+    return snapshot
