@@ -51,6 +51,7 @@ from syncer.engine.changes import Transaction, TxKind  # noqa: E402
 from syncer.engine.pipeline import Pipeline, sleep_unless_stopped  # noqa: E402
 from syncer.models import Subscription  # noqa: E402
 from syncer.wiring import build_pipeline  # noqa: E402
+from syncer.worker import heap  # noqa: E402
 
 
 class Recorder:
@@ -257,6 +258,7 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
     reporter = asyncio.create_task(
         report_progress(recorder, progress_path, stop, os.getppid(), time.monotonic() + max_seconds)
     )
+    heap.settle()  # as runsyncer does before it runs
     gc_timer = GcTimer()
     gc.callbacks.append(gc_timer)
     run_started = time.time()
