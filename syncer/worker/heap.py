@@ -4,7 +4,7 @@ The sync makes a few container objects per change (a row dict, its jsonb and arr
 values, a row change, a document write, the parsed bulk answer's items) and nearly never a
 reference cycle: reference counting frees them all. Python's collector still ran every
 700 of them, and each full collection walked everything alive, Django and the loaded
-modules included: a sixth of the worker's CPU per backfilled row and a fifth per streamed
+modules included: a sixth of the worker's CPU per backfilled row and a quarter per streamed
 change (docs/benchmarks.md, "the hot path, second pass"). `settle` moves what start-up
 built out of the collector's sight (`gc.freeze`) and collects young objects less often;
 cycles are still collected, only later.
