@@ -37,7 +37,8 @@ commit to last acknowledgement; backlog: from the first to the last acknowledgem
 the worker's CPU per 1,000 changes (its process CPU clock, utime + stime of all its
 threads as in /proc/<pid>/stat, read by bench/worker.py at the pipeline's start, the
 snapshot's end and the first and last acknowledgement of live changes; at a fixed rate
-this includes the idle polling between changes), and its peak RSS (VmHWM). Live and
+this includes the idle polling between changes; `gc_s` in the results file is the CPU of
+its garbage collector over its whole run), and its peak RSS (VmHWM). Live and
 fixed rates: commit → acknowledged p50/p99 over every transaction, from its commit
 timestamp on the source to the worker's acknowledgement (checkpoint saved after the
 sink answered), as bench/worker.py records it.
@@ -178,6 +179,7 @@ class CeilingBench(Bench):
             "cpu_s": cpu,
             "cpu_ms_per_1000": cpu / rows * 1e6,
             "cpu_total_s": result.get("cpu_total"),
+            "gc_s": result.get("gc_seconds"),
             "peak_rss_bytes": figures["peak_rss_bytes"],
         }
 
@@ -212,6 +214,7 @@ class CeilingBench(Bench):
             "cpu_s": cpu,
             "cpu_ms_per_1000": cpu / changes * 1e6,
             "cpu_total_s": result.get("cpu_total"),
+            "gc_s": result.get("gc_seconds"),
             "peak_rss_bytes": figures["peak_rss_bytes"],
             "batches": figures["batches"],
             "p50_ms": figures["p50_ms"],
@@ -290,6 +293,7 @@ class CeilingBench(Bench):
             "cpu_s": cpu,
             "cpu_ms_per_1000": cpu / changes * 1e6,
             "cpu_total_s": result.get("cpu_total"),
+            "gc_s": result.get("gc_seconds"),
             "peak_rss_bytes": result.get("peak_rss_bytes"),
             "batches": result.get("batches"),
             "decoding": decoding,

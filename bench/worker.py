@@ -10,7 +10,9 @@ records how long each read, bulk write, slot advance, checkpoint save and dead-l
 save or supersede took. While running it rewrites `<out>.progress` twice a second; on
 exit it writes `<out>`: the latencies, counters and the process's own peak RSS (VmHWM;
 ru_maxrss too, see below), and its process CPU clock (utime + stime, as /proc/<pid>/stat)
-at the pipeline's start, the snapshot's end and the first and last acknowledged changes.
+at the pipeline's start, the snapshot's end and the first and last acknowledged changes,
+and the CPU its cyclic garbage collector took from the pipeline's start (`gc_seconds`, per
+generation in `gc_by_generation`, timed by a `gc.callbacks` hook).
 With BENCH_PY_SPY=1 in its environment (bench/profile.py sets it), it also has py-spy
 record it from the pipeline's start to its exit, `--format raw`, into `<out>.pyspy.txt`.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -48,6 +51,7 @@ from syncer.engine.changes import Transaction, TxKind  # noqa: E402
 from syncer.engine.pipeline import Pipeline, sleep_unless_stopped  # noqa: E402
 from syncer.models import Subscription  # noqa: E402
 from syncer.wiring import build_pipeline  # noqa: E402
+from syncer.worker import heap  # noqa: E402
 
 
 class Recorder:
@@ -180,6 +184,32 @@ def peak_rss_bytes() -> int:
     return ru_maxrss_bytes()
 
 
+class GcTimer:
+    """The process CPU the cyclic garbage collector takes, per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+            return
+        generation = int(info["generation"])
+        self.seconds[generation] += time.process_time() - self._started
+        self.collections[generation] += 1
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "gc_seconds": sum(self.seconds),
+            "gc_by_generation": [
+                {"collections": n, "seconds": s}
+                for n, s in zip(self.collections, self.seconds, strict=True)
+            ],
+        }
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data))
@@ -228,6 +258,9 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
     reporter = asyncio.create_task(
         report_progress(recorder, progress_path, stop, os.getppid(), time.monotonic() + max_seconds)
     )
+    heap.settle()  # as runsyncer does before it runs
+    gc_timer = GcTimer()
+    gc.callbacks.append(gc_timer)
     run_started = time.time()
     cpu_started = time.process_time()
     try:
@@ -247,6 +280,7 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
                 "pipeline_started": run_started,
                 "cpu_pipeline_started": cpu_started,
                 "cpu_total": time.process_time(),
+                **gc_timer.figures(),
                 "stopped": time.time(),
                 "peak_rss_bytes": peak_rss_bytes(),
                 "ru_maxrss_bytes": ru_maxrss_bytes(),

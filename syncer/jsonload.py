@@ -8,7 +8,6 @@ Used where the worker parses JSON per change: json/jsonb column values and bulk 
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -22,11 +21,18 @@ _LONG_NUMBER = b"0" * 16
 
 def loads(data: bytes | str) -> Any:
     """`json.loads(data)`, by orjson whenever that gives the very same value."""
-    try:
-        raw = data.encode() if isinstance(data, str) else data
-    except UnicodeEncodeError:  # a lone surrogate in the text itself
-        return json.loads(data)
+    # Plain try/except, not contextlib.suppress: this runs per json value, where the
+    # context manager's calls were as costly as orjson's parse.
+    if isinstance(data, str):
+        try:
+            raw = data.encode()
+        except UnicodeEncodeError:  # a lone surrogate in the text itself
+            return json.loads(data)
+    else:
+        raw = data
     if raw.translate(_DIGITS_AS_ZEROS).find(_LONG_NUMBER) < 0:
-        with contextlib.suppress(orjson.JSONDecodeError):  # the standard library decides
+        try:
             return orjson.loads(raw)
+        except orjson.JSONDecodeError:  # the standard library decides
+            return json.loads(data)
     return json.loads(data)

@@ -65,7 +65,8 @@ TYPES_DDL = """
 CREATE TABLE {t} (
   id bigint PRIMARY KEY, small smallint, i int, n numeric, n_big numeric(40, 10), flag boolean,
   label text, code varchar(10), uid uuid, day date, at timestamp, at_tz timestamptz,
-  doc jsonb, raw json, tags text[], matrix int[], nothing text, price real, far date
+  doc jsonb, raw json, tags text[], matrix int[], nothing text, price real, far date,
+  addr inet, pad char(4), multi text
 )
 """
 TYPES_ROW = """
@@ -74,7 +75,8 @@ INSERT INTO {t} VALUES (
   'héllo "quoted" \\ back', 'v', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29',
   '2024-02-29 13:14:15.123456', '2024-02-29 13:14:15.5+02',
   '{{"a": {{"b": [1, null, 3], "c": "x"}}}}',
-  '[1, 2]', ARRAY['x', NULL, 'z,w'], ARRAY[[1, 2], [3, 4]], NULL, 1.5, 'infinity'
+  '[1, 2]', ARRAY['x', NULL, 'z,w'], ARRAY[[1, 2], [3, 4]], NULL, 1.5, 'infinity',
+  '10.0.0.1', 'ab', E'tab\\there\\nnew line\\r \\\\N'
 )
 """
 EXPECTED = {
@@ -97,6 +99,10 @@ EXPECTED = {
     "nothing": None,
     "price": 1.5,
     "far": "infinity",
+    # The server's output text, neither a cast to text (10.0.0.1/32, "ab") nor escaped.
+    "addr": "10.0.0.1",
+    "pad": "ab  ",
+    "multi": "tab\there\nnew line\r \\N",
 }
 
 
@@ -111,7 +117,8 @@ def test_every_type_decodes_the_same_in_snapshot_and_stream(
         wait_for(lambda: "1" in index_docs(search, "types"), what="snapshot")
         source_conn.execute(
             f"INSERT INTO {table_name} SELECT 2, small, i, n, n_big, flag, label, code, uid, day,"
-            f" at, at_tz, doc, raw, tags, matrix, nothing, price, far FROM {table_name}"
+            f" at, at_tz, doc, raw, tags, matrix, nothing, price, far, addr, pad, multi"
+            f" FROM {table_name}"
         )
         wait_for(lambda: "2" in index_docs(search, "types"), what="streamed row")
     docs = index_docs(search, "types")

@@ -8,6 +8,7 @@ runs the system checks of its own settings and refuses to start on a bad one.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from syncer.operations import live_subscriptions as ops
+from syncer.worker import heap
 from tests.support.harness import status_of, wait_for
 from tests.support.process import WorkerProcess, free_port, manage, worker_metric
 from tests.support.users import operator
@@ -86,6 +88,9 @@ def test_a_worker_loads_no_web_app_and_no_cel_without_live_subscriptions(
     assert loaded(modules, WEB_ONLY) == []
     assert loaded(modules, CEL) == []
     assert loaded(modules, DECLINED) == []
+    collector = json.loads((tmp_path / "modules.txt.gc.json").read_text())
+    assert collector["frozen"] > 10_000, "what start-up built is out of the collector's way"
+    assert collector["threshold"][0] == heap.YOUNG_THRESHOLD
 
 
 def test_a_live_subscription_loads_cel_and_its_changes_are_matched(

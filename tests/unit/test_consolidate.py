@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from syncer.engine.changes import Op, RowChange, RowOp, Transaction, TxKind, doc_id
 from syncer.engine.consolidate import consolidate
 
@@ -72,3 +74,9 @@ def test_composite_keys_cannot_collide_through_the_separator():
     assert doc_id(("a\\", "|b")) != doc_id(("a\\|", "b"))
     assert doc_id((7, True)) == "7|true"
     assert doc_id(("x",)) == "x"
+
+
+def test_a_row_change_cannot_be_changed_once_made() -> None:
+    change = RowChange(RowOp.INSERT, (1,), {"id": 1})
+    with pytest.raises(AttributeError):
+        change.row = {"id": 2}  # type: ignore[misc]

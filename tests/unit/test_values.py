@@ -58,6 +58,32 @@ SAMPLES: list[tuple[int, bytes]] = [
     (TIMESTAMPTZ, b"2026-06-01 11:16:53+02"),
     (TIMESTAMP, b"2026-06-01 09:16:53.25"),
     (NUMERIC, b"0.0000001"),
+    *(
+        (NUMERIC, text)
+        for text in (
+            b"0",
+            b"-0",
+            b"7",
+            b"-12",
+            b"100",
+            b"123.45",
+            b"-123.4500",
+            b"0.5",
+            b"-0.10",
+            b"0.000001",
+            b"0.0000010",
+            b"-0.0000001",
+            b"0.000000",
+            b"0.0000000",
+            b"-0.0000000",
+            b"0.00000000001234",
+            b"123456789012345678901234567890.0123456789",
+            b"1" + b"0" * 130 + b".5",
+            b"NaN",
+            b"Infinity",
+            b"-Infinity",
+        )
+    ),
 ]
 
 
@@ -98,6 +124,8 @@ def test_the_fast_roads_give_the_documented_values() -> None:
     assert big == [123456789012345678901234567890, 0.1] and type(big[0]) is int
     assert make_decoder(tx, INT4_ARRAY)(b"{1,NULL}") == [1, None]
     assert make_decoder(tx, BOOL)(b"t") is True
+    assert make_decoder(tx, NUMERIC)(b"0.0000001") == "1E-7"  # as str(Decimal) writes it
+    assert make_decoder(tx, NUMERIC)(b"-0.0000010") == "-0.0000010"
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from syncer.checks import WORKER_TAG, require_secret_key
 from syncer.errors import MetricsPortUnavailable, UnknownSubscription
 from syncer.operations.dead_letters import age_argument
 from syncer.text import redact
-from syncer.worker import http
+from syncer.worker import heap, http
 from syncer.worker.runner import Runner, check_names
 
 log = structlog.get_logger("syncer.runsyncer")
@@ -108,6 +108,7 @@ class Command(BaseCommand):
             metrics_host=options["metrics_host"],
             live=not options["no_live"],
         )
+        heap.settle()  # start-up is done: what it built stays out of the collector's way
         try:
             flushed = asyncio.run(_main(runner))
         except MetricsPortUnavailable as exc:
