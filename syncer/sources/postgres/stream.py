@@ -9,13 +9,12 @@ standby status updates, and the slot keeps everything after the last confirmed o
 Connecting and `START_REPLICATION` block, so they run in a thread; reading runs on the
 event loop, without blocking: `read` returns what libpq has buffered,
 and `wait` sleeps until the socket is readable. psycopg2 answers the server's keepalives
-itself, sends the status update at most every `status_interval` from `read_message`, and
-moves the confirmed position to a keepalive's WAL end once every message received has
-been confirmed (so WAL of other tables is not held while idle). A timer sends a confirmed
-position within `status_interval` when the worker does not read (backpressure), and
-otherwise pings the server every `keepalive_interval` (at most a quarter of its
-`wal_sender_timeout`), so that the server never times the session out and a quiet one
-still shows that it is alive.
+itself and moves the confirmed position to a keepalive's WAL end once every message
+received has been confirmed (so WAL of other tables is not held while idle). Status
+updates are this module's timer's: a confirmed (or so moved) position goes out within
+`status_interval`, read or not (backpressure), and otherwise a ping every
+`keepalive_interval` (at most a quarter of the server's `wal_sender_timeout`), so that
+the server never times the session out and a quiet one still shows that it is alive.
 
 psycopg2's errors leave this module as psycopg 3's classes of the same SQLSTATE, so
 `syncer.sources.sqlerrors.translated` words them as it does every other source error.
@@ -67,6 +66,8 @@ class ReplicationStream:
         self._failure: psycopg2.Error | None = None
         self._pending: list[bytes] = []  # read while waiting, not yet handed out
         self._confirmed_at = 0.0  # when `confirm` last recorded a position
+        self._wal_end_sent = 0  # the server's WAL end as of the last status update sent
+        self._all_confirmed = True  # psycopg2 may move the confirmed position on keepalives
         self.heard_at: float | None = None
         """Wall-clock time the server last sent anything (data or keepalive)."""
 
@@ -108,7 +109,9 @@ class ReplicationStream:
                 start_lsn=start_lsn,
                 # Protocol 1 sends every value as text, as `syncer.sources.values` decodes.
                 options={"proto_version": "1", "publication_names": self.publication},
-                status_interval=self.status_interval,
+                # psycopg2 would otherwise send one from every `read_message` a second
+                # apart; the timer below sends what needs sending (`_send_status`).
+                status_interval=max(1.0, self.keepalive_interval),  # psycopg2's minimum
             )
         except BaseException:
             conn.close()
@@ -128,6 +131,7 @@ class ReplicationStream:
                 payloads.append(message.payload)
         if payloads:
             self.heard_at = time.time()
+            self._all_confirmed = False
         return payloads
 
     async def wait(self, timeout: float) -> None:
@@ -178,6 +182,7 @@ class ReplicationStream:
         with _translated("confirming a position to the replication slot"):
             self._require_cursor().send_feedback(write_lsn=received, flush_lsn=position)
         self._confirmed_at = time.time()
+        self._all_confirmed = position >= received
 
     def close(self) -> None:
         if self._timer is not None:
@@ -195,22 +200,27 @@ class ReplicationStream:
         self._timer = loop.call_later(every, self._send_status)
 
     def _send_status(self) -> None:
-        """Send a confirmed position `read_message` has not sent lately; else, once
-        `keepalive_interval` passed without a status update, ping the server, asking
-        for a keepalive back when it has been quiet, so `heard_at` shows it is alive.
+        """Send within `status_interval` a position confirmed (or moved by a keepalive)
+        since the last status update; else, once `keepalive_interval` passed without
+        one, ping the server, asking for a keepalive back when it has been quiet, so
+        `heard_at` shows it is alive.
 
-        An idle session costs a timer call a second and a ping every ten: a status
-        update every second, answered by the server, was a fifth of the CPU of an idle
-        worker with 100 subscriptions."""
+        A quiet session costs a timer call a second and a ping every ten: a status
+        update every second (psycopg2's own from each read, and this timer's) was half
+        the CPU of an idle worker with 100 subscriptions."""
         cursor = self._cursor
         if cursor is None:
             return
         now = time.time()
         last = cursor.feedback_timestamp.timestamp()
         since = now - last
+        # A keepalive moved psycopg2's confirmed position of an idle slot to its WAL
+        # end: say so, or the slot would hold other tables' WAL until the next ping.
+        moved = self._all_confirmed and cursor.wal_end > self._wal_end_sent
         try:
-            if self._confirmed_at > last and since >= self.status_interval:
-                cursor.send_feedback(force=True)  # what `confirm` recorded, unsent since
+            if (self._confirmed_at > last or moved) and since >= self.status_interval:
+                self._wal_end_sent = cursor.wal_end
+                cursor.send_feedback(force=True)  # what is recorded and unsent since
             elif since >= self.keepalive_interval:
                 quiet = self.heard_at is None or now - self.heard_at >= self.keepalive_interval
                 cursor.send_feedback(reply=quiet, force=True)
