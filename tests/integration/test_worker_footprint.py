@@ -35,6 +35,10 @@ WEB_ONLY = (
 CEL = ("cel", "celpy", "lark", "syncer.engine.matching")
 DECLINED = ("structlog.twisted", "cryptography.fernet")
 """Optional imports of libraries, never used here (syncer.logconfig, console.settings)."""
+UNUSED = ("rich", "pygments", "greenlet")
+"""Installed, never used by a worker without live subscriptions: rich and greenlet only
+structlog would import, and nothing logs through them (syncer.logconfig); pygments comes
+with rich."""
 
 
 def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
@@ -86,6 +90,7 @@ def test_a_worker_loads_no_web_app_and_no_cel_without_live_subscriptions(
     assert loaded(modules, WEB_ONLY) == []
     assert loaded(modules, CEL) == []
     assert loaded(modules, DECLINED) == []
+    assert loaded(modules, UNUSED) == []
 
 
 def test_a_live_subscription_loads_cel_and_its_changes_are_matched(
