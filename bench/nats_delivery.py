@@ -41,8 +41,9 @@ if str(ROOT) not in sys.path:
 
 from bench.procfs import pid_cpu  # noqa: E402
 from syncer.conf import NatsConfig  # noqa: E402
+from syncer.live.delivery import Delivery  # noqa: E402
 from syncer.live.events import MatchedEvent  # noqa: E402
-from syncer.live.nats import Delivery, NatsDelivery  # noqa: E402
+from syncer.live.nats import NatsDelivery  # noqa: E402
 from syncer.live.nats_process import NatsProcessDelivery  # noqa: E402
 
 NATS_URL = "nats://127.0.0.1:4222"

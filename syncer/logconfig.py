@@ -11,13 +11,24 @@ import logging
 import sys
 from typing import Any
 
-# structlog's package imports its Twisted integration whenever Twisted is installed (it is,
-# for daphne); nothing here logs through Twisted. Declined (an import of it now fails as if
-# it were missing, which structlog expects), a process that runs no Twisted of its own (the
-# worker, the commands) loads 1.7 MB less of it.
+# structlog's package imports, whenever they are installed, its Twisted integration
+# (Twisted is, for daphne), rich (for CEL's command line, to render exceptions) and
+# greenlet (for the browser tests, in its deprecated thread-local context). No process
+# here logs through Twisted, and rich and greenlet would never be used: exceptions
+# reach the renderers as text already (`format_exc_info` below) and contexts are
+# contextvars. So each import of them by structlog fails as if the package were missing,
+# which structlog expects: the worker loads 1.7 + 5.4 + 1.1 MB less (docs/benchmarks.md).
+# Twisted's stays declined in this process; rich and greenlet only while structlog is
+# imported, so whatever else uses them (CEL, playwright) imports them as usual.
 sys.modules.setdefault("structlog.twisted", None)  # type: ignore[arg-type]  # None: a documented refusal
-
-import structlog  # noqa: E402
+_ONLY_FOR_STRUCTLOG = [name for name in ("rich", "greenlet") if name not in sys.modules]
+sys.modules.update(dict.fromkeys(_ONLY_FOR_STRUCTLOG))  # type: ignore[arg-type]
+try:
+    import structlog
+finally:
+    for _name in _ONLY_FOR_STRUCTLOG:
+        if sys.modules.get(_name, ...) is None:
+            del sys.modules[_name]
 from structlog.typing import EventDict, Processor, WrappedLogger  # noqa: E402
 
 from syncer.text import SECRET_FIELD, environment_secrets, redact  # noqa: E402

@@ -39,14 +39,8 @@ from syncer import conf
 from syncer.conf import LogSettings, NatsConfig
 from syncer.engine.backoff import Backoff
 from syncer.live import nats_wire as wire
+from syncer.live.delivery import Breaker, Delivery, DropReason, event_fields
 from syncer.live.events import MatchedEvent
-from syncer.live.nats import (
-    Breaker,
-    Delivery,
-    DropReason,
-    NatsDelivery,
-    event_fields,
-)
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +55,8 @@ def nats_delivery(config: NatsConfig) -> Delivery:
     """The worker's NATS delivery: from a child process unless LIVE_NATS_PROCESS is off."""
     if config.process:
         return NatsProcessDelivery(config, logs=conf.logs())
+    from syncer.live.nats import NatsDelivery  # nats-py, only for a delivery in this process
+
     return NatsDelivery(config)
 
 

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from syncer.live.nats import NatsDelivery
+from syncer.live.delivery import Delivery
 
 HELLO, EVENTS, STOP = b"H", b"E", b"S"
 STATS_EVERY = 0.5
@@ -93,7 +93,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None
     return kind, await reader.readexactly(length)
 
 
-def stats(delivery: NatsDelivery) -> dict[str, Any]:
+def stats(delivery: Delivery) -> dict[str, Any]:
     """A publisher's `{"stats": ...}` report: what `NatsDeliveryCollector` reads."""
     report: dict[str, Any] = {name: getattr(delivery, name) for name in COUNTERS}
     report["dropped"] = {str(reason): count for reason, count in delivery.dropped.items()}

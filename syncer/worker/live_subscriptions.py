@@ -51,8 +51,8 @@ from syncer.engine.changes import Change, Op, Transaction
 from syncer.engine.pipeline import BatchObserver, BatchReport, Observer
 from syncer.engine.telemetry import Histogram
 from syncer.errors import ConsoleDatabaseUnavailable, FilterError
+from syncer.live.delivery import Delivery
 from syncer.live.events import MatchedEvent, live_group, live_message
-from syncer.live.nats import Delivery
 from syncer.live.nats_process import nats_delivery
 from syncer.worker import state
 

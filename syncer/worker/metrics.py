@@ -30,7 +30,7 @@ from syncer.engine.changes import Op
 from syncer.engine.pipeline import Pipeline, PipelineStats
 from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
 from syncer.errors import QuotaExceeded
-from syncer.live.nats import Breaker, Delivery, DropReason
+from syncer.live.delivery import Breaker, Delivery, DropReason
 from syncer.models import DeadLetter, LiveSubscriptionCount
 from syncer.operations import live_subscriptions
 from syncer.worker import http

@@ -27,8 +27,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncer.conf import NatsConfig
+from syncer.live.delivery import Breaker, DropReason
 from syncer.live.events import MatchedEvent
-from syncer.live.nats import Breaker, DropReason, NatsDelivery
+from syncer.live.nats import NatsDelivery
 from syncer.worker.metrics import registry_for
 from tests.support import nats_publisher
 from tests.support.jetstream import NATS_HOST, NATS_PORT, NATS_URL, Stream, make_config

@@ -37,6 +37,10 @@ WEB_ONLY = (
 CEL = ("cel", "celpy", "lark", "syncer.engine.matching")
 DECLINED = ("structlog.twisted", "cryptography.fernet")
 """Optional imports of libraries, never used here (syncer.logconfig, console.settings)."""
+UNUSED = ("nats", "rich", "pygments", "greenlet")
+"""Installed, never used by a worker without live subscriptions: nats-py publishes from its
+own process (syncer.live.delivery), rich and greenlet only structlog would import, and
+nothing logs through them (syncer.logconfig); pygments comes with rich."""
 
 
 def loaded(modules: set[str], packages: tuple[str, ...]) -> list[str]:
@@ -88,6 +92,7 @@ def test_a_worker_loads_no_web_app_and_no_cel_without_live_subscriptions(
     assert loaded(modules, WEB_ONLY) == []
     assert loaded(modules, CEL) == []
     assert loaded(modules, DECLINED) == []
+    assert loaded(modules, UNUSED) == []
     collector = json.loads((tmp_path / "modules.txt.gc.json").read_text())
     assert collector["frozen"] > 10_000, "what start-up built is out of the collector's way"
     assert collector["threshold"][0] == heap.YOUNG_THRESHOLD
@@ -119,6 +124,7 @@ def test_a_live_subscription_loads_cel_and_its_changes_are_matched(
     modules, _ = run_worker(opensearch_url, tmp_path, port, matched)
     assert loaded(modules, CEL) == list(CEL)
     assert loaded(modules, WEB_ONLY) == []
+    assert loaded(modules, ("nats",)) == [], "a live subscription needs no nats-py in the worker"
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,7 @@ class ReplicationStream:
                 options={"proto_version": "1", "publication_names": self.publication},
                 # psycopg2 would otherwise send one from every `read_message` a second
                 # apart; the timer below sends what needs sending (`_send_status`).
-                status_interval=max(1.0, self.keepalive_interval),  # psycopg2's minimum
+                status_interval=max(1, int(self.keepalive_interval)),  # psycopg2: 1 s at least
             )
         except BaseException:
             conn.close()
