@@ -20,6 +20,7 @@ record it from the pipeline's start to its exit, `--format raw`, into `<out>.pys
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import gc
 import json
@@ -58,8 +59,10 @@ class Recorder:
     """The pipeline's observer: what was acknowledged, and when."""
 
     def __init__(self) -> None:
-        self.latencies: list[float] = []
-        self.commit_times: list[float] = []
+        # Arrays of doubles, not lists of floats: what the bench keeps must not weigh on
+        # the worker's peak RSS (8 bytes a transaction instead of 32).
+        self.latencies = array.array("d")
+        self.commit_times = array.array("d")
         self.changes = 0
         self.first_ack_at: float | None = None
         self.last_ack_at: float | None = None
@@ -125,8 +128,24 @@ class CallTimer:
     """
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, float, float, int]] = []
+        # Per completed call, packed: a list of tuples cost the worker ~0.7 KB of RSS per
+        # batch (30 MB over 45,000 one-change batches), charged to the product's peak.
+        self._names: list[str] = []
+        self._method = array.array("B")
+        self._started = array.array("d")
+        self._seconds = array.array("d")
+        self._size = array.array("q")
+
+    @property
+    def calls(self) -> list[tuple[str, float, float, int]]:
         """(method, started, seconds, size) per completed call."""
+        names = self._names
+        return [
+            (names[m], started, seconds, size)
+            for m, started, seconds, size in zip(
+                self._method, self._started, self._seconds, self._size, strict=True
+            )
+        ]
 
     def wrap(
         self,
@@ -136,13 +155,17 @@ class CallTimer:
         label: str | None = None,
     ) -> None:
         original = getattr(obj, method)
-        name = label or method
+        self._names.append(label or method)
+        index = len(self._names) - 1
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
             started = time.time()
             result = await original(*args, **kwargs)
             measured = size(args, result) if size is not None else 0
-            self.calls.append((name, started, time.time() - started, measured))
+            self._method.append(index)
+            self._started.append(started)
+            self._seconds.append(time.time() - started)
+            self._size.append(measured)
             return result
 
         setattr(obj, method, timed)
@@ -269,21 +292,23 @@ async def main(name: str, out: Path, max_seconds: float) -> int:
         stop.set()
         await reporter
         await sync_to_async(connections.close_all, thread_sensitive=True)()
+        # Read before the bench's own records become lists for the JSON below.
+        peak, ru_peak, cpu_total = peak_rss_bytes(), ru_maxrss_bytes(), time.process_time()
         write_json(
             out,
             {
                 **recorder.progress(),
-                "latencies": recorder.latencies,
-                "commit_times": recorder.commit_times,
+                "latencies": recorder.latencies.tolist(),
+                "commit_times": recorder.commit_times.tolist(),
                 "calls": timer.calls,
                 "process_started": started,
                 "pipeline_started": run_started,
                 "cpu_pipeline_started": cpu_started,
-                "cpu_total": time.process_time(),
+                "cpu_total": cpu_total,
                 **gc_timer.figures(),
                 "stopped": time.time(),
-                "peak_rss_bytes": peak_rss_bytes(),
-                "ru_maxrss_bytes": ru_maxrss_bytes(),
+                "peak_rss_bytes": peak,
+                "ru_maxrss_bytes": ru_peak,
                 "stats": {
                     "written": pipeline.stats.written,
                     "stale": pipeline.stats.stale,
