@@ -5,7 +5,8 @@
     writer:      take a batch ◀──────┘ ─▶ consolidate ─▶ fill unchanged values
                  ─▶ sink.write ─▶ per document: done | retry | dead letter
                  ─▶ dead letters saved ─▶ observers (the live monitor, live subscriptions)
-                 ─▶ source.acknowledge + store.save_checkpoint (below the hold's floor)
+                 ─▶ source.acknowledge + the checkpoint saved (below the hold's floor,
+                    at most every `checkpoint_interval`: syncer.engine.checkpoints)
 
 Reading and writing overlap: the next chunk is read while a bulk request is in
 flight, and the buffer between them is what backpressure bounds. With
