@@ -21,6 +21,9 @@ from typing import Any
 from syncer.engine.changes import Position
 from syncer.engine.interfaces import StateStore
 
+_RETRY_AFTER = 0.1
+"""Seconds at least before a failed delayed save is tried again."""
+
 
 class CheckpointSaver:
     """One pipeline's checkpoint saves; `on_saved` is told each position saved."""
@@ -41,6 +44,7 @@ class CheckpointSaver:
         self._log = log
         self._saved: Position | None = None
         self._saved_at = float("-inf")
+        """When the last save began."""
         self._pending: tuple[Position, Any] | None = None
         """The latest position not saved yet, with the latest source state seen."""
         self._lock = asyncio.Lock()
@@ -59,11 +63,10 @@ class CheckpointSaver:
             _, earlier = self._pending
             source_state = earlier if source_state is None else source_state
         self._pending = (position, source_state)
-        if now - self._saved_at >= self.interval:
+        if now - self._saved_at >= self.interval and not self._lock.locked():
             await self.flush()
         elif self._trailing is None or self._trailing.done():
-            delay = self._saved_at + self.interval - now
-            self._trailing = asyncio.create_task(self._save_later(delay))
+            self._trailing = asyncio.create_task(self._save_later())
 
     def saved_elsewhere(self, position: Position) -> None:
         """The store saved `position` itself (a completed snapshot)."""
@@ -81,27 +84,33 @@ class CheckpointSaver:
             if self._saved is not None and position <= self._saved:
                 self._pending = None
                 return
+            # From the start of the save: a batch acknowledged during it waits for the
+            # next round instead of saving again right after it.
+            self._saved_at = self.clock()
             await self.store.save_checkpoint(position, source_state)
-            now = self.clock()
-            self._saved, self._saved_at = position, now
+            self._saved = position
             if self._pending is not None and self._pending[0] <= position:
                 self._pending = None  # not if a later one came in meanwhile
-            self._on_saved(position, now)
+            self._on_saved(position, self.clock())
 
     def cancel(self) -> None:
         if self._trailing is not None:
             self._trailing.cancel()
             self._trailing = None
 
-    async def _save_later(self, delay: float) -> None:
-        await asyncio.sleep(max(0.0, delay))
-        try:
-            await self.flush()
-        except Exception as exc:  # a batch's own save raises it and ends the session
-            if not self._failing:
-                self._log.warning("checkpoint_save_failed", error=str(exc))
-            self._failing = True
-        else:
-            self._failing = False
-        if self._pending is not None:  # came in during the save, or the save failed
-            self._trailing = asyncio.create_task(self._save_later(max(self.interval, 0.1)))
+    async def _save_later(self) -> None:
+        """Save what is pending once the last save is `interval` old, until none is."""
+        while self._pending is not None:
+            due = self._saved_at + self.interval - self.clock()
+            if due > 0:  # a batch's own save may have come meanwhile: wait from it
+                await asyncio.sleep(due)
+                continue
+            try:
+                await self.flush()
+            except Exception as exc:  # a batch's own save raises it and ends the session
+                if not self._failing:
+                    self._log.warning("checkpoint_save_failed", error=str(exc))
+                self._failing = True
+                await asyncio.sleep(_RETRY_AFTER)  # also when `interval` is 0
+            else:
+                self._failing = False
