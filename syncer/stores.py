@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, close_old_connections, connection, models, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from syncer.engine.changes import Change, Op, Position
@@ -87,7 +87,7 @@ class DjangoStateStore:
         fields: dict[str, Any] = {"checkpoint": position, "checkpoint_at": timezone.now()}
         if source_state is not None:
             fields["source_state"] = source_state  # one UPDATE: they must never disagree
-        await in_db(lambda: _save_fields(self.subscription_id, fields))
+        await in_db(lambda: self._update(**fields))
 
     async def snapshot_completed(self, position: Position) -> None:
         resync = self._resync_loaded
@@ -126,32 +126,6 @@ class DjangoStateStore:
         except ConsoleDatabaseUnavailable as exc:
             # The status is for people; losing one update must not stop the sync.
             log.warning("status_not_saved", subscription=self.name, status=status, error=str(exc))
-
-
-def subscription_field(name: str) -> models.Field[Any, Any]:
-    """A concrete field of Subscription, for the UPDATEs written as SQL on hot paths."""
-    field = Subscription._meta.get_field(name)
-    assert isinstance(field, models.Field)
-    return field
-
-
-def _save_fields(subscription_id: int, fields: dict[str, Any]) -> None:
-    """`_update(**fields)` as the UPDATE the ORM would send, written here: it runs after
-    every batch, and the ORM compiles the query anew each time, which doubles its CPU
-    (bench: 1.4 against 0.65 ms per save)."""
-    meta = Subscription._meta
-    quote = connection.ops.quote_name
-    columns, params = [], []
-    for name, value in fields.items():
-        field = subscription_field(name)
-        columns.append(f"{quote(field.column)} = %s")
-        params.append(field.get_db_prep_save(value, connection))
-    where = f"{quote(meta.pk.column)} = %s"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {quote(meta.db_table)} SET {', '.join(columns)} WHERE {where}",
-            [*params, subscription_id],
-        )
 
 
 _PUT_SQL = """

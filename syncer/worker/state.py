@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, models
 from django.db.models import (
     BigIntegerField,
     Count,
@@ -34,7 +34,6 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from syncer.models import LiveSubscription, Subscription, WorkerHeartbeat
-from syncer.stores import subscription_field
 
 
 def new_worker_id() -> str:
@@ -134,7 +133,7 @@ def publish_stats(figures: Sequence[Figures]) -> None:
         return
     meta = Subscription._meta
     quote = connections["default"].ops.quote_name
-    column = {name: quote(subscription_field(name).column) for name in _STATS}
+    column = {name: quote(_column(name)) for name in _STATS}
     rows = ", ".join(["(%s::bigint, %s::float8, %s::float8, %s::float8)"] * len(figures))
     query = (
         f"UPDATE {quote(meta.db_table)} AS s SET {column['lag_seconds']} = v.lag, "
@@ -155,6 +154,12 @@ def publish_stats(figures: Sequence[Figures]) -> None:
 
 
 _STATS = ("lag_seconds", "staleness_seconds", "throughput", "stats_at")
+
+
+def _column(name: str) -> str:
+    field = Subscription._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field.column
 
 
 def beat(worker_id: str, started_at: datetime, names: Sequence[str]) -> None:

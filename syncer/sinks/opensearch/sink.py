@@ -63,6 +63,10 @@ class OpenSearchSink:
         self.config = config
         self._client: AsyncOpenSearch | None = None
         self._log = log.bind(subscription=config.name, index=config.index)
+        index = orjson.dumps(config.index)
+        # The start of each bulk action line, up to its id (see `_payload`).
+        self._upsert = b'{"index":{"_index":' + index + b',"_id":'
+        self._delete = b'{"delete":{"_index":' + index + b',"_id":'
 
     async def open(self) -> None:
         self._client = make_client(self.config)
@@ -122,10 +126,7 @@ class OpenSearchSink:
         # Each action line is written around its id and version rather than dumped from
         # a dict of its own: 6x faster per change, the very same bytes (orjson's output,
         # kept alive in a list until the join, was most of the cost).
-        index = orjson.dumps(self.config.index)
-        upsert = b'{"index":{"_index":' + index + b',"_id":'
-        delete = b'{"delete":{"_index":' + index + b',"_id":'
-        dumps = orjson.dumps
+        upsert, delete, dumps = self._upsert, self._delete, orjson.dumps
         lines: list[bytes] = []
         for change in changes:
             if change.op is Op.DELETE:

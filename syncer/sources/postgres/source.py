@@ -91,7 +91,8 @@ class _Snapshot:
     cursor: AsyncServerCursor[tuple[Any, ...]]
     stack: AsyncExitStack
     decoders: tuple[Decoder, ...]
-    key_index: tuple[int, ...]
+    key: tuple[str, ...]
+    """The key columns' names, in key order."""
     columns: tuple[str, ...]
 
 
@@ -395,7 +396,7 @@ class PostgresSource:
             cursor,
             stack,
             decoders,
-            tuple(columns.index(k) for k in table.key),
+            table.key,
             columns,
         )
         self._acked = self._read_upto = position
@@ -413,8 +414,7 @@ class PostgresSource:
         with translated("copying the table"):
             rows = await snapshot.cursor.fetchmany(max_changes)
         done = len(rows) < max_changes  # the last FETCH: the copy is complete
-        columns, decoders = snapshot.columns, snapshot.decoders
-        keys = tuple(columns[i] for i in snapshot.key_index)
+        columns, decoders, keys = snapshot.columns, snapshot.decoders, snapshot.key
         for values in rows:
             row = {
                 name: None if value is None else decode(value.encode())
