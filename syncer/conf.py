@@ -43,6 +43,8 @@ class WorkerSettings:
     """Bulk requests one subscription keeps in flight at once (1: one at a time)."""
     checkpoint_interval: float
     """Seconds at most between a subscription's checkpoint saves (0: after every batch)."""
+    copy_chunk_rows: int
+    """Rows per chunk of a resumable copy (0: sized to how fast the sink writes them)."""
     dlq_retry_batch: int
     """Dead letters retried per round by `runsyncer --dlq-retry-every`."""
     control_interval: float
@@ -77,6 +79,7 @@ def worker() -> WorkerSettings:
         max_attempts=int(getattr(settings, "SYNCER_MAX_ATTEMPTS", 3)),
         bulk_concurrency=int(getattr(settings, "SYNCER_BULK_CONCURRENCY", 1)),
         checkpoint_interval=float(getattr(settings, "SYNCER_CHECKPOINT_INTERVAL", 0.2)),
+        copy_chunk_rows=int(getattr(settings, "SYNCER_COPY_CHUNK_ROWS", 0)),
         dlq_retry_batch=int(getattr(settings, "SYNCER_DLQ_RETRY_LIMIT", 1000)),
         control_interval=float(getattr(settings, "SYNCER_CONTROL_INTERVAL", 1.0)),
         heartbeat_interval=float(getattr(settings, "SYNCER_HEARTBEAT_INTERVAL", 2.0)),

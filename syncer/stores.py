@@ -72,7 +72,11 @@ class DjangoStateStore:
             self._resync_loaded = sub.resync_requested_at
             if sub.resync_requested_at is not None:
                 return ResumeState(
-                    sub.checkpoint, False, Subscription.SnapshotMode.INDEX, sub.source_state
+                    sub.checkpoint,
+                    False,
+                    Subscription.SnapshotMode.INDEX,
+                    sub.source_state,
+                    copy_request=sub.resync_requested_at.isoformat(),
                 )
             return ResumeState(
                 sub.checkpoint,
@@ -89,7 +93,7 @@ class DjangoStateStore:
             fields["source_state"] = source_state  # one UPDATE: they must never disagree
         await in_db(lambda: self._update(**fields))
 
-    async def snapshot_completed(self, position: Position) -> None:
+    async def snapshot_completed(self, position: Position, source_state: Any = None) -> None:
         resync = self._resync_loaded
         if resync is not None and self.on_resync_copied is not None:
             # E.g. swap the alias to the new index: a crash before the request is
@@ -99,7 +103,12 @@ class DjangoStateStore:
 
         def completed() -> None:
             with transaction.atomic():
-                self._update(checkpoint=position, checkpoint_at=now, snapshot_completed_at=now)
+                fields: dict[str, Any] = {}
+                if source_state is not None:
+                    fields["source_state"] = source_state
+                self._update(
+                    checkpoint=position, checkpoint_at=now, snapshot_completed_at=now, **fields
+                )
                 if resync is not None:
                     # Only the request this copy answered: a newer one starts another.
                     Subscription.objects.filter(

@@ -48,6 +48,7 @@ def build_source(sub: Subscription) -> Source:
             cluster=sub.source_cluster,
             envelope=sub.source_envelope,
             wal_warn_bytes=conf.worker().slot_wal_warn_bytes,
+            copy_chunk_rows=conf.worker().copy_chunk_rows,
             resolve_dsn=dsn.resolve,
         )
     )

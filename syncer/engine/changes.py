@@ -32,7 +32,11 @@ class TxKind(enum.StrEnum):
     CHANGES = "changes"
     """A committed source transaction: acknowledging it moves the checkpoint."""
     SNAPSHOT_CHUNK = "snapshot_chunk"
-    """Rows of the initial copy; the checkpoint stays put until the copy ends."""
+    """Rows of a one-pass copy; the checkpoint stays put until the copy ends."""
+    COPY_CHUNK = "copy_chunk"
+    """Rows of a resumable copy, placed in the change stream at `position` (their
+    version): acknowledging it moves the checkpoint, with the copy's cursor in
+    `source_state`, so a restart goes on with the next chunk."""
     SNAPSHOT_END = "snapshot_end"
     """The copy is complete at `position`; documents older than `sweep_below` are stale."""
     PROGRESS = "progress"
@@ -60,6 +64,18 @@ class RowChange(NamedTuple):
     a source that sent only the key). Shared, never copied: nothing may change it."""
 
 
+@dataclass(frozen=True, slots=True)
+class CopyProgress:
+    """How far a resumable copy has come, as of the chunk it travels with."""
+
+    rows: int
+    """Rows copied since the copy began, every session's."""
+    estimated_rows: int | None
+    """The table's size as the planner estimates it; None when it has no estimate."""
+    resumes: int
+    """Times the copy went on from its cursor after a restart."""
+
+
 @dataclass(slots=True)
 class Transaction:
     position: Position
@@ -71,6 +87,8 @@ class Transaction:
     source_state: Any = None
     """What the source needs, beside `position`, to resume exactly at it (JSON; opaque to
     the engine). None: unchanged since the last transaction that carried one."""
+    copied: CopyProgress | None = None
+    """On a COPY_CHUNK: the copy's progress with it."""
 
 
 @dataclass(slots=True)

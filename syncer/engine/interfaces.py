@@ -20,6 +20,10 @@ class NoticeKind(enum.StrEnum):
     """The source's data breaks a rule the sync relies on (e.g. a key that is not unique)."""
     RESNAPSHOT = "resnapshot"
     """The source could not resume from the checkpoint and copies everything again."""
+    COPY_RESUMED = "copy_resumed"
+    """An interrupted copy goes on from its cursor, not from the first row."""
+    COPY_ONE_PASS = "copy_one_pass"
+    """The copy cannot be chunked (the message says why): a restart starts it over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,9 @@ class ResumeState:
     snapshot_mode: str  # "index" | "discard"
     source_state: Any = None
     """The `Transaction.source_state` saved with the checkpoint, if any."""
+    copy_request: str = ""
+    """Which request a wanted copy answers: "" for the first copy, an operator's resync
+    its time. A source resumes an interrupted copy only if it was made for the same one."""
 
 
 class Source(Protocol):
@@ -129,7 +136,9 @@ class StateStore(Protocol):
     async def save_checkpoint(self, position: Position, source_state: Any = None) -> None:
         """Save the checkpoint and, unless None, the source's state that goes with it."""
 
-    async def snapshot_completed(self, position: Position) -> None: ...
+    async def snapshot_completed(self, position: Position, source_state: Any = None) -> None:
+        """The copy is complete at `position`: save it as the checkpoint, with the
+        source's state there unless None (a chunked copy's cursor is gone from it)."""
 
     async def set_status(self, status: str, message: str = "", error: str | None = None) -> None:
         """Record the status; `error`, when given, becomes the last error."""

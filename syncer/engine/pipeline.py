@@ -64,9 +64,12 @@ from syncer.engine.interfaces import (
     StateStore,
 )
 from syncer.engine.outcomes import ItemResult, Outcome, unwritable
+from syncer.engine.progress import CopyFigures, CopyMeter
 from syncer.engine.retry import Decision, RetryPolicy
 from syncer.engine.telemetry import BulkOutcome, ErrorKind, ProgressWindow, Telemetry, error_kind
 from syncer.errors import ConfigError, RequestTooLarge, SinkUnavailable, UnavailableError
+
+_COPIES = (TxKind.SNAPSHOT_CHUNK, TxKind.COPY_CHUNK)
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +135,8 @@ class PipelineStats:
     snapshot_rows: int = 0
     swept: int = 0
     resnapshots: int = 0
+    snapshot_resumes: int = 0
+    """Times an interrupted copy went on from its cursor instead of the first row."""
     data_errors: int = 0
     sink_available: bool = True
     checkpoint: int | None = None
@@ -226,6 +231,9 @@ class Pipeline:
             store, config.checkpoint_interval, clock, self._checkpoint_saved, self._log
         )
         self._snapshotting = False
+        self._copy = CopyMeter()
+        self._one_pass = ""
+        """Why the copy under way is one pass, if it is."""
         self._down_since = 0.0
         """When OpenSearch last became unavailable (the clock's time)."""
         self._progress_at = 0.0
@@ -259,6 +267,10 @@ class Pipeline:
         checkpoint (the hold's deliveries); 0 when none waits."""
         held = self._held
         return max(0.0, now - held[0].since) if held else 0.0
+
+    def copy_figures(self) -> CopyFigures | None:
+        """A resumable copy's progress while it runs; None otherwise."""
+        return self._copy.figures() if self._snapshotting else None
 
     def staleness(self, now: float) -> float | None:
         """Seconds since the source last said it is complete; None before it has."""
@@ -334,6 +346,8 @@ class Pipeline:
         await self.source.open(resume)
         self.telemetry.connected_at = self.clock()
         self._snapshotting = not resume.snapshot_done and resume.snapshot_mode == "index"
+        self._copy.reset()  # the rate is this session's
+        self._one_pass = ""
         if self._snapshotting:
             await self._set_status(Status.SNAPSHOTTING, "copying existing rows")
         else:
@@ -377,7 +391,7 @@ class Pipeline:
                     self._warnings_at = now
                     self._warnings = await self.source.warnings()
                 for tx in transactions:
-                    if tx.kind is TxKind.SNAPSHOT_CHUNK and not self._snapshotting:
+                    if tx.kind in _COPIES and not self._snapshotting:
                         # A source that lost its resume point copies the table again.
                         self._snapshotting = True
                         await self._set_status(
@@ -406,6 +420,15 @@ class Pipeline:
                 self.stats.data_errors += 1
                 self.telemetry.errors[ErrorKind.SOURCE_DATA] += 1
                 self._warnings_at = float("-inf")  # show the condition in the status now
+            elif notice.kind is NoticeKind.COPY_RESUMED:
+                self.stats.snapshot_resumes += 1
+                self._log.info("snapshot_resumed", message=notice.message)
+                continue  # the copy goes on: nothing is wrong
+            elif notice.kind is NoticeKind.COPY_ONE_PASS:
+                self._one_pass = notice.message
+                self._log.info("snapshot_one_pass", reason=notice.message)
+                await self._set_status(Status.SNAPSHOTTING, self._copying())
+                continue
             else:
                 self.stats.resnapshots += 1
             self._log.warning("source_notice", kind=str(notice.kind), message=notice.message)
@@ -685,9 +708,7 @@ class Pipeline:
         )
         if self._snapshotting:
             await self._set_status(
-                Status.SNAPSHOTTING,
-                f"copying existing rows: {self.stats.snapshot_rows:,} done "
-                "(OpenSearch is reachable again)",
+                Status.SNAPSHOTTING, f"{self._copying()} (OpenSearch is reachable again)"
             )
         else:
             await self._update_running_status()
@@ -773,6 +794,11 @@ class Pipeline:
                 commits.append(tx.commit_time)
                 changes += len(tx.changes)
                 position = tx.position if position is None else max(position, tx.position)
+            elif kind is TxKind.COPY_CHUNK:
+                self.stats.snapshot_rows += len(tx.changes)
+                position = tx.position if position is None else max(position, tx.position)
+                if tx.copied is not None:
+                    self._copy.update(tx.copied, self.clock())
             elif kind is TxKind.SNAPSHOT_CHUNK:
                 self.stats.snapshot_rows += len(tx.changes)
             elif kind is TxKind.SNAPSHOT_END:
@@ -802,23 +828,45 @@ class Pipeline:
                 await self._release_held(now)
         if self._snapshotting and now - self._progress_at >= 1.0:
             self._progress_at = now
-            await self._set_status(
-                Status.SNAPSHOTTING, f"copying existing rows: {self.stats.snapshot_rows:,} done"
-            )
+            await self._set_status(Status.SNAPSHOTTING, self._copying())
         elif not self._snapshotting:
             await self._update_running_status()
 
+    def _copying(self) -> str:
+        """The status message of a copy under way."""
+        figures = self._copy.figures()
+        if self._one_pass:
+            return (
+                f"copying existing rows in one pass ({self._one_pass}; a restart starts it "
+                f"over): {self.stats.snapshot_rows:,} done"
+            )
+        if figures is None:
+            return f"copying existing rows: {self.stats.snapshot_rows:,} done"
+        return f"copying existing rows, streaming changes meanwhile: {figures.describe()}"
+
     async def _finish_snapshot(self, end: Transaction) -> None:
+        # A save under way or due would otherwise land after the completion, with the
+        # copy's cursor in the source state.
+        await self._checkpoints.flush()
         if end.sweep_below is not None:
             self.stats.swept = await self.sink.sweep(end.sweep_below)
             self._log.info("snapshot_swept", removed=self.stats.swept)
-        await self.store.snapshot_completed(end.position)
+        await self.store.snapshot_completed(end.position, end.source_state)
         self._checkpoints.saved_elsewhere(end.position)
         self.stats.checkpoint = end.position  # saved with it, never held
         while self._held and self._held[0].position <= end.position:
             self._held.popleft()
         self._snapshotting = False
-        self._log.info("snapshot_completed", rows=self.stats.snapshot_rows, position=end.position)
+        self._one_pass = ""
+        figures = self._copy.figures()
+        self._copy.reset()
+        self._log.info(
+            "snapshot_completed",
+            rows=self.stats.snapshot_rows,
+            position=end.position,
+            copied_rows=None if figures is None else figures.rows,
+            resumes=None if figures is None else figures.resumes,
+        )
         await self._set_status(
             Status.STREAMING,
             f"snapshot complete ({self.stats.snapshot_rows:,} rows); streaming changes",

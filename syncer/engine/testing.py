@@ -192,9 +192,11 @@ class InMemoryStore:
         if source_state is not None:
             self.source_state = source_state
 
-    async def snapshot_completed(self, position: Position) -> None:
+    async def snapshot_completed(self, position: Position, source_state: Any = None) -> None:
         self.snapshot_done = True
         self.checkpoint = position
+        if source_state is not None:
+            self.source_state = source_state
 
     async def set_status(self, status: str, message: str = "", error: str | None = None) -> None:
         self.statuses.append((status, message))

@@ -39,6 +39,7 @@ class SourceValues:
     cluster: str
     envelope: str
     wal_warn_bytes: int
+    copy_chunk_rows: int = 0
     resolve_dsn: DsnResolver = as_given
     """Turns the stored DSN (perhaps `env:VAR`) into a conninfo when the source opens."""
 
@@ -79,6 +80,7 @@ def _build_postgres(values: SourceValues) -> Source:
             key_columns=values.key_columns,
             slot_name=values.slot_name,
             wal_warn_bytes=values.wal_warn_bytes,
+            copy_chunk_rows=values.copy_chunk_rows,
             resolve_dsn=values.resolve_dsn,
         )
     )

@@ -49,6 +49,11 @@ _COUNTERS: list[tuple[str, str, Callable[[PipelineStats], float]]] = [
     ("sink_outages", "Times the circuit breaker opened.", lambda s: s.outages),
     ("snapshot_rows", "Rows copied by initial snapshots.", lambda s: s.snapshot_rows),
     (
+        "snapshot_resumes",
+        "Times an interrupted copy went on from its saved cursor instead of its first row.",
+        lambda s: s.snapshot_resumes,
+    ),
+    (
         "resnapshots",
         "Times the source could not resume from the checkpoint and copied everything again.",
         lambda s: s.resnapshots,
@@ -100,6 +105,14 @@ _GAUGES: list[tuple[str, str, Callable[[Pipeline, float], float]]] = [
         "held until NATS acknowledges its live-subscription events (0: none waits).",
         lambda p, now: p.checkpoint_held_seconds(now),
     ),
+]
+
+_COPY_GAUGES = [
+    ("copied_rows", "Rows the copy under way has copied, every session's (absent: no copy)."),
+    ("estimated_rows", "The planner's estimate of the table's rows (absent: none, or no copy)."),
+    ("progress_ratio", "Copied rows over the estimate, 0 to 1 (absent: no estimate or copy)."),
+    ("rows_per_second", "Rows the copy writes per second over the last 30 s of this session."),
+    ("eta_seconds", "Seconds the copy should still take at that rate (absent: not known)."),
 ]
 
 _HISTOGRAMS: list[tuple[str, str, Callable[[Telemetry], Histogram]]] = [
@@ -229,6 +242,31 @@ class PipelineCollector(Collector):
                 checkpoint.add_metric([sub], saved)
         yield staleness
         yield checkpoint
+        yield from self._copies(pipelines)
+
+    def _copies(self, pipelines: dict[str, Pipeline]) -> Iterator[Metric]:
+        """A resumable copy's progress, present while one runs."""
+        families = {
+            name: GaugeMetricFamily(
+                f"searchsync_snapshot_{name}", help_text, labels=["subscription"]
+            )
+            for name, help_text in _COPY_GAUGES
+        }
+        for sub, pipeline in pipelines.items():
+            figures = pipeline.copy_figures()
+            if figures is None:
+                continue
+            values = {
+                "copied_rows": figures.rows,
+                "estimated_rows": figures.estimated_rows,
+                "progress_ratio": None if figures.percent is None else figures.percent / 100,
+                "rows_per_second": figures.rows_per_second,
+                "eta_seconds": figures.eta_seconds,
+            }
+            for name, value in values.items():
+                if value is not None:
+                    families[name].add_metric([sub], value)
+        yield from families.values()
 
     def _histograms(self, pipelines: dict[str, Pipeline]) -> Iterator[Metric]:
         for name, help_text, pick in _HISTOGRAMS:

@@ -83,13 +83,22 @@ class Delete(NamedTuple):
     """Whether `old` is the whole deleted row ('O', identity FULL), not only its key ('K')."""
 
 
+class LogicalMessage(NamedTuple):
+    """A `pg_logical_emit_message` ('M'; sent only with the `messages` option, PG 14+)."""
+
+    transactional: bool
+    lsn: int
+    prefix: str
+    content: bytes
+
+
 class Other(NamedTuple):
-    """Origin, Type, Truncate and Message: nothing a subscription acts on."""
+    """Origin, Type and Truncate: nothing a subscription acts on."""
 
     tag: str
 
 
-Message = Begin | Commit | Relation | Insert | Update | Delete | Other
+Message = Begin | Commit | Relation | Insert | Update | Delete | LogicalMessage | Other
 
 # Decoding runs once per message of every change: it reads with precompiled structs at
 # offsets rather than through a reader object's method per field.
@@ -100,6 +109,7 @@ _OID_KIND = struct.Struct("!Ic")  # relation OID, then 'N', 'K' or 'O'
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
 _COLUMN_TAIL = struct.Struct("!Ii")  # type OID, type modifier
+_MESSAGE_HEAD = struct.Struct("!Bq")  # flags (1: transactional), LSN
 _N, _K, _O = b"N", b"K", b"O"
 _NULL, _UNCHANGED_VALUE, _TEXT, _BINARY = ord("n"), ord("u"), ord("t"), ord("b")
 
@@ -133,6 +143,11 @@ def decode(data: bytes) -> Message:
         return Delete(oid, _tuple_data(data, 6)[0], kind == _O)
     if tag == 82:  # 'R'
         return _relation(data)
+    if tag == 77:  # 'M' (without the streamed-transaction xid: streaming is not asked for)
+        flags, lsn = _MESSAGE_HEAD.unpack_from(data, 1)
+        prefix, pos = _string(data, 10)
+        (length,) = _INT32.unpack_from(data, pos)
+        return LogicalMessage(bool(flags & 1), lsn, prefix, data[pos + 4 : pos + 4 + length])
     return Other(chr(tag))
 
 

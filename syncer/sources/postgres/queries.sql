@@ -71,3 +71,33 @@ CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export')
 -- name: create_slot
 SELECT pg_wal_lsn_diff(lsn, '0/0')::bigint
 FROM pg_create_logical_replication_slot(%(slot)s, 'pgoutput')
+
+-- name: copy_indexes
+-- Valid, unique, non-partial indexes without expressions: their key columns (INCLUDE
+-- columns left out) in index order, with their types, and whether all are NOT NULL.
+-- The primary key comes first.
+SELECT i.indexrelid::regclass::text,
+       array_agg(a.attname::text ORDER BY k.ord),
+       array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord),
+       bool_and(a.attnotnull)
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON k.ord <= i.indnkeyatts
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %(oid)s AND i.indisunique AND i.indisvalid
+  AND i.indpred IS NULL AND i.indexprs IS NULL
+GROUP BY i.indexrelid, i.indisprimary
+ORDER BY i.indisprimary DESC, i.indexrelid
+
+-- name: estimated_rows
+-- The planner's row estimate (-1 before the first VACUUM or ANALYZE), summed over the
+-- leaf partitions of a partitioned table.
+SELECT CASE WHEN c.relkind = 'p' THEN
+         (SELECT sum(greatest(p.reltuples, 0))::bigint
+          FROM pg_partition_tree(c.oid) t JOIN pg_class p ON p.oid = t.relid WHERE t.isleaf)
+       ELSE c.reltuples::bigint END
+FROM pg_class c WHERE c.oid = %(oid)s
+
+-- name: emit_watermark
+-- A watermark of the chunked copy, in the change stream (transactional: it is sent at
+-- its commit, in commit order with the table's changes).
+SELECT pg_logical_emit_message(true, %(prefix)s, %(content)s)

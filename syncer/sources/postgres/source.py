@@ -6,12 +6,16 @@ slot only once OpenSearch has acknowledged it and its checkpoint is saved, so th
 replays from there after any failure. Catalog queries, the first copy and `fetch_rows`
 run on an ordinary psycopg 3 connection.
 
-The first copy is exact under concurrent writes: the slot is created on a
-`replication=database` connection with an exported snapshot, and the table is read
-in that very snapshot, through a server-side cursor, a FETCH per read, each value the
-server's text (its output function's, as pgoutput sends it). Rows copied carry the slot's
-consistent point as their version; every streamed transaction commits after it, so it
-always wins.
+The copy of the table's rows is chunked and resumable (`copy.ChunkedCopy`) on
+PostgreSQL 14 and later when a unique index over the key's columns (all NOT NULL) gives
+it an order: it runs while the table's changes stream, its cursor is saved with the
+checkpoint, and a restart, a resync or a lost slot goes on from there or starts one
+without stopping the stream. Otherwise the copy is one pass, exact under concurrent
+writes: the slot is created on a `replication=database` connection with an exported
+snapshot, and the table is read in that very snapshot, through a server-side cursor, a
+FETCH per read, each value the server's text (its output function's, as pgoutput sends
+it). Rows copied carry the slot's consistent point as their version; every streamed
+transaction commits after it, so it always wins. A restart starts that copy over.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ from syncer.sources.dsn import DsnResolver, as_given
 from syncer.sources.positions import format_lsn, parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import Table, describe_table
+from syncer.sources.postgres.copy import (
+    MIN_VERSION,
+    PREFIX,
+    ChunkedCopy,
+    CopyCursor,
+    CopyOrder,
+    copy_order,
+)
 from syncer.sources.postgres.queries import QUERIES
 from syncer.sources.postgres.stream import ReplicationStream
 from syncer.sources.sqlerrors import translated
@@ -43,6 +55,8 @@ from syncer.sources.values import Decoder, make_decoder
 log = structlog.get_logger(__name__)
 
 _NOTHING_UNCHANGED: frozenset[str] = frozenset()
+_RESNAPSHOT = "resnapshot"
+"""The copy request of a copy the source began itself, its slot being lost."""
 _SNAPSHOT_CURSOR = "searchsync_snapshot"
 
 Conn = AsyncConnection[tuple[Any, ...]]
@@ -58,6 +72,8 @@ class PostgresSourceConfig:
     slot_name: str
     wal_warn_bytes: int = 1 << 30
     connect_timeout: int = 10
+    copy_chunk_rows: int = 0
+    """Rows per chunk of a resumable copy; 0: sized to the sink's speed."""
     resolve_dsn: DsnResolver = field(default=as_given, repr=False)
     """`syncer.dsn.resolve` in the worker (see `syncer.sources.dsn`)."""
 
@@ -107,6 +123,12 @@ class PostgresSource:
         self._snapshot: _Snapshot | None = None
         self._stream: ReplicationStream | None = None
         self._current: Transaction | None = None  # begun in the stream, not yet committed
+        self._xid = 0  # the current transaction's
+        self._mark: bytes | None = None  # the current transaction's watermark, if ours
+        self._copy: ChunkedCopy | None = None
+        self._copied: list[Transaction] = []  # what the copy emitted, not yet read out
+        self.one_pass_reason = ""
+        """Why the copy, if any, is one pass rather than chunked (for the status)."""
         self._read_upto: Position = 0  # end of the last transaction handed out
         self._acked: Position = 0
         self._progressed_at: float | None = None  # when a read last drained the stream
@@ -123,7 +145,8 @@ class PostgresSource:
     async def open(self, resume: ResumeState) -> None:
         self._conninfo = self.config.resolve_dsn(self.config.dsn)
         self._read_upto = self._acked = 0
-        self._current = None
+        self._current = self._mark = None
+        self._copy, self._copied = None, []
         self._streams.clear()
         with translated("connecting to the source"):
             self._conn = await AsyncConnection.connect(
@@ -142,8 +165,14 @@ class PostgresSource:
             self._table = await describe_table(conn, self.config.relation, self.config.key_columns)
             await self._ensure_publication(self._table)
             slot = await self._slot_info()
+            order = await self._copy_order(self._table, int(settings[1]))
         want_snapshot = resume.snapshot_mode == "index" and not resume.snapshot_done
         lost_slot = slot is None and resume.checkpoint is not None
+        if isinstance(order, CopyOrder) and resume.snapshot_mode == "index":
+            saved = CopyCursor.from_state(resume.source_state)
+            if lost_slot or want_snapshot or (saved is not None and saved.request == _RESNAPSHOT):
+                await self._open_copy(self._table, order, resume, slot, saved)
+                return
         if lost_slot:
             self._log.warning("replication_slot_missing", slot=self.config.slot_name)
             if resume.snapshot_mode == "index":
@@ -175,7 +204,95 @@ class PostgresSource:
                 int(slot["confirmed_flush"]), resume.checkpoint or 0
             )
 
+    async def _copy_order(self, table: Table, version: int) -> CopyOrder | str:
+        if version < MIN_VERSION:
+            self.one_pass_reason = (
+                f"PostgreSQL {version // 10000} sends no logical messages (14 does) "
+                "to place a chunked copy in the change stream"
+            )
+            return self.one_pass_reason
+        order = await copy_order(self._require_conn(), table)
+        self.one_pass_reason = order if isinstance(order, str) else ""
+        return order
+
+    async def _open_copy(
+        self,
+        table: Table,
+        order: CopyOrder,
+        resume: ResumeState,
+        slot: dict[str, Any] | None,
+        saved: CopyCursor | None,
+    ) -> None:
+        """Stream from the checkpoint (or a new slot) and copy the table meanwhile:
+        going on from `saved` when it answers the same request on the same slot."""
+        if slot is None:
+            lost = resume.checkpoint is not None
+            if lost:
+                self._log.warning("replication_slot_missing", slot=self.config.slot_name)
+                self._notices.append(
+                    SourceNotice(
+                        NoticeKind.RESNAPSHOT,
+                        f"replication slot {self.config.slot_name} was missing: copying the "
+                        "table again while streaming, then removing documents whose rows "
+                        "are gone",
+                    )
+                )
+            with translated(f"creating replication slot {self.config.slot_name}"):
+                row = await (
+                    await self._require_conn().execute(
+                        QUERIES["create_slot"], {"slot": self.config.slot_name}
+                    )
+                ).fetchone()
+            assert row is not None
+            self._acked = self._read_upto = int(row[0])
+            self._log.info("replication_slot_created", slot=self.config.slot_name)
+            request = _RESNAPSHOT if lost else resume.copy_request
+            cursor = CopyCursor(request, self._acked, sweep=lost)
+        else:
+            self._acked = self._read_upto = max(
+                int(slot["confirmed_flush"]), resume.checkpoint or 0
+            )
+            wanted = resume.copy_request if not resume.snapshot_done else _RESNAPSHOT
+            if saved is not None and saved.request == wanted:
+                cursor = saved
+                cursor.resumes += 1
+                after = "the first row" if cursor.after is None else f"key {tuple(cursor.after)}"
+                message = (
+                    f"copy of {table.qualified} resumed after {cursor.rows:,} rows, from "
+                    f"{after} (resume {cursor.resumes})"
+                )
+                self._log.info("copy_resumed", rows=cursor.rows, resumes=cursor.resumes)
+                self._notices.append(SourceNotice(NoticeKind.COPY_RESUMED, message))
+            else:
+                # A resync in place, or a first copy interrupted before any chunk:
+                # documents may be in the index that the table no longer has.
+                cursor = CopyCursor(wanted, self._acked, sweep=True)
+        copy = ChunkedCopy(
+            self._conninfo,
+            self.config.connect_timeout,
+            self.config.slot_name,
+            table,
+            order,
+            cursor,
+            chunk_rows=self.config.copy_chunk_rows,
+        )
+        self._copy = copy  # closed with the source, also if opening it fails
+        await copy.open()
+        self._log.info(
+            "copy_started",
+            index=order.index,
+            since=format_lsn(cursor.since),
+            rows=cursor.rows,
+            sweep=cursor.sweep,
+        )
+
     async def close(self) -> None:
+        if self._copy is not None:
+            copy, self._copy = self._copy, None
+            try:
+                await copy.close()
+            except psycopg.Error:
+                pass
         if self._stream is not None:
             stream, self._stream = self._stream, None
             stream.close()
@@ -195,6 +312,10 @@ class PostgresSource:
         if self._snapshot is not None:
             return await self._read_snapshot(max_changes)
         stream = self._stream or await self._start_stream()
+        copy = self._copy
+        if copy is not None:
+            copy.check()
+            copy.advance()
         transactions: list[Transaction] = []
         count = 0
         # Whole transactions, as many as are already received, up to about max_changes
@@ -207,12 +328,20 @@ class PostgresSource:
                 if transaction is not None:
                     transactions.append(transaction)
                     count += len(transaction.changes)
+                elif self._copied:  # a chunk met its high watermark
+                    for copied in self._copied:
+                        transactions.append(copied)
+                        count += len(copied.changes)
+                    self._copied = []
             if len(payloads) < limit:  # all that was received
                 if self._current is None:
                     self._progressed_at = stream.heard_at
                 break
         if transactions:
             self._read_upto = transactions[-1].position
+        if copy is not None and copy.done:
+            self._copy = None
+            await copy.close()
         return transactions
 
     async def wait(self, timeout: float) -> None:
@@ -225,6 +354,7 @@ class PostgresSource:
             self.config.slot_name,
             self.publication,
             connect_timeout=self.config.connect_timeout,
+            messages=self._copy is not None,
         )
         await stream.start(self._acked)
         self._stream = stream
@@ -238,11 +368,21 @@ class PostgresSource:
         transaction when the message commits it."""
         if isinstance(message, pgoutput.Begin):
             self._current = Transaction(0, message.commit_time)
+            self._xid = message.xid
         elif isinstance(message, pgoutput.Commit):
             current, self._current = self._current, None
+            mark, self._mark = self._mark, None
             # After a reconnect the server may send again what was read before.
             if current is not None and message.end_lsn > self._read_upto:
-                current.position = message.end_lsn
+                current.position = end = message.end_lsn
+                copy = self._copy
+                if copy is not None:
+                    if mark is not None:
+                        self._copied = copy.marked(mark, end, current.commit_time)
+                        if self._copied:
+                            return None
+                    elif current.changes:
+                        copy.committed(self._xid, end, current.changes)
                 return current
         elif isinstance(message, pgoutput.Relation):
             self._streams[message.oid] = self._stream_for(message)
@@ -252,6 +392,9 @@ class PostgresSource:
                 change = self._row_change(stream, message)
                 if change is not None:
                     self._current.changes.append(change)
+        elif isinstance(message, pgoutput.LogicalMessage):
+            if message.transactional and message.prefix == PREFIX and self._copy is not None:
+                self._mark = message.content
         return None
 
     def _stream_for(self, relation: pgoutput.Relation) -> _Stream:
@@ -338,6 +481,8 @@ class PostgresSource:
         if position <= self._acked:
             return
         self._acked = position
+        if self._copy is not None:
+            self._copy.acknowledged(position)
         if self._stream is not None:
             self._stream.confirm(position, self._read_upto)
 
@@ -400,6 +545,8 @@ class PostgresSource:
             columns,
         )
         self._acked = self._read_upto = position
+        if self.one_pass_reason:
+            self._notices.append(SourceNotice(NoticeKind.COPY_ONE_PASS, self.one_pass_reason))
         self._log.info(
             "snapshot_started",
             slot=self.config.slot_name,

@@ -50,8 +50,12 @@ class ReplicationStream:
         connect_timeout: int = 10,
         status_interval: int = 1,
         keepalive_interval: float = 10.0,
+        messages: bool = False,
     ) -> None:
         self.slot_name = slot_name
+        self.messages = messages
+        """Ask for logical messages too (pgoutput's `messages` option, PostgreSQL 14+):
+        the chunked copy's watermarks."""
         self.publication = publication
         self.status_interval = status_interval
         self.keepalive_interval = keepalive_interval
@@ -103,12 +107,15 @@ class ReplicationStream:
             timeout_ms = int(row[0]) if row else 0
             if timeout_ms > 0:  # 0: the server never times a session out
                 self.keepalive_interval = min(self.keepalive_interval, timeout_ms / 4000)
+            # Protocol 1 sends every value as text, as `syncer.sources.values` decodes.
+            options = {"proto_version": "1", "publication_names": self.publication}
+            if self.messages:
+                options["messages"] = "true"
             cursor.start_replication(
                 slot_name=self.slot_name,
                 decode=False,
                 start_lsn=start_lsn,
-                # Protocol 1 sends every value as text, as `syncer.sources.values` decodes.
-                options={"proto_version": "1", "publication_names": self.publication},
+                options=options,
                 # psycopg2 would otherwise send one from every `read_message` a second
                 # apart; the timer below sends what needs sending (`_send_status`).
                 status_interval=max(1, int(self.keepalive_interval)),  # psycopg2: 1 s at least

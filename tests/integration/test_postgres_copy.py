@@ -1,0 +1,278 @@
+"""The resumable, chunked copy of a PostgreSQL table, through the real worker, real
+PostgreSQL and real osmem-server: exact under hostile writers, resumed after a stop,
+resynced in place without a new slot, and one pass where no index gives an order."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from syncer.models import DeadLetter
+from syncer.operations import control
+from tests.support.harness import (
+    WorkerThread,
+    index_docs,
+    index_rows,
+    status_of,
+    table_rows,
+    wait_for,
+)
+from tests.support.process import WorkerProcess
+
+pytestmark = pytest.mark.usefixtures("fast_retries")
+
+
+class HostileWriter(threading.Thread):
+    """Changes rows in and around the chunk being copied, as fast as it can.
+
+    Each transaction picks ids near `near()` (the copy's position) half the time, anywhere
+    in the table otherwise, and does one or more of: update a value, delete a row,
+    insert (or re-insert a deleted) row, and change a row's key, to a free id on either
+    side of the copy's position."""
+
+    def __init__(
+        self, dsn: str, table: str, near: Callable[[], int], top: int, pause: float = 0.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.table, self.near, self.top = dsn, table, near, top
+        self.pause = pause
+        self.stopping = threading.Event()
+        self.count = 0
+        self.keys_changed = 0
+        self.random = random.Random(16)
+
+    def _id(self) -> int:
+        rnd = self.random
+        if rnd.random() < 0.5:
+            return max(1, self.near() + rnd.randint(-60, 60))
+        return rnd.randint(1, self.top)
+
+    def run(self) -> None:
+        table = self.table
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.is_set():
+                try:
+                    with conn.transaction():
+                        for _ in range(self.random.randint(1, 3)):
+                            op, a = self.random.random(), self._id()
+                            if op < 0.4:
+                                conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (a,))
+                            elif op < 0.6:
+                                conn.execute(f"DELETE FROM {table} WHERE id = %s", (a,))
+                            elif op < 0.8:
+                                conn.execute(
+                                    f"INSERT INTO {table} VALUES (%s, 0, 'again') "
+                                    "ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+                                    (a,),
+                                )
+                            else:
+                                b = self._id()
+                                conn.execute(
+                                    f"UPDATE {table} SET id = %s, pad = 'moved' WHERE id = %s "
+                                    f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE id = %s)",
+                                    (b, a, b),
+                                )
+                                self.keys_changed += 1
+                except psycopg.errors.UniqueViolation:
+                    continue  # a concurrent insert took the id: the transaction is gone whole
+                self.count += 1
+                time.sleep(self.pause)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+def test_copy_is_exact_while_writers_change_keys_in_and_around_the_chunk_being_read(
+    source_conn, source_dsn, table_name, make_subscription, search, settings
+):
+    settings.SYNCER_COPY_CHUNK_ROWS = 40
+    rows = 4000
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int, pad text)")
+    source_conn.execute(
+        f"INSERT INTO {table_name} SELECT i, 0, repeat('x', 20) FROM generate_series(1, %s) i",
+        (rows,),
+    )
+    sub = make_subscription("hostile", table_name, batch_max_size=200)
+    with WorkerThread([sub]) as worker:
+        stats = worker.runner.pipelines["hostile"].stats
+        writer = HostileWriter(source_dsn, table_name, lambda: stats.snapshot_rows, rows + 200)
+        writer.start()
+        try:
+            wait_for(lambda: status_of("hostile").snapshot_completed_at, timeout=120)
+            time.sleep(0.5)  # and a little after the copy
+        finally:
+            writer.stop()
+        expected = table_rows(source_conn, table_name)
+        wait_for(lambda: index_rows(search, "hostile") == expected, timeout=60, what="index")
+    assert writer.count > 200 and writer.keys_changed > 20, writer.count
+    # It was copied in chunks while it streamed: the copy took more than a hundred rounds.
+    assert stats.snapshot_rows >= rows * 0.8
+    assert stats.transactions > 100
+    sub = status_of("hostile")
+    assert sub.source_state == {}  # the cursor is gone with the copy
+    assert not DeadLetter.objects.filter(subscription=sub).exists()
+
+
+def test_a_copy_stopped_midway_goes_on_from_its_cursor(
+    source_conn, table_name, make_subscription, search, settings
+):
+    settings.SYNCER_COPY_CHUNK_ROWS = 100
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 3000) i")
+    # A slow sink would do; a small buffer is enough to stop the copy midway.
+    sub = make_subscription(
+        "resume",
+        table_name,
+        batch_max_size=100,
+        backpressure_pause_at=200,
+        backpressure_resume_at=100,
+    )
+    with WorkerThread([sub]) as worker:
+        wait_for(
+            lambda: (status_of("resume").source_state or {}).get("copy", {}).get("rows", 0) >= 500,
+            interval=0.02,
+        )
+    first = status_of("resume")
+    assert first.snapshot_completed_at is None  # stopped midway
+    cursor = (first.source_state or {})["copy"]
+    copied = cursor["rows"]
+    assert copied < 3000 and cursor["after"] == [str(copied)]
+    # While no worker runs: rows already copied change, go, and come; new rows come.
+    source_conn.execute(f"DELETE FROM {table_name} WHERE id <= 10")
+    source_conn.execute(f"UPDATE {table_name} SET v = 7 WHERE id BETWEEN 11 AND 20")
+    source_conn.execute(f"INSERT INTO {table_name} VALUES (5000, 1)")
+    with WorkerThread([status_of("resume")]) as worker:
+        wait_for(lambda: status_of("resume").snapshot_completed_at, timeout=60)
+        second = worker.runner.pipelines["resume"].stats
+        expected = table_rows(source_conn, table_name)
+        wait_for(lambda: index_rows(search, "resume") == expected, what="index equal to table")
+    assert second.snapshot_resumes == 1
+    # Only the rest was copied this time (not from the first row again).
+    assert second.snapshot_rows <= 3000 - copied + 1
+    assert index_docs(search, "resume")["15"] == {"id": 15, "v": 7}
+
+
+def test_resync_in_place_keeps_the_slot_streams_meanwhile_and_sweeps_strays(
+    source_conn, table_name, make_subscription, search, settings, caplog
+):
+    settings.SYNCER_COPY_CHUNK_ROWS = 50
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 2000) i")
+    make_subscription("inplace", table_name, batch_max_size=50)
+    with WorkerThread(None):
+        wait_for(lambda: status_of("inplace").status == "caught_up", timeout=60)
+        # A document the table never had, as an older version of the index would hold.
+        search.index(
+            index="inplace", id="stray", body={"id": -1}, version=1, version_type="external"
+        )
+        caplog.clear()
+        control.resync(status_of("inplace"))
+        wait_for(lambda: status_of("inplace").status == "snapshotting", what="resync starts")
+        source_conn.execute(f"UPDATE {table_name} SET v = 99 WHERE id = 1999")
+        # Streamed during the copy: it is in the index before the copy reaches its row.
+        wait_for(lambda: index_docs(search, "inplace").get("1999", {}).get("v") == 99)
+        still_copying = status_of("inplace")
+        wait_for(lambda: status_of("inplace").resync_requested_at is None, timeout=60)
+    assert still_copying.snapshot_completed_at is not None  # (from the first copy)
+    assert "replication_slot_created" not in caplog.text
+    assert "replication_slot_missing" not in caplog.text
+    assert "copy_started" in caplog.text
+    docs = index_docs(search, "inplace")
+    assert "stray" not in docs and len(docs) == 2000
+    assert status_of("inplace").source_state == {}
+
+
+def test_table_without_a_unique_index_is_copied_in_one_pass_and_says_so(
+    source_conn, table_name, make_subscription, search, caplog
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int NOT NULL, v int)")
+    source_conn.execute(f"ALTER TABLE {table_name} REPLICA IDENTITY FULL")
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 300) i")
+    sub = make_subscription("onepass", table_name, key_columns=["id"])
+    with WorkerThread([sub]):
+        wait_for(lambda: status_of("onepass").snapshot_completed_at, timeout=60)
+        wait_for(lambda: len(index_docs(search, "onepass")) == 300)
+    assert "snapshot_one_pass" in caplog.text
+    assert "no unique index on (id)" in caplog.text
+
+
+def _events(log: Path, name: str) -> list[dict[str, Any]]:
+    events = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            event = json.loads(line)
+            if event.get("event") == name:
+                events.append(event)
+    return events
+
+
+def _copied_more(copied: Callable[[], int], rows: int, seconds: float) -> Callable[[], bool]:
+    """True once the copy ended, copied `rows` more, or `seconds` passed."""
+    start, began = copied(), time.monotonic()
+    return lambda: bool(
+        status_of("killed").snapshot_completed_at
+        or copied() >= start + rows
+        or time.monotonic() - began > seconds
+    )
+
+
+def test_kill_9_every_few_seconds_during_the_copy_never_starts_it_over(
+    source_conn, source_dsn, table_name, make_subscription, search, opensearch_url, tmp_path
+):
+    rows = 30_000
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int, pad text)")
+    source_conn.execute(
+        f"INSERT INTO {table_name} SELECT i, 0, 'x' FROM generate_series(1, %s) i", (rows,)
+    )
+    make_subscription("killed", table_name)
+    progress = [0]  # rows copied, as last read: the writer works around there
+    writer = HostileWriter(source_dsn, table_name, lambda: progress[0], rows + 1000, pause=0.005)
+    log = tmp_path / "worker.log"
+
+    def copied() -> int:
+        state = status_of("killed").source_state or {}
+        progress[0] = int(state.get("copy", {}).get("rows", 0))
+        return progress[0]
+
+    kills = 0
+    worker = WorkerProcess(opensearch_url, log, SYNCER_COPY_CHUNK_ROWS="300")
+    writer.start()
+    try:
+        while True:
+            # A few seconds of copying (or its end), then kill -9.
+            wait_for(_copied_more(copied, 2000, 6), timeout=60, interval=0.1)
+            if status_of("killed").snapshot_completed_at:
+                break
+            worker.kill()
+            kills += 1
+            worker = WorkerProcess(opensearch_url, log, SYNCER_COPY_CHUNK_ROWS="300")
+        writer.stop()
+        expected = table_rows(source_conn, table_name)
+        wait_for(
+            lambda: index_rows(search, "killed") == expected,
+            timeout=60,
+            interval=1,
+            what="index equal to table",
+        )
+    finally:
+        writer.stopping.set()
+        code = worker.terminate()
+    assert code == 0, worker.output()
+    assert kills >= 3, f"the copy ended after {kills} kills: make the table larger"
+    started = [event["rows"] for event in _events(log, "copy_started")]
+    resumed = [(event["rows"], event["resumes"]) for event in _events(log, "copy_resumed")]
+    # One copy, begun once; every later start went on from its cursor, further each time.
+    assert started[0] == 0 and all(r > 0 for r in started[1:]), started
+    assert len(resumed) == len(started) - 1 >= 3, resumed
+    assert [n for _, n in resumed] == list(range(1, len(resumed) + 1))
+    assert [r for r, _ in resumed] == sorted(r for r, _ in resumed)
+    assert len(_events(log, "snapshot_completed")) == 1
