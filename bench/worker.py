@@ -95,9 +95,9 @@ class Recorder:
                     self.first_commit = tx.commit_time
                 if self.last_commit is None or tx.commit_time > self.last_commit:
                     self.last_commit = tx.commit_time
-            elif tx.kind is TxKind.SNAPSHOT_CHUNK:
+            elif tx.kind is TxKind.SNAPSHOT_CHUNK or tx.kind is TxKind.COPY_CHUNK:
                 self.snapshot_rows += len(tx.changes)
-            else:
+            elif tx.kind is TxKind.SNAPSHOT_END:
                 self.snapshot_done_at = at
                 self.cpu_snapshot_done = time.process_time()
 

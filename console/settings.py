@@ -184,7 +184,7 @@ SYNCER_MAX_ATTEMPTS = int(_env_number("SYNCER_MAX_ATTEMPTS", 3))
 SYNCER_BULK_CONCURRENCY = int(_env_number("SYNCER_BULK_CONCURRENCY", 1))
 # A subscription's checkpoint is saved at most this often (0: after every batch).
 SYNCER_CHECKPOINT_INTERVAL = _env_number("SYNCER_CHECKPOINT_INTERVAL", 0.2)
-# Rows per chunk of a resumable copy (0: sized to the sink's speed, 100 to 10,000).
+# Rows per chunk of a resumable copy (0: sized to the sink's speed, 100 to 2,000).
 SYNCER_COPY_CHUNK_ROWS = int(_env_number("SYNCER_COPY_CHUNK_ROWS", 0))
 SYNCER_DLQ_RETRY_LIMIT = int(_env_number("SYNCER_DLQ_RETRY_LIMIT", 1000))
 # Dead letters one API call or admin action may retry or purge; more: `manage.py dlq`.

@@ -276,3 +276,34 @@ def test_kill_9_every_few_seconds_during_the_copy_never_starts_it_over(
     assert [n for _, n in resumed] == list(range(1, len(resumed) + 1))
     assert [r for r, _ in resumed] == sorted(r for r, _ in resumed)
     assert len(_events(log, "snapshot_completed")) == 1
+
+
+def test_a_second_worker_taking_over_a_killed_one_goes_on_with_its_copy(
+    source_conn, table_name, make_subscription, search, opensearch_url, tmp_path
+):
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 20000) i")
+    make_subscription("takeover", table_name)
+    chunks = {"SYNCER_COPY_CHUNK_ROWS": "200"}
+    first = WorkerProcess(opensearch_url, tmp_path / "first.log", **chunks)
+    wait_for(lambda: status_of("takeover").owner, what="an owner")
+    second = WorkerProcess(opensearch_url, tmp_path / "second.log", **chunks)
+    try:
+        wait_for(
+            lambda: (
+                (status_of("takeover").source_state or {}).get("copy", {}).get("rows", 0) >= 2000
+            ),
+            timeout=60,
+            interval=0.1,
+        )
+        owner_pid = int(status_of("takeover").owner.split(":")[-2])  # host:pid:random
+        victim, survivor = (first, second) if owner_pid == first.pid else (second, first)
+        victim.kill()
+        wait_for(lambda: status_of("takeover").snapshot_completed_at, timeout=90)
+        wait_for(lambda: len(index_docs(search, "takeover")) == 20000, timeout=30)
+    finally:
+        codes = [worker.terminate() for worker in (first, second)]
+    assert codes[[first, second].index(survivor)] == 0, survivor.output()
+    [resumed] = _events(survivor.log, "copy_resumed")
+    assert resumed["rows"] >= 2000 and resumed["resumes"] == 1
+    assert len(_events(survivor.log, "copy_started")) == 1

@@ -70,7 +70,10 @@ MIN_VERSION = 140000
 
 INITIAL_ROWS = 1000
 MIN_ROWS = 100
-MAX_ROWS = 10_000
+MAX_ROWS = 2_000
+"""Larger chunks were no faster on a sink that is never the bottleneck and held more
+memory: 100,000 rows in chunks of 5,000 peaked at 104 MB, of 1,000 at 90 MB
+(`SYNCER_COPY_CHUNK_ROWS=N bench/ceiling.py --sink fast --only backfill`)."""
 TARGET_SECONDS = 0.25
 """How long the sink should take to write one chunk (see the module's docstring)."""
 
