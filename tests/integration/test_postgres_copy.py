@@ -284,10 +284,9 @@ def test_a_second_worker_taking_over_a_killed_one_goes_on_with_its_copy(
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
     source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 20000) i")
     make_subscription("takeover", table_name)
-    chunks = {"SYNCER_COPY_CHUNK_ROWS": "200"}
-    first = WorkerProcess(opensearch_url, tmp_path / "first.log", **chunks)
+    first = WorkerProcess(opensearch_url, tmp_path / "first.log", SYNCER_COPY_CHUNK_ROWS="200")
     wait_for(lambda: status_of("takeover").owner, what="an owner")
-    second = WorkerProcess(opensearch_url, tmp_path / "second.log", **chunks)
+    second = WorkerProcess(opensearch_url, tmp_path / "second.log", SYNCER_COPY_CHUNK_ROWS="200")
     try:
         wait_for(
             lambda: (
