@@ -306,3 +306,26 @@ def test_a_second_worker_taking_over_a_killed_one_goes_on_with_its_copy(
     [resumed] = _events(survivor.log, "copy_resumed")
     assert resumed["rows"] >= 2000 and resumed["resumes"] == 1
     assert len(_events(survivor.log, "copy_started")) == 1
+
+
+def test_a_lost_slot_is_recreated_and_the_table_copied_again_while_streaming(
+    source_conn, table_name, make_subscription, search, settings
+):
+    settings.SYNCER_COPY_CHUNK_ROWS = 100
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 1000) i")
+    sub = make_subscription("lostslot", table_name)
+    with WorkerThread([sub]):
+        wait_for(lambda: status_of("lostslot").status == "caught_up", timeout=60)
+    source_conn.execute("SELECT pg_drop_replication_slot(%s)", (status_of("lostslot").slot_name,))
+    # Changes the lost slot would have carried: only a new copy and its sweep find them.
+    source_conn.execute(f"DELETE FROM {table_name} WHERE id <= 100")
+    source_conn.execute(f"UPDATE {table_name} SET v = 5 WHERE id > 900")
+    with WorkerThread([status_of("lostslot")]) as worker:
+        stats = worker.runner.pipelines["lostslot"].stats
+        wait_for(lambda: stats.resnapshots == 1 and stats.snapshot_rows >= 900, timeout=60)
+        expected = table_rows(source_conn, table_name)
+        wait_for(lambda: index_rows(search, "lostslot") == expected, what="index equal to table")
+        wait_for(lambda: status_of("lostslot").source_state == {}, what="the copy's end")
+    assert stats.swept == 100
+    assert "was missing" in status_of("lostslot").last_error

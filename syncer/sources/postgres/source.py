@@ -168,21 +168,13 @@ class PostgresSource:
             order = await self._copy_order(self._table, int(settings[1]))
         want_snapshot = resume.snapshot_mode == "index" and not resume.snapshot_done
         lost_slot = slot is None and resume.checkpoint is not None
+        if lost_slot:
+            self._slot_lost(copying=resume.snapshot_mode == "index")
         if isinstance(order, CopyOrder) and resume.snapshot_mode == "index":
             saved = CopyCursor.from_state(resume.source_state)
             if lost_slot or want_snapshot or (saved is not None and saved.request == _RESNAPSHOT):
                 await self._open_copy(self._table, order, resume, slot, saved)
                 return
-        if lost_slot:
-            self._log.warning("replication_slot_missing", slot=self.config.slot_name)
-            if resume.snapshot_mode == "index":
-                self._notices.append(
-                    SourceNotice(
-                        NoticeKind.RESNAPSHOT,
-                        f"replication slot {self.config.slot_name} was missing: copying the "
-                        "table again, then removing documents whose rows are gone",
-                    )
-                )
         if want_snapshot or (lost_slot and resume.snapshot_mode == "index"):
             # An interrupted copy or a lost slot may have left documents whose rows are gone.
             sweep = slot is not None or resume.checkpoint is not None
@@ -190,19 +182,37 @@ class PostgresSource:
                 await self._drop_slot()
             await self._start_snapshot(self._table, sweep)
         elif slot is None:
-            with translated(f"creating replication slot {self.config.slot_name}"):
-                row = await (
-                    await conn.execute(QUERIES["create_slot"], {"slot": self.config.slot_name})
-                ).fetchone()
-            assert row is not None
-            self._acked = self._read_upto = int(row[0])
-            self._log.info("replication_slot_created", slot=self.config.slot_name)
+            await self._create_slot()
         else:
-            # The checkpoint may be past the slot: the worker stopped before its status
-            # update confirmed it. The server skips what commits before the start.
-            self._acked = self._read_upto = max(
-                int(slot["confirmed_flush"]), resume.checkpoint or 0
+            self._resume_at(slot, resume)
+
+    def _slot_lost(self, copying: bool) -> None:
+        self._log.warning("replication_slot_missing", slot=self.config.slot_name)
+        if copying:
+            self._notices.append(
+                SourceNotice(
+                    NoticeKind.RESNAPSHOT,
+                    f"replication slot {self.config.slot_name} was missing: copying the "
+                    "table again, then removing documents whose rows are gone",
+                )
             )
+
+    async def _create_slot(self) -> None:
+        """A new slot (without an exported snapshot): the stream starts where it does."""
+        with translated(f"creating replication slot {self.config.slot_name}"):
+            row = await (
+                await self._require_conn().execute(
+                    QUERIES["create_slot"], {"slot": self.config.slot_name}
+                )
+            ).fetchone()
+        assert row is not None
+        self._acked = self._read_upto = int(row[0])
+        self._log.info("replication_slot_created", slot=self.config.slot_name)
+
+    def _resume_at(self, slot: dict[str, Any], resume: ResumeState) -> None:
+        # The checkpoint may be past the slot: the worker stopped before its status
+        # update confirmed it. The server skips what commits before the start.
+        self._acked = self._read_upto = max(int(slot["confirmed_flush"]), resume.checkpoint or 0)
 
     async def _copy_order(self, table: Table, version: int) -> CopyOrder | str:
         if version < MIN_VERSION:
@@ -226,32 +236,12 @@ class PostgresSource:
         """Stream from the checkpoint (or a new slot) and copy the table meanwhile:
         going on from `saved` when it answers the same request on the same slot."""
         if slot is None:
+            await self._create_slot()
             lost = resume.checkpoint is not None
-            if lost:
-                self._log.warning("replication_slot_missing", slot=self.config.slot_name)
-                self._notices.append(
-                    SourceNotice(
-                        NoticeKind.RESNAPSHOT,
-                        f"replication slot {self.config.slot_name} was missing: copying the "
-                        "table again while streaming, then removing documents whose rows "
-                        "are gone",
-                    )
-                )
-            with translated(f"creating replication slot {self.config.slot_name}"):
-                row = await (
-                    await self._require_conn().execute(
-                        QUERIES["create_slot"], {"slot": self.config.slot_name}
-                    )
-                ).fetchone()
-            assert row is not None
-            self._acked = self._read_upto = int(row[0])
-            self._log.info("replication_slot_created", slot=self.config.slot_name)
             request = _RESNAPSHOT if lost else resume.copy_request
             cursor = CopyCursor(request, self._acked, sweep=lost)
         else:
-            self._acked = self._read_upto = max(
-                int(slot["confirmed_flush"]), resume.checkpoint or 0
-            )
+            self._resume_at(slot, resume)
             wanted = resume.copy_request if not resume.snapshot_done else _RESNAPSHOT
             if saved is not None and saved.request == wanted:
                 cursor = saved
