@@ -329,3 +329,27 @@ def test_a_lost_slot_is_recreated_and_the_table_copied_again_while_streaming(
         wait_for(lambda: status_of("lostslot").source_state == {}, what="the copy's end")
     assert stats.swept == 100
     assert "was missing" in status_of("lostslot").last_error
+
+
+def test_a_composite_text_key_is_copied_in_chunks_that_split_its_first_column(
+    source_conn, table_name, make_subscription, search, settings
+):
+    settings.SYNCER_COPY_CHUNK_ROWS = 7
+    source_conn.execute(
+        f"CREATE TABLE {table_name} (tenant text, n bigint, label text, PRIMARY KEY (tenant, n))"
+    )
+    tenants = ["a", "a b", "O'Brien", 'qu"ote', "ünï", "a|b", "back\\slash", "zz"]
+    source_conn.execute(
+        f"INSERT INTO {table_name} SELECT t, n, t || n FROM unnest(%s::text[]) t, "
+        "generate_series(-5, 5) n",
+        (tenants,),
+    )
+    sub = make_subscription("composite", table_name)
+    with WorkerThread([sub]) as worker:
+        wait_for(lambda: status_of("composite").snapshot_completed_at, timeout=60)
+        stats = worker.runner.pipelines["composite"].stats
+    docs = index_docs(search, "composite")
+    rows = source_conn.execute(f"SELECT tenant, n, label FROM {table_name}").fetchall()
+    assert len(docs) == len(rows) == 88
+    assert sorted((d["tenant"], d["n"], d["label"]) for d in docs.values()) == sorted(rows)
+    assert stats.snapshot_rows == 88  # each row once: no chunk overlapped another
