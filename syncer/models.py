@@ -194,6 +194,13 @@ class Subscription(models.Model):
     throughput = models.FloatField(
         null=True, blank=True, editable=False, help_text="Changes per second over the last minute."
     )
+    copy_progress = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="A resumable copy under way: rows, estimated_rows, percent, rows_per_second, "
+        "eta_seconds, resumes (published with the lag; null when none runs).",
+    )
     stats_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)

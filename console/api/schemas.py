@@ -170,6 +170,15 @@ class CheckpointOut(Schema):
     at: datetime | None
 
 
+class CopyProgressOut(Schema):
+    rows: int = Field(description="Rows copied so far, every session's.")
+    estimated_rows: int | None = Field(description="The planner's estimate of the table.")
+    percent: float | None = Field(description="rows of estimated_rows, below 100 until done.")
+    rows_per_second: float | None = Field(description="Over the last 30 s of this session.")
+    eta_seconds: float | None = Field(description="Time left at that rate.")
+    resumes: int = Field(description="Times the copy went on from its cursor after a restart.")
+
+
 class SubscriptionOut(Schema):
     name: str
     enabled: bool
@@ -187,6 +196,10 @@ class SubscriptionOut(Schema):
     lag_seconds: float | None
     staleness_seconds: float | None
     throughput: float | None = Field(description="Changes per second over the last minute.")
+    copy_progress: CopyProgressOut | None = Field(
+        description="A resumable copy under way (a first copy, a resync, a lost slot's); "
+        "null when none runs."
+    )
     stats_at: datetime | None
     checkpoint: CheckpointOut
     snapshot_completed_at: datetime | None
@@ -217,6 +230,7 @@ def subscription_out(s: Subscription, dead_letters: int) -> dict[str, Any]:
         "lag_seconds": s.lag_seconds,
         "staleness_seconds": s.staleness_seconds,
         "throughput": s.throughput,
+        "copy_progress": s.copy_progress,
         "stats_at": s.stats_at,
         "checkpoint": {
             "position": s.checkpoint,

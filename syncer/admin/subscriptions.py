@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from django import forms
 from django.contrib import admin, messages
@@ -34,12 +34,15 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from syncer import dsn, text
+from syncer.engine.progress import CopyFigures
 from syncer.errors import DeadLettersRemain
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import control, preflight, subscriptions
 from syncer.sources.kinds import format_position
 from syncer.text import redact
 from syncer.validators import text_problem
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     _FormBase = forms.ModelForm[Subscription]
@@ -265,6 +268,7 @@ class SubscriptionAdmin(_AdminBase):
         "lag_text",
         "staleness_text",
         "throughput_text",
+        "copy_progress_text",
         "stats_at",
         "checkpoint_lsn",
         "checkpoint_at",
@@ -379,6 +383,11 @@ class SubscriptionAdmin(_AdminBase):
     @admin.display(description="changes/s", ordering="throughput")
     def throughput_text(self, obj: Subscription) -> str | SafeString:
         return _figure(obj, obj.throughput, lambda value: f"{value:,.1f}/s")
+
+    @admin.display(description="copy")
+    def copy_progress_text(self, obj: Subscription) -> str | SafeString:
+        """A resumable copy under way, as the worker last published it."""
+        return _figure(obj, obj.copy_progress, _copy_text)
 
     @admin.display(description="checkpoint", ordering="checkpoint")
     def checkpoint_lsn(self, obj: Subscription) -> str:
@@ -701,9 +710,7 @@ def _after(action: str, subscription: Subscription) -> str:
     return f"{who} applies it within seconds"
 
 
-def _figure(
-    obj: Subscription, value: float | None, shown: Callable[[float], str]
-) -> str | SafeString:
+def _figure(obj: Subscription, value: T | None, shown: Callable[[T], str]) -> str | SafeString:
     """A figure the worker published, or "-"; marked stale when it is old."""
     if value is None or obj.stats_at is None:
         return "-"
@@ -716,6 +723,13 @@ def _figure(
         f"published {text.age_text(obj.stats_at)} ago by {who}; it may have stopped",
         shown(value),
     )
+
+
+def _copy_text(progress: dict[str, Any]) -> str:
+    try:
+        return CopyFigures(**progress).describe()
+    except TypeError:  # written by a worker of another version
+        return str(progress)
 
 
 def _seconds_text(seconds: float) -> str:

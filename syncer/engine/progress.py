@@ -27,6 +27,19 @@ class CopyFigures:
     eta_seconds: float | None
     resumes: int
 
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready, rounded: what the API, the monitor and the admin show."""
+        return {
+            "rows": self.rows,
+            "estimated_rows": self.estimated_rows,
+            "percent": None if self.percent is None else round(self.percent, 1),
+            "rows_per_second": None
+            if self.rows_per_second is None
+            else round(self.rows_per_second, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds),
+            "resumes": self.resumes,
+        }
+
     def describe(self) -> str:
         """'42.0% (420,000 of about 1,000,000 rows), 8,300 rows/s, about 1 min 10 s left'."""
         if self.percent is not None and self.estimated_rows is not None:

@@ -98,6 +98,9 @@ class SnapshotMessage(TypedDict):
     live_subscriptions: int  # matched by this worker now (as of its last refresh); 0 when none
     checkpoint: int | None
     checkpoint_shown: str
+    copy: dict[str, float | int | None] | None
+    """A resumable copy under way: rows, estimated_rows, percent, rows_per_second,
+    eta_seconds, resumes; None when none runs."""
     at: float  # epoch seconds
 
 

@@ -364,7 +364,16 @@ class Runner:
             if pipeline is None:
                 continue  # paused, or between two runs
             rate = self._rate(supervisor, pipeline, now)
-            figures.append((sub_id, pipeline.stats.lag(now), pipeline.staleness(now), rate))
+            copy = pipeline.copy_figures()
+            figures.append(
+                (
+                    sub_id,
+                    pipeline.stats.lag(now),
+                    pipeline.staleness(now),
+                    rate,
+                    None if copy is None else copy.as_dict(),
+                )
+            )
         for gone in set(self._throughput) - set(self.pipelines):
             del self._throughput[gone]
 
@@ -513,6 +522,7 @@ class Runner:
             live_subscriptions=live.get(supervisor.name, 0),
             checkpoint=row.checkpoint,
             checkpoint_shown=format_position(row.source_kind, row.checkpoint),
+            copy=None,
             at=now,
         )
         pipeline = supervisor.pipeline
@@ -522,6 +532,8 @@ class Runner:
             snapshot["staleness"] = _rounded(pipeline.staleness(now))
             snapshot["buffer"], snapshot["backpressure"] = pipeline.buffered, pipeline.backpressure
             snapshot["throughput"] = round(self._rate(supervisor, pipeline, now) or 0.0, 3)
+            copy = pipeline.copy_figures()
+            snapshot["copy"] = None if copy is None else copy.as_dict()
         return snapshot
 
     async def _quietly(self, function: Callable[[], T]) -> T | None:

@@ -19,6 +19,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from asgiref.sync import sync_to_async
 from django.db import connections, models
 from django.db.models import (
@@ -109,19 +110,28 @@ def claim(subscription_id: int, worker_id: str) -> None:
 def disown(subscription_ids: Sequence[int], worker_id: str) -> None:
     """Clear `owner` where it is still this worker (another may have taken over)."""
     Subscription.objects.filter(pk__in=subscription_ids, owner=worker_id).update(
-        owner="", lag_seconds=None, staleness_seconds=None, throughput=None
+        owner="",
+        lag_seconds=None,
+        staleness_seconds=None,
+        throughput=None,
+        copy_progress=None,
     )
 
 
 def clear_stats(subscription_id: int) -> None:
     """Nothing runs (paused): no figures rather than the last ones, which would mislead."""
     Subscription.objects.filter(pk=subscription_id).update(
-        lag_seconds=None, staleness_seconds=None, throughput=None, stats_at=timezone.now()
+        lag_seconds=None,
+        staleness_seconds=None,
+        throughput=None,
+        copy_progress=None,
+        stats_at=timezone.now(),
     )
 
 
-Figures = tuple[int, float, float | None, float | None]
-"""A subscription's id, lag, staleness and throughput, as `publish_stats` writes them."""
+Figures = tuple[int, float, float | None, float | None, dict[str, Any] | None]
+"""A subscription's id, lag, staleness, throughput and copy progress, as `publish_stats`
+writes them."""
 
 
 def publish_stats(figures: Sequence[Figures]) -> None:
@@ -134,26 +144,28 @@ def publish_stats(figures: Sequence[Figures]) -> None:
     meta = Subscription._meta
     quote = connections["default"].ops.quote_name
     column = {name: quote(_column(name)) for name in _STATS}
-    rows = ", ".join(["(%s::bigint, %s::float8, %s::float8, %s::float8)"] * len(figures))
+    rows = ", ".join(["(%s::bigint, %s::float8, %s::float8, %s::float8, %s::jsonb)"] * len(figures))
     query = (
         f"UPDATE {quote(meta.db_table)} AS s SET {column['lag_seconds']} = v.lag, "
         f"{column['staleness_seconds']} = v.staleness, {column['throughput']} = v.throughput, "
-        f"{column['stats_at']} = %s FROM (VALUES {rows}) AS v(id, lag, staleness, throughput) "
+        f"{column['copy_progress']} = v.copy, {column['stats_at']} = %s "
+        f"FROM (VALUES {rows}) AS v(id, lag, staleness, throughput, copy) "
         f"WHERE s.{quote(meta.pk.column)} = v.id"
     )
     params: list[Any] = [timezone.now()]
-    for subscription_id, lag, staleness, throughput in figures:
+    for subscription_id, lag, staleness, throughput, copy in figures:
         params += [
             subscription_id,
             round(lag, 3),
             None if staleness is None else round(staleness, 3),
             None if throughput is None else round(throughput, 3),
+            None if copy is None else orjson.dumps(copy).decode(),
         ]
     with connections["default"].cursor() as cursor:
         cursor.execute(query, params)
 
 
-_STATS = ("lag_seconds", "staleness_seconds", "throughput", "stats_at")
+_STATS = ("lag_seconds", "staleness_seconds", "throughput", "copy_progress", "stats_at")
 
 
 def _column(name: str) -> str:

@@ -353,3 +353,41 @@ def test_a_composite_text_key_is_copied_in_chunks_that_split_its_first_column(
     assert len(docs) == len(rows) == 88
     assert sorted((d["tenant"], d["n"], d["label"]) for d in docs.values()) == sorted(rows)
     assert stats.snapshot_rows == 88  # each row once: no chunk overlapped another
+
+
+def test_the_copys_progress_reaches_the_row_the_api_and_the_admin(
+    source_conn, table_name, make_subscription, search, settings
+):
+    from console.api.schemas import subscription_out
+    from syncer.admin.subscriptions import SubscriptionAdmin
+
+    settings.SYNCER_COPY_CHUNK_ROWS = 50
+    settings.SYNCER_STATS_INTERVAL = 0.1
+    source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 6000) i")
+    source_conn.execute(f"ANALYZE {table_name}")  # the planner's estimate: 6,000 rows
+    sub = make_subscription("progress", table_name, batch_max_size=50)
+    with WorkerThread([sub]):
+        progress = wait_for(
+            lambda: (
+                (status_of("progress").copy_progress or {}).get("rows_per_second")
+                and status_of("progress").copy_progress
+            ),
+            what="copy progress published",
+        )
+        during = status_of("progress")
+        message = wait_for(
+            lambda: (
+                "of about" in status_of("progress").status_message
+                and status_of("progress").status_message
+            ),
+            what="progress in the status message",
+        )
+        wait_for(lambda: status_of("progress").snapshot_completed_at)
+        wait_for(lambda: status_of("progress").copy_progress is None, what="progress cleared")
+    assert progress["estimated_rows"] == 6000 and 0 < progress["rows"] < 6000
+    assert 0 < progress["percent"] < 100 and progress["eta_seconds"] is not None
+    assert subscription_out(during, 0)["copy_progress"] == during.copy_progress
+    shown = SubscriptionAdmin.copy_progress_text(None, during)  # type: ignore[arg-type]
+    assert "% (" in shown and "of about 6,000 rows" in shown and "rows/s" in shown
+    assert "of about 6,000 rows" in message and "streaming changes meanwhile" in message

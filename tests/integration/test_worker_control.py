@@ -123,8 +123,9 @@ def test_resync_in_place_works_for_a_materialize_source_too(make_subscription, s
 
 
 def test_a_resync_request_outlives_a_worker_stopped_mid_copy(
-    source_conn, table, make_subscription, search
+    source_conn, table, make_subscription, search, settings
 ):
+    settings.SYNCER_COPY_CHUNK_ROWS = 100  # chunks small enough to stop between
     source_conn.execute(f"INSERT INTO {table} SELECT i, 'v' FROM generate_series(1, 3000) i")
     sub = make_subscription(
         "orders", table, batch_max_size=500, backpressure_pause_at=1000, backpressure_resume_at=500
@@ -353,10 +354,12 @@ def test_published_figures_go_to_each_subscription_in_one_statement(table, make_
 
     a, b, c = (make_subscription(name, table) for name in ("fig_a", "fig_b", "fig_c"))
     with CaptureQueriesContext(connection) as queries:
-        state.publish_stats([(a.pk, 1.23456, None, 10.0), (b.pk, 0.5, 2.25, None)])
+        copy = {"rows": 10, "estimated_rows": None, "percent": None}
+        state.publish_stats([(a.pk, 1.23456, None, 10.0, copy), (b.pk, 0.5, 2.25, None, None)])
     assert len(queries) == 1
     a, b, c = (Subscription.objects.get(pk=s.pk) for s in (a, b, c))
     assert (a.lag_seconds, a.staleness_seconds, a.throughput) == (1.235, None, 10.0)
     assert (b.lag_seconds, b.staleness_seconds, b.throughput) == (0.5, 2.25, None)
+    assert (a.copy_progress, b.copy_progress) == (copy, None)
     assert a.stats_at is not None and a.stats_at == b.stats_at
     assert c.stats_at is None and c.lag_seconds is None

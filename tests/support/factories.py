@@ -116,6 +116,7 @@ def snapshot_message(name: str = "orders", message: str = "", **fields: Any) -> 
         live_subscriptions=0,
         checkpoint=None,
         checkpoint_shown="",
+        copy=None,
         at=1_700_000_000.0,
     )
     snapshot.update(fields)  # type: ignore[typeddict-item]
