@@ -143,15 +143,16 @@ def test_a_first_copy_sweeps_nothing():
     assert out.changes == [] and end.sweep_below is None
 
 
-def test_chunks_are_sized_to_a_quarter_second_of_the_sinks_writing():
+def test_chunks_start_small_and_are_sized_to_a_quarter_second_of_the_sinks_writing():
     clock = Clock()
     copy = make_copy(clock=clock)
+    assert copy.chunk_rows == 200  # a live change waits behind little, even on a slow sink
     chunk = read_chunk(copy, list(range(1, 1001)))
     mark(copy, chunk, "low", 200)
     mark(copy, chunk, "high", 300)
-    clock.now = 0.5  # 1,000 rows in 0.5 s: 2,000 rows/s
+    clock.now = 2.0  # 1,000 rows in 2 s: 500 rows/s
     copy.acknowledged(300)
-    assert copy.chunk_rows == 500
+    assert copy.chunk_rows == 125
     assert not copy._chunks
 
 
@@ -204,3 +205,21 @@ def test_a_saved_state_that_is_not_a_cursor_is_no_cursor(state):
 def test_a_cursor_survives_its_json_state():
     cursor = CopyCursor("2026-12-02T10:00:00+00:00", 5, True, ["a|b", "7"], 10, 1)
     assert CopyCursor.from_state(cursor.state()) == cursor
+
+
+def test_chunks_written_in_one_batch_are_measured_together_and_sizes_grow_at_most_twofold():
+    clock = Clock()
+    copy = make_copy(clock=clock)
+    for keys, (low, high) in ((range(1, 1001), (200, 300)), (range(1001, 2001), (310, 320))):
+        chunk = read_chunk(copy, list(keys))
+        mark(copy, chunk, "low", low)
+        mark(copy, chunk, "high", high)
+    clock.now = 2.0  # both in one batch: 2,000 rows in 2 s, 1,000 rows/s
+    copy.acknowledged(320)
+    assert copy.chunk_rows == 250
+    chunk = read_chunk(copy, list(range(2001, 2251)))
+    mark(copy, chunk, "low", 400)
+    mark(copy, chunk, "high", 410)
+    clock.now = 2.01  # very fast this once: not more than twice the last size
+    copy.acknowledged(410)
+    assert copy.chunk_rows == 500

@@ -68,7 +68,7 @@ PREFIX = "searchsync.copy"
 MIN_VERSION = 140000
 """pgoutput sends logical messages from PostgreSQL 14 on; before, the copy is one pass."""
 
-INITIAL_ROWS = 1000
+INITIAL_ROWS = 200
 MIN_ROWS = 100
 MAX_ROWS = 2_000
 """Larger chunks were no faster on a sink that is never the bottleneck and held more
@@ -462,14 +462,19 @@ class ChunkedCopy:
         long the sink took over those just written, and read on."""
         chunks = self._chunks
         now = self._clock()
+        written: list[_Chunk] = []
         while chunks and chunks[0].position is not None and chunks[0].position <= position:
-            chunk = chunks.popleft()
-            began = max(chunk.emitted_at, self._acked_at)
-            took = now - began
+            written.append(chunks.popleft())
+        if written:
+            # Chunks written in one batch are measured together, from when the first
+            # could start (each alone would seem to have taken no time).
+            took = now - max(written[0].emitted_at, self._acked_at)
             self._acked_at = now
-            if took > 0 and chunk.full and not self._fixed:
-                rate = chunk.asked / took
-                self._size = int(max(MIN_ROWS, min(MAX_ROWS, rate * TARGET_SECONDS)))
+            rows = sum(chunk.asked for chunk in written if chunk.full)
+            if took > 0 and rows and not self._fixed:
+                wanted = rows / took * TARGET_SECONDS
+                # At most twice as large at a time: one fast batch is not yet a trend.
+                self._size = int(max(MIN_ROWS, min(MAX_ROWS, 2 * self._size, wanted)))
         self.advance()
 
     @property
