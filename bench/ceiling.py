@@ -55,14 +55,12 @@ publication are dropped afterwards. The idle cost is bench/idle.py's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +87,7 @@ from bench.run import (  # noqa: E402
     machine_note,
     mb,
     plan_ops,
+    save_results,
     say,
     wait_until,
 )
@@ -453,11 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchTimeout, RuntimeError, psycopg.Error) as exc:
         say(f"failed: {exc}")
         code = 1
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = ARTIFACTS / f"ceiling-{stamp}.json"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str))
-    results["results_file"] = str(path.relative_to(ROOT))
+    path = save_results("ceiling", results)
     if code == 0:
         report(results)
     say(f"results in {path.relative_to(ROOT)} (subscriptions named {PREFIX}*)")

@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ceiling import SINKS, CeilingBench
 from bench.run import (
-    ARTIFACTS,
     PREFIX,
     ROOT,
     TABLE_DDL,
@@ -53,6 +52,7 @@ from bench.run import (
     fill_table,
     machine_note,
     percentile,
+    save_results,
     say,
     wait_until,
 )
@@ -289,10 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BenchTimeout, RuntimeError, psycopg.Error) as exc:
         say(f"failed: {exc}")
         code = 1
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = ARTIFACTS / f"copy-{stamp}.json"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str))
+    path = save_results("copy", results)
     say(f"results in {path.relative_to(ROOT)}")
     return code
 

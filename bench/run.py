@@ -1255,12 +1255,17 @@ class Run:
     results: dict[str, Any] = field(default_factory=dict)
 
     def save(self) -> Path:
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = ARTIFACTS / f"results-{stamp}.json"
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.results, indent=2, default=str))
-        self.results["results_file"] = str(path.relative_to(ROOT))
-        return path
+        return save_results("results", self.results)
+
+
+def save_results(kind: str, results: dict[str, Any]) -> Path:
+    """Write `results` to artifacts/bench/<kind>-<UTC time>.json; note the file in them."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = ARTIFACTS / f"{kind}-{stamp}.json"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+    results["results_file"] = str(path.relative_to(ROOT))
+    return path
 
 
 def phases(bench: Bench) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
