@@ -422,8 +422,7 @@ class Pipeline:
                 self._warnings_at = float("-inf")  # show the condition in the status now
             elif notice.kind is NoticeKind.COPY_RESUMED:
                 self.stats.snapshot_resumes += 1
-                self._log.info("snapshot_resumed", message=notice.message)
-                continue  # the copy goes on: nothing is wrong
+                continue  # the copy goes on, nothing is wrong (the source logged it)
             elif notice.kind is NoticeKind.COPY_ONE_PASS:
                 self._one_pass = notice.message
                 self._log.info("snapshot_one_pass", reason=notice.message)
