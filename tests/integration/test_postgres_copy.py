@@ -4,6 +4,7 @@ resynced in place without a new slot, and one pass where no index gives an order
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -273,8 +274,12 @@ def test_kill_9_every_few_seconds_during_the_copy_never_starts_it_over(
     # One copy, begun once; every later start went on from its cursor, further each time.
     assert started[0] == 0 and all(r > 0 for r in started[1:]), started
     assert len(resumed) == len(started) - 1 >= 3, resumed
-    assert [n for _, n in resumed] == list(range(1, len(resumed) + 1))
-    assert [r for r, _ in resumed] == sorted(r for r, _ in resumed)
+    assert resumed[0][1] == 1, resumed
+    # A start counts once it checkpoints a chunk: one killed before that (a slow
+    # machine) leaves the cursor, and the count, where they were.
+    for (rows_before, n_before), (rows_after, n_after) in itertools.pairwise(resumed):
+        assert rows_after >= rows_before, resumed
+        assert n_after == n_before + (rows_after > rows_before), resumed
     assert len(_events(log, "snapshot_completed")) == 1
 
 
