@@ -5,23 +5,19 @@ resynced in place without a new slot, and one pass where no index gives an order
 from __future__ import annotations
 
 import itertools
-import json
-import random
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from syncer.models import DeadLetter
 from syncer.operations import control
 from tests.support.harness import (
+    HostileWriter,
     WorkerThread,
     index_docs,
     index_rows,
+    log_events,
     status_of,
     table_rows,
     wait_for,
@@ -29,67 +25,6 @@ from tests.support.harness import (
 from tests.support.process import WorkerProcess
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
-
-
-class HostileWriter(threading.Thread):
-    """Changes rows in and around the chunk being copied, as fast as it can.
-
-    Each transaction picks ids near `near()` (the copy's position) half the time, anywhere
-    in the table otherwise, and does one or more of: update a value, delete a row,
-    insert (or re-insert a deleted) row, and change a row's key, to a free id on either
-    side of the copy's position."""
-
-    def __init__(
-        self, dsn: str, table: str, near: Callable[[], int], top: int, pause: float = 0.0
-    ) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.table, self.near, self.top = dsn, table, near, top
-        self.pause = pause
-        self.stopping = threading.Event()
-        self.count = 0
-        self.keys_changed = 0
-        self.random = random.Random(16)
-
-    def _id(self) -> int:
-        rnd = self.random
-        if rnd.random() < 0.5:
-            return max(1, self.near() + rnd.randint(-60, 60))
-        return rnd.randint(1, self.top)
-
-    def run(self) -> None:
-        table = self.table
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            while not self.stopping.is_set():
-                try:
-                    with conn.transaction():
-                        for _ in range(self.random.randint(1, 3)):
-                            op, a = self.random.random(), self._id()
-                            if op < 0.4:
-                                conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (a,))
-                            elif op < 0.6:
-                                conn.execute(f"DELETE FROM {table} WHERE id = %s", (a,))
-                            elif op < 0.8:
-                                conn.execute(
-                                    f"INSERT INTO {table} VALUES (%s, 0, 'again') "
-                                    "ON CONFLICT (id) DO UPDATE SET v = excluded.v",
-                                    (a,),
-                                )
-                            else:
-                                b = self._id()
-                                conn.execute(
-                                    f"UPDATE {table} SET id = %s, pad = 'moved' WHERE id = %s "
-                                    f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE id = %s)",
-                                    (b, a, b),
-                                )
-                                self.keys_changed += 1
-                except psycopg.errors.UniqueViolation:
-                    continue  # a concurrent insert took the id: the transaction is gone whole
-                self.count += 1
-                time.sleep(self.pause)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
 
 
 def test_copy_is_exact_while_writers_change_keys_in_and_around_the_chunk_being_read(
@@ -206,16 +141,6 @@ def test_table_without_a_unique_index_is_copied_in_one_pass_and_says_so(
     assert "no unique index on (id)" in caplog.text
 
 
-def _events(log: Path, name: str) -> list[dict[str, Any]]:
-    events = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{") and f'"{name}"' in line:
-            event = json.loads(line)
-            if event.get("event") == name:
-                events.append(event)
-    return events
-
-
 def _copied_more(copied: Callable[[], int], rows: int, seconds: float) -> Callable[[], bool]:
     """True once the copy ended, copied `rows` more, or `seconds` passed."""
     start, began = copied(), time.monotonic()
@@ -269,8 +194,8 @@ def test_kill_9_every_few_seconds_during_the_copy_never_starts_it_over(
         code = worker.terminate()
     assert code == 0, worker.output()
     assert kills >= 3, f"the copy ended after {kills} kills: make the table larger"
-    started = [event["rows"] for event in _events(log, "copy_started")]
-    resumed = [(event["rows"], event["resumes"]) for event in _events(log, "copy_resumed")]
+    started = [event["rows"] for event in log_events(log, "copy_started")]
+    resumed = [(event["rows"], event["resumes"]) for event in log_events(log, "copy_resumed")]
     # One copy, begun once; every later start went on from its cursor, further each time.
     assert started[0] == 0 and all(r > 0 for r in started[1:]), started
     assert len(resumed) == len(started) - 1 >= 3, resumed
@@ -280,7 +205,7 @@ def test_kill_9_every_few_seconds_during_the_copy_never_starts_it_over(
     for (rows_before, n_before), (rows_after, n_after) in itertools.pairwise(resumed):
         assert rows_after >= rows_before, resumed
         assert n_after == n_before + (rows_after > rows_before), resumed
-    assert len(_events(log, "snapshot_completed")) == 1
+    assert len(log_events(log, "snapshot_completed")) == 1
 
 
 def test_a_second_worker_taking_over_a_killed_one_goes_on_with_its_copy(
@@ -308,9 +233,9 @@ def test_a_second_worker_taking_over_a_killed_one_goes_on_with_its_copy(
     finally:
         codes = [worker.terminate() for worker in (first, second)]
     assert codes[[first, second].index(survivor)] == 0, survivor.output()
-    [resumed] = _events(survivor.log, "copy_resumed")
+    [resumed] = log_events(survivor.log, "copy_resumed")
     assert resumed["rows"] >= 2000 and resumed["resumes"] == 1
-    assert len(_events(survivor.log, "copy_started")) == 1
+    assert len(log_events(survivor.log, "copy_started")) == 1
 
 
 def test_a_lost_slot_is_recreated_and_the_table_copied_again_while_streaming(

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -105,6 +108,19 @@ def index_docs(client: OpenSearch, index: str) -> dict[str, dict[str, Any]]:
     return docs
 
 
+def index_drift(client: OpenSearch, index: str, conn: psycopg.Connection, table: str) -> str:
+    """How `index` differs from a table of (id, v) rows: ids missing, ghosts, stale."""
+    rows: dict[int, Any] = dict(conn.execute(f"SELECT id, v FROM {table}").fetchall())
+    docs = {int(k): d.get("v") for k, d in index_docs(client, index).items()}
+    missing = sorted(set(rows) - set(docs))
+    ghosts = sorted(set(docs) - set(rows))
+    stale = sorted(k for k in set(rows) & set(docs) if rows[k] != docs[k])
+    return ", ".join(
+        f"{what} {ids[:20]} ({len(ids)})"
+        for what, ids in (("missing", missing), ("ghosts", ghosts), ("stale", stale))
+    )
+
+
 def checksum(rows: Iterable[tuple[Any, ...]]) -> str:
     """Order-independent digest of rows, to compare a table with its index."""
     digest = hashlib.sha256()
@@ -165,3 +181,75 @@ class Writer(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join()
+
+
+class HostileWriter(threading.Thread):
+    """Changes rows in and around the chunk being copied, as fast as it can.
+
+    Each transaction picks ids near `near()` (the copy's position) half the time, anywhere
+    in the table otherwise, and does one or more of: update a value, delete a row,
+    insert (or re-insert a deleted) row, and change a row's key, to a free id on either
+    side of the copy's position."""
+
+    def __init__(
+        self, dsn: str, table: str, near: Callable[[], int], top: int, pause: float = 0.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.table, self.near, self.top = dsn, table, near, top
+        self.pause = pause
+        self.stopping = threading.Event()
+        self.count = 0
+        self.keys_changed = 0
+        self.random = random.Random(16)
+
+    def _id(self) -> int:
+        rnd = self.random
+        if rnd.random() < 0.5:
+            return max(1, self.near() + rnd.randint(-60, 60))
+        return rnd.randint(1, self.top)
+
+    def run(self) -> None:
+        table = self.table
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stopping.is_set():
+                try:
+                    with conn.transaction():
+                        for _ in range(self.random.randint(1, 3)):
+                            op, a = self.random.random(), self._id()
+                            if op < 0.4:
+                                conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id = %s", (a,))
+                            elif op < 0.6:
+                                conn.execute(f"DELETE FROM {table} WHERE id = %s", (a,))
+                            elif op < 0.8:
+                                conn.execute(
+                                    f"INSERT INTO {table} VALUES (%s, 0, 'again') "
+                                    "ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+                                    (a,),
+                                )
+                            else:
+                                b = self._id()
+                                conn.execute(
+                                    f"UPDATE {table} SET id = %s, pad = 'moved' WHERE id = %s "
+                                    f"AND NOT EXISTS (SELECT 1 FROM {table} WHERE id = %s)",
+                                    (b, a, b),
+                                )
+                                self.keys_changed += 1
+                except psycopg.errors.UniqueViolation:
+                    continue  # a concurrent insert took the id: the transaction is gone whole
+                self.count += 1
+                time.sleep(self.pause)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+def log_events(log: Path, name: str) -> list[dict[str, Any]]:
+    """The structured log lines of event `name` a worker process wrote to `log`."""
+    events = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            event = json.loads(line)
+            if event.get("event") == name:
+                events.append(event)
+    return events
