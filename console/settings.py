@@ -186,6 +186,9 @@ SYNCER_BULK_CONCURRENCY = int(_env_number("SYNCER_BULK_CONCURRENCY", 1))
 SYNCER_CHECKPOINT_INTERVAL = _env_number("SYNCER_CHECKPOINT_INTERVAL", 0.2)
 # Rows per chunk of a resumable copy (0: sized to the sink's speed, 100 to 2,000).
 SYNCER_COPY_CHUNK_ROWS = int(_env_number("SYNCER_COPY_CHUNK_ROWS", 0))
+# A PostgreSQL copy cut into key ranges that every worker on this database helps copy.
+SYNCER_COPY_SHARED = _env_bool("SYNCER_COPY_SHARED", False)
+SYNCER_COPY_RANGE_ROWS = int(_env_number("SYNCER_COPY_RANGE_ROWS", 50_000))
 SYNCER_DLQ_RETRY_LIMIT = int(_env_number("SYNCER_DLQ_RETRY_LIMIT", 1000))
 # Dead letters one API call or admin action may retry or purge; more: `manage.py dlq`.
 SYNCER_API_DLQ_MAX = int(_env_number("SYNCER_API_DLQ_MAX", 1000))

@@ -45,6 +45,10 @@ class WorkerSettings:
     """Seconds at most between a subscription's checkpoint saves (0: after every batch)."""
     copy_chunk_rows: int
     """Rows per chunk of a resumable copy (0: sized to how fast the sink writes them)."""
+    copy_shared: bool
+    """PostgreSQL copies are cut into key ranges that every worker helps copy."""
+    copy_range_rows: int
+    """Rows per range of a shared copy, as the planner estimates them."""
     dlq_retry_batch: int
     """Dead letters retried per round by `runsyncer --dlq-retry-every`."""
     control_interval: float
@@ -80,6 +84,8 @@ def worker() -> WorkerSettings:
         bulk_concurrency=int(getattr(settings, "SYNCER_BULK_CONCURRENCY", 1)),
         checkpoint_interval=float(getattr(settings, "SYNCER_CHECKPOINT_INTERVAL", 0.2)),
         copy_chunk_rows=int(getattr(settings, "SYNCER_COPY_CHUNK_ROWS", 0)),
+        copy_shared=bool(getattr(settings, "SYNCER_COPY_SHARED", False)),
+        copy_range_rows=int(getattr(settings, "SYNCER_COPY_RANGE_ROWS", 50_000)),
         dlq_retry_batch=int(getattr(settings, "SYNCER_DLQ_RETRY_LIMIT", 1000)),
         control_interval=float(getattr(settings, "SYNCER_CONTROL_INTERVAL", 1.0)),
         heartbeat_interval=float(getattr(settings, "SYNCER_HEARTBEAT_INTERVAL", 2.0)),

@@ -409,6 +409,55 @@ class DeadLetter(models.Model):
         return f"{self.doc_id} ({self.action}, version {self.version})"
 
 
+class CopyLease(models.Model):
+    """One key range of a shared copy (SYNCER_COPY_SHARED), which any worker may copy.
+
+    The owner writes a copy's ranges when it begins; a worker's helper picks a free one
+    with FOR UPDATE SKIP LOCKED and holds it with a session advisory lock, which
+    PostgreSQL drops when that worker dies; `cursor` is how far it got (the next helper
+    goes on from there). The copy ends once every range of it is done.
+    """
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="copy_leases"
+    )
+    copy = models.CharField(
+        max_length=200, help_text="Which copy: its request and where the stream stood."
+    )
+    seq = models.PositiveIntegerField(help_text="The range's place in key order, from 1.")
+    after = models.JSONField(
+        null=True, blank=True, help_text="Keys above this one; none: from the first."
+    )
+    upto = models.JSONField(null=True, blank=True, help_text="Up to this key; none: to the last.")
+    index = models.CharField(max_length=255, help_text="Where the copy writes.")
+    cursor = models.JSONField(null=True, blank=True, help_text="The last key copied.")
+    pending = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Keys sent out and not yet settled: a successor checks them again.",
+    )
+    rows = models.BigIntegerField(default=0)
+    done = models.BooleanField(default=False)
+    holder = models.CharField(max_length=200, blank=True, help_text="The worker that took it last.")
+    taken_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["subscription", "copy", "seq"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "copy", "seq"], name="copylease_one_per_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(rows__gte=0), name="copylease_rows_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        state = "done" if self.done else "open"
+        return f"{self.subscription.name}: copy range {self.seq} ({state}, {self.rows:,} rows)"
+
+
 class WorkerHeartbeat(models.Model):
     """A running `runsyncer` process, refreshed every few seconds while it lives.
 

@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable
 from syncer import conf, dsn
 from syncer.engine.interfaces import CheckpointHold, Source
 from syncer.engine.pipeline import Observer, Pipeline, PipelineConfig
+from syncer.leases import CopyPlans, HelperState
 from syncer.models import Subscription
 from syncer.sinks.opensearch.sink import OpenSearchSink, OpenSearchSinkConfig
 from syncer.sources.kinds import SourceValues
+from syncer.sources.postgres.shared import Lease, RangeLeases
 from syncer.stores import DjangoDeadLetters, DjangoStateStore
 
 
@@ -36,22 +38,30 @@ def build_sink(sub: Subscription) -> OpenSearchSink:
     return OpenSearchSink(sink_config(sub))
 
 
-def build_source(sub: Subscription) -> Source:
-    """The source adapter for the subscription's kind."""
-    return sub.kind.build(
-        SourceValues(
-            name=sub.name,
-            dsn=sub.source_dsn,
-            relation=sub.relation,
-            key_columns=tuple(sub.key_columns or ()),
-            slot_name=sub.slot_name,
-            cluster=sub.source_cluster,
-            envelope=sub.source_envelope,
-            wal_warn_bytes=conf.worker().slot_wal_warn_bytes,
-            copy_chunk_rows=conf.worker().copy_chunk_rows,
-            resolve_dsn=dsn.resolve,
-        )
+def source_values(sub: Subscription, index: str | None = None) -> SourceValues:
+    """What the subscription's source adapter is built from; `index`: as for the sink."""
+    worker = conf.worker()
+    shared = worker.copy_shared and sub.kind.copy_helper is not None
+    return SourceValues(
+        name=sub.name,
+        dsn=sub.source_dsn,
+        relation=sub.relation,
+        key_columns=tuple(sub.key_columns or ()),
+        slot_name=sub.slot_name,
+        cluster=sub.source_cluster,
+        envelope=sub.source_envelope,
+        wal_warn_bytes=worker.slot_wal_warn_bytes,
+        copy_chunk_rows=worker.copy_chunk_rows,
+        resolve_dsn=dsn.resolve,
+        copy_board=CopyPlans(sub.pk) if shared else None,
+        copy_index=index or sub.index_name,
+        copy_range_rows=worker.copy_range_rows,
     )
+
+
+def build_source(sub: Subscription, index: str | None = None) -> Source:
+    """The source adapter for the subscription's kind."""
+    return sub.kind.build(source_values(sub, index))
 
 
 def build_pipeline(
@@ -69,10 +79,38 @@ def build_pipeline(
     `on_resync_copied` runs when an operator's resync has copied everything; `hold`
     keeps the checkpoint below undelivered live-subscription events, `hold_seconds` at most.
     """
-    worker = conf.worker()
-    source = build_source(sub)
+    source = build_source(sub, index)
     sink = OpenSearchSink(sink_config(sub, index))
-    config = PipelineConfig(
+    return Pipeline(
+        _pipeline_config(sub, hold_seconds),
+        source,
+        sink,
+        DjangoStateStore(sub.pk, sub.name, on_resync_copied=on_resync_copied),
+        DjangoDeadLetters(sub.pk, sub.name),
+        observer=observer,
+        hold=hold,
+    )
+
+
+def build_copy_helper(sub: Subscription, leases: RangeLeases, first: Lease) -> Pipeline:
+    """A pipeline copying the ranges of the subscription's shared copy, `first` first,
+    into the index the copy writes to; its progress is the leases' (`HelperState`)."""
+    helper = sub.kind.copy_helper
+    if helper is None:
+        raise ValueError(f"{sub.kind.label} copies are not shared")
+    source = helper(source_values(sub), leases, first)
+    return Pipeline(
+        _pipeline_config(sub),
+        source,
+        OpenSearchSink(sink_config(sub, first.index)),
+        HelperState(),
+        DjangoDeadLetters(sub.pk, sub.name),
+    )
+
+
+def _pipeline_config(sub: Subscription, hold_seconds: float = 0.0) -> PipelineConfig:
+    worker = conf.worker()
+    return PipelineConfig(
         name=sub.name,
         batch_max_size=sub.batch_max_size,
         batch_max_age=sub.batch_max_age_ms / 1000,
@@ -86,13 +124,4 @@ def build_pipeline(
         backoff_cap=worker.backoff_cap,
         warnings_every=worker.slot_check_interval,
         hold_seconds=hold_seconds,
-    )
-    return Pipeline(
-        config,
-        source,
-        sink,
-        DjangoStateStore(sub.pk, sub.name, on_resync_copied=on_resync_copied),
-        DjangoDeadLetters(sub.pk, sub.name),
-        observer=observer,
-        hold=hold,
     )

@@ -18,7 +18,9 @@ from syncer.sources.materialize import catalog as materialize_catalog
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.positions import format_lsn, format_mz_timestamp
 from syncer.sources.postgres import catalog as postgres_catalog
+from syncer.sources.postgres.helper import CopyHelperSource
 from syncer.sources.postgres.replication import drop_replication
+from syncer.sources.postgres.shared import CopyBoard, Lease, RangeLeases
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.sources.relations import materialize_relation_problem, postgres_relation_problem
 
@@ -42,6 +44,11 @@ class SourceValues:
     copy_chunk_rows: int = 0
     resolve_dsn: DsnResolver = as_given
     """Turns the stored DSN (perhaps `env:VAR`) into a conninfo when the source opens."""
+    copy_board: CopyBoard | None = None
+    """A shared copy's ranges (SYNCER_COPY_SHARED), for a kind that has `copy_helper`."""
+    copy_index: str = ""
+    """The index a shared copy's helpers write to."""
+    copy_range_rows: int = 50_000
 
 
 @dataclass(frozen=True)
@@ -69,21 +76,33 @@ class Kind:
     """The relation's columns and their source type names, given (conninfo, relation), so
     a live subscription's filter can be checked against them; None when this kind cannot
     tell cheaply (then the filter's field names are not checked)."""
+    copy_helper: Callable[[SourceValues, RangeLeases, Lease], CopyHelperSource] | None = None
+    """A helper of this kind's shared copies, given its leases and the range it took
+    first; None when the kind's copies are not shared (one consistent read)."""
+
+
+def _postgres_config(values: SourceValues) -> PostgresSourceConfig:
+    return PostgresSourceConfig(
+        name=values.name,
+        dsn=values.dsn,
+        relation=values.relation,
+        key_columns=values.key_columns,
+        slot_name=values.slot_name,
+        wal_warn_bytes=values.wal_warn_bytes,
+        copy_chunk_rows=values.copy_chunk_rows,
+        copy_board=values.copy_board,
+        copy_index=values.copy_index,
+        copy_range_rows=values.copy_range_rows,
+        resolve_dsn=values.resolve_dsn,
+    )
 
 
 def _build_postgres(values: SourceValues) -> Source:
-    return PostgresSource(
-        PostgresSourceConfig(
-            name=values.name,
-            dsn=values.dsn,
-            relation=values.relation,
-            key_columns=values.key_columns,
-            slot_name=values.slot_name,
-            wal_warn_bytes=values.wal_warn_bytes,
-            copy_chunk_rows=values.copy_chunk_rows,
-            resolve_dsn=values.resolve_dsn,
-        )
-    )
+    return PostgresSource(_postgres_config(values))
+
+
+def _postgres_helper(values: SourceValues, leases: RangeLeases, first: Lease) -> CopyHelperSource:
+    return CopyHelperSource(_postgres_config(values), leases, first)
 
 
 def _build_materialize(values: SourceValues) -> Source:
@@ -110,6 +129,7 @@ POSTGRES = Kind(
     needs_key_columns=False,  # the table's primary key is the default
     cleanup=drop_replication,  # the slot and publication would keep WAL forever
     column_types=postgres_catalog.column_types,
+    copy_helper=_postgres_helper,
 )
 
 MATERIALIZE = Kind(

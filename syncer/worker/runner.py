@@ -47,6 +47,7 @@ from syncer.sources.kinds import format_position
 from syncer.stores import in_db
 from syncer.wiring import build_pipeline
 from syncer.worker import http, metrics, state
+from syncer.worker.copy_crew import CopyCrew
 from syncer.worker.live_subscriptions import LiveMatching, MatchingObserver, Observers
 from syncer.worker.ownership import Ownership
 from syncer.worker.supervisor import Supervisor
@@ -101,6 +102,8 @@ class Runner:
         self.ownership = Ownership(self.worker_id)
         self.pipelines: dict[str, Pipeline] = {}
         """The pipelines running now, by subscription name (metrics read it)."""
+        self.crew: CopyCrew | None = None
+        """This worker's share of the shared copies (SYNCER_COPY_SHARED), while it runs."""
         self.supervisors: dict[int, Supervisor] = {}
         """The subscriptions this worker owns, by id."""
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -171,10 +174,16 @@ class Runner:
         if self.matching is not None:
             helpers.append(asyncio.create_task(self._refresh_live(), name="live refresh"))
             helpers.append(asyncio.create_task(self._expire_live(), name="live expiry"))
+        crew = None
+        if conf.worker().copy_shared:
+            self.crew = CopyCrew(self.worker_id, self.names)
+            crew = asyncio.create_task(self.crew.run(stop), name="copy crew")
         await stop.wait()
         for helper in helpers:
             helper.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+        if crew is not None:
+            await asyncio.gather(crew, return_exceptions=True)  # it stops with `stop`
         log.info("worker_stopping", timeout_s=self.shutdown_timeout)
         flushed = await self._stop_all()
         await self._stop_live(publishing, live_stop)

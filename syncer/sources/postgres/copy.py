@@ -192,6 +192,8 @@ class _Chunk:
     position: Position | None = None
     """Its high watermark's position, once the stream met it (then it is emitted)."""
     emitted_at: float = 0.0
+    keys: list[DocKey] | None = None
+    """A recheck: these keys, wherever they are, rather than the next ones in order."""
 
 
 Clock = Callable[[], float]
@@ -210,8 +212,14 @@ class ChunkedCopy:
         cursor: CopyCursor,
         *,
         chunk_rows: int = 0,
+        upto: list[str] | None = None,
+        before: Xids | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
+        """`upto` ends the copy at that key (included), a shared copy's range; `before`
+        is the snapshot of a stream that began after the copy's table was written to
+        (a helper's temporary slot): the transactions it shows committed are not in the
+        stream's history, and a chunk that did not see one of them is read again."""
         self.cursor = cursor
         self.table = table
         self.order = order
@@ -227,9 +235,13 @@ class ChunkedCopy:
         self._decoders: tuple[Decoder, ...] = ()
         self._columns = tuple(name for name, _ in table.columns)
         self._order_index = tuple(self._columns.index(c) for c in order.columns)
+        self._key_types = dict(zip(order.columns, order.types, strict=True))
         self._chunks: collections.deque[_Chunk] = collections.deque()
         """Read or being read, then emitted and not yet acknowledged; in order."""
         self._next_after = cursor.after
+        self._upto = upto
+        self._before = before
+        self._recheck: list[DocKey] | None = None
         self._exhausted = False  # a chunk came back short: no more to read
         self._task: asyncio.Task[None] | None = None
         self._fixed = chunk_rows > 0
@@ -288,7 +300,8 @@ class ChunkedCopy:
         if len(self._chunks) >= 2:
             return
         self._seq += 1
-        chunk = _Chunk(self._seq, self._next_after)
+        chunk = _Chunk(self._seq, self._next_after, keys=self._recheck)
+        self._recheck = None
         self._chunks.append(chunk)
         self._task = asyncio.create_task(self._read(chunk), name=f"copy {self._slot}")
 
@@ -307,7 +320,12 @@ class ChunkedCopy:
                 cursor = conn.cursor()
                 for oid in {oid for _, oid in self.table.columns}:
                     cursor.adapters.register_loader(oid, TextLoader)
-                await cursor.execute(self._query(chunk.after), chunk.after)
+                if chunk.keys is not None:
+                    params: list[Any] = [value for key in chunk.keys for value in key]
+                    await cursor.execute(self._keys_query(len(chunk.keys)), params)
+                else:
+                    params = [*(chunk.after or ()), *(self._upto or ())]
+                    await cursor.execute(self._query(chunk.after), params)
                 rows = await cursor.fetchall()
             # Decoded before the high watermark is written: the stream may meet it at once.
             self._take_rows(chunk, rows, limit)
@@ -317,16 +335,39 @@ class ChunkedCopy:
         table, order = self.table, self.order
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in self._columns)
         keys = sql.SQL(", ").join(sql.Identifier(c) for c in order.columns)
-        where: sql.Composable = sql.SQL("")
+        values = sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(t)) for t in order.types
+        )
+        # Row comparisons, which the index answers from where the last chunk ended.
+        bounds: list[sql.Composable] = []
         if after is not None:
-            # A row comparison, which the index answers from where the last chunk ended.
-            values = sql.SQL(", ").join(
-                sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(t)) for t in order.types
-            )
-            where = sql.SQL("WHERE ({}) > ({}) ").format(keys, values)
+            bounds.append(sql.SQL("({}) > ({})").format(keys, values))
+        if self._upto is not None:
+            bounds.append(sql.SQL("({}) <= ({})").format(keys, values))
+        where = (
+            sql.SQL("WHERE {} ").format(sql.SQL(" AND ").join(bounds)) if bounds else sql.SQL("")
+        )
         return sql.SQL("SELECT {} FROM {} {}ORDER BY {} LIMIT {}").format(
             columns, table.identifier, where, keys, sql.Literal(self._size)
         )
+
+    def _keys_query(self, count: int) -> sql.Composed:
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in self._columns)
+        keys = sql.SQL(", ").join(sql.Identifier(c) for c in self.table.key)
+        key = sql.SQL("({})").format(
+            sql.SQL(", ").join(
+                sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(self._key_types[c]))
+                for c in self.table.key
+            )
+        )
+        return sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
+            columns, self.table.identifier, keys, sql.SQL(", ").join([key] * count)
+        )
+
+    def recheck(self, keys: list[DocKey]) -> None:
+        """Read these keys first, a chunk of their own: those there go out as rows, those
+        gone as deletes (a shared copy's helper that died may have written them)."""
+        self._recheck = keys or None
 
     def _take_rows(self, chunk: _Chunk, rows: list[tuple[Any, ...]], limit: int) -> None:
         columns, decoders, keys = self._columns, self._decoders, self.table.key
@@ -337,6 +378,9 @@ class ChunkedCopy:
                 for name, decode, value in zip(columns, decoders, values, strict=True)
             }
             changes.append(RowChange(RowOp.INSERT, tuple([document[k] for k in keys]), document))
+        if chunk.keys is not None:
+            chunk.full = True  # the copy goes on where it stood
+            return
         chunk.asked = limit
         chunk.full = len(rows) >= limit
         if rows:
@@ -394,6 +438,8 @@ class ChunkedCopy:
         assert chunk.xids is not None and chunk.low is not None
         low, xids = chunk.low, chunk.xids
         missed = [x for x, at in self._history.items() if at <= low and not xids.sees(x)]
+        if self._before is not None:
+            missed += [x for x in xids.running if self._before.sees(x)]
         self._forget_before(xids.xmin)
         if missed:
             self._read_again(chunk, missed)
@@ -404,7 +450,11 @@ class ChunkedCopy:
         chunk.emitted_at = self._clock()
         chunk.rows = []
         cursor = self.cursor
-        cursor.rows += len(rows)
+        if chunk.keys is not None:
+            found = {r.key for r in rows} | touched
+            rows += [RowChange(RowOp.DELETE, k) for k in chunk.keys if k not in found]
+        else:
+            cursor.rows += len(rows)
         if chunk.last is not None:
             cursor.after = chunk.last
         out = [
@@ -444,6 +494,8 @@ class ChunkedCopy:
         while self._chunks and self._chunks[-1] is not chunk:
             self._chunks.pop()
         self._chunks.pop()
+        if chunk.keys is not None:
+            self._recheck = chunk.keys
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None

@@ -97,6 +97,20 @@ SELECT CASE WHEN c.relkind = 'p' THEN
        ELSE c.reltuples::bigint END
 FROM pg_class c WHERE c.oid = %(oid)s
 
+-- name: relation_pages
+-- Pages on disk now (what TABLESAMPLE SYSTEM samples), over the leaf partitions of a
+-- partitioned table.
+SELECT CASE WHEN c.relkind = 'p' THEN
+         (SELECT sum(pg_relation_size(t.relid))
+          FROM pg_partition_tree(c.oid) t WHERE t.isleaf)
+       ELSE pg_relation_size(c.oid) END / current_setting('block_size')::int
+FROM pg_class c WHERE c.oid = %(oid)s
+
+-- name: emit_marker
+-- A shared copy's helper's settle marker: not transactional, so it is in the stream
+-- at once, after every commit before it (see syncer/sources/postgres/shared.py).
+SELECT pg_logical_emit_message(false, %(prefix)s, %(content)s)
+
 -- name: emit_watermark
 -- A watermark of the chunked copy, in the change stream (transactional: it is sent at
 -- its commit, in commit order with the table's changes).

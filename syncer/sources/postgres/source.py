@@ -48,6 +48,7 @@ from syncer.sources.postgres.copy import (
     copy_order,
 )
 from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.postgres.shared import RANGE_ROWS, CopyBoard, SharedCopy
 from syncer.sources.postgres.stream import ReplicationStream
 from syncer.sources.sqlerrors import translated
 from syncer.sources.values import Decoder, make_decoder
@@ -74,6 +75,13 @@ class PostgresSourceConfig:
     connect_timeout: int = 10
     copy_chunk_rows: int = 0
     """Rows per chunk of a resumable copy; 0: sized to the sink's speed."""
+    copy_board: CopyBoard | None = field(default=None, repr=False)
+    """Where a shared copy's ranges are leased (SYNCER_COPY_SHARED); None: this
+    source copies its table itself."""
+    copy_index: str = ""
+    """The index a shared copy's helpers write to (the sink's)."""
+    copy_range_rows: int = RANGE_ROWS
+    """Rows per range of a shared copy, as the planner estimates them."""
     resolve_dsn: DsnResolver = field(default=as_given, repr=False)
     """`syncer.dsn.resolve` in the worker (see `syncer.sources.dsn`)."""
 
@@ -126,6 +134,7 @@ class PostgresSource:
         self._xid = 0  # the current transaction's
         self._mark: bytes | None = None  # the current transaction's watermark, if ours
         self._copy: ChunkedCopy | None = None
+        self._shared: SharedCopy | None = None  # a shared copy this source watches
         self._copied: list[Transaction] = []  # what the copy emitted, not yet read out
         self.one_pass_reason = ""
         """Why the copy, if any, is one pass rather than chunked (for the status)."""
@@ -146,7 +155,7 @@ class PostgresSource:
         self._conninfo = self.config.resolve_dsn(self.config.dsn)
         self._read_upto = self._acked = 0
         self._current = self._mark = None
-        self._copy, self._copied = None, []
+        self._copy, self._copied, self._shared = None, [], None
         self._streams.clear()
         with translated("connecting to the source"):
             self._conn = await AsyncConnection.connect(
@@ -246,7 +255,12 @@ class PostgresSource:
             if saved is not None and saved.request == wanted:
                 cursor = saved
                 cursor.resumes += 1
-                after = "the first row" if cursor.after is None else f"key {tuple(cursor.after)}"
+                if self.config.copy_board is not None:
+                    after = "its ranges' cursors"
+                elif cursor.after is None:
+                    after = "the first row"
+                else:
+                    after = f"key {tuple(cursor.after)}"
                 message = (
                     f"copy of {table.qualified} resumed after {cursor.rows:,} rows, from "
                     f"{after} (resume {cursor.resumes})"
@@ -257,6 +271,9 @@ class PostgresSource:
                 # A resync in place, or a first copy interrupted before any chunk:
                 # documents may be in the index that the table no longer has.
                 cursor = CopyCursor(wanted, self._acked, sweep=True)
+        if self.config.copy_board is not None:
+            await self._share_copy(table, order, cursor)
+            return
         copy = ChunkedCopy(
             self._conninfo,
             self.config.connect_timeout,
@@ -274,6 +291,27 @@ class PostgresSource:
             since=format_lsn(cursor.since),
             rows=cursor.rows,
             sweep=cursor.sweep,
+        )
+
+    async def _share_copy(self, table: Table, order: CopyOrder, cursor: CopyCursor) -> None:
+        """Plan the copy's ranges (unless resumed) for every worker's helper to copy."""
+        assert self.config.copy_board is not None
+        conn = self._require_conn()
+        with translated(f"planning the copy of {table.qualified}"):
+            row = await (
+                await conn.execute(QUERIES["estimated_rows"], {"oid": table.oid})
+            ).fetchone()
+            estimate = int(row[0]) if row and row[0] is not None and row[0] > 0 else None
+            shared = SharedCopy(self.config.copy_board, cursor, estimate, self.config.copy_index)
+            ranges = await shared.start(conn, table, order, self.config.copy_range_rows)
+        self._shared = shared
+        self._log.info(
+            "copy_started",
+            index=order.index,
+            since=format_lsn(cursor.since),
+            rows=cursor.rows,
+            sweep=cursor.sweep,
+            shared_ranges=ranges,
         )
 
     async def close(self) -> None:
@@ -327,6 +365,12 @@ class PostgresSource:
                 if self._current is None:
                     self._progressed_at = stream.heard_at
                 break
+        shared = self._shared
+        if shared is not None:
+            at = transactions[-1].position if transactions else self._read_upto
+            transactions += await shared.poll(at, time.time())
+            if shared.done:
+                self._shared = None
         if transactions:
             self._read_upto = transactions[-1].position
         if copy is not None and copy.done:

@@ -31,11 +31,13 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+import psycopg.sql
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
 from syncer.engine.changes import Position
+from syncer.sources.positions import parse_lsn
 from syncer.sources.sqlerrors import translated
 
 
@@ -51,11 +53,20 @@ class ReplicationStream:
         status_interval: int = 1,
         keepalive_interval: float = 10.0,
         messages: bool = False,
+        temporary: bool = False,
     ) -> None:
         self.slot_name = slot_name
         self.messages = messages
         """Ask for logical messages too (pgoutput's `messages` option, PostgreSQL 14+):
         the chunked copy's watermarks."""
+        self.temporary = temporary
+        """Create the slot, TEMPORARY, on this session before streaming it: PostgreSQL
+        drops it when the session ends, however the process ends (a shared copy's helper)."""
+        self.created_at: Position = 0
+        """A temporary slot's consistent point: the stream starts there."""
+        self.created_snapshot = ""
+        """The transaction ids (pg_snapshot's text) of the snapshot the temporary slot
+        exported: every transaction it shows as committed is before `created_at`."""
         self.publication = publication
         self.status_interval = status_interval
         self.keepalive_interval = keepalive_interval
@@ -107,6 +118,8 @@ class ReplicationStream:
             timeout_ms = int(row[0]) if row else 0
             if timeout_ms > 0:  # 0: the server never times a session out
                 self.keepalive_interval = min(self.keepalive_interval, timeout_ms / 4000)
+            if self.temporary:
+                start_lsn = self._create_temporary(cursor)
             # Protocol 1 sends every value as text, as `syncer.sources.values` decodes.
             options = {"proto_version": "1", "publication_names": self.publication}
             if self.messages:
@@ -124,6 +137,26 @@ class ReplicationStream:
             conn.close()
             raise
         return conn, cursor
+
+    def _create_temporary(self, cursor: Any) -> Position:
+        cursor.execute(
+            f"CREATE_REPLICATION_SLOT {self.slot_name} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
+        )
+        _, consistent_point, snapshot_name, _ = cursor.fetchone()
+        # The exported snapshot lives until this session's next command: read its ids now.
+        with psycopg.connect(self._conninfo, connect_timeout=self._connect_timeout) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            conn.execute(
+                psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                    psycopg.sql.Literal(snapshot_name)
+                )
+            )
+            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+        assert row is not None
+        self.created_at = parse_lsn(str(consistent_point))
+        self.created_snapshot = str(row[0])
+        return self.created_at
 
     def read(self, limit: int) -> list[bytes]:
         """Up to `limit` pgoutput messages already received (never blocks)."""

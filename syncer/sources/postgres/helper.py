@@ -1,0 +1,252 @@
+"""A helper of shared copies (`shared`): a worker's copier of one subscription's ranges.
+
+It takes a free range, copies it a chunk at a time between watermarks of its own
+stream (a TEMPORARY slot, dropped by PostgreSQL with the process), as the owner copies a
+whole table (`copy.ChunkedCopy`), and sends again the deletes of keys it copied until
+they are settled (`shared` says why); then it takes the next range, until none is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import secrets
+from dataclasses import dataclass, replace
+
+import structlog
+from psycopg import AsyncConnection
+
+from syncer.engine.changes import DocKey, Position, RowChange, RowOp, Transaction, TxKind
+from syncer.engine.interfaces import ResumeState
+from syncer.errors import SourceConfigError
+from syncer.sources.postgres import pgoutput
+from syncer.sources.postgres.catalog import describe_table
+from syncer.sources.postgres.copy import (
+    PREFIX,
+    ChunkedCopy,
+    CopyCursor,
+    CopyOrder,
+    Xids,
+    copy_order,
+)
+from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.postgres.shared import Bound, Lease, RangeLeases
+from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
+from syncer.sources.postgres.stream import ReplicationStream
+from syncer.sources.sqlerrors import translated
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Written:
+    """A chunk the helper sent out, whose keys' deletes it sends again until settled."""
+
+    position: Position
+    keys: set[DocKey]
+    cursor: Bound
+    rows: int
+    marker: int = 0
+    """The settle marker emitted once the chunk was written; 0 before."""
+
+
+class CopyHelperSource(PostgresSource):
+    """A helper of one subscription's shared copies: its ranges, one after another."""
+
+    def __init__(
+        self, config: PostgresSourceConfig, leases: RangeLeases, first: Lease | None = None
+    ) -> None:
+        super().__init__(config)
+        self.leases = leases
+        self.finished = asyncio.Event()
+        """Set once no range is left to take: the helper's pipeline may stop."""
+        self.ranges_done = 0
+        self._lease = first
+        """The range being copied, as last recorded in its row."""
+        self._opened = False
+        self._index = None if first is None else first.index
+        self._written: collections.deque[_Written] = collections.deque()
+        self._markers = 0
+        self._settled_upto = 0
+        self._range_read = False
+        self._before: Xids | None = None
+        self._order: CopyOrder | None = None
+        self._helper_slot = f"{config.slot_name}_copy_{secrets.token_hex(3)}"
+        self._log = log.bind(subscription=config.name, slot=self._helper_slot)
+
+    async def open(self, resume: ResumeState) -> None:
+        self._conninfo = self.config.resolve_dsn(self.config.dsn)
+        self._streams.clear()
+        self._current = self._mark = None
+        self._copy, self._copied = None, []
+        with translated("connecting to the source"):
+            self._conn = conn = await AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=self.config.connect_timeout
+            )
+            self._table = table = await describe_table(
+                conn, self.config.relation, self.config.key_columns
+            )
+            order = await copy_order(conn, table)
+        if isinstance(order, str):
+            raise SourceConfigError(f"cannot help copy {table.qualified}: {order}")
+        self._order = order
+        # A stream of its own, from a slot of its own: created now, gone with the session.
+        self._helper_slot = f"{self.config.slot_name}_copy_{secrets.token_hex(3)}"
+        self._log = log.bind(subscription=self.config.name, slot=self._helper_slot)
+        stream = ReplicationStream(
+            self._conninfo,
+            self._helper_slot,
+            self.publication,
+            connect_timeout=self.config.connect_timeout,
+            messages=True,
+            temporary=True,
+        )
+        self._stream = stream
+        await stream.start(0)
+        self._acked = self._read_upto = stream.created_at
+        self._before = Xids.parse(stream.created_snapshot)
+        self._markers = self._settled_upto = 0
+        self._written.clear()
+        if self._opened:
+            # After a failure the lease may be gone with its connection: take one again
+            # (this range, if still free), as its row says it stands.
+            self._lease = await self.leases.take(self._index)
+        self._opened = True
+        await self._start_range()
+
+    async def _start_range(self) -> None:
+        lease = self._lease
+        if lease is None:
+            self.finished.set()
+            return
+        assert self._table is not None and self._order is not None
+        self._range_read = False
+        cursor = CopyCursor(lease.copy, 0, False, lease.cursor or lease.range.after, lease.rows)
+        copy = ChunkedCopy(
+            self._conninfo,
+            self.config.connect_timeout,
+            self._helper_slot,
+            self._table,
+            self._order,
+            cursor,
+            chunk_rows=self.config.copy_chunk_rows,
+            upto=lease.range.upto,
+            before=self._before,
+        )
+        copy.recheck(list(lease.pending))
+        self._copy = copy
+        await copy.open()
+        self._log.info(
+            "copy_range_taken",
+            range=lease.seq,
+            after=cursor.after,
+            rows=lease.rows,
+            rechecked=len(lease.pending),
+        )
+
+    async def read(self, max_changes: int) -> list[Transaction]:
+        await self._settle()
+        if self.finished.is_set():
+            return []
+        out: list[Transaction] = []
+        for tx in await super().read(max_changes):
+            if tx.kind is TxKind.COPY_CHUNK:
+                state = (tx.source_state or {}).get("copy", {})
+                keys = {change.key for change in tx.changes}
+                self._written.append(
+                    _Written(tx.position, keys, state.get("after"), int(state["rows"]))
+                )
+                await self._record()  # before it goes out: a successor must know of it
+                out.append(tx)
+            elif tx.kind is TxKind.SNAPSHOT_END:
+                self._range_read = True  # the range's end, not the copy's: the owner's
+            else:
+                deletes = self._deletes_of_copied(tx.changes)
+                if deletes:
+                    out.append(Transaction(tx.position, tx.commit_time, deletes))
+        return out
+
+    def _deletes_of_copied(self, changes: list[RowChange]) -> list[RowChange]:
+        """The deletes among `changes` of keys in a chunk not yet settled (see above)."""
+        written = self._written
+        if not written:
+            return []
+        out = []
+        for change in changes:
+            if change.op is RowOp.DELETE:
+                gone: DocKey = change.key
+            elif change.old_key is not None and change.old_key != change.key:
+                gone = change.old_key
+            else:
+                continue
+            if any(gone in chunk.keys for chunk in written):
+                out.append(RowChange(RowOp.DELETE, gone))
+        return out
+
+    def _take(self, message: pgoutput.Message) -> Transaction | None:
+        if (
+            isinstance(message, pgoutput.LogicalMessage)
+            and not message.transactional
+            and message.prefix == PREFIX
+        ):
+            slot, _, seq = message.content.decode(errors="replace").partition(" settle ")
+            if slot == self._helper_slot and seq.isdigit():
+                self._settled_upto = max(self._settled_upto, int(seq))
+            return None
+        return super()._take(message)
+
+    async def acknowledge(self, position: Position) -> None:
+        await super().acknowledge(position)
+        # Written: a marker after them, which the stream brings back (see above).
+        written = [c for c in self._written if not c.marker and c.position <= position]
+        if written:
+            self._markers += 1
+            for chunk in written:
+                chunk.marker = self._markers
+            content = f"{self._helper_slot} settle {self._markers}"
+            with translated("marking the copied chunks"):
+                await self._require_conn().execute(
+                    QUERIES["emit_marker"], {"prefix": PREFIX, "content": content}
+                )
+
+    def _pending(self) -> list[DocKey]:
+        return [key for chunk in self._written for key in chunk.keys]
+
+    async def _record(self, cursor: Bound = None, rows: int | None = None) -> None:
+        """Save the range's cursor (the last chunk settled) and the keys out unsettled."""
+        lease = self._lease
+        if lease is None:
+            return
+        if rows is not None:
+            lease = replace(lease, cursor=cursor, rows=rows)
+        lease = self._lease = replace(lease, pending=self._pending())
+        if not await self.leases.progress(lease, lease.cursor, lease.rows, lease.pending):
+            self._log.info("copy_range_gone", range=lease.seq)  # another copy began
+            await self._next_range()
+
+    async def _settle(self) -> None:
+        """Record the chunks whose marker came back; finish the range, take the next."""
+        written = self._written
+        settled = None
+        while written and written[0].marker and written[0].marker <= self._settled_upto:
+            settled = written.popleft()
+        if settled is not None:
+            await self._record(settled.cursor, settled.rows)
+        lease = self._lease
+        if lease is None or not self._range_read or written:
+            return
+        await self.leases.finish(lease, lease.rows)
+        self.ranges_done += 1
+        self._log.info("copy_range_done", range=lease.seq, rows=lease.rows)
+        await self._next_range()
+
+    async def _next_range(self) -> None:
+        copy, self._copy = self._copy, None
+        if copy is not None:
+            await copy.close()
+        self._written.clear()
+        self._lease = await self.leases.take(self._index)
+        await self._start_range()
+
+    async def warnings(self) -> list[str]:
+        return []  # the owner's slot is the owner's to watch
