@@ -364,6 +364,16 @@ class ChunkedCopy:
             columns, self.table.identifier, keys, sql.SQL(", ").join([key] * count)
         )
 
+    async def move_to(self, cursor: CopyCursor, upto: list[str] | None) -> None:
+        """Go on with another range (a shared copy's helper's next lease) once `open`ed
+        again, keeping what this stream taught it: the history and the chunk size.
+        Chunks still out are forgotten (their range's helper no longer cares)."""
+        await self.close()
+        self._chunks.clear()
+        self.cursor, self._next_after, self._upto = cursor, cursor.after, upto
+        self.done = self._exhausted = False
+        self._recheck = None
+
     def recheck(self, keys: list[DocKey]) -> None:
         """Read these keys first, a chunk of their own: those there go out as rows, those
         gone as deletes (a shared copy's helper that died may have written them)."""

@@ -70,6 +70,8 @@ class CopyHelperSource(PostgresSource):
         self._settled_upto = 0
         self._range_read = False
         self._before: Xids | None = None
+        self._ranges: ChunkedCopy | None = None
+        """The copy of this session's ranges, one after another (see `_start_range`)."""
         self._order: CopyOrder | None = None
         self._helper_slot = f"{config.slot_name}_copy_{secrets.token_hex(3)}"
         self._log = log.bind(subscription=config.name, slot=self._helper_slot)
@@ -107,6 +109,7 @@ class CopyHelperSource(PostgresSource):
         self._before = Xids.parse(stream.created_snapshot)
         self._markers = self._settled_upto = 0
         self._written.clear()
+        self._ranges = None
         if self._opened:
             # After a failure the lease may be gone with its connection: take one again
             # (this range, if still free), as its row says it stands.
@@ -122,20 +125,27 @@ class CopyHelperSource(PostgresSource):
         assert self._table is not None and self._order is not None
         self._range_read = False
         cursor = CopyCursor(lease.copy, 0, False, lease.cursor or lease.range.after, lease.rows)
-        copy = ChunkedCopy(
-            self._conninfo,
-            self.config.connect_timeout,
-            self._helper_slot,
-            self._table,
-            self._order,
-            cursor,
-            chunk_rows=self.config.copy_chunk_rows,
-            upto=lease.range.upto,
-            before=self._before,
-        )
+        copy = self._ranges
+        if copy is None:
+            copy = self._ranges = ChunkedCopy(
+                self._conninfo,
+                self.config.connect_timeout,
+                self._helper_slot,
+                self._table,
+                self._order,
+                cursor,
+                chunk_rows=self.config.copy_chunk_rows,
+                upto=lease.range.upto,
+                before=self._before,
+            )
+        else:
+            # One copy for the stream's whole session: the transactions it has seen
+            # since the slot began are what its race check needs, range after range.
+            await copy.move_to(cursor, lease.range.upto)
         copy.recheck(list(lease.pending))
         self._copy = copy
         await copy.open()
+        copy.advance()  # now: the stream may be quiet, and nothing else would wake a read
         self._log.info(
             "copy_range_taken",
             range=lease.seq,
@@ -164,6 +174,7 @@ class CopyHelperSource(PostgresSource):
                 deletes = self._deletes_of_copied(tx.changes)
                 if deletes:
                     out.append(Transaction(tx.position, tx.commit_time, deletes))
+        await self._settle()  # a marker just read: the next range need not wait a poll
         return out
 
     def _deletes_of_copied(self, changes: list[RowChange]) -> list[RowChange]:
@@ -240,13 +251,21 @@ class CopyHelperSource(PostgresSource):
         self._log.info("copy_range_done", range=lease.seq, rows=lease.rows)
         await self._next_range()
 
+    async def _copy_finished(self, copy: ChunkedCopy) -> None:
+        """The range is read: its chunks are acknowledged to the copy all the same (which
+        `_settle` waits for), and the next range goes on with it."""
+
     async def _next_range(self) -> None:
-        copy, self._copy = self._copy, None
-        if copy is not None:
-            await copy.close()
+        self._copy = None
         self._written.clear()
         self._lease = await self.leases.take(self._index)
         await self._start_range()
+
+    async def close(self) -> None:
+        ranges, self._ranges = self._ranges, None
+        if ranges is not None and ranges is not self._copy:
+            await ranges.close()
+        await super().close()
 
     async def warnings(self) -> list[str]:
         return []  # the owner's slot is the owner's to watch

@@ -374,9 +374,13 @@ class PostgresSource:
         if transactions:
             self._read_upto = transactions[-1].position
         if copy is not None and copy.done:
-            self._copy = None
-            await copy.close()
+            await self._copy_finished(copy)
         return transactions
+
+    async def _copy_finished(self, copy: ChunkedCopy) -> None:
+        """The copy's last chunk went out: it is done with."""
+        self._copy = None
+        await copy.close()
 
     async def wait(self, timeout: float) -> None:
         if self._stream is not None:
