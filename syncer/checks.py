@@ -66,6 +66,15 @@ def check_worker_settings(app_configs: Any, **kwargs: Any) -> list[CheckMessage]
                 id="syncer.E016",
             )
         )
+    if int(getattr(settings, "SYNCER_COPY_RANGE_ROWS", 50_000)) < 1:
+        errors.append(
+            Error(
+                "SYNCER_COPY_RANGE_ROWS must be at least 1: it is how many rows a shared "
+                "copy's range holds, as planned.",
+                hint="e.g. 50000",
+                id="syncer.E017",
+            )
+        )
     if int(getattr(settings, "SYNCER_API_DLQ_MAX", 1000)) < 1:
         errors.append(
             Error("SYNCER_API_DLQ_MAX must be at least 1.", hint="e.g. 1000", id="syncer.E007")

@@ -132,6 +132,7 @@ def test_a_live_subscription_loads_cel_and_its_changes_are_matched(
     [
         ({"LOG_FORMAT": "xml"}, "syncer.E004"),
         ({"SYNCER_BULK_CONCURRENCY": "0"}, "syncer.E016"),
+        ({"SYNCER_COPY_RANGE_ROWS": "0"}, "syncer.E017"),
         ({"OPENSEARCH_URL": "127.0.0.1:9200"}, "syncer.E001"),
         ({"LIVE_NATS_STREAM": "no spaces"}, "syncer.E014"),
     ],

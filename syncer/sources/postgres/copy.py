@@ -256,6 +256,9 @@ class ChunkedCopy:
         self._log = log.bind(slot=slot)
 
     async def open(self) -> None:
+        """Connect (again, after `close`); nothing if connected."""
+        if self._conn is not None and not self._conn.closed:
+            return
         with translated(f"opening the copy of {self.table.qualified}"):
             self._conn = conn = await AsyncConnection.connect(
                 self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
@@ -368,7 +371,9 @@ class ChunkedCopy:
         """Go on with another range (a shared copy's helper's next lease) once `open`ed
         again, keeping what this stream taught it: the history and the chunk size.
         Chunks still out are forgotten (their range's helper no longer cares)."""
-        await self.close()
+        if self._task is not None and not self._task.done():
+            await self.close()  # a read cut short may leave its session mid-transaction
+        self._task = None
         self._chunks.clear()
         self.cursor, self._next_after, self._upto = cursor, cursor.after, upto
         self.done = self._exhausted = False

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
 from psycopg import AsyncConnection, sql
 
 from syncer.engine.changes import CopyProgress, DocKey, Position, Transaction, TxKind
@@ -46,6 +47,8 @@ from syncer.sources.postgres.catalog import Table
 from syncer.sources.postgres.copy import CopyCursor, CopyOrder
 from syncer.sources.postgres.queries import QUERIES
 from syncer.sources.sqlerrors import translated
+
+log = structlog.get_logger(__name__)
 
 RANGE_ROWS = 50_000
 """Rows per range, as the planner estimates them: a helper that dies loses at most a
@@ -188,6 +191,7 @@ class SharedCopy:
         self.done = False
         self._polled_at = 0.0
         self._reported = -1
+        self._planner: tuple[AsyncConnection[tuple[Any, ...]], Table, CopyOrder, int]
 
     async def start(
         self,
@@ -197,8 +201,13 @@ class SharedCopy:
         range_rows: int = RANGE_ROWS,
     ) -> int:
         """Write the plan unless it is there (a resumed copy); return its ranges."""
+        self._planner = conn, table, order, range_rows
         if await self.board.planned(self.copy):
             return (await self.board.progress(self.copy)).ranges
+        return await self._plan()
+
+    async def _plan(self) -> int:
+        conn, table, order, range_rows = self._planner
         ranges = await plan_ranges(conn, table, order, self.estimate, range_rows)
         await self.board.plan(self.copy, ranges, self.index)
         return len(ranges)
@@ -211,6 +220,12 @@ class SharedCopy:
             return []
         self._polled_at = now
         figures = await self.board.progress(self.copy)
+        if not figures.ranges:
+            # Deleted behind the worker's back (by hand, or a reset of the subscription):
+            # the copy goes on over ranges planned again, and rewrites what was copied.
+            log.warning("copy_ranges_missing", copy=self.copy)
+            await self._plan()
+            return []
         cursor = self.cursor
         out = []
         if figures.rows != self._reported:
@@ -225,7 +240,7 @@ class SharedCopy:
                     copied=CopyProgress(cursor.rows, self.estimate, cursor.resumes),
                 )
             )
-        if figures.ranges and figures.done == figures.ranges:
+        if figures.done == figures.ranges:
             self.done = True
             out.append(
                 Transaction(
