@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -80,14 +79,12 @@ from bench.run import (  # noqa: E402
     PREFIX,
     TABLE_DDL,
     Bench,
-    BenchTimeout,
     Budget,
     LiveLoad,
     Writer,
-    machine_note,
     mb,
     plan_ops,
-    save_results,
+    run_bench,
     say,
     wait_until,
 )
@@ -435,27 +432,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up as on Ctrl-C
-    budget = Budget(args.budget)
-    results: dict[str, Any] = {"args": vars(args), "machine": machine_note(), "sinks": {}}
-    code = 0
-    try:
+
+    def measure(results: dict[str, Any], budget: Budget) -> None:
+        results["sinks"] = {}
         for sink in args.sink:
             for concurrency in args.bulk_concurrency:
                 # One concurrency keeps the old names, so older results compare directly.
                 run = sink if len(args.bulk_concurrency) == 1 else f"{sink} x{concurrency}"
                 say(f"sink {run}")
                 results["sinks"][run] = run_sink(sink, args, budget, concurrency)
-    except KeyboardInterrupt:
-        say("interrupted")
-        code = 130
-    except (BenchTimeout, RuntimeError, psycopg.Error) as exc:
-        say(f"failed: {exc}")
-        code = 1
-    path = save_results("ceiling", results)
+
+    code, results = run_bench("ceiling", args, measure)
     if code == 0:
         report(results)
-    say(f"results in {path.relative_to(ROOT)} (subscriptions named {PREFIX}*)")
     return code
 
 

@@ -43,16 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ceiling import SINKS, CeilingBench
 from bench.run import (
     PREFIX,
-    ROOT,
     TABLE_DDL,
-    BenchTimeout,
     Budget,
     Worker,
     Writer,
     fill_table,
-    machine_note,
     percentile,
-    save_results,
+    run_bench,
     say,
     wait_until,
 )
@@ -272,26 +269,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    budget = Budget(args.budget)
-    results: dict[str, Any] = {"args": vars(args), "machine": machine_note()}
-    code = 0
-    try:
+
+    def measure(results: dict[str, Any], budget: Budget) -> None:
         if "restarts" in args.only:
             results["restarts"] = run_restarts(args, budget)
             r = results["restarts"]
             say(f"restarted / undisturbed: {r['restarted_over_plain']:.3f} (target: within 10%)")
         if "lag" in args.only:
             results["lag"] = {sink: run_lag(sink, args, budget) for sink in args.lag_sink}
-    except KeyboardInterrupt:
-        say("interrupted")
-        code = 130
-    except (BenchTimeout, RuntimeError, psycopg.Error) as exc:
-        say(f"failed: {exc}")
-        code = 1
-    path = save_results("copy", results)
-    say(f"results in {path.relative_to(ROOT)}")
-    return code
+
+    return run_bench("copy", args, measure)[0]
 
 
 if __name__ == "__main__":

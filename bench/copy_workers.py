@@ -28,8 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ceiling import SINKS
@@ -39,10 +37,8 @@ from bench.run import (
     ARTIFACTS,
     PREFIX,
     ROOT,
-    BenchTimeout,
     Budget,
-    machine_note,
-    save_results,
+    run_bench,
     say,
     wait_until,
 )
@@ -177,21 +173,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    budget = Budget(args.budget)
-    results: dict[str, Any] = {"args": vars(args), "machine": machine_note()}
-    code = 0
-    try:
+
+    def measure(results: dict[str, Any], budget: Budget) -> None:
         results["sinks"] = {sink: run_sink(sink, args, budget) for sink in args.sink}
-    except KeyboardInterrupt:
-        say("interrupted")
-        code = 130
-    except (BenchTimeout, RuntimeError, psycopg.Error) as exc:
-        say(f"failed: {exc}")
-        code = 1
-    path = save_results("copy_workers", results)
-    say(f"results in {path.relative_to(ROOT)}")
-    return code
+
+    return run_bench("copy_workers", args, measure)[0]
 
 
 if __name__ == "__main__":

@@ -1268,6 +1268,28 @@ def save_results(kind: str, results: dict[str, Any]) -> Path:
     return path
 
 
+def run_bench(
+    kind: str, args: argparse.Namespace, measure: Callable[[dict[str, Any], Budget], None]
+) -> tuple[int, dict[str, Any]]:
+    """The frame of a bench script: `measure` fills the results (args and machine noted
+    first) within `args.budget` seconds; a Ctrl-C, a SIGTERM or a failure ends it with
+    what it has, saved as `kind`. Return the exit code and the results."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up as on Ctrl-C
+    results: dict[str, Any] = {"args": vars(args), "machine": machine_note()}
+    code = 0
+    try:
+        measure(results, Budget(args.budget))
+    except KeyboardInterrupt:
+        say("interrupted")
+        code = 130
+    except (BenchTimeout, RuntimeError, psycopg.Error) as exc:
+        say(f"failed: {exc}")
+        code = 1
+    path = save_results(kind, results)
+    say(f"results in {path.relative_to(ROOT)} (subscriptions named {PREFIX}*)")
+    return code, results
+
+
 def phases(bench: Bench) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
     run = {"backfill": bench.backfill, "live": bench.live, "failures": bench.failures}
     for name in selected(bench.args):

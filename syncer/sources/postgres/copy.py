@@ -100,6 +100,35 @@ class CopyCursor:
     def state(self) -> dict[str, Any]:
         return {"copy": asdict(self)}
 
+    def chunk(
+        self,
+        position: Position,
+        commit_time: float,
+        rows: list[RowChange],
+        estimate: int | None,
+    ) -> Transaction:
+        """Copied rows going out at `position`, with the cursor as it stands after them."""
+        progress = CopyProgress(self.rows, estimate, self.resumes)
+        return Transaction(
+            position,
+            commit_time,
+            rows,
+            TxKind.COPY_CHUNK,
+            source_state=self.state(),
+            copied=progress,
+        )
+
+    def end(self, position: Position, commit_time: float) -> Transaction:
+        """The copy's end: the checkpoint loses the cursor; the sweep, if the copy has one."""
+        return Transaction(
+            position,
+            commit_time,
+            [],
+            TxKind.SNAPSHOT_END,
+            sweep_below=self.since if self.sweep else None,
+            source_state={},
+        )
+
     @classmethod
     def from_state(cls, state: Any) -> CopyCursor | None:
         """The cursor in a saved source state; None if there is none (or not one of ours)."""
@@ -472,28 +501,10 @@ class ChunkedCopy:
             cursor.rows += len(rows)
         if chunk.last is not None:
             cursor.after = chunk.last
-        out = [
-            Transaction(
-                position,
-                commit_time,
-                rows,
-                TxKind.COPY_CHUNK,
-                source_state=cursor.state(),
-                copied=CopyProgress(cursor.rows, self._estimate, cursor.resumes),
-            )
-        ]
+        out = [cursor.chunk(position, commit_time, rows, self._estimate)]
         if not chunk.full:
             self.done = True
-            out.append(
-                Transaction(
-                    position,
-                    commit_time,
-                    [],
-                    TxKind.SNAPSHOT_END,
-                    sweep_below=cursor.since if cursor.sweep else None,
-                    source_state={},
-                )
-            )
+            out.append(cursor.end(position, commit_time))
         return out
 
     def _read_again(self, chunk: _Chunk, missed: list[int]) -> None:

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import structlog
 from psycopg import AsyncConnection, sql
 
-from syncer.engine.changes import CopyProgress, DocKey, Position, Transaction, TxKind
+from syncer.engine.changes import DocKey, Position, Transaction
 from syncer.sources.postgres.catalog import Table
 from syncer.sources.postgres.copy import CopyCursor, CopyOrder
 from syncer.sources.postgres.queries import QUERIES
@@ -230,26 +230,8 @@ class SharedCopy:
         out = []
         if figures.rows != self._reported:
             self._reported = cursor.rows = figures.rows
-            out.append(
-                Transaction(
-                    position,
-                    commit_time,
-                    [],
-                    TxKind.COPY_CHUNK,
-                    source_state=cursor.state(),
-                    copied=CopyProgress(cursor.rows, self.estimate, cursor.resumes),
-                )
-            )
+            out.append(cursor.chunk(position, commit_time, [], self.estimate))
         if figures.done == figures.ranges:
             self.done = True
-            out.append(
-                Transaction(
-                    position,
-                    commit_time,
-                    [],
-                    TxKind.SNAPSHOT_END,
-                    sweep_below=cursor.since if cursor.sweep else None,
-                    source_state={},
-                )
-            )
+            out.append(cursor.end(position, commit_time))
         return out

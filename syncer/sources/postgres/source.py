@@ -271,30 +271,33 @@ class PostgresSource:
                 # A resync in place, or a first copy interrupted before any chunk:
                 # documents may be in the index that the table no longer has.
                 cursor = CopyCursor(wanted, self._acked, sweep=True)
+        shared: dict[str, int] = {}
         if self.config.copy_board is not None:
-            await self._share_copy(table, order, cursor)
-            return
-        copy = ChunkedCopy(
-            self._conninfo,
-            self.config.connect_timeout,
-            self.config.slot_name,
-            table,
-            order,
-            cursor,
-            chunk_rows=self.config.copy_chunk_rows,
-        )
-        self._copy = copy  # closed with the source, also if opening it fails
-        await copy.open()
+            shared["shared_ranges"] = await self._share_copy(table, order, cursor)
+        else:
+            copy = ChunkedCopy(
+                self._conninfo,
+                self.config.connect_timeout,
+                self.config.slot_name,
+                table,
+                order,
+                cursor,
+                chunk_rows=self.config.copy_chunk_rows,
+            )
+            self._copy = copy  # closed with the source, also if opening it fails
+            await copy.open()
         self._log.info(
             "copy_started",
             index=order.index,
             since=format_lsn(cursor.since),
             rows=cursor.rows,
             sweep=cursor.sweep,
+            **shared,
         )
 
-    async def _share_copy(self, table: Table, order: CopyOrder, cursor: CopyCursor) -> None:
-        """Plan the copy's ranges (unless resumed) for every worker's helper to copy."""
+    async def _share_copy(self, table: Table, order: CopyOrder, cursor: CopyCursor) -> int:
+        """Plan the copy's ranges (unless resumed) for every worker's helper to copy;
+        return how many there are."""
         assert self.config.copy_board is not None
         conn = self._require_conn()
         with translated(f"planning the copy of {table.qualified}"):
@@ -305,14 +308,7 @@ class PostgresSource:
             shared = SharedCopy(self.config.copy_board, cursor, estimate, self.config.copy_index)
             ranges = await shared.start(conn, table, order, self.config.copy_range_rows)
         self._shared = shared
-        self._log.info(
-            "copy_started",
-            index=order.index,
-            since=format_lsn(cursor.since),
-            rows=cursor.rows,
-            sweep=cursor.sweep,
-            shared_ranges=ranges,
-        )
+        return ranges
 
     async def close(self) -> None:
         if self._copy is not None:
