@@ -222,9 +222,15 @@ def test_a_helper_sends_again_a_delete_that_reached_the_index_before_its_chunk(
         source_conn.execute(f"DELETE FROM {table_name} WHERE id = 7")
         search.index(index="resent", id="7", body={"id": 7, "v": 0})  # as if copied before
         search.delete(index="resent", id="7", refresh=True)
+        # Deleted and inserted again in one transaction: it ends with a row, which the
+        # owner writes at that transaction's version; the helper must not delete it.
+        with source_conn.transaction():
+            source_conn.execute(f"DELETE FROM {table_name} WHERE id = 8")
+            source_conn.execute(f"INSERT INTO {table_name} VALUES (8, 5)")
         wait_for(lambda: CopyLease.objects.get(subscription=sub).done, timeout=30)
     docs = index_docs(search, "resent")
     assert "7" not in docs
+    assert "8" in docs  # (as the chunk read it: the owner, not running here, would write v 5)
     assert len(docs) == 299
     lease = CopyLease.objects.get(subscription=sub)
     assert lease.rows == 300  # as read: the row went after the chunk's snapshot
@@ -279,7 +285,7 @@ class _Near:
 def test_workers_share_a_copy_exactly_under_a_hostile_writer_though_each_is_killed(
     source_conn, source_dsn, table_name, make_subscription, search, opensearch_url, tmp_path
 ):
-    rows = 30_000
+    rows = 20_000
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int, pad text)")
     source_conn.execute(
         f"INSERT INTO {table_name} SELECT i, 0, 'x' FROM generate_series(1, %s) i", (rows,)
@@ -293,12 +299,12 @@ def test_workers_share_a_copy_exactly_under_a_hostile_writer_though_each_is_kill
             opensearch_url,
             logs[i],
             SYNCER_COPY_SHARED="1",
-            SYNCER_COPY_RANGE_ROWS="1500",
+            SYNCER_COPY_RANGE_ROWS="1000",
             SYNCER_COPY_CHUNK_ROWS="300",
         )
 
     workers = [worker(0), worker(1)]
-    writer = HostileWriter(source_dsn, table_name, _Near("shared"), rows + 1000, pause=0.005)
+    writer = HostileWriter(source_dsn, table_name, _Near("shared"), rows + 1000, pause=0.01)
 
     def done() -> int:
         return CopyLease.objects.filter(subscription__name="shared", done=True).count()
@@ -324,7 +330,7 @@ def test_workers_share_a_copy_exactly_under_a_hostile_writer_though_each_is_kill
         writer.stopping.set()
         codes = [w.terminate() for w in workers[2:]]
     assert codes == [0, 0], [w.output() for w in workers[2:]]
-    assert writer.count > 300 and writer.keys_changed > 30, writer.count
+    assert writer.count > 200 and writer.keys_changed > 20, writer.count
     leases = list(CopyLease.objects.filter(subscription__name="shared"))
     assert len(leases) == ranges >= 15 and all(lease.done for lease in leases)
     assert sum(lease.rows for lease in leases) >= rows * 0.9

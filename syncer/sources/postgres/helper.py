@@ -178,21 +178,28 @@ class CopyHelperSource(PostgresSource):
         return out
 
     def _deletes_of_copied(self, changes: list[RowChange]) -> list[RowChange]:
-        """The deletes among `changes` of keys in a chunk not yet settled (see above)."""
+        """The keys a transaction (its `changes`) left deleted that a chunk not yet
+        settled copied (see above): as deletes, to send again after the chunk.
+
+        Only those it left deleted: one it deleted and inserted again ends with a row,
+        which the owner writes at the very same version (a delete at an equal version
+        is refused by OpenSearch, but osmem-server applies it)."""
         written = self._written
         if not written:
             return []
-        out = []
+        gone: dict[DocKey, bool] = {}  # key -> deleted by its last change here
         for change in changes:
             if change.op is RowOp.DELETE:
-                gone: DocKey = change.key
-            elif change.old_key is not None and change.old_key != change.key:
-                gone = change.old_key
-            else:
+                gone[change.key] = True
                 continue
-            if any(gone in chunk.keys for chunk in written):
-                out.append(RowChange(RowOp.DELETE, gone))
-        return out
+            if change.old_key is not None and change.old_key != change.key:
+                gone[change.old_key] = True
+            gone[change.key] = False
+        return [
+            RowChange(RowOp.DELETE, key)
+            for key, deleted in gone.items()
+            if deleted and any(key in chunk.keys for chunk in written)
+        ]
 
     def _take(self, message: pgoutput.Message) -> Transaction | None:
         if (
