@@ -98,11 +98,12 @@ def build_copy_helper(sub: Subscription, leases: RangeLeases, first: Lease) -> P
     helper = sub.kind.copy_helper
     if helper is None:
         raise ValueError(f"{sub.kind.label} copies are not shared")
-    source = helper(source_values(sub), leases, first)
+    sink = OpenSearchSink(sink_config(sub, first.index))
+    source = helper(source_values(sub), leases, sink.delete_unchanged, first)
     return Pipeline(
         _pipeline_config(sub),
         source,
-        OpenSearchSink(sink_config(sub, first.index)),
+        sink,
         HelperState(),
         DjangoDeadLetters(sub.pk, sub.name),
     )

@@ -18,7 +18,7 @@ from syncer.sources.materialize import catalog as materialize_catalog
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.positions import format_lsn, format_mz_timestamp
 from syncer.sources.postgres import catalog as postgres_catalog
-from syncer.sources.postgres.helper import CopyHelperSource
+from syncer.sources.postgres.helper import CopyHelperSource, RemoveStale
 from syncer.sources.postgres.replication import drop_replication
 from syncer.sources.postgres.shared import CopyBoard, Lease, RangeLeases
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
@@ -76,9 +76,11 @@ class Kind:
     """The relation's columns and their source type names, given (conninfo, relation), so
     a live subscription's filter can be checked against them; None when this kind cannot
     tell cheaply (then the filter's field names are not checked)."""
-    copy_helper: Callable[[SourceValues, RangeLeases, Lease], CopyHelperSource] | None = None
-    """A helper of this kind's shared copies, given its leases and the range it took
-    first; None when the kind's copies are not shared (one consistent read)."""
+    copy_helper: (
+        Callable[[SourceValues, RangeLeases, RemoveStale, Lease], CopyHelperSource] | None
+    ) = None
+    """A helper of this kind's shared copies, given its leases, how it removes stale
+    documents and the range it took first; None when the kind's copies are not shared."""
 
 
 def _postgres_config(values: SourceValues) -> PostgresSourceConfig:
@@ -101,8 +103,10 @@ def _build_postgres(values: SourceValues) -> Source:
     return PostgresSource(_postgres_config(values))
 
 
-def _postgres_helper(values: SourceValues, leases: RangeLeases, first: Lease) -> CopyHelperSource:
-    return CopyHelperSource(_postgres_config(values), leases, first)
+def _postgres_helper(
+    values: SourceValues, leases: RangeLeases, remove_stale: RemoveStale, first: Lease
+) -> CopyHelperSource:
+    return CopyHelperSource(_postgres_config(values), leases, remove_stale, first)
 
 
 def _build_materialize(values: SourceValues) -> Source:

@@ -1,6 +1,6 @@
 """A copy shared by several workers (SYNCER_COPY_SHARED), through real worker processes,
 real PostgreSQL and real osmem-server: ranges planned from a sample, exact under a
-hostile writer while workers are killed, and a helper's resent deletes."""
+hostile writer while workers are killed, and the documents a helper's chunk brought back."""
 
 from __future__ import annotations
 
@@ -201,13 +201,13 @@ def slow_bulk(osmem_clone: Any, settings: Any) -> Iterator[FaultProxy]:
     proxy.stop()
 
 
-def test_a_helper_sends_again_a_delete_that_reached_the_index_before_its_chunk(
+def test_a_helper_removes_a_document_its_chunk_brought_back_after_the_owners_delete(
     source_conn, table_name, make_subscription, search, slow_bulk, settings
 ):
     """The owner's delete of a row lands first; the helper's chunk, read before the
     delete, lands after it and brings the document back (osmem-server keeps no
-    tombstone; OpenSearch keeps one for 60 s). The helper's stream shows the delete
-    after the chunk, and it sends it again: the document is gone for good."""
+    tombstone; OpenSearch keeps one for 60 s). The helper's stream showed the delete
+    while the chunk was out: once it settles, the document goes for good."""
     settings.SYNCER_COPY_CHUNK_ROWS = 1000
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
     source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 300) i")

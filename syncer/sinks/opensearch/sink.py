@@ -151,6 +151,35 @@ class OpenSearchSink:
             response = await client.mget(index=self.config.index, body={"ids": list(doc_ids)})
         return {d["_id"]: d["_source"] for d in response["docs"] if d.get("found")}
 
+    async def delete_unchanged(self, doc_ids: Sequence[str], upto: Position) -> int:
+        """Delete those of `doc_ids` whose version is `upto` or older and that nothing
+        writes meanwhile (each delete carries the `_seq_no` it was read with, so a write
+        that lands in between wins); return how many went."""
+        if not doc_ids:
+            return 0
+        client = self._require_client()
+        index = self.config.index
+        with translated(f"removing stale documents from {index}"):
+            found = await client.mget(index=index, body={"ids": list(doc_ids)})
+            lines = [
+                orjson.dumps(
+                    {
+                        "delete": {
+                            "_index": index,
+                            "_id": d["_id"],
+                            "if_seq_no": d["_seq_no"],
+                            "if_primary_term": d["_primary_term"],
+                        }
+                    }
+                )
+                for d in found["docs"]
+                if d.get("found") and int(d.get("_version", 0)) <= upto
+            ]
+            if not lines:
+                return 0
+            response = await client.bulk(body=b"\n".join(lines) + b"\n")
+        return sum(1 for item in response["items"] if item["delete"].get("status") == 200)
+
     async def sweep(self, below: Position) -> int:
         """Delete documents older than `below`: rows the snapshot no longer had.
 

@@ -2,8 +2,9 @@
 
 It takes a free range, copies it a chunk at a time between watermarks of its own
 stream (a TEMPORARY slot, dropped by PostgreSQL with the process), as the owner copies a
-whole table (`copy.ChunkedCopy`), and sends again the deletes of keys it copied until
-they are settled (`shared` says why); then it takes the next range, until none is left.
+whole table (`copy.ChunkedCopy`), and once a chunk is settled removes those of its
+documents whose rows its stream saw deleted meanwhile, if nothing wrote them since the
+chunk (`shared` says why); then it takes the next range, until none is left.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import secrets
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 
 import structlog
 from psycopg import AsyncConnection
 
-from syncer.engine.changes import DocKey, Position, RowChange, RowOp, Transaction, TxKind
+from syncer.engine.changes import DocKey, Position, RowChange, RowOp, Transaction, TxKind, doc_id
 from syncer.engine.interfaces import ResumeState
 from syncer.errors import SourceConfigError
 from syncer.sources.postgres import pgoutput
@@ -38,9 +40,14 @@ from syncer.sources.sqlerrors import translated
 log = structlog.get_logger(__name__)
 
 
+RemoveStale = Callable[[list[str], Position], Awaitable[int]]
+"""Delete these documents if their version is at most that position and nothing writes
+them meanwhile (`OpenSearchSink.delete_unchanged`); return how many went."""
+
+
 @dataclass
 class _Written:
-    """A chunk the helper sent out, whose keys' deletes it sends again until settled."""
+    """A chunk the helper sent out and has not settled."""
 
     position: Position
     keys: set[DocKey]
@@ -48,16 +55,23 @@ class _Written:
     rows: int
     marker: int = 0
     """The settle marker emitted once the chunk was written; 0 before."""
+    gone: set[DocKey] = field(default_factory=set)
+    """Its keys that a transaction left deleted since the chunk was read."""
 
 
 class CopyHelperSource(PostgresSource):
     """A helper of one subscription's shared copies: its ranges, one after another."""
 
     def __init__(
-        self, config: PostgresSourceConfig, leases: RangeLeases, first: Lease | None = None
+        self,
+        config: PostgresSourceConfig,
+        leases: RangeLeases,
+        remove_stale: RemoveStale,
+        first: Lease | None = None,
     ) -> None:
         super().__init__(config)
         self.leases = leases
+        self._remove_stale = remove_stale
         self.finished = asyncio.Event()
         """Set once no range is left to take: the helper's pipeline may stop."""
         self.ranges_done = 0
@@ -167,26 +181,27 @@ class CopyHelperSource(PostgresSource):
                     _Written(tx.position, keys, state.get("after"), int(state["rows"]))
                 )
                 await self._record()  # before it goes out: a successor must know of it
+                gone = [c.key for c in tx.changes if c.op is RowOp.DELETE]
+                if gone:
+                    # A recheck's keys without a row at its high watermark: whatever
+                    # wrote their documents before (a helper that died) is undone.
+                    tx.changes = [c for c in tx.changes if c.op is not RowOp.DELETE]
+                    await self._remove_stale([doc_id(k) for k in gone], tx.position)
                 out.append(tx)
             elif tx.kind is TxKind.SNAPSHOT_END:
                 self._range_read = True  # the range's end, not the copy's: the owner's
             else:
-                deletes = self._deletes_of_copied(tx.changes)
-                if deletes:
-                    out.append(Transaction(tx.position, tx.commit_time, deletes))
+                self._note_deletes(tx.changes)
         await self._settle()  # a marker just read: the next range need not wait a poll
         return out
 
-    def _deletes_of_copied(self, changes: list[RowChange]) -> list[RowChange]:
-        """The keys a transaction (its `changes`) left deleted that a chunk not yet
-        settled copied (see above): as deletes, to send again after the chunk.
-
-        Only those it left deleted: one it deleted and inserted again ends with a row,
-        which the owner writes at the very same version (a delete at an equal version
-        is refused by OpenSearch, but osmem-server applies it)."""
+    def _note_deletes(self, changes: list[RowChange]) -> None:
+        """Note the keys a transaction (its `changes`) left deleted in the chunks that
+        copied them and are not settled (see `shared`). Only those it left deleted: one
+        it deleted and inserted again ends with a row, which the owner writes."""
         written = self._written
         if not written:
-            return []
+            return
         gone: dict[DocKey, bool] = {}  # key -> deleted by its last change here
         for change in changes:
             if change.op is RowOp.DELETE:
@@ -195,11 +210,11 @@ class CopyHelperSource(PostgresSource):
             if change.old_key is not None and change.old_key != change.key:
                 gone[change.old_key] = True
             gone[change.key] = False
-        return [
-            RowChange(RowOp.DELETE, key)
-            for key, deleted in gone.items()
-            if deleted and any(key in chunk.keys for chunk in written)
-        ]
+        for key, deleted in gone.items():
+            if deleted:
+                for chunk in written:
+                    if key in chunk.keys:
+                        chunk.gone.add(key)
 
     def _take(self, message: pgoutput.Message) -> Transaction | None:
         if (
@@ -248,6 +263,11 @@ class CopyHelperSource(PostgresSource):
         settled = None
         while written and written[0].marker and written[0].marker <= self._settled_upto:
             settled = written.popleft()
+            if settled.gone:
+                # Its documents whose rows went while it was out, if still the chunk's
+                # own write: the owner's delete may have landed first and been undone.
+                ids = [doc_id(k) for k in settled.gone]
+                await self._remove_stale(ids, settled.position)
         if settled is not None:
             await self._record(settled.cursor, settled.rows)
         lease = self._lease

@@ -18,10 +18,14 @@ Why that is exact though the owner's stream and the helper write the same docume
 - A delete is the one write whose version OpenSearch cannot keep: once the document is
   gone nothing remembers it (OpenSearch keeps a tombstone for `index.gc_deletes`, 60 s
   by default; osmem-server none), so a chunk row written after the owner's delete of
-  that row would bring it back. The helper therefore sends again every delete its own
-  stream shows of a key it copied, after the chunk: until a marker it emits once the
-  chunk is written has come back through the stream. A delete that commits after that
-  marker commits after the chunk was in the index, and the owner writes it later still.
+  that row would bring it back. The helper therefore notes the keys of a chunk that its
+  own stream shows deleted (and not inserted again by the same transaction) until a
+  marker it emits once the chunk is written comes back through that stream; then it
+  deletes those documents that are still the chunk's own write, each delete conditional
+  on the `_seq_no` it read, so a write landing in between wins. (A plain versioned
+  delete would not do: osmem-server applies a delete whatever its version.) A delete
+  that commits after the marker commits after the chunk was in the index, and the owner
+  writes it later still.
 - The helper's stream begins when its slot is created: transactions that committed
   before are not in its history, so a chunk whose snapshot did not yet see one of
   them (visible in the slot's exported snapshot) is read again (`ChunkedCopy(before=)`).
