@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from bench.run import (
     Budget,
     run_bench,
     say,
+    stop_process,
     wait_until,
 )
 
@@ -72,7 +72,7 @@ class SharedCopyBench(CopyBench):
             cpu = sum(pid_cpu(p.pid) - b for p, b in zip(processes, cpu_before, strict=True))
         finally:
             for process in processes:
-                _stop(process)
+                stop_process(process)
         seconds = completed.timestamp() - started
         held = self.count(name)
         self.retire(sub)
@@ -110,16 +110,6 @@ def _completed(sub: Any) -> Any:
     if sub.status == "error":
         raise RuntimeError(f"subscription {sub.name} failed: {sub.last_error}")
     return sub.snapshot_completed_at
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 RUNS = (

@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -58,6 +57,7 @@ from bench.run import (  # noqa: E402
     machine_note,
     mb,
     say,
+    stop_process,
     wait_until,
 )
 
@@ -174,13 +174,7 @@ class IdleBench(CeilingBench):
                 spy.wait(seconds + 30)
         finally:
             load.stop()
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+            stop_process(process)
         window = t1 - t0
         figures: dict[str, Any] = {
             "subscriptions": count,

@@ -88,6 +88,17 @@ def say(message: str) -> None:
     print(f"bench: {message}", flush=True)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 def dsn_for(database: str) -> str:
     return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
 
