@@ -5,146 +5,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
-    dependencies = []
+    dependencies = [
+    ]
 
     operations = [
         migrations.CreateModel(
-            name="Subscription",
+            name='Subscription',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.SlugField(max_length=63, unique=True)),
-                ("enabled", models.BooleanField(default=True)),
-                (
-                    "source_kind",
-                    models.CharField(
-                        choices=[("postgres", "PostgreSQL")], default="postgres", max_length=20
-                    ),
-                ),
-                (
-                    "source_dsn",
-                    models.CharField(
-                        help_text="A PostgreSQL DSN, or env:VARNAME to read it from the worker's environment.",
-                        max_length=1000,
-                        validators=[syncer.validators.validate_dsn],
-                        verbose_name="source DSN",
-                    ),
-                ),
-                (
-                    "relation",
-                    models.CharField(
-                        help_text="Table, e.g. public.orders.",
-                        max_length=300,
-                        validators=[syncer.validators.validate_relation],
-                    ),
-                ),
-                (
-                    "key_columns",
-                    models.JSONField(
-                        blank=True,
-                        default=list,
-                        help_text="Columns that identify a document; empty means the primary key.",
-                        validators=[syncer.validators.validate_key_columns],
-                    ),
-                ),
-                (
-                    "index_name",
-                    models.CharField(
-                        max_length=255, validators=[syncer.validators.validate_index_name]
-                    ),
-                ),
-                (
-                    "index_settings",
-                    models.JSONField(
-                        blank=True,
-                        default=dict,
-                        help_text="Used only when the index is created.",
-                        validators=[syncer.validators.validate_json_object],
-                    ),
-                ),
-                (
-                    "index_mappings",
-                    models.JSONField(
-                        blank=True,
-                        default=dict,
-                        help_text="Used only when the index is created.",
-                        validators=[syncer.validators.validate_json_object],
-                    ),
-                ),
-                (
-                    "snapshot_mode",
-                    models.CharField(
-                        choices=[
-                            ("index", "Index existing rows, then stream"),
-                            ("discard", "Stream new changes only"),
-                        ],
-                        default="index",
-                        max_length=10,
-                    ),
-                ),
-                ("batch_max_size", models.PositiveIntegerField(default=1000)),
-                ("batch_max_age_ms", models.PositiveIntegerField(default=5000)),
-                ("backpressure_pause_at", models.PositiveIntegerField(default=5000)),
-                ("backpressure_resume_at", models.PositiveIntegerField(default=2500)),
-                ("slot_name", models.CharField(editable=False, max_length=63, unique=True)),
-                (
-                    "checkpoint",
-                    models.BigIntegerField(
-                        blank=True,
-                        editable=False,
-                        help_text="Highest source position acknowledged by OpenSearch.",
-                        null=True,
-                    ),
-                ),
-                ("checkpoint_at", models.DateTimeField(blank=True, editable=False, null=True)),
-                (
-                    "snapshot_completed_at",
-                    models.DateTimeField(blank=True, editable=False, null=True),
-                ),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("stopped", "Stopped"),
-                            ("starting", "Starting"),
-                            ("snapshotting", "Snapshotting"),
-                            ("streaming", "Streaming"),
-                            ("caught_up", "Caught up"),
-                            ("reconnecting", "Reconnecting"),
-                            ("error", "Error"),
-                        ],
-                        default="stopped",
-                        editable=False,
-                        max_length=20,
-                    ),
-                ),
-                ("status_message", models.TextField(blank=True, editable=False)),
-                ("last_error", models.TextField(blank=True, editable=False)),
-                ("last_error_at", models.DateTimeField(blank=True, editable=False, null=True)),
-                ("status_changed_at", models.DateTimeField(blank=True, editable=False, null=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.SlugField(max_length=63, unique=True)),
+                ('enabled', models.BooleanField(default=True)),
+                ('source_kind', models.CharField(choices=[('postgres', 'PostgreSQL')], default='postgres', max_length=20)),
+                ('source_dsn', models.CharField(help_text="A PostgreSQL DSN, or env:VARNAME to read it from the worker's environment.", max_length=1000, validators=[syncer.validators.validate_dsn], verbose_name='source DSN')),
+                ('relation', models.CharField(help_text='Table, e.g. public.orders.', max_length=300, validators=[syncer.validators.validate_relation])),
+                ('key_columns', models.JSONField(blank=True, default=list, help_text='Columns that identify a document; empty means the primary key.', validators=[syncer.validators.validate_key_columns])),
+                ('index_name', models.CharField(max_length=255, validators=[syncer.validators.validate_index_name])),
+                ('index_settings', models.JSONField(blank=True, default=dict, help_text='Used only when the index is created.', validators=[syncer.validators.validate_json_object])),
+                ('index_mappings', models.JSONField(blank=True, default=dict, help_text='Used only when the index is created.', validators=[syncer.validators.validate_json_object])),
+                ('snapshot_mode', models.CharField(choices=[('index', 'Index existing rows, then stream'), ('discard', 'Stream new changes only')], default='index', max_length=10)),
+                ('batch_max_size', models.PositiveIntegerField(default=1000)),
+                ('batch_max_age_ms', models.PositiveIntegerField(default=5000)),
+                ('backpressure_pause_at', models.PositiveIntegerField(default=5000)),
+                ('backpressure_resume_at', models.PositiveIntegerField(default=2500)),
+                ('slot_name', models.CharField(editable=False, max_length=63, unique=True)),
+                ('checkpoint', models.BigIntegerField(blank=True, editable=False, help_text='Highest source position acknowledged by OpenSearch.', null=True)),
+                ('checkpoint_at', models.DateTimeField(blank=True, editable=False, null=True)),
+                ('snapshot_completed_at', models.DateTimeField(blank=True, editable=False, null=True)),
+                ('status', models.CharField(choices=[('stopped', 'Stopped'), ('starting', 'Starting'), ('snapshotting', 'Snapshotting'), ('streaming', 'Streaming'), ('caught_up', 'Caught up'), ('reconnecting', 'Reconnecting'), ('error', 'Error')], default='stopped', editable=False, max_length=20)),
+                ('status_message', models.TextField(blank=True, editable=False)),
+                ('last_error', models.TextField(blank=True, editable=False)),
+                ('last_error_at', models.DateTimeField(blank=True, editable=False, null=True)),
+                ('status_changed_at', models.DateTimeField(blank=True, editable=False, null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
             ],
             options={
-                "ordering": ["name"],
-                "constraints": [
-                    models.CheckConstraint(
-                        condition=models.Q(("batch_max_size__gte", 1)),
-                        name="subscription_batch_size_positive",
-                    ),
-                    models.CheckConstraint(
-                        condition=models.Q(
-                            ("backpressure_resume_at__lt", models.F("backpressure_pause_at"))
-                        ),
-                        name="subscription_resume_below_pause",
-                    ),
-                ],
+                'ordering': ['name'],
+                'constraints': [models.CheckConstraint(condition=models.Q(('batch_max_size__gte', 1)), name='subscription_batch_size_positive'), models.CheckConstraint(condition=models.Q(('backpressure_resume_at__lt', models.F('backpressure_pause_at'))), name='subscription_resume_below_pause')],
             },
         ),
     ]

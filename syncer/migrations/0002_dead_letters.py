@@ -5,95 +5,37 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("syncer", "0001_initial"),
+        ('syncer', '0001_initial'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name="subscription",
-            name="status",
-            field=models.CharField(
-                choices=[
-                    ("stopped", "Stopped"),
-                    ("starting", "Starting"),
-                    ("snapshotting", "Snapshotting"),
-                    ("streaming", "Streaming"),
-                    ("caught_up", "Caught up"),
-                    ("reconnecting", "Reconnecting"),
-                    ("sink_unavailable", "Sink unavailable"),
-                    ("backpressure", "Backpressure"),
-                    ("error", "Error"),
-                ],
-                default="stopped",
-                editable=False,
-                max_length=20,
-            ),
+            model_name='subscription',
+            name='status',
+            field=models.CharField(choices=[('stopped', 'Stopped'), ('starting', 'Starting'), ('snapshotting', 'Snapshotting'), ('streaming', 'Streaming'), ('caught_up', 'Caught up'), ('reconnecting', 'Reconnecting'), ('sink_unavailable', 'Sink unavailable'), ('backpressure', 'Backpressure'), ('error', 'Error')], default='stopped', editable=False, max_length=20),
         ),
         migrations.CreateModel(
-            name="DeadLetter",
+            name='DeadLetter',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("doc_id", models.CharField(max_length=512, verbose_name="document id")),
-                (
-                    "action",
-                    models.CharField(
-                        choices=[("index", "index"), ("delete", "delete")], max_length=10
-                    ),
-                ),
-                (
-                    "payload",
-                    models.JSONField(
-                        blank=True,
-                        help_text="The document as it would have been written.",
-                        null=True,
-                    ),
-                ),
-                (
-                    "version",
-                    models.BigIntegerField(help_text="The source position the write carried."),
-                ),
-                ("attempts", models.PositiveIntegerField(default=1)),
-                (
-                    "error_status",
-                    models.PositiveSmallIntegerField(
-                        blank=True, help_text="HTTP status OpenSearch gave the document.", null=True
-                    ),
-                ),
-                ("error_type", models.CharField(blank=True, max_length=200)),
-                (
-                    "error_reason",
-                    models.TextField(blank=True, help_text="OpenSearch's own words, shortened."),
-                ),
-                ("first_failed_at", models.DateTimeField()),
-                ("last_attempt_at", models.DateTimeField()),
-                (
-                    "subscription",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="dead_letters",
-                        to="syncer.subscription",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('doc_id', models.CharField(max_length=512, verbose_name='document id')),
+                ('action', models.CharField(choices=[('index', 'index'), ('delete', 'delete')], max_length=10)),
+                ('payload', models.JSONField(blank=True, help_text='The document as it would have been written.', null=True)),
+                ('version', models.BigIntegerField(help_text='The source position the write carried.')),
+                ('attempts', models.PositiveIntegerField(default=1)),
+                ('error_status', models.PositiveSmallIntegerField(blank=True, help_text='HTTP status OpenSearch gave the document.', null=True)),
+                ('error_type', models.CharField(blank=True, max_length=200)),
+                ('error_reason', models.TextField(blank=True, help_text="OpenSearch's own words, shortened.")),
+                ('first_failed_at', models.DateTimeField()),
+                ('last_attempt_at', models.DateTimeField()),
+                ('subscription', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='dead_letters', to='syncer.subscription')),
             ],
             options={
-                "ordering": ["-first_failed_at", "-id"],
-                "indexes": [
-                    models.Index(fields=["first_failed_at"], name="deadletter_first_failed"),
-                    models.Index(
-                        fields=["subscription", "error_type"], name="deadletter_sub_error"
-                    ),
-                ],
-                "constraints": [
-                    models.UniqueConstraint(
-                        fields=("subscription", "doc_id"), name="deadletter_one_per_document"
-                    )
-                ],
+                'ordering': ['-first_failed_at', '-id'],
+                'indexes': [models.Index(fields=['first_failed_at'], name='deadletter_first_failed'), models.Index(fields=['subscription', 'error_type'], name='deadletter_sub_error')],
+                'constraints': [models.UniqueConstraint(fields=('subscription', 'doc_id'), name='deadletter_one_per_document')],
             },
         ),
     ]

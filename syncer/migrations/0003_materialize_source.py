@@ -5,86 +5,49 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("syncer", "0002_dead_letters"),
+        ('syncer', '0002_dead_letters'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="subscription",
-            name="source_cluster",
-            field=models.CharField(
-                blank=True,
-                help_text="Materialize only: the cluster to run SUBSCRIBE on (SET CLUSTER), e.g. serving. Empty: the connection's default.",
-                max_length=255,
-                validators=[syncer.validators.validate_cluster],
-            ),
+            model_name='subscription',
+            name='source_cluster',
+            field=models.CharField(blank=True, help_text="Materialize only: the cluster to run SUBSCRIBE on (SET CLUSTER), e.g. serving. Empty: the connection's default.", max_length=255, validators=[syncer.validators.validate_cluster]),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="source_envelope",
-            field=models.CharField(
-                choices=[
-                    ("diff", "Diff: mz_diff rows, consolidated per key"),
-                    ("upsert", "ENVELOPE UPSERT (KEY (...)): Materialize consolidates per key"),
-                ],
-                default="diff",
-                help_text="Materialize only: how SUBSCRIBE reports changes. PostgreSQL sources keep diff.",
-                max_length=10,
-            ),
+            model_name='subscription',
+            name='source_envelope',
+            field=models.CharField(choices=[('diff', 'Diff: mz_diff rows, consolidated per key'), ('upsert', 'ENVELOPE UPSERT (KEY (...)): Materialize consolidates per key')], default='diff', help_text='Materialize only: how SUBSCRIBE reports changes. PostgreSQL sources keep diff.', max_length=10),
         ),
         migrations.AlterField(
-            model_name="subscription",
-            name="key_columns",
-            field=models.JSONField(
-                blank=True,
-                default=list,
-                help_text="Columns that identify a document; empty means the primary key (PostgreSQL only: Materialize sources need them).",
-                validators=[syncer.validators.validate_key_columns],
-            ),
+            model_name='subscription',
+            name='key_columns',
+            field=models.JSONField(blank=True, default=list, help_text='Columns that identify a document; empty means the primary key (PostgreSQL only: Materialize sources need them).', validators=[syncer.validators.validate_key_columns]),
         ),
         migrations.AlterField(
-            model_name="subscription",
-            name="relation",
-            field=models.CharField(
-                help_text="PostgreSQL: a table, e.g. public.orders. Materialize: a view or table (name, schema.name or database.schema.name), or a query SELECT ... / WITH ..., run as SUBSCRIBE (query), without a semicolon.",
-                max_length=10000,
-            ),
+            model_name='subscription',
+            name='relation',
+            field=models.CharField(help_text='PostgreSQL: a table, e.g. public.orders. Materialize: a view or table (name, schema.name or database.schema.name), or a query SELECT ... / WITH ..., run as SUBSCRIBE (query), without a semicolon.', max_length=10000),
         ),
         migrations.AlterField(
-            model_name="subscription",
-            name="source_dsn",
-            field=models.CharField(
-                help_text="A PostgreSQL DSN (Materialize speaks the same protocol), or env:VARNAME to read it from the worker's environment.",
-                max_length=1000,
-                validators=[syncer.validators.validate_dsn],
-                verbose_name="source DSN",
-            ),
+            model_name='subscription',
+            name='source_dsn',
+            field=models.CharField(help_text="A PostgreSQL DSN (Materialize speaks the same protocol), or env:VARNAME to read it from the worker's environment.", max_length=1000, validators=[syncer.validators.validate_dsn], verbose_name='source DSN'),
         ),
         migrations.AlterField(
-            model_name="subscription",
-            name="source_kind",
-            field=models.CharField(
-                choices=[("postgres", "PostgreSQL"), ("materialize", "Materialize")],
-                default="postgres",
-                max_length=20,
-            ),
+            model_name='subscription',
+            name='source_kind',
+            field=models.CharField(choices=[('postgres', 'PostgreSQL'), ('materialize', 'Materialize')], default='postgres', max_length=20),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="source_state",
-            field=models.JSONField(
-                blank=True,
-                editable=False,
-                help_text="What the source needs beside the checkpoint to resume exactly there (Materialize: the rows counted more than once). Saved with the checkpoint.",
-                null=True,
-            ),
+            model_name='subscription',
+            name='source_state',
+            field=models.JSONField(blank=True, editable=False, help_text='What the source needs beside the checkpoint to resume exactly there (Materialize: the rows counted more than once). Saved with the checkpoint.', null=True),
         ),
         migrations.AddConstraint(
-            model_name="subscription",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("source_envelope__in", ["diff", "upsert"])),
-                name="subscription_envelope_known",
-            ),
+            model_name='subscription',
+            constraint=models.CheckConstraint(condition=models.Q(('source_envelope__in', ['diff', 'upsert'])), name='subscription_envelope_known'),
         ),
     ]

@@ -4,129 +4,80 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("syncer", "0003_materialize_source"),
+        ('syncer', '0003_materialize_source'),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="WorkerHeartbeat",
+            name='WorkerHeartbeat',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("worker_id", models.CharField(max_length=200, unique=True)),
-                ("hostname", models.CharField(max_length=255)),
-                ("pid", models.PositiveIntegerField()),
-                ("started_at", models.DateTimeField()),
-                ("last_seen_at", models.DateTimeField()),
-                (
-                    "subscriptions",
-                    models.JSONField(
-                        blank=True,
-                        default=list,
-                        help_text="Names of the subscriptions it runs now.",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('worker_id', models.CharField(max_length=200, unique=True)),
+                ('hostname', models.CharField(max_length=255)),
+                ('pid', models.PositiveIntegerField()),
+                ('started_at', models.DateTimeField()),
+                ('last_seen_at', models.DateTimeField()),
+                ('subscriptions', models.JSONField(blank=True, default=list, help_text='Names of the subscriptions it runs now.')),
             ],
             options={
-                "ordering": ["-last_seen_at"],
+                'ordering': ['-last_seen_at'],
             },
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="control_version",
-            field=models.PositiveIntegerField(
-                default=0,
-                editable=False,
-                help_text="Bumped by every change a running worker must apply (config, pause, resync).",
-            ),
+            model_name='subscription',
+            name='control_version',
+            field=models.PositiveIntegerField(default=0, editable=False, help_text='Bumped by every change a running worker must apply (config, pause, resync).'),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="lag_seconds",
+            model_name='subscription',
+            name='lag_seconds',
             field=models.FloatField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="owner",
-            field=models.CharField(
-                blank=True, editable=False, help_text="The worker running it.", max_length=200
-            ),
+            model_name='subscription',
+            name='owner',
+            field=models.CharField(blank=True, editable=False, help_text='The worker running it.', max_length=200),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="paused",
-            field=models.BooleanField(
-                default=False,
-                help_text="A paused subscription keeps its checkpoint; its worker reads nothing until it is resumed.",
-            ),
+            model_name='subscription',
+            name='paused',
+            field=models.BooleanField(default=False, help_text='A paused subscription keeps its checkpoint; its worker reads nothing until it is resumed.'),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="reset_requested_at",
+            model_name='subscription',
+            name='reset_requested_at',
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="resync_mode",
-            field=models.CharField(
-                blank=True,
-                choices=[
-                    ("in_place", "Into the existing index, then remove what the copy lacks"),
-                    ("new_index", "Into a new index, then swap the alias to it"),
-                ],
-                editable=False,
-                max_length=10,
-            ),
+            model_name='subscription',
+            name='resync_mode',
+            field=models.CharField(blank=True, choices=[('in_place', 'Into the existing index, then remove what the copy lacks'), ('new_index', 'Into a new index, then swap the alias to it')], editable=False, max_length=10),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="resync_requested_at",
+            model_name='subscription',
+            name='resync_requested_at',
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="staleness_seconds",
+            model_name='subscription',
+            name='staleness_seconds',
             field=models.FloatField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="stats_at",
+            model_name='subscription',
+            name='stats_at',
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="subscription",
-            name="throughput",
-            field=models.FloatField(
-                blank=True,
-                editable=False,
-                help_text="Changes per second over the last minute.",
-                null=True,
-            ),
+            model_name='subscription',
+            name='throughput',
+            field=models.FloatField(blank=True, editable=False, help_text='Changes per second over the last minute.', null=True),
         ),
         migrations.AlterField(
-            model_name="subscription",
-            name="status",
-            field=models.CharField(
-                choices=[
-                    ("stopped", "Stopped"),
-                    ("starting", "Starting"),
-                    ("snapshotting", "Snapshotting"),
-                    ("streaming", "Streaming"),
-                    ("caught_up", "Caught up"),
-                    ("reconnecting", "Reconnecting"),
-                    ("sink_unavailable", "Sink unavailable"),
-                    ("backpressure", "Backpressure"),
-                    ("error", "Error"),
-                    ("paused", "Paused"),
-                ],
-                default="stopped",
-                editable=False,
-                max_length=20,
-            ),
+            model_name='subscription',
+            name='status',
+            field=models.CharField(choices=[('stopped', 'Stopped'), ('starting', 'Starting'), ('snapshotting', 'Snapshotting'), ('streaming', 'Streaming'), ('caught_up', 'Caught up'), ('reconnecting', 'Reconnecting'), ('sink_unavailable', 'Sink unavailable'), ('backpressure', 'Backpressure'), ('error', 'Error'), ('paused', 'Paused')], default='stopped', editable=False, max_length=20),
         ),
     ]

@@ -4,19 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("syncer", "0009_livesubscription_pinned_ranges"),
+        ('syncer', '0009_livesubscription_pinned_ranges'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="subscription",
-            name="copy_progress",
-            field=models.JSONField(
-                blank=True,
-                editable=False,
-                help_text="A resumable copy under way: rows, estimated_rows, percent, rows_per_second, eta_seconds, resumes (published with the lag; null when none runs).",
-                null=True,
-            ),
+            model_name='subscription',
+            name='copy_progress',
+            field=models.JSONField(blank=True, editable=False, help_text='A resumable copy under way: rows, estimated_rows, percent, rows_per_second, eta_seconds, resumes (published with the lag; null when none runs).', null=True),
         ),
     ]
