@@ -12,6 +12,7 @@ pipeline's state store: its progress is the lease's, never the subscription's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -145,7 +146,7 @@ class LeaseHolder:
         params = {
             "cursor": _json(cursor),
             "rows": rows,
-            "pending": psycopg.types.json.Jsonb(list(pending), dumps=_dumps),
+            "pending": _json(list(pending)),
             "id": lease.id,
         }
         result = await self._guarded(
@@ -165,10 +166,8 @@ class LeaseHolder:
         """Close the connection: PostgreSQL lets every range held on it go."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):  # broken already: closed all the same
                 await conn.close()
-            except psycopg.Error:
-                pass
 
     async def _connect(self) -> psycopg.AsyncConnection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
@@ -214,8 +213,8 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()  # a chunk's keys: 0.14 ms for 4,000, json 1.2 ms
 
 
-def _json(value: Bound) -> psycopg.types.json.Jsonb | None:
-    return None if value is None else psycopg.types.json.Jsonb(value)
+def _json(value: Any) -> psycopg.types.json.Jsonb | None:
+    return None if value is None else psycopg.types.json.Jsonb(value, dumps=_dumps)
 
 
 class HelperState:

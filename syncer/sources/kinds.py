@@ -20,7 +20,7 @@ from syncer.sources.positions import format_lsn, format_mz_timestamp
 from syncer.sources.postgres import catalog as postgres_catalog
 from syncer.sources.postgres.helper import CopyHelperSource, RemoveStale
 from syncer.sources.postgres.replication import drop_replication
-from syncer.sources.postgres.shared import CopyBoard, Lease, RangeLeases
+from syncer.sources.postgres.shared import RANGE_ROWS, CopyBoard, Lease, RangeLeases
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.sources.relations import materialize_relation_problem, postgres_relation_problem
 
@@ -48,7 +48,7 @@ class SourceValues:
     """A shared copy's ranges (SYNCER_COPY_SHARED), for a kind that has `copy_helper`."""
     copy_index: str = ""
     """The index a shared copy's helpers write to."""
-    copy_range_rows: int = 50_000
+    copy_range_rows: int = RANGE_ROWS
 
 
 @dataclass(frozen=True)

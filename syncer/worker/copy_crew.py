@@ -44,8 +44,6 @@ class CopyCrew:
     def __init__(self, worker_id: str, names: Sequence[str] | None = None) -> None:
         self.worker_id = worker_id
         self.names = None if names is None else list(names)
-        self.ranges_done = 0
-        """Ranges this worker's helpers copied (tests and the log read it)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Help until `stop`."""
@@ -90,7 +88,6 @@ class CopyCrew:
                 waiting.cancel()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running), STOP_TIMEOUT)
-            self.ranges_done += source.ranges_done
             log.info(
                 "copy_help_ended",
                 subscription=pipeline.config.name,

@@ -102,8 +102,6 @@ class Runner:
         self.ownership = Ownership(self.worker_id)
         self.pipelines: dict[str, Pipeline] = {}
         """The pipelines running now, by subscription name (metrics read it)."""
-        self.crew: CopyCrew | None = None
-        """This worker's share of the shared copies (SYNCER_COPY_SHARED), while it runs."""
         self.supervisors: dict[int, Supervisor] = {}
         """The subscriptions this worker owns, by id."""
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -176,8 +174,9 @@ class Runner:
             helpers.append(asyncio.create_task(self._expire_live(), name="live expiry"))
         crew = None
         if conf.worker().copy_shared:
-            self.crew = CopyCrew(self.worker_id, self.names)
-            crew = asyncio.create_task(self.crew.run(stop), name="copy crew")
+            crew = asyncio.create_task(
+                CopyCrew(self.worker_id, self.names).run(stop), name="copy crew"
+            )
         await stop.wait()
         for helper in helpers:
             helper.cancel()

@@ -87,14 +87,11 @@ class CopyHelperSource(PostgresSource):
         self._ranges: ChunkedCopy | None = None
         """The copy of this session's ranges, one after another (see `_start_range`)."""
         self._order: CopyOrder | None = None
-        self._helper_slot = f"{config.slot_name}_copy_{secrets.token_hex(3)}"
-        self._log = log.bind(subscription=config.name, slot=self._helper_slot)
+        self._helper_slot = ""  # a new one each session (see `open`)
 
     async def open(self, resume: ResumeState) -> None:
         self._conninfo = self.config.resolve_dsn(self.config.dsn)
-        self._streams.clear()
-        self._current = self._mark = None
-        self._copy, self._copied = None, []
+        self._new_session()
         with translated("connecting to the source"):
             self._conn = conn = await AsyncConnection.connect(
                 self._conninfo, autocommit=True, connect_timeout=self.config.connect_timeout

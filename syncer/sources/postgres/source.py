@@ -153,10 +153,7 @@ class PostgresSource:
 
     async def open(self, resume: ResumeState) -> None:
         self._conninfo = self.config.resolve_dsn(self.config.dsn)
-        self._read_upto = self._acked = 0
-        self._current = self._mark = None
-        self._copy, self._copied, self._shared = None, [], None
-        self._streams.clear()
+        self._new_session()
         with translated("connecting to the source"):
             self._conn = await AsyncConnection.connect(
                 self._conninfo, autocommit=True, connect_timeout=self.config.connect_timeout
@@ -194,6 +191,13 @@ class PostgresSource:
             await self._create_slot()
         else:
             self._resume_at(slot, resume)
+
+    def _new_session(self) -> None:
+        """Forget what the last session read: the stream starts again where it is told."""
+        self._read_upto = self._acked = 0
+        self._current = self._mark = None
+        self._copy, self._copied, self._shared = None, [], None
+        self._streams.clear()
 
     def _slot_lost(self, copying: bool) -> None:
         self._log.warning("replication_slot_missing", slot=self.config.slot_name)
