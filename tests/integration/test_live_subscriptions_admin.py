@@ -4,6 +4,7 @@ that only a user with the delete permission may use."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -86,7 +87,8 @@ def test_the_list_filters_by_owner_gateway_subscription_and_expiry(
     assert listed(client, q="gw-2") == {rows["alice-later"]}
 
     page = client.get(CHANGELIST, {"expires": "expired"}).content.decode()
-    assert "expired 5 s ago" in page
+    # Five seconds when the rows were made; a second or two more on a busy machine.
+    assert re.search(r"expired [5-9] s ago", page), page
 
 
 def test_an_operator_deletes_selected_rows_after_confirming(
