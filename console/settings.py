@@ -189,6 +189,10 @@ SYNCER_COPY_CHUNK_ROWS = int(_env_number("SYNCER_COPY_CHUNK_ROWS", 0))
 # A PostgreSQL copy cut into key ranges that every worker on this database helps copy.
 SYNCER_COPY_SHARED = _env_bool("SYNCER_COPY_SHARED", False)
 SYNCER_COPY_RANGE_ROWS = int(_env_number("SYNCER_COPY_RANGE_ROWS", 50_000))
+# A verification waits this long for the subscription to write up to its snapshot,
+# and compares this many rows (and documents) at a time (README, "Verifying an index").
+SYNCER_VERIFY_CATCH_UP_SECONDS = _env_number("SYNCER_VERIFY_CATCH_UP_SECONDS", 120)
+SYNCER_VERIFY_CHUNK_ROWS = int(_env_number("SYNCER_VERIFY_CHUNK_ROWS", 1000))
 SYNCER_DLQ_RETRY_LIMIT = int(_env_number("SYNCER_DLQ_RETRY_LIMIT", 1000))
 # Dead letters one API call or admin action may retry or purge; more: `manage.py dlq`.
 SYNCER_API_DLQ_MAX = int(_env_number("SYNCER_API_DLQ_MAX", 1000))
@@ -199,6 +203,11 @@ SYNCER_STALL_AFTER = _env_number("SYNCER_STALL_AFTER", 60)
 SYNCER_LIVE_EVENTS_PER_SECOND = int(_env_number("SYNCER_LIVE_EVENTS_PER_SECOND", 200))
 SYNCER_LIVE_QUEUE_SIZE = int(_env_number("SYNCER_LIVE_QUEUE_SIZE", 10000))
 SYNCER_LIVE_SEND_TIMEOUT = _env_number("SYNCER_LIVE_SEND_TIMEOUT", 1)
+# Push subscriptions (POST /api/subscriptions/{name}/documents/stream; syncer.conf.push).
+SYNCER_PUSH_QUEUE_LIMIT = int(_env_number("SYNCER_PUSH_QUEUE_LIMIT", 100_000))
+SYNCER_PUSH_MAX_REQUEST_BYTES = int(_env_number("SYNCER_PUSH_MAX_REQUEST_BYTES", 32 << 20))
+SYNCER_PUSH_MAX_LINE_BYTES = int(_env_number("SYNCER_PUSH_MAX_LINE_BYTES", 1 << 20))
+SYNCER_PUSH_COMMIT_LINES = int(_env_number("SYNCER_PUSH_COMMIT_LINES", 100))
 # Source DSNs: the variables `env:VAR` may read (comma-separated names or patterns; the
 # default is in syncer.conf), and whether the console's own database may be a source.
 if os.environ.get("SYNCER_SOURCE_DSN_ENV"):

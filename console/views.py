@@ -66,7 +66,9 @@ def live_monitor(request: HttpRequest) -> HttpResponse:
                 "subscriptions": rows,
                 "monitorPath": "/ws/monitor/",
                 "eventsPath": "/ws/subscriptions/{name}/events/",
-                "documentPath": "/api/subscriptions/{name}/documents/{id}",
+                "tracePath": (
+                    f"{reverse('admin:syncer_subscription_trace')}?subscription={{name}}&key={{id}}"
+                ),
                 "offlineAfter": 3.0,
                 "chartSeconds": 300,
             },

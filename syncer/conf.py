@@ -303,6 +303,31 @@ def api_dlq_max() -> int:
     return int(getattr(settings, "SYNCER_API_DLQ_MAX", 1000))
 
 
+@dataclass(frozen=True)
+class PushSettings:
+    queue_limit: int
+    """Operations a push subscription's queue may hold (accepted, not yet removed); a push
+    beyond it is answered 429."""
+    max_request_bytes: int
+    """Bytes of one push request's body read at most; the rest is refused, said in a
+    final line."""
+    max_line_bytes: int
+    """Bytes of one line at most (its newline not counted); a longer line is refused alone."""
+    commit_lines: int
+    """Lines committed per transaction at most (their status lines follow the commit)."""
+
+
+def push() -> PushSettings:
+    """SYNCER_PUSH_QUEUE_LIMIT, SYNCER_PUSH_MAX_REQUEST_BYTES, SYNCER_PUSH_MAX_LINE_BYTES,
+    SYNCER_PUSH_COMMIT_LINES."""
+    return PushSettings(
+        queue_limit=max(1, int(getattr(settings, "SYNCER_PUSH_QUEUE_LIMIT", 100_000))),
+        max_request_bytes=max(1, int(getattr(settings, "SYNCER_PUSH_MAX_REQUEST_BYTES", 32 << 20))),
+        max_line_bytes=max(1, int(getattr(settings, "SYNCER_PUSH_MAX_LINE_BYTES", 1 << 20))),
+        commit_lines=max(1, int(getattr(settings, "SYNCER_PUSH_COMMIT_LINES", 100))),
+    )
+
+
 DEFAULT_SOURCE_DSN_ENV = ("SOURCE_DATABASE_URL", "MATERIALIZE_URL", "*_SOURCE_URL", "*_SOURCE_DSN")
 """The environment variables a source DSN may name as `env:VAR` unless told otherwise:
 the README's and the demo's, and names that say they hold a source's DSN."""

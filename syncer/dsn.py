@@ -23,6 +23,7 @@ from syncer.text import HIDDEN, is_secret_name, redact
 
 __all__ = [
     "ENV_PREFIX",
+    "console_conninfo",
     "password_of",
     "resolve",
     "unredacted",
@@ -44,6 +45,23 @@ _PARSE_PROBLEMS = (
     ("invalid percent-encoded token", "a bad %-escape in the URL"),
     ("unexpected spaces", "spaces in the URL: write them as %20"),
 )
+
+
+def console_conninfo() -> str:
+    """A libpq connection string for the console's own database (Django's default): what
+    the worker's locks, leases and push queues connect to."""
+    db = settings.DATABASES["default"]
+    params: dict[str, Any] = {
+        "dbname": db.get("NAME"),
+        "user": db.get("USER"),
+        "password": db.get("PASSWORD"),
+        "host": db.get("HOST"),
+        "port": db.get("PORT"),
+    }
+    params.update(db.get("OPTIONS") or {})
+    return psycopg.conninfo.make_conninfo(
+        "", **{k: v for k, v in params.items() if v not in (None, "")}
+    )
 
 
 def validate(dsn: str) -> None:

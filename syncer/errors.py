@@ -22,15 +22,26 @@ nothing above a source or a sink ever sees a psycopg or opensearch-py exception.
     │                           be registered; `problems` lists each reason and its offset
     └── OperatorError           what an operator asked for cannot be carried out
         ├── UnknownSubscription (also LookupError) no subscription has that name
+        ├── InvalidKey          (also ValueError) a document key that does not fit the
+        │                       subscription's key columns; the message names them
         ├── DeadLettersRemain   (also ValueError) a delete that would lose dead letters
         ├── IndexNameTaken      (also ValueError) declared index names clash with others'
         ├── TooManyForARequest  (also ValueError) more dead letters than one web request may touch
         ├── RetryAborted        OpenSearch refused a dead-letter retry as a whole
+        ├── DeadLetterFileRefused  (also ValueError) a `dlq import` file refused whole: the
+        │                       line and the field, or the unknown subscriptions
         ├── InvalidLiveSubscriptions  (also ValueError) live subscriptions refused whole;
         │                       `problems` lists every reason (entry, field, message, position)
         ├── UnknownLiveSubscription  (also LookupError) none with that id among the caller's own
         ├── NotPermitted        (also PermissionError) the user may not view sync subscriptions
-        └── QuotaExceeded       more live subscriptions than an owner, or all, may have
+        ├── QuotaExceeded       more live subscriptions than an owner, or all, may have
+        ├── NotPushable         (also ValueError) documents posted to a subscription that
+        │                       is not of kind push
+        ├── PushQueueFull       a push subscription's queue is at its limit: back off
+        ├── VerificationRefused  (also ValueError) a verification that cannot start as asked
+        │   └── VerificationActive  the subscription has one requested or running already
+        └── NotCaughtUp         the subscription did not write up to a verification's
+                                snapshot in time
 
 RequestTooLarge is handled by the pipeline: it splits the bulk, and a single document
 too large on its own becomes a dead letter. ConfigError and UnavailableError are retried
@@ -209,6 +220,11 @@ class UnknownSubscription(OperatorError, LookupError):
         super().__init__(message)
 
 
+class InvalidKey(OperatorError, ValueError):
+    """A document key (a document id, as the monitor and the dead letters show it) that
+    does not fit the subscription's key columns; the message names them and the format."""
+
+
 class DeadLettersRemain(OperatorError, ValueError):
     """Subscriptions to delete still have dead letters, and deleting them was not forced.
 
@@ -251,6 +267,18 @@ class RetryAborted(OperatorError):
     def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report
+
+
+class DeadLetterFileRefused(OperatorError, ValueError):
+    """A dead-letter file (`dlq import`) refused whole, so nothing of it was imported.
+
+    `line` is the line at fault (0 when the refusal is the file's as a whole: unknown
+    subscriptions, a missing summary); the message names it, and the field.
+    """
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line
         """The dead-letter retry's RetryReport (syncer.operations.dead_letters), which
         this module, below everything, cannot name."""
 
@@ -343,3 +371,40 @@ class QuotaExceeded(OperatorError):
             f"{limit:,} ({setting}), so {requested:,} more cannot be registered; delete "
             "some, or let unused ones expire, and try again"
         )
+
+
+class NotPushable(OperatorError, ValueError):
+    """Documents were posted to a subscription whose changes come from a database."""
+
+
+class PushQueueFull(OperatorError):
+    """A push subscription's queue holds as many operations as it may (SYNCER_PUSH_QUEUE_LIMIT):
+    the client should wait `retry_after` seconds and send again."""
+
+    def __init__(self, name: str, queued: int, limit: int, retry_after: int = 1) -> None:
+        self.queued, self.limit, self.retry_after = queued, limit, retry_after
+        super().__init__(
+            f"the push queue of subscription {name} is full ({queued:,} operations waiting "
+            f"to be indexed, limit {limit:,}); retry after {retry_after} s and check that "
+            "its worker keeps up"
+        )
+
+
+class VerificationRefused(OperatorError, ValueError):
+    """A verification cannot start as asked (says why: the kind, a copy under way, a
+    verification already running, a bad key)."""
+
+
+class VerificationActive(VerificationRefused):
+    """The subscription has a verification requested or running already."""
+
+    def __init__(self, subscription: str, verification_id: int) -> None:
+        self.verification_id = verification_id
+        super().__init__(
+            f"subscription {subscription!r} has verification {verification_id} requested "
+            "or running already: wait for it to end"
+        )
+
+
+class NotCaughtUp(OperatorError):
+    """The subscription did not write up to a verification's snapshot in time."""

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from syncer.engine.pipeline import Status as engine_status
 from syncer.sources import kinds
+from syncer.sources.push import queue as push_queue
 from syncer.text import redact
 from syncer.validators import (
     GATEWAY_ID_MAX,
@@ -42,6 +43,7 @@ class Subscription(models.Model):
         # The kinds are the registry's (syncer.sources.kinds.KINDS): one list, named there.
         POSTGRES = kinds.POSTGRES.name, kinds.POSTGRES.label
         MATERIALIZE = kinds.MATERIALIZE.name, kinds.MATERIALIZE.label
+        PUSH = kinds.PUSH.name, kinds.PUSH.label
 
     class SourceEnvelope(models.TextChoices):
         DIFF = "diff", "Diff: mz_diff rows, consolidated per key"
@@ -77,16 +79,18 @@ class Subscription(models.Model):
     source_dsn = models.CharField(
         "source DSN",
         max_length=1000,
+        blank=True,  # required in clean() for the kinds that read a database (not push)
         validators=[validate_dsn],
         help_text="A PostgreSQL DSN (Materialize speaks the same protocol), or env:VARNAME to "
-        "read it from the worker's environment.",
+        "read it from the worker's environment. Push subscriptions have none.",
     )
     # Checked in clean(): what is allowed depends on the source kind.
     relation = models.CharField(
         max_length=10_000,
+        blank=True,
         help_text="PostgreSQL: a table, e.g. public.orders. Materialize: a view or table "
         "(name, schema.name or database.schema.name), or a query SELECT ... / WITH ..., "
-        "run as SUBSCRIBE (query), without a semicolon.",
+        "run as SUBSCRIBE (query), without a semicolon. Push subscriptions have none.",
     )
     key_columns = models.JSONField(
         default=list,
@@ -299,6 +303,18 @@ class Subscription(models.Model):
         kind = kinds.named(self.source_kind)
         if kind is None:
             return problems  # an unknown kind is the source_kind field's error
+        if not kind.reads_database:
+            return self._pushed_problems(kind)
+        if not self.source_dsn:
+            problems["source_dsn"] = (
+                f"{kind.name} sources need a DSN, e.g. env:SOURCE_DATABASE_URL "
+                "(only push subscriptions have none)"
+            )
+        if not self.relation:
+            problems["relation"] = (
+                f"{kind.name} sources need a relation, e.g. public.orders "
+                "(only push subscriptions have none)"
+            )
         problem = kind.relation_problem(self.relation) if self.relation else None
         if problem:
             problems["relation"] = problem
@@ -314,6 +330,22 @@ class Subscription(models.Model):
                 "only materialize sources have an envelope; PostgreSQL sources use diff"
             )
         return problems
+
+    def _pushed_problems(self, kind: kinds.Kind) -> dict[str, str]:
+        """A kind whose changes are posted to the API reads nothing: no source fields."""
+        given = {
+            "source_dsn": bool(self.source_dsn),
+            "relation": bool(self.relation),
+            "key_columns": bool(self.key_columns),
+            "source_cluster": bool(self.source_cluster),
+            "source_envelope": self.source_envelope == self.SourceEnvelope.UPSERT,
+        }
+        return {
+            field: f"{kind.name} subscriptions read no database (documents are posted to the "
+            "API, each with its id); remove it"
+            for field, present in given.items()
+            if present
+        }
 
     @property
     def kind(self) -> kinds.Kind:
@@ -458,6 +490,63 @@ class CopyLease(models.Model):
         return f"{self.subscription.name}: copy range {self.seq} ({state}, {self.rows:,} rows)"
 
 
+class PushSequence(models.Model):
+    """A push subscription's last position given out: locked by each append until it
+    commits, so positions grow in commit order (syncer.sources.push.queue)."""
+
+    subscription = models.OneToOneField(
+        Subscription, on_delete=models.CASCADE, primary_key=True, related_name="push_sequence"
+    )
+    last_position = models.BigIntegerField(
+        help_text="Starts at the creation time in microseconds, so a subscription created "
+        "again writes versions above the old one's documents."
+    )
+
+    class Meta:
+        db_table = push_queue.SEQUENCE_TABLE
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id}: {self.last_position}"
+
+
+class PushedChange(models.Model):
+    """One operation posted to a push subscription, kept until its checkpoint passes it.
+
+    Appended by the API (`POST /api/subscriptions/{name}/documents/stream`) only after its
+    position is given out under the sequence row's lock; read by the worker in position
+    order, and removed (lowest first) once the checkpoint saved covers it.
+    """
+
+    class Op(models.TextChoices):
+        UPSERT = "upsert", "upsert"
+        DELETE = "delete", "delete"
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="pushed_changes"
+    )
+    position = models.BigIntegerField()
+    op = models.CharField(max_length=6, choices=Op.choices)
+    doc_id = models.TextField("document id")
+    document = models.JSONField(null=True, blank=True, help_text="The upsert's document.")
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = push_queue.QUEUE_TABLE
+        ordering = ["subscription", "position"]
+        constraints = [
+            # Also the index the worker reads and removes by.
+            models.UniqueConstraint(
+                fields=["subscription", "position"], name="pushedchange_one_per_position"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(op__in=["upsert", "delete"]), name="pushedchange_op_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.doc_id} at {self.position}"
+
+
 class WorkerHeartbeat(models.Model):
     """A running `runsyncer` process, refreshed every few seconds while it lives.
 
@@ -592,3 +681,75 @@ class LiveSubscriptionCount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event}{'/' + self.quota if self.quota else ''}: {self.total}"
+
+
+class Verification(models.Model):
+    """One comparison of a subscription's source with its index (`syncer.operations.verify`).
+
+    Requested from the admin, the API or the worker's schedule (`runsyncer --verify-every`)
+    and run by the worker that owns the subscription; `manage.py verify` runs one itself.
+    The row is the job: its progress is written as it runs, its counts and a few
+    examples of each kind of drift when it ends.
+    """
+
+    class State(models.TextChoices):
+        REQUESTED = "requested", "Requested"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (State.REQUESTED, State.RUNNING)
+
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="verifications"
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.REQUESTED)
+    repair = models.BooleanField(default=False, help_text="Write what differs.")
+    sample = models.PositiveIntegerField(
+        null=True, blank=True, help_text="About this many rows and documents; empty: all."
+    )
+    doc_ids = models.JSONField(
+        null=True, blank=True, help_text="Only these documents (by id); empty: all."
+    )
+    requested_by = models.CharField(
+        max_length=200, help_text="Who asked: a user, a token, 'schedule' or 'command'."
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="Who runs it.")
+    position = models.BigIntegerField(
+        null=True, blank=True, help_text="The source position the snapshot stands at."
+    )
+    phase = models.CharField(max_length=12, blank=True)
+    progress = models.JSONField(
+        default=dict, blank=True, help_text="Percent, rows/s and time left, as last written."
+    )
+    counts = models.JSONField(
+        default=dict, blank=True, help_text="Rows, documents, checked, skipped, drift, repairs."
+    )
+    drifted = models.BigIntegerField(
+        default=0, help_text="Missing, extra and differing documents found."
+    )
+    examples = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Written as it runs: a stale one was abandoned."
+    )
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription"],
+                condition=models.Q(state__in=["requested", "running"]),
+                name="verification_one_active_per_subscription",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["subscription", "-finished_at"], name="verification_latest"),
+        ]
+
+    def __str__(self) -> str:
+        what = "verify and repair" if self.repair else "verify"
+        return f"{what} {self.subscription_id} ({self.state}, {self.requested_at:%Y-%m-%d %H:%M})"

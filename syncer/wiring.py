@@ -56,6 +56,9 @@ def source_values(sub: Subscription, index: str | None = None) -> SourceValues:
         copy_board=CopyPlans(sub.pk) if shared else None,
         copy_index=index or sub.index_name,
         copy_range_rows=worker.copy_range_rows,
+        subscription_id=sub.pk,
+        console_conninfo="" if sub.kind.reads_database else dsn.console_conninfo(),
+        push_queue_limit=conf.push().queue_limit,
     )
 
 

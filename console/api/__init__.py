@@ -17,7 +17,10 @@ from console.api import (
     events,
     health,
     live_subscriptions,
+    push,
     subscriptions,
+    trace,
+    verifications,
 )
 from console.api.auth import authenticators
 from console.api.docs import docs_login_required
@@ -37,7 +40,12 @@ api = NinjaAPI(
 )
 errors.install(api)
 api.add_router("/subscriptions", subscriptions.router)
+# Before documents: its `documents/{id}` would take `documents/stream` (push.py serves
+# the GET of a document called "stream" too).
+api.add_router("/subscriptions", push.router)
 api.add_router("/subscriptions", documents.router)
+api.add_router("/subscriptions", trace.router)
+api.add_router("/subscriptions", verifications.router)
 api.add_router("/dlq", dead_letters.router)
 api.add_router("/live-subscriptions", live_subscriptions.router)
 api.add_router("", health.router)

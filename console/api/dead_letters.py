@@ -3,6 +3,8 @@
 
 The list is newest first with a cursor (the last entry's first_failed_at and id), so
 paging stays stable while the worker adds entries: new ones sort before the first page.
+`/api/dlq/export` streams the entries the list's filters select as NDJSON
+(`syncer.operations.dead_letter_files`), for `manage.py dlq import` elsewhere.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 from ninja import Field, Query, Router, Schema
 
@@ -36,7 +39,8 @@ from console.api.schemas import (
 )
 from syncer.errors import TooManyForARequest
 from syncer.models import DeadLetter
-from syncer.operations import dead_letters
+from syncer.operations import dead_letter_files, dead_letters
+from syncer.operations.exports import NDJSON
 
 router = Router(tags=["dead letters"])
 
@@ -44,12 +48,15 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 
 
-class ListFilters(Schema):
+class Filters(Schema):
     subscription: str | None = Field(None, description="Only this subscription's entries.")
     action: DeadLetter.Action | None = Field(None, description="index or delete.")
     error_type: str | None = Field(None, description="e.g. mapper_parsing_exception.")
     older_than: str | None = Field(None, description="Last failed at least this long ago: 7d.")
     newer_than: str | None = Field(None, description="Last failed less than this long ago: 1h.")
+
+
+class ListFilters(Filters):
     cursor: str | None = Field(None, description="`next_cursor` of the previous page.")
     limit: int = Field(DEFAULT_PAGE, ge=1, le=MAX_PAGE)
 
@@ -75,7 +82,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, int]:
     return cursors.decode(cursor, int)
 
 
-def _selected(filters: ListFilters) -> QuerySet[DeadLetter]:
+def _selected(filters: Filters) -> QuerySet[DeadLetter]:
     older_than = _age("older_than", filters.older_than)
     newer_than = _age("newer_than", filters.newer_than)
     _check_text("subscription", filters.subscription)
@@ -136,6 +143,35 @@ def dead_letter_stats(
         "by_error_type": stats.by_error_type(),
         "oldest": None if stats.oldest is None else dead_letter_out(stats.oldest),
     }
+
+
+_EXPORT_DOC = {
+    "responses": {
+        200: {
+            "description": "One dead letter per line, oldest first, then a summary line: "
+            '{"summary": {"dead_letters": N, "complete": true}}. A stream whose last line '
+            "is not a complete summary was cut short.",
+            "content": {NDJSON: {"schema": {"type": "string"}}},
+        }
+    }
+}
+
+
+@router.get("/export", summary="Export dead letters as NDJSON", openapi_extra=_EXPORT_DOC)
+@requires(VIEW_DEAD_LETTER)
+def export_dead_letters(request: HttpRequest, filters: Query[Filters]) -> StreamingHttpResponse:
+    """The entries the list's filters select, every one, for `manage.py dlq import`."""
+    entries = _selected(filters)  # a bad filter is refused here, before the stream begins
+    # Under ASGI (daphne) the batches are read in Django's sync thread as the client reads.
+    chunks = (
+        dead_letter_files.aexport_chunks(entries)
+        if isinstance(request, ASGIRequest)
+        else dead_letter_files.export_chunks(entries)
+    )
+    response = StreamingHttpResponse(chunks, content_type=NDJSON)
+    response["Content-Disposition"] = 'attachment; filename="dead-letters.ndjson"'
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/{int:entry_id}", response=DeadLetterOut, summary="Read a dead letter")

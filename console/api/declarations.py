@@ -59,7 +59,8 @@ def declaration_of(subscription: Subscription) -> dict[str, Any]:
 def merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """`current` with `patch` applied: sections merge key by key, null resets to the default.
 
-    Turning a source into a kind without some options (postgres) drops those it had.
+    Turning a source into a kind without some options (postgres) drops those it had, and
+    into one that reads no database (push) its DSN, relation and key.
     """
     merged = {
         key: dict(value) if isinstance(value, dict) else value for key, value in current.items()
@@ -72,6 +73,10 @@ def merge(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
                 for option in kinds.OPTIONS:
                     if option not in new_kind.options and option not in value:
                         section.pop(option, None)
+                if not new_kind.reads_database:  # push: a database's fields have no place
+                    for name in ("dsn", "relation", "key"):
+                        if name not in value:
+                            section.pop(name, None)
             for name, item in value.items():
                 if item is None:
                     section.pop(name, None)

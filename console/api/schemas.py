@@ -7,7 +7,7 @@ the shape and the types.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ninja import Schema
@@ -20,7 +20,7 @@ from syncer.text import redact
 
 # The registry's kinds (syncer.sources.kinds.KINDS), spelled out for the OpenAPI schema;
 # a unit test keeps the two equal.
-SourceKind = Literal["postgres", "materialize"]
+SourceKind = Literal["postgres", "materialize", "push"]
 Envelope = Literal["diff", "upsert"]
 SnapshotMode = Literal["index", "discard"]
 
@@ -34,8 +34,14 @@ class _In(Schema):
 
 class SourceIn(_In):
     kind: SourceKind
-    dsn: str = Field(description="A PostgreSQL DSN or env:VARNAME.")
-    relation: str = Field(description="A table (postgres); a view or a query (materialize).")
+    dsn: str = Field(
+        "", description="A PostgreSQL DSN or env:VARNAME; required but for push sources."
+    )
+    relation: str = Field(
+        "",
+        description="A table (postgres); a view or a query (materialize); none (push: "
+        "documents are posted to /api/subscriptions/{name}/documents/stream).",
+    )
     key: list[str] | None = Field(None, description="Key columns; default: the primary key.")
     cluster: str | None = Field(None, description="Materialize only.")
     envelope: Envelope | None = Field(None, description="Materialize only.")
@@ -179,6 +185,15 @@ class CopyProgressOut(Schema):
     resumes: int = Field(description="Times the copy went on from its cursor after a restart.")
 
 
+class LastVerificationOut(Schema):
+    id: int
+    finished_at: datetime
+    failed: bool = Field(description="It could not run to its end (its job says why).")
+    checked: int = Field(description="Rows and documents compared.")
+    drifted: int = Field(description="Documents found missing, extra or differing.")
+    repaired: int
+
+
 class SubscriptionOut(Schema):
     name: str
     enabled: bool
@@ -209,12 +224,20 @@ class SubscriptionOut(Schema):
     reset_requested_at: datetime | None
     owner: str = Field(description="The worker running it; empty when none does.")
     dead_letters: int
+    last_verification: LastVerificationOut | None = Field(
+        description="The last verification that ended; null when none has "
+        "(`/verifications` lists them)."
+    )
+    verifying: bool = Field(description="A verification runs now.")
     created_at: datetime
     updated_at: datetime
 
 
-def subscription_out(s: Subscription, dead_letters: int) -> dict[str, Any]:
-    """The read form of a subscription: DSN without password, worker texts redacted."""
+def subscription_out(
+    s: Subscription, dead_letters: int, verified: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The read form of a subscription: DSN without password, worker texts redacted;
+    `verified`: its entry of `verify.latest_by_subscription`, if any."""
     declared = describe.config(s)
     # The schema has every source field, whatever the kind.
     declared["source"].setdefault("cluster", s.source_cluster)
@@ -244,6 +267,8 @@ def subscription_out(s: Subscription, dead_letters: int) -> dict[str, Any]:
         "reset_requested_at": s.reset_requested_at,
         "owner": s.owner,
         "dead_letters": dead_letters,
+        "last_verification": _last_verification(verified),
+        "verifying": bool(verified and verified.get("running")),
         "created_at": s.created_at,
         "updated_at": s.updated_at,
     }
@@ -396,3 +421,12 @@ class ReadyOut(Schema):
     ready: bool
     reason: str = Field(description="Why not ready; empty when ready.")
     workers: int = Field(description="Workers with a heartbeat in the last 15 s.")
+
+
+def _last_verification(verified: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not verified or "finished_at" not in verified:
+        return None
+    return {
+        **{k: verified[k] for k in ("id", "failed", "checked", "drifted", "repaired")},
+        "finished_at": datetime.fromtimestamp(verified["finished_at"], UTC),
+    }

@@ -37,7 +37,7 @@ from console.api.schemas import (
 from syncer import dsn
 from syncer.errors import DeadLettersRemain
 from syncer.models import Subscription, SubscriptionQuerySet
-from syncer.operations import control, subscriptions
+from syncer.operations import control, subscriptions, verify
 from syncer.operations.control import ControlResult
 from syncer.operations.declarations import FIELD_LABELS
 from syncer.sources import kinds
@@ -58,11 +58,15 @@ def _locked(name: str) -> Subscription:
     return subscriptions.named(name, Subscription.objects.select_for_update())
 
 
-def _out(subscription: Subscription) -> dict[str, Any]:
+def _out(
+    subscription: Subscription, verified: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     count = getattr(subscription, "dead_letter_count", None)
     if count is None:
         count = subscription.dead_letters.count()
-    return subscription_out(subscription, count)
+    if verified is None:
+        verified = verify.latest_by_subscription([subscription.name])
+    return subscription_out(subscription, count, verified.get(subscription.name))
 
 
 @router.get("", response=list[SubscriptionOut], summary="List subscriptions")
@@ -76,7 +80,9 @@ def list_subscriptions(
     if status:
         # No status holds a NUL, and PostgreSQL could not even be asked about one.
         found = found.filter(status=status) if "\x00" not in status else found.none()
-    return [_out(s) for s in found]
+    listed = list(found)
+    verified = verify.latest_by_subscription([s.name for s in listed])
+    return [_out(s, verified) for s in listed]
 
 
 @router.post("", response={201: SubscriptionOut}, summary="Create a subscription")

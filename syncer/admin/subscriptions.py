@@ -34,6 +34,9 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from syncer import dsn, text
+from syncer.admin import trace as trace_page
+from syncer.admin import verifications as verification_pages
+from syncer.admin.verifications import verify_selected
 from syncer.engine.progress import CopyFigures
 from syncer.errors import DeadLettersRemain
 from syncer.models import DeadLetter, Subscription
@@ -257,6 +260,7 @@ class SubscriptionAdmin(_AdminBase):
         "resume_selected",
         "resync_selected",
         "reset_selected",
+        verify_selected,
     )
     readonly_fields = (
         "slot_name",
@@ -278,6 +282,7 @@ class SubscriptionAdmin(_AdminBase):
         "reset_requested_at",
         "control_version",
         "dead_letter_link",
+        "last_verification",
         "last_error_full",
         "last_error_at",
         "created_at",
@@ -530,8 +535,34 @@ class SubscriptionAdmin(_AdminBase):
                 wrap(self.control_view),
                 name="syncer_subscription_control",
             ),
+            path("trace/", wrap(self.trace_view), name="syncer_subscription_trace"),
+            path(
+                "<path:object_id>/verify/",
+                wrap(self.verify_view),
+                name="syncer_subscription_verify",
+            ),
+            path(
+                "verifications/",
+                wrap(self.verifications_view),
+                name="syncer_subscription_verifications",
+            ),
             *super().get_urls(),
         ]
+
+    def trace_view(self, request: HttpRequest) -> HttpResponse:
+        """One document end to end: its row, its document, its dead letter (admin/trace.py)."""
+        return trace_page.trace_view(self, request)
+
+    def verify_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Verify this subscription: a confirmation page, then the result (verifications.py)."""
+        return verification_pages.verify_view(self, request, object_id)
+
+    def verifications_view(self, request: HttpRequest) -> HttpResponse:
+        return verification_pages.result_view(self, request)
+
+    @admin.display(description="Last verification")
+    def last_verification(self, obj: Subscription) -> str:
+        return verification_pages.last_verification_text(obj)
 
     def control_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
         """GET: what `action` would do to this subscription; the confirming POST does it."""
@@ -681,10 +712,12 @@ def _read_only(fieldsets: Any) -> list[tuple[str | None, dict[str, Any]]]:
 
 def _control_urls(subscription: Subscription) -> dict[str, str]:
     names = ["resume" if subscription.paused else "pause", "resync", "reset"]
-    return {
+    urls = {
         name: reverse("admin:syncer_subscription_control", args=[subscription.pk, name])
         for name in names
     }
+    urls["verify"] = reverse("admin:syncer_subscription_verify", args=[subscription.pk])
+    return urls
 
 
 def _recent_changes(subscription: Subscription) -> list[LogEntry]:

@@ -122,6 +122,34 @@ def doc_id(key: DocKey) -> str:
     return "|".join(_text(part).replace("\\", "\\\\").replace("|", "\\|") for part in key)
 
 
+def key_parts(doc_id_text: str, count: int) -> tuple[str, ...] | None:
+    """The key, as text, that `doc_id` made `doc_id_text` of, for a key of `count`
+    columns; None when the text is not such an id (the wrong number of parts, or a `\\`
+    that escapes neither `\\` nor `|`). The inverse of `doc_id` for keys given as text."""
+    if count == 1:
+        return (doc_id_text,)
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in doc_id_text:
+        if escaped:
+            if char not in "\\|":
+                return None
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "|":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if escaped:
+        return None
+    parts.append("".join(current))
+    return tuple(parts) if len(parts) == count else None
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

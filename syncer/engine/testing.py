@@ -7,13 +7,14 @@ rather than recording calls, and let a test inject the failures real systems hav
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from syncer.engine.changes import Change, DocKey, Document, Op, Position, Transaction
 from syncer.engine.interfaces import Rejected, ResumeState, SourceNotice
 from syncer.engine.outcomes import ItemResult, Outcome, classify
+from syncer.engine.verify import Indexed, KeyText, Row
 from syncer.errors import SinkUnavailable, SourceUnavailable
 
 if TYPE_CHECKING:
@@ -139,6 +140,33 @@ class InMemorySink:
         live = self.live
         return {i: dict(live[i]) for i in doc_ids if i in live}
 
+    # -- what a verification reads (syncer.engine.verify.Index) --------------------------
+
+    async def count(self) -> int:
+        return len(self.live)
+
+    async def indexed(self, doc_ids: Sequence[str]) -> dict[str, Indexed]:
+        docs = self.docs
+        return {
+            i: Indexed(docs[i].version, dict(docs[i].doc or {}))
+            for i in doc_ids
+            if i in docs and docs[i].doc is not None
+        }
+
+    async def pages(self, size: int) -> AsyncIterator[dict[str, Indexed]]:
+        ids = sorted(self.live)
+        for start in range(0, len(ids), size):
+            yield await self.indexed(ids[start : start + size])
+
+    async def delete_unchanged(self, doc_ids: Sequence[str], upto: Position) -> int:
+        gone = 0
+        for i in doc_ids:
+            stored = self.docs.get(i)
+            if stored is not None and stored.doc is not None and stored.version <= upto:
+                self.docs[i] = StoredDoc(stored.version, None)
+                gone += 1
+        return gone
+
     async def sweep(self, below: Position) -> int:
         stale = [i for i, s in self.docs.items() if s.doc is not None and s.version < below]
         for doc_id in stale:
@@ -252,3 +280,49 @@ async def run_until(pipeline: Pipeline, done: Callable[[], object], timeout: flo
     await eventually(done, timeout)
     stop.set()
     await task
+
+
+class InMemorySnapshot:
+    """A table in a dict, read as a verification reads a snapshot: `rows` as they
+    stood at `position`, `later` the ids changed since (a test adds to it as the
+    source would change)."""
+
+    def __init__(
+        self,
+        rows: dict[DocKey, Document],
+        position: Position,
+        key_columns: tuple[str, ...] = ("id",),
+    ) -> None:
+        self.table = dict(sorted(rows.items()))
+        self.position = position
+        self.key_columns = key_columns
+        self.later: set[str] = set()
+        self.on_changed: Callable[[], None] = lambda: None
+        """Runs at each `changed`: a test's change 'committed' meanwhile."""
+        self._read = 0
+
+    @property
+    def estimate(self) -> int | None:
+        return len(self.table)
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def written_upto(self) -> Position:
+        return 0
+
+    async def rows(self, limit: int) -> list[Row]:
+        chunk = list(self.table.items())[self._read : self._read + limit]
+        self._read += len(chunk)
+        return chunk
+
+    async def lookup(self, keys: Sequence[KeyText]) -> list[Row]:
+        wanted = {tuple(str(v) for v in key) for key in keys}
+        return [(k, r) for k, r in self.table.items() if tuple(str(v) for v in k) in wanted]
+
+    async def changed(self) -> Collection[str]:
+        self.on_changed()
+        return self.later

@@ -1,34 +1,67 @@
 """Verification: a source snapshot against the index, one bounded chunk at a time.
 
 The source is read in one snapshot that stands exactly at a position `at` (PostgreSQL:
-a temporary slot's exported snapshot and its consistent point). A document is compared
-with its row only if nothing changed it after `at`: its version (the source position of
-its last write) is at most `at`, and the source shows no change of its key since (the
-caller's `changed`, from that slot's stream). What differs then is drift:
+a temporary slot's exported snapshot and its consistent point). Nothing is compared
+before the subscription has written everything up to `at` (`caught_up`). A document is
+then compared with its row only if nothing changed it after `at`: the source shows no
+change of its key since (`Snapshot.changed`, asked after the documents were read, so
+that it covers every change the index could already hold), and its version (the source
+position of its last write) is at most `at`. A delete after `at` leaves no document,
+and no version to tell it by: that is why the source's own record of changes decides,
+not the index. What differs then is drift:
 
 - missing: a row with no document;
 - extra: a document with no row;
 - differs: a document whose content is not the row's, as the sink would write it.
 
-A document with a newer version, or a key changed since `at`, is newer than the
-snapshot: counted as skipped, never as drift. A repair writes the row (or deletes the
-document) at version `at + 1`: above every write the snapshot contains (a commit ending
-exactly at `at` included) and below every later commit, whose record ends at least a
-record's length after `at`; so a concurrent change always wins over the repair.
+A document newer than the snapshot is counted as skipped, never as drift; so is one
+whose last change is a dead letter (the dead-letter queue explains it, and a retry is
+its repair). A repair writes the row (or deletes the document) at version `at + 1`:
+above every write the snapshot contains (a commit ending exactly at `at` included) and
+below every later commit, whose record ends at least a record's length after `at`; so a
+concurrent change always wins over the repair. A delete is also guarded by the
+document's sequence number (`Index.delete_unchanged`): a server that applies a
+versioned delete whatever its version still keeps a write that landed in between.
+
+Memory stays flat: the rows go `chunk_rows` at a time in key order, the index's
+documents a page at a time; what grows is `changed`, the ids the source changed during
+the verification.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Container, Iterable, Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import orjson
 
-from syncer.engine.changes import Change, DocKey, Document, Op, Position, doc_id
+from syncer.engine.changes import (
+    Change,
+    CopyProgress,
+    DocKey,
+    Document,
+    Op,
+    Position,
+    doc_id,
+    key_parts,
+)
+from syncer.engine.outcomes import ItemResult, Outcome
+from syncer.engine.progress import CopyFigures, CopyMeter
 
 EXAMPLES = 20
 """Drifted documents kept per kind, to show."""
+CHUNK_ROWS = 1_000
+"""Rows (and documents) compared at a time: one mget of as many ids."""
+_EXAMPLE_BYTES = 2_000
+"""A row or document shown in an example is cut to about this much JSON."""
+
+Row = tuple[DocKey, Document]
+"""A snapshot's row: its key, and its values as the source decodes them."""
+KeyText = tuple[str | None, ...]
+"""A key as text (what an operator types, or a document's key fields), one per column."""
 
 
 class DriftKind(enum.StrEnum):
@@ -49,25 +82,71 @@ class Indexed:
 class Drift:
     kind: DriftKind
     doc_id: str
-    key: DocKey
+    key: DocKey | None
+    """The row's key; None for an extra document (it has no row)."""
     row: Document | None
     """The row in the snapshot; None for an extra document."""
     indexed: Indexed | None
     """The document; None for a missing one."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, bounded: for a differing document only the fields that differ."""
+        shown: dict[str, Any] = {"kind": self.kind.value, "id": self.doc_id}
+        if self.indexed is not None:
+            shown["version"] = self.indexed.version
+        if self.kind is DriftKind.DIFFERS and self.row is not None and self.indexed is not None:
+            shown["fields"] = differing_fields(as_written(self.row), self.indexed.source)
+        elif self.row is not None:
+            shown["row"] = _bounded(as_written(self.row))
+        elif self.indexed is not None:
+            shown["document"] = _bounded(self.indexed.source)
+        return shown
+
+
+def differing_fields(row: Document, document: Document) -> dict[str, Any]:
+    """{field: {"source": value, "index": value}} for each field the two disagree on."""
+    fields = {}
+    for name in sorted(set(row) | set(document)):
+        if row.get(name, _ABSENT) != document.get(name, _ABSENT):
+            fields[name] = {
+                "source": _bounded(row.get(name)),
+                "index": _bounded(document.get(name)),
+            }
+    return fields
+
+
+_ABSENT = object()
+
+
+def _bounded(value: Any) -> Any:
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    if len(text) <= _EXAMPLE_BYTES:
+        return value
+    return text[:_EXAMPLE_BYTES].decode(errors="ignore") + "…"
 
 
 @dataclass
 class Tally:
     """A verification's counts so far, with a few examples of each kind of drift."""
 
+    rows: int = 0
+    """Source rows read."""
+    documents: int = 0
+    """Index documents read in the pass for extras."""
     checked: int = 0
     """Rows and documents compared."""
     skipped: int = 0
     """Newer than the snapshot (changed since): not compared."""
+    dead_lettered: int = 0
+    """Different, but explained by the document's dead letter."""
     missing: int = 0
     extra: int = 0
     differs: int = 0
     repaired: int = 0
+    superseded: int = 0
+    """A repair a newer change beat to it: nothing to do."""
+    repair_failed: int = 0
+    repair_errors: list[str] = field(default_factory=list)
     examples: dict[DriftKind, list[Drift]] = field(default_factory=dict)
 
     @property
@@ -81,66 +160,347 @@ class Tally:
             if len(kept) < EXAMPLES:
                 kept.append(drift)
 
+    def counts(self) -> dict[str, int]:
+        names = ("rows", "documents", "checked", "skipped", "dead_lettered", "missing")
+        more = ("extra", "differs", "repaired", "superseded", "repair_failed")
+        return {name: getattr(self, name) for name in (*names, *more)} | {"drifted": self.drifted}
+
+    def example_dicts(self) -> dict[str, list[dict[str, Any]]]:
+        return {
+            kind.value: [drift.as_dict() for drift in self.examples.get(kind, [])]
+            for kind in DriftKind
+        }
+
 
 def as_written(row: Document) -> Document:
     """The row as OpenSearch holds it once the sink wrote it (its JSON, read back)."""
-    loaded: Document = orjson.loads(orjson.dumps(row))
+    loaded: Document = orjson.loads(orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS))
     return loaded
 
 
 def compare_rows(
-    rows: Mapping[DocKey, Document],
-    indexed: Mapping[str, Indexed],
+    rows: Iterable[Row],
+    indexed: dict[str, Indexed],
     at: Position,
-    changed: Container[DocKey],
-    tally: Tally,
-) -> list[Drift]:
+    changed: Collection[str],
+) -> tuple[list[Drift], int, int]:
     """Compare a chunk of the snapshot's rows with their documents (`indexed`, by id):
-    the missing and differing ones."""
-    drifts = []
-    for key, row in rows.items():
-        document = indexed.get(doc_id(key))
-        if key in changed or (document is not None and document.version > at):
-            tally.skipped += 1
+    the missing and differing ones, and how many were compared and skipped (newer)."""
+    drifts, compared, skipped = [], 0, 0
+    for key, row in rows:
+        id_ = doc_id(key)
+        document = indexed.get(id_)
+        if id_ in changed or (document is not None and document.version > at):
+            skipped += 1
             continue
-        tally.checked += 1
+        compared += 1
         if document is None:
-            drifts.append(Drift(DriftKind.MISSING, doc_id(key), key, row, None))
+            drifts.append(Drift(DriftKind.MISSING, id_, key, row, None))
         elif as_written(row) != document.source:
-            drifts.append(Drift(DriftKind.DIFFERS, doc_id(key), key, row, document))
-    tally.count(drifts)
-    return drifts
+            drifts.append(Drift(DriftKind.DIFFERS, id_, key, row, document))
+    return drifts, compared, skipped
 
 
 def compare_documents(
-    documents: Mapping[DocKey, Indexed],
-    present: Container[DocKey],
+    documents: dict[str, Indexed],
+    present: Collection[str],
     at: Position,
-    changed: Container[DocKey],
-    tally: Tally,
-) -> list[Drift]:
-    """Compare a page of the index's documents (by key) with the snapshot: those whose
-    row is not `present` in it are extra. (The others were compared row by row.)"""
-    drifts = []
-    for key, document in documents.items():
-        if key in present:
+    changed: Collection[str],
+) -> tuple[list[Drift], int, int]:
+    """Compare a page of the index's documents (by id) with the snapshot, whose rows
+    `present` lists by id: the extra ones, and how many were compared and skipped.
+    (Those with a row were compared row by row.)"""
+    drifts, compared, skipped = [], 0, 0
+    for id_, document in documents.items():
+        if id_ in present:
             continue
-        if key in changed or document.version > at:
-            tally.skipped += 1
+        if id_ in changed or document.version > at:
+            skipped += 1
             continue
-        tally.checked += 1
-        drifts.append(Drift(DriftKind.EXTRA, doc_id(key), key, None, document))
-    tally.count(drifts)
-    return drifts
+        compared += 1
+        drifts.append(Drift(DriftKind.EXTRA, id_, None, None, document))
+    return drifts, compared, skipped
 
 
 def repairs(drifts: Iterable[Drift], at: Position, now: float) -> list[Change]:
-    """The writes that undo `drifts`, at version `at + 1` (see the module's docstring)."""
+    """The writes that undo missing and differing documents, at version `at + 1` (see
+    the module's docstring). Extra documents are deleted by `Index.delete_unchanged`."""
     version = at + 1
-    changes = []
-    for drift in drifts:
-        if drift.kind is DriftKind.EXTRA:
-            changes.append(Change(Op.DELETE, drift.doc_id, drift.key, version, now))
+    return [
+        Change(Op.UPSERT, drift.doc_id, drift.key or (drift.doc_id,), version, now, drift.row)
+        for drift in drifts
+        if drift.kind is not DriftKind.EXTRA
+    ]
+
+
+def key_of_id(value: str, columns: int) -> KeyText:
+    """A document id back to its key's text, one value per column (`key_parts`); a
+    ValueError says how to write one that does not fit."""
+    parts = key_parts(value, columns)
+    if parts is None:
+        raise ValueError(
+            f"{value!r} is not a key of {columns} columns: join the values with '|' "
+            "(and write a '|' or '\\' inside a value as '\\|' or '\\\\')"
+        )
+    return parts
+
+
+def key_of_document(source: Document, key_columns: Sequence[str]) -> KeyText | None:
+    """The key a document's fields hold (as text), or None if it lacks a key field."""
+    if any(source.get(column) is None for column in key_columns):
+        return None
+    return tuple(_text(source[column]) for column in key_columns)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class Snapshot(Protocol):
+    """A source read in one snapshot (the source kind's adapter)."""
+
+    async def open(self) -> None:
+        """Take the snapshot."""
+
+    async def close(self) -> None: ...
+
+    async def written_upto(self) -> Position:
+        """How far the subscription has written everything, as the source can tell
+        without it (0 when it cannot: then its checkpoint alone says)."""
+
+    @property
+    def position(self) -> Position:
+        """The position the snapshot stands at: it holds every change up to it."""
+
+    @property
+    def estimate(self) -> int | None:
+        """About how many rows a full read returns; None if unknown."""
+
+    @property
+    def key_columns(self) -> tuple[str, ...]: ...
+
+    async def rows(self, limit: int) -> list[Row]:
+        """The next rows in key order (a sample's, if sampling); [] after the last."""
+
+    async def lookup(self, keys: Sequence[KeyText]) -> list[Row]:
+        """The rows of these keys that the snapshot has."""
+
+    async def changed(self) -> Collection[str]:
+        """The ids of documents whose rows changed after `position`, up to the source's
+        present: every change committed before this call is in it."""
+
+
+class Index(Protocol):
+    """The subscription's index, as a verification reads and repairs it."""
+
+    async def count(self) -> int: ...
+
+    async def indexed(self, doc_ids: Sequence[str]) -> dict[str, Indexed]:
+        """Those of `doc_ids` the index holds, with their versions."""
+
+    def pages(self, size: int) -> AsyncIterator[dict[str, Indexed]]:
+        """Every document, `size` at a time."""
+
+    async def write(self, changes: Sequence[Change]) -> list[ItemResult]: ...
+
+    async def delete_unchanged(self, doc_ids: Sequence[str], upto: Position) -> int:
+        """Delete those whose version is at most `upto` and that nothing writes
+        meanwhile; return how many went."""
+
+
+class Phase(enum.StrEnum):
+    WAITING = "waiting"
+    """For the subscription to write everything up to the snapshot's position."""
+    ROWS = "rows"
+    DOCUMENTS = "documents"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What to verify, and whether to repair."""
+
+    repair: bool = False
+    sample: int | None = None
+    """About this many rows (the snapshot samples them) and the first as many
+    documents of the index, rather than all."""
+    ids: tuple[str, ...] | None = None
+    """Only these documents (by id)."""
+
+
+@dataclass
+class Progress:
+    """Where a verification stands: its phase, its counts and its pace."""
+
+    phase: Phase
+    tally: Tally
+    figures: CopyFigures | None
+
+
+Report = Callable[[Progress], Awaitable[None]]
+CaughtUp = Callable[[Position], Awaitable[None]]
+DeadLettered = Callable[[Sequence[str]], Awaitable[Collection[str]]]
+
+
+class Verifier:
+    """One verification of a snapshot against an index (see the module's docstring)."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        index: Index,
+        scope: Scope,
+        *,
+        caught_up: CaughtUp,
+        dead_lettered: DeadLettered,
+        report: Report,
+        chunk_rows: int = CHUNK_ROWS,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.snapshot = snapshot
+        self.index = index
+        self.scope = scope
+        self.tally = Tally()
+        self._caught_up = caught_up
+        self._dead_lettered = dead_lettered
+        self._report = report
+        self._chunk_rows = chunk_rows
+        self._clock = clock
+        self._now = now
+        self._meter = CopyMeter()
+        self._total: int | None = None
+        self._phase = Phase.WAITING
+
+    async def run(self) -> Tally:
+        at = self.snapshot.position
+        await self._progress()
+        await self._caught_up(at)
+        if self.scope.ids is not None:
+            self._total = len(self.scope.ids)
+            await self._verify_ids(list(self.scope.ids))
         else:
-            changes.append(Change(Op.UPSERT, drift.doc_id, drift.key, version, now, drift.row))
-    return changes
+            await self._verify_all()
+        self._phase = Phase.DONE
+        await self._progress()
+        return self.tally
+
+    async def _verify_all(self) -> None:
+        sample = self.scope.sample
+        rows_estimate = self.snapshot.estimate
+        documents_estimate = await self.index.count()
+        if sample is not None:
+            rows_estimate = min(sample, rows_estimate or sample)
+            documents_estimate = min(sample, documents_estimate)
+        self._total = None if rows_estimate is None else rows_estimate + documents_estimate
+        self._phase = Phase.ROWS
+        await self._progress()
+        while rows := await self.snapshot.rows(self._chunk_rows):
+            self.tally.rows += len(rows)
+            await self._compare_rows(rows)
+        self._phase = Phase.DOCUMENTS
+        if self._total is not None:  # the rows are read: the rest is documents
+            self._total = self.tally.rows + documents_estimate
+        await self._progress()
+        async for page in self.index.pages(self._chunk_rows):
+            if sample is not None:
+                page = dict(list(page.items())[: max(0, sample - self.tally.documents)])
+                if not page:
+                    break
+            self.tally.documents += len(page)
+            await self._compare_documents(page)
+
+    async def _verify_ids(self, ids: list[str]) -> None:
+        columns = len(self.snapshot.key_columns)
+        self._phase = Phase.ROWS
+        for start in range(0, len(ids), self._chunk_rows):
+            chunk = ids[start : start + self._chunk_rows]
+            rows = await self.snapshot.lookup([key_of_id(id_, columns) for id_ in chunk])
+            self.tally.rows += len(rows)
+            indexed = await self.index.indexed(chunk)
+            await self._compare_rows(rows, indexed)
+            present = {doc_id(key) for key, _ in rows}
+            others = {id_: indexed[id_] for id_ in chunk if id_ in indexed}
+            self.tally.documents += len(others)
+            await self._compare_documents(others, present)
+
+    async def _compare_rows(
+        self, rows: list[Row], indexed: dict[str, Indexed] | None = None
+    ) -> None:
+        at = self.snapshot.position
+        if indexed is None:
+            indexed = await self.index.indexed([doc_id(key) for key, _ in rows])
+        changed = await self.snapshot.changed()  # after the read: see the module's docstring
+        drifts, compared, skipped = compare_rows(rows, indexed, at, changed)
+        self.tally.checked += compared
+        self.tally.skipped += skipped
+        drifts = await self._explained(drifts)
+        self.tally.count(drifts)
+        if self.scope.repair and drifts:
+            await self._repair_rows(drifts)
+        await self._progress()
+
+    async def _compare_documents(
+        self, page: dict[str, Indexed], present: Collection[str] | None = None
+    ) -> None:
+        at = self.snapshot.position
+        if present is None:
+            present = await self._present(page)
+        changed = await self.snapshot.changed()
+        drifts, compared, skipped = compare_documents(page, present, at, changed)
+        self.tally.checked += compared
+        self.tally.skipped += skipped
+        drifts = await self._explained(drifts)
+        self.tally.count(drifts)
+        if self.scope.repair and drifts:
+            removed = await self.index.delete_unchanged([d.doc_id for d in drifts], at)
+            self.tally.repaired += removed
+            self.tally.superseded += len(drifts) - removed
+        await self._progress()
+
+    async def _present(self, page: dict[str, Indexed]) -> set[str]:
+        """Which of these documents have a row in the snapshot (looked up by the key
+        their fields hold; one whose fields hold no key has none)."""
+        columns = self.snapshot.key_columns
+        keys: dict[KeyText, None] = {}
+        for document in page.values():
+            key = key_of_document(document.source, columns)
+            if key is not None:
+                keys[key] = None
+        rows = await self.snapshot.lookup(list(keys)) if keys else []
+        return {doc_id(key) for key, _ in rows}
+
+    async def _explained(self, drifts: list[Drift]) -> list[Drift]:
+        """Drop the drifts whose document has a dead letter (counted apart)."""
+        if not drifts:
+            return drifts
+        lettered = await self._dead_lettered([d.doc_id for d in drifts])
+        if not lettered:
+            return drifts
+        kept = [d for d in drifts if d.doc_id not in lettered]
+        self.tally.dead_lettered += len(drifts) - len(kept)
+        return kept
+
+    async def _repair_rows(self, drifts: list[Drift]) -> None:
+        changes = repairs(drifts, self.snapshot.position, self._now())
+        results = await self.index.write(changes)
+        for change, result in zip(changes, results, strict=True):
+            if result.outcome is Outcome.OK:
+                self.tally.repaired += 1
+            elif result.outcome is Outcome.STALE:
+                self.tally.superseded += 1
+            else:
+                self.tally.repair_failed += 1
+                if len(self.tally.repair_errors) < EXAMPLES:
+                    reason = result.reason or result.error_type or f"status {result.status}"
+                    self.tally.repair_errors.append(f"{change.doc_id}: {reason}")
+
+    async def _progress(self) -> None:
+        done = self.tally.rows + self.tally.documents
+        self._meter.update(CopyProgress(done, self._total, 0), self._clock())
+        figures = self._meter.figures()
+        if figures is not None and self._phase is Phase.DONE:
+            figures = replace(figures, estimated_rows=done, percent=100.0, eta_seconds=0.0)
+        await self._report(Progress(self._phase, self.tally, figures))

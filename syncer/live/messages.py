@@ -101,6 +101,9 @@ class SnapshotMessage(TypedDict):
     copy: dict[str, float | int | None] | None
     """A resumable copy under way: rows, estimated_rows, percent, rows_per_second,
     eta_seconds, resumes; None when none runs."""
+    verification: dict[str, float | int | bool] | None
+    """The last verification that ended: finished_at (epoch seconds), failed, checked,
+    drifted, repaired; and running (one runs now). None when there was none."""
     at: float  # epoch seconds
 
 

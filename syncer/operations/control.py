@@ -9,7 +9,7 @@ nothing here talks to a worker, a source or OpenSearch directly.
 - resync: copy the source again into the index, then remove the documents the copy
   did not contain (`in_place`), or build a new index and swap the alias to it
   (`new_index`). The request stays until the copy completes, so a crash mid-way
-  starts it again.
+  starts it again. A push subscription has nothing to copy: refused, unchanged.
 - reset: forget the checkpoint (and the source's resume state); the next start is a
   first start in the subscription's snapshot mode.
 """
@@ -67,6 +67,16 @@ def resync(
     subscription: Subscription, mode: str = Subscription.ResyncMode.IN_PLACE
 ) -> ControlResult:
     mode = Subscription.ResyncMode(mode)
+    if not subscription.kind.reads_database:
+        # Nothing holds a push subscription's documents but the index: a copy would be
+        # empty, and a new index swapped in would lose them all.
+        return ControlResult(
+            subscription.name,
+            "resync",
+            False,
+            "a push subscription has no source to copy again: send its documents again "
+            "instead (upserts of the same ids replace them)",
+        )
     bump(subscription, resync_requested_at=timezone.now(), resync_mode=mode)
     log.info("subscription_resync_requested", subscription=subscription.name, mode=str(mode))
     return ControlResult(subscription.name, "resync", True, f"resync requested ({mode.label})")

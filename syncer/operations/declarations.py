@@ -18,6 +18,9 @@ A file is JSON, or YAML (by a .yaml/.yml extension; sniffed for any other name):
           cluster: serving           # optional: the connection's default
           envelope: upsert           # optional: diff (default) or upsert
         index: {name: orders}
+      - name: books                  # documents posted to the API: no database is read
+        source: {kind: push}
+        index: {name: books}
 
 pydantic checks the shape and the types; the values are checked by the model's own
 validators (`services.validate_config`), so a file and the admin accept the same things.
@@ -72,12 +75,22 @@ FIELD_PATHS: dict[str, tuple[str, ...]] = {
 FIELD_LABELS: dict[str, str] = {name: ".".join(path) for name, path in FIELD_PATHS.items()}
 _FIELD_ORDER = {name: position for position, name in enumerate(FIELD_PATHS)}
 # What Subscription.source_problems reads.
-_SOURCE_FIELDS = {"source_kind", "relation", "key_columns", "source_cluster", "source_envelope"}
+_SOURCE_FIELDS = {
+    "source_kind",
+    "source_dsn",
+    "relation",
+    "key_columns",
+    "source_cluster",
+    "source_envelope",
+}
 # Options only some kinds have (`Kind.options`): (key in source, model field, what it is).
 _SOURCE_OPTIONS = (
     ("cluster", "source_cluster", "a cluster"),
     ("envelope", "source_envelope", "an envelope"),
 )
+
+# The sections a file has after `source`: its errors come after the source's.
+_AFTER_SOURCE = frozenset({"index", "snapshot", "batch", "backpressure"})
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_VALUES = 200_000  # bounds YAML alias expansion ("billion laughs")
@@ -86,7 +99,7 @@ MAX_ERRORS = 100
 _SHOWN_CHARS = 60
 _HINTS = {
     "name": "a slug, e.g. orders",
-    "source": "a mapping with kind, dsn and relation",
+    "source": "a mapping with kind, dsn and relation ({kind: push} alone for a push source)",
     "source.kind": " or ".join(kinds.KINDS),
     "source.dsn": "e.g. env:SOURCE_DATABASE_URL",
     "source.relation": "e.g. public.orders",
@@ -104,8 +117,8 @@ class _Section(BaseModel):
 
 class _Source(_Section):
     kind: str
-    dsn: str
-    relation: str
+    dsn: str = ""  # required by the model for the kinds that read a database (not push)
+    relation: str = ""
     key: list[str] = Field(default_factory=list)
     cluster: str = ""
     envelope: str = ""
@@ -357,6 +370,17 @@ def _parse_item(item: Any) -> tuple[SubscriptionSpec | None, list[tuple[str, str
 
     source = item.get("source")
     kind = kinds.named(values.get("source_kind"))
+    if kind is not None and kind.reads_database and isinstance(source, dict):
+        # Optional in the file's shape for push alone: missing, said as pydantic would.
+        after = next(
+            (i for i, (path, _) in enumerate(errors) if path.split(".")[0] in _AFTER_SOURCE),
+            len(errors),
+        )
+        for key, field in (("relation", "relation"), ("dsn", "source_dsn")):
+            if key not in source and field not in broken:
+                hint = _HINTS[f"source.{key}"]
+                errors.insert(after, (f"source.{key}", f"required; add it ({hint})"))
+                broken.add(field)
     if kind is not None and isinstance(source, dict):
         for option, field, what in _SOURCE_OPTIONS:
             if option not in kind.options and option in source and field not in broken:

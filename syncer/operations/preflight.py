@@ -112,6 +112,8 @@ async def _bounded(work: Awaitable[Problems], field: str, system: str, timeout: 
 
 
 async def _check_source(subscription: Subscription) -> Problems:
+    if not subscription.kind.reads_database:
+        return {}  # push: no source to reach (its queue is in the console's own database)
     try:
         conninfo = dsn.resolve(subscription.source_dsn)
     except UnsetVariable as exc:

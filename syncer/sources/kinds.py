@@ -9,19 +9,26 @@ choices from `KINDS`, and `syncer.wiring` builds a Subscription row's source thr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from syncer.engine.interfaces import Source
+from syncer.engine.verify import Snapshot
 from syncer.sources.dsn import DsnResolver, as_given
+from syncer.sources.lookup import FoundRow, RowLookup
 from syncer.sources.materialize import catalog as materialize_catalog
+from syncer.sources.materialize import lookup as materialize_lookup
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
 from syncer.sources.positions import format_lsn, format_mz_timestamp
 from syncer.sources.postgres import catalog as postgres_catalog
+from syncer.sources.postgres import lookup as postgres_lookup
 from syncer.sources.postgres.helper import CopyHelperSource, RemoveStale
 from syncer.sources.postgres.replication import drop_replication
 from syncer.sources.postgres.shared import RANGE_ROWS, CopyBoard, Lease, RangeLeases
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
+from syncer.sources.postgres.verify import PostgresSnapshot
+from syncer.sources.push import queue as push_queue
+from syncer.sources.push.source import PushSource, PushSourceConfig
 from syncer.sources.relations import materialize_relation_problem, postgres_relation_problem
 
 OPTIONS = ("cluster", "envelope")
@@ -49,6 +56,12 @@ class SourceValues:
     copy_index: str = ""
     """The index a shared copy's helpers write to."""
     copy_range_rows: int = RANGE_ROWS
+    subscription_id: int = 0
+    """The subscription's row, for a kind whose changes are queued in the console database."""
+    console_conninfo: str = ""
+    """The console's own database (a push subscription's queue is there)."""
+    push_queue_limit: int = 0
+    """Operations a push subscription's queue may hold (SYNCER_PUSH_QUEUE_LIMIT)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,15 @@ class Kind:
     ) = None
     """A helper of this kind's shared copies, given its leases, how it removes stale
     documents and the range it took first; None when the kind's copies are not shared."""
+    reads_database: bool = True
+    """Whether it reads a source database through a DSN and a relation; False for push,
+    whose changes are posted to the API: it has no source fields, no live check, no copy."""
+    read_row: Callable[[RowLookup], Awaitable[FoundRow]] | None = None
+    """One row by its key as the source holds it now, decoded as the sync decodes rows
+    (`syncer.sources.lookup`), for a trace; None when the kind cannot read one."""
+    verify_snapshot: Callable[[SourceValues, int | None], Snapshot] | None = None
+    """A verification's snapshot of the source (`syncer.engine.verify`), sampling about
+    that many rows if given; None when this kind cannot be verified yet."""
 
 
 def _postgres_config(values: SourceValues) -> PostgresSourceConfig:
@@ -101,6 +123,10 @@ def _postgres_config(values: SourceValues) -> PostgresSourceConfig:
 
 def _build_postgres(values: SourceValues) -> Source:
     return PostgresSource(_postgres_config(values))
+
+
+def _postgres_snapshot(values: SourceValues, sample: int | None) -> Snapshot:
+    return PostgresSnapshot(_postgres_config(values), sample)
 
 
 def _postgres_helper(
@@ -134,6 +160,8 @@ POSTGRES = Kind(
     cleanup=drop_replication,  # the slot and publication would keep WAL forever
     column_types=postgres_catalog.column_types,
     copy_helper=_postgres_helper,
+    read_row=postgres_lookup.read_row,
+    verify_snapshot=_postgres_snapshot,
 )
 
 MATERIALIZE = Kind(
@@ -146,9 +174,38 @@ MATERIALIZE = Kind(
     needs_key_columns=True,  # a view has no primary key
     cleanup=None,  # SUBSCRIBE leaves nothing on the source
     column_types=materialize_catalog.column_types,  # None for a query
+    read_row=materialize_lookup.read_row,
 )
 
-KINDS: dict[str, Kind] = {k.name: k for k in (POSTGRES, MATERIALIZE)}
+
+def _build_push(values: SourceValues) -> Source:
+    return PushSource(
+        PushSourceConfig(
+            name=values.name,
+            subscription_id=values.subscription_id,
+            conninfo=values.console_conninfo,
+            queue_limit=values.push_queue_limit,
+        )
+    )
+
+
+def _no_relation(relation: str) -> str | None:
+    return "push subscriptions read no relation; remove it" if relation else None
+
+
+PUSH = Kind(
+    name="push",
+    label="Push (NDJSON posted to the API)",
+    build=_build_push,
+    format_position=push_queue.format_position,
+    relation_problem=_no_relation,
+    options=(),
+    needs_key_columns=False,  # each line names its document's id
+    cleanup=None,  # the queue's rows are deleted with the subscription's
+    reads_database=False,
+)
+
+KINDS: dict[str, Kind] = {k.name: k for k in (POSTGRES, MATERIALIZE, PUSH)}
 
 
 def kind(name: str) -> Kind:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from syncer.dsn import console_conninfo
 from syncer.engine.pipeline import Pipeline, sleep_unless_stopped
 from syncer.errors import SyncError
 from syncer.leases import LeaseHolder
@@ -22,7 +23,6 @@ from syncer.models import CopyLease, Subscription
 from syncer.sources.postgres.helper import CopyHelperSource
 from syncer.stores import in_db
 from syncer.wiring import build_copy_helper
-from syncer.worker.ownership import console_conninfo
 
 log = structlog.get_logger(__name__)
 

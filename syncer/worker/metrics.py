@@ -32,7 +32,7 @@ from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
 from syncer.errors import QuotaExceeded
 from syncer.live.delivery import Breaker, Delivery, DropReason
 from syncer.models import DeadLetter, LiveSubscriptionCount
-from syncer.operations import live_subscriptions
+from syncer.operations import live_subscriptions, verify
 from syncer.worker import http
 from syncer.worker.live_subscriptions import LiveMatching
 
@@ -294,6 +294,14 @@ def dead_letter_counts(names: Collection[str]) -> dict[str, int]:
         _leave_no_connection()
 
 
+def latest_verifications(names: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Each subscription's last verification, in two queries."""
+    try:
+        return verify.latest_by_subscription(list(names))
+    finally:
+        _leave_no_connection()
+
+
 def live_subscription_counts() -> dict[tuple[str, str], int]:
     """The console's running totals of registrations, as (event, quota) -> total."""
     try:
@@ -366,6 +374,56 @@ class DeadLetterQueueCollector(Collector):
             for name in names:
                 gauge.add_metric([name], counts.get(name, 0))
         yield gauge
+
+
+class VerificationCollector(Collector):
+    """Each subscription's last verification (`manage.py verify`, the admin, the API,
+    `runsyncer --verify-every`), from the database, at most every `every` seconds."""
+
+    _GAUGES = (
+        ("last_finished_timestamp_seconds", "When the last verification ended.", "finished_at"),
+        ("checked", "Rows and documents the last verification compared.", "checked"),
+        (
+            "drifted",
+            "Documents the last verification found missing, extra or differing.",
+            "drifted",
+        ),
+        ("repaired", "Documents the last verification repaired.", "repaired"),
+        ("failed", "1 if the last verification failed (it says why), else 0.", "failed"),
+    )
+
+    def __init__(
+        self,
+        pipelines: Pipelines,
+        latest: Callable[[Collection[str]], dict[str, dict[str, Any]]] = latest_verifications,
+        every: float = 15.0,
+    ) -> None:
+        self._pipelines = pipelines
+        self._latest = _Throttled[tuple[str, ...], dict[str, dict[str, Any]]](
+            latest, every, "verification_metrics_failed"
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        names = tuple(sorted(self._pipelines()))
+        latest = self._latest.get(names) if names else {}
+        if latest is None:
+            return
+        for name, help_text, key in self._GAUGES:
+            gauge = GaugeMetricFamily(
+                f"searchsync_verify_{name}", help_text, labels=["subscription"]
+            )
+            for subscription, figures in sorted(latest.items()):
+                if key in figures:
+                    gauge.add_metric([subscription], float(figures[key]))
+            yield gauge
+        running = GaugeMetricFamily(
+            "searchsync_verify_running",
+            "1 while a verification of the subscription runs, else 0.",
+            labels=["subscription"],
+        )
+        for name in names:
+            running.add_metric([name], 1.0 if latest.get(name, {}).get("running") else 0.0)
+        yield running
 
 
 def _le(bound: float) -> str:
@@ -616,13 +674,16 @@ def registry_for(
     nats: Callable[[], Delivery | None] | None = None,
     matching: Callable[[], LiveMatching | None] | None = None,
     count_live_subscriptions: Callable[[], dict[tuple[str, str], int]] = live_subscription_counts,
+    verifications: Callable[[Collection[str]], dict[str, dict[str, Any]]] = latest_verifications,
 ) -> CollectorRegistry:
     """A registry of the pipelines' metrics, their dead-letter queues' sizes, the live
     publisher's counters, the NATS delivery's, live subscriptions' matching and
-    registrations, and the worker process's own (CPU, memory, start time)."""
+    registrations, the last verifications, and the worker process's own (CPU, memory,
+    start time)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipelines))
     registry.register(DeadLetterQueueCollector(pipelines, count_dead_letters))
+    registry.register(VerificationCollector(pipelines, verifications))
     if live is not None:
         registry.register(LiveCollector(live))
     if nats is not None:

@@ -16,9 +16,8 @@ from typing import Any
 
 import psycopg
 import structlog
-from django.conf import settings
-from psycopg.conninfo import make_conninfo
 
+from syncer.dsn import console_conninfo
 from syncer.errors import OwnershipLost
 from syncer.text import redact
 
@@ -36,20 +35,6 @@ _QUERY_TIMEOUT = 5.0
 def lock_key(subscription_id: int) -> tuple[int, int]:
     """The two int4 keys of a subscription's lock (as shown in pg_locks: classid, objid)."""
     return NAMESPACE, subscription_id & 0x7FFFFFFF
-
-
-def console_conninfo() -> str:
-    """A libpq connection string for the console's own database (Django's default)."""
-    db = settings.DATABASES["default"]
-    params: dict[str, Any] = {
-        "dbname": db.get("NAME"),
-        "user": db.get("USER"),
-        "password": db.get("PASSWORD"),
-        "host": db.get("HOST"),
-        "port": db.get("PORT"),
-    }
-    params.update(db.get("OPTIONS") or {})
-    return make_conninfo("", **{k: v for k, v in params.items() if v not in (None, "")})
 
 
 class Ownership:

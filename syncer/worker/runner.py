@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from channels.layers import get_channel_layer
@@ -41,7 +41,7 @@ from syncer.errors import (
 from syncer.live.messages import SnapshotMessage
 from syncer.live.publisher import LivePublisher
 from syncer.models import Subscription
-from syncer.operations import dead_letters, source_fields
+from syncer.operations import dead_letters, source_fields, verify
 from syncer.operations import live_subscriptions as live_subscription_ops
 from syncer.sources.kinds import format_position
 from syncer.stores import in_db
@@ -52,6 +52,7 @@ from syncer.worker.live_subscriptions import LiveMatching, MatchingObserver, Obs
 from syncer.worker.ownership import Ownership
 from syncer.worker.supervisor import Supervisor
 from syncer.worker.throughput import Throughput
+from syncer.worker.verifier import Verifications
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -86,6 +87,8 @@ class Runner:
         live: bool = True,
         live_subscriptions: bool = True,
         metrics_host: str = http.DEFAULT_HOST,
+        verify_every: float | None = None,
+        verify_sample: int | None = None,
     ) -> None:
         self.names = None if names is None else list(names)
         self.shutdown_timeout = shutdown_timeout
@@ -94,6 +97,10 @@ class Runner:
         self.metrics_host = metrics_host
         self.live = live
         self.worker_id = state.new_worker_id()
+        self.verifications = Verifications(
+            self.worker_id, lambda: list(self.supervisors), verify_every, verify_sample
+        )
+        """Runs the verifications of the subscriptions this worker owns (and schedules)."""
         self.publisher: LivePublisher | None = None
         """The live monitor's feed, while the worker runs (None with live off)."""
         self.matching: LiveMatching | None = None
@@ -106,6 +113,7 @@ class Runner:
         """The subscriptions this worker owns, by id."""
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._throughput: dict[str, tuple[Pipeline, Throughput]] = {}
+        self._verified_cache: tuple[float, Mapping[str, dict[str, Any]]] = (0.0, {})
         self._stop = asyncio.Event()
         self.started = False
         self._locks_down = False
@@ -164,6 +172,7 @@ class Runner:
             asyncio.create_task(self._control(), name="control"),
             asyncio.create_task(self._heartbeat(started_at), name="heartbeat"),
             asyncio.create_task(self._publish_stats(), name="stats"),
+            asyncio.create_task(self.verifications.run(stop), name="verifications"),
         ]
         if self.dlq_retry_every:
             helpers.append(asyncio.create_task(self._retry_dead_letters(self.dlq_retry_every)))
@@ -505,15 +514,31 @@ class Runner:
         except ConsoleDatabaseUnavailable:
             rows = {}  # the pipelines' own figures still go out
         live = self.matching.active() if self.matching is not None else {}
+        verified = await self._verified(now, [sup.name for _, sup in owned])
         for sub_id, supervisor in owned:
             row = rows.get(sub_id)
             if row is None:
                 continue  # deleted meanwhile, or the console database is down
-            publisher.offer_snapshot(self._snapshot(supervisor, row, now, live))
+            publisher.offer_snapshot(self._snapshot(supervisor, row, now, live, verified))
         publisher.offer_heartbeat([sup.name for _, sup in owned], interval)
 
+    async def _verified(self, now: float, names: list[str]) -> Mapping[str, dict[str, Any]]:
+        """The owned subscriptions' last verifications, read again every _VERIFIED_EVERY."""
+        read_at, verified = self._verified_cache
+        if now - read_at >= _VERIFIED_EVERY:
+            found = await self._quietly(lambda: verify.latest_by_subscription(names))
+            if found is not None:
+                self._verified_cache = (now, found)
+                verified = found
+        return verified
+
     def _snapshot(
-        self, supervisor: Supervisor, row: state.LiveRow, now: float, live: Mapping[str, int]
+        self,
+        supervisor: Supervisor,
+        row: state.LiveRow,
+        now: float,
+        live: Mapping[str, int],
+        verified: Mapping[str, dict[str, Any]],
     ) -> SnapshotMessage:
         snapshot = SnapshotMessage(
             type="sync.snapshot",
@@ -531,6 +556,7 @@ class Runner:
             checkpoint=row.checkpoint,
             checkpoint_shown=format_position(row.source_kind, row.checkpoint),
             copy=None,
+            verification=verified.get(supervisor.name),
             at=now,
         )
         pipeline = supervisor.pipeline
@@ -575,6 +601,8 @@ class Runner:
 
 
 _LIVE_INTERVAL = 1.0
+_VERIFIED_EVERY = 10.0
+"""Seconds between reads of the last verifications, for the monitor's snapshots."""
 
 
 def _fields_of(subscription_id: int) -> Mapping[str, str] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -95,7 +94,9 @@ def test_console_follows_events_lag_an_opensearch_outage_a_restart_and_the_worke
     assert after >= max(positions)
     expect(row.locator('[data-field="lag"]')).to_have_text(re.compile(r"\d"))
     link = events.first.locator("td.doc a")
-    expect(link).to_have_attribute("href", f"/api/subscriptions/{NAME}/documents/105")
+    expect(link).to_have_attribute(
+        "href", f"/admin/syncer/subscription/trace/?subscription={NAME}&key=105"
+    )
     screenshot(page, "01-live-events")
 
     # A filter on deletes: sent to the server for new events, applied to the rows shown.
@@ -154,14 +155,18 @@ def test_console_follows_events_lag_an_opensearch_outage_a_restart_and_the_worke
     expect(page).to_have_title(re.compile(r"^Worker offline · "))
     screenshot(page, "05-worker-offline")
 
-    # A document id leads to the document as the index holds it (a new tab).
+    # A document id leads to its trace (a new tab): the row against the document as the
+    # index holds it, and that document's version.
     indexed = events.and_(page.locator('[data-doc="105"]'))
     with page.expect_popup() as opened:
         indexed.locator("td.doc a").click()
-    document = json.loads(opened.value.locator("body").inner_text())
-    assert document["id"] == "105"
-    assert document["document"]["label"] == "live"
-    assert document["version"] == int(indexed.get_attribute("data-position") or 0)
+    traced = opened.value
+    expect(traced.get_by_test_id("agreement")).to_have_attribute("data-agreement", "agree")
+    expect(traced.get_by_test_id("fields").locator('tr[data-field="label"]')).to_contain_text(
+        '"live"'
+    )
+    version = traced.get_by_test_id("indexed")
+    expect(version).to_contain_text(f"({int(indexed.get_attribute('data-position') or 0)})")
 
     # The dead letter's link leads to that entry in the admin.
     admin = page.context.new_page()

@@ -382,6 +382,7 @@ def test_add_form_shows_the_materialize_fields_with_their_help(admin_client: Cli
     assert [value for value, _ in form.fields["source_kind"].choices] == [
         "postgres",
         "materialize",
+        "push",
     ]
     assert [value for value, _ in form.fields["source_envelope"].choices] == ["diff", "upsert"]
     assert form.fields["source_envelope"].initial == "diff"

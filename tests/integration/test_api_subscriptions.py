@@ -181,7 +181,14 @@ def test_create_type_errors_and_unknown_keys_are_422_with_paths(client: Client) 
         content_type=JSON,
     )
     errors = errors_of(response)
-    assert {"source.kind", "source.dsn", "index.shards", "batch.max_size"} <= set(errors)
+    assert {"source.kind", "index.shards", "batch.max_size"} <= set(errors)
+    # A kind that reads a database needs its DSN (a push subscription has none).
+    no_dsn = client.post(
+        "/api/subscriptions",
+        {"name": "orders", "source": {"kind": "postgres", "relation": "t"}, "index": {"name": "o"}},
+        content_type=JSON,
+    )
+    assert "source.dsn" in errors_of(no_dsn)
     assert client.post("/api/subscriptions", "{", content_type=JSON).status_code == 400
 
 

@@ -303,7 +303,7 @@ def test_malformed_arguments_are_refused_by_the_parser(queue: list[DeadLetter]) 
     assert str(run_failing("list", "--limit", "-3")) == (
         "Error: argument --limit: '-3' is not a positive whole number"
     )
-    assert "required: {list,stats,retry,purge}" in str(run_failing())
+    assert "required: {list,stats,retry,purge,export,import}" in str(run_failing())
     assert DeadLetter.objects.count() == 4
 
 
@@ -319,7 +319,7 @@ def test_the_command_line_exits_2_with_a_clear_error_and_touches_nothing() -> No
         ("purge", "--older-than", "-1d"): "argument --older-than: expected one argument",
         ("list", "--limit", "-1"): "argument --limit: '-1' is not a positive whole number",
         ("retry", "--limit", "0"): "argument --limit: '0' is not a positive whole number",
-        (): "the following arguments are required: {list,stats,retry,purge}",
+        (): "the following arguments are required: {list,stats,retry,purge,export,import}",
         ("purge",): "CommandError: purge needs --subscription, --older-than or both",
         ("purge", "--subscription", "nope", "--all"): (
             "CommandError: no subscription named 'nope' (known: customers, orders)"

@@ -23,7 +23,13 @@ from django.utils import timezone
 from console.api import api
 from console.api.permissions import required_permissions
 from console.models import ApiToken
-from syncer.models import DeadLetter, LiveSubscription, Subscription
+from syncer.models import (
+    DeadLetter,
+    LiveSubscription,
+    PushedChange,
+    Subscription,
+    Verification,
+)
 from tests.support.factories import entry, subscription
 from tests.support.users import operator, staff_with, token_client, viewer
 
@@ -74,12 +80,27 @@ CALLS = [
     Call("post", "/api/subscriptions/orders/resync", CHANGE_S, 200, {"mode": "in_place"}),
     # No OpenSearch behind the console here: the caller who may read gets 503, not 403.
     Call("get", "/api/subscriptions/orders/documents/o1", VIEW_S, 503),
+    Call("get", "/api/subscriptions/orders/documents?id=o1", VIEW_S, 503),
+    # The export streams under daphne only (test_export.py); the test client is told so.
+    Call("get", "/api/subscriptions/orders/documents/export", VIEW_S, 501),
+    # A trace says in its answer what it could not read: the source and OpenSearch here.
+    Call("get", "/api/subscriptions/orders/trace/o1", VIEW_S, 200),
+    # A verification of a subscription whose first copy has not ended is refused (409)
+    # once the permission is checked; the orders subscription here has none (404).
+    Call("post", "/api/subscriptions/orders/verify", CHANGE_S, 409, {"repair": True}),
+    Call("get", "/api/subscriptions/orders/verifications", VIEW_S, 200),
+    Call("get", "/api/subscriptions/orders/verifications/1", VIEW_S, 404),
+    # Documents pushed to a subscription that is not of kind push: 409.
+    Call("post", "/api/subscriptions/orders/documents/stream", CHANGE_S, 409, {}),
+    # A document whose id is "stream" (the push route's path): no OpenSearch here, 503.
+    Call("get", "/api/subscriptions/orders/documents/stream", VIEW_S, 503),
     # The stream needs daphne (test_live_access.py); under the test client it says so.
     Call("get", "/api/subscriptions/orders/events/stream", VIEW_S, 501),
     Call("get", "/api/events/stats", VIEW_S, 200),
     Call("get", "/api/dlq", VIEW_D, 200),
     Call("get", "/api/dlq/stats", VIEW_D, 200),
     Call("get", "/api/dlq/{entry}", VIEW_D, 200),
+    Call("get", "/api/dlq/export", VIEW_D, 200),
     Call("post", "/api/dlq/retry", CHANGE_D, 200, {"subscription": "orders", "dry_run": True}),
     Call("post", "/api/dlq/purge", DELETE_D, 200, {"subscription": "orders"}),
     # Each also needs VIEW_S (but delete), which every caller below holding these holds.
@@ -120,12 +141,14 @@ def unreachable_opensearch(settings: Any) -> None:
 
 
 def state() -> tuple[Any, ...]:
-    """Everything a call could change: the subscriptions' rows, the dead letters and the
-    live subscriptions."""
+    """Everything a call could change: the subscriptions' rows, the dead letters, the
+    live subscriptions, the verifications asked for and the documents pushed."""
     return (
         list(Subscription.objects.order_by("pk").values()),
         list(DeadLetter.objects.order_by("pk").values_list("pk", flat=True)),
         list(LiveSubscription.objects.order_by("pk").values()),
+        list(Verification.objects.order_by("pk").values_list("pk", flat=True)),
+        list(PushedChange.objects.order_by("pk").values_list("pk", flat=True)),
     )
 
 
@@ -234,6 +257,14 @@ ADMIN_WRITES: dict[str, Callable[[Subscription, DeadLetter], tuple[str, Any]]] =
     **{f"{a} (changelist action)": _subscription_action(a) for a in ("resync", "reset")},
     **{f"{a} (subscription page)": _control(a) for a in ("pause", "resume", "resync", "reset")},
     "delete subscriptions (changelist action)": _subscription_action("delete"),
+    "verify and repair (changelist action)": lambda s, d: (
+        reverse("admin:syncer_subscription_changelist"),
+        {"action": "verify_selected", "_selected_action": [str(s.pk)], "confirm": "yes"},
+    ),
+    "verify and repair (subscription page)": lambda s, d: (
+        reverse("admin:syncer_subscription_verify", args=[s.pk]),
+        {"confirm": "yes", "repair": "on"},
+    ),
     "retry dead letters (changelist action)": _dead_letter_action("retry"),
     "purge dead letters (changelist action)": _dead_letter_action("purge"),
     "retry dead letters (bulk page)": lambda s, d: (

@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 from psycopg import sql
 
+from syncer.dsn import console_conninfo
 from syncer.leases import CopyPlans, LeaseHolder
 from syncer.models import CopyLease, Subscription
 from syncer.sources.postgres.catalog import describe_table
@@ -23,7 +24,6 @@ from syncer.sources.postgres.copy import CopyOrder, copy_order
 from syncer.sources.postgres.shared import KeyRange, plan_ranges
 from syncer.worker import state
 from syncer.worker.copy_crew import CopyCrew
-from syncer.worker.ownership import console_conninfo
 from tests.support.harness import (
     HostileWriter,
     index_docs,

@@ -117,6 +117,7 @@ def snapshot_message(name: str = "orders", message: str = "", **fields: Any) -> 
         checkpoint=None,
         checkpoint_shown="",
         copy=None,
+        verification=None,
         at=1_700_000_000.0,
     )
     snapshot.update(fields)  # type: ignore[typeddict-item]

@@ -205,7 +205,8 @@ def test_load_reads_a_file_and_names_it_when_missing(tmp_path: Path) -> None:
         ),
         pytest.param(
             {"source__kind": "mysql"},
-            "subscription 'orders': source.kind: 'mysql' is not one of: postgres, materialize",
+            "subscription 'orders': source.kind: 'mysql' is not one of: postgres, materialize, "
+            "push",
             id="unknown-kind",
         ),
         pytest.param(
@@ -221,7 +222,7 @@ def test_load_reads_a_file_and_names_it_when_missing(tmp_path: Path) -> None:
         ),
         pytest.param(
             {"source__dsn": ""},
-            "subscription 'orders': source.dsn: This field cannot be blank.",
+            "subscription 'orders': source.dsn: postgres sources need a DSN",
             id="empty-dsn",
         ),
         pytest.param(
@@ -805,7 +806,7 @@ def test_an_unknown_kind_is_the_only_error_about_the_source() -> None:
     text = one_subscription(source__kind="mysql", source__cluster="serving")
 
     assert errors_of(text, filename="s.json") == [
-        "subscription 'orders': source.kind: 'mysql' is not one of: postgres, materialize"
+        "subscription 'orders': source.kind: 'mysql' is not one of: postgres, materialize, push"
     ]
 
 
@@ -820,6 +821,7 @@ def test_the_module_docstring_example_is_a_valid_file() -> None:
     assert [(s.name, s.values["source_kind"]) for s in specs] == [
         ("orders", "postgres"),
         ("orders-search", "materialize"),
+        ("books", "push"),
     ]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncer.engine.changes import Change, RowChange, RowOp, Transaction
@@ -25,7 +26,7 @@ from syncer.engine.testing import (
 from syncer.errors import RequestTooLarge, SinkUnavailable, SourceConfigError
 from syncer.live.publisher import LivePublisher
 from syncer.worker.http import ReadinessCheck, subscription_problem
-from syncer.worker.metrics import registry_for
+from syncer.worker.metrics import VerificationCollector, registry_for
 
 FAST = PipelineConfig(
     name="m", batch_max_size=100, poll_interval=0.005, backoff_base=0.001, backoff_cap=0.01
@@ -49,7 +50,8 @@ Scraped = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def samples(pipelines: dict[str, Pipeline]) -> Scraped:
     """Every sample of a scrape, by name and labels, parsed as Prometheus parses it."""
-    return scrape_text(generate_latest(registry_for(lambda: pipelines, lambda names: {})).decode())
+    registry = registry_for(lambda: pipelines, lambda names: {}, verifications=lambda names: {})
+    return scrape_text(generate_latest(registry).decode())
 
 
 def scrape_text(text: str) -> Scraped:
@@ -250,3 +252,27 @@ def test_the_live_publishers_counters_are_exported_once_it_runs():
     assert value(scraped, "searchsync_live_events_dropped_total") == 3
     assert value(scraped, "searchsync_live_events_send_failures_total") == 0
     assert value(scraped, "searchsync_live_events_lost_total") == 2
+
+
+def test_each_subscription_s_last_verification_is_a_gauge() -> None:
+    last = {"finished_at": 1_700_000_000.0, "failed": False, "checked": 90, "drifted": 3}
+    verified: dict[str, dict[str, Any]] = {
+        "orders": {**last, "repaired": 2, "running": False},
+        "users": {"running": True},
+    }
+    registry = CollectorRegistry()
+    owned: dict[str, Any] = {"orders": object(), "users": object()}  # only their names count
+    registry.register(VerificationCollector(lambda: owned, lambda names: verified))
+    scraped = scrape_text(generate_latest(registry).decode())
+
+    def gauge(name: str, subscription: str) -> float | None:
+        return scraped.get((name, frozenset({("subscription", subscription)})))
+
+    assert gauge("searchsync_verify_drifted", "orders") == 3
+    assert gauge("searchsync_verify_repaired", "orders") == 2
+    assert gauge("searchsync_verify_checked", "orders") == 90
+    assert gauge("searchsync_verify_failed", "orders") == 0
+    assert gauge("searchsync_verify_last_finished_timestamp_seconds", "orders") == 1.7e9
+    assert gauge("searchsync_verify_running", "users") == 1
+    assert gauge("searchsync_verify_running", "orders") == 0
+    assert gauge("searchsync_verify_drifted", "users") is None  # never ended: no figure

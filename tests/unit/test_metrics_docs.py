@@ -61,7 +61,12 @@ def exported() -> dict[str, set[str]]:
         return pipeline
 
     pipeline = asyncio.run(flow())
-    registry = registry_for(lambda: {"docs": pipeline}, lambda names: {"docs": 0})
+    last = {"finished_at": 1.0, "failed": False, "checked": 9, "drifted": 1, "repaired": 1}
+    registry = registry_for(
+        lambda: {"docs": pipeline},
+        lambda names: {"docs": 0},
+        verifications=lambda names: {"docs": {**last, "running": False}},
+    )
     names: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:
@@ -130,6 +135,7 @@ def test_alert_rules_are_a_valid_rule_file_over_exported_metrics(exported):
         ("searchsync_bulk_requests_total", "> 0.01"),
         ("searchsync_buffer_changes", "> 8000"),
         ("searchsync_dead_letter_queue_entries", "> 100"),
+        ("searchsync_verify_drifted - searchsync_verify_repaired", "> 0"),
         ("absent(searchsync_worker_subscriptions)", ""),
     ],
 )

@@ -154,7 +154,7 @@
       '<div class="sub msg" data-field="message"></div></td>' +
       '<td class="num" data-field="lag">–</td><td class="num" data-field="staleness">–</td>' +
       '<td class="num" data-field="throughput">–</td><td class="num" data-field="buffer">–</td>' +
-      '<td class="num" data-field="dead_letters"></td>' +
+      '<td class="num" data-field="dead_letters"></td><td class="num" data-field="verified">–</td>' +
       '<td class="num" data-field="live_subscriptions">–</td><td class="mono" data-field="checkpoint">–</td>' +
       '<td class="chart" data-field="chart"></td><td class="num" data-field="age">–</td>';
     tr.querySelector(".name").appendChild(el("span", {}, name));
@@ -198,6 +198,29 @@
     return meta.dead_letters_url + (docId ? "&q=" + encodeURIComponent(docId) : "");
   }
 
+  // The last verification of the index against its source: how many documents differed.
+  function showVerification(cell, name, v) {
+    cell.textContent = "";
+    if (!v) { cell.textContent = v === null ? "never" : "–"; return; }
+    var text, cls = "";
+    if (v.running) { text = "running"; }
+    else if (v.failed) { text = "failed"; cls = "bad"; }
+    else if (v.finished_at === undefined) { text = "–"; }
+    else {
+      var left = Math.max(0, v.drifted - (v.repaired || 0));
+      text = v.drifted + " differ" + (v.repaired ? ", " + v.repaired + " repaired" : "");
+      cls = left > 0 ? "bad" : "";
+    }
+    var link = el("a", { href: "/admin/syncer/subscription/verifications/?subscription=" +
+      encodeURIComponent(name) }, text);
+    link.className = cls;
+    if (v.finished_at) {
+      link.title = "last ended " + new Date(v.finished_at * 1000).toLocaleString() + ": " +
+        v.checked + " checked";
+    }
+    cell.appendChild(link);
+  }
+
   function onSnapshot(s) {
     var sub = subs[s.subscription] || addRow(s.subscription);
     var c = sub.cells;
@@ -217,6 +240,7 @@
     var dl = el("a", { href: deadLetterLink(sub.meta, "") }, String(s.dead_letters));
     if (s.dead_letters > 0) dl.className = "bad";
     c.dead_letters.appendChild(dl);
+    showVerification(c.verified, s.subscription, s.verification);
     // Absent from an older worker's snapshot: unknown, not zero.
     c.live_subscriptions.textContent =
       s.live_subscriptions === undefined ? "–" : String(s.live_subscriptions);
@@ -358,9 +382,9 @@
     if (e.kind === "dead_letter") {
       link = el("a", { href: deadLetterLink(meta, e.doc_id), title: "Open its dead letter" }, e.doc_id);
     } else {
-      link = el("a", { href: fill(config.documentPath, { name: name, id: e.doc_id }), target: "_blank",
-        title: e.op === "delete" ? "Deleted: the index no longer holds it" : "The document in the index" },
-        e.doc_id);
+      // Its trace (the row now, the document as indexed, its dead letter) in a new tab.
+      link = el("a", { href: fill(config.tracePath, { name: name, id: e.doc_id }), target: "_blank",
+        title: "Trace it: the source row now against the document in the index" }, e.doc_id);
     }
     docCell.appendChild(link);
     tr.appendChild(docCell);

@@ -1,23 +1,27 @@
-"""`dlq list|stats|retry|purge`: look at the dead-letter queue, retry or purge entries.
+"""`dlq list|stats|retry|purge|export|import`: look at the dead-letter queue, retry or
+purge entries, move them between environments.
 
-Every subcommand takes `--subscription NAME` and `--older-than AGE` (30m, 12h, 7d, 2w: since
-the last failure); retry and purge go through `syncer.operations.dead_letters`, in bounded
-batches. Bad arguments exit 2 before anything is touched.
+Every subcommand but import takes `--subscription NAME` and `--older-than AGE` (30m, 12h,
+7d, 2w: since the last failure); retry and purge go through
+`syncer.operations.dead_letters`, in bounded batches. `export` writes the entries to
+stdout as NDJSON and `import FILE` puts such a file back, all or nothing
+(`syncer.operations.dead_letter_files`). Bad arguments exit 2 before anything is touched.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from syncer import text
-from syncer.errors import RetryAborted, UnknownSubscription
+from syncer.errors import DeadLetterFileRefused, RetryAborted, UnknownSubscription
 from syncer.management.arguments import positive_int
 from syncer.models import DeadLetter
-from syncer.operations import dead_letters
+from syncer.operations import dead_letter_files, dead_letters
 
 LIST_LIMIT = 50
 
@@ -27,13 +31,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         commands = parser.add_subparsers(
-            dest="command", required=True, metavar="{list,stats,retry,purge}"
+            dest="command", required=True, metavar="{list,stats,retry,purge,export,import}"
         )
         listing = commands.add_parser("list", help="the newest entries, one line each")
         stats = commands.add_parser("stats", help="counts per subscription and error type")
         retry = commands.add_parser("retry", help="resubmit entries to OpenSearch")
         purge = commands.add_parser("purge", help="delete entries from the queue")
-        for sub in (listing, stats, retry, purge):
+        export = commands.add_parser("export", help="write entries to stdout as NDJSON")
+        load = commands.add_parser(
+            "import", help="put an exported file back: all of it, or nothing"
+        )
+        load.add_argument("file", metavar="FILE", help="a file of `dlq export`; - reads stdin")
+        load.add_argument(
+            "--dry-run", action="store_true", help="check the file and count, import nothing"
+        )
+        for sub in (listing, stats, retry, purge, export):
             sub.add_argument("--subscription", metavar="NAME", help="only this subscription")
             sub.add_argument(
                 "--older-than",
@@ -63,6 +75,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         command = options["command"]
+        if command == "import":
+            self.import_file(options["file"], options["dry_run"])
+            return
         if command == "purge" and not (
             options["subscription"] or options["older_than"] or options["all"]
         ):
@@ -78,6 +93,8 @@ class Command(BaseCommand):
             self.print_stats(selection, what, options["json"])
         elif command == "retry":
             self.retry(selection, what, options["limit"], options["dry_run"])
+        elif command == "export":
+            self.export(selection)
         else:
             self.purge(selection, what, options["limit"], options["dry_run"])
 
@@ -198,6 +215,33 @@ class Command(BaseCommand):
             selection, limit, progress=lambda n: self.stderr.write(f"purging: {n} so far")
         )
         self.stdout.write(f"purged {removed} dead letter{'s' if removed != 1 else ''}")
+
+    def export(self, selection: dead_letters.Selection) -> None:
+        last = b""
+        for chunk in dead_letter_files.export_chunks(selection.queryset()):
+            self.stdout.write(chunk.decode(), ending="")
+            last = chunk  # the summary line comes alone, last
+        summary = json.loads(last)["summary"]
+        if not summary["complete"]:
+            raise CommandError(f"export incomplete: {summary['error']}")
+        n = summary["dead_letters"]
+        self.stderr.write(f"exported {n} dead letter{'s' if n != 1 else ''}")
+
+    def import_file(self, path: str, dry_run: bool) -> None:
+        try:
+            if path == "-":
+                report = dead_letter_files.import_lines(sys.stdin.buffer, dry_run=dry_run)
+            else:
+                with open(path, "rb") as lines:
+                    report = dead_letter_files.import_lines(lines, dry_run=dry_run)
+        except OSError as exc:
+            raise CommandError(f"cannot read {path}: {exc.strerror or exc}", returncode=2) from None
+        except DeadLetterFileRefused as exc:
+            raise CommandError(f"{path}: {exc}") from None
+        if dry_run:
+            self.stdout.write(f"dry run, nothing was imported: would have {report}")
+        else:
+            self.stdout.write(str(report))
 
     def _table(self, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         table = [header, *rows]

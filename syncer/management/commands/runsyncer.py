@@ -15,6 +15,7 @@ from django.db import OperationalError, ProgrammingError
 from syncer import conf
 from syncer.checks import WORKER_TAG, require_secret_key
 from syncer.errors import MetricsPortUnavailable, UnknownSubscription
+from syncer.management.arguments import positive_int
 from syncer.operations.dead_letters import age_argument
 from syncer.text import redact
 from syncer.worker import heap, http
@@ -72,6 +73,21 @@ class Command(BaseCommand):
             "retries at most SYNCER_DLQ_RETRY_LIMIT (1000) entries per subscription",
         )
         parser.add_argument(
+            "--verify-every",
+            type=age_argument,
+            default=None,
+            metavar="AGE",
+            help="verify each owned subscription's index against its source this often, "
+            "e.g. 24h (default: off); requested verifications run either way",
+        )
+        parser.add_argument(
+            "--verify-sample",
+            type=positive_int,
+            default=None,
+            metavar="N",
+            help="with --verify-every: about N rows and documents each time, not all",
+        )
+        parser.add_argument(
             "--no-live",
             action="store_true",
             help="do not publish to the live monitor (the channel layer on REDIS_URL)",
@@ -100,6 +116,9 @@ class Command(BaseCommand):
             ) from None
         timeout = options["shutdown_timeout"] or conf.worker().shutdown_timeout
         retry_every = options["dlq_retry_every"]
+        verify_every = options["verify_every"]
+        if options["verify_sample"] and not verify_every:
+            raise CommandError("--verify-sample needs --verify-every", returncode=2)
         runner = Runner(
             names=names,
             shutdown_timeout=timeout,
@@ -107,6 +126,8 @@ class Command(BaseCommand):
             metrics_port=options["metrics_port"],
             metrics_host=options["metrics_host"],
             live=not options["no_live"],
+            verify_every=verify_every.total_seconds() if verify_every else None,
+            verify_sample=options["verify_sample"],
         )
         heap.settle()  # start-up is done: what it built stays out of the collector's way
         try:

@@ -89,6 +89,10 @@ class OpenSearchSink:
             if answer_of(exc).error_type != "resource_already_exists_exception":
                 raise
 
+    async def connect(self) -> None:
+        """Connect for reading (a verification's): the index is not created."""
+        self._client = make_client(self.config)
+
     async def close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
@@ -231,6 +235,11 @@ class OpenSearchSink:
         if self._client is None:
             raise RuntimeError("sink is not open")
         return self._client
+
+    @property
+    def client(self) -> AsyncOpenSearch:
+        """The open client, for a reader of the same index (`verified`)."""
+        return self._require_client()
 
 
 async def read_document(config: OpenSearchSinkConfig, doc_id: str) -> dict[str, Any] | None:

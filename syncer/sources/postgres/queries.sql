@@ -115,3 +115,21 @@ SELECT pg_logical_emit_message(false, %(prefix)s, %(content)s)
 -- A watermark of the chunked copy, in the change stream (transactional: it is sent at
 -- its commit, in commit order with the table's changes).
 SELECT pg_logical_emit_message(true, %(prefix)s, %(content)s)
+
+-- name: export_temporary_slot
+-- A verification's slot, on a `replication=database` connection: gone with the session.
+-- Its exported snapshot shows exactly the transactions committed before its consistent
+-- point; the slot keeps every change committed after.
+CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')
+
+-- name: slot_changes
+-- Run on the session that created the (temporary) slot: its changes committed before
+-- `upto`, consumed, whole transactions of about `limit` rows at most.
+SELECT data FROM pg_logical_slot_get_binary_changes(
+  %(slot)s, %(upto)s::pg_lsn, %(limit)s,
+  'proto_version', '1', 'publication_names', %(publication)s)
+
+-- name: column_types
+-- Each column's type as a cast names it.
+SELECT attname, format_type(atttypid, atttypmod)
+FROM pg_attribute WHERE attrelid = %(oid)s AND attnum > 0 AND NOT attisdropped
