@@ -21,7 +21,7 @@ in the line numbers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,25 @@ def queued(subscription: Subscription) -> int:
     if lowest["low"] is None:
         return 0
     return int(sequence.last_position - lowest["low"] + 1)
+
+
+def queued_by_name(names: Collection[str]) -> dict[str, int]:
+    """`queued` for each push subscription among `names`, in two grouped queries."""
+    last = dict(
+        PushSequence.objects.filter(subscription__name__in=names).values_list(
+            "subscription__name", "last_position"
+        )
+    )
+    lowest = dict(
+        PushedChange.objects.filter(subscription__name__in=names)
+        .values("subscription__name")
+        .annotate(low=Min("position"))
+        .values_list("subscription__name", "low")
+    )
+    return {
+        name: int(position - lowest[name] + 1) if name in lowest else 0
+        for name, position in last.items()
+    }
 
 
 async def check_room(subscription: Subscription, settings: PushSettings | None = None) -> None:

@@ -32,7 +32,7 @@ from syncer.engine.telemetry import BulkOutcome, ErrorKind, Histogram, Telemetry
 from syncer.errors import QuotaExceeded
 from syncer.live.delivery import Breaker, Delivery, DropReason
 from syncer.models import DeadLetter, LiveSubscriptionCount
-from syncer.operations import live_subscriptions, verify
+from syncer.operations import live_subscriptions, push, verify
 from syncer.worker import http
 from syncer.worker.live_subscriptions import LiveMatching
 
@@ -294,6 +294,14 @@ def dead_letter_counts(names: Collection[str]) -> dict[str, int]:
         _leave_no_connection()
 
 
+def push_queue_depths(names: Collection[str]) -> dict[str, int]:
+    """Each push subscription's queue length, in two grouped queries."""
+    try:
+        return push.queued_by_name(list(names))
+    finally:
+        _leave_no_connection()
+
+
 def latest_verifications(names: Collection[str]) -> dict[str, dict[str, Any]]:
     """Each subscription's last verification, in two queries."""
     try:
@@ -373,6 +381,35 @@ class DeadLetterQueueCollector(Collector):
         if counts is not None:
             for name in names:
                 gauge.add_metric([name], counts.get(name, 0))
+        yield gauge
+
+
+class PushQueueCollector(Collector):
+    """Each push subscription's queue: operations accepted and not yet removed, from the
+    database, at most every `every` seconds (the API answers 429 at SYNCER_PUSH_QUEUE_LIMIT)."""
+
+    def __init__(
+        self,
+        pipelines: Pipelines,
+        count: Callable[[Collection[str]], dict[str, int]] = push_queue_depths,
+        every: float = 15.0,
+    ) -> None:
+        self._pipelines = pipelines
+        self._counts = _Throttled[tuple[str, ...], dict[str, int]](
+            count, every, "push_queue_count_failed"
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        names = tuple(sorted(self._pipelines()))
+        gauge = GaugeMetricFamily(
+            "searchsync_push_queue_operations",
+            "Operations a push subscription's queue holds: accepted, not yet checkpointed "
+            "and removed.",
+            labels=["subscription"],
+        )
+        counts = self._counts.get(names) if names else {}
+        for name, count in sorted((counts or {}).items()):
+            gauge.add_metric([name], float(count))
         yield gauge
 
 
@@ -675,6 +712,7 @@ def registry_for(
     matching: Callable[[], LiveMatching | None] | None = None,
     count_live_subscriptions: Callable[[], dict[tuple[str, str], int]] = live_subscription_counts,
     verifications: Callable[[Collection[str]], dict[str, dict[str, Any]]] = latest_verifications,
+    push_queues: Callable[[Collection[str]], dict[str, int]] = push_queue_depths,
 ) -> CollectorRegistry:
     """A registry of the pipelines' metrics, their dead-letter queues' sizes, the live
     publisher's counters, the NATS delivery's, live subscriptions' matching and
@@ -684,6 +722,7 @@ def registry_for(
     registry.register(PipelineCollector(pipelines))
     registry.register(DeadLetterQueueCollector(pipelines, count_dead_letters))
     registry.register(VerificationCollector(pipelines, verifications))
+    registry.register(PushQueueCollector(pipelines, push_queues))
     if live is not None:
         registry.register(LiveCollector(live))
     if nats is not None:

@@ -23,6 +23,7 @@ from django.utils import timezone
 from console.models import ApiToken
 from syncer.models import PushedChange, PushSequence, Subscription
 from syncer.sources.push import queue as push_queue
+from syncer.worker import metrics
 from tests.support.factories import subscription as postgres_subscription
 from tests.support.harness import WorkerThread, index_docs, status_of, wait_for
 from tests.support.process import WorkerProcess, serving_daphne
@@ -247,6 +248,8 @@ def test_over_the_queue_limit_the_push_is_refused_with_429(daphne, token):
     assert answer[0]["queued"] == QUEUE_LIMIT and answer[0]["limit"] == QUEUE_LIMIT
     assert "full" in answer[0]["detail"]
     assert PushedChange.objects.filter(subscription=sub).count() == QUEUE_LIMIT
+    # The worker's /metrics shows the queue (a gauge per push subscription).
+    assert metrics.push_queue_depths(["books", "no-such"]) == {"books": QUEUE_LIMIT}
 
 
 def test_updates_of_one_id_over_concurrent_requests_end_with_the_last_accepted_indexed(

@@ -26,7 +26,7 @@ from syncer.engine.testing import (
 from syncer.errors import RequestTooLarge, SinkUnavailable, SourceConfigError
 from syncer.live.publisher import LivePublisher
 from syncer.worker.http import ReadinessCheck, subscription_problem
-from syncer.worker.metrics import VerificationCollector, registry_for
+from syncer.worker.metrics import PushQueueCollector, VerificationCollector, registry_for
 
 FAST = PipelineConfig(
     name="m", batch_max_size=100, poll_interval=0.005, backoff_base=0.001, backoff_cap=0.01
@@ -50,7 +50,12 @@ Scraped = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def samples(pipelines: dict[str, Pipeline]) -> Scraped:
     """Every sample of a scrape, by name and labels, parsed as Prometheus parses it."""
-    registry = registry_for(lambda: pipelines, lambda names: {}, verifications=lambda names: {})
+    registry = registry_for(
+        lambda: pipelines,
+        lambda names: {},
+        verifications=lambda names: {},
+        push_queues=lambda names: {},
+    )
     return scrape_text(generate_latest(registry).decode())
 
 
@@ -276,3 +281,16 @@ def test_each_subscription_s_last_verification_is_a_gauge() -> None:
     assert gauge("searchsync_verify_running", "users") == 1
     assert gauge("searchsync_verify_running", "orders") == 0
     assert gauge("searchsync_verify_drifted", "users") is None  # never ended: no figure
+
+
+def test_each_push_subscription_s_queue_is_a_gauge() -> None:
+    registry = CollectorRegistry()
+    owned: dict[str, Any] = {"pushed": object(), "orders": object()}
+    registry.register(PushQueueCollector(lambda: owned, lambda names: {"pushed": 42}))
+    scraped = scrape_text(generate_latest(registry).decode())
+    labels = frozenset({("subscription", "pushed")})
+    assert scraped[("searchsync_push_queue_operations", labels)] == 42
+    # Not a push subscription: no sample rather than a misleading 0.
+    assert ("searchsync_push_queue_operations", frozenset({("subscription", "orders")})) not in (
+        scraped
+    )

@@ -66,6 +66,7 @@ def exported() -> dict[str, set[str]]:
         lambda: {"docs": pipeline},
         lambda names: {"docs": 0},
         verifications=lambda names: {"docs": {**last, "running": False}},
+        push_queues=lambda names: {"docs": 0},
     )
     names: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
