@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import pytest
 
 from syncer.engine.changes import TxKind
+from syncer.models import make_slot_name
 from syncer.sources.postgres import shared
 from syncer.sources.postgres.copy import CopyCursor
+from syncer.sources.postgres.replication import temporary_slot_name
 from syncer.sources.postgres.shared import KeyRange, RangesDone, SharedCopy
 
 
@@ -72,3 +74,14 @@ def test_the_owner_reads_the_ranges_no_more_than_once_a_poll(
     board.figures = RangesDone(2, 2, 10)
     assert asyncio.run(copy.poll(510, 1.0)) == []  # not yet looked at again
     assert not copy.done
+
+
+def test_a_helper_s_temporary_slot_name_fits_however_long_the_subscription_s() -> None:
+    longest = make_slot_name("x" * 63)  # the longest name a subscription's slot gets
+    names = {temporary_slot_name(longest, purpose) for purpose in ("copy", "verify")}
+    assert all(len(name) <= 63 for name in names)
+    assert all(name.startswith(longest[:40]) for name in names)
+    assert temporary_slot_name("searchsync_orders_1a2b3c4d", "verify").startswith(
+        "searchsync_orders_1a2b3c4d_verify_"
+    )
+    assert temporary_slot_name("s", "copy") != temporary_slot_name("s", "copy")

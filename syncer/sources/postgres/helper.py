@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
@@ -32,6 +31,7 @@ from syncer.sources.postgres.copy import (
     copy_order,
 )
 from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.postgres.replication import temporary_slot_name
 from syncer.sources.postgres.shared import Bound, Lease, RangeLeases
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.sources.postgres.stream import ReplicationStream
@@ -104,7 +104,7 @@ class CopyHelperSource(PostgresSource):
             raise SourceConfigError(f"cannot help copy {table.qualified}: {order}")
         self._order = order
         # A stream of its own, from a slot of its own: created now, gone with the session.
-        self._helper_slot = f"{self.config.slot_name}_copy_{secrets.token_hex(3)}"
+        self._helper_slot = temporary_slot_name(self.config.slot_name, "copy")
         self._log = log.bind(subscription=self.config.name, slot=self._helper_slot)
         stream = ReplicationStream(
             self._conninfo,

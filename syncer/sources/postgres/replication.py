@@ -1,12 +1,25 @@
-"""Slot and publication lifecycle that runs outside the worker (subscription deletion)."""
+"""Slot and publication lifecycle that runs outside the worker (subscription deletion),
+and the names of the temporary slots a subscription's helpers create."""
 
 from __future__ import annotations
+
+import secrets
 
 import psycopg
 from psycopg import sql
 
 from syncer.sources.postgres.queries import QUERIES
 from syncer.sources.sqlerrors import translated
+
+SLOT_NAME_MAX = 63
+"""PostgreSQL's longest identifier (NAMEDATALEN - 1): a longer slot name is refused."""
+
+
+def temporary_slot_name(slot_name: str, purpose: str) -> str:
+    """A new temporary slot's name for one of the subscription's helpers (`copy`,
+    `verify`): its slot's name, cut so that `_<purpose>_<6 hex>` fits, then that."""
+    suffix = f"_{purpose}_{secrets.token_hex(3)}"
+    return slot_name[: SLOT_NAME_MAX - len(suffix)] + suffix
 
 
 def drop_replication(conninfo: str, slot_name: str) -> None:

@@ -19,7 +19,6 @@ removing rows deleted meanwhile, and the slot keeps the WAL written meanwhile.
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from syncer.sources.positions import parse_lsn
 from syncer.sources.postgres import pgoutput
 from syncer.sources.postgres.catalog import describe_table
 from syncer.sources.postgres.queries import QUERIES
+from syncer.sources.postgres.replication import temporary_slot_name
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.sources.sqlerrors import translated
 from syncer.sources.values import Decoder, make_decoder
@@ -108,7 +108,7 @@ class PostgresSnapshot(PostgresSource):
             ).fetchall()
             by_name = {str(name): str(type_) for name, type_ in types}
             self._key_types = tuple(by_name[column] for column in table.key)
-        self._verify_slot = f"{self.config.slot_name}_verify_{secrets.token_hex(3)}"
+        self._verify_slot = temporary_slot_name(self.config.slot_name, "verify")
         with translated(f"taking a snapshot of {table.qualified}"):
             self._replication = replication = await AsyncConnection.connect(
                 self._conninfo,
