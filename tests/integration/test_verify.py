@@ -30,6 +30,7 @@ from tests.support.harness import (
     table_rows,
     wait_for,
 )
+from tests.support.process import manage
 from tests.support.users import operator, token_client, viewer
 
 pytestmark = pytest.mark.usefixtures("fast_retries", "opensearch_url")
@@ -355,3 +356,10 @@ def test_the_admin_confirms_then_shows_the_result(
         {"action": "verify_selected", "_selected_action": [str(sub.pk)]},
     )
     assert action.status_code == 200 and b"Yes, verify verified" in action.content
+
+
+def test_runsyncer_refuses_a_bad_verification_schedule_before_anything_runs() -> None:
+    alone = manage("runsyncer", "--verify-sample", "100")
+    assert alone.returncode == 2 and "--verify-sample needs --verify-every" in alone.stderr
+    malformed = manage("runsyncer", "--verify-every", "daily")
+    assert malformed.returncode == 2 and "'daily' is not an age" in malformed.stderr

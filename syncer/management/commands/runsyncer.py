@@ -98,6 +98,9 @@ class Command(BaseCommand):
             require_secret_key("the worker (runsyncer)")
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
+        verify_every = options["verify_every"]
+        if options["verify_sample"] and not verify_every:
+            raise CommandError("--verify-sample needs --verify-every", returncode=2)
         names = options["subscription"] or None
         try:
             # Checks the database and the names; the worker then follows the table.
@@ -116,9 +119,6 @@ class Command(BaseCommand):
             ) from None
         timeout = options["shutdown_timeout"] or conf.worker().shutdown_timeout
         retry_every = options["dlq_retry_every"]
-        verify_every = options["verify_every"]
-        if options["verify_sample"] and not verify_every:
-            raise CommandError("--verify-sample needs --verify-every", returncode=2)
         runner = Runner(
             names=names,
             shutdown_timeout=timeout,
