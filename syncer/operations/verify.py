@@ -74,20 +74,33 @@ def request(
     repair: bool = False,
     sample: int | None = None,
     doc_ids: Sequence[str] | None = None,
+    run_by: str | None = None,
 ) -> Verification:
-    """A verification for the owning worker to run; VerificationRefused says why not."""
+    """A verification for the owning worker to run, or already `run_by` the caller
+    (`manage.py verify`, so that no worker takes it too); VerificationRefused says why not."""
     why = refusal(subscription)
     if why:
         raise VerificationRefused(why)
     check_scope(subscription, sample, doc_ids)
     try:
         with transaction.atomic():
+            now = timezone.now()
             return Verification.objects.create(
                 subscription=subscription,
                 requested_by=requested_by[:200],
                 repair=repair,
                 sample=sample,
                 doc_ids=list(doc_ids) if doc_ids is not None else None,
+                **(
+                    {}
+                    if run_by is None
+                    else {
+                        "state": Verification.State.RUNNING,
+                        "worker": run_by[:200],
+                        "started_at": now,
+                        "heartbeat_at": now,
+                    }
+                ),
             )
     except IntegrityError:
         active = active_for(subscription)
@@ -164,13 +177,14 @@ async def run(
     verification: Verification, *, worker: str, on_progress: OnProgress | None = None
 ) -> Verification:
     """Run `verification` to its end (done or failed, never raising a SyncError): the
-    row holds its progress while it runs and its result after."""
+    row holds its progress while it runs and its result after. A requested one is
+    claimed first; one claimed by another runner meanwhile is left to it (returned as
+    the row now says)."""
+    if verification.state == Verification.State.REQUESTED:
+        if not await claim(verification, worker):
+            await verification.arefresh_from_db()
+            return verification
     sub = await Subscription.objects.aget(pk=verification.subscription_id)
-    now = timezone.now()
-    verification.state = Verification.State.RUNNING
-    verification.started_at = verification.heartbeat_at = now
-    verification.worker = worker[:200]
-    await verification.asave(update_fields=["state", "started_at", "heartbeat_at", "worker"])
     log_ = log.bind(subscription=sub.name, verification=verification.pk)
     log_.info("verification_started", repair=verification.repair, sample=verification.sample)
     saver = _Saver(verification, on_progress)
@@ -211,6 +225,20 @@ async def run(
         verification.finished_at = timezone.now()
         await saver.save(final=True)
     return verification
+
+
+async def claim(verification: Verification, worker: str) -> bool:
+    """Mark a requested verification running by `worker`, unless another runner did
+    first (one conditional UPDATE); whether this one may run it."""
+    now = timezone.now()
+    fields = {"state": Verification.State.RUNNING, "worker": worker[:200]}
+    claimed = await Verification.objects.filter(
+        pk=verification.pk, state=Verification.State.REQUESTED
+    ).aupdate(started_at=now, heartbeat_at=now, **fields)
+    if claimed:
+        verification.state, verification.worker = fields["state"], fields["worker"]
+        verification.started_at = verification.heartbeat_at = now
+    return bool(claimed)
 
 
 def _caught_up(sub: Subscription, snapshot: Snapshot) -> Callable[[Position], Any]:

@@ -363,3 +363,19 @@ def test_runsyncer_refuses_a_bad_verification_schedule_before_anything_runs() ->
     assert alone.returncode == 2 and "--verify-sample needs --verify-every" in alone.stderr
     malformed = manage("runsyncer", "--verify-every", "daily")
     assert malformed.returncode == 2 and "'daily' is not an age" in malformed.stderr
+
+
+def test_a_verification_runs_once_though_a_worker_and_the_command_both_look(
+    synced: tuple[Subscription, str],
+) -> None:
+    sub = Subscription.objects.get(pk=synced[0].pk)  # its copy is done now
+    asked = verifying.request(sub, requested_by="test")
+    copy = Verification.objects.get(pk=asked.pk)  # what a second runner read meanwhile
+    assert asyncio.run(verifying.claim(asked, "worker-a"))
+    left = asyncio.run(verifying.run(copy, worker="worker-b"))
+    assert (left.state, left.worker) == ("running", "worker-a")  # not run a second time
+    Verification.objects.filter(pk=asked.pk).update(state="done")
+    # The command's own is running from the start: no worker's round takes it.
+    mine = verifying.request(sub, requested_by="command", run_by="command host:1")
+    assert (mine.state, mine.worker) == ("running", "command host:1")
+    assert Verifications._next([sub.pk]) is None

@@ -59,6 +59,7 @@ class Command(BaseCommand):
         except UnknownSubscription as exc:
             raise CommandError(str(exc), returncode=2) from exc
         ids = _read_keys(options["keys"]) if options["keys"] else None
+        worker = f"command {socket.gethostname()}:{os.getpid()}"
         try:
             verification = verifying.request(
                 sub,
@@ -66,6 +67,7 @@ class Command(BaseCommand):
                 repair=options["repair"],
                 sample=options["sample"],
                 doc_ids=ids,
+                run_by=worker,  # run here: no worker takes it meanwhile
             )
         except OperatorError as exc:
             raise CommandError(str(exc), returncode=2) from exc
@@ -78,7 +80,6 @@ class Command(BaseCommand):
             bar.total = progress.figures.estimated_rows
             bar.update(progress.figures.rows)
 
-        worker = f"command {socket.gethostname()}:{os.getpid()}"
         verification = asyncio.run(verifying.run(verification, worker=worker, on_progress=shown))
         counts = verification.counts or {}
         bar.finish(counts.get("rows", 0) + counts.get("documents", 0), verification.state)
