@@ -53,6 +53,11 @@ _POLL = 0.5
 def refusal(subscription: Subscription) -> str | None:
     """Why `subscription` cannot be verified now, or None."""
     name = subscription.name
+    if not subscription.kind.reads_database:
+        return (
+            f"subscription {name!r} is a push subscription: its documents live only in the "
+            "index, so there is no source to verify it against"
+        )
     if subscription.kind.verify_snapshot is None:
         return (
             f"subscription {name!r} reads a {subscription.kind.label} source, which "

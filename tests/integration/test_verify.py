@@ -18,9 +18,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from opensearchpy import OpenSearch
 
+from syncer.errors import VerificationRefused
 from syncer.models import Subscription, Verification
 from syncer.operations import verify as verifying
 from syncer.worker.verifier import Verifications
+from tests.support.factories import subscription
 from tests.support.harness import (
     WorkerThread,
     Writer,
@@ -379,3 +381,16 @@ def test_a_verification_runs_once_though_a_worker_and_the_command_both_look(
     mine = verifying.request(sub, requested_by="command", run_by="command host:1")
     assert (mine.state, mine.worker) == ("running", "command host:1")
     assert Verifications._next([sub.pk]) is None
+
+
+@pytest.mark.django_db
+def test_kinds_that_cannot_be_verified_are_refused_with_why() -> None:
+    pushed = Subscription(name="books", source_kind="push", index_name="books")
+    pushed.full_clean()
+    pushed.save()
+    with pytest.raises(VerificationRefused, match="no source to verify it against"):
+        verifying.request(pushed, requested_by="test")
+    materialized = subscription("views", source_kind="materialize", key_columns=["id"])
+    with pytest.raises(VerificationRefused, match="verify cannot read yet"):
+        verifying.request(materialized, requested_by="test")
+    assert not Verification.objects.exists()
