@@ -461,14 +461,19 @@ class Verifier:
         await self._progress()
 
     async def _present(self, page: dict[str, Indexed]) -> set[str]:
-        """Which of these documents have a row in the snapshot (looked up by the key
-        their fields hold; one whose fields hold no key has none)."""
+        """Which of these documents have a row in the snapshot. Each is looked up by
+        the key its id spells and by the key its fields hold (an id whose text the
+        source cannot read back, a document whose key field was changed by hand): it
+        has a row if either finds one whose id is the document's."""
         columns = self.snapshot.key_columns
         keys: dict[KeyText, None] = {}
-        for document in page.values():
-            key = key_of_document(document.source, columns)
-            if key is not None:
-                keys[key] = None
+        for id_, document in page.items():
+            spelled = key_parts(id_, len(columns))
+            if spelled is not None:
+                keys[spelled] = None
+            held = key_of_document(document.source, columns)
+            if held is not None:
+                keys[held] = None
         rows = await self.snapshot.lookup(list(keys)) if keys else []
         return {doc_id(key) for key, _ in rows}
 

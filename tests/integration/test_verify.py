@@ -394,3 +394,30 @@ def test_kinds_that_cannot_be_verified_are_refused_with_why() -> None:
     with pytest.raises(VerificationRefused, match="verify cannot read yet"):
         verifying.request(materialized, requested_by="test")
     assert not Verification.objects.exists()
+
+
+def test_a_bytea_key_s_documents_are_found_by_their_base64_id(
+    source_conn: psycopg.Connection,
+    table_name: str,
+    make_subscription: Callable[..., Subscription],
+    search: OpenSearch,
+) -> None:
+    """The sync writes a bytea key as base64: the pass for extra documents reads it back."""
+    source_conn.execute(f"CREATE TABLE {table_name} (k bytea PRIMARY KEY, v int)")
+    source_conn.execute(
+        f"INSERT INTO {table_name} SELECT sha256(g::text::bytea), g FROM generate_series(1, 50) g"
+    )
+    sub = make_subscription("binary", table_name)
+    with WorkerThread([sub]):
+        wait_for(lambda: Subscription.objects.get(pk=sub.pk).snapshot_completed_at, what="copy")
+        status, found, output = verify(sub.name)
+        assert (status, found.counts["checked"], found.drifted) == (0, 50, 0), output
+        assert found.counts["documents"] == 50
+        some = next(iter(index_docs(search, sub.index_name)))
+        search.delete(index=sub.index_name, id=some, refresh=True)
+        status, found, output = verify(sub.name, "--repair")
+        assert (found.counts["missing"], found.counts["extra"], found.counts["repaired"]) == (
+            1,
+            0,
+            1,
+        ), output

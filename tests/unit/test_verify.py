@@ -266,3 +266,12 @@ def test_progress_goes_through_the_phases_with_a_percent() -> None:
     assert Phase.ROWS in phases and Phase.DOCUMENTS in phases
     last = run.progress[-1].figures
     assert last is not None and last.rows == 80 and last.percent == pytest.approx(100.0)
+
+
+def test_a_document_whose_key_field_was_changed_by_hand_differs_and_is_not_extra() -> None:
+    table = _table(10)
+    sink = _synced(table, 900)
+    sink.docs["5"] = StoredDoc(900, {"id": 6, "v": "row 5"})  # its id field says 6
+    tally = Run(InMemorySnapshot(table, AT), sink, Scope(repair=True))()
+    assert (tally.differs, tally.extra, tally.repaired) == (1, 0, 1)
+    assert sink.docs["5"].doc == {"id": 5, "v": "row 5"}

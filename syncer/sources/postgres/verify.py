@@ -203,8 +203,7 @@ class PostgresSnapshot(PostgresSource):
             table=table.identifier,
             keys=sql.SQL(", ").join(sql.Identifier(c) for c in table.key),
             casts=sql.SQL(", ").join(
-                sql.SQL("{}::{}").format(name, sql.SQL(type_))
-                for name, type_ in zip(names, self._key_types, strict=True)
+                _from_text(name, type_) for name, type_ in zip(names, self._key_types, strict=True)
             ),
             arrays=sql.SQL(", ").join(
                 sql.SQL("{}::text[]").format(sql.Placeholder()) for _ in names
@@ -274,3 +273,11 @@ class PostgresSnapshot(PostgresSource):
                     pass
         self._snap = self._replication = self._cursor = None
         await super().close()
+
+
+def _from_text(value: sql.Composable, type_: str) -> sql.Composable:
+    """A key's value, as a document id or field spells it, in its column's type: a
+    cast, but for bytea, which the sync writes as base64 (`syncer.sources.values`)."""
+    if type_ == "bytea":
+        return sql.SQL("decode({}, 'base64')").format(value)
+    return sql.SQL("{}::{}").format(value, sql.SQL(type_))
