@@ -127,9 +127,11 @@ class Session:
         protocol: str,
     ) -> Result:
         double = self.double
-        double._record(text, protocol, self.pid)
         with double._cond:
             self.running, self.cancel_pending = True, False
+        # Recorded once running: a caller that waits for the statement (wait_for_statement)
+        # and then cancels it must not find it not yet cancellable, the cancel lost.
+        double._record(text, protocol, self.pid)
         try:
             keyword = first_keyword(tokens)
             if self.tx == "failed" and keyword not in _ENDS_TRANSACTION:
