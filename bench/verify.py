@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -404,11 +405,9 @@ class Watch:
             if now > deadline:
                 process.send_signal(signal.SIGTERM)
                 raise RuntimeError(f"verify of {self.sub.name} ran more than {timeout:.0f} s")
-            try:
+            with contextlib.suppress(OSError):  # it exited between the poll and this read
                 self.peak = max(self.peak, memory(process.pid).get("VmHWM", 0))
                 self.samples += 1
-            except OSError:
-                pass
             if now >= next_phase:
                 next_phase = now + PHASE_EVERY
                 self._phase()

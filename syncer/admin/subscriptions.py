@@ -37,7 +37,7 @@ from syncer import dsn, text
 from syncer.admin import trace as trace_page
 from syncer.admin import verifications as verification_pages
 from syncer.admin.verifications import verify_selected
-from syncer.engine.progress import CopyFigures
+from syncer.engine.progress import saved_text
 from syncer.errors import DeadLettersRemain
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import control, preflight, subscriptions
@@ -392,7 +392,7 @@ class SubscriptionAdmin(_AdminBase):
     @admin.display(description="copy")
     def copy_progress_text(self, obj: Subscription) -> str | SafeString:
         """A resumable copy under way, as the worker last published it."""
-        return _figure(obj, obj.copy_progress, _copy_text)
+        return _figure(obj, obj.copy_progress, saved_text)
 
     @admin.display(description="checkpoint", ordering="checkpoint")
     def checkpoint_lsn(self, obj: Subscription) -> str:
@@ -756,13 +756,6 @@ def _figure(obj: Subscription, value: T | None, shown: Callable[[T], str]) -> st
         f"published {text.age_text(obj.stats_at)} ago by {who}; it may have stopped",
         shown(value),
     )
-
-
-def _copy_text(progress: dict[str, Any]) -> str:
-    try:
-        return CopyFigures(**progress).describe()
-    except TypeError:  # written by a worker of another version
-        return str(progress)
 
 
 def _seconds_text(seconds: float) -> str:

@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from syncer.engine.progress import saved_text
 from syncer.errors import OperatorError
 from syncer.models import Subscription, Verification
 from syncer.operations import verify as verifying
@@ -187,7 +188,7 @@ def _shown(verification: Verification) -> dict[str, Any]:
     progress = summary["progress"]
     counts = summary["counts"]
     summary["active"] = verification.state in Verification.ACTIVE
-    summary["pace"] = _pace(progress)
+    summary["pace"] = saved_text(progress) if progress else ""
     summary["left"] = max(
         0, verification.drifted - counts.get("repaired", 0) - counts.get("superseded", 0)
     )
@@ -202,20 +203,6 @@ def _shown(verification: Verification) -> dict[str, Any]:
         "admin:syncer_subscription_change", args=[verification.subscription_id]
     )
     return summary
-
-
-def _pace(progress: dict[str, Any]) -> str:
-    if not progress:
-        return ""
-    parts = []
-    if progress.get("percent") is not None:
-        parts.append(f"{progress['percent']:.1f}%")
-    parts.append(f"{progress.get('rows', 0):,} rows and documents read")
-    if progress.get("rows_per_second"):
-        parts.append(f"{progress['rows_per_second']:,.0f}/s")
-    if progress.get("eta_seconds"):
-        parts.append(f"about {progress['eta_seconds']:,} s left")
-    return ", ".join(parts)
 
 
 def last_verification_text(subscription: Subscription) -> str:

@@ -118,8 +118,8 @@ def doc_id(key: DocKey) -> str:
     escaping `\\` and `|` inside values, so that ('a|b', 'c') and ('a', 'b|c') differ.
     """
     if len(key) == 1:
-        return _text(key[0])
-    return "|".join(_text(part).replace("\\", "\\\\").replace("|", "\\|") for part in key)
+        return key_text(key[0])
+    return "|".join(key_text(part).replace("\\", "\\\\").replace("|", "\\|") for part in key)
 
 
 def key_parts(doc_id_text: str, count: int) -> tuple[str, ...] | None:
@@ -150,7 +150,8 @@ def key_parts(doc_id_text: str, count: int) -> tuple[str, ...] | None:
     return tuple(parts) if len(parts) == count else None
 
 
-def _text(value: Any) -> str:
+def key_text(value: Any) -> str:
+    """A key value as a document id spells it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:

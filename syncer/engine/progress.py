@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from typing import Any
 
 from syncer.engine.changes import CopyProgress
 
@@ -90,6 +91,15 @@ class CopyMeter:
             if rate:
                 eta = max(0.0, estimated - last.rows) / rate
         return CopyFigures(last.rows, estimated, percent, rate, eta, last.resumes)
+
+
+def saved_text(progress: dict[str, Any]) -> str:
+    """`CopyFigures.describe` of figures saved with `as_dict`; their raw text when a
+    worker of another version wrote them."""
+    try:
+        return CopyFigures(**progress).describe()
+    except TypeError:
+        return str(progress)
 
 
 def duration(seconds: float) -> str:

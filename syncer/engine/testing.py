@@ -306,10 +306,10 @@ class InMemorySnapshot:
         return len(self.table)
 
     async def open(self) -> None:
-        pass
+        """The table is in memory: nothing to take."""
 
     async def close(self) -> None:
-        pass
+        """Nothing to let go."""
 
     async def written_upto(self) -> Position:
         return 0

@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import orjson
@@ -47,6 +47,7 @@ from syncer.engine.changes import (
     Position,
     doc_id,
     key_parts,
+    key_text,
 )
 from syncer.engine.outcomes import ItemResult, Outcome
 from syncer.engine.progress import CopyFigures, CopyMeter
@@ -161,9 +162,9 @@ class Tally:
                 kept.append(drift)
 
     def counts(self) -> dict[str, int]:
-        names = ("rows", "documents", "checked", "skipped", "dead_lettered", "missing")
-        more = ("extra", "differs", "repaired", "superseded", "repair_failed")
-        return {name: getattr(self, name) for name in (*names, *more)} | {"drifted": self.drifted}
+        """Every count by name, `drifted` included (what the row and the API keep)."""
+        counts = {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
+        return counts | {"drifted": self.drifted}
 
     def example_dicts(self) -> dict[str, list[dict[str, Any]]]:
         return {
@@ -249,13 +250,7 @@ def key_of_document(source: Document, key_columns: Sequence[str]) -> KeyText | N
     """The key a document's fields hold (as text), or None if it lacks a key field."""
     if any(source.get(column) is None for column in key_columns):
         return None
-    return tuple(_text(source[column]) for column in key_columns)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return tuple(key_text(source[column]) for column in key_columns)
 
 
 class Snapshot(Protocol):

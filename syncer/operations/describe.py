@@ -60,19 +60,20 @@ def describe(subscription: Subscription) -> dict[str, Any]:
         "slot_name": s.slot_name,
         "status": s.status,
         "status_message": redact(s.status_message),
-        "status_changed_at": _time(s.status_changed_at),
+        "status_changed_at": iso_time(s.status_changed_at),
         "checkpoint": None
         if s.checkpoint is None
         else format_position(s.source_kind, s.checkpoint),
         "checkpoint_position": s.checkpoint,
-        "checkpoint_at": _time(s.checkpoint_at),
-        "snapshot_completed_at": _time(s.snapshot_completed_at),
+        "checkpoint_at": iso_time(s.checkpoint_at),
+        "snapshot_completed_at": iso_time(s.snapshot_completed_at),
         "last_error": redact(s.last_error),
-        "last_error_at": _time(s.last_error_at),
-        "created_at": _time(s.created_at),
-        "updated_at": _time(s.updated_at),
+        "last_error_at": iso_time(s.last_error_at),
+        "created_at": iso_time(s.created_at),
+        "updated_at": iso_time(s.updated_at),
     }
 
 
-def _time(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
+    """A time as the API and `--json` write it (None stays None)."""
     return value.isoformat() if value else None

@@ -35,6 +35,7 @@ from syncer.errors import (
     VerificationRefused,
 )
 from syncer.models import DeadLetter, Subscription, Verification, doc_id_digest
+from syncer.operations.describe import iso_time
 from syncer.sinks.opensearch.verified import VerifiedIndex
 from syncer.sources.kinds import format_position
 from syncer.wiring import build_sink, source_values
@@ -334,9 +335,9 @@ def summary(verification: Verification) -> dict[str, Any]:
         "ids": len(v.doc_ids) if v.doc_ids is not None else None,
         "requested_by": v.requested_by,
         "worker": v.worker,
-        "requested_at": _time(v.requested_at),
-        "started_at": _time(v.started_at),
-        "finished_at": _time(v.finished_at),
+        "requested_at": iso_time(v.requested_at),
+        "started_at": iso_time(v.started_at),
+        "finished_at": iso_time(v.finished_at),
         "position": v.position,
         "position_shown": format_position(sub.source_kind, v.position),
         "phase": v.phase,
@@ -346,10 +347,6 @@ def summary(verification: Verification) -> dict[str, Any]:
         "examples": v.examples or {},
         "error": v.error,
     }
-
-
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 def latest_by_subscription(names: Collection[str]) -> dict[str, dict[str, Any]]:

@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.abc import Loader, Transformer
 from psycopg.postgres import types
 from psycopg.pq import Format
@@ -63,6 +64,20 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return value  # json/jsonb: already plain JSON values
     return str(value)
+
+
+_BYTEA = types["bytea"].oid
+
+
+def from_written(value: sql.Composable, type_oid: int, cast: str | None = None) -> sql.Composable:
+    """A key's value as the sync writes it (a document id's part, a key field's text),
+    back in its column's type for a query: bytea from its base64 (`jsonable`); anything
+    else as its text, cast to `cast` (None: the server reads it as the column's type).
+    The other types' written text is their input text (ISO times and durations, numeric
+    digits, uuid, true/false)."""
+    if type_oid == _BYTEA:
+        return sql.SQL("decode({}, 'base64')").format(value)
+    return value if cast is None else sql.SQL("{}::{}").format(value, sql.SQL(cast))
 
 
 def make_decoder(transformer: Transformer, type_oid: int) -> Decoder:

@@ -36,6 +36,16 @@ def log_in(page: Any, server: ConsoleServer, user: tuple[str, str]) -> None:
     expect(page).to_have_url(re.compile(r"/console/(#.*)?$"))
 
 
+def monitor_row(page: Any, server: ConsoleServer, user: tuple[str, str], name: str) -> Any:
+    """Log in to the monitor and wait until subscription `name` streams; its row."""
+    log_in(page, server, user)
+    row = page.locator(f'#subscriptions tr[data-subscription="{name}"]')
+    expect(row.locator('[data-field="status"]')).to_have_attribute(
+        "data-status", LIVE, timeout=30_000
+    )
+    return row
+
+
 def test_a_drifted_document_traced_from_the_tail_differs_then_agrees_after_its_next_change(
     source_conn: psycopg.Connection,
     traced: str,
@@ -47,11 +57,7 @@ def test_a_drifted_document_traced_from_the_tail_differs_then_agrees_after_its_n
 ) -> None:
     start_worker("--subscription", NAME)
     page = browser_page
-    log_in(page, console_server, staff_user)
-    row = page.locator(f'#subscriptions tr[data-subscription="{NAME}"]')
-    expect(row.locator('[data-field="status"]')).to_have_attribute(
-        "data-status", LIVE, timeout=30_000
-    )
+    monitor_row(page, console_server, staff_user, NAME)
     expect(page.get_by_test_id("tail-connection")).to_have_attribute("data-state", "open")
 
     source_conn.execute(f"INSERT INTO {traced} VALUES (201, 'fresh', 2)")

@@ -4,7 +4,6 @@ monitor's Verified column showing it."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import psycopg
@@ -13,10 +12,9 @@ from opensearchpy import OpenSearch
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import ConsoleServer, screenshot
-from tests.e2e.test_trace_page import log_in
+from tests.e2e.test_trace_page import monitor_row
 
 NAME = "e2e-verified"
-LIVE = re.compile(r"^(streaming|caught_up)$")
 
 
 @pytest.fixture
@@ -39,11 +37,7 @@ def test_a_verification_asked_in_the_admin_repairs_and_the_monitor_shows_it(
 ) -> None:
     start_worker("--subscription", NAME)
     page = browser_page
-    log_in(page, console_server, staff_user)
-    row = page.locator(f'#subscriptions tr[data-subscription="{NAME}"]')
-    expect(row.locator('[data-field="status"]')).to_have_attribute(
-        "data-status", LIVE, timeout=30_000
-    )
+    row = monitor_row(page, console_server, staff_user, NAME)
     expect(row.locator('[data-field="verified"]')).to_have_text("never")
 
     # Behind the product's back: one document changed, one removed.

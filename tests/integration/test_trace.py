@@ -180,6 +180,16 @@ def test_a_composite_key_is_typed_as_its_document_id(regions: str, search: OpenS
     assert plain.json()["row"] == {"tenant": "a", "id": 7, "v": "y"}
 
 
+def test_a_bytea_key_is_found_by_the_base64_its_document_id_holds(
+    source_conn: psycopg.Connection, table_name: str, make_subscription: Any
+) -> None:
+    source_conn.execute(f"CREATE TABLE {table_name} (k bytea PRIMARY KEY, v text)")
+    source_conn.execute(f"INSERT INTO {table_name} VALUES ('\\x00ff10', 'binary')")
+    make_subscription("blobs", table_name)
+    found = traced("blobs", "AP8Q")  # base64 of 00 ff 10, as the sync writes the key
+    assert found["row"] == {"k": "AP8Q", "v": "binary"}
+
+
 @pytest.mark.parametrize("key", ["a", "a|b|1", "a\\x|1", "a|1\\"])
 def test_a_key_that_does_not_fit_is_refused_naming_the_key_columns(
     regions: str, search: OpenSearch, key: str

@@ -6,7 +6,8 @@ columns, the primary key when no key columns are set), then read with
     SELECT "c1", "c2", ... FROM "schema"."table" WHERE "k1" = $1 AND "k2" = $2
 
 each value sent as text of unknown type, so PostgreSQL reads it as the key column's
-type and the primary key's index answers. Every column is decoded from its text by the
+type and the primary key's index answers (a bytea key is decoded from the base64 its
+document id holds: `values.from_written`). Every column is decoded from its text by the
 decoder of its type in the table, as the copy decodes it.
 """
 
@@ -18,6 +19,7 @@ from psycopg import AsyncConnection, sql
 from syncer.sources.lookup import FoundRow, RowLookup, decode_row, not_a_key_value, parse_key
 from syncer.sources.postgres.catalog import describe_table
 from syncer.sources.sqlerrors import translated
+from syncer.sources.values import from_written
 
 
 async def read_row(lookup: RowLookup) -> FoundRow:
@@ -39,7 +41,10 @@ async def read_row(lookup: RowLookup) -> FoundRow:
             sql.SQL(", ").join(sql.Identifier(name) for name, _ in table.columns),
             table.identifier,
             sql.SQL(" AND ").join(
-                sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder())
+                sql.SQL("{} = {}").format(
+                    sql.Identifier(column),
+                    from_written(sql.Placeholder(), table.type_oid(column) or 0),
+                )
                 for column in table.key
             ),
         )

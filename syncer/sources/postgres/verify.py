@@ -39,7 +39,7 @@ from syncer.sources.postgres.queries import QUERIES
 from syncer.sources.postgres.replication import temporary_slot_name
 from syncer.sources.postgres.source import PostgresSource, PostgresSourceConfig
 from syncer.sources.sqlerrors import translated
-from syncer.sources.values import Decoder, make_decoder
+from syncer.sources.values import Decoder, from_written, make_decoder
 
 log = structlog.get_logger(__name__)
 
@@ -203,7 +203,8 @@ class PostgresSnapshot(PostgresSource):
             table=table.identifier,
             keys=sql.SQL(", ").join(sql.Identifier(c) for c in table.key),
             casts=sql.SQL(", ").join(
-                _from_text(name, type_) for name, type_ in zip(names, self._key_types, strict=True)
+                from_written(name, table.type_oid(column) or 0, type_)
+                for name, column, type_ in zip(names, table.key, self._key_types, strict=True)
             ),
             arrays=sql.SQL(", ").join(
                 sql.SQL("{}::text[]").format(sql.Placeholder()) for _ in names
@@ -267,17 +268,7 @@ class PostgresSnapshot(PostgresSource):
                 await self._cursor.close()
         for conn in (self._snap, self._replication):
             if conn is not None:
-                try:
+                with contextlib.suppress(psycopg.Error):  # closing: how it ends does not matter
                     await conn.close()
-                except psycopg.Error:
-                    pass
         self._snap = self._replication = self._cursor = None
         await super().close()
-
-
-def _from_text(value: sql.Composable, type_: str) -> sql.Composable:
-    """A key's value, as a document id or field spells it, in its column's type: a
-    cast, but for bytea, which the sync writes as base64 (`syncer.sources.values`)."""
-    if type_ == "bytea":
-        return sql.SQL("decode({}, 'base64')").format(value)
-    return sql.SQL("{}::{}").format(value, sql.SQL(type_))

@@ -295,7 +295,7 @@ class QueueReader:
         # the connection's lock.
         async def drain() -> None:
             async for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-                pass
+                pass  # a NOTIFY only wakes the reader: the queue's rows say what came
 
         await guarded("waiting for the push queue", drain(), timeout + _QUERY_TIMEOUT)
 
