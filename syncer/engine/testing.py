@@ -7,14 +7,14 @@ rather than recording calls, and let a test inject the failures real systems hav
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from syncer.engine.changes import Change, DocKey, Document, Op, Position, Transaction
 from syncer.engine.interfaces import Rejected, ResumeState, SourceNotice
 from syncer.engine.outcomes import ItemResult, Outcome, classify
-from syncer.engine.verify import Indexed, KeyText, Row
+from syncer.engine.verify import Indexed, KeyText, Row, present_by_lookup
 from syncer.errors import SinkUnavailable, SourceUnavailable
 
 if TYPE_CHECKING:
@@ -292,18 +292,26 @@ class InMemorySnapshot:
         rows: dict[DocKey, Document],
         position: Position,
         key_columns: tuple[str, ...] = ("id",),
+        *,
+        knows_size: bool = True,
     ) -> None:
         self.table = dict(sorted(rows.items()))
+        self.knows_size = knows_size
+        """Whether `estimate` says the table's size (Materialize's does not)."""
         self.position = position
         self.key_columns = key_columns
         self.later: set[str] = set()
-        self.on_changed: Callable[[], None] = lambda: None
-        """Runs at each `changed`: a test's change 'committed' meanwhile."""
+        self.on_read: Callable[[], None] = lambda: None
+        """Runs at each `rows`: a test's change 'committed' meanwhile."""
         self._read = 0
 
     @property
     def estimate(self) -> int | None:
-        return len(self.table)
+        return len(self.table) if self.knows_size else None
+
+    @property
+    def caught_up_at(self) -> Position:
+        return self.position
 
     async def open(self) -> None:
         """The table is in memory: nothing to take."""
@@ -315,6 +323,7 @@ class InMemorySnapshot:
         return 0
 
     async def rows(self, limit: int) -> list[Row]:
+        self.on_read()
         chunk = list(self.table.items())[self._read : self._read + limit]
         self._read += len(chunk)
         return chunk
@@ -323,6 +332,8 @@ class InMemorySnapshot:
         wanted = {tuple(str(v) for v in key) for key in keys}
         return [(k, r) for k, r in self.table.items() if tuple(str(v) for v in k) in wanted]
 
+    async def present(self, documents: Mapping[str, Indexed]) -> Collection[str]:
+        return await present_by_lookup(self.lookup, self.key_columns, documents)
+
     async def changed(self) -> Collection[str]:
-        self.on_changed()
         return self.later

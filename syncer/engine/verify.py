@@ -1,27 +1,32 @@
 """Verification: a source snapshot against the index, one bounded chunk at a time.
 
 The source is read in one snapshot that stands exactly at a position `at` (PostgreSQL:
-a temporary slot's exported snapshot and its consistent point). Nothing is compared
-before the subscription has written everything up to `at` (`caught_up`). A document is
-then compared with its row only if nothing changed it after `at`: the source shows no
-change of its key since (`Snapshot.changed`, asked after the documents were read, so
-that it covers every change the index could already hold), and its version (the source
-position of its last write) is at most `at`. A delete after `at` leaves no document,
-and no version to tell it by: that is why the source's own record of changes decides,
-not the index. What differs then is drift:
+a temporary slot's exported snapshot and its consistent point; Materialize: a SUBSCRIBE
+AS OF a timestamp). Nothing is compared before the subscription has written everything
+up to `at` (`caught_up`). A document is then compared with its row only if nothing
+changed it after `at`: its version (the source position of its last write) is at most
+`at`, and the source shows no change of its key since. A delete after `at` leaves no
+document, and no version to tell it by: that is why the source's own record of changes
+decides, not the index. That record (`Snapshot.changed`) is asked only for a chunk that
+shows drift, after its documents were read, so that it covers every change the index
+could already hold: a document that agrees with its row, or is newer than `at`, needs
+no such proof, and a source may take a moment to answer (Materialize waits for its
+progress to pass the present). What differs then is drift:
 
 - missing: a row with no document;
 - extra: a document with no row;
 - differs: a document whose content is not the row's, as the sink would write it.
 
-A document newer than the snapshot is counted as skipped, never as drift; so is one
-whose last change is a dead letter (the dead-letter queue explains it, and a retry is
-its repair). A repair writes the row (or deletes the document) at version `at + 1`:
-above every write the snapshot contains (a commit ending exactly at `at` included) and
-below every later commit, whose record ends at least a record's length after `at`; so a
-concurrent change always wins over the repair. A delete is also guarded by the
-document's sequence number (`Index.delete_unchanged`): a server that applies a
-versioned delete whatever its version still keeps a write that landed in between.
+A document newer than the snapshot is counted as skipped, never as drift; one whose
+last change is a dead letter is counted apart (the dead-letter queue explains it, and a
+retry is its repair). A repair writes the row (or deletes the document) at version
+`at + 1`: above every write the snapshot contains and below every change not yet seen
+when the chunk's changes were asked (PostgreSQL: a later commit's record ends at least
+a record's length after `at`; Materialize: its adapter reads the changes past `at + 1`
+before it answers), so a concurrent change always wins over the repair. A delete is
+also guarded by the document's sequence number (`Index.delete_unchanged`): a server
+that applies a versioned delete whatever its version still keeps a write that landed
+in between.
 
 Memory stays flat: the rows go `chunk_rows` at a time in key order, the index's
 documents a page at a time; what grows is `changed`, the ids the source changed during
@@ -32,7 +37,15 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -253,6 +266,27 @@ def key_of_document(source: Document, key_columns: Sequence[str]) -> KeyText | N
     return tuple(key_text(source[column]) for column in key_columns)
 
 
+async def present_by_lookup(
+    lookup: Callable[[Sequence[KeyText]], Awaitable[list[Row]]],
+    key_columns: Sequence[str],
+    documents: Mapping[str, Indexed],
+) -> set[str]:
+    """Which of these documents have a row, found through `lookup` (`Snapshot.lookup`).
+    Each is looked up by the key its id spells and by the key its fields hold (an id
+    whose text the source cannot read back, a document whose key field was changed by
+    hand): it has a row if either finds one whose id is the document's."""
+    keys: dict[KeyText, None] = {}
+    for id_, document in documents.items():
+        spelled = key_parts(id_, len(key_columns))
+        if spelled is not None:
+            keys[spelled] = None
+        held = key_of_document(document.source, key_columns)
+        if held is not None:
+            keys[held] = None
+    rows = await lookup(list(keys)) if keys else []
+    return {doc_id(key) for key, _ in rows}
+
+
 class Snapshot(Protocol):
     """A source read in one snapshot (the source kind's adapter)."""
 
@@ -270,6 +304,13 @@ class Snapshot(Protocol):
         """The position the snapshot stands at: it holds every change up to it."""
 
     @property
+    def caught_up_at(self) -> Position:
+        """The checkpoint (or `written_upto`) from which the subscription has written
+        everything the snapshot holds: `position` where a checkpoint counts the changes
+        up to it (PostgreSQL), `position + 1` where it is a frontier, the first
+        timestamp not yet written (Materialize)."""
+
+    @property
     def estimate(self) -> int | None:
         """About how many rows a full read returns; None if unknown."""
 
@@ -281,6 +322,10 @@ class Snapshot(Protocol):
 
     async def lookup(self, keys: Sequence[KeyText]) -> list[Row]:
         """The rows of these keys that the snapshot has."""
+
+    async def present(self, documents: Mapping[str, Indexed]) -> Collection[str]:
+        """Which of these documents (by id) have a row in the snapshot, once the rows
+        are read (`present_by_lookup` where the source can look rows up by key)."""
 
     async def changed(self) -> Collection[str]:
         """The ids of documents whose rows changed after `position`, up to the source's
@@ -368,11 +413,12 @@ class Verifier:
         self._meter = CopyMeter()
         self._total: int | None = None
         self._phase = Phase.WAITING
+        self._changed: Collection[str] = frozenset()
+        """The ids the source changed after the snapshot, as last asked."""
 
     async def run(self) -> Tally:
-        at = self.snapshot.position
         await self._progress()
-        await self._caught_up(at)
+        await self._caught_up(self.snapshot.caught_up_at)
         if self.scope.ids is not None:
             self._total = len(self.scope.ids)
             await self._verify_ids(list(self.scope.ids))
@@ -386,6 +432,8 @@ class Verifier:
         sample = self.scope.sample
         rows_estimate = self.snapshot.estimate
         documents_estimate = await self.index.count()
+        if rows_estimate is None and documents_estimate:
+            rows_estimate = documents_estimate  # the index mirrors the source
         if sample is not None:
             rows_estimate = min(sample, rows_estimate or sample)
             documents_estimate = min(sample, documents_estimate)
@@ -427,8 +475,10 @@ class Verifier:
         at = self.snapshot.position
         if indexed is None:
             indexed = await self.index.indexed([doc_id(key) for key, _ in rows])
-        changed = await self.snapshot.changed()  # after the read: see the module's docstring
-        drifts, compared, skipped = compare_rows(rows, indexed, at, changed)
+        drifts, compared, skipped = compare_rows(rows, indexed, at, self._changed)
+        if drifts:  # only the source's changes up to now can tell: see the module's docstring
+            self._changed = await self.snapshot.changed()
+            drifts, compared, skipped = compare_rows(rows, indexed, at, self._changed)
         self.tally.checked += compared
         self.tally.skipped += skipped
         drifts = await self._explained(drifts)
@@ -442,9 +492,11 @@ class Verifier:
     ) -> None:
         at = self.snapshot.position
         if present is None:
-            present = await self._present(page)
-        changed = await self.snapshot.changed()
-        drifts, compared, skipped = compare_documents(page, present, at, changed)
+            present = await self.snapshot.present(page)
+        drifts, compared, skipped = compare_documents(page, present, at, self._changed)
+        if drifts:
+            self._changed = await self.snapshot.changed()
+            drifts, compared, skipped = compare_documents(page, present, at, self._changed)
         self.tally.checked += compared
         self.tally.skipped += skipped
         drifts = await self._explained(drifts)
@@ -454,23 +506,6 @@ class Verifier:
             self.tally.repaired += removed
             self.tally.superseded += len(drifts) - removed
         await self._progress()
-
-    async def _present(self, page: dict[str, Indexed]) -> set[str]:
-        """Which of these documents have a row in the snapshot. Each is looked up by
-        the key its id spells and by the key its fields hold (an id whose text the
-        source cannot read back, a document whose key field was changed by hand): it
-        has a row if either finds one whose id is the document's."""
-        columns = self.snapshot.key_columns
-        keys: dict[KeyText, None] = {}
-        for id_, document in page.items():
-            spelled = key_parts(id_, len(columns))
-            if spelled is not None:
-                keys[spelled] = None
-            held = key_of_document(document.source, columns)
-            if held is not None:
-                keys[held] = None
-        rows = await self.snapshot.lookup(list(keys)) if keys else []
-        return {doc_id(key) for key, _ in rows}
 
     async def _explained(self, drifts: list[Drift]) -> list[Drift]:
         """Drop the drifts whose document has a dead letter (counted apart)."""

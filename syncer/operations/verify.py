@@ -62,7 +62,7 @@ def refusal(subscription: Subscription) -> str | None:
     if subscription.kind.verify_snapshot is None:
         return (
             f"subscription {name!r} reads a {subscription.kind.label} source, which "
-            "verify cannot read yet (PostgreSQL sources can be verified)"
+            "verify cannot read (PostgreSQL and Materialize sources can be verified)"
         )
     if subscription.paused:
         return f"subscription {name!r} is paused: resume it, then verify"

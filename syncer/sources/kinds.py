@@ -19,6 +19,7 @@ from syncer.sources.lookup import FoundRow, RowLookup
 from syncer.sources.materialize import catalog as materialize_catalog
 from syncer.sources.materialize import lookup as materialize_lookup
 from syncer.sources.materialize.source import MaterializeSource, MaterializeSourceConfig
+from syncer.sources.materialize.verify import MaterializeSnapshot
 from syncer.sources.positions import format_lsn, format_mz_timestamp
 from syncer.sources.postgres import catalog as postgres_catalog
 from syncer.sources.postgres import lookup as postgres_lookup
@@ -135,18 +136,24 @@ def _postgres_helper(
     return CopyHelperSource(_postgres_config(values), leases, remove_stale, first)
 
 
-def _build_materialize(values: SourceValues) -> Source:
-    return MaterializeSource(
-        MaterializeSourceConfig(
-            name=values.name,
-            dsn=values.dsn,
-            relation=values.relation,
-            key_columns=values.key_columns,
-            cluster=values.cluster,
-            envelope=values.envelope,
-            resolve_dsn=values.resolve_dsn,
-        )
+def _materialize_config(values: SourceValues) -> MaterializeSourceConfig:
+    return MaterializeSourceConfig(
+        name=values.name,
+        dsn=values.dsn,
+        relation=values.relation,
+        key_columns=values.key_columns,
+        cluster=values.cluster,
+        envelope=values.envelope,
+        resolve_dsn=values.resolve_dsn,
     )
+
+
+def _build_materialize(values: SourceValues) -> Source:
+    return MaterializeSource(_materialize_config(values))
+
+
+def _materialize_snapshot(values: SourceValues, sample: int | None) -> Snapshot:
+    return MaterializeSnapshot(_materialize_config(values), sample)
 
 
 POSTGRES = Kind(
@@ -175,6 +182,7 @@ MATERIALIZE = Kind(
     cleanup=None,  # SUBSCRIBE leaves nothing on the source
     column_types=materialize_catalog.column_types,  # None for a query
     read_row=materialize_lookup.read_row,
+    verify_snapshot=_materialize_snapshot,
 )
 
 

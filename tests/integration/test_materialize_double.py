@@ -238,6 +238,27 @@ def test_progress_only_advance(mz: MaterializeDouble) -> None:
         assert fetch(conn) == []
 
 
+def test_mz_now_is_at_or_after_every_write_and_the_frontier_can_follow_the_clock(
+    mz: MaterializeDouble,
+) -> None:
+    def now(conn: psycopg.Connection) -> tuple[Any, int]:
+        cursor = conn.execute("SELECT mz_now()")
+        assert cursor.description is not None
+        value = cursor.fetchone()
+        assert value is not None
+        return cursor.description[0].type_code, int(value[0])
+
+    with psycopg.connect(mz.dsn, autocommit=True) as conn:
+        assert now(conn) == (16552, T0 - 1)  # mz_timestamp: the last closed timestamp
+        t = mz.insert(ANN, at=T0 + 10, close=False)  # written, not yet closed
+        assert now(conn) == (16552, t)
+        with mz.ticking(every=0.01):
+            wait = time.monotonic() + 5
+            while mz.frontier <= t and time.monotonic() < wait:
+                time.sleep(0.01)
+        assert mz.frontier > t and now(conn)[1] == mz.frontier - 1
+
+
 def test_rows_of_an_open_timestamp_come_before_its_progress(mz: MaterializeDouble) -> None:
     with psycopg.connect(mz.dsn) as conn:
         subscribe(conn)

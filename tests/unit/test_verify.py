@@ -204,7 +204,7 @@ def test_changes_during_the_verification_are_neither_drift_nor_repaired() -> Non
         sink.docs["30"] = StoredDoc(AT + 12, {"id": 30, "v": "new"})
         snapshot.later |= {"4", "5", "30"}
 
-    snapshot.on_changed = meanwhile
+    snapshot.on_read = meanwhile
     tally = Run(snapshot, sink, Scope(repair=True), chunk_rows=100)()
     assert (tally.drifted, tally.repaired) == (0, 0)
     assert tally.skipped == 3  # rows 4 and 5, document 30
@@ -275,3 +275,35 @@ def test_a_document_whose_key_field_was_changed_by_hand_differs_and_is_not_extra
     tally = Run(InMemorySnapshot(table, AT), sink, Scope(repair=True))()
     assert (tally.differs, tally.extra, tally.repaired) == (1, 0, 1)
     assert sink.docs["5"].doc == {"id": 5, "v": "row 5"}
+
+
+def test_the_source_s_changes_are_asked_only_for_a_chunk_with_drift() -> None:
+    """Agreeing or newer documents need no proof; a drifted one does (a source may take
+    a moment to answer: Materialize waits for its progress to pass the present)."""
+    table = _table(30)
+    sink = _synced(table, 900)
+    sink.docs["4"] = StoredDoc(AT + 1, {"id": 4, "v": "newer"})
+    del sink.docs["17"]  # deleted at the source after the snapshot, the index knows it
+    snapshot = InMemorySnapshot(table, AT)
+    snapshot.later = {"17"}
+    asked = []
+    original = snapshot.changed
+
+    async def changed() -> Collection[str]:
+        asked.append(snapshot._read)
+        return await original()
+
+    snapshot.changed = changed  # type: ignore[method-assign]
+    tally = Run(snapshot, sink, chunk_rows=10)()
+    assert asked == [20]  # once, for the chunk of rows 10 to 19
+    assert (tally.drifted, tally.skipped, tally.checked) == (0, 2, 28)
+
+
+def test_without_a_row_estimate_the_index_s_count_gives_the_percent() -> None:
+    table = _table(40)
+    snapshot = InMemorySnapshot(table, AT, knows_size=False)
+    run = Run(snapshot, _synced(table, 900), chunk_rows=10)
+    run()
+    rows_phase = [p.figures for p in run.progress if p.phase is Phase.ROWS and p.figures]
+    assert rows_phase and rows_phase[-1].percent is not None
+    assert rows_phase[-1].estimated_rows == 80  # 40 documents: about 40 rows, then 40

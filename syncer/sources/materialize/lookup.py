@@ -20,6 +20,7 @@ from syncer.errors import SourceConfigError
 from syncer.sources.identifiers import is_query, split_name
 from syncer.sources.lookup import FoundRow, RowLookup, decode_row, not_a_key_value, parse_key
 from syncer.sources.materialize.errors import translated
+from syncer.sources.materialize.source import NEEDS_KEY
 
 ALIAS = "searchsync_trace"
 """The name a query's rows go by in the SELECT."""
@@ -50,10 +51,7 @@ def select_statement(relation: str, key_columns: tuple[str, ...]) -> sql.Compose
 async def read_row(lookup: RowLookup) -> FoundRow:
     """The row of `lookup.relation` whose key is `lookup.doc_id`, or None in `row`."""
     if not lookup.key_columns:
-        raise SourceConfigError(
-            "a Materialize source needs key columns (views have no primary key): "
-            "set source.key, e.g. [order_id]"
-        )
+        raise SourceConfigError(NEEDS_KEY)
     key = parse_key(lookup.doc_id, lookup.key_columns, lookup.relation)
     statement = select_statement(lookup.relation, lookup.key_columns)
     with translated("connecting to Materialize"):

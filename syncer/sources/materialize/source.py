@@ -25,10 +25,8 @@ Materialize ends such a session after `idle_in_transaction_session_timeout` (two
 minutes by default, src/sql/src/session/vars.rs), which would restart an unfinished
 snapshot from scratch, so the session turns that timeout off.
 
-Rows are decoded from the server's text by `syncer.sources.values.make_decoder`, as
-the PostgreSQL source does: a value psycopg cannot hold (a timestamp past year 9999)
-keeps Materialize's text instead of failing every FETCH. Errors are classified by
-`syncer.sources.materialize.errors`.
+Rows are decoded from the server's text by `syncer.sources.materialize.decoding`.
+Errors are classified by `syncer.sources.materialize.errors`.
 """
 
 from __future__ import annotations
@@ -41,8 +39,6 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg import AsyncConnection, sql
-from psycopg.adapt import Transformer
-from psycopg.pq.abc import PGresult
 
 from syncer.engine.changes import DocKey, Document, Position, Transaction
 from syncer.engine.interfaces import NoticeKind, ResumeState, SourceNotice
@@ -56,9 +52,9 @@ from syncer.engine.timestamps import (
 from syncer.errors import SourceConfigError, SyncError
 from syncer.sources.dsn import DsnResolver, as_given
 from syncer.sources.identifiers import is_query, split_name
+from syncer.sources.materialize.decoding import RowDecoder
 from syncer.sources.materialize.errors import compacted, translated
 from syncer.sources.sqlerrors import describe
-from syncer.sources.values import Decoder, make_decoder
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +63,10 @@ _BETWEEN_FETCHES = 0.1  # seconds
 Conn = AsyncConnection[tuple[Any, ...]]
 
 CURSOR = "searchsync_subscribe"
+NEEDS_KEY = (
+    "a Materialize source needs key columns (views have no primary key): "
+    "set source.key, e.g. [order_id]"
+)
 
 
 @dataclass(frozen=True)
@@ -90,16 +90,13 @@ class MaterializeSource:
 
     def __init__(self, config: MaterializeSourceConfig) -> None:
         if not config.key_columns:
-            raise SourceConfigError(
-                "a Materialize source needs key columns (views have no primary key): "
-                "set source.key, e.g. [order_id]"
-            )
+            raise SourceConfigError(NEEDS_KEY)
         self.config = config
         self._conn: Conn | None = None
         self._assembler = self._new_assembler(snapshot=False, sweep=False, skip_below=None)
         self._as_of: Position | None = None
         self._columns: tuple[str, ...] | None = None
-        self._decoders: tuple[tuple[int, ...], tuple[Decoder, ...]] = ((), ())
+        self._decoder: RowDecoder | None = None
         self._progressed_at: float | None = None
         self._notices: list[SourceNotice] = []
         self._log = log.bind(subscription=config.name)
@@ -112,6 +109,7 @@ class MaterializeSource:
             self._conn = await AsyncConnection.connect(
                 conninfo, autocommit=True, connect_timeout=self.config.connect_timeout
             )
+        self._decoder = RowDecoder(self._conn)
         with translated("turning off the idle-in-transaction timeout"):
             # Backpressure may hold the session idle in its transaction for longer.
             await self._conn.execute("SET idle_in_transaction_session_timeout = 0")
@@ -171,7 +169,7 @@ class MaterializeSource:
             options.append(sql.SQL("SNAPSHOT = false"))
         parts: list[sql.Composable] = [
             sql.SQL("DECLARE {} CURSOR FOR SUBSCRIBE {}").format(
-                sql.Identifier(CURSOR), _target(self.config.relation)
+                sql.Identifier(CURSOR), target(self.config.relation)
             )
         ]
         if self.config.envelope == Envelope.UPSERT:
@@ -232,7 +230,7 @@ class MaterializeSource:
             with translated(f"reading changes of {self.config.relation}"):
                 cursor = await conn.execute(query)
                 columns = tuple(d.name for d in cursor.description or ())
-                rows = self._decode(cursor.pgresult)
+                rows = self._require_decoder().rows(cursor.pgresult)
         except SyncError as exc:
             # Materialize may refuse an AS OF only once the cursor is first read.
             if self._as_of is None or self._columns is not None or not compacted(exc):
@@ -244,24 +242,6 @@ class MaterializeSource:
             self._columns = columns
         self._apply(rows)
         return len(rows)
-
-    def _decode(self, result: PGresult | None) -> list[tuple[Any, ...]]:
-        """The rows of a FETCH, each value decoded from the server's text."""
-        if result is None or not result.ntuples:
-            return []
-        width = result.nfields
-        oids = tuple(result.ftype(i) for i in range(width))
-        if self._decoders[0] != oids:
-            transformer = Transformer(self._require_conn())
-            self._decoders = (oids, tuple(make_decoder(transformer, oid) for oid in oids))
-        decoders = self._decoders[1]
-        rows = []
-        for r in range(result.ntuples):
-            values = (result.get_value(r, c) for c in range(width))
-            rows.append(
-                tuple(None if v is None else d(v) for d, v in zip(decoders, values, strict=True))
-            )
-        return rows
 
     def _apply(self, rows: Sequence[tuple[Any, ...]]) -> None:
         columns = self._columns
@@ -284,18 +264,8 @@ class MaterializeSource:
         assembler.flush_snapshot()
 
     def _check_columns(self, columns: tuple[str, ...]) -> None:
-        third = "mz_state" if self.config.envelope == Envelope.UPSERT else "mz_diff"
-        if columns[:3] != ("mz_timestamp", "mz_progressed", third):
-            raise SourceConfigError(
-                f"SUBSCRIBE to {self.config.relation} returned columns {', '.join(columns[:3])}; "
-                f"expected mz_timestamp, mz_progressed, {third} (is this a Materialize server?)"
-            )
-        missing = [c for c in self.config.key_columns if c not in columns[3:]]
-        if missing:
-            raise SourceConfigError(
-                f"key column(s) {', '.join(missing)} are not columns of {self.config.relation} "
-                f"(it has: {', '.join(columns[3:])}); fix source.key"
-            )
+        upsert = self.config.envelope == Envelope.UPSERT
+        check_columns(self.config, columns, "mz_state" if upsert else "mz_diff")
 
     # -- the rest of the Source interface --------------------------------------------
 
@@ -342,13 +312,36 @@ class MaterializeSource:
             state=state,
         )
 
+    def _require_decoder(self) -> RowDecoder:
+        if self._decoder is None:
+            raise RuntimeError("source is not open")
+        return self._decoder
+
     def _require_conn(self) -> Conn:
         if self._conn is None:
             raise RuntimeError("source is not open")
         return self._conn
 
 
-def _target(relation: str) -> sql.Composable:
+def check_columns(
+    config: MaterializeSourceConfig, columns: tuple[str, ...], third: str = "mz_diff"
+) -> None:
+    """A SUBSCRIBE WITH (PROGRESS) answers `mz_timestamp, mz_progressed, <third>`, then
+    the relation's columns, the key columns among them; else a SourceConfigError."""
+    if columns[:3] != ("mz_timestamp", "mz_progressed", third):
+        raise SourceConfigError(
+            f"SUBSCRIBE to {config.relation} returned columns {', '.join(columns[:3])}; "
+            f"expected mz_timestamp, mz_progressed, {third} (is this a Materialize server?)"
+        )
+    missing = [c for c in config.key_columns if c not in columns[3:]]
+    if missing:
+        raise SourceConfigError(
+            f"key column(s) {', '.join(missing)} are not columns of {config.relation} "
+            f"(it has: {', '.join(columns[3:])}); fix source.key"
+        )
+
+
+def target(relation: str) -> sql.Composable:
     """What follows SUBSCRIBE: `(query)` or a possibly qualified, quoted name."""
     if is_query(relation):
         return sql.SQL("({})").format(sql.SQL(relation.strip()))

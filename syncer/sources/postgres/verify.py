@@ -19,7 +19,7 @@ removing rows deleted meanwhile, and the slot keeps the WAL written meanwhile.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -30,7 +30,7 @@ from psycopg.types.string import TextLoader
 
 from syncer.engine.changes import Position, doc_id
 from syncer.engine.interfaces import ResumeState
-from syncer.engine.verify import KeyText, Row
+from syncer.engine.verify import Indexed, KeyText, Row, present_by_lookup
 from syncer.errors import SourceConfigError
 from syncer.sources.positions import parse_lsn
 from syncer.sources.postgres import pgoutput
@@ -68,6 +68,10 @@ class PostgresSnapshot(PostgresSource):
     @property
     def position(self) -> Position:
         return self._position
+
+    @property
+    def caught_up_at(self) -> Position:
+        return self._position  # a checkpoint counts the commits that end up to it
 
     @property
     def estimate(self) -> int | None:
@@ -188,6 +192,9 @@ class PostgresSnapshot(PostgresSource):
                 except psycopg.DataError:
                     continue
             return found
+
+    async def present(self, documents: Mapping[str, Indexed]) -> Collection[str]:
+        return await present_by_lookup(self.lookup, self.key_columns, documents)
 
     async def _lookup(self, keys: Sequence[KeyText]) -> list[Row]:
         snap = self._snap

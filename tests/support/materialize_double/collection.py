@@ -58,6 +58,7 @@ COLUMN_TYPES: dict[str, tuple[int, int]] = {
     "float8": (701, 8),
     "jsonb": (3802, -1),
     "timestamptz": (1184, 8),
+    "mz_timestamp": (16552, 8),  # doc/user/content/sql/types/mz_timestamp.md
 }
 
 
@@ -72,6 +73,7 @@ SHOWN_TYPES: dict[str, str] = {
     "float8": "double precision",
     "jsonb": "jsonb",
     "timestamptz": "timestamp with time zone",
+    "mz_timestamp": "mz_timestamp",
 }
 
 
@@ -119,6 +121,10 @@ def render(value: object, type_name: str) -> str | None:
         return str(value)
     if type_name == "jsonb":
         return json.dumps(value)
+    if type_name == "mz_timestamp":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{value!r} is not a timestamp")
+        return str(value)
     if type_name == "timestamptz":
         if not isinstance(value, datetime):
             raise ValueError(f"{value!r} is not a datetime")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -185,6 +186,14 @@ class MaterializeDouble:
         with self._cond:
             return self._collection.frontier
 
+    def now(self) -> int:
+        """What `SELECT mz_now()` answers: a strict serializable read's timestamp, at or
+        after every write (one at an open timestamp included) and every closed one."""
+        with self._cond:
+            collection = self._collection
+            written = collection.updates[-1].ts if collection.updates else 0
+            return max(collection.frontier - 1, written)
+
     @property
     def since(self) -> int:
         """AS OF below this is refused (see `compact`)."""
@@ -247,6 +256,24 @@ class MaterializeDouble:
             collection.advance(target)
             self._cond.notify_all()
             return collection.frontier
+
+    @contextlib.contextmanager
+    def ticking(self, every: float = 0.02) -> Iterator[None]:
+        """Advance the frontier every `every` seconds meanwhile (`advance()`: to now in
+        ms), as Materialize's timestamps follow the clock; writes go on as usual."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(every):
+                self.advance()
+
+        thread = threading.Thread(target=tick, name="materialize-double-tick", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(5)
 
     def compact(self, since: int, *, wording: Literal["old", "new"] = "old") -> None:
         """Forget history below `since`: a later AS OF below it is refused at the cursor's

@@ -123,9 +123,9 @@ class ShowColumns:
 
 @dataclass(frozen=True)
 class Select:
-    """`SELECT <number>`, `SELECT mz_version()` or `SELECT version()`."""
+    """`SELECT <number>`, `SELECT mz_version()`, `SELECT version()` or `SELECT mz_now()`."""
 
-    function: str | None  # mz_version, version; None for a literal
+    function: str | None  # mz_version, version, mz_now; None for a literal
     literal: str | None
     alias: str | None
 
@@ -424,7 +424,7 @@ class _Parser:
             if self.accept_kw("pg_catalog") or self.accept_kw("mz_catalog"):
                 self.expect_op(".")
             name = self.identifier()
-            if name not in ("mz_version", "version"):
+            if name not in ("mz_version", "version", "mz_now"):
                 raise self.unsupported()
             self.expect_op("(")
             self.expect_op(")")
