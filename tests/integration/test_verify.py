@@ -175,7 +175,7 @@ def test_only_the_given_keys_and_a_sample(
     sub, _ = synced
     tamper(search, sub.index_name)
     keys = tmp_path / "keys.txt"
-    keys.write_text("5\n7\n8\n100000\n")
+    keys.write_text("5\n7\n8\n100000\n09\n")  # "09": no such id (row 9 is "9")
     status, found, _ = verify(sub.name, "--keys", str(keys))
     assert status == 1
     assert (found.counts["rows"], found.counts["checked"], found.drifted) == (3, 4, 3)

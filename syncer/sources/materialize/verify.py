@@ -33,7 +33,7 @@ change at t + 1 is then known, and skipped, before anything is repaired, and a c
 not yet read carries a later timestamp than the repair's.
 
 `lookup` (`verify --keys`) reads the snapshot again on the rows session, keeping the
-rows of the keys asked: one pass per call, which takes at most a chunk of keys.
+rows of the keys asked (the verifier asks for them all at once: one more pass).
 """
 
 from __future__ import annotations
