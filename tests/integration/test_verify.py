@@ -34,6 +34,7 @@ from tests.support.harness import (
 )
 from tests.support.process import manage
 from tests.support.users import operator, token_client, viewer
+from tests.support.verifying import verify, versions
 
 pytestmark = pytest.mark.usefixtures("fast_retries", "opensearch_url")
 
@@ -64,18 +65,6 @@ def synced(
         yield sub, table_name
 
 
-def verify(*args: str) -> tuple[int, Verification, str]:
-    """Run the command; its exit status, its Verification and its output (stdout, then
-    the progress on stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    status = 0
-    try:
-        call_command("verify", *args, stdout=out, stderr=err)
-    except CommandError as exc:
-        status = exc.returncode
-    return status, Verification.objects.latest("requested_at"), out.getvalue() + err.getvalue()
-
-
 def tamper(search: OpenSearch, index: str) -> None:
     """Drift of each kind, written behind the product's back (no external version:
     OpenSearch adds one to the document's, which stays below any later position)."""
@@ -93,7 +82,7 @@ def test_each_kind_of_drift_is_found_then_repaired_exactly(
     assert clean.counts["checked"] == ROWS and clean.position
 
     tamper(search, sub.index_name)
-    before = {h: d for h, d in _versions(search, sub.index_name).items()}
+    before = {h: d for h, d in versions(search, sub.index_name).items()}
     status, found, output = verify(sub.name, "--json")
     assert status == 1
     counts = found.counts
@@ -110,7 +99,7 @@ def test_each_kind_of_drift_is_found_then_repaired_exactly(
     assert (repaired.counts["repaired"], repaired.drifted) == (3, 3)
     assert index_rows(search, sub.index_name) == table_rows(source_conn, table)
     # Nothing that was right was written again: only 5 and 7 have new versions.
-    after = _versions(search, sub.index_name)
+    after = versions(search, sub.index_name)
     rewritten = sorted(i for i in after if i in before and after[i] != before[i])
     assert rewritten == ["5"]
     assert repaired.position is not None
@@ -241,13 +230,6 @@ def test_memory_stays_flat_as_the_table_grows(
             assert (status, found.counts["checked"]) == (0, rows), output
     small, large = peaks
     assert large < small * 1.5, f"peak {small:,} B for 1,000 rows, {large:,} B for 4,000"
-
-
-def _versions(search: OpenSearch, index: str) -> dict[str, int]:
-    search.indices.refresh(index=index)
-    found = search.search(index=index, body={"version": True, "size": 10_000, "_source": False})
-    assert len(found["hits"]["hits"]) == len(index_docs(search, index))
-    return {h["_id"]: int(h["_version"]) for h in found["hits"]["hits"]}
 
 
 def test_the_api_asks_the_worker_and_the_job_shows_progress_then_the_result(

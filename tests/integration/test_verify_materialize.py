@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import threading
 import time
 import tracemalloc
@@ -15,17 +14,16 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from django.core.management import call_command
-from django.core.management.base import CommandError
 from opensearchpy import OpenSearch
 
 from syncer.engine.verify import Indexed
 from syncer.errors import SyncError
-from syncer.models import Subscription, Verification
+from syncer.models import Subscription
 from syncer.sources.materialize.source import MaterializeSourceConfig
 from syncer.sources.materialize.verify import MaterializeSnapshot
 from tests.support.harness import WorkerThread, index_docs, wait_for
 from tests.support.materialize_double import MaterializeDouble
+from tests.support.verifying import verify, versions
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
 
@@ -262,27 +260,11 @@ def synced(
         yield sub
 
 
-def verify(*args: str) -> tuple[int, Verification, str]:
-    out, err = io.StringIO(), io.StringIO()
-    status = 0
-    try:
-        call_command("verify", *args, stdout=out, stderr=err)
-    except CommandError as exc:
-        status = exc.returncode
-    return status, Verification.objects.latest("requested_at"), out.getvalue() + err.getvalue()
-
-
 def tamper(search: OpenSearch, index: str) -> None:
     """Drift of each kind, behind the product's back (OpenSearch adds one to the version)."""
     search.index(index=index, id="5", body={**document(5), "customer": "tampered"}, refresh=True)
     search.delete(index=index, id="7", refresh=True)
     search.index(index=index, id="100000", body=document(100000), refresh=True)
-
-
-def versions(search: OpenSearch, index: str) -> dict[str, int]:
-    search.indices.refresh(index=index)
-    found = search.search(index=index, body={"version": True, "size": 10_000, "_source": False})
-    return {h["_id"]: int(h["_version"]) for h in found["hits"]["hits"]}
 
 
 def test_each_kind_of_drift_is_found_then_repaired_exactly(
