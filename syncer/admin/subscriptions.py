@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -41,6 +41,7 @@ from syncer.engine.progress import saved_text
 from syncer.errors import DeadLettersRemain
 from syncer.models import DeadLetter, Subscription
 from syncer.operations import control, preflight, subscriptions
+from syncer.sources import kinds
 from syncer.sources.kinds import format_position
 from syncer.text import redact
 from syncer.validators import text_problem
@@ -202,6 +203,8 @@ class SubscriptionForm(_FormBase):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.instance.pk and not _reads_database(self.instance):
+            self.fields.pop("key_columns", None)  # declared, so not left out with the others
         self._stored_dsn = self.instance.source_dsn if self.instance.pk else None
         if self._stored_dsn is not None and "source_dsn" in self.fields:
             self.initial["source_dsn"] = redact(self._stored_dsn)
@@ -316,9 +319,24 @@ class SubscriptionAdmin(_AdminBase):
     def get_fieldsets(self, request: HttpRequest, obj: Subscription | None = None) -> Any:
         if obj is None:  # nothing has run yet: no state to show
             return [fieldset for fieldset in self.fieldsets if fieldset[0] != "State"]
-        if not self.has_change_permission(request, obj):
-            return _read_only(self.fieldsets)
-        return super().get_fieldsets(request, obj)
+        fieldsets: Any = (
+            super().get_fieldsets(request, obj)
+            if self.has_change_permission(request, obj)
+            else _read_only(self.fieldsets)
+        )
+        if not _reads_database(obj):
+            fieldsets = _without(fieldsets, PUSH_HIDES)
+        return fieldsets
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Subscription | None = None
+    ) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and not _reads_database(obj):
+            # Its documents live only in the index: another kind would have no source
+            # to read them from (and the source fields are not on its form).
+            fields += ("source_kind",)
+        return fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Subscription]:
         return super().get_queryset(request).annotate(dead_letter_count=Count("dead_letters"))
@@ -697,6 +715,32 @@ def _dead_letter_context(chosen: list[Subscription]) -> dict[str, Any]:
         "dead_letter_counts": counts,
         "force_field": FORCE_FIELD,
     }
+
+
+PUSH_HIDES = (
+    "source_dsn",
+    "source_dsn_shown",
+    "relation",
+    "key_columns",
+    "source_cluster",
+    "source_envelope",
+)
+"""What a push subscription's page leaves out: it reads no database."""
+
+
+def _reads_database(subscription: Subscription) -> bool:
+    kind = kinds.named(subscription.source_kind)
+    return kind is None or kind.reads_database
+
+
+def _without(fieldsets: Any, hidden: Sequence[str]) -> list[tuple[str | None, dict[str, Any]]]:
+    """The fieldsets less the `hidden` fields, and less any fieldset left empty."""
+    kept = []
+    for title, options in fieldsets:
+        fields = tuple(f for f in options["fields"] if f not in hidden)
+        if fields:
+            kept.append((title, {**options, "fields": fields}))
+    return kept
 
 
 def _read_only(fieldsets: Any) -> list[tuple[str | None, dict[str, Any]]]:

@@ -708,3 +708,29 @@ def test_a_materialize_subscription_is_checked_against_the_double(
         assert "mz-s3cret" not in page.content.decode()
     assert accepted.status_code == 302
     assert Subscription.objects.get(name="orders-search").source_cluster == "serving"
+
+
+def test_a_push_subscription_s_page_has_no_source_fields_and_keeps_its_kind(
+    admin_client: Client,
+) -> None:
+    pushed = Subscription(name="books", source_kind="push", index_name="books")
+    pushed.full_clean()
+    pushed.save()
+
+    page = admin_client.get(change_url(pushed))
+    form = page.context["adminform"].form
+    assert not set(form.fields) & {"source_dsn", "relation", "key_columns", "source_cluster"}
+    assert "source_kind" not in form.fields
+    assert "Push (NDJSON posted to the API)" in page.content.decode()  # its kind, shown
+
+    data = {
+        key: value
+        for key, value in form_data(pushed, batch_max_size="250").items()
+        if key in form.fields or key in ("_save", "enabled")
+    }
+    data["source_kind"] = "postgres"  # a read-only field: what is posted is not used
+    response = admin_client.post(change_url(pushed), data)
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    saved = Subscription.objects.get(pk=pushed.pk)
+    assert (saved.batch_max_size, saved.source_kind, saved.source_dsn) == (250, "push", "")
