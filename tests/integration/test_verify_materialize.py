@@ -334,6 +334,34 @@ def test_changes_during_the_verification_are_not_drift(
     assert found.counts["skipped"] > 0  # rows the writer changed after the snapshot
 
 
+def test_a_repair_during_changes_never_overwrites_a_newer_value(
+    synced: Subscription, mz: MaterializeDouble, search: OpenSearch, settings: Any
+) -> None:
+    settings.SYNCER_VERIFY_CHUNK_ROWS = 10
+    for i in range(0, ROWS // 2, 10):  # drift in every chunk, on rows the writer updates too
+        search.index(index=synced.index_name, id=str(i), body={**document(i), "total": "-1"})
+    search.indices.refresh(index=synced.index_name)
+    writer = ViewWriter(mz)
+    writer.start()
+    try:
+        _, found, output = verify(synced.name, "--repair")
+    finally:
+        writer.stop()
+    assert found.state == "done", output
+    counts = found.counts
+    assert counts["differs"] + counts["skipped"] >= ROWS // 20
+    assert counts["repaired"] + counts["superseded"] == found.drifted  # each drift dealt with
+    # Once the worker has written what the writer did last, the index is the view: no
+    # repair (at the snapshot's timestamp + 1) won over a later change.
+    names = ("order_id", "customer", "total")
+
+    def as_in_the_view() -> bool:
+        view = {str(r[0]): dict(zip(names, r, strict=True)) for r in mz.rows_at()}
+        return index_docs(search, synced.index_name) == view
+
+    wait_for(as_in_the_view, what="the index to match the view")
+
+
 def test_only_the_given_keys_and_a_sample(
     synced: Subscription, search: OpenSearch, tmp_path: Any
 ) -> None:
