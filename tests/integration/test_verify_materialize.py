@@ -198,7 +198,7 @@ def test_memory_stays_flat_as_the_view_grows(mz: MaterializeDouble) -> None:
     """What the adapter holds (Python's allocations outside the double, which runs in
     this process, and outside the rows this test gave it) while it reads N rows and 4N:
     about the same. The ids it keeps for
-    the documents pass are in SQLite, whose page cache is bounded (2 MiB by default)."""
+    the documents pass are in SQLite, whose page cache is bounded (32 MiB)."""
 
     async def held_while_reading() -> int:
         snapshot = snapshot_of(mz)
