@@ -7,11 +7,12 @@ up to `at` (`caught_up`). A document is then compared with its row only if nothi
 changed it after `at`: its version (the source position of its last write) is at most
 `at`, and the source shows no change of its key since. A delete after `at` leaves no
 document, and no version to tell it by: that is why the source's own record of changes
-decides, not the index. That record (`Snapshot.changed`) is asked only for a chunk that
-shows drift, after its documents were read, so that it covers every change the index
-could already hold: a document that agrees with its row, or is newer than `at`, needs
-no such proof, and a source may take a moment to answer (Materialize waits for its
-progress to pass the present). What differs then is drift:
+decides, not the index. That record (`Snapshot.changed`) is asked only about drift,
+after the documents were read, so that it covers every change the index could already
+hold: a document that agrees with its row, or is newer than `at`, needs no such proof.
+A source may take a moment to answer (Materialize waits for its progress to pass the
+present), so drifts are held and confirmed together, CONFIRM_DRIFTS or CONFIRM_SECONDS'
+worth at a time, and only then counted and repaired. What differs then is drift:
 
 - missing: a row with no document;
 - extra: a document with no row;
@@ -69,6 +70,9 @@ EXAMPLES = 20
 """Drifted documents kept per kind, to show."""
 CHUNK_ROWS = 1_000
 """Rows (and documents) compared at a time: one mget of as many ids."""
+CONFIRM_DRIFTS = 1_000
+CONFIRM_SECONDS = 2.0
+"""Drifts are held until this many, or for this long, then confirmed together."""
 _EXAMPLE_BYTES = 2_000
 """A row or document shown in an example is cut to about this much JSON."""
 
@@ -397,6 +401,8 @@ class Verifier:
         dead_lettered: DeadLettered,
         report: Report,
         chunk_rows: int = CHUNK_ROWS,
+        confirm_drifts: int = CONFIRM_DRIFTS,
+        confirm_seconds: float = CONFIRM_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], float] = time.time,
     ) -> None:
@@ -415,6 +421,10 @@ class Verifier:
         self._phase = Phase.WAITING
         self._changed: Collection[str] = frozenset()
         """The ids the source changed after the snapshot, as last asked."""
+        self._confirm_drifts = confirm_drifts
+        self._confirm_seconds = confirm_seconds
+        self._held: list[Drift] = []
+        self._held_since = 0.0
 
     async def run(self) -> Tally:
         await self._progress()
@@ -443,6 +453,7 @@ class Verifier:
         while rows := await self.snapshot.rows(self._chunk_rows):
             self.tally.rows += len(rows)
             await self._compare_rows(rows)
+        await self._confirm()  # the rows' repairs are in before the index is read whole
         self._phase = Phase.DOCUMENTS
         if self._total is not None:  # the rows are read: the rest is documents
             self._total = self.tally.rows + documents_estimate
@@ -454,6 +465,7 @@ class Verifier:
                     break
             self.tally.documents += len(page)
             await self._compare_documents(page)
+        await self._confirm()
 
     async def _verify_ids(self, ids: list[str]) -> None:
         columns = len(self.snapshot.key_columns)
@@ -476,6 +488,7 @@ class Verifier:
             others = {id_: indexed[id_] for id_ in chunk if id_ in indexed}
             self.tally.documents += len(others)
             await self._compare_documents(others, present)
+        await self._confirm()
 
     async def _compare_rows(
         self, rows: list[Row], indexed: dict[str, Indexed] | None = None
@@ -484,15 +497,9 @@ class Verifier:
         if indexed is None:
             indexed = await self.index.indexed([doc_id(key) for key, _ in rows])
         drifts, compared, skipped = compare_rows(rows, indexed, at, self._changed)
-        if drifts:  # only the source's changes up to now can tell: see the module's docstring
-            self._changed = await self.snapshot.changed()
-            drifts, compared, skipped = compare_rows(rows, indexed, at, self._changed)
         self.tally.checked += compared
         self.tally.skipped += skipped
-        drifts = await self._explained(drifts)
-        self.tally.count(drifts)
-        if self.scope.repair and drifts:
-            await self._repair_rows(drifts)
+        await self._hold(drifts)
         await self._progress()
 
     async def _compare_documents(
@@ -502,18 +509,48 @@ class Verifier:
         if present is None:
             present = await self.snapshot.present(page)
         drifts, compared, skipped = compare_documents(page, present, at, self._changed)
-        if drifts:
-            self._changed = await self.snapshot.changed()
-            drifts, compared, skipped = compare_documents(page, present, at, self._changed)
         self.tally.checked += compared
         self.tally.skipped += skipped
+        await self._hold(drifts)
+        await self._progress()
+
+    async def _hold(self, drifts: list[Drift]) -> None:
+        """Keep these drifts until the source's changes confirm them: a few chunks' at
+        a time, so that a source slow to answer (Materialize waits for a progress
+        tick) is asked about once per CONFIRM_SECONDS, not once per drifted chunk."""
+        if not drifts:
+            return
+        if not self._held:
+            self._held_since = self._clock()
+        self._held += drifts
+        if (
+            len(self._held) >= self._confirm_drifts
+            or self._clock() - self._held_since >= self._confirm_seconds
+        ):
+            await self._confirm()
+
+    async def _confirm(self) -> None:
+        """Ask the source's changes (see the module's docstring), then count and repair
+        the drifts held: one whose key changed after the snapshot is skipped instead."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        self._changed = await self.snapshot.changed()
+        drifts = [d for d in held if d.doc_id not in self._changed]
+        self.tally.checked -= len(held) - len(drifts)  # compared first, newer after all
+        self.tally.skipped += len(held) - len(drifts)
         drifts = await self._explained(drifts)
         self.tally.count(drifts)
-        if self.scope.repair and drifts:
-            removed = await self.index.delete_unchanged([d.doc_id for d in drifts], at)
+        if not self.scope.repair or not drifts:
+            return
+        rows = [d for d in drifts if d.kind is not DriftKind.EXTRA]
+        if rows:
+            await self._repair_rows(rows)
+        extra = [d.doc_id for d in drifts if d.kind is DriftKind.EXTRA]
+        if extra:
+            removed = await self.index.delete_unchanged(extra, self.snapshot.position)
             self.tally.repaired += removed
-            self.tally.superseded += len(drifts) - removed
-        await self._progress()
+            self.tally.superseded += len(extra) - removed
 
     async def _explained(self, drifts: list[Drift]) -> list[Drift]:
         """Drop the drifts whose document has a dead letter (counted apart)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,7 @@ class Run:
         scope: Scope | None = None,
         lettered: Collection[str] = (),
         chunk_rows: int = 7,
+        **options: Any,
     ) -> None:
         self.events: list[str] = []
         self.progress: list[Progress] = []
@@ -149,6 +151,7 @@ class Run:
             dead_lettered=dead_lettered,
             report=report,
             chunk_rows=chunk_rows,
+            **options,
         )
 
     def __call__(self) -> Tally:
@@ -167,8 +170,8 @@ def test_a_verification_finds_each_kind_of_drift_and_repairs_exactly_that() -> N
     # The documents pass reads the one repaired meanwhile too.
     assert (tally.rows, tally.documents, tally.repaired) == (50, 51, 3)
     assert sink.live == {doc_id(k): r for k, r in table.items()}
-    # Of the 8 chunks, only the two with drift wrote (the extra went by delete_unchanged).
-    assert sink.requests == requests + 2
+    # The two chunks with drift wrote once, together (the extra went by delete_unchanged).
+    assert sink.requests == requests + 1
     assert sink.docs["3"].version == sink.docs["7"].version == AT + 1
     assert sink.docs["0"].version == 900  # what was right was not written again
     again = Run(InMemorySnapshot(table, AT + 5), sink)()
@@ -295,8 +298,34 @@ def test_the_source_s_changes_are_asked_only_for_a_chunk_with_drift() -> None:
 
     snapshot.changed = changed  # type: ignore[method-assign]
     tally = Run(snapshot, sink, chunk_rows=10)()
-    assert asked == [20]  # once, for the chunk of rows 10 to 19
+    assert asked == [30]  # once: the drift of rows 10 to 19 was held for the next chunks
     assert (tally.drifted, tally.skipped, tally.checked) == (0, 2, 28)
+
+
+def test_drifts_are_confirmed_together_every_so_many_or_so_long() -> None:
+    table = _table(60)
+    sink = _synced(table, 900)
+    for i in range(0, 60, 5):  # two drifts in each chunk of 10
+        sink.docs[str(i)] = StoredDoc(900, {"id": i, "v": "tampered"})
+    snapshot = InMemorySnapshot(table, AT)
+    asked: list[int] = []
+    original = snapshot.changed
+
+    async def changed() -> Collection[str]:
+        asked.append(snapshot._read)
+        return await original()
+
+    snapshot.changed = changed  # type: ignore[method-assign]
+    by_count = Run(snapshot, sink, Scope(), chunk_rows=10, confirm_drifts=5)()
+    assert asked == [30, 60] and by_count.differs == 12  # 6 held at 30, the rest at the end
+
+    ticks = iter(range(1000))
+    asked.clear()
+    snapshot = InMemorySnapshot(table, AT)
+    snapshot.changed = changed  # type: ignore[method-assign]
+    by_time = Run(snapshot, sink, chunk_rows=10, confirm_seconds=3, clock=lambda: next(ticks))
+    assert by_time().differs == 12
+    assert len(asked) > 2  # a tick per call of the clock: held 3 "seconds" at most
 
 
 def test_without_a_row_estimate_the_index_s_count_gives_the_percent() -> None:
