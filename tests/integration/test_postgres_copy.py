@@ -294,8 +294,10 @@ def test_the_copys_progress_reaches_the_row_the_api_and_the_admin(
     settings.SYNCER_COPY_CHUNK_ROWS = 50
     settings.SYNCER_STATS_INTERVAL = 0.1
     source_conn.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v int)")
-    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 6000) i")
-    source_conn.execute(f"ANALYZE {table_name}")  # the planner's estimate: 6,000 rows
+    # Enough rows that the copy outlasts the status message's pace (one a second), with
+    # its rate known, on a fast machine too.
+    source_conn.execute(f"INSERT INTO {table_name} SELECT i, 0 FROM generate_series(1, 20000) i")
+    source_conn.execute(f"ANALYZE {table_name}")  # the planner's estimate: 20,000 rows
     sub = make_subscription("progress", table_name, batch_max_size=50)
     with WorkerThread([sub]):
         progress = wait_for(
@@ -313,11 +315,11 @@ def test_the_copys_progress_reaches_the_row_the_api_and_the_admin(
             ),
             what="progress in the status message",
         )
-        wait_for(lambda: status_of("progress").snapshot_completed_at)
+        wait_for(lambda: status_of("progress").snapshot_completed_at, timeout=120)
         wait_for(lambda: status_of("progress").copy_progress is None, what="progress cleared")
-    assert progress["estimated_rows"] == 6000 and 0 < progress["rows"] < 6000
+    assert progress["estimated_rows"] == 20000 and 0 < progress["rows"] < 20000
     assert 0 < progress["percent"] < 100 and progress["eta_seconds"] is not None
     assert subscription_out(during, 0)["copy_progress"] == during.copy_progress
     shown = SubscriptionAdmin.copy_progress_text(None, during)  # type: ignore[arg-type]
-    assert "% (" in shown and "of about 6,000 rows" in shown and "rows/s" in shown
-    assert "of about 6,000 rows" in message and "streaming changes meanwhile" in message
+    assert "% (" in shown and "of about 20,000 rows" in shown and "rows/s" in shown
+    assert "of about 20,000 rows" in message and "streaming changes meanwhile" in message
