@@ -256,7 +256,9 @@ def test_connection_dropped_mid_timestamp_does_not_flush_the_partial_timestamp(
         mz.insert((2, "bob", "2.00"), at=t)  # the rest of the timestamp, then progress
         wait_for(lambda: len(index_docs(search, "orders")) == 2, what="the whole timestamp")
         assert versions(search, "orders") == {"1": t, "2": t}
-        assert worker.runner.pipelines["orders"].stats.transactions >= 1
+        stats = worker.runner.pipelines["orders"].stats
+        # Counted once acknowledged, a moment after the bulk write the index shows.
+        wait_for(lambda: stats.transactions >= 1, what="the timestamp acknowledged")
     assert sum(s.startswith("DECLARE") for s in mz.statements) == 2
 
 
