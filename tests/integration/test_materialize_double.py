@@ -259,6 +259,34 @@ def test_mz_now_is_at_or_after_every_write_and_the_frontier_can_follow_the_clock
         assert mz.frontier > t and now(conn)[1] == mz.frontier - 1
 
 
+def test_select_by_key_reads_the_relation_as_of_the_last_closed_timestamp(
+    mz: MaterializeDouble,
+) -> None:
+    def read(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (row[0], row[1], Decimal(row[2]))
+
+    t = mz.insert(ANN, BOB)
+    mz.write([(ANN, 1)])  # two copies of ann now
+    mz.insert(CY, close=False)  # at a timestamp not closed yet: not read
+    with psycopg.connect(mz.dsn, autocommit=True) as conn:
+        by_key = f'SELECT * FROM "{VIEW}" WHERE "order_id" = %s'
+        assert conn.execute(by_key, ["1"]).fetchall() == [read(ANN), read(ANN)]
+        assert conn.execute(by_key, [" 2"]).fetchall() == [read(BOB)]  # compared as bigint
+        assert conn.execute(by_key, ["3"]).fetchall() == []
+        as_of = f"SELECT * FROM {VIEW} AS OF {t} WHERE order_id = 1"
+        assert conn.execute(as_of).fetchall() == [read(ANN)]
+        query = f"SELECT * FROM (SELECT * FROM {VIEW}) AS v WHERE customer = 'bob' AND total = 7"
+        assert conn.execute(query).fetchall() == [read(BOB)]
+        cursor = conn.execute(f"SELECT * FROM {VIEW}")
+        assert [d.name for d in cursor.description or ()] == ["order_id", "customer", "total"]
+        with pytest.raises(errors.InvalidTextRepresentation, match="type bigint: invalid digit"):
+            conn.execute(by_key, ["x"])
+        with pytest.raises(errors.InternalError, match='column "nope" does not exist'):
+            conn.execute(f"SELECT * FROM {VIEW} WHERE nope = 1")
+        with pytest.raises(errors.InternalError, match="unknown catalog item 'other'"):
+            conn.execute("SELECT * FROM other")
+
+
 def test_rows_of_an_open_timestamp_come_before_its_progress(mz: MaterializeDouble) -> None:
     with psycopg.connect(mz.dsn) as conn:
         subscribe(conn)

@@ -337,32 +337,42 @@ def test_the_admin_page_says_a_bad_key_under_the_key_field(
 # -- Materialize -------------------------------------------------------------------------------
 
 
-def test_a_materialize_trace_reads_the_document_and_says_why_the_row_is_unread(
+def test_a_materialize_trace_reads_the_row_by_its_key_and_the_document(
     make_subscription: Any, search: OpenSearch
 ) -> None:
-    """The pgwire double serves SUBSCRIBE, not a SELECT by key: the trace gets as far as
-    the SELECT and says the server's refusal, while the document is still read. (The
-    SELECT's text is checked in tests/unit/test_trace_keys.py.)"""
+    """The pgwire double answers the trace's SELECT by key as Materialize does: the row
+    as of now, each value decoded from its type's text; a key that is not of its
+    column's type is Materialize's 22P02, said as what to fix."""
     with MaterializeDouble("orders_mv", (("order_id", "int8"), ("total", "numeric"))) as mz:
+        mz.insert((7, "1.50"), (8, "2.00"))
         make_subscription(
             "mz-orders",
             "orders_mv",
             source_kind="materialize",
             source_dsn=mz.dsn,
             key_columns=["order_id"],
+            source_cluster="serving",
         )
         search.indices.create(index="mz-orders")
         put(search, "mz-orders", "7", {"order_id": 7, "total": "1.50"}, 1_700_000_000_000)
+        put(search, "mz-orders", "8", {"order_id": 8, "total": "9.99"}, 1_700_000_000_000)
 
-        found = traced("mz-orders", "7")
+        agreeing = traced("mz-orders", "7")
+        differing = traced("mz-orders", "8")
+        missing = traced("mz-orders", "9")
         with pytest.raises(CommandError, match=r"give a document key: the value of order_id"):
             trace_text("mz-orders", "")
+        with pytest.raises(CommandError, match=r"'abc' does not fit the key \(order_id\)"):
+            trace_text("mz-orders", "abc")
+        statements = mz.statements
 
-    assert found["agreement"] == "unknown"
-    assert found["row_error"].startswith("reading orders_mv: ")
-    assert "SELECT" in found["row_error"]
-    assert found["document"]["source"] == {"order_id": 7, "total": "1.50"}
-    assert found["document"]["position_shown"].startswith("1700000000000 (2023-11-14")
+    assert agreeing["agreement"] == "agree", agreeing
+    assert agreeing["row"] == {"order_id": 7, "total": "1.50"} == agreeing["document"]["source"]
+    assert agreeing["document"]["position_shown"].startswith("1700000000000 (2023-11-14")
+    assert (differing["agreement"], differing["differing"]) == ("differ", ["total"])
+    assert missing["row"] is None and missing["document"] is None
+    assert 'SET CLUSTER = "serving"' in statements
+    assert 'SELECT * FROM "orders_mv" WHERE "order_id" = $1' in statements
 
 
 def test_a_dead_letter_is_shown_only_to_who_may_view_dead_letters(

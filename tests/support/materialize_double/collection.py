@@ -136,6 +136,36 @@ def render(value: object, type_name: str) -> str | None:
     raise ValueError(f"unknown column type {type_name!r}")
 
 
+_TYPE_NAMES = {
+    "int8": "bigint",
+    "int4": "integer",
+    "numeric": "numeric",
+    "float8": "double precision",
+}
+
+
+def comparable(text: str, type_name: str) -> object:
+    """A value given as text (a literal, a parameter) as its column's type compares it:
+    SQLSTATE 22P02, in Materialize's words, when it is not one (src/repr/src/strconv.rs)."""
+    try:
+        if type_name in ("int8", "int4"):
+            if not text.strip().lstrip("+-").isdigit():
+                raise ValueError(f'invalid digit found in string: "{text}"')
+            return int(text)
+        if type_name == "numeric":
+            return Decimal(text)
+        if type_name == "float8":
+            return float(text)
+    except (ValueError, ArithmeticError) as exc:
+        why = str(exc) if type_name in ("int8", "int4") else f'"{text}"'
+        raise SqlError(
+            "22P02", f"invalid input syntax for type {_TYPE_NAMES[type_name]}: {why}"
+        ) from None
+    if type_name == "bool":
+        return text.strip().lower() in ("t", "true", "on", "1", "yes", "y")
+    return text
+
+
 @dataclass(frozen=True)
 class Update:
     ts: int

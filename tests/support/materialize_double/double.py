@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .collection import COLUMN_TYPES, Collection, Column
-from .sql import SqlError, Subscribe, tokenize
+from .sql import SelectRows, SqlError, Subscribe, tokenize
 
 if TYPE_CHECKING:
     from .wire import DoubleHandler, DoubleServer
@@ -56,9 +56,14 @@ class MaterializeDouble:
     `SHOW COLUMNS FROM <relation>` answers (name, nullable, type, comment) with
     Materialize's type names (`collection.SHOWN_TYPES`); nullable is always true.
 
-    Simplifications: `SUBSCRIBE (SELECT ...)` streams the relation as it is (no
-    projection or filter) when the query names it; only text result formats; ENVELOPE
-    DEBEZIUM, WITHIN TIMESTAMP ORDER BY and UP TO are refused with SQLSTATE 0A000. No
+    `SELECT * FROM <relation | (query)> [AS OF t] [WHERE column = value AND ...]` reads
+    the relation as of the last closed timestamp, each value compared as its column's
+    type (22P02 for one that is not of it), as a trace reads a row by its key.
+
+    Simplifications: `SUBSCRIBE (SELECT ...)` and `SELECT * FROM (SELECT ...)` read the
+    relation as it is (no projection or filter) when the query names it; only text
+    result formats; ENVELOPE DEBEZIUM, WITHIN TIMESTAMP ORDER BY and UP TO are refused
+    with SQLSTATE 0A000. No
     TLS: buenavista answers an SSLRequest with "N", so `sslmode=require` cannot connect.
     """
 
@@ -441,8 +446,8 @@ class MaterializeDouble:
                     return error
         return None
 
-    def _resolve(self, subscribe: Subscribe) -> None:
-        """Raise "unknown catalog item" unless the SUBSCRIBE names this double's relation.
+    def _resolve(self, subscribe: Subscribe | SelectRows) -> None:
+        """Raise "unknown catalog item" unless the statement names this double's relation.
         A catalog error is XX000 (AdapterError::PlanError, src/adapter/src/error.rs)."""
         if subscribe.name is not None:
             self._resolve_name(subscribe.name)

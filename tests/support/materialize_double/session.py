@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .collection import SHOWN_TYPES, Column, Subscription, TextRow
+from .collection import SHOWN_TYPES, Column, Subscription, TextRow, comparable
 from .sql import (
     Begin,
     Close,
@@ -18,6 +18,7 @@ from .sql import (
     Fetch,
     Rollback,
     Select,
+    SelectRows,
     SetVar,
     Show,
     ShowColumns,
@@ -117,6 +118,8 @@ class Session:
                 return list(_SHOW_COLUMNS)
             case Select():
                 return self._select(statement).columns
+            case SelectRows():
+                return self._select_rows(statement, run=False).columns
         return None
 
     def run(
@@ -184,6 +187,8 @@ class Session:
                 return self._show_columns(name)
             case Select():
                 return self._select(statement)
+            case SelectRows():
+                return self._select_rows(statement)
             case Declare():
                 return self._declare(statement)
             case Fetch():
@@ -258,6 +263,44 @@ class Session:
         else:
             kind = "numeric"
         return Result("SELECT 1", [Column(statement.alias or "?column?", kind)], [(literal,)])
+
+    def _select_rows(self, statement: SelectRows, *, run: bool = True) -> Result:
+        """A one-off SELECT: the relation as of the last closed timestamp (or AS OF),
+        filtered by equality, each row as many times as its count."""
+        double = self.double
+        double._resolve(statement)
+        names = [c.name for c in double.columns]
+        for column, _ in statement.equals:
+            if column not in names:  # a PlanError: XX000 (src/adapter/src/error.rs)
+                raise SqlError("XX000", f'column "{column}" does not exist')
+        columns = list(double.columns)
+        if not run:
+            return Result("SELECT 0", columns, [])
+        if self.cluster not in double.clusters:
+            raise SqlError("XX000", f"unknown cluster '{self.cluster}'")
+        double._check_privileges(self.user, self.cluster)
+        wanted = [
+            (names.index(column), comparable(value, columns[names.index(column)].type))
+            for column, value in statement.equals
+            if value is not None
+        ]
+        with double._cond:
+            collection = double._collection
+            at = collection.frontier - 1 if statement.as_of is None else statement.as_of
+            if at < collection.since:
+                raise double._compaction_error(at, collection.since)
+            rows = collection.consolidated(at)
+
+        def matches(text: TextRow) -> bool:
+            return all(
+                (given := text[i]) is not None and comparable(given, columns[i].type) == value
+                for i, value in wanted
+            )
+
+        found = [text for _row, text, count in rows if matches(text) for _ in range(count)]
+        if any(value is None for _, value in statement.equals):
+            found = []  # `= NULL` is never true
+        return Result(f"SELECT {len(found)}", columns, found)
 
     def _declare(self, statement: Declare) -> Result:
         double, subscribe = self.double, statement.subscribe

@@ -131,6 +131,18 @@ class Select:
 
 
 @dataclass(frozen=True)
+class SelectRows:
+    """`SELECT * FROM <relation | (query) [AS alias]> [AS OF <t>] [WHERE c = v AND ...]`:
+    a one-off read of the relation (a trace's row by its key)."""
+
+    name: tuple[str, ...] | None  # a relation name, or None for `(query)`
+    query_identifiers: frozenset[str]
+    query_from: str | None
+    equals: tuple[tuple[str, str | None], ...]  # (column, value as text), ANDed
+    as_of: int | None
+
+
+@dataclass(frozen=True)
 class Subscribe:
     name: tuple[str, ...] | None  # a relation name, or None for `(query)`
     query_identifiers: frozenset[str]  # of the `(query)`
@@ -173,6 +185,7 @@ Statement = (
     | Show
     | ShowColumns
     | Select
+    | SelectRows
     | Declare
     | Fetch
     | Close
@@ -415,6 +428,8 @@ class _Parser:
     def select(self) -> Statement:
         self.expect_kw("select")
         token = self.peek()
+        if token is not None and token.kind == "op" and token.value == "*":
+            return self.select_rows()
         function: str | None = None
         literal: str | None = None
         if token is not None and token.kind == "number":
@@ -456,29 +471,7 @@ class _Parser:
     def subscribe(self) -> Subscribe:
         self.expect_kw("subscribe")
         self.accept_kw("to")
-        name: tuple[str, ...] | None = None
-        identifiers: frozenset[str] = frozenset()
-        query_from: str | None = None
-        if self.accept_op("("):
-            start, depth = self.i, 1
-            while depth:
-                token = self.peek()
-                if token is None:
-                    raise self.error(")")
-                if token.kind == "op" and token.value in "()":
-                    depth += 1 if token.value == "(" else -1
-                self.i += 1
-            query = self.tokens[start : self.i - 1]
-            identifiers = frozenset(t.value for t in query if t.kind in ("ident", "qident"))
-            for before, after in itertools.pairwise(query):
-                if before.kind == "ident" and before.value == "from" and query_from is None:
-                    if after.kind in ("ident", "qident"):
-                        query_from = after.value
-        else:
-            parts = [self.identifier()]
-            while self.accept_op("."):
-                parts.append(self.identifier())
-            name = tuple(parts)
+        name, identifiers, query_from = self.target()
         keys: tuple[str, ...] | None = None
         if self.accept_kw("envelope"):
             if self.at_kw("debezium"):
@@ -519,24 +512,72 @@ class _Parser:
                 if not self.accept_op(","):
                     break
             self.expect_op(")")
-        as_of: int | None = None
-        at_least = False
-        if self.accept_kw("as"):
-            self.expect_kw("of")
-            at_least = self.accept_kw("at", "least")
-            text = self.literal()
-            if self.accept_op("::"):
-                self.identifier()
-            try:
-                as_of = int(text)
-            except ValueError:
-                raise SqlError(
-                    "22P02", f'invalid input syntax for type mz_timestamp: "{text}"'
-                ) from None
+        as_of, at_least = self.as_of()
         if self.at_kw("up", "to"):
             raise SqlError("0A000", "UP TO is not supported by the Materialize test double")
         self.expect_end()
         return Subscribe(name, identifiers, query_from, keys, progress, snapshot, as_of, at_least)
+
+    def target(self) -> tuple[tuple[str, ...] | None, frozenset[str], str | None]:
+        """A relation name, or `(query)`: (name or None, the query's identifiers, the
+        name after its FROM)."""
+        if not self.accept_op("("):
+            parts = [self.identifier()]
+            while self.accept_op("."):
+                parts.append(self.identifier())
+            return tuple(parts), frozenset(), None
+        start, depth = self.i, 1
+        while depth:
+            token = self.peek()
+            if token is None:
+                raise self.error(")")
+            if token.kind == "op" and token.value in "()":
+                depth += 1 if token.value == "(" else -1
+            self.i += 1
+        query = self.tokens[start : self.i - 1]
+        identifiers = frozenset(t.value for t in query if t.kind in ("ident", "qident"))
+        query_from = None
+        for before, after in itertools.pairwise(query):
+            if before.kind == "ident" and before.value == "from" and query_from is None:
+                if after.kind in ("ident", "qident"):
+                    query_from = after.value
+        return None, identifiers, query_from
+
+    def select_rows(self) -> SelectRows:
+        self.expect_op("*")
+        self.expect_kw("from")
+        name, identifiers, query_from = self.target()
+        if self.at_kw("as") and not self.at_kw("as", "of"):
+            self.expect_kw("as")
+            self.identifier()  # the alias: only the relation's own columns are named
+        as_of, _ = self.as_of()
+        equals: list[tuple[str, str | None]] = []
+        if self.accept_kw("where"):
+            while True:
+                column = self.identifier()
+                self.expect_op("=")
+                equals.append((column, self.literal()))
+                if not self.accept_kw("and"):
+                    break
+        if as_of is None:
+            as_of, _ = self.as_of()
+        self.expect_end()
+        return SelectRows(name, identifiers, query_from, tuple(equals), as_of)
+
+    def as_of(self) -> tuple[int | None, bool]:
+        """`AS OF [AT LEAST] <t>[::type]`, if there: (t, at least), else (None, False)."""
+        if not self.accept_kw("as", "of"):
+            return None, False
+        at_least = self.accept_kw("at", "least")
+        text = self.literal()
+        if self.accept_op("::"):
+            self.identifier()
+        try:
+            return int(text), at_least
+        except ValueError:
+            raise SqlError(
+                "22P02", f'invalid input syntax for type mz_timestamp: "{text}"'
+            ) from None
 
     def option_bool(self) -> bool:
         """`[=] true|false|on|off|'true'|...`; no value at all means true."""
