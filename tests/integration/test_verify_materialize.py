@@ -238,13 +238,15 @@ def test_memory_stays_flat_as_the_view_grows(mz: MaterializeDouble) -> None:
 
 @pytest.fixture
 def synced(
+    request: pytest.FixtureRequest,
     mz: MaterializeDouble,
     make_subscription: Callable[..., Subscription],
     search: OpenSearch,
     opensearch_url: str,
 ) -> Iterator[Subscription]:
     """A view of ROWS rows copied into its index by a running worker, the double's
-    frontier following the clock meanwhile (as Materialize's does)."""
+    frontier following the clock meanwhile (as Materialize's does). The envelope is the
+    test's parameter, if it has one (else diff)."""
     mz.insert(*[row(i) for i in range(ROWS)])
     sub = make_subscription(
         "mz-orders",
@@ -252,6 +254,7 @@ def synced(
         source_kind="materialize",
         source_dsn=mz.dsn,
         key_columns=["order_id"],
+        source_envelope=getattr(request, "param", "diff"),
         batch_max_age_ms=100,
     )
     with mz.ticking(), WorkerThread([sub]):
@@ -296,6 +299,19 @@ def test_each_kind_of_drift_is_found_then_repaired_exactly(
     assert after["5"] == after["7"] == (repaired.position or 0) + 1
     status, again, _ = verify(synced.name)
     assert (status, again.drifted) == (0, 0)
+
+
+@pytest.mark.parametrize("synced", ["upsert"], indirect=True)
+def test_a_subscription_of_the_upsert_envelope_is_verified_as_its_documents_are(
+    synced: Subscription, search: OpenSearch
+) -> None:
+    """Its SUBSCRIBE sends the key first and a state, not a diff: the verification reads
+    the view's plain rows, which make the same documents."""
+    status, clean, output = verify(synced.name)
+    assert (status, clean.drifted, clean.counts["checked"]) == (0, 0, ROWS), output
+    tamper(search, synced.index_name)
+    status, found, output = verify(synced.name, "--repair")
+    assert (status, found.drifted, found.counts["repaired"]) == (0, 3, 3), output
 
 
 class ViewWriter(threading.Thread):
