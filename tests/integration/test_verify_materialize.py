@@ -91,15 +91,17 @@ def test_the_snapshot_is_a_subscribe_at_one_timestamp_and_the_changes_a_second(
             before = await snapshot.lookup([("3",), ("99",)])
             mz.update(row(3), row(3, "changed"))
             mz.delete(row(4))
+            await snapshot.present(indexed("3"))  # reads what has come of the changes
+            drained = mz.statements[-1]
             with mz.ticking():
                 changed = set(await snapshot.changed())
             after = await snapshot.lookup([("3",)])
             present = await snapshot.present(indexed("1", "10", "77"))
-            return at, snapshot.caught_up_at, rows, before, after, changed, present
+            return at, snapshot.caught_up_at, rows, before, after, changed, present, drained
         finally:
             await snapshot.close()
 
-    at, caught_up_at, rows, before, after, changed, present = run(body)
+    at, caught_up_at, rows, before, after, changed, present, drained = run(body)
     assert at == last_closed  # the double's choice, as Materialize's: the last closed
     assert caught_up_at == at + 1
     assert [key for key, _ in rows] == [(i,) for i in range(11)]
@@ -108,6 +110,7 @@ def test_the_snapshot_is_a_subscribe_at_one_timestamp_and_the_changes_a_second(
     assert after[0][1]["customer"] == "customer 3", "a lookup reads the snapshot, not now"
     assert changed == {"3", "4"}
     assert present == {"1", "10"}
+    assert drained == "FETCH 10000 \"searchsync_verify_changes\" WITH (timeout = '0s')"
     declares = [s for s in mz.statements if s.startswith("DECLARE")]
     assert declares[0] == (
         f'DECLARE "searchsync_verify" CURSOR FOR SUBSCRIBE "{VIEW}" WITH (PROGRESS)'

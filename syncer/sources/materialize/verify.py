@@ -32,6 +32,11 @@ strict serializable read puts after every write committed before it) and t + 1. 
 change at t + 1 is then known, and skipped, before anything is repaired, and a change
 not yet read carries a later timestamp than the repair's.
 
+The changes are also read without waiting at each chunk of rows and each page of
+documents: Materialize holds a cursor's unread rows in environmentd's memory, and a
+verification that finds no drift would otherwise leave them all there. The ids they
+name are what grows with the verification's length, as on PostgreSQL.
+
 `lookup` (`verify --keys`) reads the snapshot again on the rows session, keeping the
 rows of the keys asked (the verifier asks for them all at once: one more pass).
 """
@@ -164,6 +169,7 @@ class MaterializeSnapshot:
         await self._seen.add(doc_id(key) for key, _ in found)
         if self._rows_done:
             await self._end_rows()
+        await self._drain_changes()
         return found
 
     async def lookup(self, keys: Sequence[KeyText]) -> list[Row]:
@@ -182,29 +188,41 @@ class MaterializeSnapshot:
         return found
 
     async def present(self, documents: Mapping[str, Indexed]) -> Collection[str]:
+        await self._drain_changes()
         return await self._seen.among(documents)
 
     async def changed(self) -> Collection[str]:
-        clock, changes = _opened(self._clock), _opened(self._changes)
+        clock = _opened(self._clock)
         with translated("asking Materialize for the present timestamp"):
             row = await (await clock.execute("SELECT mz_now()")).fetchone()
         assert row is not None
         upto = max(int(row[0]), self._position + 1)
-        query = _fetch(CHANGES_CURSOR, _SCAN_FETCH)
         deadline = time.monotonic() + self.patience
-        with translated(f"reading the changes of {self.config.relation} since the snapshot"):
-            while self._changes_frontier <= upto:
-                cursor = await changes.execute(query)
-                updates = _opened(self._changes_decoder).rows(cursor.pgresult)
-                if updates:
-                    deadline = time.monotonic() + self.patience
-                elif time.monotonic() > deadline:
-                    raise SourceUnavailable(
-                        f"the changes of {self.config.relation} have not reached timestamp "
-                        f"{upto} within {self.patience:.0f} s: is its cluster keeping up?"
-                    )
-                self._note_changes(cursor, updates)
+        while self._changes_frontier <= upto:
+            if await self._read_changes(_FETCH_TIMEOUT):
+                deadline = time.monotonic() + self.patience
+            elif time.monotonic() > deadline:
+                raise SourceUnavailable(
+                    f"the changes of {self.config.relation} have not reached timestamp "
+                    f"{upto} within {self.patience:.0f} s: is its cluster keeping up?"
+                )
         return self._changed
+
+    async def _drain_changes(self) -> None:
+        """Read the changes that have arrived, waiting for none: Materialize holds a
+        cursor's unread rows in environmentd's memory, and a verification that finds no
+        drift would otherwise never read them."""
+        while await self._read_changes("0s") >= _SCAN_FETCH:
+            pass
+
+    async def _read_changes(self, timeout: str) -> int:
+        """One FETCH of the changes cursor, noted; how many rows it brought."""
+        changes = _opened(self._changes)
+        with translated(f"reading the changes of {self.config.relation} since the snapshot"):
+            cursor = await changes.execute(_fetch(CHANGES_CURSOR, _SCAN_FETCH, timeout))
+            updates = _opened(self._changes_decoder).rows(cursor.pgresult)
+        self._note_changes(cursor, updates)
+        return len(updates)
 
     async def written_upto(self) -> Position:
         return 0  # only the subscription's checkpoint says how far it has written
@@ -332,9 +350,9 @@ def _opened(value: T | None) -> T:
     return value
 
 
-def _fetch(cursor: str, count: int) -> sql.Composed:
+def _fetch(cursor: str, count: int, timeout: str = _FETCH_TIMEOUT) -> sql.Composed:
     return sql.SQL("FETCH {} {} WITH (timeout = {})").format(
-        sql.SQL(str(int(count))), sql.Identifier(cursor), sql.Literal(_FETCH_TIMEOUT)
+        sql.SQL(str(int(count))), sql.Identifier(cursor), sql.Literal(timeout)
     )
 
 
