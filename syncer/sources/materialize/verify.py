@@ -37,8 +37,9 @@ documents: Materialize holds a cursor's unread rows in environmentd's memory, an
 verification that finds no drift would otherwise leave them all there. The ids they
 name are what grows with the verification's length, as on PostgreSQL.
 
-`lookup` (`verify --keys`) reads the snapshot again on the rows session, keeping the
-rows of the keys asked (the verifier asks for them all at once: one more pass).
+`lookup` (`verify --keys`) reads the snapshot's cursor, keeping the rows of the keys
+asked (the verifier asks for them all at once: one pass). Asked again, it declares a
+new one AS OF t, which Materialize refuses once it has compacted past t.
 """
 
 from __future__ import annotations
@@ -76,13 +77,14 @@ CHANGES_CURSOR = "searchsync_verify_changes"
 PATIENCE = 300.0
 """Seconds a SUBSCRIBE may send nothing at all before the verification gives up."""
 _FETCH_TIMEOUT = "1s"
-_SCAN_FETCH = 10_000
-"""Rows per FETCH where none is compared: the changes, the ids of a sample's rest, a lookup."""
+_SCAN_FETCH = 1_000
+"""Rows per FETCH where none is compared (the changes, the ids of a sample's rest, a
+lookup): each is decoded whole, so this bounds what one FETCH holds."""
 _SQLITE_BATCH = 500
+"""Ids per `IN (...)` (SQLite allows 32,766 parameters; smaller keeps each step short)."""
 _CACHE_KIB = 32 * 1024
 """SQLite's page cache for the ids (its default is 2 MiB: a large view's ids then
 thrash it)."""
-"""Ids per `IN (...)` (SQLite allows 32,766 parameters; smaller keeps each step short)."""
 
 
 class MaterializeSnapshot:
@@ -176,10 +178,15 @@ class MaterializeSnapshot:
         wanted = set(keys)
         if not wanted:
             return []
-        conn = _opened(self._rows)
-        await self._end_rows()
-        await self._declare(conn, ROWS_CURSOR, snapshot=True, as_of=self._position)
-        self._rows_done, self._buffered, found = False, [], []
+        if self._compared or self._rows_done:
+            # The snapshot's cursor has been read: a new one at the same timestamp (which
+            # Materialize refuses once it has compacted past it).
+            await self._end_rows()
+            await self._declare(
+                _opened(self._rows), ROWS_CURSOR, snapshot=True, as_of=self._position
+            )
+            self._rows_done, self._buffered = False, []
+        found = []
         while not self._rows_done:
             for key, row in self._snapshot_rows(await self._next_rows(_SCAN_FETCH)):
                 if tuple(key_text(v) for v in key) in wanted:
