@@ -47,7 +47,9 @@ def mz() -> Iterator[MaterializeDouble]:
         yield double
 
 
-def snapshot_of(mz: MaterializeDouble, sample: int | None = None, **config: Any) -> Any:
+def snapshot_of(
+    mz: MaterializeDouble, sample: int | None = None, **config: Any
+) -> MaterializeSnapshot:
     config.setdefault("key_columns", ("order_id",))
     return MaterializeSnapshot(
         MaterializeSourceConfig(name="orders", dsn=mz.dsn, relation=VIEW, **config),
