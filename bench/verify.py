@@ -118,6 +118,14 @@ class VerifyBench(SharedCopyBench):
         name = f"{PREFIX}verify-{rows}"
         started = time.time()
         sub = self.subscription(name, f"public.{table}", "index")
+        seconds = self.wait_copied(sub, rows, started)
+        say(f"{name}: copied {rows:,} rows in {seconds:.1f} s")
+        return sub
+
+    def wait_copied(self, sub: Any, rows: int, started: float) -> float:
+        """Wait until `sub`'s copy is complete and its index holds `rows` documents;
+        the seconds from `started` (a time.time()) to the copy's completion."""
+        name = sub.name
 
         def completed() -> Any:
             self.check_worker()
@@ -132,8 +140,7 @@ class VerifyBench(SharedCopyBench):
             what=f"{name} to hold {rows:,} documents",
             interval=0.5,
         )
-        say(f"{name}: copied {rows:,} rows in {done.timestamp() - started:.1f} s")
-        return sub
+        return float(done.timestamp() - started)
 
     def verify(
         self,
