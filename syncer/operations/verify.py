@@ -260,11 +260,12 @@ def _caught_up(sub: Subscription, snapshot: Snapshot) -> Callable[[Position], An
             if checkpoint >= at or await snapshot.written_upto() >= at:
                 return
             if time.monotonic() >= deadline:
+                shown = format_position(sub.source_kind, snapshot.position)
                 raise NotCaughtUp(
-                    f"subscription {sub.name!r} has not written up to the snapshot's position "
-                    f"{format_position(sub.source_kind, at)} within {patience:.0f} s (its "
-                    f"checkpoint is {format_position(sub.source_kind, checkpoint or None)}): "
-                    "is its worker running and keeping up? (SYNCER_VERIFY_CATCH_UP_SECONDS)"
+                    f"subscription {sub.name!r} has not written everything up to the "
+                    f"snapshot (at {shown}) within {patience:.0f} s (its checkpoint is "
+                    f"{format_position(sub.source_kind, checkpoint or None)}): is its worker "
+                    "running and keeping up? (SYNCER_VERIFY_CATCH_UP_SECONDS)"
                 )
             await asyncio.sleep(_POLL)
 

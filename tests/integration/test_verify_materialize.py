@@ -259,6 +259,31 @@ def test_memory_stays_flat_as_the_view_grows(mz: MaterializeDouble) -> None:
     assert large < small * 1.5, f"{small:,} B held for 1,000 rows, {large:,} B for 4,000"
 
 
+def test_a_subscription_that_does_not_catch_up_fails_the_verification_with_why(
+    mz: MaterializeDouble,
+    make_subscription: Callable[..., Subscription],
+    opensearch_url: str,
+    settings: Any,
+) -> None:
+    """No worker runs it: its checkpoint never passes the snapshot's timestamp, and
+    nothing is compared."""
+    settings.SYNCER_VERIFY_CATCH_UP_SECONDS = 1
+    mz.insert(*[row(i) for i in range(3)])
+    make_subscription(
+        "stalled",
+        VIEW,
+        source_kind="materialize",
+        source_dsn=mz.dsn,
+        key_columns=["order_id"],
+        snapshot_mode="discard",
+    )
+    status, found, output = verify("stalled")
+    assert (status, found.state, found.counts.get("checked", 0)) == (2, "failed", 0), output
+    assert found.error.startswith("subscription 'stalled' has not written everything up to ")
+    assert f"the snapshot (at {found.position} (" in found.error
+    assert "its checkpoint is -" in found.error and "SYNCER_VERIFY_CATCH_UP_SECONDS" in found.error
+
+
 # -- whole verifications -----------------------------------------------------------------
 
 

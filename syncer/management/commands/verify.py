@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from syncer.management.progress import ProgressBar
 from syncer.models import Verification
 from syncer.operations import subscriptions
 from syncer.operations import verify as verifying
+from syncer.worker.state import close_connections
 
 
 class Command(BaseCommand):
@@ -80,7 +82,7 @@ class Command(BaseCommand):
             bar.total = progress.figures.estimated_rows
             bar.update(progress.figures.rows)
 
-        verification = asyncio.run(verifying.run(verification, worker=worker, on_progress=shown))
+        verification = asyncio.run(_run(verification, worker, shown))
         counts = verification.counts or {}
         bar.finish(counts.get("rows", 0) + counts.get("documents", 0), verification.state)
         if options["json"]:
@@ -92,6 +94,16 @@ class Command(BaseCommand):
         left = verification.drifted - counts.get("repaired", 0) - counts.get("superseded", 0)
         if left > 0:
             raise CommandError(f"{left:,} documents drifted", returncode=1)
+
+
+async def _run(
+    verification: Verification, worker: str, shown: Callable[[verifying.Running], None]
+) -> Verification:
+    try:
+        return await verifying.run(verification, worker=worker, on_progress=shown)
+    finally:
+        # The async ORM's thread keeps its connection open after the loop ends.
+        await close_connections()
 
 
 def _read_keys(path: Path) -> list[str]:
