@@ -82,6 +82,7 @@ from bench.run import (  # noqa: E402
     Budget,
     LiveLoad,
     Writer,
+    loads,
     mb,
     plan_ops,
     run_bench,
@@ -325,10 +326,6 @@ def run_sink(
         bench.teardown()
     figures["load_average_end"] = os.getloadavg()
     return figures
-
-
-def loads(average: Sequence[float]) -> str:
-    return " ".join(f"{x:.2f}" for x in average)
 
 
 def workloads(figures: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -1097,6 +1097,17 @@ def mb(value: Any) -> float:
     return float(value) / 1e6 if value else float("nan")
 
 
+def loads(average: Sequence[float]) -> str:
+    """A load average (os.getloadavg()) as '0.42 0.94 1.31'."""
+    return " ".join(f"{x:.2f}" for x in average)
+
+
+def print_load(results: dict[str, Any]) -> None:
+    """The load average at a bench's start and end (`load_average_start`, `_end`)."""
+    start, end = loads(results["load_average_start"]), loads(results["load_average_end"])
+    print(f"load average {start} at start, {end} at end", flush=True)
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 

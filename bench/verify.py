@@ -74,6 +74,7 @@ from bench.run import (
     SOURCE_DB,
     Budget,
     mb,
+    print_load,
     run_bench,
     say,
     stop_process,
@@ -632,11 +633,7 @@ def report(results: dict[str, Any]) -> None:
         "read/s = (rows + documents) / the process's wall time (start to exit), and / the "
         "rows and documents phases; peak RSS = the child's VmHWM; MB = 10^6 bytes"
     )
-    print(
-        f"load average {results['load_average_start']} at start, {results['load_average_end']} "
-        "at end",
-        flush=True,
-    )
+    print_load(results)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

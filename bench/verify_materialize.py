@@ -76,6 +76,7 @@ from bench.run import (
     Budget,
     make_row,
     mb,
+    print_load,
     run_bench,
     say,
     stop_process,
@@ -505,11 +506,7 @@ def report(results: dict[str, Any]) -> None:
     c = results["checkout"]
     changed = ", ".join(line.split()[-1] for line in c["changed"].splitlines()) or "none"
     print(f"commit {c['commit'][:10]}; files changed from it: {changed}")
-    print(
-        f"load average {results['load_average_start']} at start, {results['load_average_end']} "
-        "at end",
-        flush=True,
-    )
+    print_load(results)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -56,17 +56,13 @@ def refuse_unless_pushable(subscription: Subscription) -> None:
 
 def queued(subscription: Subscription) -> int:
     """Operations accepted for `subscription` and not yet removed from its queue."""
-    sequence = PushSequence.objects.filter(subscription=subscription).first()
-    if sequence is None:
-        return 0
-    lowest = PushedChange.objects.filter(subscription=subscription).aggregate(low=Min("position"))
-    if lowest["low"] is None:
-        return 0
-    return int(sequence.last_position - lowest["low"] + 1)
+    return queued_by_name([subscription.name]).get(subscription.name, 0)
 
 
 def queued_by_name(names: Collection[str]) -> dict[str, int]:
-    """`queued` for each push subscription among `names`, in two grouped queries."""
+    """Operations accepted and not yet removed, for each push subscription among
+    `names`: its sequence's last position less its queue's lowest, in two grouped
+    queries (0 for an empty queue)."""
     last = dict(
         PushSequence.objects.filter(subscription__name__in=names).values_list(
             "subscription__name", "last_position"

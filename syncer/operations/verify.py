@@ -88,26 +88,20 @@ def request(
     if why:
         raise VerificationRefused(why)
     check_scope(subscription, sample, doc_ids)
+    verification = Verification(
+        subscription=subscription,
+        requested_by=requested_by[:200],
+        repair=repair,
+        sample=sample,
+        doc_ids=list(doc_ids) if doc_ids is not None else None,
+    )
+    if run_by is not None:
+        verification.state, verification.worker = Verification.State.RUNNING, run_by[:200]
+        verification.started_at = verification.heartbeat_at = timezone.now()
     try:
         with transaction.atomic():
-            now = timezone.now()
-            return Verification.objects.create(
-                subscription=subscription,
-                requested_by=requested_by[:200],
-                repair=repair,
-                sample=sample,
-                doc_ids=list(doc_ids) if doc_ids is not None else None,
-                **(
-                    {}
-                    if run_by is None
-                    else {
-                        "state": Verification.State.RUNNING,
-                        "worker": run_by[:200],
-                        "started_at": now,
-                        "heartbeat_at": now,
-                    }
-                ),
-            )
+            verification.save(force_insert=True)
+            return verification
     except IntegrityError:
         active = active_for(subscription)
         raise VerificationActive(subscription.name, active.pk if active else 0) from None

@@ -219,8 +219,9 @@ class MaterializeSnapshot:
         """Read the changes that have arrived, waiting for none: Materialize holds a
         cursor's unread rows in environmentd's memory, and a verification that finds no
         drift would otherwise never read them."""
-        while await self._read_changes("0s") >= _SCAN_FETCH:
-            pass
+        fetched = _SCAN_FETCH
+        while fetched == _SCAN_FETCH:  # a full FETCH: more may be there already
+            fetched = await self._read_changes("0s")
 
     async def _read_changes(self, timeout: str) -> int:
         """One FETCH of the changes cursor, noted; how many rows it brought."""

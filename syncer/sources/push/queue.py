@@ -200,16 +200,6 @@ class QueueWriter:
         finally:
             await close_quietly(conn)
 
-    async def queued(self) -> int:
-        """Rows accepted and not yet removed (checkpointed rows are removed in batches)."""
-
-        async def queued() -> int:
-            cursor = await self._conn.execute(_sql(_QUEUED), {"sub": self.subscription_id})
-            row = await cursor.fetchone()
-            return int(row[0]) if row else 0
-
-        return await guarded("counting the push queue", queued())
-
     async def append(self, operations: Sequence[Operation]) -> Appended:
         """Commit as many of `operations` as fit under the limit, in order; say which.
 
