@@ -15,6 +15,7 @@ from tests.support.harness import (
     Writer,
     index_docs,
     index_rows,
+    settled_checkpoint,
     status_of,
     table_rows,
     wait_for,
@@ -54,8 +55,8 @@ def test_opensearch_down_fifteen_seconds_mid_stream_loses_and_dead_letters_nothi
                 ),
                 what="reconnecting status",
             )
-            checkpoint = status_of("outage").checkpoint
-            time.sleep(15)
+            checkpoint = settled_checkpoint("outage")
+            time.sleep(14)
             # Nothing was acknowledged while OpenSearch was away.
             assert status_of("outage").checkpoint == checkpoint
         wait_for(lambda: status_of("outage").status in ("streaming", "caught_up"), what="recovery")
@@ -83,7 +84,8 @@ def test_sigterm_during_an_outage_dead_letters_nothing_and_replays_on_the_next_s
         wait_for(lambda: status_of("term-out").status == "caught_up", what="caught up")
         source_conn.execute(f"INSERT INTO {table_name} VALUES (1, 1)")
         wait_for(lambda: "1" in index_docs(search, "term-out"), what="the first row")
-        checkpoint = wait_for(lambda: status_of("term-out").checkpoint, what="a checkpoint")
+        wait_for(lambda: status_of("term-out").checkpoint, what="a checkpoint")
+        checkpoint = settled_checkpoint("term-out")
         with proxy.down():
             source_conn.execute(
                 f"INSERT INTO {table_name} SELECT i, i FROM generate_series(2, 100) i"

@@ -133,6 +133,24 @@ def status_of(name: str) -> Subscription:
     return Subscription.objects.get(name=name)
 
 
+def settled_checkpoint(name: str, quiet: float = 1.0, timeout: float = 30) -> Any:
+    """`name`'s saved checkpoint once it has stayed put for `quiet` seconds.
+
+    A batch OpenSearch acknowledged has its checkpoint saved up to
+    SYNCER_CHECKPOINT_INTERVAL later, so one read just after a write (or just as an
+    outage begins) can still move without anything being wrong.
+    """
+    deadline = time.monotonic() + timeout
+    checkpoint = status_of(name).checkpoint
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = status_of(name).checkpoint
+        if now == checkpoint:
+            return checkpoint
+        checkpoint = now
+    raise AssertionError(f"{name}'s checkpoint still moving after {timeout} s: {checkpoint}")
+
+
 def table_rows(conn: psycopg.Connection, table: str) -> str:
     """The checksum of a table of (id, v) rows."""
     return checksum(conn.execute(f"SELECT id, v FROM {table}").fetchall())
